@@ -1,0 +1,39 @@
+# The two commands a newcomer runs (see README.md):
+#   make demo   - install everything into .venv/, then run the pipeline end to end on embedded defaults
+#   make test   - install everything into .venv/, then run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SOURCE ?= telemetry
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench clean check-java
+
+install: $(STAMP)
+
+check-java:
+	@scripts/check_java.sh
+
+# Re-installs only when the pinned dependencies change.
+$(STAMP): setup.cfg pyproject.toml | check-java
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=68" wheel
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip check
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/lakehouse demo --source $(SOURCE)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/bronze_throughput.py
+
+clean:
+	rm -rf data/ spark-warehouse/ .pytest_cache/ build/ *.egg-info

@@ -1,0 +1,104 @@
+"""Bronze: every input line of a file source, byte for byte, plus where and when it arrived.
+
+The landing directory is read as whole files (``wholetext``) and split into lines here, because
+Spark's line reader cannot say which line of its file a row was. The result is appended to
+``bronze.<source>`` by a Delta sink, whose checkpoint makes a restart exactly-once.
+Next stop for each row: ``silver.<entity>`` (lakehouse.silver, issue 3).
+"""
+
+from __future__ import annotations
+
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
+from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
+
+from lakehouse.config import LakehouseConfig, SourceConfig
+from lakehouse.observability import count_records
+from lakehouse.tables import TableRef, resolve_table
+
+BRONZE_FILE_SCHEMA = StructType(
+    [
+        StructField("value", StringType(), nullable=True),  # the raw line, without its "\n"
+        StructField("_source_file", StringType(), nullable=False),  # URI of the landing file
+        StructField("_source_line", LongType(), nullable=False),  # 1-based line number in that file
+        StructField("_ingested_at", TimestampType(), nullable=False),  # the micro-batch's time
+    ]
+)
+
+
+def bronze_table(config: LakehouseConfig, source: str) -> TableRef:
+    return resolve_table(config, f"bronze.{source}")
+
+
+def bronze_query_name(source: str) -> str:
+    return f"bronze_{source}"
+
+
+def with_lines(files: DataFrame, file_path: Column) -> DataFrame:
+    """One row per line of each whole-file row (``value`` holds the file's text).
+
+    Lines end at "\\n"; a "\\r" before it stays in the line, so the line is stored as received.
+    The empty string after a final "\\n" is not a line; an empty line in the middle is.
+    """
+    lines = F.split(F.col("value"), "\n", -1)
+    exploded = files.select(
+        file_path.alias("_source_file"),
+        F.posexplode(lines).alias("_position", "value"),
+        F.size(lines).alias("_line_count"),
+    )
+    is_trailing_empty = (F.col("_position") == F.col("_line_count") - 1) & (F.col("value") == "")
+    return exploded.where(~is_trailing_empty).select(
+        "value",
+        "_source_file",
+        (F.col("_position") + 1).cast("long").alias("_source_line"),
+        F.current_timestamp().alias("_ingested_at"),
+    )
+
+
+def read_landing_stream(spark: SparkSession, source: SourceConfig, path: str) -> DataFrame:
+    reader = spark.readStream.format("text").option("wholetext", True)
+    if source.max_files_per_trigger:
+        reader = reader.option("maxFilesPerTrigger", source.max_files_per_trigger)
+    if source.max_bytes_per_trigger:
+        reader = reader.option("maxBytesPerTrigger", source.max_bytes_per_trigger)
+    return reader.load(path)
+
+
+def ensure_bronze_table(spark: SparkSession, table: TableRef) -> None:
+    """Create the bronze table up front, append-only, so nothing can rewrite what landed."""
+    builder = DeltaTable.createIfNotExists(spark)
+    builder = builder.location(table.path) if table.is_path else builder.tableName(table.identifier)
+    (
+        builder.addColumns(BRONZE_FILE_SCHEMA)
+        .property("delta.appendOnly", "true")
+        .comment("Raw landing lines, one row per input line; see lakehouse/bronze.py")
+        .execute()
+    )
+
+
+def start_file_ingest(
+    spark: SparkSession,
+    config: LakehouseConfig,
+    source_name: str,
+    trigger: dict,
+) -> StreamingQuery:
+    """Start the bronze query for a file source. ``trigger`` is passed to ``writeStream.trigger``."""
+    source = config.source(source_name)
+    table = bronze_table(config, source_name)
+    ensure_bronze_table(spark, table)
+    files = read_landing_stream(spark, source, config.landing_path(source_name))
+    lines = count_records(with_lines(files, F.col("_metadata.file_path")))
+    writer = (
+        lines.writeStream.format("delta")
+        .outputMode("append")
+        .queryName(bronze_query_name(source_name))
+        .option("checkpointLocation", config.checkpoint_path(bronze_query_name(source_name)))
+        .trigger(**trigger)
+    )
+    return start_to_table(writer, table)
+
+
+def start_to_table(writer: DataStreamWriter, table: TableRef) -> StreamingQuery:
+    return writer.start(table.path) if table.is_path else writer.toTable(table.identifier)

@@ -1,0 +1,339 @@
+"""The ``lakehouse`` command: one front door for every job.
+
+    lakehouse [--env ENV] [--conf-dir DIR] [--data-dir DIR] [--set key.path=value ...] COMMAND ...
+
+Exit codes: 0 done, 1 the job failed (or a check did not hold), 2 bad configuration or usage.
+The configuration is loaded and validated before anything touches the disk or starts Spark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lakehouse.config import ConfigError, LakehouseConfig, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Options every command takes; accepted before or after the command name."""
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("global options")
+    group.add_argument("--env", default=default, help="configuration overlay: conf/<env>/ (default: dev, or $LAKEHOUSE_ENV)")
+    group.add_argument("--conf-dir", default=default, help="configuration directory (default: ./conf, or $LAKEHOUSE_CONF_DIR)")
+    group.add_argument("--data-dir", default=default, help="where tables, checkpoints and landing files live (storage.data_dir)")
+    group.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=default if suppress else [],
+        metavar="KEY.PATH=VALUE",
+        help="override one configuration value (repeatable), e.g. --set sources.telemetry.max_files_per_trigger=5",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lakehouse", description=__doc__.split("\n\n")[0])
+    _global_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _global_options(sub, suppress=True)
+        return sub
+
+    gen = command("generate", "write telemetry JSON-lines files (with injected faults) into a landing directory")
+    gen.add_argument("--source", default="telemetry", help="source whose landing directory receives the files")
+    gen.add_argument("--records", type=int, help="lines to write, faults included (default: generator.records)")
+    gen.add_argument("--files", type=int, help="non-empty files to spread them over (default: generator.files)")
+    gen.add_argument("--seed", type=int, help="random seed; the same seed writes the same bytes (default: generator.seed)")
+    gen.add_argument("--fault-rate", type=float, help="share of lines with a fault, 0..1 (default: generator.fault_rate)")
+    gen.add_argument("--run-id", help="names this run's files and manifest (default: s<seed>)")
+    gen.add_argument("--rate", type=float, help="continuous mode: records per second, until --duration or Ctrl-C")
+    gen.add_argument("--duration", type=float, default=0.0, help="continuous mode: seconds to run (0: until interrupted)")
+    gen.add_argument("--file-seconds", type=float, default=1.0, help="continuous mode: seconds between two files")
+
+    ing = command("ingest", "stream a source's landing files into bronze.<source> (exactly-once)")
+    ing.add_argument("--source", required=True, help="configured source name, e.g. telemetry")
+    when = ing.add_mutually_exclusive_group()
+    when.add_argument("--once", action="store_true", help="process everything landed so far, then stop (availableNow)")
+    when.add_argument("--trigger", help="run continuously with this processing-time trigger (default: streaming.trigger)")
+
+    status = command("status", "per query: last batch, input rows, R, S, B and the landed-but-unprocessed backlog")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    sql = command("sql", "run Spark SQL over the tables by their names (bronze.telemetry, ops.stream_progress, ...)")
+    sql.add_argument("query", help='e.g. "SELECT count(*) FROM bronze.telemetry"')
+    sql.add_argument("--json", action="store_true", help="print one JSON object per row")
+    sql.add_argument("--limit", type=int, default=1000, help="print at most this many rows (default 1000)")
+
+    demo = command("demo", "generate data, ingest it into bronze and print a summary, on embedded defaults")
+    demo.add_argument("--source", default="telemetry", help="source to run the demo for")
+
+    conf = command("config", "print the resolved configuration (after overlays and --set) as JSON")
+    conf.set_defaults(config_command=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(
+            env=args.env,
+            conf_dir=args.conf_dir,
+            data_dir=args.data_dir,
+            overrides=args.overrides or (),
+        )
+        if getattr(args, "source", None) is not None:
+            config.source(args.source)  # an unknown source is a configuration error too
+    except ConfigError as exc:
+        print(f"lakehouse: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    handler = COMMANDS[args.command]
+    try:
+        return handler(config, args)
+    except KeyboardInterrupt:
+        print("lakehouse: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_config(config: LakehouseConfig, args) -> int:
+    import dataclasses
+
+    print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+    return EXIT_OK
+
+
+def cmd_generate(config: LakehouseConfig, args) -> int:
+    from lakehouse.generator import TelemetryGenerator, generate_batch, generate_continuous
+
+    landing = config.landing_path(args.source)
+    if "://" in landing:
+        print(f"lakehouse: generate writes local files only; landing path is {landing}", file=sys.stderr)
+        return EXIT_CONFIG
+    g = config.generator
+    seed = g.seed if args.seed is None else args.seed
+    fault_rate = g.fault_rate if args.fault_rate is None else args.fault_rate
+    records = args.records or g.records
+    files = args.files or g.files
+    if not 0 <= fault_rate <= 1 or records < 1 or files < 1 or files > records:
+        print("lakehouse: generate needs 0 <= --fault-rate <= 1 and 1 <= --files <= --records", file=sys.stderr)
+        return EXIT_CONFIG
+    run_id = args.run_id or f"s{seed}"
+    generator = TelemetryGenerator(seed, g.hosts, g.racks, fault_rate, g.interval_seconds, g.start_time)
+    landing_dir = Path(landing)
+    landing_dir.mkdir(parents=True, exist_ok=True)
+    if args.rate:
+        print(f"generating {args.rate:g} records/s into {landing_dir} (Ctrl-C to stop)", flush=True)
+        manifest = generate_continuous(
+            generator, landing_dir, args.source, run_id, seed, args.rate, args.duration, args.file_seconds,
+            progress=lambda n, lines: print(f"  {n} files, {lines:,} lines", flush=True) if n % 10 == 0 else None,
+        )
+    else:
+        manifest = generate_batch(
+            generator, landing_dir, args.source, run_id, seed, records, files,
+            progress=lambda i, n: print(f"  wrote file {i}/{n}", flush=True) if n > 20 and i % (n // 10) == 0 else None,
+        )
+    print_manifest(manifest, landing_dir)
+    return EXIT_OK
+
+
+def print_manifest(manifest, landing_dir: Path) -> None:
+    print(f"wrote {manifest.total_lines:,} lines in {len(manifest.files)} files to {landing_dir}")
+    faults = ", ".join(f"{kind} {n}" for kind, n in manifest.fault_counts().items())
+    print(f"injected: {faults}")
+    print(f"manifest: {landing_dir / '_manifests' / (manifest.run_id + '.json')}")
+
+
+def _start_spark(config: LakehouseConfig):
+    from lakehouse.session import build_session
+
+    print(f"starting Spark ({config.spark.master or 'cluster master'}, env {config.env}) ...", flush=True)
+    return build_session(config)
+
+
+def cmd_ingest(config: LakehouseConfig, args) -> int:
+    spark = _start_spark(config)
+    trigger = {"availableNow": True} if args.once else {"processingTime": _spark_duration(args.trigger or config.streaming.trigger)}
+    return run_bronze_ingest(spark, config, args.source, trigger)
+
+
+def _spark_duration(text: str) -> str:
+    """'10s' -> '10 seconds' (Spark's interval syntax); longer forms pass through."""
+    import re
+
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)", text.strip())
+    if not match:
+        return text
+    units = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours"}
+    return f"{match.group(1)} {units[match.group(2)]}"
+
+
+def run_bronze_ingest(spark, config: LakehouseConfig, source: str, trigger: dict) -> int:
+    """Run the bronze query until it finishes (availableNow) or is stopped; record its progress."""
+    from pyspark.errors import StreamingQueryException
+
+    from lakehouse.bronze import start_file_ingest
+    from lakehouse.observability import ProgressRecorder
+
+    recorder = ProgressRecorder(spark, config)
+    spark.streams.addListener(recorder)
+    query_name = f"bronze_{source}"
+    recorder.watch(query_name, config.checkpoint_path(query_name))
+    query = start_file_ingest(spark, config, source, trigger)
+    print(f"{query_name}: reading {config.landing_path(source)} -> bronze.{source} "
+          f"(checkpoint {config.checkpoint_path(query_name)})", flush=True)
+
+    stopping = {"requested": False}
+
+    def stop_gracefully(signum, frame):
+        stopping["requested"] = True
+
+    previous = signal.signal(signal.SIGTERM, stop_gracefully)
+    started = time.monotonic()
+    total_rows = 0
+    try:
+        while query.isActive:
+            try:
+                query.awaitTermination(2)
+            except KeyboardInterrupt:
+                stopping["requested"] = True
+            if stopping["requested"]:
+                print(f"{query_name}: stopping after the current batch", flush=True)
+                query.stop()
+            total_rows += _report(recorder, query_name)
+        query.awaitTermination()
+    except StreamingQueryException as exc:
+        print(f"lakehouse: {query_name} failed: {exc.getErrorClass() or ''} {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        recorder.wait_terminated(str(query.id), timeout=30)
+        total_rows += _report(recorder, query_name)
+        spark.streams.removeListener(recorder)
+    elapsed = time.monotonic() - started
+    print(f"{query_name}: done, {total_rows:,} rows in {elapsed:.1f}s", flush=True)
+    return EXIT_OK
+
+
+def _report(recorder, query_name: str) -> int:
+    rows = recorder.flush()
+    for row in rows:
+        files = f", {row['num_input_files']} files" if row["num_input_files"] is not None else ""
+        print(f"{query_name}: batch {row['batch_id']}: {row['num_input_rows']:,} rows{files}, "
+              f"{row['batch_duration_ms'] / 1000:.1f}s", flush=True)
+    return sum(row["num_input_rows"] for row in rows)
+
+
+def cmd_status(config: LakehouseConfig, args) -> int:
+    from lakehouse.observability import collect_status, format_status
+
+    spark = _start_spark(config)
+    statuses = collect_status(spark, config)
+    if args.json:
+        print(json.dumps([s.as_dict() for s in statuses], indent=2))
+    else:
+        print(format_status(statuses))
+    return EXIT_OK
+
+
+def cmd_sql(config: LakehouseConfig, args) -> int:
+    from pyspark.errors import PySparkException
+
+    from lakehouse.tables import register_local_tables
+
+    spark = _start_spark(config)
+    register_local_tables(spark, config)
+    try:
+        df = spark.sql(args.query)
+        rows = df.limit(args.limit + 1).collect()
+    except PySparkException as exc:
+        print(f"lakehouse: SQL failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    truncated = len(rows) > args.limit
+    rows = rows[: args.limit]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.asDict(recursive=True), default=str))
+    else:
+        print(_format_rows(df.columns, rows))
+    if truncated:
+        print(f"(first {args.limit} rows shown; use --limit)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _format_rows(columns: list[str], rows) -> str:
+    table = [columns] + [["NULL" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(lines)
+
+
+def cmd_demo(config: LakehouseConfig, args) -> int:
+    from pyspark.sql import functions as F
+
+    from lakehouse.bronze import bronze_table
+    from lakehouse.generator import TelemetryGenerator, generate_batch
+    from lakehouse.observability import collect_status, format_status
+    from lakehouse.tables import read_table
+
+    g = config.generator
+    run_id = "demo-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    landing_dir = Path(config.landing_path(args.source))
+    print(f"== 1. generate: {g.records:,} {args.source} records, fault rate {g.fault_rate:g} (run {run_id})")
+    landing_dir.mkdir(parents=True, exist_ok=True)
+    generator = TelemetryGenerator(g.seed, g.hosts, g.racks, g.fault_rate, g.interval_seconds, g.start_time)
+    manifest = generate_batch(generator, landing_dir, args.source, run_id, g.seed, g.records, g.files)
+    print_manifest(manifest, landing_dir)
+
+    print(f"\n== 2. bronze: ingest landing files into bronze.{args.source} (--once)")
+    spark = _start_spark(config)
+    code = run_bronze_ingest(spark, config, args.source, {"availableNow": True})
+    if code != EXIT_OK:
+        return code
+
+    bronze = read_table(spark, bronze_table(config, args.source))
+    this_run = bronze.where(F.col("_source_file").contains(f"-{run_id}-"))
+    counts = this_run.agg(
+        F.count("*").alias("rows"),
+        F.countDistinct("_source_file", "_source_line").alias("distinct_lines"),
+    ).first()
+    total = bronze.count()
+    print(f"\n== 3. summary ({config.storage.data_dir})")
+    print(f"lines landed in this run:      {manifest.total_lines:,}")
+    print(f"bronze rows from this run:     {counts['rows']:,} ({counts['distinct_lines']:,} distinct file/line)")
+    print(f"bronze rows in total:          {total:,}")
+    ok = counts["rows"] == counts["distinct_lines"] == manifest.total_lines
+    print(f"every line landed exactly once: {'yes' if ok else 'NO'}")
+    print("\n" + format_status(collect_status(spark, config)))
+    prefix = "lakehouse" + (f" --data-dir {config.storage.data_dir}" if config.storage.data_dir != Path("data") else "")
+    print("\nnext:")
+    print(f"  {prefix} sql \"SELECT value FROM bronze.{args.source} WHERE value NOT LIKE '{{%}}' LIMIT 5\"")
+    print(f"  {prefix} status")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "ingest": cmd_ingest,
+    "status": cmd_status,
+    "sql": cmd_sql,
+    "demo": cmd_demo,
+    "config": cmd_config,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,456 @@
+"""Typed configuration: ``conf/base/`` overlaid by ``conf/<env>/``, then command-line overrides.
+
+Every ``*.yml`` file directly in a layer directory is merged at the root; a file in a
+sub-directory is merged under the key named by its path, so ``conf/base/sources/telemetry.yml``
+holds the mapping found at ``sources.telemetry``. Later layers override earlier ones key by key.
+
+The merged tree is converted once into the frozen dataclasses below. Any problem (unknown key,
+missing key, wrong type, a path that must exist and does not) raises :class:`ConfigError`, which
+names the file that set (or should have set) the key; the CLI prints it on one line and exits 2.
+Loading has no side effects: nothing is created on disk until a valid configuration exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class ConfigError(ValueError):
+    """A configuration problem, located by the file (or option) and the dotted key."""
+
+    def __init__(self, origin: str, key: str, message: str):
+        super().__init__(f"{origin}: {key}: {message}")
+        self.origin = origin
+        self.key = key
+        self.message = message
+
+
+# --------------------------------------------------------------------------------------------
+# Value constraints, attached with typing.Annotated
+
+
+@dataclass(frozen=True)
+class MustExist:
+    """A local path that must already exist (URIs such as ``s3a://`` are not checked)."""
+
+
+@dataclass(frozen=True)
+class Pattern:
+    regex: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float | None = None
+    high: float | None = None
+
+
+IDENTIFIER = Pattern(r"^[a-z][a-z0-9_]{0,62}$", "a lower-case identifier ([a-z][a-z0-9_]*)")
+DURATION = Pattern(
+    r"^\d+(\.\d+)?\s*(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hours?)$",
+    "a duration such as '10s', '500ms' or '1 minute'",
+)
+
+Identifier = Annotated[str, IDENTIFIER]
+Duration = Annotated[str, DURATION]
+PositiveInt = Annotated[int, Range(low=1)]
+
+# Keys whose values are credentials: they may only name an environment variable (``<key>_env``).
+_SECRET_KEY = re.compile(r"(password|secret|token|api_key|apikey|credential)s?$", re.IGNORECASE)
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+# --------------------------------------------------------------------------------------------
+# The typed configuration
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    data_dir: Path  # tables, checkpoints and (by default) landing directories live under it
+    landing_dir: str | None = None  # default <data_dir>/landing; may be a URI
+    checkpoint_dir: str | None = None  # default <data_dir>/checkpoints; may be a URI
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    app_name: str
+    master: str | None = None  # None: leave it to spark-submit / the cluster
+    packages: list[str] = field(default_factory=list)  # Maven coordinates besides Delta's jar
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    # path: tables are Delta directories under <data_dir>/tables/<layer>/<table>;
+    # unity: tables are Unity Catalog tables <name>.<schemas[layer]>.<table>.
+    kind: Literal["path", "unity"]
+    name: Identifier = "main"
+    schemas: dict[str, Identifier] = field(
+        default_factory=lambda: {layer: layer for layer in ("bronze", "silver", "gold", "ops")}
+    )
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    trigger: Duration  # processing-time trigger for continuous runs
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: Literal["files"]
+    format: Literal["json-lines", "csv"]
+    path: Annotated[str, MustExist()] | None = None  # landing location; default <landing_dir>/<name>
+    max_files_per_trigger: PositiveInt | None = None  # rate limits, applied per micro-batch
+    max_bytes_per_trigger: PositiveInt | None = None
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    records: PositiveInt  # lines written per run (faults included)
+    files: PositiveInt  # non-empty files per run; empty files are injected on top
+    seed: int
+    fault_rate: Annotated[float, Range(0.0, 1.0)]  # share of lines that carry a fault
+    hosts: PositiveInt
+    racks: PositiveInt
+    interval_seconds: Annotated[float, Range(low=0.001)] = 10.0  # event-time step between two readings of one host
+    start_time: str = "2026-01-01T00:00:00Z"
+
+
+@dataclass(frozen=True)
+class LakehouseConfig:
+    env: str
+    conf_dir: Path
+    storage: StorageConfig
+    spark: SparkConfig
+    catalog: CatalogConfig
+    streaming: StreamingConfig
+    generator: GeneratorConfig
+    sources: dict[Identifier, SourceConfig]
+
+    def source(self, name: str) -> SourceConfig:
+        try:
+            return self.sources[name]
+        except KeyError:
+            known = ", ".join(sorted(self.sources)) or "none"
+            raise ConfigError(
+                str(self.conf_dir), f"sources.{name}", f"no such source (configured: {known})"
+            ) from None
+
+    @property
+    def landing_root(self) -> str:
+        return self.storage.landing_dir or str(self.storage.data_dir / "landing")
+
+    @property
+    def checkpoint_root(self) -> str:
+        return self.storage.checkpoint_dir or str(self.storage.data_dir / "checkpoints")
+
+    def landing_path(self, source_name: str) -> str:
+        """Where files for ``source_name`` land (its configured path, or one under the landing root)."""
+        configured = self.source(source_name).path
+        return configured if configured else f"{self.landing_root}/{source_name}"
+
+    def checkpoint_path(self, query_name: str) -> str:
+        """One checkpoint directory per streaming query."""
+        return f"{self.checkpoint_root}/{query_name}"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+CONF_DIR_ENV = "LAKEHOUSE_CONF_DIR"
+ENV_ENV = "LAKEHOUSE_ENV"
+DEFAULT_ENV = "dev"
+
+
+def default_conf_dir() -> Path:
+    """``$LAKEHOUSE_CONF_DIR``, else ``./conf``, else the ``conf/`` beside this package's checkout."""
+    if os.environ.get(CONF_DIR_ENV):
+        return Path(os.environ[CONF_DIR_ENV])
+    if Path("conf/base").is_dir():
+        return Path("conf")
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+def load_config(
+    env: str | None = None,
+    conf_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    overrides: typing.Sequence[str] = (),
+) -> LakehouseConfig:
+    """Load ``conf_dir/base`` + ``conf_dir/<env>`` + ``--data-dir`` + ``--set`` overrides."""
+    env = env or os.environ.get(ENV_ENV) or DEFAULT_ENV
+    conf_path = Path(conf_dir) if conf_dir is not None else default_conf_dir()
+    if not conf_path.is_dir():
+        raise ConfigError(str(conf_path), "--conf-dir", "directory does not exist")
+    base = conf_path / "base"
+    if not base.is_dir():
+        raise ConfigError(str(base), "base", "the base configuration directory is missing")
+    env_dir = conf_path / env
+    if not env_dir.is_dir():
+        envs = sorted(p.name for p in conf_path.iterdir() if p.is_dir() and p.name != "base")
+        raise ConfigError(
+            str(env_dir), "--env", f"no such environment '{env}' (have: {', '.join(envs)})"
+        )
+
+    tree = _Tree()
+    for layer in (base, env_dir):
+        for path in sorted(layer.rglob("*.yml")) + sorted(layer.rglob("*.yaml")):
+            prefix = list(path.relative_to(layer).parent.parts)
+            if path.parent != layer:
+                prefix.append(path.stem)
+            tree.merge_file(path, prefix)
+
+    if data_dir is not None:
+        tree.set(["storage", "data_dir"], str(data_dir), "--data-dir")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", item, "expected key.path=value")
+        key_path = _split_key(key.strip())
+        tree.set(key_path, yaml.safe_load(raw) if raw else "", f"--set {key.strip()}")
+
+    values = dict(tree.values)
+    values["env"] = env
+    values["conf_dir"] = str(conf_path)
+    tree.origins[("env",)] = "--env"
+    tree.origins[("conf_dir",)] = "--conf-dir"
+    config = _convert(values, LakehouseConfig, (), tree, str(base))
+    missing_layers = [layer for layer in LAYERS if layer not in config.catalog.schemas]
+    if missing_layers:
+        raise ConfigError(
+            tree.origin(("catalog", "schemas"), str(base)),
+            "catalog.schemas",
+            f"missing a schema for {', '.join(missing_layers)}",
+        )
+    return config
+
+
+LAYERS = ("bronze", "silver", "gold", "ops")
+
+
+def _split_key(dotted: str) -> list[str]:
+    """Split ``--set`` keys by the schema, so map keys may contain dots.
+
+    ``spark.conf.spark.sql.shuffle.partitions`` is ``["spark", "conf", "spark.sql.shuffle.partitions"]``
+    because ``spark.conf`` is a map of plain values.
+    """
+    parts = dotted.split(".")
+    hint: Any = LakehouseConfig
+    result: list[str] = []
+    i = 0
+    while i < len(parts):
+        if get_origin(hint) is Annotated:
+            hint = get_args(hint)[0]
+        if get_origin(hint) in (Union, types.UnionType):
+            hint = next(a for a in get_args(hint) if a is not type(None))
+            continue
+        if dataclasses.is_dataclass(hint):
+            hints = typing.get_type_hints(hint, include_extras=True)
+            result.append(parts[i])
+            hint = hints.get(parts[i], Any)
+            i += 1
+        elif get_origin(hint) is dict:
+            value_type = get_args(hint)[1]
+            if get_origin(value_type) is Annotated:
+                value_type = get_args(value_type)[0]
+            if dataclasses.is_dataclass(value_type):
+                result.append(parts[i])
+                hint = value_type
+                i += 1
+            else:
+                result.append(".".join(parts[i:]))
+                break
+        else:
+            result.extend(parts[i:])
+            break
+    return result
+
+
+class _Tree:
+    """Merged YAML values plus, for every key path, the file (or option) that set it."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.origins: dict[tuple[str, ...], str] = {}
+
+    def merge_file(self, path: Path, prefix: list[str]) -> None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark else "(file)"
+            raise ConfigError(str(path), where, f"invalid YAML: {getattr(exc, 'problem', exc)}")
+        if data is None:
+            return
+        if not isinstance(data, dict):
+            raise ConfigError(str(path), ".".join(prefix) or "(root)", "expected a mapping")
+        self._merge(prefix, data, str(path))
+
+    def _merge(self, path: list[str], data: dict, origin: str) -> None:
+        for key, value in data.items():
+            key_path = path + [str(key)]
+            if _SECRET_KEY.search(str(key)) and value is not None:
+                raise ConfigError(
+                    origin,
+                    ".".join(key_path),
+                    f"secrets are read from the environment only: set '{key}_env' to the name"
+                    " of an environment variable instead",
+                )
+            if isinstance(value, dict):
+                self._ensure_mapping(key_path, origin)
+                self._merge(key_path, value, origin)
+            else:
+                self.set(key_path, value, origin)
+
+    def _ensure_mapping(self, key_path: list[str], origin: str) -> None:
+        node = self.values
+        for i, part in enumerate(key_path):
+            child = node.get(part)
+            if not isinstance(child, dict):
+                if child is not None:
+                    raise ConfigError(
+                        origin, ".".join(key_path[: i + 1]), "expected a mapping, got a value"
+                    )
+                node[part] = child = {}
+                self.origins.setdefault(tuple(key_path[: i + 1]), origin)
+            node = child
+
+    def set(self, key_path: list[str], value: Any, origin: str) -> None:
+        if len(key_path) > 1:
+            self._ensure_mapping(key_path[:-1], origin)
+        node = self.values
+        for part in key_path[:-1]:
+            node = node[part]
+        node[key_path[-1]] = value
+        self.origins[tuple(key_path)] = origin
+
+    def origin(self, key_path: tuple[str, ...], fallback: str) -> str:
+        while key_path:
+            if key_path in self.origins:
+                return self.origins[key_path]
+            key_path = key_path[:-1]
+        return fallback
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    return ".".join(path) or "(root)"
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _convert(value: Any, hint: Any, path: tuple[str, ...], tree: _Tree, fallback: str) -> Any:
+    """Check ``value`` against the type ``hint`` and build the typed value."""
+    origin_file = tree.origin(path, fallback)
+    constraints: tuple = ()
+    if get_origin(hint) is Annotated:
+        hint, *extra = get_args(hint)
+        constraints = tuple(extra)
+
+    def fail(message: str) -> typing.NoReturn:
+        raise ConfigError(origin_file, _dotted(path), message)
+
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None:
+            if type(None) in options:
+                return None
+            fail("must not be empty")
+        non_none = [opt for opt in options if opt is not type(None)]
+        return _convert(value, non_none[0], path, tree, fallback)
+    if value is None:
+        fail("missing a value")
+
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            fail(f"expected a mapping, got {_type_name(value)}")
+        fields = {f.name: f for f in dataclasses.fields(hint)}
+        for key in value:
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), list(fields), n=1)
+                hint_text = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(
+                    tree.origin(path + (str(key),), fallback),
+                    _dotted(path + (str(key),)),
+                    f"unknown key{hint_text}",
+                )
+        kwargs = {}
+        hints = typing.get_type_hints(hint, include_extras=True)
+        for name, spec in fields.items():
+            if name in value:
+                kwargs[name] = _convert(value[name], hints[name], path + (name,), tree, fallback)
+            elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise ConfigError(origin_file, _dotted(path + (name,)), "missing required key")
+        result = hint(**kwargs)
+    elif origin is dict:
+        key_type, value_type = get_args(hint)
+        if not isinstance(value, dict):
+            fail(f"expected a mapping, got {_type_name(value)}")
+        result = {
+            _convert(str(k), key_type, path + (str(k),), tree, fallback): _convert(
+                v, value_type, path + (str(k),), tree, fallback
+            )
+            for k, v in value.items()
+        }
+    elif origin is list:
+        (item_type,) = get_args(hint)
+        if not isinstance(value, list):
+            fail(f"expected a list, got {_type_name(value)}")
+        result = [_convert(v, item_type, path + (str(i),), tree, fallback) for i, v in enumerate(value)]
+    elif origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            fail(f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        result = value
+    elif hint is bool:
+        if not isinstance(value, bool):
+            fail(f"expected true or false, got {_type_name(value)}")
+        result = value
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(f"expected an integer, got {_type_name(value)}")
+        result = value
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(f"expected a number, got {_type_name(value)}")
+        result = float(value)
+    elif hint is str:
+        if isinstance(value, (dict, list)):
+            fail(f"expected a string, got {_type_name(value)}")
+        result = str(value)  # YAML may read 4.1 or true where a string was meant
+    elif hint is Path:
+        if not isinstance(value, str) or not value:
+            fail(f"expected a path, got {_type_name(value)}")
+        result = Path(value)
+    else:  # pragma: no cover - a programming error in the dataclasses above
+        raise TypeError(f"unsupported config type {hint!r} at {_dotted(path)}")
+
+    for constraint in constraints:
+        if isinstance(constraint, Pattern) and not re.match(constraint.regex, str(result)):
+            fail(f"expected {constraint.description}, got {result!r}")
+        if isinstance(constraint, Range):
+            if constraint.low is not None and result < constraint.low:
+                fail(f"must be at least {constraint.low:g}, got {result!r}")
+            if constraint.high is not None and result > constraint.high:
+                fail(f"must be at most {constraint.high:g}, got {result!r}")
+        if isinstance(constraint, MustExist) and not _URI.match(str(result)):
+            if not Path(result).exists():
+                fail(f"path does not exist: {result}")
+    return result

@@ -1,0 +1,282 @@
+"""Stream observability: every micro-batch's progress in ``ops.stream_progress``, and the status view.
+
+``ProgressRecorder`` is a StreamingQueryListener. Listener callbacks run on Spark's listener
+thread, so they only queue rows; the job's main loop calls :meth:`ProgressRecorder.flush`
+between waits, which appends the queued rows to the Delta table.
+
+Status figures follow the design's terms: R = records/s of the last batch (rows / batch time),
+S = channels (input files in the batch for a file source), B = R / S per channel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQueryListener
+from pyspark.sql.types import (
+    DoubleType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from lakehouse.config import LakehouseConfig
+from lakehouse.tables import append_to_table, read_table, resolve_table, table_exists
+
+STREAM_PROGRESS_TABLE = "ops.stream_progress"
+# Queries attach ``count_records`` to their output, so a batch's records are counted as written
+# (a whole-file source reports files as its input rows).
+RECORDS_METRIC = "records"
+STREAM_PROGRESS_SCHEMA = StructType(
+    [
+        StructField("query_name", StringType()),
+        StructField("query_id", StringType()),
+        StructField("run_id", StringType()),
+        StructField("batch_id", LongType()),
+        StructField("batch_time", TimestampType()),
+        StructField("batch_duration_ms", LongType()),
+        StructField("num_input_rows", LongType()),  # records in the batch (see RECORDS_METRIC)
+        StructField("records_per_second", DoubleType()),  # R = records / batch duration
+        StructField("num_input_files", LongType()),  # S for a file source; null otherwise
+        StructField("sources", StringType()),  # source descriptions, ";"-separated
+        StructField("progress_json", StringType()),  # the whole progress event, for anything else
+    ]
+)
+
+
+def _local_path(uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return os.path.normpath(unquote(parsed.path))
+    return uri
+
+
+def _checkpoint_local_dir(checkpoint: str) -> Path | None:
+    parsed = urlparse(checkpoint)
+    return Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
+
+
+def _read_source_log(path: Path) -> list[dict]:
+    """Entries of one file of a file source's log (``<checkpoint>/sources/0/<n>[.compact]``)."""
+    entries = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line.startswith("{"):
+                entries.append(json.loads(line))
+    return entries
+
+
+def files_in_batch(checkpoint: str, batch_id: int, source_index: int = 0) -> int | None:
+    """How many input files the file source planned for ``batch_id`` (None when unknown)."""
+    local = _checkpoint_local_dir(checkpoint)
+    if local is None:
+        return None
+    log_dir = local / "sources" / str(source_index)
+    for name in (str(batch_id), f"{batch_id}.compact"):
+        if (log_dir / name).is_file():
+            return sum(1 for e in _read_source_log(log_dir / name) if e.get("batchId") == batch_id)
+    return None
+
+
+def processed_files(checkpoint: str, source_index: int = 0) -> set[str]:
+    """Every landing file the query has taken in, as local paths."""
+    local = _checkpoint_local_dir(checkpoint)
+    if local is None:
+        return set()
+    log_dir = local / "sources" / str(source_index)
+    if not log_dir.is_dir():
+        return set()
+    seen = set()
+    for path in log_dir.iterdir():
+        if not path.name.startswith("."):
+            seen.update(_local_path(e["path"]) for e in _read_source_log(path))
+    return seen
+
+
+def landed_files(landing: str) -> list[str]:
+    """Data files in a local landing directory (hidden and ``_`` names are not data)."""
+    root = _checkpoint_local_dir(landing)
+    if root is None or not root.is_dir():
+        return []
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]
+        found.extend(
+            os.path.normpath(os.path.join(dirpath, f))
+            for f in filenames
+            if not f.startswith((".", "_"))
+        )
+    return found
+
+
+def count_records(df: DataFrame) -> DataFrame:
+    """Attach the observed metric the recorder reads as the batch's record count."""
+    return df.observe(RECORDS_METRIC, F.count(F.lit(1)).alias(RECORDS_METRIC))
+
+
+class ProgressRecorder(StreamingQueryListener):
+    """Queues one ``ops.stream_progress`` row per micro-batch; :meth:`flush` writes them."""
+
+    def __init__(self, spark: SparkSession, config: LakehouseConfig):
+        self.spark = spark
+        self.table = resolve_table(config, STREAM_PROGRESS_TABLE)
+        self.checkpoints: dict[str, str] = {}  # query name -> checkpoint, to count files per batch
+        self._rows: queue.Queue = queue.Queue()
+        self._terminated: set[str] = set()
+        self._changed = threading.Condition()
+
+    def watch(self, query_name: str, checkpoint: str) -> None:
+        self.checkpoints[query_name] = checkpoint
+
+    # -- listener callbacks (Spark's listener thread) --------------------------------------
+    def onQueryStarted(self, event) -> None:
+        pass
+
+    def onQueryProgress(self, event) -> None:
+        p = event.progress
+        observed = (p.observedMetrics or {}).get(RECORDS_METRIC)
+        records = observed[RECORDS_METRIC] if observed is not None else p.numInputRows
+        seconds = (p.batchDuration or 0) / 1000.0
+        checkpoint = self.checkpoints.get(p.name or "")
+        files = None
+        if checkpoint and any(s.description.startswith("FileStreamSource") for s in p.sources):
+            files = files_in_batch(checkpoint, p.batchId)
+        self._rows.put(
+            {
+                "query_name": p.name,
+                "query_id": str(p.id),
+                "run_id": str(p.runId),
+                "batch_id": p.batchId,
+                "batch_time": datetime.fromisoformat(p.timestamp.replace("Z", "+00:00")).replace(tzinfo=None),
+                "batch_duration_ms": p.batchDuration,
+                "num_input_rows": records,
+                "records_per_second": records / seconds if seconds > 0 else None,
+                "num_input_files": files,
+                "sources": ";".join(s.description for s in p.sources),
+                "progress_json": p.json,
+            }
+        )
+        with self._changed:
+            self._changed.notify_all()
+
+    def onQueryIdle(self, event) -> None:
+        pass
+
+    def onQueryTerminated(self, event) -> None:
+        with self._changed:
+            self._terminated.add(str(event.id))
+            self._changed.notify_all()
+
+    # -- main thread ----------------------------------------------------------------------
+    def wait_terminated(self, query_id: str, timeout: float = 30.0) -> bool:
+        """Wait until the listener has seen the query end, so all its progress is queued."""
+        with self._changed:
+            return self._changed.wait_for(lambda: query_id in self._terminated, timeout)
+
+    def flush(self) -> list[dict]:
+        """Append the queued progress rows to ``ops.stream_progress``; returns them."""
+        rows = []
+        while True:
+            try:
+                rows.append(self._rows.get_nowait())
+            except queue.Empty:
+                break
+        if rows:
+            names = STREAM_PROGRESS_SCHEMA.fieldNames()
+            data = [tuple(row[name] for name in names) for row in rows]
+            append_to_table(self.spark.createDataFrame(data, STREAM_PROGRESS_SCHEMA), self.table)
+        return rows
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+@dataclass
+class QueryStatus:
+    query_name: str
+    last_batch_id: int | None
+    last_batch_time: str | None
+    input_rows: int | None
+    records_per_second: float | None  # R
+    channels: int | None  # S
+    per_channel: float | None  # B = R / S
+    backlog_files: int | None  # landed but not yet taken in by the query
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QueryStatus]:
+    """The last micro-batch of every query in ``ops.stream_progress``, plus each file source's backlog."""
+    from lakehouse.bronze import bronze_query_name  # bronze imports this module
+
+    latest = {}
+    table = resolve_table(config, STREAM_PROGRESS_TABLE)
+    if table_exists(spark, table):
+        newest_first = Window.partitionBy("query_name").orderBy(F.col("batch_time").desc())
+        rows = (
+            read_table(spark, table)
+            .withColumn("_rank", F.row_number().over(newest_first))
+            .where("_rank = 1")
+            .collect()
+        )
+        latest = {row["query_name"]: row for row in rows}
+
+    backlog = {}
+    for name, source in config.sources.items():
+        if source.kind == "files":
+            query = bronze_query_name(name)
+            done = processed_files(config.checkpoint_path(query))
+            backlog[query] = sum(1 for f in landed_files(config.landing_path(name)) if f not in done)
+
+    statuses = []
+    for query in sorted(set(latest) | set(backlog)):
+        row = latest.get(query)
+        rate = row["records_per_second"] if row else None
+        channels = row["num_input_files"] if row else None
+        statuses.append(
+            QueryStatus(
+                query_name=query,
+                last_batch_id=row["batch_id"] if row else None,
+                last_batch_time=row["batch_time"].isoformat(sep=" ") if row else None,
+                input_rows=row["num_input_rows"] if row else None,
+                records_per_second=rate,
+                channels=channels,
+                per_channel=(rate / channels) if rate is not None and channels else None,
+                backlog_files=backlog.get(query),
+            )
+        )
+    return statuses
+
+
+def format_status(statuses: list[QueryStatus]) -> str:
+    headers = ["query", "last batch", "batch time (UTC)", "input rows", "R rec/s", "S", "B rec/s/ch", "backlog files"]
+
+    def fmt(value, digits=1):
+        if value is None:
+            return "-"
+        return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
+
+    table = [headers] + [
+        [s.query_name, fmt(s.last_batch_id), fmt(s.last_batch_time), fmt(s.input_rows),
+         fmt(s.records_per_second), fmt(s.channels), fmt(s.per_channel), fmt(s.backlog_files)]
+        for s in statuses
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if not statuses:
+        lines.append("(no streaming queries have run yet)")
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""The one Spark session factory: Delta configured, master and settings from config.
+
+Under ``spark-submit`` or on Databricks the cluster already fixed the master and the jars, so
+the factory reuses (or creates) the session they set up and only adds what it may.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import version
+
+from pyspark.sql import SparkSession
+
+from lakehouse.config import LakehouseConfig
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+SCALA_BINARY_VERSION = "2.13"
+
+
+class SessionError(RuntimeError):
+    """The session cannot do what the project needs (e.g. Delta's jar is not on the classpath)."""
+
+
+def delta_maven_coordinate() -> str:
+    """The Delta jar matching the installed pyspark and delta-spark, e.g. ``io.delta:delta-spark_4.1_2.13:4.4.0``."""
+    spark_minor = ".".join(version("pyspark").split(".")[:2])
+    return f"io.delta:delta-spark_{spark_minor}_{SCALA_BINARY_VERSION}:{version('delta-spark')}"
+
+
+def spark_packages(config: LakehouseConfig) -> list[str]:
+    """Maven coordinates the jobs need: Delta's jar plus any configured in ``spark.packages``."""
+    return [delta_maven_coordinate(), *config.spark.packages]
+
+
+def running_on_cluster_launcher() -> bool:
+    """True under spark-submit (it starts the JVM before Python) or on Databricks."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ or "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def build_session(config: LakehouseConfig, app_name: str | None = None) -> SparkSession:
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+
+    builder = SparkSession.builder.appName(app_name or config.spark.app_name)
+    launched = running_on_cluster_launcher()
+    if not launched:
+        if config.spark.master:
+            builder = builder.master(config.spark.master)
+        # Resolved from Maven Central into the local Ivy cache on first use, then reused.
+        builder = builder.config("spark.jars.packages", ",".join(spark_packages(config)))
+        if config.catalog.kind == "path":
+            warehouse = (config.storage.data_dir / "spark-warehouse").absolute()
+            builder = builder.config("spark.sql.warehouse.dir", str(warehouse))
+    builder = builder.config("spark.sql.extensions", DELTA_EXTENSION).config(
+        "spark.sql.catalog.spark_catalog", DELTA_CATALOG
+    )
+    for key, value in config.spark.conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    if launched and not _delta_on_classpath(spark):
+        raise SessionError(
+            "Delta Lake's jar is not on the classpath: add "
+            f"'--packages {','.join(spark_packages(config))}' to spark-submit"
+        )
+    return spark
+
+
+def _delta_on_classpath(spark: SparkSession) -> bool:
+    try:
+        jvm = spark.sparkContext._jvm
+        return bool(jvm.org.apache.spark.util.Utils.classIsLoadable(DELTA_EXTENSION))
+    except Exception:  # Spark Connect (no JVM handle) or an API change: assume the cluster has it
+        return True
