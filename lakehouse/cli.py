@@ -97,8 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lakehouse: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     handler = COMMANDS[args.command]
+    from lakehouse.session import SessionError
+
     try:
         return handler(config, args)
+    except SessionError as exc:
+        print(f"lakehouse: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("lakehouse: interrupted", file=sys.stderr)
         return 130
@@ -156,9 +161,10 @@ def print_manifest(manifest, landing_dir: Path) -> None:
 
 
 def _start_spark(config: LakehouseConfig):
-    from lakehouse.session import build_session
+    from lakehouse.session import build_session, running_on_cluster_launcher
 
-    print(f"starting Spark ({config.spark.master or 'cluster master'}, env {config.env}) ...", flush=True)
+    master = "the launcher's master" if running_on_cluster_launcher() else config.spark.master or "default master"
+    print(f"starting Spark ({master}, env {config.env}) ...", file=sys.stderr, flush=True)
     return build_session(config)
 
 

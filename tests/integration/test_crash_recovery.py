@@ -1,0 +1,122 @@
+"""Exactly-once across crashes: kill -9 the bronze job at three moments while files keep landing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from lakehouse.bronze import bronze_table
+from lakehouse.generator import Manifest, TelemetryGenerator, write_file
+from lakehouse.tables import read_table
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+class Lander(threading.Thread):
+    """Lands a small file every ``interval`` seconds until stopped."""
+
+    def __init__(self, config, interval=0.4, lines=40):
+        super().__init__(daemon=True)
+        g = config.generator
+        self.generator = TelemetryGenerator(5, g.hosts, g.racks, 0.05, g.interval_seconds, g.start_time)
+        self.manifest = Manifest("telemetry", "crash", 5, 0.05)
+        self.landing = Path(config.landing_path("telemetry"))
+        self.landing.mkdir(parents=True, exist_ok=True)
+        self.interval, self.lines = interval, lines
+        self.halt = threading.Event()
+
+    def run(self):
+        index = 0
+        while not self.halt.is_set():
+            write_file(self.generator, self.manifest, self.landing, f"telemetry-crash-{index:05d}.jsonl", self.lines)
+            index += 1
+            self.halt.wait(self.interval)
+
+
+def _start_ingest(config, env, *mode) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "lakehouse.cli", "--env", "test", "--data-dir", str(config.storage.data_dir),
+           "ingest", "--source", "telemetry", *mode]
+    log = open(Path(config.storage.data_dir) / "ingest.log", "ab")
+    # A session of its own, so kill -9 reaches the whole job: Python and its JVM together.
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_9(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # wait until the JVM of that group is gone too
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the killed job's processes did not exit")
+
+
+def _batches(checkpoint: Path, kind: str) -> set[int]:
+    folder = checkpoint / kind
+    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.is_dir() else set()
+
+
+def _wait_for(predicate, timeout=180.0, poll=0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return False
+
+
+def test_kill_9_at_three_moments_then_restart_gives_exactly_once(spark, config, subprocess_env):
+    checkpoint = Path(config.checkpoint_path("bronze_telemetry"))
+    lander = Lander(config)
+    lander.start()
+    moments = []
+    try:
+        # 1. right after the first batch committed
+        proc = _start_ingest(config, subprocess_env, "--trigger", "1s")
+        assert _wait_for(lambda: 0 in _batches(checkpoint, "commits")), "no batch committed"
+        _kill_9(proc)
+        moments.append("after a commit")
+
+        # 2. mid-batch: offsets written (batch planned), commit not yet written
+        proc = _start_ingest(config, subprocess_env, "--trigger", "1s")
+        done = set(_batches(checkpoint, "commits"))
+        in_flight = lambda: bool(_batches(checkpoint, "offsets") - _batches(checkpoint, "commits") - done)
+        mid = _wait_for(in_flight)
+        _kill_9(proc)
+        moments.append("mid-batch" if mid else "timed out waiting for a batch")
+
+        # 3. during start-up, before the restarted query has planned anything
+        proc = _start_ingest(config, subprocess_env, "--trigger", "1s")
+        time.sleep(4)
+        _kill_9(proc)
+        moments.append("during start-up")
+    finally:
+        lander.halt.set()
+        lander.join()
+
+    assert moments[1] == "mid-batch", moments
+    # restart once more and drain everything that landed
+    proc = _start_ingest(config, subprocess_env, "--once")
+    assert proc.wait(timeout=300) == 0, (Path(config.storage.data_dir) / "ingest.log").read_text()[-3000:]
+
+    bronze = read_table(spark, bronze_table(config, "telemetry"))
+    keys = [
+        (r.file, r._source_line)
+        for r in bronze.select(F.element_at(F.split("_source_file", "/"), -1).alias("file"), "_source_line").collect()
+    ]
+    expected = {(f["file"], n) for f in lander.manifest.files for n in range(1, f["lines"] + 1)}
+    assert len(keys) == len(set(keys)), "duplicate (file, line) rows in bronze"
+    assert set(keys) == expected
+    assert len(lander.manifest.files) > 10
