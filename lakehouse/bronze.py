@@ -16,6 +16,7 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType, Tim
 
 from lakehouse.config import LakehouseConfig, SourceConfig
 from lakehouse.observability import count_records
+from lakehouse.streaming import run_streaming_job
 from lakehouse.tables import TableRef, resolve_table
 
 BRONZE_FILE_SCHEMA = StructType(
@@ -40,16 +41,15 @@ def with_lines(files: DataFrame, file_path: Column) -> DataFrame:
     """One row per line of each whole-file row (``value`` holds the file's text).
 
     Lines end at "\\n"; a "\\r" before it stays in the line, so the line is stored as received.
-    The empty string after a final "\\n" is not a line; an empty line in the middle is.
+    A final "\\n" ends the last line rather than starting an empty one; an empty file has no lines.
+    The array of lines is the generator's only input, so no per-line row carries the file's text.
     """
-    lines = F.split(F.col("value"), "\n", -1)
-    exploded = files.select(
-        file_path.alias("_source_file"),
-        F.posexplode(lines).alias("_position", "value"),
-        F.size(lines).alias("_line_count"),
-    )
-    is_trailing_empty = (F.col("_position") == F.col("_line_count") - 1) & (F.col("value") == "")
-    return exploded.where(~is_trailing_empty).select(
+    text = F.col("value")
+    body = F.when(text.endswith("\n"), F.expr("substring(value, 1, length(value) - 1)")).otherwise(text)
+    lines = F.when(text == "", F.array().cast("array<string>")).otherwise(F.split(body, "\n", -1))
+    return files.select(
+        file_path.alias("_source_file"), F.posexplode(lines).alias("_position", "value")
+    ).select(
         "value",
         "_source_file",
         (F.col("_position") + 1).cast("long").alias("_source_line"),
@@ -73,6 +73,9 @@ def ensure_bronze_table(spark: SparkSession, table: TableRef) -> None:
     (
         builder.addColumns(BRONZE_FILE_SCHEMA)
         .property("delta.appendOnly", "true")
+        # File statistics for data skipping on the provenance columns only: min/max of raw
+        # lines would cost a pass over every value and never prune a query.
+        .property("delta.dataSkippingStatsColumns", "_source_file,_source_line,_ingested_at")
         .comment("Raw landing lines, one row per input line; see lakehouse/bronze.py")
         .execute()
     )
@@ -102,3 +105,14 @@ def start_file_ingest(
 
 def start_to_table(writer: DataStreamWriter, table: TableRef) -> StreamingQuery:
     return writer.start(table.path) if table.is_path else writer.toTable(table.identifier)
+
+
+def run_bronze_ingest(spark: SparkSession, config: LakehouseConfig, source_name: str, trigger: dict) -> int:
+    """The bronze job: run the source's query until done (availableNow) or stopped. Exit code."""
+    query_name = bronze_query_name(source_name)
+    checkpoint = config.checkpoint_path(query_name)
+    print(f"{query_name}: {config.landing_path(source_name)} -> bronze.{source_name} (checkpoint {checkpoint})",
+          flush=True)
+    return run_streaming_job(
+        spark, config, query_name, checkpoint, lambda: start_file_ingest(spark, config, source_name, trigger)
+    )

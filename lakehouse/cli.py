@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -169,76 +167,11 @@ def _start_spark(config: LakehouseConfig):
 
 
 def cmd_ingest(config: LakehouseConfig, args) -> int:
+    from lakehouse.bronze import run_bronze_ingest
+    from lakehouse.streaming import trigger_for
+
     spark = _start_spark(config)
-    trigger = {"availableNow": True} if args.once else {"processingTime": _spark_duration(args.trigger or config.streaming.trigger)}
-    return run_bronze_ingest(spark, config, args.source, trigger)
-
-
-def _spark_duration(text: str) -> str:
-    """'10s' -> '10 seconds' (Spark's interval syntax); longer forms pass through."""
-    import re
-
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)", text.strip())
-    if not match:
-        return text
-    units = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours"}
-    return f"{match.group(1)} {units[match.group(2)]}"
-
-
-def run_bronze_ingest(spark, config: LakehouseConfig, source: str, trigger: dict) -> int:
-    """Run the bronze query until it finishes (availableNow) or is stopped; record its progress."""
-    from pyspark.errors import StreamingQueryException
-
-    from lakehouse.bronze import start_file_ingest
-    from lakehouse.observability import ProgressRecorder
-
-    recorder = ProgressRecorder(spark, config)
-    spark.streams.addListener(recorder)
-    query_name = f"bronze_{source}"
-    recorder.watch(query_name, config.checkpoint_path(query_name))
-    query = start_file_ingest(spark, config, source, trigger)
-    print(f"{query_name}: reading {config.landing_path(source)} -> bronze.{source} "
-          f"(checkpoint {config.checkpoint_path(query_name)})", flush=True)
-
-    stopping = {"requested": False}
-
-    def stop_gracefully(signum, frame):
-        stopping["requested"] = True
-
-    previous = signal.signal(signal.SIGTERM, stop_gracefully)
-    started = time.monotonic()
-    total_rows = 0
-    try:
-        while query.isActive:
-            try:
-                query.awaitTermination(2)
-            except KeyboardInterrupt:
-                stopping["requested"] = True
-            if stopping["requested"]:
-                print(f"{query_name}: stopping after the current batch", flush=True)
-                query.stop()
-            total_rows += _report(recorder, query_name)
-        query.awaitTermination()
-    except StreamingQueryException as exc:
-        print(f"lakehouse: {query_name} failed: {exc.getErrorClass() or ''} {str(exc).splitlines()[0]}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        recorder.wait_terminated(str(query.id), timeout=30)
-        total_rows += _report(recorder, query_name)
-        spark.streams.removeListener(recorder)
-    elapsed = time.monotonic() - started
-    print(f"{query_name}: done, {total_rows:,} rows in {elapsed:.1f}s", flush=True)
-    return EXIT_OK
-
-
-def _report(recorder, query_name: str) -> int:
-    rows = recorder.flush()
-    for row in rows:
-        files = f", {row['num_input_files']} files" if row["num_input_files"] is not None else ""
-        print(f"{query_name}: batch {row['batch_id']}: {row['num_input_rows']:,} rows{files}, "
-              f"{row['batch_duration_ms'] / 1000:.1f}s", flush=True)
-    return sum(row["num_input_rows"] for row in rows)
+    return run_bronze_ingest(spark, config, args.source, trigger_for(args.once, args.trigger, config))
 
 
 def cmd_status(config: LakehouseConfig, args) -> int:
@@ -290,7 +223,7 @@ def _format_rows(columns: list[str], rows) -> str:
 def cmd_demo(config: LakehouseConfig, args) -> int:
     from pyspark.sql import functions as F
 
-    from lakehouse.bronze import bronze_table
+    from lakehouse.bronze import bronze_table, run_bronze_ingest
     from lakehouse.generator import TelemetryGenerator, generate_batch
     from lakehouse.observability import collect_status, format_status
     from lakehouse.tables import read_table

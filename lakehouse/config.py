@@ -106,6 +106,8 @@ class CatalogConfig:
 @dataclass(frozen=True)
 class StreamingConfig:
     trigger: Duration  # processing-time trigger for continuous runs
+    # How often a running job appends the queued progress rows to ops.stream_progress.
+    progress_flush_seconds: Annotated[float, Range(low=0.0)] = 30.0
 
 
 @dataclass(frozen=True)

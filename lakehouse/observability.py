@@ -133,7 +133,8 @@ class ProgressRecorder(StreamingQueryListener):
         self.spark = spark
         self.table = resolve_table(config, STREAM_PROGRESS_TABLE)
         self.checkpoints: dict[str, str] = {}  # query name -> checkpoint, to count files per batch
-        self._rows: queue.Queue = queue.Queue()
+        self._rows: queue.Queue = queue.Queue()  # filled by the listener thread
+        self._buffer: list[dict] = []  # drained, not yet written
         self._terminated: set[str] = set()
         self._changed = threading.Condition()
 
@@ -185,19 +186,26 @@ class ProgressRecorder(StreamingQueryListener):
         with self._changed:
             return self._changed.wait_for(lambda: query_id in self._terminated, timeout)
 
-    def flush(self) -> list[dict]:
-        """Append the queued progress rows to ``ops.stream_progress``; returns them."""
-        rows = []
+    def drain(self) -> list[dict]:
+        """Rows queued since the last call; they stay buffered until :meth:`flush` writes them."""
+        new = []
         while True:
             try:
-                rows.append(self._rows.get_nowait())
+                new.append(self._rows.get_nowait())
             except queue.Empty:
                 break
+        self._buffer.extend(new)
+        return new
+
+    def flush(self) -> int:
+        """Append the buffered progress rows to ``ops.stream_progress``; returns how many."""
+        self.drain()
+        rows, self._buffer = self._buffer, []
         if rows:
             names = STREAM_PROGRESS_SCHEMA.fieldNames()
             data = [tuple(row[name] for name in names) for row in rows]
             append_to_table(self.spark.createDataFrame(data, STREAM_PROGRESS_SCHEMA), self.table)
-        return rows
+        return len(rows)
 
 
 # -- status ---------------------------------------------------------------------------------

@@ -9,10 +9,13 @@ import pytest
 from pyspark.sql import functions as F
 
 from lakehouse.bronze import bronze_table
-from lakehouse.cli import main, run_bronze_ingest
+from lakehouse.bronze import run_bronze_ingest
+from lakehouse.cli import main
+from lakehouse.config import load_config
 from lakehouse.generator import TelemetryGenerator, generate_batch
 from lakehouse.observability import STREAM_PROGRESS_TABLE, collect_status
 from lakehouse.tables import read_table, resolve_table
+from tests.conftest import CONF_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -54,9 +57,8 @@ def test_every_line_lands_once_and_malformed_lines_byte_for_byte(spark, config):
 
 def test_progress_has_one_row_per_micro_batch_and_status_shows_r_and_b(spark, config, capsys):
     _land(config, records=1200, files=6, fault_rate=0.0)
-    limited = type(config)(**{**config.__dict__, "sources": {
-        "telemetry": type(config.sources["telemetry"])(kind="files", format="json-lines", max_files_per_trigger=2)
-    }})
+    limited = load_config("test", conf_dir=CONF_DIR, data_dir=config.storage.data_dir,
+                          overrides=["sources.telemetry.max_files_per_trigger=2"])
     assert run_bronze_ingest(spark, limited, "telemetry", {"availableNow": True}) == 0
 
     commits = sorted(int(p.name) for p in Path(limited.checkpoint_path("bronze_telemetry"), "commits").iterdir()

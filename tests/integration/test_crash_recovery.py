@@ -120,3 +120,19 @@ def test_kill_9_at_three_moments_then_restart_gives_exactly_once(spark, config, 
     assert len(keys) == len(set(keys)), "duplicate (file, line) rows in bronze"
     assert set(keys) == expected
     assert len(lander.manifest.files) > 10
+
+
+def test_sigterm_stops_a_continuous_ingest_cleanly(config, subprocess_env):
+    lander = Lander(config, interval=0.5, lines=20)
+    lander.start()
+    try:
+        proc = _start_ingest(config, subprocess_env, "--trigger", "1s")
+        checkpoint = Path(config.checkpoint_path("bronze_telemetry"))
+        assert _wait_for(lambda: 0 in _batches(checkpoint, "commits")), "no batch committed"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        lander.halt.set()
+        lander.join()
+    log = (Path(config.storage.data_dir) / "ingest.log").read_text()
+    assert "bronze_telemetry: stopping" in log and "bronze_telemetry: done" in log

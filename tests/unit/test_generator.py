@@ -14,6 +14,7 @@ from lakehouse.generator import (
     TELEMETRY_FIELDS,
     TelemetryGenerator,
     generate_batch,
+    generate_continuous,
 )
 
 
@@ -96,3 +97,14 @@ def test_physical_relations_hold(tmp_path):
     X = np.column_stack([np.ones_like(rise), cols["power_w"], cols["fan_rpm"]])
     coef = np.linalg.lstsq(X, rise, rcond=None)[0]
     assert coef[1] > 0 and coef[2] < 0
+
+
+def test_continuous_mode_lands_files_at_a_rate_and_keeps_the_manifest_current(tmp_path):
+    generator = TelemetryGenerator(1, 4, 2, 0.2, 10.0, "2026-01-01T00:00:00Z")
+    manifest = generate_continuous(generator, tmp_path, "telemetry", "c", 1, rate=200, duration=1.2, file_seconds=0.3)
+    data_files = sorted(p for p in tmp_path.glob("*.jsonl") if not p.name.endswith("-empty.jsonl"))
+    assert 3 <= len(data_files) <= 5
+    assert all(len(_lines(p)) == 60 for p in data_files)  # 200 records/s * 0.3 s per file
+    saved = json.loads((tmp_path / "_manifests" / "c.json").read_text())
+    assert saved["total_lines"] == manifest.total_lines == 60 * len(data_files)
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind

@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""Bronze ingest throughput against a plain Spark text -> Parquet copy of the same files, and the
+driver's peak memory when the backlog is 10x larger (rate limits must bound it).
+
+    .venv/bin/python bench/bronze_throughput.py [--records 1000000] [--files 100] [--repeats 2]
+
+Prints one JSON line per figure. Targets (issue 2): ingest/copy ratio >= 0.8 on 1M records;
+peak driver memory at 10x backlog <= 1.2x the 1x figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lakehouse.bronze import run_bronze_ingest  # noqa: E402
+from lakehouse.config import load_config  # noqa: E402
+from lakehouse.generator import TelemetryGenerator, generate_batch  # noqa: E402
+from lakehouse.session import build_session  # noqa: E402
+
+
+def emit(figure: str, value, **extra) -> None:
+    print(json.dumps({"figure": figure, "value": value, **extra}), flush=True)
+
+
+def land(config, records: int, files: int) -> int:
+    g = config.generator
+    generator = TelemetryGenerator(g.seed, g.hosts, g.racks, 0.02, g.interval_seconds, g.start_time)
+    landing = Path(config.landing_path("telemetry"))
+    landing.mkdir(parents=True, exist_ok=True)
+    return generate_batch(generator, landing, "telemetry", "bench", g.seed, records, files).total_lines
+
+
+EXTRA_OVERRIDES: list[str] = []
+
+
+def config_for(data_dir: Path, *overrides: str):
+    return load_config("dev", conf_dir=REPO / "conf", data_dir=data_dir, overrides=EXTRA_OVERRIDES + list(overrides))
+
+
+def link_landing(source: Path, target: Path) -> None:
+    """The same landing files under another data dir, as hard links (no copy)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.is_file():
+            os.link(path, target / path.name)
+
+
+def measure_job_memory(cmd: list[str], env: dict, sample_seconds: float = 2.0) -> dict:
+    """Run ``cmd`` and sample its JVM: peak resident memory (VmHWM) and peak live heap.
+
+    Resident memory mostly shows how far the JVM let its heap grow before collecting, which
+    grows with run time. The live heap is read with the JDK's own tool every few seconds:
+    ``jcmd <pid> GC.run`` (a full collection), then ``GC.heap_info``'s "used".
+    """
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak_rss_kib, peak_live_kib = 0, 0
+    while proc.poll() is None:
+        for pid in _descendants(proc.pid):
+            try:
+                if "java" not in Path(f"/proc/{pid}/comm").read_text():
+                    continue
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_rss_kib = max(peak_rss_kib, int(line.split()[1]))
+            peak_live_kib = max(peak_live_kib, _live_heap_kib(pid))
+        time.sleep(sample_seconds)
+    if proc.returncode != 0:
+        raise SystemExit(f"ingest job failed ({proc.returncode}): {' '.join(cmd)}")
+    return {"rss_mib": peak_rss_kib / 1024, "live_heap_mib": peak_live_kib / 1024,
+            "seconds": time.monotonic() - started}
+
+
+def _live_heap_kib(pid: int) -> int:
+    def jcmd(*what: str) -> str:
+        return subprocess.run(["jcmd", str(pid), *what], capture_output=True, text=True, timeout=30).stdout
+
+    try:
+        jcmd("GC.run")
+        info = jcmd("GC.heap_info")
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    match = re.search(r"heap\s+total \d+K, used (\d+)K", info)
+    return int(match.group(1)) if match else 0
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for task in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int(Path(task, "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            children.append(int(task.name))
+    return children + [d for c in children for d in _descendants(c)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the best counts")
+    parser.add_argument("--work-dir", default=str(REPO / "bench" / "out"))
+    parser.add_argument("--only", choices=["throughput", "memory"], help="run one half of the benchmark")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="configuration override for every run (repeatable)")
+    args = parser.parse_args()
+    global EXTRA_OVERRIDES
+    EXTRA_OVERRIDES = list(args.overrides)
+
+    work = Path(args.work_dir) / datetime.now(timezone.utc).strftime("bronze-%Y%m%dT%H%M%S")
+    emit("machine", platform.node(), cpus=os.cpu_count(), python=platform.python_version())
+
+    # -- the landing set, generated once ----------------------------------------------------
+    base = config_for(work / "landing-set")
+    t0 = time.monotonic()
+    lines = land(base, args.records, args.files)
+    emit("generated_lines", lines, files=args.files, seconds=round(time.monotonic() - t0, 1))
+    landing = Path(base.landing_path("telemetry"))
+
+    if args.only != "memory":
+        measure_throughput(base, landing, lines, work, args.repeats)
+    if args.only != "throughput":
+        measure_memory(landing, work, args.records, args.files)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def measure_throughput(base, landing: Path, lines: int, work: Path, repeats: int) -> None:
+    """(a) bronze ingest and (b) text -> Parquet on the same files, in one session, alternating."""
+    spark = build_session(base)
+    warm = config_for(work / "warm-up")
+    link_landing(landing, Path(warm.landing_path("telemetry")))
+    spark.read.text(str(landing)).limit(1000).write.mode("overwrite").parquet(str(work / "warm-up" / "copy"))
+
+    best = {"ingest": float("inf"), "copy": float("inf")}
+    for attempt in range(repeats):
+        started = time.monotonic()
+        spark.read.text(str(landing)).write.mode("overwrite").parquet(str(work / f"copy-{attempt}"))
+        best["copy"] = min(best["copy"], time.monotonic() - started)
+
+        run = config_for(work / f"ingest-{attempt}")
+        link_landing(landing, Path(run.landing_path("telemetry")))
+        started = time.monotonic()
+        if run_bronze_ingest(spark, run, "telemetry", {"availableNow": True}) != 0:
+            raise SystemExit("bronze ingest failed")
+        best["ingest"] = min(best["ingest"], time.monotonic() - started)
+        shutil.rmtree(work / f"copy-{attempt}", ignore_errors=True)
+
+    ingest_rate, copy_rate = lines / best["ingest"], lines / best["copy"]
+    emit("bronze_ingest_records_per_s", round(ingest_rate), seconds=round(best["ingest"], 2), records=lines)
+    emit("text_to_parquet_records_per_s", round(copy_rate), seconds=round(best["copy"], 2), records=lines)
+    emit("ingest_vs_copy_ratio", round(ingest_rate / copy_rate, 3), target=">= 0.8")
+    spark.stop()
+
+
+def measure_memory(landing: Path, work: Path, records: int, files: int) -> None:
+    """Driver memory with a backlog of 1x and 10x, the same rate limit, each in its own job."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    per_trigger = max(1, files // 10)
+    peaks = {}
+    for factor in (1, 10):
+        run = config_for(work / f"memory-{factor}x")
+        target = Path(run.landing_path("telemetry"))
+        if factor == 10:
+            link_landing(landing, target)
+        else:
+            land(run, records // 10, max(1, files // 10))
+        cmd = [sys.executable, "-m", "lakehouse.cli", "--data-dir", str(run.storage.data_dir),
+               *[arg for item in EXTRA_OVERRIDES for arg in ("--set", item)],
+               "--set", f"sources.telemetry.max_files_per_trigger={per_trigger}",
+               "ingest", "--source", "telemetry", "--once"]
+        peaks[factor] = measure_job_memory(cmd, env)
+        backlog = len(list(target.glob("*.jsonl")))
+        for key in ("rss_mib", "live_heap_mib"):
+            emit(f"driver_peak_{key}_{factor}x", round(peaks[factor][key]), backlog_files=backlog,
+                 max_files_per_trigger=per_trigger, seconds=round(peaks[factor]["seconds"], 1))
+    for key in ("rss_mib", "live_heap_mib"):
+        emit(f"driver_{key[:-4]}_ratio_10x_vs_1x", round(peaks[10][key] / peaks[1][key], 3), target="<= 1.2")
+
+if __name__ == "__main__":
+    sys.exit(main())

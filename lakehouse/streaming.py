@@ -1,0 +1,102 @@
+"""Running a streaming query as a job: triggers, progress reporting, graceful stop, clear failure.
+
+Every streaming job (bronze ingest now; silver refine and gold builds later) starts its query
+through :func:`run_streaming_job`, which attaches the progress recorder, prints each finished
+micro-batch, writes ``ops.stream_progress``, and turns Ctrl-C / SIGTERM into a clean stop.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import threading
+import time
+from typing import Callable
+
+from pyspark.errors import StreamingQueryException
+from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
+
+from lakehouse.config import LakehouseConfig
+from lakehouse.observability import ProgressRecorder
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def trigger_for(once: bool, interval: str | None, config: LakehouseConfig) -> dict:
+    """``writeStream.trigger`` arguments: availableNow for ``--once``, else a processing-time interval."""
+    if once:
+        return {"availableNow": True}
+    return {"processingTime": spark_interval(interval or config.streaming.trigger)}
+
+
+def spark_interval(text: str) -> str:
+    """'10s' -> '10 seconds' (Spark's interval syntax); longer forms pass through unchanged."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)", text.strip())
+    if not match:
+        return text
+    units = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours"}
+    return f"{match.group(1)} {units[match.group(2)]}"
+
+
+def run_streaming_job(
+    spark: SparkSession,
+    config: LakehouseConfig,
+    query_name: str,
+    checkpoint: str,
+    start: Callable[[], StreamingQuery],
+) -> int:
+    """Start the query with ``start()`` and run it until it finishes (availableNow) or is stopped."""
+    recorder = ProgressRecorder(spark, config)
+    recorder.watch(query_name, checkpoint)
+    spark.streams.addListener(recorder)
+    try:
+        query = start()
+    except BaseException:
+        spark.streams.removeListener(recorder)
+        raise
+
+    stop_requested = threading.Event()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.set()) if in_main_thread else None
+    started = flushed_at = time.monotonic()
+    records = 0
+    try:
+        while query.isActive:
+            try:
+                query.awaitTermination(1)
+            except KeyboardInterrupt:
+                stop_requested.set()
+            if stop_requested.is_set() and query.isActive:
+                print(f"{query_name}: stopping; an unfinished batch is redone on restart", flush=True)
+                query.stop()
+            records += _print_finished_batches(recorder, query_name)
+            # Progress rows are appended in groups: a Delta commit per micro-batch would compete
+            # with the query itself for the same cores.
+            if time.monotonic() - flushed_at >= config.streaming.progress_flush_seconds:
+                recorder.flush()
+                flushed_at = time.monotonic()
+        query.awaitTermination()
+    except StreamingQueryException as exc:
+        print(f"lakehouse: {query_name} failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        recorder.wait_terminated(str(query.id), timeout=30)
+        records += _print_finished_batches(recorder, query_name)
+        recorder.flush()
+        spark.streams.removeListener(recorder)
+    print(f"{query_name}: done, {records:,} records in {time.monotonic() - started:.1f}s", flush=True)
+    return EXIT_OK
+
+
+def _print_finished_batches(recorder: ProgressRecorder, query_name: str) -> int:
+    """Print the micro-batches that finished since the last call; returns their records."""
+    rows = recorder.drain()
+    for row in rows:
+        files = f", {row['num_input_files']} files" if row["num_input_files"] is not None else ""
+        print(f"{query_name}: batch {row['batch_id']}: {row['num_input_rows']:,} records{files}, "
+              f"{row['batch_duration_ms'] / 1000:.1f}s", flush=True)
+    return sum(row["num_input_rows"] for row in rows)
