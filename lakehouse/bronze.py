@@ -8,6 +8,8 @@ Next stop for each row: ``silver.<entity>`` (lakehouse.silver, issue 3).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -91,7 +93,10 @@ def start_file_ingest(
     source = config.source(source_name)
     table = bronze_table(config, source_name)
     ensure_bronze_table(spark, table)
-    files = read_landing_stream(spark, source, config.landing_path(source_name))
+    landing = config.landing_path(source_name)
+    if "://" not in landing:
+        Path(landing).mkdir(parents=True, exist_ok=True)  # files may start arriving later
+    files = read_landing_stream(spark, source, landing)
     lines = count_records(with_lines(files, F.col("_metadata.file_path")))
     writer = (
         lines.writeStream.format("delta")

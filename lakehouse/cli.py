@@ -95,12 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lakehouse: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     handler = COMMANDS[args.command]
+    from pyspark.errors import PySparkException
+
     from lakehouse.session import SessionError
 
     try:
         return handler(config, args)
-    except SessionError as exc:
-        print(f"lakehouse: {exc}", file=sys.stderr)
+    except (SessionError, PySparkException) as exc:
+        print(f"lakehouse: {args.command} failed: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("lakehouse: interrupted", file=sys.stderr)
@@ -257,7 +259,8 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
     ok = counts["rows"] == counts["distinct_lines"] == manifest.total_lines
     print(f"every line landed exactly once: {'yes' if ok else 'NO'}")
     print("\n" + format_status(collect_status(spark, config)))
-    prefix = "lakehouse" + (f" --data-dir {config.storage.data_dir}" if config.storage.data_dir != Path("data") else "")
+    command = ".venv/bin/lakehouse" if Path(".venv/bin/lakehouse").exists() else "lakehouse"
+    prefix = command + (f" --data-dir {config.storage.data_dir}" if config.storage.data_dir != Path("data") else "")
     print("\nnext:")
     print(f"  {prefix} sql \"SELECT value FROM bronze.{args.source} WHERE value NOT LIKE '{{%}}' LIMIT 5\"")
     print(f"  {prefix} status")

@@ -62,8 +62,9 @@ def _local_path(uri: str) -> str:
     return uri
 
 
-def _checkpoint_local_dir(checkpoint: str) -> Path | None:
-    parsed = urlparse(checkpoint)
+def _local_dir(location: str) -> Path | None:
+    """A local directory for a plain path or file: URI; None for remote storage."""
+    parsed = urlparse(location)
     return Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
 
 
@@ -80,7 +81,7 @@ def _read_source_log(path: Path) -> list[dict]:
 
 def files_in_batch(checkpoint: str, batch_id: int, source_index: int = 0) -> int | None:
     """How many input files the file source planned for ``batch_id`` (None when unknown)."""
-    local = _checkpoint_local_dir(checkpoint)
+    local = _local_dir(checkpoint)
     if local is None:
         return None
     log_dir = local / "sources" / str(source_index)
@@ -92,7 +93,7 @@ def files_in_batch(checkpoint: str, batch_id: int, source_index: int = 0) -> int
 
 def processed_files(checkpoint: str, source_index: int = 0) -> set[str]:
     """Every landing file the query has taken in, as local paths."""
-    local = _checkpoint_local_dir(checkpoint)
+    local = _local_dir(checkpoint)
     if local is None:
         return set()
     log_dir = local / "sources" / str(source_index)
@@ -107,7 +108,7 @@ def processed_files(checkpoint: str, source_index: int = 0) -> set[str]:
 
 def landed_files(landing: str) -> list[str]:
     """Data files in a local landing directory (hidden and ``_`` names are not data)."""
-    root = _checkpoint_local_dir(landing)
+    root = _local_dir(landing)
     if root is None or not root.is_dir():
         return []
     found = []

@@ -95,3 +95,9 @@ def test_sql_command_reads_tables_by_name(spark, config, capsys):
     assert code == 0
     assert json.loads(capsys.readouterr().out.strip()) == {"n": 200}
     assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "sql", "SELECT * FROM bronze.nope"]) == 1
+
+
+def test_ingest_before_any_file_landed_waits_for_files(spark, config):
+    assert run_bronze_ingest(spark, config, "telemetry", {"availableNow": True}) == 0
+    assert Path(config.landing_path("telemetry")).is_dir()
+    assert read_table(spark, bronze_table(config, "telemetry")).count() == 0
