@@ -58,14 +58,14 @@ STREAM_PROGRESS_SCHEMA = StructType(
 def _local_path(uri: str) -> str:
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
-        return os.path.normpath(unquote(parsed.path))
+        return os.path.abspath(unquote(parsed.path))
     return uri
 
 
 def _local_dir(location: str) -> Path | None:
     """A local directory for a plain path or file: URI; None for remote storage."""
     parsed = urlparse(location)
-    return Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
+    return Path(unquote(parsed.path)).absolute() if parsed.scheme in ("", "file") else None
 
 
 def _read_source_log(path: Path) -> list[dict]:
@@ -115,7 +115,7 @@ def landed_files(landing: str) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]
         found.extend(
-            os.path.normpath(os.path.join(dirpath, f))
+            os.path.abspath(os.path.join(dirpath, f))
             for f in filenames
             if not f.startswith((".", "_"))
         )
@@ -271,7 +271,7 @@ def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QuerySt
 
 
 def format_status(statuses: list[QueryStatus]) -> str:
-    headers = ["query", "last batch", "batch time (UTC)", "input rows", "R rec/s", "S", "B rec/s/ch", "backlog files"]
+    headers = ["query", "last batch", "batch time (UTC)", "records", "R rec/s", "S", "B rec/s/ch", "backlog files"]
 
     def fmt(value, digits=1):
         if value is None:
