@@ -115,8 +115,14 @@ class SourceConfig:
     kind: Literal["files"]
     format: Literal["json-lines", "csv"]
     path: Annotated[str, MustExist()] | None = None  # landing location; default <landing_dir>/<name>
-    max_files_per_trigger: PositiveInt | None = None  # rate limits, applied per micro-batch
+    # Rate limits per micro-batch; Spark takes one or the other, not both.
+    max_files_per_trigger: PositiveInt | None = None
     max_bytes_per_trigger: PositiveInt | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.max_files_per_trigger and self.max_bytes_per_trigger:
+            return [("max_bytes_per_trigger", "set max_files_per_trigger or max_bytes_per_trigger, not both")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -401,6 +407,8 @@ def _convert(value: Any, hint: Any, path: tuple[str, ...], tree: _Tree, fallback
             elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
                 raise ConfigError(origin_file, _dotted(path + (name,)), "missing required key")
         result = hint(**kwargs)
+        for name, message in getattr(result, "problems", lambda: [])():
+            raise ConfigError(tree.origin(path + (name,), fallback), _dotted(path + (name,)), message)
     elif origin is dict:
         key_type, value_type = get_args(hint)
         if not isinstance(value, dict):

@@ -85,6 +85,11 @@ BAD_CASES = {
         [], "test/lakehouse.yml", "storage.token",
     ),
     "unknown environment": (lambda c: None, ["--env", "staging"], "staging", "--env"),
+    "both rate limits": (
+        lambda c: None,
+        ["--set", "sources.telemetry.max_bytes_per_trigger=1000000"],
+        "--set sources.telemetry.max_bytes_per_trigger", "sources.telemetry.max_bytes_per_trigger",
+    ),
 }
 
 
