@@ -44,18 +44,29 @@ def with_lines(files: DataFrame, file_path: Column) -> DataFrame:
 
     Lines end at "\\n"; a "\\r" before it stays in the line, so the line is stored as received.
     A final "\\n" ends the last line rather than starting an empty one; an empty file has no lines.
-    The array of lines is the generator's only input, so no per-line row carries the file's text.
+
+    Cost matters here (every landed byte passes through): the text is split once, and the
+    empty piece after a final "\\n" is dropped from the array, not by trimming the text (which
+    walks and copies each file again). The array is the generator's only input, so no per-line
+    row carries the file's text; and nothing after the explode refers back to the array, or the
+    optimizer would re-split the file once per line.
     """
     text = F.col("value")
-    body = F.when(text.endswith("\n"), F.expr("substring(value, 1, length(value) - 1)")).otherwise(text)
-    lines = F.when(text == "", F.array().cast("array<string>")).otherwise(F.split(body, "\n", -1))
-    return files.select(
-        file_path.alias("_source_file"), F.posexplode(lines).alias("_position", "value")
-    ).select(
-        "value",
-        "_source_file",
-        (F.col("_position") + 1).cast("long").alias("_source_line"),
-        F.current_timestamp().alias("_ingested_at"),
+    pieces, ends_with_newline = F.col("_pieces"), F.col("_ends_with_newline")
+    whole_lines = F.when(ends_with_newline, F.slice(pieces, 1, F.size(pieces) - 1)).otherwise(pieces)
+    return (
+        files.select(
+            file_path.alias("_source_file"),
+            F.when(text == "", F.array().cast("array<string>")).otherwise(F.split(text, "\n", -1)).alias("_pieces"),
+            text.endswith("\n").alias("_ends_with_newline"),
+        )
+        .select("_source_file", F.posexplode(whole_lines).alias("_position", "value"))
+        .select(
+            "value",
+            "_source_file",
+            (F.col("_position") + 1).cast("long").alias("_source_line"),
+            F.current_timestamp().alias("_ingested_at"),
+        )
     )
 
 

@@ -14,6 +14,8 @@ def test_lines_keep_bytes_and_positions(spark):
             ("f2", "x\r\ny"),  # CRLF kept, last line without newline
             ("f3", ""),  # empty file: no lines
             ("f4", "\n"),  # one empty line
+            ("f5", "a\n\nb\r\n\n"),  # empty lines between and at the end
+            ("f6", "é😀\rx"),  # multi-byte text, a lone CR is not a line end
         ],
         "path string, value string",
     )
@@ -26,4 +28,9 @@ def test_lines_keep_bytes_and_positions(spark):
         ("f2", 1, "x\r"),
         ("f2", 2, "y"),
         ("f4", 1, ""),
+        ("f5", 1, "a"),
+        ("f5", 2, ""),
+        ("f5", 3, "b\r"),
+        ("f5", 4, ""),
+        ("f6", 1, "é😀\rx"),
     ]
