@@ -58,46 +58,54 @@ def link_landing(source: Path, target: Path) -> None:
             os.link(path, target / path.name)
 
 
-def measure_job_memory(cmd: list[str], env: dict, sample_seconds: float = 2.0) -> dict:
-    """Run ``cmd`` and sample its JVM: peak resident memory (VmHWM) and peak live heap.
+def measure_job_memory(cmd: list[str], env: dict, commits: Path) -> dict:
+    """Run ``cmd``; return its JVM's peak resident memory and its peak live heap between batches.
 
-    Resident memory mostly shows how far the JVM let its heap grow before collecting, which
-    grows with run time. The live heap is read with the JDK's own tool every few seconds:
-    ``jcmd <pid> GC.run`` (a full collection), then ``GC.heap_info``'s "used".
+    Resident memory (VmHWM) mostly shows how far the JVM let its heap grow before collecting,
+    which grows with run time. The live heap is what the job keeps from one micro-batch to the
+    next: right after each batch commits (a new file in the checkpoint's ``commits/``), the JDK's
+    ``jcmd <pid> GC.class_histogram`` runs a full collection and totals the objects still alive.
+    A backlog that the rate limits do not bound shows up there.
     """
     started = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak_rss_kib, peak_live_kib = 0, 0
+    peak_rss_kib, peak_live_bytes, seen = 0, 0, set()
     while proc.poll() is None:
-        for pid in _descendants(proc.pid):
-            try:
-                if "java" not in Path(f"/proc/{pid}/comm").read_text():
-                    continue
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            for line in status.splitlines():
+        java = [pid for pid in _descendants(proc.pid) if _comm(pid) == "java"]
+        for pid in java:
+            for line in _read(f"/proc/{pid}/status").splitlines():
                 if line.startswith("VmHWM:"):
                     peak_rss_kib = max(peak_rss_kib, int(line.split()[1]))
-            peak_live_kib = max(peak_live_kib, _live_heap_kib(pid))
-        time.sleep(sample_seconds)
+        done = {p.name for p in commits.iterdir() if p.name.isdigit()} if commits.is_dir() else set()
+        if java and done - seen:
+            seen |= done
+            peak_live_bytes = max(peak_live_bytes, _live_bytes(java[0]))
+        time.sleep(0.1)
     if proc.returncode != 0:
         raise SystemExit(f"ingest job failed ({proc.returncode}): {' '.join(cmd)}")
-    return {"rss_mib": peak_rss_kib / 1024, "live_heap_mib": peak_live_kib / 1024,
-            "seconds": time.monotonic() - started}
+    return {"rss_mib": peak_rss_kib / 1024, "live_heap_mib": peak_live_bytes / 2**20,
+            "batches_sampled": len(seen), "seconds": time.monotonic() - started}
 
 
-def _live_heap_kib(pid: int) -> int:
-    def jcmd(*what: str) -> str:
-        return subprocess.run(["jcmd", str(pid), *what], capture_output=True, text=True, timeout=30).stdout
-
+def _live_bytes(pid: int) -> int:
     try:
-        jcmd("GC.run")
-        info = jcmd("GC.heap_info")
+        histogram = subprocess.run(["jcmd", str(pid), "GC.class_histogram"], capture_output=True,
+                                   text=True, timeout=60).stdout
     except (OSError, subprocess.TimeoutExpired):
         return 0
-    match = re.search(r"heap\s+total \d+K, used (\d+)K", info)
+    match = re.search(r"^Total\s+\d+\s+(\d+)", histogram, re.MULTILINE)
     return int(match.group(1)) if match else 0
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="ignore")
+    except OSError:
+        return ""
+
+
+def _comm(pid: int) -> str:
+    return _read(f"/proc/{pid}/comm").strip()
 
 
 def _descendants(pid: int) -> list[int]:
@@ -187,11 +195,12 @@ def measure_memory(landing: Path, work: Path, records: int, files: int) -> None:
                *[arg for item in EXTRA_OVERRIDES for arg in ("--set", item)],
                "--set", f"sources.telemetry.max_files_per_trigger={per_trigger}",
                "ingest", "--source", "telemetry", "--once"]
-        peaks[factor] = measure_job_memory(cmd, env)
+        peaks[factor] = measure_job_memory(cmd, env, Path(run.checkpoint_path("bronze_telemetry"), "commits"))
         backlog = len(list(target.glob("*.jsonl")))
         for key in ("rss_mib", "live_heap_mib"):
             emit(f"driver_peak_{key}_{factor}x", round(peaks[factor][key]), backlog_files=backlog,
-                 max_files_per_trigger=per_trigger, seconds=round(peaks[factor]["seconds"], 1))
+                 max_files_per_trigger=per_trigger, batches_sampled=peaks[factor]["batches_sampled"],
+                 seconds=round(peaks[factor]["seconds"], 1))
     for key in ("rss_mib", "live_heap_mib"):
         emit(f"driver_{key[:-4]}_ratio_10x_vs_1x", round(peaks[10][key] / peaks[1][key], 3), target="<= 1.2")
 
