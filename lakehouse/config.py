@@ -125,6 +125,30 @@ class SourceConfig:
         return []
 
 
+ColumnType = Literal["string", "double", "long", "int", "boolean", "timestamp", "date"]
+
+
+@dataclass(frozen=True)
+class EntityConfig:
+    """A silver entity: the typed record parsed from its sources' bronze rows."""
+
+    sources: list[Identifier]  # bronze.<source> tables it reads
+    columns: dict[Identifier, ColumnType]  # the declared schema, in order
+    keys: list[Identifier]  # deduplication key
+    event_time: Identifier  # which version of a key is the latest
+    suite: Identifier  # expectations/<suite>.json under the env or base conf dir
+    watermark: Duration = "1 hour"  # dedup horizon for late events
+    unexpected_fields: Literal["rescue", "quarantine"] = "rescue"  # rescue: kept in _rescued
+
+    def problems(self) -> list[tuple[str, str]]:
+        for name in (*self.keys, self.event_time):
+            if name not in self.columns:
+                return [("keys" if name in self.keys else "event_time", f"'{name}' is not a declared column")]
+        if not self.keys:
+            return [("keys", "at least one key column is required")]
+        return []
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     records: PositiveInt  # lines written per run (faults included)
@@ -147,6 +171,7 @@ class LakehouseConfig:
     streaming: StreamingConfig
     generator: GeneratorConfig
     sources: dict[Identifier, SourceConfig]
+    entities: dict[Identifier, EntityConfig] = field(default_factory=dict)
 
     def source(self, name: str) -> SourceConfig:
         try:
@@ -156,6 +181,23 @@ class LakehouseConfig:
             raise ConfigError(
                 str(self.conf_dir), f"sources.{name}", f"no such source (configured: {known})"
             ) from None
+
+    def entity(self, name: str) -> EntityConfig:
+        try:
+            return self.entities[name]
+        except KeyError:
+            known = ", ".join(sorted(self.entities)) or "none"
+            raise ConfigError(
+                str(self.conf_dir), f"entities.{name}", f"no such entity (configured: {known})"
+            ) from None
+
+    def suite_path(self, suite: str) -> Path:
+        """``expectations/<suite>.json`` from the environment's conf dir, else the base one."""
+        for layer in (self.env, "base"):
+            candidate = self.conf_dir / layer / "expectations" / f"{suite}.json"
+            if candidate.is_file():
+                return candidate
+        return self.conf_dir / "base" / "expectations" / f"{suite}.json"
 
     @property
     def landing_root(self) -> str:
@@ -237,6 +279,14 @@ def load_config(
     tree.origins[("env",)] = "--env"
     tree.origins[("conf_dir",)] = "--conf-dir"
     config = _convert(values, LakehouseConfig, (), tree, str(base))
+    for name, entity in config.entities.items():
+        for source in entity.sources:
+            if source not in config.sources:
+                raise ConfigError(tree.origin(("entities", name, "sources"), str(base)),
+                                  f"entities.{name}.sources", f"no such source '{source}'")
+        if not config.suite_path(entity.suite).is_file():
+            raise ConfigError(tree.origin(("entities", name, "suite"), str(base)), f"entities.{name}.suite",
+                              f"no suite file {config.suite_path(entity.suite)}")
     missing_layers = [layer for layer in LAYERS if layer not in config.catalog.schemas]
     if missing_layers:
         raise ConfigError(

@@ -85,6 +85,18 @@ BAD_CASES = {
         [], "test/lakehouse.yml", "storage.token",
     ),
     "unknown environment": (lambda c: None, ["--env", "staging"], "staging", "--env"),
+    "entity key not a column": (
+        lambda c: _edit(c / "base/entities/telemetry.yml", "keys: [event_id]", "keys: [event_uuid]"),
+        [], "base/entities/telemetry.yml", "entities.telemetry.keys",
+    ),
+    "entity suite file missing": (
+        lambda c: (c / "base/expectations/telemetry.json").unlink(),
+        [], "base/entities/telemetry.yml", "entities.telemetry.suite",
+    ),
+    "entity reads an unknown source": (
+        lambda c: _edit(c / "base/entities/telemetry.yml", "sources: [telemetry]", "sources: [telemetri]"),
+        [], "base/entities/telemetry.yml", "entities.telemetry.sources",
+    ),
     "both rate limits": (
         lambda c: None,
         ["--set", "sources.telemetry.max_bytes_per_trigger=1000000"],

@@ -1,0 +1,67 @@
+"""Parsing bronze lines into the entity's typed columns, and the generator's faults seen by the suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyspark.sql import functions as F
+
+from lakehouse.bronze import with_lines
+from lakehouse.generator import TelemetryGenerator, generate_batch
+from lakehouse.quality import load_suite, row_rules, with_rule_results
+from lakehouse.silver import parse_records
+
+
+def test_parse_types_values_and_flags_problems(spark, config):
+    entity = config.entity("telemetry")
+    lines = spark.createDataFrame(
+        [
+            (1, '{"event_id": "e1", "cpu_util": 12.5, "event_time": "2026-01-01T00:00:01.000Z", "firmware": "1.2"}'),
+            (2, '{"event_id": "e2", "cpu_util": "n/a", "event_time": 1767225600}'),
+            (3, '{"event_id": "e3", "cpu_u'),
+            (4, ""),
+        ],
+        "line long, value string",
+    )
+    rows = {r.line: r for r in parse_records(lines, entity).collect()}
+    assert rows[1].cpu_util == 12.5 and rows[1].event_time.isoformat() == "2026-01-01T00:00:01"
+    assert rows[1]._rescued == '{"firmware":"1.2"}' and rows[1]._type_errors == [] and not rows[1]._malformed
+    assert sorted(rows[2]._type_errors) == ["cpu_util", "event_time"] and rows[2].cpu_util is None
+    assert rows[3]._malformed and rows[3].event_id is None and rows[3]._type_errors == []
+    assert rows[4]._malformed
+    assert rows[1].value == lines.where("line = 1").first().value  # the raw line is carried along
+
+
+def test_generated_faults_are_each_caught_by_parse_and_rules(spark, config, tmp_path):
+    g = config.generator
+    generator = TelemetryGenerator(9, g.hosts, g.racks, 0.1, g.interval_seconds, g.start_time)
+    manifest = generate_batch(generator, tmp_path, "telemetry", "q", 9, 3000, 3)
+    files = spark.read.format("text").option("wholetext", True).load(str(tmp_path))
+    bronze = with_lines(files, F.col("_metadata.file_path"))
+    entity = config.entity("telemetry")
+    rules = row_rules(load_suite(config.suite_path(entity.suite)))
+    checked = with_rule_results(parse_records(bronze, entity), rules).select(
+        F.element_at(F.split("_source_file", "/"), -1).alias("file"), "_source_line", "_malformed",
+        "_type_errors", "_rescued", "_failed_drop").collect()
+    assert len(checked) == manifest.total_lines
+
+    kinds = {(f["file"], f["line"]): f["kind"] for f in manifest.faults}
+    seen = {}
+    for row in checked:
+        if row._malformed:
+            found = "malformed_json"
+        elif row._type_errors:
+            found = "wrong_type"
+        elif any("not_be_null" in name for name in row._failed_drop):
+            found = "missing_field"
+        elif row._failed_drop:
+            found = "out_of_range"
+        elif row._rescued:
+            found = "extra_field"
+        else:
+            found = None
+        if found:
+            seen[(row.file, row._source_line)] = found
+    expected = {key: kind for key, kind in kinds.items()
+                if kind in ("malformed_json", "wrong_type", "missing_field", "out_of_range", "extra_field")}
+    assert seen == expected
