@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
@@ -19,7 +18,7 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType, Tim
 from lakehouse.config import LakehouseConfig, SourceConfig
 from lakehouse.observability import count_records
 from lakehouse.streaming import run_streaming_job
-from lakehouse.tables import TableRef, resolve_table
+from lakehouse.tables import TableRef, create_table_if_missing, resolve_table
 
 BRONZE_FILE_SCHEMA = StructType(
     [
@@ -81,16 +80,17 @@ def read_landing_stream(spark: SparkSession, source: SourceConfig, path: str) ->
 
 def ensure_bronze_table(spark: SparkSession, table: TableRef) -> None:
     """Create the bronze table up front, append-only, so nothing can rewrite what landed."""
-    builder = DeltaTable.createIfNotExists(spark)
-    builder = builder.location(table.path) if table.is_path else builder.tableName(table.identifier)
-    (
-        builder.addColumns(BRONZE_FILE_SCHEMA)
-        .property("delta.appendOnly", "true")
-        # File statistics for data skipping on the provenance columns only: min/max of raw
-        # lines would cost a pass over every value and never prune a query.
-        .property("delta.dataSkippingStatsColumns", "_source_file,_source_line,_ingested_at")
-        .comment("Raw landing lines, one row per input line; see lakehouse/bronze.py")
-        .execute()
+    create_table_if_missing(
+        spark,
+        table,
+        BRONZE_FILE_SCHEMA,
+        properties={
+            "delta.appendOnly": "true",
+            # File statistics for data skipping on the provenance columns only: min/max of raw
+            # lines would cost a pass over every value and never prune a query.
+            "delta.dataSkippingStatsColumns": "_source_file,_source_line,_ingested_at",
+        },
+        comment="Raw landing lines, one row per input line; see lakehouse/bronze.py",
     )
 
 

@@ -63,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--once", action="store_true", help="process everything landed so far, then stop (availableNow)")
     when.add_argument("--trigger", help="run continuously with this processing-time trigger (default: streaming.trigger)")
 
+    ref = command("refine", "stream bronze rows into silver.<entity>: parse, expectations, quarantine, dedupe (MERGE)")
+    ref.add_argument("--entity", required=True, help="configured entity name, e.g. telemetry")
+    ref_when = ref.add_mutually_exclusive_group()
+    ref_when.add_argument("--once", action="store_true", help="refine everything in bronze so far, then stop (availableNow)")
+    ref_when.add_argument("--trigger", help="run continuously with this processing-time trigger (default: streaming.trigger)")
+
+    rec = command("reconcile", "check bronze rows = silver rows + quarantined rows + duplicates; exit 1 when not")
+    rec.add_argument("--source", required=True, help="configured source name")
+
     status = command("status", "per query: last batch, input rows, R, S, B and the landed-but-unprocessed backlog")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -90,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides=args.overrides or (),
         )
         if getattr(args, "source", None) is not None:
-            config.source(args.source)  # an unknown source is a configuration error too
+            config.source(args.source)  # an unknown source or entity is a configuration error too
+        if getattr(args, "entity", None) is not None:
+            config.entity(args.entity)
     except ConfigError as exc:
         print(f"lakehouse: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -174,6 +185,23 @@ def cmd_ingest(config: LakehouseConfig, args) -> int:
 
     spark = _start_spark(config)
     return run_bronze_ingest(spark, config, args.source, trigger_for(args.once, args.trigger, config))
+
+
+def cmd_refine(config: LakehouseConfig, args) -> int:
+    from lakehouse.silver import run_silver_refine
+    from lakehouse.streaming import trigger_for
+
+    spark = _start_spark(config)
+    return run_silver_refine(spark, config, args.entity, trigger_for(args.once, args.trigger, config))
+
+
+def cmd_reconcile(config: LakehouseConfig, args) -> int:
+    from lakehouse.silver import reconcile
+
+    spark = _start_spark(config)
+    report = reconcile(spark, config, args.source)
+    print(report.describe())
+    return EXIT_OK if report.holds else EXIT_FAILED
 
 
 def cmd_status(config: LakehouseConfig, args) -> int:
@@ -270,6 +298,8 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
 COMMANDS = {
     "generate": cmd_generate,
     "ingest": cmd_ingest,
+    "refine": cmd_refine,
+    "reconcile": cmd_reconcile,
     "status": cmd_status,
     "sql": cmd_sql,
     "demo": cmd_demo,

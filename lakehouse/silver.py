@@ -11,11 +11,33 @@ Next stop: row rules (lakehouse.quality), then silver.<entity> or its quarantine
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
-from pyspark.sql.types import MapType, StringType
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
-from lakehouse.config import EntityConfig
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    ArrayType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from lakehouse.config import EntityConfig, LakehouseConfig
+from lakehouse.observability import count_records
+from lakehouse.quality import FAILED_COLUMNS, load_suite, row_rules, with_rule_results
+from lakehouse.streaming import run_streaming_job
+from lakehouse.tables import (
+    append_to_table,
+    create_table_if_missing,
+    delta_table,
+    read_table,
+    resolve_table,
+    table_exists,
+)
 
 RAW_FIELDS = "_raw_fields"
 
@@ -38,3 +60,263 @@ def parse_records(bronze: DataFrame, entity: EntityConfig) -> DataFrame:
         F.when(raw.isNull(), F.array().cast("array<string>")).otherwise(type_errors).alias("_type_errors"),
         F.when(F.size(extra) > 0, F.to_json(extra)).alias("_rescued"),
     )
+
+
+# -- refine: one micro-batch of bronze rows into silver, quarantine and ops -----------------
+
+QUARANTINE_SCHEMA = StructType(
+    [
+        StructField("value", StringType()),  # the raw record, as bronze holds it
+        StructField("_source_file", StringType()),
+        StructField("_source_line", LongType()),
+        StructField("reasons", ArrayType(StringType())),  # "malformed", "type(col)", failed expectation names
+        StructField("error", StringType()),  # one readable line
+        StructField("batch_id", LongType()),
+        StructField("_quarantined_at", TimestampType()),
+    ]
+)
+
+SILVER_BATCHES_TABLE = "ops.silver_batches"
+SILVER_BATCHES_SCHEMA = StructType(
+    [
+        StructField("entity", StringType()),
+        StructField("batch_id", LongType()),
+        StructField("bronze_rows", LongType()),
+        StructField("quarantined", LongType()),
+        StructField("inserted", LongType()),  # new keys
+        StructField("duplicates", LongType()),  # valid rows whose key was seen (in the batch or before)
+        StructField("warnings", LongType()),  # rows kept with a failed warn expectation
+        StructField("recorded_at", TimestampType()),
+    ]
+)
+
+
+class ExpectationFailedError(RuntimeError):
+    """A ``fail`` expectation did not hold: the batch is not committed and will be redone."""
+
+
+def quarantine_reasons(entity: EntityConfig) -> Column:
+    """Why a checked row goes to quarantine; an empty array keeps it."""
+    reasons = F.concat(
+        F.when(F.col("_malformed"), F.array(F.lit("malformed"))).otherwise(F.array().cast("array<string>")),
+        F.transform("_type_errors", lambda name: F.concat(F.lit("type("), name, F.lit(")"))),
+        F.col(FAILED_COLUMNS["drop"]),
+    )
+    if entity.unexpected_fields == "quarantine":
+        reasons = F.concat(
+            reasons,
+            F.when(F.col("_rescued").isNotNull(), F.array(F.lit("unexpected_fields"))).otherwise(
+                F.array().cast("array<string>")
+            ),
+        )
+    return reasons
+
+
+def latest_per_key(valid: DataFrame, entity: EntityConfig) -> DataFrame:
+    """One row per key: the latest event time wins; ties go to the later bronze position."""
+    order = [F.col(entity.event_time).desc_nulls_last(), F.col("_source_file").desc(), F.col("_source_line").desc()]
+    newest_first = Window.partitionBy(*entity.keys).orderBy(*order)
+    return valid.withColumn("_rank", F.row_number().over(newest_first)).where("_rank = 1").drop("_rank")
+
+
+def silver_columns(entity: EntityConfig) -> list[str]:
+    return [*entity.columns, "_rescued", "_source_file", "_source_line", "_ingested_at"]
+
+
+def silver_schema(entity: EntityConfig) -> StructType:
+    return StructType(
+        [StructField(name, _spark_type(kind)) for name, kind in entity.columns.items()]
+        + [
+            StructField("_rescued", StringType()),  # unexpected fields, as a JSON object
+            StructField("_source_file", StringType()),
+            StructField("_source_line", LongType()),
+            StructField("_ingested_at", TimestampType()),
+        ]
+    )
+
+
+def ensure_silver_tables(spark: SparkSession, config: LakehouseConfig, entity_name: str) -> None:
+    entity = config.entity(entity_name)
+    create_table_if_missing(spark, resolve_table(config, f"silver.{entity_name}"), silver_schema(entity),
+                            comment="Typed, validated, one row per key; see lakehouse/silver.py")
+    create_table_if_missing(spark, resolve_table(config, f"silver.{entity_name}_quarantine"), QUARANTINE_SCHEMA,
+                            comment="Rows that failed parsing or a drop expectation, with reasons")
+    create_table_if_missing(spark, resolve_table(config, SILVER_BATCHES_TABLE), SILVER_BATCHES_SCHEMA)
+
+
+def _spark_type(kind: str):
+    from pyspark.sql.types import _parse_datatype_string
+
+    return _parse_datatype_string(kind)
+
+
+def refine_batch(
+    config: LakehouseConfig,
+    entity_name: str,
+    rules: list,
+    app_id: str,
+    bronze_batch: DataFrame,
+    batch_id: int,
+) -> None:
+    """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
+
+    Every write carries Delta's idempotent-write marker (``app_id``, ``batch_id``), so a batch
+    redone after a crash changes nothing that already committed. The batch's counts go to
+    ops.silver_batches first, computed before the MERGE, so they are the same on a replay.
+    """
+    spark = bronze_batch.sparkSession
+    entity = config.entity(entity_name)
+    checked = with_rule_results(parse_records(bronze_batch, entity), rules).withColumn(
+        "_reasons", quarantine_reasons(entity)
+    )
+    checked.persist()
+    try:
+        failed = checked.where(F.size(FAILED_COLUMNS["fail"]) > 0)
+        first = failed.select(FAILED_COLUMNS["fail"], "_source_file", "_source_line").first()
+        if first is not None:
+            raise ExpectationFailedError(
+                f"batch {batch_id} of silver.{entity_name}: expectation {', '.join(first[0])} failed "
+                f"(policy fail) on {failed.count()} row(s), first at {first[1]} line {first[2]}; "
+                "nothing was committed, the batch is redone after a fix"
+            )
+        quarantine = checked.where(F.size("_reasons") > 0).select(
+            "value", "_source_file", "_source_line", F.col("_reasons").alias("reasons"),
+            F.array_join("_reasons", "; ").alias("error"), F.lit(batch_id).cast("long").alias("batch_id"),
+            F.current_timestamp().alias("_quarantined_at"),
+        )
+        valid = checked.where(F.size("_reasons") == 0)
+        latest = latest_per_key(valid, entity).select(*silver_columns(entity))
+        silver = delta_table(spark, resolve_table(config, f"silver.{entity_name}"))
+
+        keys = latest.select(*entity.keys)
+        known = silver.toDF().select(*entity.keys)
+        counts = checked.agg(
+            F.count("*").alias("bronze_rows"),
+            F.sum(F.when(F.size("_reasons") > 0, 1).otherwise(0)).alias("quarantined"),
+            F.sum(F.when((F.size("_reasons") == 0) & (F.size(FAILED_COLUMNS["warn"]) > 0), 1).otherwise(0)).alias("warnings"),
+        ).first()
+        inserted = keys.join(known, on=entity.keys, how="left_anti").count()
+        valid_rows = counts["bronze_rows"] - (counts["quarantined"] or 0)
+        stats = [(entity_name, batch_id, counts["bronze_rows"], counts["quarantined"] or 0, inserted,
+                  valid_rows - inserted, counts["warnings"] or 0, datetime.now(timezone.utc).replace(tzinfo=None))]
+        append_to_table(spark.createDataFrame(stats, SILVER_BATCHES_SCHEMA),
+                        resolve_table(config, SILVER_BATCHES_TABLE), txn=(f"{app_id}-stats", batch_id))
+        append_to_table(quarantine, resolve_table(config, f"silver.{entity_name}_quarantine"),
+                        txn=(f"{app_id}-quarantine", batch_id))
+
+        condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in entity.keys)
+        newer = f"s.`{entity.event_time}` > t.`{entity.event_time}` OR t.`{entity.event_time}` IS NULL"
+        spark.conf.set("spark.databricks.delta.write.txnAppId", f"{app_id}-merge")
+        spark.conf.set("spark.databricks.delta.write.txnVersion", str(batch_id))
+        try:
+            (
+                silver.alias("t").merge(latest.alias("s"), condition)
+                .whenMatchedUpdateAll(condition=newer)
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
+        finally:
+            spark.conf.unset("spark.databricks.delta.write.txnAppId")
+            spark.conf.unset("spark.databricks.delta.write.txnVersion")
+    finally:
+        checked.unpersist()
+
+
+def silver_query_name(entity_name: str) -> str:
+    return f"silver_{entity_name}"
+
+
+def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_name: str, trigger: dict):
+    """Stream the entity's bronze tables through :func:`refine_batch` (foreachBatch)."""
+    entity = config.entity(entity_name)
+    ensure_silver_tables(spark, config, entity_name)
+    rules = row_rules(load_suite(config.suite_path(entity.suite)))
+    streams = []
+    for source in entity.sources:
+        ref = resolve_table(config, f"bronze.{source}")
+        reader = spark.readStream.format("delta")
+        streams.append(reader.load(ref.path) if ref.is_path else reader.table(ref.identifier))
+    bronze = streams[0]
+    for other in streams[1:]:
+        bronze = bronze.unionByName(other)
+    query_name = silver_query_name(entity_name)
+
+    def process(batch: DataFrame, batch_id: int) -> None:
+        # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
+        query_id = batch.sparkSession.sparkContext.getLocalProperty("sql.streaming.queryId")
+        refine_batch(config, entity_name, rules, f"{query_name}-{query_id}", batch, batch_id)
+
+    return (
+        count_records(bronze).writeStream.foreachBatch(process)
+        .queryName(query_name)
+        .option("checkpointLocation", config.checkpoint_path(query_name))
+        .trigger(**trigger)
+        .start()
+    )
+
+
+def run_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_name: str, trigger: dict) -> int:
+    """The silver job: refine until done (availableNow) or stopped. Exit code."""
+    query_name = silver_query_name(entity_name)
+    checkpoint = config.checkpoint_path(query_name)
+    sources = ", ".join(f"bronze.{s}" for s in config.entity(entity_name).sources)
+    print(f"{query_name}: {sources} -> silver.{entity_name} (+ _quarantine; checkpoint {checkpoint})", flush=True)
+    return run_streaming_job(
+        spark, config, query_name, checkpoint, lambda: start_silver_refine(spark, config, entity_name, trigger)
+    )
+
+
+@dataclass
+class Reconciliation:
+    source: str
+    entities: list[str]
+    bronze_rows: int
+    refined_rows: int  # bronze rows the silver queries have taken in
+    silver_rows: int
+    quarantined: int
+    duplicates: int
+
+    @property
+    def difference(self) -> int:
+        return self.refined_rows - (self.silver_rows + self.quarantined + self.duplicates)
+
+    @property
+    def holds(self) -> bool:
+        return self.difference == 0 and self.bronze_rows == self.refined_rows
+
+    def describe(self) -> str:
+        lines = [
+            f"bronze.{self.source}: {self.bronze_rows:,} rows, {self.refined_rows:,} refined into "
+            f"{', '.join('silver.' + e for e in self.entities)}",
+            f"silver {self.silver_rows:,} + quarantined {self.quarantined:,} + duplicates {self.duplicates:,}"
+            f" = {self.silver_rows + self.quarantined + self.duplicates:,}",
+        ]
+        if self.bronze_rows != self.refined_rows:
+            lines.append(f"NOT RECONCILED: {self.bronze_rows - self.refined_rows:,} bronze rows not refined yet")
+        if self.difference:
+            lines.append(f"NOT RECONCILED: {self.difference:+,} rows refined but in none of silver, quarantine, duplicates")
+        if self.holds:
+            lines.append("reconciled: every bronze row is in silver, in quarantine, or counted as a duplicate")
+        return "\n".join(lines)
+
+
+def reconcile(spark: SparkSession, config: LakehouseConfig, source: str) -> Reconciliation:
+    """bronze = silver + quarantine + duplicates, for the entities that read ``source``."""
+    entities = [name for name, e in config.entities.items() if source in e.sources]
+    bronze_rows = 0
+    for name in {s for e in entities for s in config.entity(e).sources} or {source}:
+        ref = resolve_table(config, f"bronze.{name}")
+        bronze_rows += read_table(spark, ref).count() if table_exists(spark, ref) else 0
+    refined = silver_rows = quarantined = duplicates = 0
+    batches_ref = resolve_table(config, SILVER_BATCHES_TABLE)
+    for entity in entities:
+        silver_ref = resolve_table(config, f"silver.{entity}")
+        if not table_exists(spark, silver_ref):
+            continue
+        silver_rows += read_table(spark, silver_ref).count()
+        quarantined += read_table(spark, resolve_table(config, f"silver.{entity}_quarantine")).count()
+        sums = read_table(spark, batches_ref).where(F.col("entity") == entity).agg(
+            F.sum("bronze_rows").alias("refined"), F.sum("duplicates").alias("duplicates")).first()
+        refined += sums["refined"] or 0
+        duplicates += sums["duplicates"] or 0
+    return Reconciliation(source, entities, bronze_rows, refined, silver_rows, quarantined, duplicates)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
 from lakehouse.config import LAYERS, LakehouseConfig
@@ -63,12 +64,32 @@ def read_table(spark: SparkSession, ref: TableRef, version: int | None = None) -
     return reader.load(ref.path) if ref.is_path else reader.table(ref.identifier)
 
 
-def append_to_table(df: DataFrame, ref: TableRef) -> None:
+def append_to_table(df: DataFrame, ref: TableRef, txn: tuple[str, int] | None = None) -> None:
+    """Append ``df``. With ``txn`` = (app id, version) the append is idempotent: Delta skips it
+    when that app id already committed that version (a micro-batch redone after a crash)."""
     writer = df.write.format("delta").mode("append")
+    if txn is not None:
+        writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
     if ref.is_path:
         writer.save(ref.path)
     else:
         writer.saveAsTable(ref.identifier)
+
+
+def delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
+    return DeltaTable.forPath(spark, ref.path) if ref.is_path else DeltaTable.forName(spark, ref.identifier)
+
+
+def create_table_if_missing(spark: SparkSession, ref: TableRef, schema, properties: dict | None = None,
+                            comment: str | None = None) -> None:
+    builder = DeltaTable.createIfNotExists(spark)
+    builder = builder.location(ref.path) if ref.is_path else builder.tableName(ref.identifier)
+    builder = builder.addColumns(schema)
+    for key, value in (properties or {}).items():
+        builder = builder.property(key, value)
+    if comment:
+        builder = builder.comment(comment)
+    builder.execute()
 
 
 def register_local_tables(spark: SparkSession, config: LakehouseConfig) -> list[str]:

@@ -1,0 +1,14 @@
+"""Silver refine as a spark-submit job (also a Databricks spark_python_task).
+
+    spark-submit --packages io.delta:delta-spark_4.1_2.13:4.4.0 spark_jobs/silver_refine.py \
+        --entity telemetry --once [--env ENV] [--data-dir DIR] [--set key=value ...]
+
+Same flags as ``lakehouse refine``; the session spark-submit configured is reused.
+"""
+
+import sys
+
+from lakehouse.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["refine", *sys.argv[1:]]))
