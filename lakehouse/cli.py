@@ -256,15 +256,18 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
     from lakehouse.bronze import bronze_table, run_bronze_ingest
     from lakehouse.generator import TelemetryGenerator, generate_batch
     from lakehouse.observability import collect_status, format_status
-    from lakehouse.tables import read_table
+    from lakehouse.silver import reconcile, run_silver_refine
+    from lakehouse.tables import read_table, resolve_table
 
     g = config.generator
     run_id = "demo-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     landing_dir = Path(config.landing_path(args.source))
-    print(f"== 1. generate: {g.records:,} {args.source} records, fault rate {g.fault_rate:g} (run {run_id})")
+    # A new seed per demo run, so a rerun adds new events rather than duplicates of the last run's.
+    seed = g.seed + len(list((landing_dir / "_manifests").glob("demo-*.json")))
+    print(f"== 1. generate: {g.records:,} {args.source} records, fault rate {g.fault_rate:g} (run {run_id}, seed {seed})")
     landing_dir.mkdir(parents=True, exist_ok=True)
-    generator = TelemetryGenerator(g.seed, g.hosts, g.racks, g.fault_rate, g.interval_seconds, g.start_time)
-    manifest = generate_batch(generator, landing_dir, args.source, run_id, g.seed, g.records, g.files)
+    generator = TelemetryGenerator(seed, g.hosts, g.racks, g.fault_rate, g.interval_seconds, g.start_time)
+    manifest = generate_batch(generator, landing_dir, args.source, run_id, seed, g.records, g.files)
     print_manifest(manifest, landing_dir)
 
     print(f"\n== 2. bronze: ingest landing files into bronze.{args.source} (--once)")
@@ -280,17 +283,33 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
         F.countDistinct("_source_file", "_source_line").alias("distinct_lines"),
     ).first()
     total = bronze.count()
-    print(f"\n== 3. summary ({config.storage.data_dir})")
     print(f"lines landed in this run:      {manifest.total_lines:,}")
     print(f"bronze rows from this run:     {counts['rows']:,} ({counts['distinct_lines']:,} distinct file/line)")
     print(f"bronze rows in total:          {total:,}")
     ok = counts["rows"] == counts["distinct_lines"] == manifest.total_lines
     print(f"every line landed exactly once: {'yes' if ok else 'NO'}")
+
+    entities = [name for name, e in config.entities.items() if args.source in e.sources]
+    for entity in entities:
+        print(f"\n== 3. silver: refine bronze.{args.source} into silver.{entity} (--once)")
+        code = run_silver_refine(spark, config, entity, {"availableNow": True})
+        if code != EXIT_OK:
+            return code
+        quarantine = read_table(spark, resolve_table(config, f"silver.{entity}_quarantine"))
+        print(f"silver.{entity}: {read_table(spark, resolve_table(config, f'silver.{entity}')).count():,} rows")
+        print(f"silver.{entity}_quarantine by first reason:")
+        for row in quarantine.groupBy(F.col("reasons")[0].alias("reason")).count().orderBy(F.desc("count")).collect():
+            print(f"  {row['count']:>6,}  {row['reason']}")
+    if entities:
+        report = reconcile(spark, config, args.source)
+        print(f"\n== 4. reconciliation\n{report.describe()}")
+        ok = ok and report.holds
     print("\n" + format_status(collect_status(spark, config)))
     command = ".venv/bin/lakehouse" if Path(".venv/bin/lakehouse").exists() else "lakehouse"
     prefix = command + (f" --data-dir {config.storage.data_dir}" if config.storage.data_dir != Path("data") else "")
     print("\nnext:")
     print(f"  {prefix} sql \"SELECT value FROM bronze.{args.source} WHERE value NOT LIKE '{{%}}' LIMIT 5\"")
+    print(f"  {prefix} sql \"SELECT reasons, value FROM silver.{args.source}_quarantine LIMIT 5\"")
     print(f"  {prefix} status")
     return EXIT_OK if ok else EXIT_FAILED
 

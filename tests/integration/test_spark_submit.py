@@ -56,4 +56,5 @@ def test_demo_runs_end_to_end(spark, config, capsys):
     assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "demo"]) == 0
     out = capsys.readouterr().out
     assert "every line landed exactly once: yes" in out
+    assert "reconciled: every bronze row" in out
     assert read_table(spark, bronze_table(config, "telemetry")).count() == config.generator.records
