@@ -79,7 +79,7 @@ def run_streaming_job(
                 flushed_at = time.monotonic()
         query.awaitTermination()
     except StreamingQueryException as exc:
-        print(f"lakehouse: {query_name} failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"lakehouse: {query_name} failed: {failure_summary(exc)}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         if previous is not None:
@@ -90,6 +90,24 @@ def run_streaming_job(
         spark.streams.removeListener(recorder)
     print(f"{query_name}: done, {records:,} records in {time.monotonic() - started:.1f}s", flush=True)
     return EXIT_OK
+
+
+# "SomeError: message" as the last line of a Python traceback carried inside a JVM error
+_PYTHON_ERROR = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
+
+
+def failure_summary(exc: Exception) -> str:
+    """One line: the project's own error when a foreachBatch function raised one, else Spark's."""
+    lines = str(exc).splitlines()
+    raised = [m for m in map(_PYTHON_ERROR.match, lines) if m and "Py4J" not in m.group(1)]
+    own = [m for m in raised if m.group(1) in PROJECT_ERRORS]
+    if own:
+        return f"{own[-1].group(1)}: {own[-1].group(2)}"
+    return lines[0] if lines else repr(exc)
+
+
+# Errors the project raises on purpose inside a query (their message is the whole story).
+PROJECT_ERRORS = {"ExpectationFailedError"}
 
 
 def _print_finished_batches(recorder: ProgressRecorder, query_name: str) -> int:
