@@ -139,6 +139,7 @@ class EntityConfig:
     suite: Identifier  # expectations/<suite>.json under the env or base conf dir
     watermark: Duration = "1 hour"  # dedup horizon for late events
     unexpected_fields: Literal["rescue", "quarantine"] = "rescue"  # rescue: kept in _rescued
+    max_files_per_trigger: PositiveInt | None = None  # rate limit on the bronze Delta files per batch
 
     def problems(self) -> list[tuple[str, str]]:
         for name in (*self.keys, self.event_time):

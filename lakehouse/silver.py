@@ -235,6 +235,8 @@ def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_nam
     for source in entity.sources:
         ref = resolve_table(config, f"bronze.{source}")
         reader = spark.readStream.format("delta")
+        if entity.max_files_per_trigger:
+            reader = reader.option("maxFilesPerTrigger", entity.max_files_per_trigger)
         streams.append(reader.load(ref.path) if ref.is_path else reader.table(ref.identifier))
     bronze = streams[0]
     for other in streams[1:]:
