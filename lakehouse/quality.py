@@ -12,12 +12,25 @@ Row-level semantics follow GX's: a null value passes every expectation except
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-import great_expectations as gx
-from pyspark.sql import Column, DataFrame
-from pyspark.sql import functions as F
+# GX would try to send usage statistics on import; this network has no route for them.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+import great_expectations as gx  # noqa: E402
+from pyspark.sql import Column, DataFrame  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+from pyspark.sql.types import (  # noqa: E402
+    BooleanType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 POLICIES = ("warn", "drop", "fail")
 
@@ -114,3 +127,59 @@ def with_rule_results(df: DataFrame, rules: list[RowRule]) -> DataFrame:
             else F.array().cast("array<string>")
         )
     return df.withColumns(columns)
+
+
+# -- whole-suite validation of each micro-batch, with GX itself ------------------------------
+
+QUALITY_RESULTS_TABLE = "ops.quality_results"
+QUALITY_RESULTS_SCHEMA = StructType(
+    [
+        StructField("entity", StringType()),
+        StructField("suite", StringType()),
+        StructField("expectation", StringType()),  # e.g. "expect_column_values_to_be_between(cpu_util)"
+        StructField("policy", StringType()),
+        StructField("success", BooleanType()),
+        StructField("element_count", LongType()),
+        StructField("unexpected_count", LongType()),
+        StructField("batch_id", LongType()),
+        StructField("source_versions", StringType()),  # e.g. "bronze.telemetry@12" when validated
+        StructField("validated_at", TimestampType()),
+    ]
+)
+
+
+class BatchValidator:
+    """Validates DataFrames against one suite with GX (an ephemeral context, one Spark data source).
+
+    The data source is created with ``persist=False`` (GX would otherwise cache every batch and
+    never free it) and without ``spark_config`` (GX could restart the session under running queries).
+    """
+
+    def __init__(self, suite: gx.ExpectationSuite, entity: str):
+        context = gx.get_context(mode="ephemeral")
+        try:
+            context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+        except Exception:  # progress bars are cosmetic; a changed GX API must not stop validation
+            pass
+        source = context.data_sources.add_spark(name=f"silver_{entity}", persist=False)
+        asset = source.add_dataframe_asset(name=entity)
+        self.batch_definition = asset.add_batch_definition_whole_dataframe("micro_batch")
+        data = suite.to_json_dict()
+        data.pop("id", None)
+        self.suite = context.suites.add(gx.ExpectationSuite(**data))
+        self.entity = entity
+
+    def validate(self, df: DataFrame, batch_id: int, source_versions: str) -> list[tuple]:
+        """One QUALITY_RESULTS_SCHEMA row per expectation."""
+        result = self.batch_definition.get_batch(batch_parameters={"dataframe": df}).validate(self.suite)
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        rows = []
+        for item in result.results:
+            config = item.expectation_config
+            column = config.kwargs.get("column")
+            name = f"{config.type}({column})" if column else config.type
+            details = item.result or {}
+            rows.append((self.entity, self.suite.name, name, (config.meta or {}).get("policy"), bool(item.success),
+                         details.get("element_count"), details.get("unexpected_count"), batch_id,
+                         source_versions, now))
+        return rows

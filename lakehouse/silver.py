@@ -28,7 +28,15 @@ from pyspark.sql.types import (
 
 from lakehouse.config import EntityConfig, LakehouseConfig
 from lakehouse.observability import count_records
-from lakehouse.quality import FAILED_COLUMNS, load_suite, row_rules, with_rule_results
+from lakehouse.quality import (
+    FAILED_COLUMNS,
+    QUALITY_RESULTS_SCHEMA,
+    QUALITY_RESULTS_TABLE,
+    BatchValidator,
+    load_suite,
+    row_rules,
+    with_rule_results,
+)
 from lakehouse.streaming import run_streaming_job
 from lakehouse.tables import (
     append_to_table,
@@ -142,6 +150,7 @@ def ensure_silver_tables(spark: SparkSession, config: LakehouseConfig, entity_na
     create_table_if_missing(spark, resolve_table(config, f"silver.{entity_name}_quarantine"), QUARANTINE_SCHEMA,
                             comment="Rows that failed parsing or a drop expectation, with reasons")
     create_table_if_missing(spark, resolve_table(config, SILVER_BATCHES_TABLE), SILVER_BATCHES_SCHEMA)
+    create_table_if_missing(spark, resolve_table(config, QUALITY_RESULTS_TABLE), QUALITY_RESULTS_SCHEMA)
 
 
 def _spark_type(kind: str):
@@ -157,6 +166,7 @@ def refine_batch(
     app_id: str,
     bronze_batch: DataFrame,
     batch_id: int,
+    validator: BatchValidator | None = None,
 ) -> None:
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
@@ -201,6 +211,10 @@ def refine_batch(
                   valid_rows - inserted, counts["warnings"] or 0, datetime.now(timezone.utc).replace(tzinfo=None))]
         append_to_table(spark.createDataFrame(stats, SILVER_BATCHES_SCHEMA),
                         resolve_table(config, SILVER_BATCHES_TABLE), txn=(f"{app_id}-stats", batch_id))
+        if validator is not None:
+            results = validator.validate(checked.select(*entity.columns), batch_id, _source_versions(spark, config, entity))
+            append_to_table(spark.createDataFrame(results, QUALITY_RESULTS_SCHEMA),
+                            resolve_table(config, QUALITY_RESULTS_TABLE), txn=(f"{app_id}-quality", batch_id))
         append_to_table(quarantine, resolve_table(config, f"silver.{entity_name}_quarantine"),
                         txn=(f"{app_id}-quarantine", batch_id))
 
@@ -222,6 +236,15 @@ def refine_batch(
         checked.unpersist()
 
 
+def _source_versions(spark: SparkSession, config: LakehouseConfig, entity: EntityConfig) -> str:
+    """The bronze tables' latest Delta versions when the batch was validated."""
+    versions = []
+    for source in entity.sources:
+        ref = resolve_table(config, f"bronze.{source}")
+        versions.append(f"{ref.name}@{delta_table(spark, ref).history(1).first().version}")
+    return ",".join(versions)
+
+
 def silver_query_name(entity_name: str) -> str:
     return f"silver_{entity_name}"
 
@@ -230,7 +253,9 @@ def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_nam
     """Stream the entity's bronze tables through :func:`refine_batch` (foreachBatch)."""
     entity = config.entity(entity_name)
     ensure_silver_tables(spark, config, entity_name)
-    rules = row_rules(load_suite(config.suite_path(entity.suite)))
+    suite = load_suite(config.suite_path(entity.suite))
+    rules = row_rules(suite)
+    validator = BatchValidator(suite, entity_name)
     streams = []
     for source in entity.sources:
         ref = resolve_table(config, f"bronze.{source}")
@@ -246,7 +271,7 @@ def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_nam
     def process(batch: DataFrame, batch_id: int) -> None:
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
         query_id = batch.sparkSession.sparkContext.getLocalProperty("sql.streaming.queryId")
-        refine_batch(config, entity_name, rules, f"{query_name}-{query_id}", batch, batch_id)
+        refine_batch(config, entity_name, rules, f"{query_name}-{query_id}", batch, batch_id, validator)
 
     return (
         count_records(bronze).writeStream.foreachBatch(process)

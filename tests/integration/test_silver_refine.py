@@ -49,6 +49,16 @@ def test_silver_quarantine_and_duplicates_match_the_manifest(spark, config, caps
 
     report = reconcile(spark, config, "telemetry")
     assert report.holds and report.duplicates == counts["duplicate_event_id"]
+
+    # GX validated the whole suite on each micro-batch; its counts agree with the quarantine
+    results = read_table(spark, resolve_table(config, "ops.quality_results"))
+    suite_size = len(load_suite(config.suite_path("telemetry")).expectations)
+    batches = read_table(spark, resolve_table(config, SILVER_BATCHES_TABLE)).count()
+    assert results.count() == suite_size * batches
+    assert results.groupBy().sum("element_count").first()[0] == suite_size * manifest.total_lines
+    out_of_range = results.where("expectation LIKE 'expect_column_values_to_be_between%' AND policy = 'drop'")
+    assert out_of_range.groupBy().sum("unexpected_count").first()[0] == counts["out_of_range"]
+    assert results.where("source_versions LIKE 'bronze.telemetry@%'").count() == results.count()
     capsys.readouterr()
     assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "reconcile", "--source", "telemetry"]) == 0
     assert "reconciled" in capsys.readouterr().out
