@@ -137,7 +137,8 @@ class EntityConfig:
     keys: list[Identifier]  # deduplication key
     event_time: Identifier  # which version of a key is the latest
     suite: Identifier  # expectations/<suite>.json under the env or base conf dir
-    watermark: Duration = "1 hour"  # dedup horizon for late events
+    # Dedup horizon for late events. Not applied yet: silver deduplicates against the whole table.
+    watermark: Duration = "1 hour"
     unexpected_fields: Literal["rescue", "quarantine"] = "rescue"  # rescue: kept in _rescued
     max_files_per_trigger: PositiveInt | None = None  # rate limit on the bronze Delta files per batch
 
@@ -175,22 +176,17 @@ class LakehouseConfig:
     entities: dict[Identifier, EntityConfig] = field(default_factory=dict)
 
     def source(self, name: str) -> SourceConfig:
-        try:
-            return self.sources[name]
-        except KeyError:
-            known = ", ".join(sorted(self.sources)) or "none"
-            raise ConfigError(
-                str(self.conf_dir), f"sources.{name}", f"no such source (configured: {known})"
-            ) from None
+        return self._named("sources", self.sources, name)
 
     def entity(self, name: str) -> EntityConfig:
-        try:
-            return self.entities[name]
-        except KeyError:
-            known = ", ".join(sorted(self.entities)) or "none"
-            raise ConfigError(
-                str(self.conf_dir), f"entities.{name}", f"no such entity (configured: {known})"
-            ) from None
+        return self._named("entities", self.entities, name)
+
+    def _named(self, section: str, items: dict, name: str):
+        if name not in items:
+            known = ", ".join(sorted(items)) or "none"
+            kind = section[:-3] + "y" if section.endswith("ies") else section[:-1]
+            raise ConfigError(str(self.conf_dir), f"{section}.{name}", f"no such {kind} (configured: {known})")
+        return items[name]
 
     def suite_path(self, suite: str) -> Path:
         """``expectations/<suite>.json`` from the environment's conf dir, else the base one."""

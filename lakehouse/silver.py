@@ -18,6 +18,10 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
+    BooleanType,
+    DateType,
+    DoubleType,
+    IntegerType,
     LongType,
     MapType,
     StringType,
@@ -153,10 +157,19 @@ def ensure_silver_tables(spark: SparkSession, config: LakehouseConfig, entity_na
     create_table_if_missing(spark, resolve_table(config, QUALITY_RESULTS_TABLE), QUALITY_RESULTS_SCHEMA)
 
 
-def _spark_type(kind: str):
-    from pyspark.sql.types import _parse_datatype_string
+SPARK_TYPES = {
+    "string": StringType(),
+    "double": DoubleType(),
+    "long": LongType(),
+    "int": IntegerType(),
+    "boolean": BooleanType(),
+    "timestamp": TimestampType(),
+    "date": DateType(),
+}
 
-    return _parse_datatype_string(kind)
+
+def _spark_type(kind: str):
+    return SPARK_TYPES[kind]  # the config only admits these names (config.ColumnType)
 
 
 def refine_batch(
