@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec = command("reconcile", "check bronze rows = silver rows + quarantined rows + duplicates; exit 1 when not")
     rec.add_argument("--source", required=True, help="configured source name")
 
+    quality = command("quality", "data quality: 'docs' builds Great Expectations Data Docs from ops.quality_results")
+    quality.add_argument("action", choices=["docs"], help="docs: build the GX Data Docs site and print its index.html")
+
     status = command("status", "per query: last batch, input rows, R, S, B and the landed-but-unprocessed backlog")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -204,6 +207,18 @@ def cmd_reconcile(config: LakehouseConfig, args) -> int:
     return EXIT_OK if report.holds else EXIT_FAILED
 
 
+def cmd_quality(config: LakehouseConfig, args) -> int:
+    from lakehouse.quality import build_data_docs
+
+    spark = _start_spark(config)
+    index = build_data_docs(spark, config)
+    if index is None:
+        print("lakehouse: no validation results yet: run `lakehouse refine` first", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Data Docs: {index}")
+    return EXIT_OK
+
+
 def cmd_status(config: LakehouseConfig, args) -> int:
     from lakehouse.observability import collect_status, format_status
 
@@ -319,6 +334,7 @@ COMMANDS = {
     "ingest": cmd_ingest,
     "refine": cmd_refine,
     "reconcile": cmd_reconcile,
+    "quality": cmd_quality,
     "status": cmd_status,
     "sql": cmd_sql,
     "demo": cmd_demo,

@@ -183,3 +183,87 @@ class BatchValidator:
                          details.get("element_count"), details.get("unexpected_count"), batch_id,
                          source_versions, now))
         return rows
+
+
+def build_data_docs(spark, config) -> Path | None:
+    """Build GX Data Docs (GX's own HTML site) from ``ops.quality_results``.
+
+    A file-based GX project under ``<data_dir>/quality`` receives every entity's suite and one
+    validation result per refined micro-batch, rebuilt from the stored rows; GX renders the site.
+    Returns the site's index.html, or None when no batch has been validated yet.
+    """
+    from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    from lakehouse.tables import read_table, resolve_table, table_exists
+
+    results_ref = resolve_table(config, QUALITY_RESULTS_TABLE)
+    if not table_exists(spark, results_ref):
+        return None
+    rows = read_table(spark, results_ref).orderBy("entity", "batch_id", "expectation").collect()
+    if not rows:
+        return None
+    context = gx.get_context(mode="file", project_root_dir=str(Path(config.storage.data_dir, "quality")))
+    suites = {}
+    for name, entity in config.entities.items():
+        suite = load_suite(config.suite_path(entity.suite))
+        data = suite.to_json_dict()
+        data.pop("id", None)
+        suites[name] = context.suites.add_or_update(gx.ExpectationSuite(**data))
+
+    by_batch: dict[tuple[str, int], list] = {}
+    for row in rows:
+        by_batch.setdefault((row["entity"], row["batch_id"]), []).append(row)
+    by_expectation = {
+        entity: {f"{e.expectation_type}({getattr(e, 'column', '')})": e for e in suite.expectations}
+        for entity, suite in suites.items()
+    }
+    for (entity, batch_id), batch_rows in by_batch.items():
+        if entity not in suites:
+            continue  # results of an entity no longer configured
+        results = []
+        for row in batch_rows:
+            expectation = by_expectation[entity].get(row["expectation"])
+            if expectation is None:
+                continue  # the suite changed since: the stored row has no expectation to render
+            element, unexpected = row["element_count"] or 0, row["unexpected_count"] or 0
+            results.append(
+                ExpectationValidationResult(
+                    success=row["success"],
+                    expectation_config=ExpectationConfiguration(
+                        type=expectation.expectation_type,
+                        kwargs=expectation.configuration.kwargs,
+                        meta=expectation.meta,
+                    ),
+                    result={"element_count": element, "unexpected_count": unexpected,
+                            "unexpected_percent": 100.0 * unexpected / element if element else 0.0},
+                )
+            )
+        passed = sum(1 for r in results if r.success)
+        validation = ExpectationSuiteValidationResult(
+            success=passed == len(results),
+            suite_name=suites[entity].name,
+            results=results,
+            statistics={
+                "evaluated_expectations": len(results),
+                "successful_expectations": passed,
+                "unsuccessful_expectations": len(results) - passed,
+                "success_percent": 100.0 * passed / len(results) if results else 100.0,
+            },
+            meta={"entity": entity, "batch_id": batch_id, "source_versions": batch_rows[0]["source_versions"]},
+        )
+        validated_at = batch_rows[0]["validated_at"].replace(tzinfo=timezone.utc)
+        key = ValidationResultIdentifier(
+            expectation_suite_identifier=ExpectationSuiteIdentifier(name=suites[entity].name),
+            run_id=RunIdentifier(run_name=f"silver_{entity} batch {batch_id}", run_time=validated_at),
+            batch_identifier=f"{entity}-batch-{batch_id}",
+        )
+        context.validation_results_store.set(key, validation)
+    sites = context.build_data_docs()
+    index = next(iter(sites.values()))
+    return Path(index.removeprefix("file://"))

@@ -59,6 +59,15 @@ def test_silver_quarantine_and_duplicates_match_the_manifest(spark, config, caps
     out_of_range = results.where("expectation LIKE 'expect_column_values_to_be_between%' AND policy = 'drop'")
     assert out_of_range.groupBy().sum("unexpected_count").first()[0] == counts["out_of_range"]
     assert results.where("source_versions LIKE 'bronze.telemetry@%'").count() == results.count()
+
+    # GX Data Docs built from those rows
+    capsys.readouterr()
+    assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "quality", "docs"]) == 0
+    index = Path(capsys.readouterr().out.strip().split("Data Docs: ", 1)[1])
+    assert index.name == "index.html" and index.is_file()
+    assert "telemetry" in index.read_text()
+    pages = list(index.parent.glob("validations/telemetry/**/*.html"))
+    assert len(pages) == batches
     capsys.readouterr()
     assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "reconcile", "--source", "telemetry"]) == 0
     assert "reconciled" in capsys.readouterr().out
