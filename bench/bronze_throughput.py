@@ -37,7 +37,7 @@ def emit(figure: str, value, **extra) -> None:
 
 def land(config, records: int, files: int) -> int:
     g = config.generator
-    generator = TelemetryGenerator(g.seed, g.hosts, g.racks, 0.02, g.interval_seconds, g.start_time)
+    generator = TelemetryGenerator.from_config(g, fault_rate=0.02)
     landing = Path(config.landing_path("telemetry"))
     landing.mkdir(parents=True, exist_ok=True)
     return generate_batch(generator, landing, "telemetry", "bench", g.seed, records, files).total_lines

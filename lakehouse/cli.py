@@ -15,8 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lakehouse.config import ConfigError, LakehouseConfig, load_config
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+from lakehouse.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -34,6 +33,12 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         metavar="KEY.PATH=VALUE",
         help="override one configuration value (repeatable), e.g. --set sources.telemetry.max_files_per_trigger=5",
     )
+
+
+def _trigger_options(parser: argparse.ArgumentParser, what: str) -> None:
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("--once", action="store_true", help=f"process {what} so far, then stop (availableNow)")
+    when.add_argument("--trigger", help="run continuously with this processing-time trigger (default: streaming.trigger)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,15 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ing = command("ingest", "stream a source's landing files into bronze.<source> (exactly-once)")
     ing.add_argument("--source", required=True, help="configured source name, e.g. telemetry")
-    when = ing.add_mutually_exclusive_group()
-    when.add_argument("--once", action="store_true", help="process everything landed so far, then stop (availableNow)")
-    when.add_argument("--trigger", help="run continuously with this processing-time trigger (default: streaming.trigger)")
+    _trigger_options(ing, "everything landed")
 
     ref = command("refine", "stream bronze rows into silver.<entity>: parse, expectations, quarantine, dedupe (MERGE)")
     ref.add_argument("--entity", required=True, help="configured entity name, e.g. telemetry")
-    ref_when = ref.add_mutually_exclusive_group()
-    ref_when.add_argument("--once", action="store_true", help="refine everything in bronze so far, then stop (availableNow)")
-    ref_when.add_argument("--trigger", help="run continuously with this processing-time trigger (default: streaming.trigger)")
+    _trigger_options(ref, "everything in bronze")
 
     rec = command("reconcile", "check bronze rows = silver rows + quarantined rows + duplicates; exit 1 when not")
     rec.add_argument("--source", required=True, help="configured source name")
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     quality = command("quality", "data quality: 'docs' builds Great Expectations Data Docs from ops.quality_results")
     quality.add_argument("action", choices=["docs"], help="docs: build the GX Data Docs site and print its index.html")
 
-    status = command("status", "per query: last batch, input rows, R, S, B and the landed-but-unprocessed backlog")
+    status = command("status", "per query: last batch, records, R, S, B and the landed-but-unprocessed backlog")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     sql = command("sql", "run Spark SQL over the tables by their names (bronze.telemetry, ops.stream_progress, ...)")
@@ -83,11 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--json", action="store_true", help="print one JSON object per row")
     sql.add_argument("--limit", type=int, default=1000, help="print at most this many rows (default 1000)")
 
-    demo = command("demo", "generate data, ingest it into bronze and print a summary, on embedded defaults")
+    demo = command("demo", "generate data, run bronze and silver, print a summary and the reconciliation, on embedded defaults")
     demo.add_argument("--source", default="telemetry", help="source to run the demo for")
 
-    conf = command("config", "print the resolved configuration (after overlays and --set) as JSON")
-    conf.set_defaults(config_command=True)
+    command("config", "print the resolved configuration (after overlays and --set) as JSON")
     return parser
 
 
@@ -149,7 +149,7 @@ def cmd_generate(config: LakehouseConfig, args) -> int:
         print("lakehouse: generate needs 0 <= --fault-rate <= 1 and 1 <= --files <= --records", file=sys.stderr)
         return EXIT_CONFIG
     run_id = args.run_id or f"s{seed}"
-    generator = TelemetryGenerator(seed, g.hosts, g.racks, fault_rate, g.interval_seconds, g.start_time)
+    generator = TelemetryGenerator.from_config(g, seed=seed, fault_rate=fault_rate)
     landing_dir = Path(landing)
     landing_dir.mkdir(parents=True, exist_ok=True)
     if args.rate:
@@ -232,18 +232,12 @@ def cmd_status(config: LakehouseConfig, args) -> int:
 
 
 def cmd_sql(config: LakehouseConfig, args) -> int:
-    from pyspark.errors import PySparkException
-
     from lakehouse.tables import register_local_tables
 
     spark = _start_spark(config)
     register_local_tables(spark, config)
-    try:
-        df = spark.sql(args.query)
-        rows = df.limit(args.limit + 1).collect()
-    except PySparkException as exc:
-        print(f"lakehouse: SQL failed: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return EXIT_FAILED
+    df = spark.sql(args.query)  # a Spark error ends the command in main(): one line, exit 1
+    rows = df.limit(args.limit + 1).collect()
     truncated = len(rows) > args.limit
     rows = rows[: args.limit]
     if args.json:
@@ -281,7 +275,7 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
     seed = g.seed + len(list((landing_dir / "_manifests").glob("demo-*.json")))
     print(f"== 1. generate: {g.records:,} {args.source} records, fault rate {g.fault_rate:g} (run {run_id}, seed {seed})")
     landing_dir.mkdir(parents=True, exist_ok=True)
-    generator = TelemetryGenerator(seed, g.hosts, g.racks, g.fault_rate, g.interval_seconds, g.start_time)
+    generator = TelemetryGenerator.from_config(g, seed=seed)
     manifest = generate_batch(generator, landing_dir, args.source, run_id, seed, g.records, g.files)
     print_manifest(manifest, landing_dir)
 
@@ -324,7 +318,8 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
     prefix = command + (f" --data-dir {config.storage.data_dir}" if config.storage.data_dir != Path("data") else "")
     print("\nnext:")
     print(f"  {prefix} sql \"SELECT value FROM bronze.{args.source} WHERE value NOT LIKE '{{%}}' LIMIT 5\"")
-    print(f"  {prefix} sql \"SELECT reasons, value FROM silver.{args.source}_quarantine LIMIT 5\"")
+    for entity in entities:
+        print(f"  {prefix} sql \"SELECT reasons, value FROM silver.{entity}_quarantine LIMIT 5\"")
     print(f"  {prefix} status")
     return EXIT_OK if ok else EXIT_FAILED
 

@@ -22,6 +22,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lakehouse.config import GeneratorConfig
 
 # Line-level faults, in the order the manifest lists them. "empty_file" is a file-level fault.
 LINE_FAULTS = (
@@ -109,7 +113,20 @@ class TelemetryGenerator:
                 )
             )
         self.next_host = 0
-        self.valid_lines: list[str] = []  # candidates for duplicate_event_id
+        self.valid_lines: list[tuple[str, str]] = []  # (text, event_id): candidates for duplicate_event_id
+
+    @classmethod
+    def from_config(cls, generator: "GeneratorConfig", seed: int | None = None,
+                    fault_rate: float | None = None) -> "TelemetryGenerator":
+        """A generator with the configured fleet and clock; seed and fault rate may be overridden."""
+        return cls(
+            generator.seed if seed is None else seed,
+            generator.hosts,
+            generator.racks,
+            generator.fault_rate if fault_rate is None else fault_rate,
+            generator.interval_seconds,
+            generator.start_time,
+        )
 
     # -- one physically plausible reading -------------------------------------------------
     def _reading(self) -> dict:
@@ -191,15 +208,16 @@ class TelemetryGenerator:
             kind = self.rng.choice(LINE_FAULTS)
             if kind == "duplicate_event_id" and self.valid_lines:
                 # An exact re-send of an earlier record, as an at-least-once producer would do.
-                text = self.rng.choice(self.valid_lines)
-                return GeneratedLine(text, kind, json.loads(text)["event_id"], "re-sent")
+                text, event_id = self.rng.choice(self.valid_lines)
+                return GeneratedLine(text, kind, event_id, "re-sent")
             if kind != "duplicate_event_id":
                 return self._faulty(kind, self._reading())
-        text = json.dumps(self._reading())
-        self.valid_lines.append(text)
+        reading = self._reading()
+        text = json.dumps(reading)
+        self.valid_lines.append((text, reading["event_id"]))
         if len(self.valid_lines) > 1000:
             self.valid_lines = self.valid_lines[-500:]
-        return GeneratedLine(text, "valid", json.loads(text)["event_id"])
+        return GeneratedLine(text, "valid", reading["event_id"])
 
 
 # -- landing files and the manifest ---------------------------------------------------------

@@ -38,6 +38,18 @@ POLICIES = ("warn", "drop", "fail")
 FAILED_COLUMNS = {policy: f"_failed_{policy}" for policy in POLICIES}
 
 
+def expectation_name(expectation_type: str, column: str | None) -> str:
+    """How results, quarantine reasons and Data Docs name an expectation: ``type(column)``."""
+    return f"{expectation_type}({column})" if column else expectation_type
+
+
+def detached_copy(suite: gx.ExpectationSuite) -> gx.ExpectationSuite:
+    """The same suite without its id, to be added to another GX context."""
+    data = suite.to_json_dict()
+    data.pop("id", None)
+    return gx.ExpectationSuite(**data)
+
+
 class SuiteError(ValueError):
     """A suite file that GX cannot load, or an expectation without a valid policy."""
 
@@ -106,7 +118,7 @@ def row_rules(suite: gx.ExpectationSuite) -> list[RowRule]:
     """The suite's row-level expectations; the others are validated per batch by GX only."""
     return [
         RowRule(
-            name=f"{e.expectation_type}({e.column})",
+            name=expectation_name(e.expectation_type, e.column),
             column=e.column,
             policy=e.meta["policy"],
             expectation=e,
@@ -164,9 +176,7 @@ class BatchValidator:
         source = context.data_sources.add_spark(name=f"silver_{entity}", persist=False)
         asset = source.add_dataframe_asset(name=entity)
         self.batch_definition = asset.add_batch_definition_whole_dataframe("micro_batch")
-        data = suite.to_json_dict()
-        data.pop("id", None)
-        self.suite = context.suites.add(gx.ExpectationSuite(**data))
+        self.suite = context.suites.add(detached_copy(suite))
         self.entity = entity
 
     def validate(self, df: DataFrame, batch_id: int, source_versions: str) -> list[tuple]:
@@ -176,8 +186,7 @@ class BatchValidator:
         rows = []
         for item in result.results:
             config = item.expectation_config
-            column = config.kwargs.get("column")
-            name = f"{config.type}({column})" if column else config.type
+            name = expectation_name(config.type, config.kwargs.get("column"))
             details = item.result or {}
             rows.append((self.entity, self.suite.name, name, (config.meta or {}).get("policy"), bool(item.success),
                          details.get("element_count"), details.get("unexpected_count"), batch_id,
@@ -211,16 +220,13 @@ def build_data_docs(spark, config) -> Path | None:
     context = gx.get_context(mode="file", project_root_dir=str(Path(config.storage.data_dir, "quality")))
     suites = {}
     for name, entity in config.entities.items():
-        suite = load_suite(config.suite_path(entity.suite))
-        data = suite.to_json_dict()
-        data.pop("id", None)
-        suites[name] = context.suites.add_or_update(gx.ExpectationSuite(**data))
+        suites[name] = context.suites.add_or_update(detached_copy(load_suite(config.suite_path(entity.suite))))
 
     by_batch: dict[tuple[str, int], list] = {}
     for row in rows:
         by_batch.setdefault((row["entity"], row["batch_id"]), []).append(row)
     by_expectation = {
-        entity: {f"{e.expectation_type}({getattr(e, 'column', '')})": e for e in suite.expectations}
+        entity: {expectation_name(e.expectation_type, getattr(e, "column", None)): e for e in suite.expectations}
         for entity, suite in suites.items()
     }
     for (entity, batch_id), batch_rows in by_batch.items():

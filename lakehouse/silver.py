@@ -193,6 +193,7 @@ def refine_batch(
         "_reasons", quarantine_reasons(entity)
     )
     checked.persist()
+    latest = None
     try:
         failed = checked.where(F.size(FAILED_COLUMNS["fail"]) > 0)
         first = failed.select(FAILED_COLUMNS["fail"], "_source_file", "_source_line").first()
@@ -208,7 +209,8 @@ def refine_batch(
             F.current_timestamp().alias("_quarantined_at"),
         )
         valid = checked.where(F.size("_reasons") == 0)
-        latest = latest_per_key(valid, entity).select(*silver_columns(entity))
+        # Used twice (new-key count, then MERGE): keep the window's result rather than recompute it.
+        latest = latest_per_key(valid, entity).select(*silver_columns(entity)).persist()
         silver = delta_table(spark, resolve_table(config, f"silver.{entity_name}"))
 
         keys = latest.select(*entity.keys)
@@ -246,6 +248,8 @@ def refine_batch(
             spark.conf.unset("spark.databricks.delta.write.txnAppId")
             spark.conf.unset("spark.databricks.delta.write.txnVersion")
     finally:
+        if latest is not None:
+            latest.unpersist()
         checked.unpersist()
 
 

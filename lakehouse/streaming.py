@@ -19,9 +19,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from lakehouse.config import LakehouseConfig
+from lakehouse.exit_codes import EXIT_FAILED, EXIT_OK
 from lakehouse.observability import ProgressRecorder
 
-EXIT_OK, EXIT_FAILED = 0, 1
+# Errors the project raises on purpose inside a query (their message is the whole story).
+PROJECT_ERRORS = {"ExpectationFailedError"}
 
 
 def trigger_for(once: bool, interval: str | None, config: LakehouseConfig) -> dict:
@@ -105,9 +107,6 @@ def failure_summary(exc: Exception) -> str:
         return f"{own[-1].group(1)}: {own[-1].group(2)}"
     return lines[0] if lines else repr(exc)
 
-
-# Errors the project raises on purpose inside a query (their message is the whole story).
-PROJECT_ERRORS = {"ExpectationFailedError"}
 
 
 def _print_finished_batches(recorder: ProgressRecorder, query_name: str) -> int:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def _land(config, records=3000, files=6, fault_rate=0.08, run_id="it"):
     g = config.generator
-    generator = TelemetryGenerator(11, g.hosts, g.racks, fault_rate, g.interval_seconds, g.start_time)
+    generator = TelemetryGenerator.from_config(g, seed=11, fault_rate=fault_rate)
     landing = Path(config.landing_path("telemetry"))
     landing.mkdir(parents=True, exist_ok=True)
     return generate_batch(generator, landing, "telemetry", run_id, 11, records, files)

@@ -14,7 +14,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from lakehouse.bronze import bronze_table
-from lakehouse.generator import Manifest, TelemetryGenerator, write_file
+from lakehouse.generator import Manifest, TelemetryGenerator, generate_batch, write_file
 from lakehouse.tables import read_table
 from tests.conftest import REPO
 
@@ -27,7 +27,7 @@ class Lander(threading.Thread):
     def __init__(self, config, interval=0.4, lines=40):
         super().__init__(daemon=True)
         g = config.generator
-        self.generator = TelemetryGenerator(5, g.hosts, g.racks, 0.05, g.interval_seconds, g.start_time)
+        self.generator = TelemetryGenerator.from_config(g, seed=5, fault_rate=0.05)
         self.manifest = Manifest("telemetry", "crash", 5, 0.05)
         self.landing = Path(config.landing_path("telemetry"))
         self.landing.mkdir(parents=True, exist_ok=True)
@@ -145,9 +145,7 @@ def test_kill_9_silver_mid_stream_then_restart_keeps_keys_unique_and_reconciles(
     g = config.generator
     landing = Path(config.landing_path("telemetry"))
     landing.mkdir(parents=True, exist_ok=True)
-    generator = TelemetryGenerator(8, g.hosts, g.racks, 0.1, g.interval_seconds, g.start_time)
-    from lakehouse.generator import generate_batch
-
+    generator = TelemetryGenerator.from_config(g, seed=8, fault_rate=0.1)
     generate_batch(generator, landing, "telemetry", "k", 8, 2400, 8)
     data = str(config.storage.data_dir)
     ingest = [sys.executable, "-m", "lakehouse.cli", "--env", "test", "--data-dir", data,

@@ -33,7 +33,7 @@ def _landed(spark, config):
     g = config.generator
     landing = Path(config.landing_path("telemetry"))
     landing.mkdir(parents=True, exist_ok=True)
-    generator = TelemetryGenerator(31, g.hosts, g.racks, 0.0, g.interval_seconds, g.start_time)
+    generator = TelemetryGenerator.from_config(g, seed=31, fault_rate=0.0)
     manifest = generate_batch(generator, landing, "telemetry", "p", 31, 400, 2)
     assert run_bronze_ingest(spark, config, "telemetry", {"availableNow": True}) == 0
     return manifest

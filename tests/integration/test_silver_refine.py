@@ -24,7 +24,7 @@ def _land_and_ingest(spark, config, records=3000, files=6, seed=21):
     g = config.generator
     landing = Path(config.landing_path("telemetry"))
     landing.mkdir(parents=True, exist_ok=True)
-    generator = TelemetryGenerator(seed, g.hosts, g.racks, 0.1, g.interval_seconds, g.start_time)
+    generator = TelemetryGenerator.from_config(g, seed=seed, fault_rate=0.1)
     manifest = generate_batch(generator, landing, "telemetry", f"r{seed}", seed, records, files)
     assert run_bronze_ingest(spark, config, "telemetry", {"availableNow": True}) == 0
     return manifest

@@ -22,7 +22,7 @@ def test_spark_submit_bronze_ingest(spark, config, subprocess_env):
     g = config.generator
     landing = Path(config.landing_path("telemetry"))
     landing.mkdir(parents=True)
-    generator = TelemetryGenerator(2, g.hosts, g.racks, 0.05, g.interval_seconds, g.start_time)
+    generator = TelemetryGenerator.from_config(g, seed=2, fault_rate=0.05)
     manifest = generate_batch(generator, landing, "telemetry", "submit", 2, 500, 3)
 
     spark_submit = Path(sys.executable).parent / "spark-submit"

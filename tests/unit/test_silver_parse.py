@@ -34,7 +34,7 @@ def test_parse_types_values_and_flags_problems(spark, config):
 
 def test_generated_faults_are_each_caught_by_parse_and_rules(spark, config, tmp_path):
     g = config.generator
-    generator = TelemetryGenerator(9, g.hosts, g.racks, 0.1, g.interval_seconds, g.start_time)
+    generator = TelemetryGenerator.from_config(g, seed=9, fault_rate=0.1)
     manifest = generate_batch(generator, tmp_path, "telemetry", "q", 9, 3000, 3)
     files = spark.read.format("text").option("wholetext", True).load(str(tmp_path))
     bronze = with_lines(files, F.col("_metadata.file_path"))
