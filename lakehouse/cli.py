@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--entity", required=True, help="configured entity name, e.g. telemetry")
     _trigger_options(ref, "everything in bronze")
 
+    gold = command("gold", "build gold tables declared in conf/<env>/gold/: streaming aggregates or batch feature tables")
+    which = gold.add_mutually_exclusive_group(required=True)
+    which.add_argument("--table", action="append", help="configured gold table, e.g. telemetry_minute (repeatable)")
+    which.add_argument("--all", action="store_true", help="every configured gold table, inputs first (implies --once)")
+    _trigger_options(gold, "everything in the input (streaming tables; batch tables are rebuilt once)")
+
     rec = command("reconcile", "check bronze rows = silver rows + quarantined rows + duplicates; exit 1 when not")
     rec.add_argument("--source", required=True, help="configured source name")
 
@@ -84,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--json", action="store_true", help="print one JSON object per row")
     sql.add_argument("--limit", type=int, default=1000, help="print at most this many rows (default 1000)")
 
-    demo = command("demo", "generate data, run bronze and silver, print a summary and the reconciliation, on embedded defaults")
+    demo = command("demo", "generate data, run bronze, silver and gold, print a summary and the reconciliation, on embedded defaults")
     demo.add_argument("--source", default="telemetry", help="source to run the demo for")
 
     command("config", "print the resolved configuration (after overlays and --set) as JSON")
@@ -105,17 +111,20 @@ def main(argv: list[str] | None = None) -> int:
             config.source(args.source)  # an unknown source or entity is a configuration error too
         if getattr(args, "entity", None) is not None:
             config.entity(args.entity)
+        for name in getattr(args, "table", None) or ():
+            config.gold_table(name)
     except ConfigError as exc:
         print(f"lakehouse: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     handler = COMMANDS[args.command]
     from pyspark.errors import PySparkException
 
+    from lakehouse.gold import GoldInputMissing
     from lakehouse.session import SessionError
 
     try:
         return handler(config, args)
-    except (SessionError, PySparkException) as exc:
+    except (SessionError, PySparkException, GoldInputMissing) as exc:
         print(f"lakehouse: {args.command} failed: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -198,6 +207,24 @@ def cmd_refine(config: LakehouseConfig, args) -> int:
     return run_silver_refine(spark, config, args.entity, trigger_for(args.once, args.trigger, config))
 
 
+def cmd_gold(config: LakehouseConfig, args) -> int:
+    from lakehouse.gold import run_gold_tables
+    from lakehouse.streaming import trigger_for
+
+    names = list(config.gold) if args.all else args.table
+    if not names:
+        print("lakehouse: no gold tables are configured (conf/<env>/gold/*.yml)", file=sys.stderr)
+        return EXIT_CONFIG
+    batch = [n for n in names if config.gold_table(n).mode == "batch"]
+    if args.trigger and (batch or args.all or len(names) > 1):
+        print("lakehouse: --trigger runs one streaming gold table continuously; "
+              + (f"gold.{batch[0]} is a batch table (rebuilt once per run)" if batch else "name one --table"),
+              file=sys.stderr)
+        return EXIT_CONFIG
+    spark = _start_spark(config)
+    return run_gold_tables(spark, config, names, trigger_for(args.once or args.all or bool(batch), args.trigger, config))
+
+
 def cmd_reconcile(config: LakehouseConfig, args) -> int:
     from lakehouse.silver import reconcile
 
@@ -251,7 +278,12 @@ def cmd_sql(config: LakehouseConfig, args) -> int:
 
 
 def _format_rows(columns: list[str], rows) -> str:
-    table = [columns] + [["NULL" if v is None else str(v) for v in row] for row in rows]
+    def text(value) -> str:
+        if value is None:
+            return "NULL"
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+    table = [columns] + [[text(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]
     lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -264,6 +296,7 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
 
     from lakehouse.bronze import bronze_table, run_bronze_ingest
     from lakehouse.generator import TelemetryGenerator, generate_batch
+    from lakehouse.gold import build_order, run_gold_tables
     from lakehouse.observability import collect_status, format_status
     from lakehouse.silver import reconcile, run_silver_refine
     from lakehouse.tables import read_table, resolve_table
@@ -313,6 +346,25 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
         report = reconcile(spark, config, args.source)
         print(f"\n== 4. reconciliation\n{report.describe()}")
         ok = ok and report.holds
+
+    # The gold tables fed by these entities, directly or through another gold table, inputs first.
+    fed = {f"silver.{e}" for e in entities}
+    gold_tables = []
+    for name in build_order(config):
+        if fed & set(config.gold_table(name).inputs):
+            gold_tables.append(name)
+            fed.add(f"gold.{name}")
+    if gold_tables:
+        print(f"\n== 5. gold: {', '.join('gold.' + n for n in gold_tables)}")
+        code = run_gold_tables(spark, config, gold_tables, {"availableNow": True})
+        if code != EXIT_OK:
+            return code
+        for name in gold_tables:
+            table = read_table(spark, resolve_table(config, f"gold.{name}"))
+            print(f"gold.{name}: {table.count():,} rows")
+        last = read_table(spark, resolve_table(config, f"gold.{gold_tables[-1]}"))
+        print(f"a few rows of gold.{gold_tables[-1]}:")
+        print(_format_rows(last.columns, last.orderBy(*last.columns[:3]).limit(5).collect()))
     print("\n" + format_status(collect_status(spark, config)))
     command = ".venv/bin/lakehouse" if Path(".venv/bin/lakehouse").exists() else "lakehouse"
     prefix = command + (f" --data-dir {config.storage.data_dir}" if config.storage.data_dir != Path("data") else "")
@@ -320,6 +372,8 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
     print(f"  {prefix} sql \"SELECT value FROM bronze.{args.source} WHERE value NOT LIKE '{{%}}' LIMIT 5\"")
     for entity in entities:
         print(f"  {prefix} sql \"SELECT reasons, value FROM silver.{entity}_quarantine LIMIT 5\"")
+    for name in gold_tables:
+        print(f"  {prefix} sql \"SELECT * FROM gold.{name} LIMIT 5\"")
     print(f"  {prefix} status")
     return EXIT_OK if ok else EXIT_FAILED
 
@@ -328,6 +382,7 @@ COMMANDS = {
     "generate": cmd_generate,
     "ingest": cmd_ingest,
     "refine": cmd_refine,
+    "gold": cmd_gold,
     "reconcile": cmd_reconcile,
     "quality": cmd_quality,
     "status": cmd_status,

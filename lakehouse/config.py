@@ -65,6 +65,21 @@ DURATION = Pattern(
     "a duration such as '10s', '500ms' or '1 minute'",
 )
 
+_UNIT_SECONDS = {"ms": 0.001, "millisecond": 0.001, "s": 1, "sec": 1, "second": 1, "m": 60, "min": 60,
+                 "minute": 60, "h": 3600, "hour": 3600}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a DURATION ('10s', '500ms', '6 hours', '1 minute')."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]+)", text.strip().lower())
+    if not match:
+        raise ValueError(f"not a duration: {text!r}")
+    unit = match.group(2)
+    if unit not in _UNIT_SECONDS:  # plurals: "seconds", "mins", "hours"
+        unit = unit[:-1]
+    return float(match.group(1)) * _UNIT_SECONDS[unit]
+
+
 Identifier = Annotated[str, IDENTIFIER]
 Duration = Annotated[str, DURATION]
 PositiveInt = Annotated[int, Range(low=1)]
@@ -111,10 +126,19 @@ class StreamingConfig:
 
 
 @dataclass(frozen=True)
+class CsvOptions:
+    """How silver splits a CSV line: fields map by position to the entity's declared columns."""
+
+    header: bool = True  # line 1 of every file names the columns (checked, then skipped)
+    delimiter: Annotated[str, Pattern(r"^[^\"\r\n]$", "one character other than a quote or newline")] = ","
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     kind: Literal["files"]
     format: Literal["json-lines", "csv"]
     path: Annotated[str, MustExist()] | None = None  # landing location; default <landing_dir>/<name>
+    csv: CsvOptions = field(default_factory=CsvOptions)  # used when format is csv
     # Rate limits per micro-batch; Spark takes one or the other, not both.
     max_files_per_trigger: PositiveInt | None = None
     max_bytes_per_trigger: PositiveInt | None = None
@@ -137,9 +161,12 @@ class EntityConfig:
     keys: list[Identifier]  # deduplication key
     event_time: Identifier  # which version of a key is the latest
     suite: Identifier  # expectations/<suite>.json under the env or base conf dir
-    # Dedup horizon for late events. Not applied yet: silver deduplicates against the whole table.
+    # How late an event may arrive: a row whose event time is older than the newest event time
+    # seen (in silver or in its own batch) minus this goes to quarantine with reason "late".
     watermark: Duration = "1 hour"
-    unexpected_fields: Literal["rescue", "quarantine"] = "rescue"  # rescue: kept in _rescued
+    # Fields the schema does not declare. rescue: kept as JSON in _rescued; evolve: each becomes a
+    # new string column of silver (Delta schema evolution); quarantine: the row is quarantined.
+    unexpected_fields: Literal["rescue", "evolve", "quarantine"] = "rescue"
     max_files_per_trigger: PositiveInt | None = None  # rate limit on the bronze Delta files per batch
 
     def problems(self) -> list[tuple[str, str]]:
@@ -149,6 +176,48 @@ class EntityConfig:
         if not self.keys:
             return [("keys", "at least one key column is required")]
         return []
+
+
+TableName = Annotated[str, Pattern(r"^(bronze|silver|gold|ops)\.[a-z][a-z0-9_]{0,62}$",
+                                   "a table name such as silver.telemetry")]
+
+
+@dataclass(frozen=True)
+class WatermarkConfig:
+    column: Identifier  # the input's event-time column
+    delay: Duration  # how late an event may be and still count in its window
+
+
+@dataclass(frozen=True)
+class GoldTableConfig:
+    """A gold table: Spark SQL over silver (or other gold) tables, declared in conf/<layer>/gold/.
+
+    Each input is visible to the SQL as a view named like the table with "_" for ".", e.g.
+    ``silver_telemetry``. streaming: one input, read incrementally (a silver input through its
+    change feed), aggregated with the watermark and appended once a window closes. batch: the SQL
+    is recomputed over the inputs' current versions and replaces the table.
+    """
+
+    mode: Literal["streaming", "batch"]
+    inputs: list[TableName]
+    sql: str
+    watermark: WatermarkConfig | None = None  # streaming only
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.inputs:
+            return [("inputs", "at least one input table is required")]
+        if self.mode == "streaming" and len(self.inputs) != 1:
+            return [("inputs", "a streaming gold table reads exactly one input")]
+        if self.mode == "streaming" and self.watermark is None:
+            return [("watermark", "a streaming gold table needs a watermark (column and delay)")]
+        if self.mode == "batch" and self.watermark is not None:
+            return [("watermark", "only streaming gold tables take a watermark")]
+        return []
+
+
+def view_name(table: str) -> str:
+    """The name a gold table's SQL uses for an input table: silver.telemetry -> silver_telemetry."""
+    return table.replace(".", "_")
 
 
 @dataclass(frozen=True)
@@ -174,6 +243,7 @@ class LakehouseConfig:
     generator: GeneratorConfig
     sources: dict[Identifier, SourceConfig]
     entities: dict[Identifier, EntityConfig] = field(default_factory=dict)
+    gold: dict[Identifier, GoldTableConfig] = field(default_factory=dict)
 
     def source(self, name: str) -> SourceConfig:
         return self._named("sources", self.sources, name)
@@ -181,10 +251,13 @@ class LakehouseConfig:
     def entity(self, name: str) -> EntityConfig:
         return self._named("entities", self.entities, name)
 
+    def gold_table(self, name: str) -> GoldTableConfig:
+        return self._named("gold", self.gold, name)
+
     def _named(self, section: str, items: dict, name: str):
         if name not in items:
             known = ", ".join(sorted(items)) or "none"
-            kind = section[:-3] + "y" if section.endswith("ies") else section[:-1]
+            kind = {"entities": "entity", "sources": "source", "gold": "gold table"}.get(section, section)
             raise ConfigError(str(self.conf_dir), f"{section}.{name}", f"no such {kind} (configured: {known})")
         return items[name]
 
@@ -284,6 +357,15 @@ def load_config(
         if not config.suite_path(entity.suite).is_file():
             raise ConfigError(tree.origin(("entities", name, "suite"), str(base)), f"entities.{name}.suite",
                               f"no suite file {config.suite_path(entity.suite)}")
+    for name, gold in config.gold.items():
+        origin = tree.origin(("gold", name, "inputs"), str(base))
+        for table in gold.inputs:
+            layer, _, short = table.partition(".")
+            known = {"bronze": config.sources, "silver": {**config.entities, **{f"{e}_quarantine": e for e in config.entities}},
+                     "gold": config.gold, "ops": {short: None}}[layer]
+            if short not in known or table == f"gold.{name}":
+                raise ConfigError(origin, f"gold.{name}.inputs", f"no such input table '{table}'"
+                                  + (" (a gold table cannot read itself)" if table == f"gold.{name}" else ""))
     missing_layers = [layer for layer in LAYERS if layer not in config.catalog.schemas]
     if missing_layers:
         raise ConfigError(

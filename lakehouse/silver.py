@@ -1,18 +1,21 @@
 """Silver: typed, validated records parsed from bronze rows.
 
 This module holds the pure DataFrame steps (usable on batch input and inside ``foreachBatch``).
-A bronze row becomes one parsed row with:
+A bronze row becomes one parsed row (a JSON-lines source: one JSON object per line; a CSV
+source: fields by position, in the declared column order) with:
   - the entity's declared columns, typed (``try_cast``: a value of the wrong type becomes null);
-  - ``_malformed``: the line is not a JSON object at all;
+  - ``_malformed``: the line is not a JSON object at all (CSV: blank, or too few fields);
   - ``_type_errors``: declared fields present in the line whose value has the wrong type;
   - ``_rescued``: fields the entity does not declare, as a JSON object (null when none).
-Next stop: row rules (lakehouse.quality), then silver.<entity> or its quarantine table.
+Next stop: row rules (lakehouse.quality), then silver.<entity> or its quarantine table; from
+silver, the gold tables that read it (lakehouse.gold).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -30,7 +33,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from lakehouse.config import EntityConfig, LakehouseConfig
+from lakehouse.config import EntityConfig, LakehouseConfig, SourceConfig, duration_seconds
 from lakehouse.observability import count_records
 from lakehouse.quality import (
     FAILED_COLUMNS,
@@ -52,26 +55,81 @@ from lakehouse.tables import (
 )
 
 RAW_FIELDS = "_raw_fields"
+SOURCE_COLUMN = "_source"  # which bronze table a row came from, when an entity reads several
+CSV_EXTRA_FIELDS = 16  # CSV fields past the declared ones kept in _rescued as _c<position>
 
 
-def parse_records(bronze: DataFrame, entity: EntityConfig) -> DataFrame:
-    """Parse ``value`` (one JSON object per line) into the entity's typed columns."""
-    raw = F.col(RAW_FIELDS)
+def parse_records(
+    bronze: DataFrame, entity: EntityConfig, sources: dict[str, SourceConfig] | None = None
+) -> DataFrame:
+    """Parse ``value`` into the entity's typed columns, by each source's format.
+
+    ``sources`` maps the entity's source names to their configs (default: one JSON-lines
+    source). With more than one, each row names its source in ``_source``. Besides the typed
+    columns, every row gets ``_malformed``, ``_type_errors``, ``_rescued`` (see the module
+    docstring) and ``_header``: null for a record, "ok" for a CSV header line that names the
+    declared columns (skipped, not a record), "mismatch" for one that does not (quarantined).
+    """
     declared = list(entity.columns)
-    parsed = bronze.withColumn(RAW_FIELDS, F.from_json("value", MapType(StringType(), StringType())))
+    formats = {name: _raw_fields(source, declared) for name, source in (sources or {"": None}).items()}
+    if len(formats) == 1:
+        raw_map, malformed, header = next(iter(formats.values()))
+    else:
+        which = F.col(SOURCE_COLUMN)
+        raw_map = malformed = header = None
+        for name, (m, bad, head) in formats.items():
+            raw_map = (F.when(which == name, m) if raw_map is None else raw_map.when(which == name, m))
+            malformed = (F.when(which == name, bad) if malformed is None else malformed.when(which == name, bad))
+            header = (F.when(which == name, head) if header is None else header.when(which == name, head))
+
+    raw = F.col(RAW_FIELDS)
     typed = {name: F.expr(f"try_cast(`{RAW_FIELDS}`['{name}'] AS {kind})") for name, kind in entity.columns.items()}
     type_errors = F.filter(
         F.array(*[F.when(raw[name].isNotNull() & typed[name].isNull(), F.lit(name)) for name in declared]),
         lambda name: name.isNotNull(),
     )
     extra = F.map_filter(raw, lambda key, _: ~key.isin(declared))
+    parsed = bronze.withColumns({RAW_FIELDS: raw_map, "_malformed": malformed, "_header": header})
     return parsed.select(
         *bronze.columns,
         *[typed[name].alias(name) for name in declared],
-        raw.isNull().alias("_malformed"),
-        F.when(raw.isNull(), F.array().cast("array<string>")).otherwise(type_errors).alias("_type_errors"),
+        F.col("_malformed"),
+        F.when(F.col("_malformed"), F.array().cast("array<string>")).otherwise(type_errors).alias("_type_errors"),
         F.when(F.size(extra) > 0, F.to_json(extra)).alias("_rescued"),
+        F.col("_header"),
     )
+
+
+def _raw_fields(source: SourceConfig | None, declared: list[str]) -> tuple[Column, Column, Column]:
+    """(field name -> raw text map, malformed flag, header state) for one source's lines."""
+    value = F.col("value")
+    no_header = F.lit(None).cast("string")
+    if source is None or source.format == "json-lines":
+        fields = F.from_json(value, MapType(StringType(), StringType()))
+        return F.when(fields.isNotNull(), fields), fields.isNull(), no_header
+    # CSV: fields by position; an empty field is a missing value; fields past the declared ones
+    # are unexpected fields named _c<position> (0-based, as Spark names unnamed CSV columns).
+    delimiter = source.csv.delimiter
+    names = declared + [f"_c{i}" for i in range(len(declared), len(declared) + CSV_EXTRA_FIELDS)]
+    schema = ", ".join(f"`{name}` STRING" for name in names)
+    record = F.from_csv(value, schema, {"sep": delimiter})
+    fields = F.map_filter(
+        F.map_from_arrays(F.array(*[F.lit(n) for n in names]), F.array(*[record[n] for n in names])),
+        lambda _, text: text.isNotNull(),
+    )
+    # Fields counted outside quoted sections, so a quoted delimiter does not count.
+    unquoted = F.regexp_replace(value, r'"(?:[^"]|"")*"', "")
+    split_pattern = re.escape(delimiter)  # F.split takes a (Java) regular expression
+    field_count = F.size(F.split(unquoted, split_pattern, -1))
+    malformed = (F.trim(value) == "") | (field_count < len(declared))
+    header = no_header
+    if source.csv.header:
+        names_in_line = F.transform(F.split(value, split_pattern, -1),
+                                    lambda name: F.lower(F.trim(F.regexp_replace(name, '"', ""))))
+        matches = names_in_line == F.array(*[F.lit(n.lower()) for n in declared])
+        header = F.when(F.col("_source_line") == 1, F.when(matches, "ok").otherwise("mismatch"))
+    is_header = header.isNotNull()
+    return F.when(~is_header, fields), F.when(is_header, False).otherwise(malformed), header
 
 
 # -- refine: one micro-batch of bronze rows into silver, quarantine and ops -----------------
@@ -99,6 +157,7 @@ SILVER_BATCHES_SCHEMA = StructType(
         StructField("duplicates", LongType()),  # valid rows whose key was seen (in the batch or before)
         StructField("warnings", LongType()),  # rows kept with a failed warn expectation
         StructField("recorded_at", TimestampType()),
+        StructField("skipped", LongType()),  # CSV header lines: not records, in no other table
     ]
 )
 
@@ -107,21 +166,28 @@ class ExpectationFailedError(RuntimeError):
     """A ``fail`` expectation did not hold: the batch is not committed and will be redone."""
 
 
-def quarantine_reasons(entity: EntityConfig) -> Column:
-    """Why a checked row goes to quarantine; an empty array keeps it."""
+def _no_reasons() -> Column:
+    return F.array().cast("array<string>")
+
+
+def quarantine_reasons(entity: EntityConfig, horizon=None) -> Column:
+    """Why a checked row goes to quarantine; an empty array keeps it.
+
+    ``horizon``: the oldest event time still accepted (the entity's watermark before the newest
+    event time seen); an older row is quarantined as ``late``. None: no row is late.
+    """
     reasons = F.concat(
-        F.when(F.col("_malformed"), F.array(F.lit("malformed"))).otherwise(F.array().cast("array<string>")),
+        F.when(F.col("_malformed"), F.array(F.lit("malformed"))).otherwise(_no_reasons()),
         F.transform("_type_errors", lambda name: F.concat(F.lit("type("), name, F.lit(")"))),
         F.col(FAILED_COLUMNS["drop"]),
     )
     if entity.unexpected_fields == "quarantine":
-        reasons = F.concat(
-            reasons,
-            F.when(F.col("_rescued").isNotNull(), F.array(F.lit("unexpected_fields"))).otherwise(
-                F.array().cast("array<string>")
-            ),
-        )
-    return reasons
+        reasons = F.concat(reasons, F.when(F.col("_rescued").isNotNull(), F.array(F.lit("unexpected_fields"))).otherwise(_no_reasons()))
+    if horizon is not None:
+        late = F.coalesce(F.col(entity.event_time) < F.lit(horizon), F.lit(False))
+        reasons = F.concat(reasons, F.when(late, F.array(F.lit("late"))).otherwise(_no_reasons()))
+    # A CSV header line is not a record: one that names other columns is quarantined for that alone.
+    return F.when(F.col("_header") == "mismatch", F.array(F.lit("header_mismatch"))).otherwise(reasons)
 
 
 def latest_per_key(valid: DataFrame, entity: EntityConfig) -> DataFrame:
@@ -149,13 +215,20 @@ def silver_schema(entity: EntityConfig) -> StructType:
 
 def ensure_silver_tables(spark: SparkSession, config: LakehouseConfig, entity_name: str) -> None:
     entity = config.entity(entity_name)
-    create_table_if_missing(spark, resolve_table(config, f"silver.{entity_name}"), silver_schema(entity),
+    silver = resolve_table(config, f"silver.{entity_name}")
+    # The change feed lets streaming gold tables read silver's new rows although MERGE rewrites files.
+    create_table_if_missing(spark, silver, silver_schema(entity), properties={CHANGE_FEED: "true"},
                             comment="Typed, validated, one row per key; see lakehouse/silver.py")
+    if delta_table(spark, silver).detail().first()["properties"].get(CHANGE_FEED) != "true":
+        target = f"delta.`{silver.path}`" if silver.is_path else silver.identifier
+        spark.sql(f"ALTER TABLE {target} SET TBLPROPERTIES ({CHANGE_FEED} = true)")  # made by an older release
     create_table_if_missing(spark, resolve_table(config, f"silver.{entity_name}_quarantine"), QUARANTINE_SCHEMA,
                             comment="Rows that failed parsing or a drop expectation, with reasons")
     create_table_if_missing(spark, resolve_table(config, SILVER_BATCHES_TABLE), SILVER_BATCHES_SCHEMA)
     create_table_if_missing(spark, resolve_table(config, QUALITY_RESULTS_TABLE), QUALITY_RESULTS_SCHEMA)
 
+
+CHANGE_FEED = "delta.enableChangeDataFeed"
 
 SPARK_TYPES = {
     "string": StringType(),
@@ -189,10 +262,8 @@ def refine_batch(
     """
     spark = bronze_batch.sparkSession
     entity = config.entity(entity_name)
-    checked = with_rule_results(parse_records(bronze_batch, entity), rules).withColumn(
-        "_reasons", quarantine_reasons(entity)
-    )
-    checked.persist()
+    sources = {name: config.source(name) for name in entity.sources}
+    checked = with_rule_results(parse_records(bronze_batch, entity, sources), rules).persist()
     latest = None
     try:
         failed = checked.where(F.size(FAILED_COLUMNS["fail"]) > 0)
@@ -203,31 +274,42 @@ def refine_batch(
                 f"(policy fail) on {failed.count()} row(s), first at {first[1]} line {first[2]}; "
                 "nothing was committed, the batch is redone after a fix"
             )
-        quarantine = checked.where(F.size("_reasons") > 0).select(
+        silver = delta_table(spark, resolve_table(config, f"silver.{entity_name}"))
+        records = checked.where(F.col("_header").isNull() | (F.col("_header") == "mismatch")).withColumn(
+            "_reasons", quarantine_reasons(entity, late_horizon(checked, silver.toDF(), entity))
+        )
+        quarantine = records.where(F.size("_reasons") > 0).select(
             "value", "_source_file", "_source_line", F.col("_reasons").alias("reasons"),
             F.array_join("_reasons", "; ").alias("error"), F.lit(batch_id).cast("long").alias("batch_id"),
             F.current_timestamp().alias("_quarantined_at"),
         )
-        valid = checked.where(F.size("_reasons") == 0)
+        valid = records.where(F.size("_reasons") == 0)
         # Used twice (new-key count, then MERGE): keep the window's result rather than recompute it.
-        latest = latest_per_key(valid, entity).select(*silver_columns(entity)).persist()
-        silver = delta_table(spark, resolve_table(config, f"silver.{entity_name}"))
+        latest = latest_per_key(valid, entity).select(*silver_columns(entity))
+        evolved: list[str] = []
+        if entity.unexpected_fields == "evolve":
+            latest, evolved = evolve_rescued_fields(latest, entity)
+        latest = latest.persist()
 
         keys = latest.select(*entity.keys)
         known = silver.toDF().select(*entity.keys)
         counts = checked.agg(
             F.count("*").alias("bronze_rows"),
+            F.sum(F.when(F.col("_header") == "ok", 1).otherwise(0)).alias("skipped"),
+        ).first()
+        decided = records.agg(
             F.sum(F.when(F.size("_reasons") > 0, 1).otherwise(0)).alias("quarantined"),
             F.sum(F.when((F.size("_reasons") == 0) & (F.size(FAILED_COLUMNS["warn"]) > 0), 1).otherwise(0)).alias("warnings"),
         ).first()
         inserted = keys.join(known, on=entity.keys, how="left_anti").count()
-        valid_rows = counts["bronze_rows"] - (counts["quarantined"] or 0)
-        stats = [(entity_name, batch_id, counts["bronze_rows"], counts["quarantined"] or 0, inserted,
-                  valid_rows - inserted, counts["warnings"] or 0, datetime.now(timezone.utc).replace(tzinfo=None))]
+        quarantined = decided["quarantined"] or 0
+        valid_rows = counts["bronze_rows"] - (counts["skipped"] or 0) - quarantined
+        stats = [(entity_name, batch_id, counts["bronze_rows"], quarantined, inserted, valid_rows - inserted,
+                  decided["warnings"] or 0, datetime.now(timezone.utc).replace(tzinfo=None), counts["skipped"] or 0)]
         append_to_table(spark.createDataFrame(stats, SILVER_BATCHES_SCHEMA),
-                        resolve_table(config, SILVER_BATCHES_TABLE), txn=(f"{app_id}-stats", batch_id))
+                        resolve_table(config, SILVER_BATCHES_TABLE), txn=(f"{app_id}-stats", batch_id), merge_schema=True)
         if validator is not None:
-            results = validator.validate(checked.select(*entity.columns), batch_id, _source_versions(spark, config, entity))
+            results = validator.validate(records.select(*entity.columns), batch_id, _source_versions(spark, config, entity))
             append_to_table(spark.createDataFrame(results, QUALITY_RESULTS_SCHEMA),
                             resolve_table(config, QUALITY_RESULTS_TABLE), txn=(f"{app_id}-quality", batch_id))
         append_to_table(quarantine, resolve_table(config, f"silver.{entity_name}_quarantine"),
@@ -235,8 +317,12 @@ def refine_batch(
 
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in entity.keys)
         newer = f"s.`{entity.event_time}` > t.`{entity.event_time}` OR t.`{entity.event_time}` IS NULL"
-        spark.conf.set("spark.databricks.delta.write.txnAppId", f"{app_id}-merge")
-        spark.conf.set("spark.databricks.delta.write.txnVersion", str(batch_id))
+        session_conf = {"spark.databricks.delta.write.txnAppId": f"{app_id}-merge",
+                        "spark.databricks.delta.write.txnVersion": str(batch_id)}
+        if evolved:  # new columns join silver's schema in this MERGE
+            session_conf["spark.databricks.delta.schema.autoMerge.enabled"] = "true"
+        for key, value in session_conf.items():
+            spark.conf.set(key, value)
         try:
             (
                 silver.alias("t").merge(latest.alias("s"), condition)
@@ -245,12 +331,53 @@ def refine_batch(
                 .execute()
             )
         finally:
-            spark.conf.unset("spark.databricks.delta.write.txnAppId")
-            spark.conf.unset("spark.databricks.delta.write.txnVersion")
+            for key in session_conf:
+                spark.conf.unset(key)
     finally:
         if latest is not None:
             latest.unpersist()
         checked.unpersist()
+
+
+def late_horizon(checked: DataFrame, silver: DataFrame, entity: EntityConfig):
+    """The oldest event time a row of this batch may have: newest seen minus the entity's watermark.
+
+    "Newest seen" is the later of silver's newest event time and this batch's newest among rows
+    that pass every other check (so one bad timestamp cannot make every row late). None when
+    nothing has an event time yet.
+    """
+    event_time = entity.event_time
+    ok = checked.where(
+        ~F.col("_malformed") & (F.size("_type_errors") == 0) & (F.size(FAILED_COLUMNS["drop"]) == 0)
+        & F.col("_header").isNull()
+    )
+    newest = [ok.agg(F.max(event_time)).first()[0], silver.agg(F.max(event_time)).first()[0]]
+    newest = [t for t in newest if t is not None]
+    if not newest:
+        return None
+    return max(newest) - timedelta(seconds=duration_seconds(entity.watermark))
+
+
+IDENTIFIER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def evolve_rescued_fields(latest: DataFrame, entity: EntityConfig) -> tuple[DataFrame, list[str]]:
+    """Move rescued fields into string columns of their own (``unexpected_fields: evolve``).
+
+    A field whose name is not a plain identifier, or clashes with a declared or system column,
+    stays in ``_rescued``. Returns the rows and the names of the fields given columns.
+    """
+    rescued = F.from_json("_rescued", MapType(StringType(), StringType()))
+    names = [r[0] for r in latest.select(F.explode(F.map_keys(rescued))).distinct().collect()]
+    taken = {c.lower() for c in latest.columns}
+    evolved = sorted(n for n in names if IDENTIFIER_NAME.match(n) and n.lower() not in taken)
+    if not evolved:
+        return latest, []
+    left = F.map_filter(rescued, lambda key, _: ~key.isin(evolved))
+    return latest.withColumns(
+        {**{name: rescued[name] for name in evolved},
+         "_rescued": F.when(F.size(left) > 0, F.to_json(left))}
+    ), evolved
 
 
 def _source_versions(spark: SparkSession, config: LakehouseConfig, entity: EntityConfig) -> str:
@@ -279,7 +406,8 @@ def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_nam
         reader = spark.readStream.format("delta")
         if entity.max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", entity.max_files_per_trigger)
-        streams.append(reader.load(ref.path) if ref.is_path else reader.table(ref.identifier))
+        stream = reader.load(ref.path) if ref.is_path else reader.table(ref.identifier)
+        streams.append(stream.withColumn(SOURCE_COLUMN, F.lit(source)))  # parse_records picks the format by it
     bronze = streams[0]
     for other in streams[1:]:
         bronze = bronze.unionByName(other)
@@ -319,10 +447,15 @@ class Reconciliation:
     silver_rows: int
     quarantined: int
     duplicates: int
+    skipped: int = 0  # CSV header lines: not records
+
+    @property
+    def accounted(self) -> int:
+        return self.silver_rows + self.quarantined + self.duplicates + self.skipped
 
     @property
     def difference(self) -> int:
-        return self.refined_rows - (self.silver_rows + self.quarantined + self.duplicates)
+        return self.refined_rows - self.accounted
 
     @property
     def holds(self) -> bool:
@@ -333,14 +466,15 @@ class Reconciliation:
             f"bronze.{self.source}: {self.bronze_rows:,} rows, {self.refined_rows:,} refined into "
             f"{', '.join('silver.' + e for e in self.entities)}",
             f"silver {self.silver_rows:,} + quarantined {self.quarantined:,} + duplicates {self.duplicates:,}"
-            f" = {self.silver_rows + self.quarantined + self.duplicates:,}",
+            + (f" + header lines {self.skipped:,}" if self.skipped else "") + f" = {self.accounted:,}",
         ]
         if self.bronze_rows != self.refined_rows:
             lines.append(f"NOT RECONCILED: {self.bronze_rows - self.refined_rows:,} bronze rows not refined yet")
         if self.difference:
             lines.append(f"NOT RECONCILED: {self.difference:+,} rows refined but in none of silver, quarantine, duplicates")
         if self.holds:
-            lines.append("reconciled: every bronze row is in silver, in quarantine, or counted as a duplicate")
+            lines.append("reconciled: every bronze row is in silver, in quarantine, or counted as a duplicate"
+                         + (" or a header line" if self.skipped else ""))
         return "\n".join(lines)
 
 
@@ -351,7 +485,7 @@ def reconcile(spark: SparkSession, config: LakehouseConfig, source: str) -> Reco
     for name in {s for e in entities for s in config.entity(e).sources} or {source}:
         ref = resolve_table(config, f"bronze.{name}")
         bronze_rows += read_table(spark, ref).count() if table_exists(spark, ref) else 0
-    refined = silver_rows = quarantined = duplicates = 0
+    refined = silver_rows = quarantined = duplicates = skipped = 0
     batches_ref = resolve_table(config, SILVER_BATCHES_TABLE)
     for entity in entities:
         silver_ref = resolve_table(config, f"silver.{entity}")
@@ -359,8 +493,11 @@ def reconcile(spark: SparkSession, config: LakehouseConfig, source: str) -> Reco
             continue
         silver_rows += read_table(spark, silver_ref).count()
         quarantined += read_table(spark, resolve_table(config, f"silver.{entity}_quarantine")).count()
-        sums = read_table(spark, batches_ref).where(F.col("entity") == entity).agg(
-            F.sum("bronze_rows").alias("refined"), F.sum("duplicates").alias("duplicates")).first()
+        batches = read_table(spark, batches_ref)
+        sums = batches.where(F.col("entity") == entity).agg(
+            F.sum("bronze_rows").alias("refined"), F.sum("duplicates").alias("duplicates"),
+            F.sum("skipped" if "skipped" in batches.columns else F.lit(0)).alias("skipped")).first()
         refined += sums["refined"] or 0
         duplicates += sums["duplicates"] or 0
-    return Reconciliation(source, entities, bronze_rows, refined, silver_rows, quarantined, duplicates)
+        skipped += sums["skipped"] or 0
+    return Reconciliation(source, entities, bronze_rows, refined, silver_rows, quarantined, duplicates, skipped)

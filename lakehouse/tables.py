@@ -64,10 +64,14 @@ def read_table(spark: SparkSession, ref: TableRef, version: int | None = None) -
     return reader.load(ref.path) if ref.is_path else reader.table(ref.identifier)
 
 
-def append_to_table(df: DataFrame, ref: TableRef, txn: tuple[str, int] | None = None) -> None:
+def append_to_table(df: DataFrame, ref: TableRef, txn: tuple[str, int] | None = None,
+                    merge_schema: bool = False) -> None:
     """Append ``df``. With ``txn`` = (app id, version) the append is idempotent: Delta skips it
-    when that app id already committed that version (a micro-batch redone after a crash)."""
+    when that app id already committed that version (a micro-batch redone after a crash).
+    ``merge_schema``: columns the table lacks are added (a table written by an older release)."""
     writer = df.write.format("delta").mode("append")
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     if txn is not None:
         writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
     if ref.is_path:

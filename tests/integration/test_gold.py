@@ -1,0 +1,94 @@
+"""Gold: the streaming per-minute aggregates agree with silver, the feature table's label is the
+next minute's power, and a second run appends new minutes without touching closed ones."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from lakehouse.bronze import run_bronze_ingest
+from lakehouse.config import duration_seconds, load_config
+from lakehouse.generator import TelemetryGenerator, generate_batch
+from lakehouse.gold import GoldInputMissing, build_order, run_gold_tables
+from lakehouse.silver import run_silver_refine
+from lakehouse.tables import delta_table, read_table, resolve_table
+
+pytestmark = pytest.mark.slow
+
+ONCE = {"availableNow": True}
+
+
+def _land_refine(spark, config, seed: int, records: int = 2400):
+    landing = Path(config.landing_path("telemetry"))
+    landing.mkdir(parents=True, exist_ok=True)
+    generator = TelemetryGenerator.from_config(config.generator, seed=seed, fault_rate=0.05)
+    generate_batch(generator, landing, "telemetry", f"g{seed}", seed, records, 3)
+    assert run_bronze_ingest(spark, config, "telemetry", ONCE) == 0
+    assert run_silver_refine(spark, config, "telemetry", ONCE) == 0
+
+
+def _expected_minutes(spark, config):
+    """Per host and minute from silver in batch, for the minutes the watermark has closed."""
+    silver = read_table(spark, resolve_table(config, "silver.telemetry"))
+    delay = duration_seconds(config.gold_table("telemetry_minute").watermark.delay)
+    newest = silver.agg(F.max("event_time")).first()[0]
+    minutes = silver.groupBy("host", F.window("event_time", "1 minute").start.alias("minute")).agg(
+        F.count("*").alias("readings"), F.avg("power_w").alias("power_w"))
+    closed = minutes.where(F.col("minute") + F.expr("INTERVAL 1 MINUTE") <= F.lit(newest) - F.expr(f"INTERVAL {int(delay)} SECONDS"))
+    return {(r.host, r.minute): (r.readings, round(r.power_w, 6)) for r in closed.collect()}
+
+
+def _gold_minutes(spark, config):
+    rows = read_table(spark, resolve_table(config, "gold.telemetry_minute")).collect()
+    return {(r.host, r.minute): (r.readings, round(r.power_w, 6)) for r in rows}, len(rows)
+
+
+def test_gold_tables_from_silver(spark, config):
+    with pytest.raises(GoldInputMissing, match="lakehouse refine --entity telemetry"):
+        run_gold_tables(spark, config, ["telemetry_minute"], ONCE)
+    assert build_order(config, ["telemetry_features", "telemetry_minute"]) == ["telemetry_minute", "telemetry_features"]
+
+    _land_refine(spark, config, seed=31)
+    assert run_gold_tables(spark, config, list(config.gold), ONCE) == 0
+    expected = _expected_minutes(spark, config)
+    gold, rows = _gold_minutes(spark, config)
+    assert len(expected) > 100 and rows == len(gold)  # one row per host and minute
+    assert gold == expected
+
+    # The feature table: label = the same host's power in the next minute; versions recorded.
+    features = read_table(spark, resolve_table(config, "gold.telemetry_features")).collect()
+    by_key = {(r.host, r.minute): r for r in features}
+    pairs = [(k, (k[0], k[1] + timedelta(minutes=1))) for k in gold]
+    with_next = [(k, n) for k, n in pairs if n in gold]
+    assert len(features) == len(with_next) > 0
+    for key, nxt in with_next:
+        assert by_key[key].next_minute_power_w == pytest.approx(gold[nxt][1])
+    commit = delta_table(spark, resolve_table(config, "gold.telemetry_features")).history(1).first()
+    minute_version = delta_table(spark, resolve_table(config, "gold.telemetry_minute")).history(1).first().version
+    assert json.loads(commit.userMetadata)["inputs"] == {"gold.telemetry_minute": minute_version}
+
+    # A later stretch of events: new minutes are appended, closed ones stay as they were.
+    later = dataclasses.replace(config.generator, start_time="2026-01-01T06:00:00Z")
+    config2 = dataclasses.replace(config, generator=later)
+    _land_refine(spark, config2, seed=32)
+    assert run_gold_tables(spark, config2, ["telemetry_minute"], ONCE) == 0
+    gold2, rows2 = _gold_minutes(spark, config2)
+    assert rows2 == len(gold2)  # still one row per host and minute
+    assert {k: v for k, v in gold2.items() if k in gold} == gold
+    # ... and the first stretch's last minutes, closed only by the second run's events, are there too
+    assert gold2 == _expected_minutes(spark, config2)
+    assert len(gold2) > len(gold) + 100
+
+
+def test_gold_config_errors(tmp_path):
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with pytest.raises(Exception, match="gold.telemetry_minute.inputs: no such input table 'silver.nothing'"):
+        load_config("test", conf_dir=conf, data_dir=tmp_path, overrides=["gold.telemetry_minute.inputs=[silver.nothing]"])
+    with pytest.raises(Exception, match="gold.telemetry_features.watermark: only streaming"):
+        load_config("test", conf_dir=conf, data_dir=tmp_path,
+                    overrides=["gold.telemetry_features.watermark={column: minute, delay: 1 minute}"])
