@@ -289,6 +289,10 @@ def refine_batch(
         evolved: list[str] = []
         if entity.unexpected_fields == "evolve":
             latest, evolved = evolve_rescued_fields(latest, entity)
+            # Columns earlier batches evolved: a row without the field holds null there (the
+            # newer version of a key replaces the whole row).
+            latest = latest.withColumns({f.name: F.lit(None).cast(f.dataType) for f in silver.toDF().schema.fields
+                                         if f.name not in latest.columns})
         latest = latest.persist()
 
         keys = latest.select(*entity.keys)

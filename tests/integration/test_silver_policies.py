@@ -12,7 +12,7 @@ import pytest
 from lakehouse.bronze import run_bronze_ingest
 from lakehouse.config import load_config
 from lakehouse.generator import TelemetryGenerator, generate_batch
-from lakehouse.silver import SILVER_BATCHES_TABLE, run_silver_refine
+from lakehouse.silver import SILVER_BATCHES_TABLE, reconcile, run_silver_refine
 from lakehouse.tables import read_table, resolve_table, table_exists
 from tests.conftest import CONF_DIR
 
@@ -77,3 +77,52 @@ def test_fail_stops_without_committing_then_a_fixed_restart_processes_the_batch(
     assert run_silver_refine(spark, config, "telemetry", {"availableNow": True}) == 0
     assert read_table(spark, silver_ref).count() == manifest.total_lines
     assert table_exists(spark, silver_ref)
+
+
+def test_late_rows_quarantined_and_new_fields_evolve_the_schema(spark, tmp_path):
+    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data", overrides=[
+        "entities.telemetry.watermark=1 hour", "entities.telemetry.unexpected_fields=evolve"])
+    landing = Path(config.landing_path("telemetry"))
+    landing.mkdir(parents=True)
+    generator = TelemetryGenerator.from_config(config.generator, seed=33, fault_rate=0.1)
+    manifest = generate_batch(generator, landing, "telemetry", "w", 33, 1200, 2)
+    counts = manifest.fault_counts()
+    assert counts["late_event"] > 0 and counts["extra_field"] > 0
+    assert run_bronze_ingest(spark, config, "telemetry", {"availableNow": True}) == 0
+    assert run_silver_refine(spark, config, "telemetry", {"availableNow": True}) == 0
+
+    quarantine = read_table(spark, resolve_table(config, "silver.telemetry_quarantine"))
+    assert quarantine.where("array_contains(reasons, 'late')").count() == counts["late_event"]  # 3 h late > 1 h
+    silver = read_table(spark, resolve_table(config, "silver.telemetry"))
+    assert "firmware_version" in silver.columns  # the generator's extra field became a column
+    assert silver.where("firmware_version IS NOT NULL").count() == counts["extra_field"]
+    assert silver.where("_rescued IS NOT NULL").count() == 0
+    assert reconcile(spark, config, "telemetry").holds
+
+
+def test_evolved_columns_across_batches(spark, tmp_path):
+    """A field evolves a column; a later version of the key without it holds null there; a name
+    that is not an identifier stays rescued."""
+    from lakehouse.quality import load_suite, row_rules
+    from lakehouse.silver import ensure_silver_tables, refine_batch
+
+    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data",
+                         overrides=["entities.telemetry.unexpected_fields=evolve"])
+    ensure_silver_tables(spark, config, "telemetry")
+    rules = row_rules(load_suite(config.suite_path("telemetry")))
+    base = {"host": "dc1-r01-h001", "rack": "r01", "cpu_util": 1, "mem_util": 1, "gpu_util": 1, "power_w": 100,
+            "fan_rpm": 2000, "inlet_temp_c": 20, "exhaust_temp_c": 30}
+
+    def batch(*records):
+        rows = [(json.dumps({**base, **r}), "f", i, None) for i, r in enumerate(records)]
+        return spark.createDataFrame(rows, "value string, _source_file string, _source_line long, _ingested_at timestamp")
+
+    refine_batch(config, "telemetry", rules, "t", batch({"event_id": "e1", "event_time": "2026-01-01T00:00:01Z", "fw": "1.0"}), 0)
+    refine_batch(config, "telemetry", rules, "t", batch({"event_id": "e2", "event_time": "2026-01-01T00:00:02Z"},
+                                                        {"event_id": "e1", "event_time": "2026-01-01T00:00:03Z"}), 1)
+    refine_batch(config, "telemetry", rules, "t", batch({"event_id": "e3", "event_time": "2026-01-01T00:00:04Z",
+                                                         "Bad Name": "x", "fw2": "2"}), 2)
+    rows = {r.event_id: r for r in read_table(spark, resolve_table(config, "silver.telemetry")).collect()}
+    assert sorted(rows) == ["e1", "e2", "e3"]
+    assert rows["e1"].fw is None and rows["e1"].event_time.second == 3  # the newer version replaced the row
+    assert (rows["e3"].fw2, rows["e3"]._rescued) == ("2", '{"Bad Name":"x"}')
