@@ -162,7 +162,7 @@ class EntityConfig:
     event_time: Identifier  # which version of a key is the latest
     suite: Identifier  # expectations/<suite>.json under the env or base conf dir
     # How late an event may arrive: a row whose event time is older than the newest event time
-    # seen (in silver or in its own batch) minus this goes to quarantine with reason "late".
+    # in silver before its micro-batch, minus this, goes to quarantine with reason "late".
     watermark: Duration = "1 hour"
     # Fields the schema does not declare. rescue: kept as JSON in _rescued; evolve: each becomes a
     # new string column of silver (Delta schema evolution); quarantine: the row is quarantined.

@@ -276,7 +276,7 @@ def refine_batch(
             )
         silver = delta_table(spark, resolve_table(config, f"silver.{entity_name}"))
         records = checked.where(F.col("_header").isNull() | (F.col("_header") == "mismatch")).withColumn(
-            "_reasons", quarantine_reasons(entity, late_horizon(checked, silver.toDF(), entity))
+            "_reasons", quarantine_reasons(entity, late_horizon(silver.toDF(), entity))
         )
         quarantine = records.where(F.size("_reasons") > 0).select(
             "value", "_source_file", "_source_line", F.col("_reasons").alias("reasons"),
@@ -343,23 +343,15 @@ def refine_batch(
         checked.unpersist()
 
 
-def late_horizon(checked: DataFrame, silver: DataFrame, entity: EntityConfig):
-    """The oldest event time a row of this batch may have: newest seen minus the entity's watermark.
+def late_horizon(silver: DataFrame, entity: EntityConfig):
+    """The oldest event time a row of the next batch may have: silver's newest minus the watermark.
 
-    "Newest seen" is the later of silver's newest event time and this batch's newest among rows
-    that pass every other check (so one bad timestamp cannot make every row late). None when
-    nothing has an event time yet.
+    As with Spark's own watermarks, the horizon comes from what earlier batches committed, so
+    the rows of one batch (a backlog read at once, say) are never late relative to each other.
+    None while silver is empty.
     """
-    event_time = entity.event_time
-    ok = checked.where(
-        ~F.col("_malformed") & (F.size("_type_errors") == 0) & (F.size(FAILED_COLUMNS["drop"]) == 0)
-        & F.col("_header").isNull()
-    )
-    newest = [ok.agg(F.max(event_time)).first()[0], silver.agg(F.max(event_time)).first()[0]]
-    newest = [t for t in newest if t is not None]
-    if not newest:
-        return None
-    return max(newest) - timedelta(seconds=duration_seconds(entity.watermark))
+    newest = silver.agg(F.max(entity.event_time)).first()[0]  # from Delta's file statistics
+    return None if newest is None else newest - timedelta(seconds=duration_seconds(entity.watermark))
 
 
 IDENTIFIER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
