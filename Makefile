@@ -34,6 +34,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/bronze_throughput.py
+	$(BIN)/python bench/silver_overhead.py
 
 clean:
 	rm -rf data/ spark-warehouse/ .pytest_cache/ build/ *.egg-info

@@ -6,7 +6,7 @@ bronze table, in one run.
 
 Both passes are streaming queries over bronze.telemetry with availableNow and no rate limit (one
 micro-batch of every row), each from a fresh checkpoint into fresh tables:
-  (a) parse only: parse_records with the declared schema, appended to a Delta table;
+  (a) parse only: parse_records with the declared schema, silver's columns appended to a Delta table;
   (b) refine: lakehouse.silver's foreachBatch (parse, row rules, late check, quarantine,
       per-batch counts, GX validation of the whole suite into ops.quality_results, dedupe,
       MERGE into silver).
@@ -32,7 +32,7 @@ from lakehouse.bronze import run_bronze_ingest  # noqa: E402
 from lakehouse.config import load_config  # noqa: E402
 from lakehouse.generator import TelemetryGenerator, generate_batch  # noqa: E402
 from lakehouse.session import build_session  # noqa: E402
-from lakehouse.silver import parse_records, run_silver_refine  # noqa: E402
+from lakehouse.silver import parse_records, run_silver_refine, silver_columns  # noqa: E402
 from lakehouse.tables import read_table, resolve_table  # noqa: E402
 
 
@@ -47,7 +47,9 @@ def parse_only(spark, config, checkpoint: Path, target: Path) -> int:
     bronze = spark.readStream.format("delta").load(resolve_table(config, "bronze.telemetry").path)
 
     def write(batch, batch_id):
-        parse_records(batch, entity, sources).write.format("delta").mode("append").save(str(target))
+        # The columns silver keeps (typed fields, _rescued, provenance), so both passes write the same shape.
+        parsed = parse_records(batch, entity, sources).select(*silver_columns(entity))
+        parsed.write.format("delta").mode("append").save(str(target))
 
     query = (bronze.writeStream.foreachBatch(write).option("checkpointLocation", str(checkpoint))
              .trigger(availableNow=True).start())

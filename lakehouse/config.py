@@ -134,6 +134,15 @@ class CsvOptions:
 
 
 @dataclass(frozen=True)
+class QualityConfig:
+    # How silver computes each micro-batch's per-expectation results (ops.quality_results):
+    # fused: row-level expectations from the one aggregation that also counts the batch (checked
+    # against GX's own results in the tests), the others by GX; gx: GX validates every
+    # expectation on each batch itself (several Spark jobs per expectation: slow on big batches).
+    validation: Literal["fused", "gx"] = "fused"
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     kind: Literal["files"]
     format: Literal["json-lines", "csv"]
@@ -244,6 +253,7 @@ class LakehouseConfig:
     sources: dict[Identifier, SourceConfig]
     entities: dict[Identifier, EntityConfig] = field(default_factory=dict)
     gold: dict[Identifier, GoldTableConfig] = field(default_factory=dict)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
     def source(self, name: str) -> SourceConfig:
         return self._named("sources", self.sources, name)

@@ -131,7 +131,10 @@ class ProgressRecorder(StreamingQueryListener):
     """Queues one ``ops.stream_progress`` row per micro-batch; :meth:`flush` writes them."""
 
     def __init__(self, spark: SparkSession, config: LakehouseConfig):
-        self.spark = spark
+        # A session of its own (same SparkContext): the jobs set session-wide Delta settings for
+        # their idempotent MERGEs (txnAppId/txnVersion), which an append made meanwhile from this
+        # session would otherwise pick up, and then be skipped as a replay.
+        self.spark = spark.newSession()
         self.table = resolve_table(config, STREAM_PROGRESS_TABLE)
         self.checkpoints: dict[str, str] = {}  # query name -> checkpoint, to count files per batch
         self._rows: queue.Queue = queue.Queue()  # filled by the listener thread

@@ -14,6 +14,7 @@ silver, the gold tables that read it (lakehouse.gold).
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -39,9 +40,14 @@ from lakehouse.quality import (
     FAILED_COLUMNS,
     QUALITY_RESULTS_SCHEMA,
     QUALITY_RESULTS_TABLE,
+    ROW_LEVEL,
     BatchValidator,
     load_suite,
+    names_where,
+    results_rows,
     row_rules,
+    rule_metric_columns,
+    rule_results,
     with_rule_results,
 )
 from lakehouse.streaming import run_streaming_job
@@ -84,18 +90,18 @@ def parse_records(
 
     raw = F.col(RAW_FIELDS)
     typed = {name: F.expr(f"try_cast(`{RAW_FIELDS}`['{name}'] AS {kind})") for name, kind in entity.columns.items()}
-    type_errors = F.filter(
-        F.array(*[F.when(raw[name].isNotNull() & typed[name].isNull(), F.lit(name)) for name in declared]),
-        lambda name: name.isNotNull(),
-    )
-    extra = F.map_filter(raw, lambda key, _: ~key.isin(declared))
+    type_errors = names_where([(raw[name].isNotNull() & typed[name].isNull(), name) for name in declared])
+    # Unexpected fields: found with array_except (generated code); the map of them is built, with
+    # a lambda, only for the rare rows that have any.
+    extra_keys = F.array_except(F.map_keys(raw), F.array(*[F.lit(name) for name in declared]))
+    extra = F.when(F.size(extra_keys) > 0, F.to_json(F.map_filter(raw, lambda key, _: ~key.isin(declared))))
     parsed = bronze.withColumns({RAW_FIELDS: raw_map, "_malformed": malformed, "_header": header})
     return parsed.select(
         *bronze.columns,
         *[typed[name].alias(name) for name in declared],
         F.col("_malformed"),
         F.when(F.col("_malformed"), F.array().cast("array<string>")).otherwise(type_errors).alias("_type_errors"),
-        F.when(F.size(extra) > 0, F.to_json(extra)).alias("_rescued"),
+        extra.alias("_rescued"),
         F.col("_header"),
     )
 
@@ -178,7 +184,7 @@ def quarantine_reasons(entity: EntityConfig, horizon=None) -> Column:
     """
     reasons = F.concat(
         F.when(F.col("_malformed"), F.array(F.lit("malformed"))).otherwise(_no_reasons()),
-        F.transform("_type_errors", lambda name: F.concat(F.lit("type("), name, F.lit(")"))),
+        names_where([(F.array_contains("_type_errors", name), f"type({name})") for name in entity.columns]),
         F.col(FAILED_COLUMNS["drop"]),
     )
     if entity.unexpected_fields == "quarantine":
@@ -256,91 +262,122 @@ def refine_batch(
 ) -> None:
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
-    Every write carries Delta's idempotent-write marker (``app_id``, ``batch_id``), so a batch
-    redone after a crash changes nothing that already committed. The batch's counts go to
-    ops.silver_batches first, computed before the MERGE, so they are the same on a replay.
+    The parsed and checked batch is cached once; one aggregation over it yields the batch's
+    counts, the fail check and the row-level expectation results. Every write carries Delta's
+    idempotent-write marker (``app_id``, ``batch_id``), so a batch redone after a crash changes
+    nothing that already committed. ``validator`` validates with GX what the fused aggregation
+    does not (every expectation when ``quality.validation`` is ``gx``).
     """
     spark = bronze_batch.sparkSession
     entity = config.entity(entity_name)
     sources = {name: config.source(name) for name in entity.sources}
-    checked = with_rule_results(parse_records(bronze_batch, entity, sources), rules).persist()
-    latest = None
+    silver = delta_table(spark, resolve_table(config, f"silver.{entity_name}"))
+    horizon = late_horizon(silver.toDF(), entity)
+    checked = with_rule_results(parse_records(bronze_batch, entity, sources), rules)
+    # _reasons: null for a CSV header line (not a record), else why the row is quarantined (or []).
+    reasons = F.when(F.col("_header") == "ok", F.lit(None).cast("array<string>")).otherwise(
+        quarantine_reasons(entity, horizon))
+    # The cache holds what the steps below read; the raw line only where it is quarantined.
+    decided = checked.withColumn("_reasons", reasons).select(
+        F.when(F.size("_reasons") > 0, F.col("value")).alias("value"), *silver_columns(entity), "_reasons",
+        *FAILED_COLUMNS.values(),
+    ).persist()
     try:
-        failed = checked.where(F.size(FAILED_COLUMNS["fail"]) > 0)
-        first = failed.select(FAILED_COLUMNS["fail"], "_source_file", "_source_line").first()
-        if first is not None:
+        record = F.col("_reasons").isNotNull()
+        kept = record & (F.size("_reasons") == 0)
+        failing = record & (F.size(FAILED_COLUMNS["fail"]) > 0)
+        fused = config.quality.validation == "fused"
+        aggregates = {
+            "bronze_rows": F.count(F.lit(1)),
+            "records": F.count(F.when(record, 1)),
+            "quarantined": F.count(F.when(record & (F.size("_reasons") > 0), 1)),
+            "warnings": F.count(F.when(kept & (F.size(FAILED_COLUMNS["warn"]) > 0), 1)),
+            "failing": F.count(F.when(failing, 1)),
+            **(rule_metric_columns(rules, where=record) if fused else {}),
+        }
+        counts = decided.agg(*[column.alias(name) for name, column in aggregates.items()]).first()
+        if counts["failing"]:
+            first = decided.where(failing).select(FAILED_COLUMNS["fail"], "_source_file", "_source_line").first()
             raise ExpectationFailedError(
                 f"batch {batch_id} of silver.{entity_name}: expectation {', '.join(first[0])} failed "
-                f"(policy fail) on {failed.count()} row(s), first at {first[1]} line {first[2]}; "
+                f"(policy fail) on {counts['failing']} row(s), first at {first[1]} line {first[2]}; "
                 "nothing was committed, the batch is redone after a fix"
             )
-        silver = delta_table(spark, resolve_table(config, f"silver.{entity_name}"))
-        records = checked.where(F.col("_header").isNull() | (F.col("_header") == "mismatch")).withColumn(
-            "_reasons", quarantine_reasons(entity, late_horizon(silver.toDF(), entity))
-        )
-        quarantine = records.where(F.size("_reasons") > 0).select(
+
+        results = rule_results(rules, counts, counts["records"]) if fused else []
+        if validator is not None:
+            results += validator.validate(decided.where(record).select(*entity.columns))
+        quarantine = decided.where(record & (F.size("_reasons") > 0)).select(
             "value", "_source_file", "_source_line", F.col("_reasons").alias("reasons"),
             F.array_join("_reasons", "; ").alias("error"), F.lit(batch_id).cast("long").alias("batch_id"),
             F.current_timestamp().alias("_quarantined_at"),
         )
-        valid = records.where(F.size("_reasons") == 0)
-        # Used twice (new-key count, then MERGE): keep the window's result rather than recompute it.
-        latest = latest_per_key(valid, entity).select(*silver_columns(entity))
-        evolved: list[str] = []
-        if entity.unexpected_fields == "evolve":
-            latest, evolved = evolve_rescued_fields(latest, entity)
-            # Columns earlier batches evolved: a row without the field holds null there (the
-            # newer version of a key replaces the whole row).
-            latest = latest.withColumns({f.name: F.lit(None).cast(f.dataType) for f in silver.toDF().schema.fields
-                                         if f.name not in latest.columns})
-        latest = latest.persist()
 
-        keys = latest.select(*entity.keys)
-        known = silver.toDF().select(*entity.keys)
-        counts = checked.agg(
-            F.count("*").alias("bronze_rows"),
-            F.sum(F.when(F.col("_header") == "ok", 1).otherwise(0)).alias("skipped"),
-        ).first()
-        decided = records.agg(
-            F.sum(F.when(F.size("_reasons") > 0, 1).otherwise(0)).alias("quarantined"),
-            F.sum(F.when((F.size("_reasons") == 0) & (F.size(FAILED_COLUMNS["warn"]) > 0), 1).otherwise(0)).alias("warnings"),
-        ).first()
-        inserted = keys.join(known, on=entity.keys, how="left_anti").count()
-        quarantined = decided["quarantined"] or 0
-        valid_rows = counts["bronze_rows"] - (counts["skipped"] or 0) - quarantined
-        stats = [(entity_name, batch_id, counts["bronze_rows"], quarantined, inserted, valid_rows - inserted,
-                  decided["warnings"] or 0, datetime.now(timezone.utc).replace(tzinfo=None), counts["skipped"] or 0)]
+        def append_results() -> None:
+            if results:
+                rows = results_rows(entity_name, entity.suite, results, batch_id, _source_versions(spark, config, entity))
+                append_to_table(spark.createDataFrame(rows, QUALITY_RESULTS_SCHEMA),
+                                resolve_table(config, QUALITY_RESULTS_TABLE), txn=(f"{app_id}-quality", batch_id))
+
+        def append_quarantine() -> None:
+            append_to_table(quarantine, resolve_table(config, f"silver.{entity_name}_quarantine"),
+                            txn=(f"{app_id}-quarantine", batch_id))
+
+        # The two appends are small and mostly wait on Delta's commit protocol: they run beside
+        # the MERGE. Each is idempotent on its own, so any of the three may be redone after a crash.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"silver-{entity_name}") as pool:
+            appends = [pool.submit(append_results), pool.submit(append_quarantine)]
+            inserted = merge_into_silver(silver, latest_per_key(decided.where(kept), entity), entity,
+                                         f"{app_id}-merge", batch_id)
+            for done in appends:
+                done.result()  # re-raises a failed append: the batch fails and is redone
+        valid_rows = counts["records"] - counts["quarantined"]
+        stats = [(entity_name, batch_id, counts["bronze_rows"], counts["quarantined"], inserted, valid_rows - inserted,
+                  counts["warnings"], datetime.now(timezone.utc).replace(tzinfo=None),
+                  counts["bronze_rows"] - counts["records"])]
         append_to_table(spark.createDataFrame(stats, SILVER_BATCHES_SCHEMA),
                         resolve_table(config, SILVER_BATCHES_TABLE), txn=(f"{app_id}-stats", batch_id), merge_schema=True)
-        if validator is not None:
-            results = validator.validate(records.select(*entity.columns), batch_id, _source_versions(spark, config, entity))
-            append_to_table(spark.createDataFrame(results, QUALITY_RESULTS_SCHEMA),
-                            resolve_table(config, QUALITY_RESULTS_TABLE), txn=(f"{app_id}-quality", batch_id))
-        append_to_table(quarantine, resolve_table(config, f"silver.{entity_name}_quarantine"),
-                        txn=(f"{app_id}-quarantine", batch_id))
-
-        condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in entity.keys)
-        newer = f"s.`{entity.event_time}` > t.`{entity.event_time}` OR t.`{entity.event_time}` IS NULL"
-        session_conf = {"spark.databricks.delta.write.txnAppId": f"{app_id}-merge",
-                        "spark.databricks.delta.write.txnVersion": str(batch_id)}
-        if evolved:  # new columns join silver's schema in this MERGE
-            session_conf["spark.databricks.delta.schema.autoMerge.enabled"] = "true"
-        for key, value in session_conf.items():
-            spark.conf.set(key, value)
-        try:
-            (
-                silver.alias("t").merge(latest.alias("s"), condition)
-                .whenMatchedUpdateAll(condition=newer)
-                .whenNotMatchedInsertAll()
-                .execute()
-            )
-        finally:
-            for key in session_conf:
-                spark.conf.unset(key)
     finally:
-        if latest is not None:
-            latest.unpersist()
-        checked.unpersist()
+        decided.unpersist()
+
+
+def merge_into_silver(silver, rows: DataFrame, entity: EntityConfig, app_id: str, batch_id: int) -> int:
+    """MERGE one row per key into silver (a seen key takes the row with the later event time).
+
+    Idempotent: Delta skips the MERGE when ``app_id`` already committed ``batch_id``. Returns the
+    keys it inserted, from the MERGE's own metrics (its commit is found by its user metadata, so
+    a replayed batch gets the figure of the MERGE that committed before the crash).
+    """
+    spark = rows.sparkSession
+    rows = rows.select(*silver_columns(entity))
+    if entity.unexpected_fields == "evolve":
+        rows, _ = evolve_rescued_fields(rows, entity)
+        # Columns earlier batches evolved: a row without the field holds null there (the newer
+        # version of a key replaces the whole row).
+        rows = rows.withColumns({f.name: F.lit(None).cast(f.dataType) for f in silver.toDF().schema.fields
+                                 if f.name not in rows.columns})
+    marker = f"{app_id}:{batch_id}"
+    session_conf = {"spark.databricks.delta.write.txnAppId": app_id,
+                    "spark.databricks.delta.write.txnVersion": str(batch_id),
+                    "spark.databricks.delta.commitInfo.userMetadata": marker}
+    if set(rows.columns) - set(silver.toDF().columns):  # new columns join silver's schema in this MERGE
+        session_conf["spark.databricks.delta.schema.autoMerge.enabled"] = "true"
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in entity.keys)
+    newer = f"s.`{entity.event_time}` > t.`{entity.event_time}` OR t.`{entity.event_time}` IS NULL"
+    for key, value in session_conf.items():
+        spark.conf.set(key, value)
+    try:
+        silver.alias("t").merge(rows.alias("s"), condition).whenMatchedUpdateAll(condition=newer) \
+            .whenNotMatchedInsertAll().execute()
+    finally:
+        for key in session_conf:
+            spark.conf.unset(key)
+    for limit in (10, None):  # normally the newest commit; after a crash maybe further back
+        history = silver.history(limit) if limit else silver.history()
+        found = history.where(F.col("userMetadata") == marker).select("operationMetrics").first()
+        if found is not None:
+            return int(found[0].get("numTargetRowsInserted", 0))
+    raise RuntimeError(f"silver MERGE {marker} committed no entry in the table's history")
 
 
 def late_horizon(silver: DataFrame, entity: EntityConfig):
@@ -381,7 +418,8 @@ def _source_versions(spark: SparkSession, config: LakehouseConfig, entity: Entit
     versions = []
     for source in entity.sources:
         ref = resolve_table(config, f"bronze.{source}")
-        versions.append(f"{ref.name}@{delta_table(spark, ref).history(1).first().version}")
+        if table_exists(spark, ref):  # a batch handed in directly (tests, backfills) may have none
+            versions.append(f"{ref.name}@{delta_table(spark, ref).history(1).first().version}")
     return ",".join(versions)
 
 
@@ -395,7 +433,11 @@ def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_nam
     ensure_silver_tables(spark, config, entity_name)
     suite = load_suite(config.suite_path(entity.suite))
     rules = row_rules(suite)
-    validator = BatchValidator(suite, entity_name)
+    if config.quality.validation == "gx":
+        validator = BatchValidator(suite, entity_name)
+    else:  # row-level expectations are computed with the batch's counts; GX takes the rest, if any
+        others = [e for e in suite.expectations if e.expectation_type not in ROW_LEVEL]
+        validator = BatchValidator(suite, entity_name, only=others) if others else None
     streams = []
     for source in entity.sources:
         ref = resolve_table(config, f"bronze.{source}")

@@ -72,8 +72,9 @@ def append_to_table(df: DataFrame, ref: TableRef, txn: tuple[str, int] | None = 
     writer = df.write.format("delta").mode("append")
     if merge_schema:
         writer = writer.option("mergeSchema", "true")
-    if txn is not None:
+    if txn is not None:  # options win over session-wide settings another thread may have made
         writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
+        writer = writer.option("userMetadata", f"{txn[0]}:{txn[1]}")
     if ref.is_path:
         writer.save(ref.path)
     else:

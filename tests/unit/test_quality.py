@@ -44,3 +44,42 @@ def test_rules_split_failures_by_policy_and_nulls_pass_range_rules(spark, tmp_pa
     assert rows[3]._failed_drop == [not_null]  # null passes the range rule, fails not-null
     assert rows[3]._failed_fail == ["expect_column_values_to_match_regex(b)"]
     assert (rows[4]._failed_drop, rows[4]._failed_warn, rows[4]._failed_fail) == ([], [], [])
+
+
+def test_fused_results_equal_gx_results_on_the_same_rows(spark, config, tmp_path):
+    """The one-pass results silver writes (quality.validation: fused) are what GX itself reports."""
+    from pyspark.sql import functions as F
+
+    from lakehouse.bronze import with_lines
+    from lakehouse.generator import TelemetryGenerator, generate_batch
+    from lakehouse.quality import BatchValidator, rule_metric_columns, rule_results
+    from lakehouse.silver import parse_records
+
+    suite_json = json.loads(config.suite_path("telemetry").read_text())
+    # mostly: 0.99 on one rule, and a rule most rows pass and some fail with mostly, so both
+    # success outcomes and GX's two denominators (all rows / non-null values) are exercised.
+    suite_json["expectations"][11]["kwargs"]["mostly"] = 0.99  # between(cpu_util)
+    suite_json["expectations"].append({"type": "expect_column_values_to_be_in_set", "meta": {"policy": "warn"},
+                                       "kwargs": {"column": "rack", "value_set": ["r01", "r02", "r03"], "mostly": 0.5}})
+    assert suite_json["expectations"][6]["kwargs"] == {"column": "gpu_util"}
+    suite_json["expectations"][6]["kwargs"]["mostly"] = 0.2  # not_null(gpu_util)
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps(suite_json))
+    suite = load_suite(path)
+    rules = row_rules(suite)
+
+    landing = tmp_path / "landing"
+    generate_batch(TelemetryGenerator.from_config(config.generator, seed=5, fault_rate=0.2), landing, "t", "f", 5, 1500, 2)
+    bronze = with_lines(spark.read.format("text").option("wholetext", True).load(str(landing)), F.col("_metadata.file_path"))
+    entity = config.entity("telemetry")
+    checked = with_rule_results(parse_records(bronze, entity), rules).cache()
+
+    metrics = checked.agg(*[c.alias(n) for n, c in rule_metric_columns(rules).items()]).first()
+    fused = {r["expectation"]: r for r in rule_results(rules, metrics, checked.count())}
+    gx_results = {r["expectation"]: r for r in BatchValidator(suite, "t").validate(checked.select(*entity.columns))}
+    checked.unpersist()
+    assert set(fused) == set(gx_results) and len(fused) == len(suite.expectations)
+    assert {r["success"] for r in fused.values()} == {True, False}
+    assert any(r["unexpected_count"] for r in fused.values() if r["success"])  # mostly let a rule pass
+    for name, expected in gx_results.items():
+        assert fused[name] == expected, name
