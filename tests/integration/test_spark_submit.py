@@ -12,32 +12,42 @@ from lakehouse.bronze import bronze_table
 from lakehouse.cli import main
 from lakehouse.generator import TelemetryGenerator, generate_batch
 from lakehouse.session import delta_maven_coordinate
-from lakehouse.tables import read_table
+from lakehouse.tables import read_table, resolve_table
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
 
-def test_spark_submit_bronze_ingest(spark, config, subprocess_env):
+def _spark_submit(script: str, args: list[str], config, env) -> subprocess.CompletedProcess:
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    return subprocess.run(
+        [str(spark_submit), "--master", "local[2]", "--packages", delta_maven_coordinate(), script, *args,
+         "--env", "test", "--data-dir", str(config.storage.data_dir)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_spark_submit_bronze_silver_gold(spark, config, subprocess_env):
     g = config.generator
     landing = Path(config.landing_path("telemetry"))
     landing.mkdir(parents=True)
     generator = TelemetryGenerator.from_config(g, seed=2, fault_rate=0.05)
-    manifest = generate_batch(generator, landing, "telemetry", "submit", 2, 500, 3)
+    manifest = generate_batch(generator, landing, "telemetry", "submit", 2, 1500, 3)
 
-    spark_submit = Path(sys.executable).parent / "spark-submit"
-    result = subprocess.run(
-        [str(spark_submit), "--master", "local[2]", "--packages", delta_maven_coordinate(),
-         "spark_jobs/bronze_ingest.py", "--source", "telemetry", "--once",
-         "--env", "test", "--data-dir", str(config.storage.data_dir)],
-        cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=600,
-    )
+    result = _spark_submit("spark_jobs/bronze_ingest.py", ["--source", "telemetry", "--once"], config, subprocess_env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "bronze_telemetry: done" in result.stdout
     # The session fixture resolved the jars already: this run must take them from the Ivy cache.
     assert "downloading https://" not in output
     assert read_table(spark, bronze_table(config, "telemetry")).count() == manifest.total_lines
+
+    result = _spark_submit("spark_jobs/silver_refine.py", ["--entity", "telemetry", "--once"], config, subprocess_env)
+    assert result.returncode == 0 and "silver_telemetry: done" in result.stdout, (result.stdout + result.stderr)[-4000:]
+    result = _spark_submit("spark_jobs/gold_build.py", ["--all"], config, subprocess_env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "gold_telemetry_minute: done" in result.stdout and "gold.telemetry_features: version 0" in result.stdout
+    assert read_table(spark, resolve_table(config, "gold.telemetry_features")).count() > 0
 
 
 def test_spark_submit_without_delta_jar_says_what_to_add(config, subprocess_env):
@@ -58,3 +68,6 @@ def test_demo_runs_end_to_end(spark, config, capsys):
     assert "every line landed exactly once: yes" in out
     assert "reconciled: every bronze row" in out
     assert read_table(spark, bronze_table(config, "telemetry")).count() == config.generator.records
+    assert "== 5. gold" in out and "a few rows of gold.telemetry_features" in out
+    features = read_table(spark, resolve_table(config, "gold.telemetry_features")).count()
+    assert features > 0 and f"gold.telemetry_features: {features:,} rows" in out
