@@ -2,7 +2,8 @@
 
     lakehouse [--env ENV] [--conf-dir DIR] [--data-dir DIR] [--set key.path=value ...] COMMAND ...
 
-Exit codes: 0 done, 1 the job failed (or a check did not hold), 2 bad configuration or usage.
+Exit codes: 0 done, 1 the job failed (or a check did not hold), 2 bad configuration or usage,
+3 training refused by the quality gate.
 The configuration is loaded and validated before anything touches the disk or starts Spark.
 """
 
@@ -15,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lakehouse.config import ConfigError, LakehouseConfig, load_config
-from lakehouse.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from lakehouse.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_QUALITY
 
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -75,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--table", action="append", help="configured gold table, e.g. telemetry_minute (repeatable)")
     which.add_argument("--all", action="store_true", help="every configured gold table, inputs first (implies --once)")
     _trigger_options(gold, "everything in the input (streaming tables; batch tables are rebuilt once)")
+
+    train = command("train", "train the model on the gold feature table; track the run in MLflow; register it")
+    train.add_argument("--backend", choices=["local", "horovod", "torch-distributor"], default="local",
+                       help="local: one process; horovod: horovod.spark.run on the executors; "
+                            "torch-distributor: pyspark's TorchDistributor (DDP)")
+    train.add_argument("--num-proc", type=int, default=None, help="training processes (default: 1 local, 2 otherwise)")
+    train.add_argument("--gpu", action="store_true", help="one GPU per process (fails clearly where there is none)")
+    train.add_argument("--force", action="store_true", help="train even when the input's quality is below the gate")
+    train.add_argument("--version", type=int, help="the feature table's Delta version (default: the latest)")
+    train.add_argument("--epochs", type=int, help="override training.epochs")
 
     rec = command("reconcile", "check bronze rows = silver rows + quarantined rows + duplicates; exit 1 when not")
     rec.add_argument("--source", required=True, help="configured source name")
@@ -223,6 +234,30 @@ def cmd_gold(config: LakehouseConfig, args) -> int:
         return EXIT_CONFIG
     spark = _start_spark(config)
     return run_gold_tables(spark, config, names, trigger_for(args.once or args.all or bool(batch), args.trigger, config))
+
+
+def cmd_train(config: LakehouseConfig, args) -> int:
+    from ml.run import BackendError, TrainingRefused, run_training
+
+    num_proc = args.num_proc or (1 if args.backend == "local" else 2)
+    spark = _start_spark(config)
+    try:
+        summary = run_training(spark, config, args.backend, num_proc, args.gpu, args.force, args.version, args.epochs)
+    except TrainingRefused as exc:
+        print(f"lakehouse: training refused: {exc}", file=sys.stderr)
+        return EXIT_QUALITY
+    except BackendError as exc:
+        print(f"lakehouse: train: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    final = summary.final
+    print(f"run {summary.run_id} in experiment {summary.experiment}")
+    print(f"validation RMSE {final.get('val_rmse', float('nan')):.3f} W (predicting the mean: "
+          f"{summary.baseline_rmse:.3f} W), MAE {final.get('val_mae', float('nan')):.3f} W, "
+          f"{summary.samples_per_s:,.0f} samples/s")
+    print(f"registered {config.training.registered_model} version {summary.model_version}"
+          + (" -> alias champion" if summary.champion else " (the champion stays: it has a lower val_rmse)"))
+    print(f"browse: mlflow ui --backend-store-uri {summary.tracking_uri}")
+    return EXIT_OK
 
 
 def cmd_reconcile(config: LakehouseConfig, args) -> int:
@@ -383,6 +418,7 @@ COMMANDS = {
     "ingest": cmd_ingest,
     "refine": cmd_refine,
     "gold": cmd_gold,
+    "train": cmd_train,
     "reconcile": cmd_reconcile,
     "quality": cmd_quality,
     "status": cmd_status,

@@ -230,6 +230,46 @@ def view_name(table: str) -> str:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    hidden: list[PositiveInt] = field(default_factory=lambda: [64, 32])  # MLP hidden layer widths
+    dropout: Annotated[float, Range(0.0, 0.9)] = 0.0
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Training on a gold feature table (ml/): data, model, optimiser, tracking, gate."""
+
+    table: TableName  # the feature table, read at a pinned Delta version
+    features: list[Identifier]
+    label: Identifier
+    split_key: list[Identifier]  # rows go to validation by a hash of these columns (deterministic)
+    registered_model: Annotated[str, Pattern(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$", "a model name")]
+    validation_fraction: Annotated[float, Range(0.01, 0.9)] = 0.2
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    learning_rate: Annotated[float, Range(low=1e-7)] = 0.003
+    batch_size: PositiveInt = 128  # per process
+    epochs: PositiveInt = 20
+    seed: int = 7
+    log_every_steps: PositiveInt = 10  # training loss (averaged over processes) every N steps
+    # MLflow: tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<data_dir>/mlflow.db);
+    # experiment name, "{env}" replaced by the environment.
+    tracking_uri: str | None = None
+    experiment: str = "lakehouse-{env}"
+    # Quality gate: refuse (exit 3) when the share of rows the entity's last silver batches kept
+    # is below this (unless --force).
+    min_quality_pass_rate: Annotated[float, Range(0.0, 1.0)] = 0.9
+    quality_window_batches: PositiveInt = 20
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.label in self.features:
+            return [("label", f"'{self.label}' is also a feature")]
+        if not self.features:
+            return [("features", "at least one feature column is required")]
+        return []
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     records: PositiveInt  # lines written per run (faults included)
     files: PositiveInt  # non-empty files per run; empty files are injected on top
@@ -254,6 +294,7 @@ class LakehouseConfig:
     entities: dict[Identifier, EntityConfig] = field(default_factory=dict)
     gold: dict[Identifier, GoldTableConfig] = field(default_factory=dict)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    training: TrainingConfig | None = None
 
     def source(self, name: str) -> SourceConfig:
         return self._named("sources", self.sources, name)

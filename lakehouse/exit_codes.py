@@ -1,4 +1,4 @@
 """Exit codes of every command and job: 0 done, 1 the job failed (or a check did not hold),
-2 bad configuration or usage."""
+2 bad configuration or usage, 3 training refused by the quality gate."""
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_QUALITY = 0, 1, 2, 3

@@ -1,0 +1,111 @@
+"""Training data: a gold feature table pinned at one Delta version, read in shards, one per process.
+
+The driver pins the table (:func:`pin_snapshot`): the version, its Parquet files and their row
+counts (from the files' footers: no rows are read on the driver). Each training process then
+reads only the row groups that hold its contiguous slice of the rows (:func:`read_shard`), and
+splits them into training and validation by a hash of the split key, so every process, backend
+and rerun agrees on which row is which.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+HASH_BUCKETS = 10_000
+
+
+class SnapshotError(RuntimeError):
+    """The feature table cannot be pinned for training (missing, empty, unreadable as Parquet)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    table: str  # logical name, e.g. gold.telemetry_features
+    version: int  # the Delta version every process reads
+    files: list[tuple[str, int]]  # (file URI, rows), in a fixed order
+    inputs: dict[str, int] = field(default_factory=dict)  # what that version was built from, if recorded
+
+    @property
+    def rows(self) -> int:
+        return sum(n for _, n in self.files)
+
+
+def pin_snapshot(spark, config, table: str, version: int | None = None) -> Snapshot:
+    """The table's files at ``version`` (default: the latest), with row counts from Parquet footers."""
+    from lakehouse.tables import delta_table, read_table, resolve_table, table_exists
+
+    ref = resolve_table(config, table)
+    if not table_exists(spark, ref):
+        raise SnapshotError(f"{table} does not exist yet: build it with `lakehouse gold --table {ref.table}`")
+    history = delta_table(spark, ref).history()
+    if version is None:
+        version = history.agg({"version": "max"}).first()[0]
+    commit = history.where(f"version = {int(version)}").select("userMetadata").first()
+    if commit is None:
+        raise SnapshotError(f"{table} has no version {version}")
+    properties = delta_table(spark, ref).detail().first()["properties"]
+    if properties.get("delta.enableDeletionVectors") == "true":
+        raise SnapshotError(f"{table} uses deletion vectors, which its Parquet files alone do not apply")
+    uris = sorted(read_table(spark, ref, version=version).inputFiles())  # from the Delta log
+    files = [(uri, _open(uri).metadata.num_rows) for uri in uris]
+    inputs = {}
+    if commit["userMetadata"]:
+        try:
+            inputs = json.loads(commit["userMetadata"]).get("inputs", {})
+        except ValueError:
+            pass  # metadata written by something else
+    snapshot = Snapshot(table, int(version), files, inputs)
+    if snapshot.rows == 0:
+        raise SnapshotError(f"{table} version {version} has no rows")
+    return snapshot
+
+
+def _open(uri: str) -> pq.ParquetFile:
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    return pq.ParquetFile(filesystem.open_input_file(path))
+
+
+def shard_bounds(total: int, rank: int, size: int) -> tuple[int, int]:
+    """Rows [start, end) of process ``rank`` of ``size``: contiguous, sizes differing by at most one."""
+    return total * rank // size, total * (rank + 1) // size
+
+
+def read_shard(snapshot: Snapshot, columns: list[str], rank: int, size: int) -> pd.DataFrame:
+    """This process's rows: only the row groups that overlap its slice are read."""
+    start, end = shard_bounds(snapshot.rows, rank, size)
+    pieces, offset = [], 0
+    for uri, rows in snapshot.files:
+        lo, hi = max(start, offset), min(end, offset + rows)
+        if lo < hi:
+            parquet = _open(uri)
+            groups, group_start, first = [], 0, None
+            for i in range(parquet.num_row_groups):
+                n = parquet.metadata.row_group(i).num_rows
+                if group_start + n > lo - offset and group_start < hi - offset:
+                    groups.append(i)
+                    first = group_start if first is None else first
+                group_start += n
+            table = parquet.read_row_groups(groups, columns=columns)
+            pieces.append(table.slice(lo - offset - first, hi - lo))
+        offset += rows
+    if not pieces:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
+    return pa.concat_tables(pieces).to_pandas()
+
+
+def read_head(snapshot: Snapshot, columns: list[str], n: int = 5) -> pd.DataFrame:
+    """The first ``n`` rows (an input example for the logged model)."""
+    return read_shard(snapshot, columns, 0, max(1, snapshot.rows // max(n, 1))).head(n)
+
+
+def validation_mask(frame: pd.DataFrame, split_key: list[str], fraction: float) -> np.ndarray:
+    """True for validation rows: a fixed hash of the split key, the same in every process and run."""
+    hashes = pd.util.hash_pandas_object(frame[split_key], index=False).to_numpy()
+    return (hashes % HASH_BUCKETS) < int(round(fraction * HASH_BUCKETS))

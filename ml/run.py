@@ -1,0 +1,246 @@
+"""`lakehouse train`: the driver side of a training run.
+
+quality gate -> pin the feature table's version -> run ``ml.train.train_process`` on the chosen
+backend -> log the run to MLflow (parameters, loss curve, validation metrics, throughput, input
+versions and quality, the model) -> register the model, and move the alias ``champion`` to it
+when it beats the current champion's validation RMSE.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ml.data import Snapshot, pin_snapshot
+from ml.train import TrainResult, TrainSpec, train_process
+
+BACKENDS = ("local", "horovod", "torch-distributor")
+CHAMPION = "champion"
+
+
+class TrainingRefused(RuntimeError):
+    """The quality gate: the input's recent quality is below the configured threshold."""
+
+
+class BackendError(RuntimeError):
+    """A backend cannot run here as asked (no free task slots, no GPU, Horovod not built)."""
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    experiment: str
+    tracking_uri: str
+    model_version: str
+    champion: bool
+    final: dict  # last epoch's validation metrics
+    baseline_rmse: float
+    samples_per_s: float
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+
+def silver_entities_of(config, table: str) -> list[str]:
+    """The silver entities a table is built from, following gold tables' declared inputs."""
+    layer, _, name = table.partition(".")
+    if layer == "silver":
+        return [name.removesuffix("_quarantine")]
+    if layer == "gold" and name in config.gold:
+        return sorted({e for source in config.gold_table(name).inputs for e in silver_entities_of(config, source)})
+    return []
+
+
+def quality_pass_rate(spark, config, entities: list[str], window: int) -> float | None:
+    """Share of records the entities' last ``window`` silver batches kept (not quarantined)."""
+    from pyspark.sql import functions as F
+
+    from lakehouse.silver import SILVER_BATCHES_TABLE
+    from lakehouse.tables import read_table, resolve_table, table_exists
+
+    ref = resolve_table(config, SILVER_BATCHES_TABLE)
+    if not entities or not table_exists(spark, ref):
+        return None
+    batches = read_table(spark, ref).where(F.col("entity").isin(entities))
+    skipped = F.coalesce(F.col("skipped"), F.lit(0)) if "skipped" in batches.columns else F.lit(0)
+    recent = batches.withColumn("records", F.col("bronze_rows") - skipped).orderBy(F.desc("recorded_at")).limit(window)
+    row = recent.agg(F.sum("records").alias("records"), F.sum("quarantined").alias("quarantined")).first()
+    if not row["records"]:
+        return None
+    return 1.0 - row["quarantined"] / row["records"]
+
+
+# -- backends -------------------------------------------------------------------------------
+
+
+def check_backend(spark, backend: str, num_proc: int, gpu: bool) -> None:
+    if backend == "local" and num_proc != 1:
+        raise BackendError("the local backend runs one process: drop --num-proc or pick horovod/torch-distributor")
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendError("--gpu: no CUDA device is visible to this driver (torch.cuda.is_available() is False)")
+    if backend == "horovod":
+        try:
+            import horovod.spark  # noqa: F401
+            import horovod.torch  # noqa: F401
+        except ImportError as exc:
+            raise BackendError(f"Horovod is not installed ({exc}): run `make install` (it builds Horovod)") from exc
+    if backend in ("horovod", "torch-distributor"):
+        # Both run one Spark task per process and wait for all of them: with fewer free slots
+        # TorchDistributor retries for about ten minutes and Horovod waits for its start timeout.
+        slots = spark.sparkContext.defaultParallelism
+        if slots < num_proc:
+            raise BackendError(f"--num-proc {num_proc} needs {num_proc} free Spark task slots; "
+                               f"this cluster has {slots} (e.g. --set spark.master=local[{num_proc}])")
+
+
+def run_backend(spark, spec: TrainSpec, backend: str, num_proc: int) -> TrainResult:
+    if backend == "local":
+        return train_process(spec)
+    if backend == "horovod":
+        import horovod.spark
+
+        results = horovod.spark.run(train_process, args=(spec,), num_proc=num_proc, use_gloo=True,
+                                    use_mpi=False, verbose=1, start_timeout=600)
+        return next(r for r in results if r is not None)
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    # local_mode=False: the processes run as Spark tasks on the executors (a barrier job).
+    return TorchDistributor(num_processes=num_proc, local_mode=False, use_gpu=spec.gpu).run(train_process, spec)
+
+
+# -- MLflow ---------------------------------------------------------------------------------
+
+
+def tracking_uri(config) -> str:
+    configured = config.training.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    return f"sqlite:///{(Path(config.storage.data_dir) / 'mlflow.db').absolute()}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rate: float | None) -> RunSummary:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports from jobs
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import torch
+    from mlflow.entities import Metric
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    from ml.data import read_head
+    from ml.model import MLPRegressor
+
+    training = config.training
+    uri = tracking_uri(config)
+    mlflow.set_tracking_uri(uri)
+    experiment = training.experiment.replace("{env}", config.env)
+    mlflow.set_experiment(experiment)
+    model = MLPRegressor(len(spec.features), spec.hidden, spec.dropout)
+    model.load_state_dict(result.state_dict)
+    model.eval()
+    snapshot = spec.snapshot
+    inputs = {snapshot.table: snapshot.version, **snapshot.inputs}
+    client = MlflowClient()
+    with mlflow.start_run() as run:
+        mlflow.log_params({
+            "learning_rate": spec.learning_rate, "batch_size": spec.batch_size, "epochs": spec.epochs,
+            "processes": result.processes, "backend": backend, "optimizer": spec.optimizer,
+            "model_shape": f"{len(spec.features)}->{'->'.join(map(str, spec.hidden))}->1", "seed": spec.seed,
+            "features": ",".join(spec.features), "label": spec.label, "gpu": spec.gpu,
+            "train_rows": result.train_rows, "validation_rows": result.validation_rows,
+        })
+        mlflow.set_tags({
+            "git_commit": git_commit(),
+            "input_tables": ",".join(f"{name}@v{version}" for name, version in inputs.items()),
+            "training_table": snapshot.table, "training_table_version": str(snapshot.version),
+            "silver_quality_pass_rate": "unknown" if pass_rate is None else f"{pass_rate:.4f}",
+        })
+        now = int(time.time() * 1000)
+        metrics = [Metric("train_loss", loss, now, step) for step, loss in zip(result.steps, result.train_loss)]
+        for epoch in result.epochs:
+            metrics += [Metric(name, float(epoch[name]), now, epoch["step"]) for name in ("val_loss", "val_rmse", "val_mae")]
+        metrics += [Metric("samples_per_s", result.samples_per_s, now, 0),
+                    Metric("baseline_rmse", result.baseline_rmse, now, 0)]
+        for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            client.log_batch(run.info.run_id, metrics=metrics[i:i + 1000])
+
+        example = read_head(snapshot, spec.features).astype("float32")
+        with torch.no_grad():
+            predicted = model(torch.tensor(example.to_numpy())).numpy()
+        info = mlflow.pytorch.log_model(
+            model, name="model", serialization_format="pickle",  # loads back as MLPRegressor, not a GraphModule
+            signature=infer_signature(example, pd.Series(predicted, name=spec.label)), input_example=example,
+        )
+    version = mlflow.register_model(info.model_uri, training.registered_model)
+    final = result.epochs[-1] if result.epochs else {}
+    champion = _promote_if_better(client, training.registered_model, version.version, final.get("val_rmse", np.inf))
+    return RunSummary(run.info.run_id, experiment, uri, version.version, champion, final,
+                      result.baseline_rmse, result.samples_per_s)
+
+
+def _promote_if_better(client, name: str, version: str, val_rmse: float) -> bool:
+    """Move the alias 'champion' to ``version`` when it beats the current champion's val_rmse."""
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # no champion yet (MLflow raises when the alias is not set)
+        current = None
+    if current is not None:
+        best = client.get_run(current.run_id).data.metrics.get("val_rmse", float("inf"))
+        if val_rmse >= best:
+            return False
+    client.set_registered_model_alias(name, CHAMPION, version)
+    return True
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def run_training(spark, config, backend: str, num_proc: int, gpu: bool, force: bool,
+                 version: int | None = None, epochs: int | None = None) -> RunSummary:
+    training = config.training
+    if training is None:
+        raise BackendError("no training section in the configuration (conf/<env>/training.yml)")
+    check_backend(spark, backend, num_proc, gpu)
+    entities = silver_entities_of(config, training.table)
+    pass_rate = quality_pass_rate(spark, config, entities, training.quality_window_batches)
+    if pass_rate is not None and pass_rate < training.min_quality_pass_rate and not force:
+        raise TrainingRefused(
+            f"the last {training.quality_window_batches} silver batches of {', '.join(entities)} kept "
+            f"{pass_rate:.1%} of their records, below training.min_quality_pass_rate "
+            f"{training.min_quality_pass_rate:.1%}: fix the feed, or pass --force")
+    snapshot: Snapshot = pin_snapshot(spark, config, training.table, version)
+    print(f"training on {snapshot.table}@v{snapshot.version} ({snapshot.rows:,} rows, {len(snapshot.files)} files)"
+          f" with {backend} x{num_proc}{' on GPU' if gpu else ''}", flush=True)
+    spec = TrainSpec(
+        snapshot=snapshot, features=list(training.features), label=training.label,
+        split_key=list(training.split_key), validation_fraction=training.validation_fraction,
+        hidden=list(training.model.hidden), dropout=training.model.dropout, optimizer=training.optimizer,
+        learning_rate=training.learning_rate, batch_size=training.batch_size,
+        epochs=epochs or training.epochs, seed=training.seed, log_every_steps=training.log_every_steps,
+        backend=backend, gpu=gpu,
+    )
+    result = run_backend(spark, spec, backend, num_proc)
+    for epoch in result.epochs:
+        print(f"  epoch {epoch['epoch'] + 1}/{spec.epochs}: val_rmse {epoch['val_rmse']:.3f}, "
+              f"val_mae {epoch['val_mae']:.3f}", flush=True)
+    return log_run(config, spec, result, backend, pass_rate)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `lakehouse train`")

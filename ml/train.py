@@ -1,0 +1,164 @@
+"""The train function every backend runs, once per process.
+
+``train_process(spec)`` reads this process's shard of the pinned feature table, fits the
+scaling on the training rows of all processes (sums exchanged with the backend), trains the
+MLP with the squared-error loss, and evaluates on the validation rows of all processes after
+each epoch. Every process takes the same number of steps per epoch (the smallest shard's), as
+Horovod and DDP require. Rank 0 returns the history and the trained weights; the driver
+(ml.run) logs them to MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ml.data import Snapshot, read_shard, validation_mask
+from ml.dist import make_comm
+from ml.model import MLPRegressor
+
+
+@dataclass
+class TrainSpec:
+    """Everything a training process needs; picklable, sent to every process."""
+
+    snapshot: Snapshot
+    features: list[str]
+    label: str
+    split_key: list[str]
+    validation_fraction: float
+    hidden: list[int]
+    dropout: float
+    optimizer: str
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    seed: int
+    log_every_steps: int
+    backend: str = "local"
+    gpu: bool = False
+
+
+@dataclass
+class TrainResult:
+    """What rank 0 hands back to the driver."""
+
+    processes: int
+    train_rows: int
+    validation_rows: int
+    baseline_rmse: float  # predicting the training mean for every validation row
+    steps: list[int] = field(default_factory=list)  # global step of each logged training loss
+    train_loss: list[float] = field(default_factory=list)  # mean squared error in label-std units
+    epochs: list[dict] = field(default_factory=list)  # per epoch: val_loss, val_rmse, val_mae
+    samples_per_s: float = 0.0  # training samples over all processes per second of training
+    state_dict: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_process(spec: TrainSpec) -> TrainResult | None:
+    comm = make_comm(spec.backend, spec.gpu)
+    try:
+        return _train(spec, comm)
+    finally:
+        comm.close()
+
+
+def _train(spec: TrainSpec, comm) -> TrainResult | None:
+    if spec.gpu:
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--gpu: process {comm.rank} sees no CUDA device")
+        device = torch.device("cuda", comm.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    torch.manual_seed(spec.seed)  # the same initial weights everywhere (and broadcast from rank 0)
+
+    def total(values) -> np.ndarray:
+        """Element-wise sum over all processes, in float64."""
+        return comm.allreduce_sum(torch.tensor(values, dtype=torch.float64)).numpy()
+
+    frame = read_shard(spec.snapshot, [*spec.features, spec.label, *spec.split_key], comm.rank, comm.size)
+    frame = frame.dropna(subset=[*spec.features, spec.label])
+    is_validation = validation_mask(frame, spec.split_key, spec.validation_fraction)
+    x = frame[spec.features].to_numpy(dtype=np.float64)
+    y = frame[spec.label].to_numpy(dtype=np.float64)
+    x_train, y_train, x_val, y_val = x[~is_validation], y[~is_validation], x[is_validation], y[is_validation]
+
+    # Scaling from the training rows of every process: count, sums and sums of squares.
+    n_feat = len(spec.features)
+    sums = total(np.concatenate([[len(y_train)], x_train.sum(0), (x_train ** 2).sum(0), [y_train.sum(), (y_train ** 2).sum()]]))
+    n_train = int(sums[0])
+    if n_train == 0:
+        raise RuntimeError(f"{spec.snapshot.table}@v{spec.snapshot.version}: no training rows")
+    x_mean = sums[1:1 + n_feat] / n_train
+    x_std = np.sqrt(np.maximum(sums[1 + n_feat:1 + 2 * n_feat] / n_train - x_mean ** 2, 0.0))
+    y_mean = sums[-2] / n_train
+    y_std = math.sqrt(max(sums[-1] / n_train - y_mean ** 2, 0.0))
+    val_counts = total([len(y_val), ((y_val - y_mean) ** 2).sum()])
+    n_val = int(val_counts[0])
+    baseline_rmse = math.sqrt(val_counts[1] / n_val) if n_val else float("nan")
+
+    model = MLPRegressor(n_feat, spec.hidden, spec.dropout)
+    model.set_scaling(x_mean.astype(np.float32), x_std.astype(np.float32), np.float32(y_mean), np.float32(y_std))
+    model.to(device)
+    optimizer_class = torch.optim.Adam if spec.optimizer == "adam" else torch.optim.SGD
+    extra = {"momentum": 0.9} if spec.optimizer == "sgd" else {}
+    optimizer = optimizer_class(model.parameters(), lr=spec.learning_rate, **extra)
+    trained, optimizer = comm.prepare(model, optimizer)
+
+    xt = torch.tensor(x_train, dtype=torch.float32, device=device)
+    yt = torch.tensor((y_train - y_mean) / max(y_std, 1e-6), dtype=torch.float32, device=device)
+    xv = torch.tensor(x_val, dtype=torch.float32, device=device)
+    yv = torch.tensor(y_val, dtype=torch.float32, device=device)
+
+    # The same number of steps on every process: the smallest shard's training rows.
+    per_rank = np.zeros(comm.size)
+    per_rank[comm.rank] = len(y_train)
+    steps_per_epoch = max(1, int(total(per_rank).min()) // spec.batch_size)
+    generator = torch.Generator().manual_seed(spec.seed * 1000 + comm.rank)
+    result = TrainResult(comm.size, n_train, n_val, baseline_rmse)
+    step, trained_samples, train_seconds, window = 0, 0, 0.0, []
+    for epoch in range(spec.epochs):
+        trained.train()
+        order = torch.randperm(len(yt), generator=generator).to(device)
+        started = time.perf_counter()
+        for i in range(steps_per_epoch):
+            batch = order[i * spec.batch_size:(i + 1) * spec.batch_size]
+            optimizer.zero_grad()
+            # Through the wrapper's forward (DDP synchronises gradients there), in label-std units.
+            prediction = (trained(xt[batch]) - model.y_mean) / model.y_std
+            loss = torch.nn.functional.mse_loss(prediction, yt[batch])
+            loss.backward()
+            optimizer.step()
+            step += 1
+            trained_samples += len(batch)
+            window.append(loss.item())
+            if step % spec.log_every_steps == 0:
+                mean_loss = total([sum(window), len(window)])
+                if comm.rank == 0:
+                    result.steps.append(step)
+                    result.train_loss.append(float(mean_loss[0] / mean_loss[1]))
+                window = []
+        train_seconds += time.perf_counter() - started
+
+        trained.eval()
+        with torch.no_grad():
+            errors = model(xv) - yv if len(yv) else torch.zeros(0, device=device)
+            scaled_errors = errors / model.y_std
+            stats = total([float((errors ** 2).sum()), float(errors.abs().sum()), float((scaled_errors ** 2).sum()), len(yv)])
+        count = max(stats[3], 1.0)
+        if comm.rank == 0:
+            result.epochs.append({"epoch": epoch, "step": step, "val_loss": stats[2] / count,
+                                  "val_rmse": math.sqrt(stats[0] / count), "val_mae": stats[1] / count})
+    samples = total([trained_samples, train_seconds])
+    if comm.rank != 0:
+        return None
+    result.samples_per_s = samples[0] / max(samples[1] / comm.size, 1e-9)
+    result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return result
