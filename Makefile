@@ -16,10 +16,11 @@ check-java:
 	@scripts/check_java.sh
 
 # Re-installs only when the pinned dependencies change.
-$(STAMP): setup.cfg pyproject.toml | check-java
+$(STAMP): setup.cfg pyproject.toml scripts/build_horovod.sh | check-java
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=68" wheel
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	scripts/build_horovod.sh $(BIN)/python
 	$(BIN)/python -m pip check
 	@touch $(STAMP)
 

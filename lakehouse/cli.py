@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--version", type=int, help="the feature table's Delta version (default: the latest)")
     train.add_argument("--epochs", type=int, help="override training.epochs")
 
+    command("score", "score the feature table with the registered model's champion into gold.predictions")
+
     rec = command("reconcile", "check bronze rows = silver rows + quarantined rows + duplicates; exit 1 when not")
     rec.add_argument("--source", required=True, help="configured source name")
 
@@ -260,6 +262,23 @@ def cmd_train(config: LakehouseConfig, args) -> int:
     return EXIT_OK
 
 
+def cmd_score(config: LakehouseConfig, args) -> int:
+    from ml.score import NoChampion, score
+
+    if config.training is None:
+        print("lakehouse: no training section in the configuration (conf/<env>/training.yml)", file=sys.stderr)
+        return EXIT_CONFIG
+    spark = _start_spark(config)
+    try:
+        summary = score(spark, config)
+    except NoChampion as exc:
+        print(f"lakehouse: score: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"gold.predictions: version {summary.table_version}, {summary.rows:,} rows from {summary.input} "
+          f"by {summary.model} version {summary.model_version} (champion)")
+    return EXIT_OK
+
+
 def cmd_reconcile(config: LakehouseConfig, args) -> int:
     from lakehouse.silver import reconcile
 
@@ -419,6 +438,7 @@ COMMANDS = {
     "refine": cmd_refine,
     "gold": cmd_gold,
     "train": cmd_train,
+    "score": cmd_score,
     "reconcile": cmd_reconcile,
     "quality": cmd_quality,
     "status": cmd_status,

@@ -7,6 +7,7 @@ the factory reuses (or creates) the session they set up and only adds what it ma
 from __future__ import annotations
 
 import os
+import sys
 from importlib.metadata import version
 
 from pyspark.sql import SparkSession
@@ -50,6 +51,9 @@ def build_session(config: LakehouseConfig, app_name: str | None = None) -> Spark
             builder = builder.master(config.spark.master)
         # Resolved from Maven Central into the local Ivy cache on first use, then reused.
         builder = builder.config("spark.jars.packages", ",".join(spark_packages(config)))
+        # Python tasks (training processes among them) run in this interpreter's environment,
+        # not whatever `python3` is first on PATH (pyspark reads the variable when it starts).
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         if config.catalog.kind == "path":
             warehouse = (config.storage.data_dir / "spark-warehouse").absolute()
             builder = builder.config("spark.sql.warehouse.dir", str(warehouse))

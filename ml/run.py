@@ -118,6 +118,12 @@ def run_backend(spark, spec: TrainSpec, backend: str, num_proc: int) -> TrainRes
 # -- MLflow ---------------------------------------------------------------------------------
 
 
+def quiet_mlflow() -> None:
+    """No usage reports and no progress bars from jobs (set before mlflow is imported)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def tracking_uri(config) -> str:
     configured = config.training.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if configured:
@@ -134,7 +140,7 @@ def git_commit() -> str:
 
 
 def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rate: float | None) -> RunSummary:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports from jobs
+    quiet_mlflow()  # no usage reports from jobs
     import mlflow
     import numpy as np
     import pandas as pd
