@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--json", action="store_true", help="print one JSON object per row")
     sql.add_argument("--limit", type=int, default=1000, help="print at most this many rows (default 1000)")
 
-    demo = command("demo", "generate data, run bronze, silver and gold, print a summary and the reconciliation, on embedded defaults")
+    demo = command("demo", "generate data, run bronze, silver and gold, train and score; print a summary and the reconciliation, on embedded defaults")
     demo.add_argument("--source", default="telemetry", help="source to run the demo for")
 
     command("config", "print the resolved configuration (after overlays and --set) as JSON")
@@ -419,6 +419,22 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
         last = read_table(spark, resolve_table(config, f"gold.{gold_tables[-1]}"))
         print(f"a few rows of gold.{gold_tables[-1]}:")
         print(_format_rows(last.columns, last.orderBy(*last.columns[:3]).limit(5).collect()))
+    training = config.training
+    summary = None
+    if training is not None and training.table in {f"gold.{n}" for n in gold_tables}:
+        from ml.run import run_training
+        from ml.score import score
+
+        print(f"\n== 6. train: a short local run on {training.table}, tracked in MLflow")
+        summary = run_training(spark, config, "local", 1, gpu=False, force=False)
+        final = summary.final
+        print(f"run id:            {summary.run_id} (experiment {summary.experiment})")
+        print(f"validation RMSE:   {final['val_rmse']:.2f} W (predicting the mean: {summary.baseline_rmse:.2f} W)")
+        print(f"validation MAE:    {final['val_mae']:.2f} W; {summary.samples_per_s:,.0f} samples/s")
+        print(f"registered model:  {training.registered_model} version {summary.model_version}"
+              + (" (champion)" if summary.champion else ""))
+        scored = score(spark, config)
+        print(f"gold.predictions:  {scored.rows:,} rows by version {scored.model_version} (the champion)")
     print("\n" + format_status(collect_status(spark, config)))
     command = ".venv/bin/lakehouse" if Path(".venv/bin/lakehouse").exists() else "lakehouse"
     prefix = command + (f" --data-dir {config.storage.data_dir}" if config.storage.data_dir != Path("data") else "")
@@ -429,6 +445,9 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
     for name in gold_tables:
         print(f"  {prefix} sql \"SELECT * FROM gold.{name} LIMIT 5\"")
     print(f"  {prefix} status")
+    if summary is not None:
+        mlflow = ".venv/bin/mlflow" if Path(".venv/bin/mlflow").exists() else "mlflow"
+        print(f"  {mlflow} ui --backend-store-uri {summary.tracking_uri}   # then open http://127.0.0.1:5000")
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -71,3 +71,5 @@ def test_demo_runs_end_to_end(spark, config, capsys):
     assert "== 5. gold" in out and "a few rows of gold.telemetry_features" in out
     features = read_table(spark, resolve_table(config, "gold.telemetry_features")).count()
     assert features > 0 and f"gold.telemetry_features: {features:,} rows" in out
+    assert "== 6. train" in out and "run id:" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    assert read_table(spark, resolve_table(config, "gold.predictions")).count() == features
