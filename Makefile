@@ -28,6 +28,7 @@ demo: install
 	$(BIN)/lakehouse demo --source $(SOURCE)
 
 test: install
+	scripts/install_browser.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install

@@ -65,6 +65,10 @@ class TorchComm(Comm):
         self.gpu = gpu
 
     def allreduce_sum(self, tensor):
+        if self.gpu:  # NCCL reduces CUDA tensors only
+            on_device = tensor.cuda()
+            self.dist.all_reduce(on_device, op=self.dist.ReduceOp.SUM)
+            return on_device.cpu()
         self.dist.all_reduce(tensor, op=self.dist.ReduceOp.SUM)
         return tensor
 

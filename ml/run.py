@@ -156,6 +156,11 @@ def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rat
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
     experiment = training.experiment.replace("{env}", config.env)
+    if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(experiment) is None:
+        # A local store keeps the models beside its database, not in ./mlruns of whatever directory
+        # the job started in.
+        artifacts = (Path(config.storage.data_dir) / "mlflow-artifacts" / experiment).absolute().as_uri()
+        mlflow.create_experiment(experiment, artifact_location=artifacts)
     mlflow.set_experiment(experiment)
     model = MLPRegressor(len(spec.features), spec.hidden, spec.dropout)
     model.load_state_dict(result.state_dict)
@@ -163,7 +168,7 @@ def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rat
     snapshot = spec.snapshot
     inputs = {snapshot.table: snapshot.version, **snapshot.inputs}
     client = MlflowClient()
-    with mlflow.start_run() as run:
+    with mlflow.start_run(run_name=f"{backend}-x{result.processes}-{snapshot.table}@v{snapshot.version}") as run:
         mlflow.log_params({
             "learning_rate": spec.learning_rate, "batch_size": spec.batch_size, "epochs": spec.epochs,
             "processes": result.processes, "backend": backend, "optimizer": spec.optimizer,

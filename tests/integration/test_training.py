@@ -103,3 +103,82 @@ def test_quality_gate_and_gpu_refusals(trained, capsys):
     if not torch.cuda.is_available():
         assert main([*args, "train", "--gpu"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_run_shows_in_the_mlflow_ui_in_a_real_browser(trained):
+    """`mlflow server` on the project's store; headless Chromium (Debian's, via chromedriver) opens
+    the experiment and the run; the run, its parameters and the loss chart are on screen."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import mlflow
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    config, local = trained
+    mlflow.set_tracking_uri(tracking_uri(config))
+    experiment = mlflow.get_experiment_by_name(config.training.experiment.replace("{env}", config.env))
+    artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    server = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", tracking_uri(config),
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = None
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("mlflow server did not come up")
+                time.sleep(1)
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = "/usr/bin/chromium"
+        for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1200"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+        wait = WebDriverWait(driver, 60)
+
+        driver.get(f"{base}/#/experiments/{experiment.experiment_id}")
+        wait.until(EC.presence_of_element_located((By.XPATH, f"//*[contains(text(), '{experiment.name}')]")))
+        driver.save_screenshot(str(artifacts / "mlflow_experiment.png"))
+
+        driver.get(f"{base}/#/experiments/{experiment.experiment_id}/runs/{local.run_id}")
+        wait.until(EC.presence_of_element_located((By.XPATH, "//*[contains(text(), 'learning_rate')]")))
+        page = driver.find_element(By.TAG_NAME, "body").text
+        assert "learning_rate" in page and "batch_size" in page and str(EPOCHS) in page
+        driver.save_screenshot(str(artifacts / "mlflow_run.png"))
+
+        driver.get(f"{base}/#/experiments/{experiment.experiment_id}/runs/{local.run_id}/model-metrics")
+        wait.until(EC.presence_of_element_located((By.XPATH, "//*[contains(text(), 'train_loss')]")))
+        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".js-plotly-plot, canvas, svg.main-svg")))
+        time.sleep(2)  # let the chart draw before the screenshot
+        driver.save_screenshot(str(artifacts / "mlflow_loss_chart.png"))
+        assert (artifacts / "mlflow_loss_chart.png").stat().st_size > 10_000
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
