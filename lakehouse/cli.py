@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("score", "score the feature table with the registered model's champion into gold.predictions")
 
+    bundle = command("bundle", "Databricks Asset Bundle: 'check' validates databricks.yml offline (schema + the CLI's checks)")
+    bundle.add_argument("action", choices=["check"], help="check: load databricks.yml as the CLI does and validate it")
+    bundle.add_argument("-t", "--target", help="bundle target (default: the one marked default)")
+    bundle.add_argument("--all-targets", action="store_true", help="check every target")
+    bundle.add_argument("--schema", help="the CLI's bundle JSON schema (default: $LAKEHOUSE_BUNDLE_SCHEMA)")
+    bundle.add_argument("--dir", default=".", help="the bundle's directory (default: .)")
+
     rec = command("reconcile", "check bronze rows = silver rows + quarantined rows + duplicates; exit 1 when not")
     rec.add_argument("--source", required=True, help="configured source name")
 
@@ -279,6 +286,30 @@ def cmd_score(config: LakehouseConfig, args) -> int:
     return EXIT_OK
 
 
+def cmd_bundle(config: LakehouseConfig, args) -> int:
+    from lakehouse.bundle import BundleError, check_bundle, load_bundle, load_schema
+
+    root = Path(args.dir)
+    try:
+        schema = load_schema(args.schema)
+        targets = [args.target]
+        if args.all_targets:
+            targets = list((load_bundle(root).config.get("targets") or {"default": {}}))
+        failed = 0
+        for target in targets:
+            bundle, problems = check_bundle(root, target, schema, project_root=root)
+            for problem in problems:
+                print(f"{problem}\n")
+            name = (bundle.config.get("bundle") or {}).get("name", "?")
+            verdict = "no problems" if not problems else f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+            print(f"bundle {name}, target {bundle.target}: {verdict}")
+            failed += bool(problems)
+    except BundleError as exc:
+        print(f"lakehouse: bundle check: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def cmd_reconcile(config: LakehouseConfig, args) -> int:
     from lakehouse.silver import reconcile
 
@@ -458,6 +489,7 @@ COMMANDS = {
     "gold": cmd_gold,
     "train": cmd_train,
     "score": cmd_score,
+    "bundle": cmd_bundle,
     "reconcile": cmd_reconcile,
     "quality": cmd_quality,
     "status": cmd_status,
