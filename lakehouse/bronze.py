@@ -12,13 +12,13 @@ from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
+from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
 from lakehouse.config import LakehouseConfig, SourceConfig
 from lakehouse.observability import count_records
 from lakehouse.streaming import run_streaming_job
-from lakehouse.tables import TableRef, create_table_if_missing, resolve_table
+from lakehouse.tables import TableRef, create_table_if_missing, resolve_table, start_to
 
 BRONZE_FILE_SCHEMA = StructType(
     [
@@ -116,11 +116,7 @@ def start_file_ingest(
         .option("checkpointLocation", config.checkpoint_path(bronze_query_name(source_name)))
         .trigger(**trigger)
     )
-    return start_to_table(writer, table)
-
-
-def start_to_table(writer: DataStreamWriter, table: TableRef) -> StreamingQuery:
-    return writer.start(table.path) if table.is_path else writer.toTable(table.identifier)
+    return start_to(writer, table)
 
 
 def run_bronze_ingest(spark: SparkSession, config: LakehouseConfig, source_name: str, trigger: dict) -> int:

@@ -100,14 +100,10 @@ class _Loaded:
                         pass
                 result.append(self._plain(value, at + (i,), name))
             return result
-        if hasattr(node, "__str__") and type(node).__module__.startswith("ruamel"):
-            if isinstance(node, bool):
-                return bool(node)
-            if isinstance(node, int):
-                return int(node)
-            if isinstance(node, float):
-                return float(node)
-            return str(node)
+        if type(node).__module__.startswith("ruamel"):  # scalars ruamel wraps (anchored, styled): plain values
+            for plain in (bool, int, float, str):
+                if isinstance(node, plain):
+                    return plain(node)
         return node
 
 

@@ -29,7 +29,7 @@ from lakehouse.config import GoldTableConfig, LakehouseConfig, view_name
 from lakehouse.exit_codes import EXIT_OK
 from lakehouse.observability import count_records
 from lakehouse.streaming import run_streaming_job
-from lakehouse.tables import TableRef, delta_table, read_table, resolve_table, table_exists
+from lakehouse.tables import TableRef, last_commit, load_from, read_table, resolve_table, save_to, start_to, table_exists
 
 CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 
@@ -84,7 +84,7 @@ def input_stream(spark: SparkSession, ref: TableRef) -> DataFrame:
         # MERGE rewrites files when it updates a key, which a plain Delta stream refuses; the
         # change feed yields each commit's inserted rows instead.
         reader = reader.option("readChangeFeed", "true")
-    stream = reader.load(ref.path) if ref.is_path else reader.table(ref.identifier)
+    stream = load_from(reader, ref)
     if ref.layer == "silver":
         stream = stream.where("_change_type = 'insert'").drop(*CHANGE_FEED_COLUMNS)
     return stream
@@ -104,7 +104,7 @@ def start_gold_stream(spark: SparkSession, config: LakehouseConfig, name: str, t
         .option("checkpointLocation", config.checkpoint_path(gold_query_name(name)))
         .trigger(**trigger)
     )
-    return writer.start(target.path) if target.is_path else writer.toTable(target.identifier)
+    return start_to(writer, target)
 
 
 @dataclass
@@ -120,7 +120,7 @@ def build_batch_table(spark: SparkSession, config: LakehouseConfig, name: str) -
     gold = config.gold_table(name)
     versions = {}
     for ref in _require_inputs(spark, config, name):
-        version = delta_table(spark, ref).history(1).first().version
+        version = last_commit(spark, ref).version
         read_table(spark, ref, version=version).createOrReplaceTempView(view_name(ref.name))
         versions[ref.name] = version
     result = spark.sql(gold.sql)
@@ -130,10 +130,9 @@ def build_batch_table(spark: SparkSession, config: LakehouseConfig, name: str) -
         .option("overwriteSchema", "true")  # the SQL may have changed since the last build
         .option("userMetadata", json.dumps({"gold_table": target.name, "inputs": versions}))
     )
-    writer.save(target.path) if target.is_path else writer.saveAsTable(target.identifier)
-    version = delta_table(spark, target).history(1).first().version
-    rows = read_table(spark, target, version=version).count()
-    return BatchBuild(target.name, version, rows, versions)
+    save_to(writer, target)
+    commit = last_commit(spark, target)  # the overwrite's own metrics: no second scan to count rows
+    return BatchBuild(target.name, commit.version, int(commit.operationMetrics["numOutputRows"]), versions)
 
 
 def run_gold(spark: SparkSession, config: LakehouseConfig, name: str, trigger: dict) -> int:

@@ -55,6 +55,8 @@ from lakehouse.tables import (
     append_to_table,
     create_table_if_missing,
     delta_table,
+    last_commit,
+    load_from,
     read_table,
     resolve_table,
     table_exists,
@@ -80,13 +82,8 @@ def parse_records(
     formats = {name: _raw_fields(source, declared) for name, source in (sources or {"": None}).items()}
     if len(formats) == 1:
         raw_map, malformed, header = next(iter(formats.values()))
-    else:
-        which = F.col(SOURCE_COLUMN)
-        raw_map = malformed = header = None
-        for name, (m, bad, head) in formats.items():
-            raw_map = (F.when(which == name, m) if raw_map is None else raw_map.when(which == name, m))
-            malformed = (F.when(which == name, bad) if malformed is None else malformed.when(which == name, bad))
-            header = (F.when(which == name, head) if header is None else header.when(which == name, head))
+    else:  # each of the three picked by the row's source
+        raw_map, malformed, header = (_by_source({name: parts[i] for name, parts in formats.items()}) for i in range(3))
 
     raw = F.col(RAW_FIELDS)
     typed = {name: F.expr(f"try_cast(`{RAW_FIELDS}`['{name}'] AS {kind})") for name, kind in entity.columns.items()}
@@ -104,6 +101,15 @@ def parse_records(
         extra.alias("_rescued"),
         F.col("_header"),
     )
+
+
+def _by_source(columns: dict[str, Column]) -> Column:
+    """CASE _source WHEN name THEN column ... END."""
+    chosen = None
+    for name, column in columns.items():
+        condition = F.col(SOURCE_COLUMN) == name
+        chosen = F.when(condition, column) if chosen is None else chosen.when(condition, column)
+    return chosen
 
 
 def _raw_fields(source: SourceConfig | None, declared: list[str]) -> tuple[Column, Column, Column]:
@@ -419,7 +425,7 @@ def _source_versions(spark: SparkSession, config: LakehouseConfig, entity: Entit
     for source in entity.sources:
         ref = resolve_table(config, f"bronze.{source}")
         if table_exists(spark, ref):  # a batch handed in directly (tests, backfills) may have none
-            versions.append(f"{ref.name}@{delta_table(spark, ref).history(1).first().version}")
+            versions.append(f"{ref.name}@{last_commit(spark, ref).version}")
     return ",".join(versions)
 
 
@@ -444,7 +450,7 @@ def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_nam
         reader = spark.readStream.format("delta")
         if entity.max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", entity.max_files_per_trigger)
-        stream = reader.load(ref.path) if ref.is_path else reader.table(ref.identifier)
+        stream = load_from(reader, ref)
         streams.append(stream.withColumn(SOURCE_COLUMN, F.lit(source)))  # parse_records picks the format by it
     bronze = streams[0]
     for other in streams[1:]:

@@ -61,7 +61,27 @@ def read_table(spark: SparkSession, ref: TableRef, version: int | None = None) -
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
+    return load_from(reader, ref)
+
+
+def load_from(reader, ref: TableRef) -> DataFrame:
+    """``reader`` (batch or streaming, options set) applied to the table's path or name."""
     return reader.load(ref.path) if ref.is_path else reader.table(ref.identifier)
+
+
+def save_to(writer, ref: TableRef) -> None:
+    """A batch ``DataFrameWriter`` (format and options set) into the table's path or name."""
+    writer.save(ref.path) if ref.is_path else writer.saveAsTable(ref.identifier)
+
+
+def start_to(writer, ref: TableRef):
+    """A ``DataStreamWriter`` started into the table's path or name; returns the query."""
+    return writer.start(ref.path) if ref.is_path else writer.toTable(ref.identifier)
+
+
+def last_commit(spark: SparkSession, ref: TableRef):
+    """The table's newest commit: ``version``, ``operationMetrics`` (e.g. numOutputRows), ``userMetadata``."""
+    return delta_table(spark, ref).history(1).first()
 
 
 def append_to_table(df: DataFrame, ref: TableRef, txn: tuple[str, int] | None = None,
@@ -75,10 +95,7 @@ def append_to_table(df: DataFrame, ref: TableRef, txn: tuple[str, int] | None = 
     if txn is not None:  # options win over session-wide settings another thread may have made
         writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
         writer = writer.option("userMetadata", f"{txn[0]}:{txn[1]}")
-    if ref.is_path:
-        writer.save(ref.path)
-    else:
-        writer.saveAsTable(ref.identifier)
+    save_to(writer, ref)
 
 
 def delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:

@@ -44,21 +44,20 @@ def pin_snapshot(spark, config, table: str, version: int | None = None) -> Snaps
     ref = resolve_table(config, table)
     if not table_exists(spark, ref):
         raise SnapshotError(f"{table} does not exist yet: build it with `lakehouse gold --table {ref.table}`")
-    history = delta_table(spark, ref).history()
-    if version is None:
-        version = history.agg({"version": "max"}).first()[0]
-    commit = history.where(f"version = {int(version)}").select("userMetadata").first()
-    if commit is None:
+    delta = delta_table(spark, ref)
+    metadata = {row.version: row.userMetadata for row in delta.history().select("version", "userMetadata").collect()}
+    version = max(metadata) if version is None else version
+    if version not in metadata:
         raise SnapshotError(f"{table} has no version {version}")
-    properties = delta_table(spark, ref).detail().first()["properties"]
+    properties = delta.detail().first()["properties"]
     if properties.get("delta.enableDeletionVectors") == "true":
         raise SnapshotError(f"{table} uses deletion vectors, which its Parquet files alone do not apply")
     uris = sorted(read_table(spark, ref, version=version).inputFiles())  # from the Delta log
     files = [(uri, _open(uri).metadata.num_rows) for uri in uris]
     inputs = {}
-    if commit["userMetadata"]:
+    if metadata[version]:
         try:
-            inputs = json.loads(commit["userMetadata"]).get("inputs", {})
+            inputs = json.loads(metadata[version]).get("inputs", {})
         except ValueError:
             pass  # metadata written by something else
     snapshot = Snapshot(table, int(version), files, inputs)

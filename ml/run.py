@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +251,3 @@ def run_training(spark, config, backend: str, num_proc: int, gpu: bool, force: b
               f"val_mae {epoch['val_mae']:.3f}", flush=True)
     return log_run(config, spec, result, backend, pass_rate)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use `lakehouse train`")

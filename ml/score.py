@@ -9,7 +9,6 @@ the input version it read (also in the commit's user metadata).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 from ml.run import CHAMPION, quiet_mlflow, tracking_uri
@@ -36,7 +35,7 @@ def score(spark, config) -> ScoreSummary:
     from mlflow.tracking import MlflowClient
     from pyspark.sql import functions as F
 
-    from lakehouse.tables import delta_table, read_table, resolve_table
+    from lakehouse.tables import last_commit, read_table, resolve_table, save_to
 
     training = config.training
     mlflow.set_tracking_uri(tracking_uri(config))
@@ -47,13 +46,13 @@ def score(spark, config) -> ScoreSummary:
         raise NoChampion(f"no version of model '{name}' is the {CHAMPION} yet: run `lakehouse train` first") from exc
 
     source = resolve_table(config, training.table)
-    version = delta_table(spark, source).history(1).first().version
+    version = last_commit(spark, source).version
     features = read_table(spark, source, version=version)
     predict = mlflow.pyfunc.spark_udf(spark, f"models:/{name}@{CHAMPION}", result_type="double", env_manager="local")
-    keys = [c for c in training.split_key if c in features.columns]
-    extra = [c for c in ("rack",) if c in features.columns and c not in keys]
+    # Every column that is neither a feature nor the label identifies the row (host, rack, minute, ...).
+    identifying = [c for c in features.columns if c not in training.features and c != training.label]
     predictions = features.select(
-        *keys, *extra,
+        *identifying,
         F.col(training.label).alias("actual"),
         predict(*[F.col(c).cast("float").alias(c) for c in training.features]).alias("prediction"),
         F.lit(name).alias("model_name"),
@@ -65,7 +64,7 @@ def score(spark, config) -> ScoreSummary:
     metadata = {"model": name, "model_version": str(champion.version), "inputs": {training.table: version}}
     writer = (predictions.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
               .option("userMetadata", json.dumps(metadata)))
-    writer.save(target.path) if target.is_path else writer.saveAsTable(target.identifier)
-    written = delta_table(spark, target).history(1).first().version
-    rows = read_table(spark, target, version=written).count()
-    return ScoreSummary(name, str(champion.version), f"{training.table}@v{version}", rows, written)
+    save_to(writer, target)
+    commit = last_commit(spark, target)  # the overwrite's own metrics: no second scan to count rows
+    return ScoreSummary(name, str(champion.version), f"{training.table}@v{version}",
+                        int(commit.operationMetrics["numOutputRows"]), commit.version)

@@ -12,7 +12,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from lakehouse.bronze import run_bronze_ingest
-from lakehouse.config import duration_seconds, load_config
+from lakehouse.config import ConfigError, duration_seconds, load_config
 from lakehouse.generator import TelemetryGenerator, generate_batch
 from lakehouse.gold import GoldInputMissing, build_order, run_gold_tables
 from lakehouse.silver import run_silver_refine
@@ -87,8 +87,8 @@ def test_gold_tables_from_silver(spark, config):
 
 def test_gold_config_errors(tmp_path):
     conf = Path(__file__).resolve().parents[2] / "conf"
-    with pytest.raises(Exception, match="gold.telemetry_minute.inputs: no such input table 'silver.nothing'"):
+    with pytest.raises(ConfigError, match="gold.telemetry_minute.inputs: no such input table 'silver.nothing'"):
         load_config("test", conf_dir=conf, data_dir=tmp_path, overrides=["gold.telemetry_minute.inputs=[silver.nothing]"])
-    with pytest.raises(Exception, match="gold.telemetry_features.watermark: only streaming"):
+    with pytest.raises(ConfigError, match="gold.telemetry_features.watermark: only streaming"):
         load_config("test", conf_dir=conf, data_dir=tmp_path,
                     overrides=["gold.telemetry_features.watermark={column: minute, delay: 1 minute}"])
