@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# make demo SOURCE=kafka: the same flow from a Kafka topic (a local broker is started and stopped)
 SOURCE ?= telemetry
+DEMO_SOURCE := $(if $(filter kafka,$(SOURCE)),telemetry_kafka,$(SOURCE))
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-fast bench clean check-java
@@ -25,7 +27,7 @@ $(STAMP): setup.cfg pyproject.toml scripts/build_horovod.sh | check-java
 	@touch $(STAMP)
 
 demo: install
-	$(BIN)/lakehouse demo --source $(SOURCE)
+	$(BIN)/lakehouse demo --source $(DEMO_SOURCE)
 
 test: install
 	scripts/install_browser.sh

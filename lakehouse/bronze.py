@@ -1,9 +1,12 @@
-"""Bronze: every input line of a file source, byte for byte, plus where and when it arrived.
+"""Bronze: every input record, byte for byte, plus where and when it arrived.
 
-The landing directory is read as whole files (``wholetext``) and split into lines here, because
-Spark's line reader cannot say which line of its file a row was. The result is appended to
-``bronze.<source>`` by a Delta sink, whose checkpoint makes a restart exactly-once.
-Next stop for each row: ``silver.<entity>`` (lakehouse.silver, issue 3).
+A file source (``kind: files``): the landing directory is read as whole files (``wholetext``)
+and split into lines here, because Spark's line reader cannot say which line of its file a row
+was; one row per line. A Kafka source (``kind: kafka``): one row per message, read by Spark's
+Kafka connector, with the key and value as raw bytes and the topic, partition, offset and Kafka
+timestamp. Either way the rows are appended to ``bronze.<source>`` by a Delta sink, whose
+checkpoint (file list or Kafka offsets) makes a restart exactly-once.
+Next stop for each row: ``silver.<entity>`` (lakehouse.silver).
 """
 
 from __future__ import annotations
@@ -13,7 +16,15 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
-from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
+from pyspark.sql.types import (
+    BinaryType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 from lakehouse.config import LakehouseConfig, SourceConfig
 from lakehouse.observability import count_records
@@ -26,6 +37,20 @@ BRONZE_FILE_SCHEMA = StructType(
         StructField("_source_file", StringType(), nullable=False),  # URI of the landing file
         StructField("_source_line", LongType(), nullable=False),  # 1-based line number in that file
         StructField("_ingested_at", TimestampType(), nullable=False),  # the micro-batch's time
+    ]
+)
+
+# The Kafka connector's columns, as it reads them, plus the micro-batch's time.
+BRONZE_KAFKA_SCHEMA = StructType(
+    [
+        StructField("key", BinaryType(), nullable=True),
+        StructField("value", BinaryType(), nullable=True),  # the message, raw bytes (null: a tombstone)
+        StructField("topic", StringType(), nullable=False),
+        StructField("partition", IntegerType(), nullable=False),
+        StructField("offset", LongType(), nullable=False),
+        StructField("timestamp", TimestampType(), nullable=True),  # Kafka's (producer or log-append) time
+        StructField("timestampType", IntegerType(), nullable=True),  # 0: create time, 1: log-append time
+        StructField("_ingested_at", TimestampType(), nullable=False),
     ]
 )
 
@@ -78,19 +103,42 @@ def read_landing_stream(spark: SparkSession, source: SourceConfig, path: str) ->
     return reader.load(path)
 
 
-def ensure_bronze_table(spark: SparkSession, table: TableRef) -> None:
+def ensure_bronze_table(spark: SparkSession, table: TableRef, kind: str = "files") -> None:
     """Create the bronze table up front, append-only, so nothing can rewrite what landed."""
+    if kind == "kafka":
+        schema, stats = BRONZE_KAFKA_SCHEMA, "topic,partition,offset,timestamp,_ingested_at"
+        comment = "Raw Kafka messages, one row per message; see lakehouse/bronze.py"
+    else:
+        schema, stats = BRONZE_FILE_SCHEMA, "_source_file,_source_line,_ingested_at"
+        comment = "Raw landing lines, one row per input line; see lakehouse/bronze.py"
     create_table_if_missing(
         spark,
         table,
-        BRONZE_FILE_SCHEMA,
+        schema,
         properties={
             "delta.appendOnly": "true",
             # File statistics for data skipping on the provenance columns only: min/max of raw
-            # lines would cost a pass over every value and never prune a query.
-            "delta.dataSkippingStatsColumns": "_source_file,_source_line,_ingested_at",
+            # records would cost a pass over every value and never prune a query.
+            "delta.dataSkippingStatsColumns": stats,
         },
-        comment="Raw landing lines, one row per input line; see lakehouse/bronze.py",
+        comment=comment,
+    )
+
+
+def ensure_source_bronze_table(spark: SparkSession, config: LakehouseConfig, source_name: str) -> TableRef:
+    """The source's bronze table, created (empty) if no ingest has run yet."""
+    table = bronze_table(config, source_name)
+    ensure_bronze_table(spark, table, config.source(source_name).kind)
+    return table
+
+
+def _bronze_writer(stream: DataFrame, config: LakehouseConfig, source_name: str, trigger: dict):
+    return (
+        count_records(stream).writeStream.format("delta")
+        .outputMode("append")
+        .queryName(bronze_query_name(source_name))
+        .option("checkpointLocation", config.checkpoint_path(bronze_query_name(source_name)))
+        .trigger(**trigger)
     )
 
 
@@ -102,29 +150,62 @@ def start_file_ingest(
 ) -> StreamingQuery:
     """Start the bronze query for a file source. ``trigger`` is passed to ``writeStream.trigger``."""
     source = config.source(source_name)
-    table = bronze_table(config, source_name)
-    ensure_bronze_table(spark, table)
+    table = ensure_source_bronze_table(spark, config, source_name)
     landing = config.landing_path(source_name)
     if "://" not in landing:
         Path(landing).mkdir(parents=True, exist_ok=True)  # files may start arriving later
     files = read_landing_stream(spark, source, landing)
-    lines = count_records(with_lines(files, F.col("_metadata.file_path")))
-    writer = (
-        lines.writeStream.format("delta")
-        .outputMode("append")
-        .queryName(bronze_query_name(source_name))
-        .option("checkpointLocation", config.checkpoint_path(bronze_query_name(source_name)))
-        .trigger(**trigger)
-    )
-    return start_to(writer, table)
+    lines = with_lines(files, F.col("_metadata.file_path"))
+    return start_to(_bronze_writer(lines, config, source_name, trigger), table)
+
+
+def start_kafka_ingest(
+    spark: SparkSession,
+    config: LakehouseConfig,
+    source_name: str,
+    trigger: dict,
+) -> StreamingQuery:
+    """Start the bronze query for a Kafka source: every message of its topics, as received.
+
+    The checkpoint holds the offsets of each micro-batch before it runs and marks it committed
+    after the Delta commit, so a restart re-reads exactly the uncommitted offset ranges (and the
+    Delta sink skips a batch it already committed): no message lost, none doubled.
+    """
+    from lakehouse.kafka import kafka_options, spark_source_options
+    from lakehouse.session import require_kafka_connector
+
+    require_kafka_connector(spark)
+    options = spark_source_options(kafka_options(config.source(source_name), source_name))
+    table = ensure_source_bronze_table(spark, config, source_name)
+    messages = spark.readStream.format("kafka").options(**options).load()
+    rows = messages.select(*[c for c in BRONZE_KAFKA_SCHEMA.fieldNames() if c != "_ingested_at"],
+                           F.current_timestamp().alias("_ingested_at"))
+    return start_to(_bronze_writer(rows, config, source_name, trigger), table)
+
+
+def describe_source(config: LakehouseConfig, source_name: str) -> str:
+    """Where the source's records come from, for progress lines."""
+    source = config.source(source_name)
+    if source.kind == "kafka":
+        kafka = source.kafka
+        topics = ",".join(kafka.topics) if kafka.topics else f"/{kafka.topic_pattern}/"
+        from lakehouse.kafka import KafkaSetupError, bootstrap_servers
+
+        try:
+            servers = bootstrap_servers(kafka)
+        except KafkaSetupError:
+            servers = f"${kafka.bootstrap_servers_env} (not set)"
+        return f"kafka topic {topics} at {servers}"
+    return config.landing_path(source_name)
 
 
 def run_bronze_ingest(spark: SparkSession, config: LakehouseConfig, source_name: str, trigger: dict) -> int:
     """The bronze job: run the source's query until done (availableNow) or stopped. Exit code."""
     query_name = bronze_query_name(source_name)
     checkpoint = config.checkpoint_path(query_name)
-    print(f"{query_name}: {config.landing_path(source_name)} -> bronze.{source_name} (checkpoint {checkpoint})",
+    start = start_kafka_ingest if config.source(source_name).kind == "kafka" else start_file_ingest
+    print(f"{query_name}: {describe_source(config, source_name)} -> bronze.{source_name} (checkpoint {checkpoint})",
           flush=True)
     return run_streaming_job(
-        spark, config, query_name, checkpoint, lambda: start_file_ingest(spark, config, source_name, trigger)
+        spark, config, query_name, checkpoint, lambda: start(spark, config, source_name, trigger)
     )

@@ -52,8 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         _global_options(sub, suppress=True)
         return sub
 
-    gen = command("generate", "write telemetry JSON-lines files (with injected faults) into a landing directory")
-    gen.add_argument("--source", default="telemetry", help="source whose landing directory receives the files")
+    gen = command("generate", "write telemetry JSON-lines files (with injected faults) into a landing directory, "
+                              "or publish them to a Kafka topic")
+    gen.add_argument("--source", help="source whose landing directory (or topic) receives the records "
+                                      "(default: telemetry; with --sink kafka the first Kafka source)")
+    gen.add_argument("--sink", choices=["files", "kafka"], help="files or kafka (default: by the source's kind)")
+    gen.add_argument("--topic", help="--sink kafka: the topic (default: the source's first topic); created with "
+                                     "kafka.partitions partitions if missing")
     gen.add_argument("--records", type=int, help="lines to write, faults included (default: generator.records)")
     gen.add_argument("--files", type=int, help="non-empty files to spread them over (default: generator.files)")
     gen.add_argument("--seed", type=int, help="random seed; the same seed writes the same bytes (default: generator.seed)")
@@ -61,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--run-id", help="names this run's files and manifest (default: s<seed>)")
     gen.add_argument("--rate", type=float, help="continuous mode: records per second, until --duration or Ctrl-C")
     gen.add_argument("--duration", type=float, default=0.0, help="continuous mode: seconds to run (0: until interrupted)")
-    gen.add_argument("--file-seconds", type=float, default=1.0, help="continuous mode: seconds between two files")
+    gen.add_argument("--file-seconds", type=float, default=1.0,
+                     help="continuous mode: seconds between two files (Kafka: two flushed groups of messages)")
 
-    ing = command("ingest", "stream a source's landing files into bronze.<source> (exactly-once)")
+    ing = command("ingest", "stream a source's landing files or Kafka topics into bronze.<source> (exactly-once)")
     ing.add_argument("--source", required=True, help="configured source name, e.g. telemetry")
     _trigger_options(ing, "everything landed")
 
@@ -140,11 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.errors import PySparkException
 
     from lakehouse.gold import GoldInputMissing
+    from lakehouse.kafka import KafkaSetupError
+    from lakehouse.kafka_broker import BrokerError
     from lakehouse.session import SessionError
+    from lakehouse.silver import CheckpointSourcesChanged
 
     try:
         return handler(config, args)
-    except (SessionError, PySparkException, GoldInputMissing) as exc:
+    except (SessionError, PySparkException, GoldInputMissing, KafkaSetupError, BrokerError,
+            CheckpointSourcesChanged) as exc:
         print(f"lakehouse: {args.command} failed: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -165,6 +175,16 @@ def cmd_config(config: LakehouseConfig, args) -> int:
 def cmd_generate(config: LakehouseConfig, args) -> int:
     from lakehouse.generator import TelemetryGenerator, generate_batch, generate_continuous
 
+    kafka_sources = [name for name, source in config.sources.items() if source.kind == "kafka"]
+    if args.source is None:
+        args.source = kafka_sources[0] if args.sink == "kafka" and kafka_sources else "telemetry"
+        config.source(args.source)
+    sink = args.sink or config.source(args.source).kind
+    if sink == "kafka" and config.source(args.source).kind != "kafka":
+        print(f"lakehouse: --sink kafka needs a Kafka source for its connection settings; {args.source} is a "
+              f"{config.source(args.source).kind} source (Kafka sources: {', '.join(kafka_sources) or 'none'})",
+              file=sys.stderr)
+        return EXIT_CONFIG
     landing = config.landing_path(args.source)
     if "://" in landing:
         print(f"lakehouse: generate writes local files only; landing path is {landing}", file=sys.stderr)
@@ -181,6 +201,8 @@ def cmd_generate(config: LakehouseConfig, args) -> int:
     generator = TelemetryGenerator.from_config(g, seed=seed, fault_rate=fault_rate)
     landing_dir = Path(landing)
     landing_dir.mkdir(parents=True, exist_ok=True)
+    if sink == "kafka":
+        return _publish(config, args, generator, landing_dir, run_id, seed, records)
     if args.rate:
         print(f"generating {args.rate:g} records/s into {landing_dir} (Ctrl-C to stop)", flush=True)
         manifest = generate_continuous(
@@ -196,8 +218,41 @@ def cmd_generate(config: LakehouseConfig, args) -> int:
     return EXIT_OK
 
 
+def _publish(config: LakehouseConfig, args, generator, landing_dir: Path, run_id: str, seed: int, records: int) -> int:
+    """generate --sink kafka: publish to the topic, then print the manifest."""
+    from lakehouse.generator import publish_batch, publish_continuous
+    from lakehouse.kafka import TopicPublisher, bootstrap_servers, ensure_topic
+
+    options = config.source(args.source).kafka
+    topic = args.topic or (options.topics[0] if options.topics else None)
+    if topic is None:
+        print(f"lakehouse: source {args.source} subscribes to a pattern: name the topic with --topic", file=sys.stderr)
+        return EXIT_CONFIG
+    partitions = ensure_topic(options, topic, options.partitions)
+    publisher = TopicPublisher(options, topic)
+    where = f"topic {topic} ({partitions} partitions) at {bootstrap_servers(options)}"
+    if args.rate:
+        print(f"publishing {args.rate:g} records/s to {where} (Ctrl-C to stop)", flush=True)
+        manifest = publish_continuous(
+            generator, publisher, landing_dir, args.source, run_id, seed, args.rate, args.duration, args.file_seconds,
+            progress=lambda n, total: print(f"  {total:,} messages", flush=True) if n % 10 == 0 else None,
+        )
+    else:
+        print(f"publishing {records:,} records to {where}", flush=True)
+        manifest = publish_batch(
+            generator, publisher, landing_dir, args.source, run_id, seed, records,
+            progress=lambda done, total: print(f"  {done:,}/{total:,} acknowledged", flush=True) if total > 5000 else None,
+        )
+    print_manifest(manifest, landing_dir)
+    return EXIT_OK
+
+
 def print_manifest(manifest, landing_dir: Path) -> None:
-    print(f"wrote {manifest.total_lines:,} lines in {len(manifest.files)} files to {landing_dir}")
+    if manifest.sink == "kafka":
+        spread = ", ".join(f"{p}: {s['messages']:,}" for p, s in sorted(manifest.partitions.items()))
+        print(f"published {manifest.total_lines:,} messages to {manifest.topic} (by partition {spread})")
+    else:
+        print(f"wrote {manifest.total_lines:,} lines in {len(manifest.files)} files to {landing_dir}")
     faults = ", ".join(f"{kind} {n}" for kind, n in manifest.fault_counts().items())
     print(f"injected: {faults}")
     print(f"manifest: {landing_dir / '_manifests' / (manifest.run_id + '.json')}")
@@ -377,6 +432,33 @@ def _format_rows(columns: list[str], rows) -> str:
 
 
 def cmd_demo(config: LakehouseConfig, args) -> int:
+    """The whole flow on embedded defaults. A Kafka source gets a local broker for the run (unless
+    bootstrap servers are configured), started here and stopped at the end."""
+    source = config.source(args.source)
+    if source.kind != "kafka":
+        return _demo(config, args)
+    import os
+
+    from lakehouse.kafka import KafkaSetupError, bootstrap_servers
+    from lakehouse.kafka_broker import KafkaBroker
+
+    try:
+        print(f"using the Kafka cluster at {bootstrap_servers(source.kafka)}")
+        return _demo(config, args)
+    except KafkaSetupError:
+        pass
+    # Kept under the data directory, with the checkpoints whose offsets refer to its topics.
+    state = Path(config.storage.data_dir) / "kafka-broker"
+    print(f"== 0. a local Kafka broker (KRaft) in {state}; stopped at the end of the demo")
+    with KafkaBroker(state, partitions=source.kafka.partitions) as broker:
+        os.environ[source.kafka.bootstrap_servers_env] = broker.bootstrap
+        try:
+            return _demo(config, args)
+        finally:
+            os.environ.pop(source.kafka.bootstrap_servers_env, None)
+
+
+def _demo(config: LakehouseConfig, args) -> int:
     from pyspark.sql import functions as F
 
     from lakehouse.bronze import bronze_table, run_bronze_ingest
@@ -387,34 +469,52 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
     from lakehouse.tables import read_table, resolve_table
 
     g = config.generator
+    kafka = config.source(args.source).kafka
     run_id = "demo-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     landing_dir = Path(config.landing_path(args.source))
     # A new seed per demo run, so a rerun adds new events rather than duplicates of the last run's.
     seed = g.seed + len(list((landing_dir / "_manifests").glob("demo-*.json")))
-    print(f"== 1. generate: {g.records:,} {args.source} records, fault rate {g.fault_rate:g} (run {run_id}, seed {seed})")
+    where = f"topic {kafka.topics[0]}" if kafka else "landing files"
+    print(f"== 1. generate: {g.records:,} {args.source} records as {where}, fault rate {g.fault_rate:g} "
+          f"(run {run_id}, seed {seed})")
     landing_dir.mkdir(parents=True, exist_ok=True)
     generator = TelemetryGenerator.from_config(g, seed=seed)
-    manifest = generate_batch(generator, landing_dir, args.source, run_id, seed, g.records, g.files)
+    if kafka:
+        from lakehouse.generator import publish_batch
+        from lakehouse.kafka import TopicPublisher, ensure_topic
+
+        ensure_topic(kafka, kafka.topics[0], kafka.partitions)
+        manifest = publish_batch(generator, TopicPublisher(kafka, kafka.topics[0]), landing_dir, args.source,
+                                 run_id, seed, g.records)
+    else:
+        manifest = generate_batch(generator, landing_dir, args.source, run_id, seed, g.records, g.files)
     print_manifest(manifest, landing_dir)
 
-    print(f"\n== 2. bronze: ingest landing files into bronze.{args.source} (--once)")
+    print(f"\n== 2. bronze: ingest {where} into bronze.{args.source} (--once)")
     spark = _start_spark(config)
     code = run_bronze_ingest(spark, config, args.source, {"availableNow": True})
     if code != EXIT_OK:
         return code
 
     bronze = read_table(spark, bronze_table(config, args.source))
-    this_run = bronze.where(F.col("_source_file").contains(f"-{run_id}-"))
-    counts = this_run.agg(
-        F.count("*").alias("rows"),
-        F.countDistinct("_source_file", "_source_line").alias("distinct_lines"),
-    ).first()
+    if kafka:  # this run's messages: the offset range it was given in each partition
+        in_run = F.lit(False)
+        for partition, stats in manifest.partitions.items():
+            in_run = in_run | ((F.col("topic") == manifest.topic) & (F.col("partition") == partition)
+                               & F.col("offset").between(stats["first_offset"], stats["last_offset"]))
+        position = ["topic", "partition", "offset"]
+    else:
+        in_run, position = F.col("_source_file").contains(f"-{run_id}-"), ["_source_file", "_source_line"]
+    counts = bronze.where(in_run).agg(
+        F.count("*").alias("rows"), F.countDistinct(*position).alias("distinct_positions")).first()
     total = bronze.count()
-    print(f"lines landed in this run:      {manifest.total_lines:,}")
-    print(f"bronze rows from this run:     {counts['rows']:,} ({counts['distinct_lines']:,} distinct file/line)")
+    unit = "messages" if kafka else "lines"
+    print(f"{unit} {'published' if kafka else 'landed'} in this run:{'' if kafka else ' ' * 5} {manifest.total_lines:,}")
+    print(f"bronze rows from this run:     {counts['rows']:,} ({counts['distinct_positions']:,} distinct "
+          f"{'topic/partition/offset' if kafka else 'file/line'})")
     print(f"bronze rows in total:          {total:,}")
-    ok = counts["rows"] == counts["distinct_lines"] == manifest.total_lines
-    print(f"every line landed exactly once: {'yes' if ok else 'NO'}")
+    ok = counts["rows"] == counts["distinct_positions"] == manifest.total_lines
+    print(f"every {unit[:-1]} landed exactly once: {'yes' if ok else 'NO'}")
 
     entities = [name for name, e in config.entities.items() if args.source in e.sources]
     for entity in entities:
@@ -470,7 +570,11 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
     command = ".venv/bin/lakehouse" if Path(".venv/bin/lakehouse").exists() else "lakehouse"
     prefix = command + (f" --data-dir {config.storage.data_dir}" if config.storage.data_dir != Path("data") else "")
     print("\nnext:")
-    print(f"  {prefix} sql \"SELECT value FROM bronze.{args.source} WHERE value NOT LIKE '{{%}}' LIMIT 5\"")
+    if kafka:
+        print(f"  {prefix} sql \"SELECT partition, offset, CAST(value AS STRING) AS value FROM bronze.{args.source} "
+              f"WHERE CAST(value AS STRING) NOT LIKE '{{%}}' LIMIT 5\"")
+    else:
+        print(f"  {prefix} sql \"SELECT value FROM bronze.{args.source} WHERE value NOT LIKE '{{%}}' LIMIT 5\"")
     for entity in entities:
         print(f"  {prefix} sql \"SELECT reasons, value FROM silver.{entity}_quarantine LIMIT 5\"")
     for name in gold_tables:

@@ -142,19 +142,58 @@ class QualityConfig:
     validation: Literal["fused", "gx"] = "fused"
 
 
+KAFKA_BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
+
+
+@dataclass(frozen=True)
+class KafkaOptions:
+    """Where and how a ``kind: kafka`` source reads (Spark's Kafka connector, lakehouse/kafka.py)."""
+
+    # host:port[,host:port]; null: the environment variable named by bootstrap_servers_env.
+    bootstrap_servers: str | None = None
+    bootstrap_servers_env: str = KAFKA_BOOTSTRAP_ENV
+    topics: list[str] = field(default_factory=list)  # subscribe to these ...
+    topic_pattern: str | None = None  # ... or to every topic matching this Java regex
+    starting_offsets: Literal["earliest", "latest"] = "earliest"  # only for a query's first run
+    max_offsets_per_trigger: PositiveInt | None = None  # rate limit: messages per micro-batch
+    fail_on_data_loss: bool = True  # fail (not skip) when offsets the checkpoint expects are gone
+    partitions: PositiveInt = 3  # of a topic `lakehouse generate --sink kafka` creates
+    # Security: the protocol and mechanism here; the credentials only from the environment.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username_env: str = "KAFKA_SASL_USERNAME"
+    sasl_password_env: str = "KAFKA_SASL_PASSWORD"
+    # Further Kafka client properties (no secrets), e.g. ssl.truststore.location.
+    options: dict[str, str] = field(default_factory=dict)
+
+    def problems(self) -> list[tuple[str, str]]:
+        if bool(self.topics) == bool(self.topic_pattern):
+            return [("topics", "set topics or topic_pattern (one of the two)")]
+        if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
+            return [("sasl_mechanism", "needs security_protocol SASL_PLAINTEXT or SASL_SSL")]
+        return []
+
+
 @dataclass(frozen=True)
 class SourceConfig:
-    kind: Literal["files"]
-    format: Literal["json-lines", "csv"]
-    path: Annotated[str, MustExist()] | None = None  # landing location; default <landing_dir>/<name>
+    # files: a landing directory (bronze keeps each line); kafka: topics (bronze keeps each message).
+    kind: Literal["files", "kafka"]
+    format: Literal["json-lines", "csv"]  # how silver parses a line or message value
+    # files: the landing location; kafka: where generator manifests go. Default <landing_dir>/<name>.
+    path: Annotated[str, MustExist()] | None = None
     csv: CsvOptions = field(default_factory=CsvOptions)  # used when format is csv
-    # Rate limits per micro-batch; Spark takes one or the other, not both.
+    # Rate limits per micro-batch of a file source; Spark takes one or the other, not both.
     max_files_per_trigger: PositiveInt | None = None
     max_bytes_per_trigger: PositiveInt | None = None
+    kafka: KafkaOptions | None = None  # required when kind is kafka
 
     def problems(self) -> list[tuple[str, str]]:
         if self.max_files_per_trigger and self.max_bytes_per_trigger:
             return [("max_bytes_per_trigger", "set max_files_per_trigger or max_bytes_per_trigger, not both")]
+        if self.kind == "kafka" and self.kafka is None:
+            return [("kafka", "a kafka source needs a kafka: section (topics, bootstrap servers)")]
+        if self.kind == "kafka" and self.format == "csv" and self.csv.header:
+            return [("csv.header", "a Kafka message has no header line: set csv.header to false")]
         return []
 
 
@@ -177,6 +216,8 @@ class EntityConfig:
     # new string column of silver (Delta schema evolution); quarantine: the row is quarantined.
     unexpected_fields: Literal["rescue", "evolve", "quarantine"] = "rescue"
     max_files_per_trigger: PositiveInt | None = None  # rate limit on the bronze Delta files per batch
+    # A record (line or message) longer than this many bytes is quarantined as "too_large", unparsed.
+    max_record_bytes: PositiveInt = 262_144
 
     def problems(self) -> list[tuple[str, str]]:
         for name in (*self.keys, self.event_time):

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lakehouse.config import GeneratorConfig
 
-# Line-level faults, in the order the manifest lists them. "empty_file" is a file-level fault.
+# Line-level faults, in the order the manifest lists them. "empty_file" is a file-level fault;
+# "empty_message" its counterpart on Kafka (a message with an empty value).
 LINE_FAULTS = (
     "malformed_json",
     "missing_field",
@@ -38,6 +39,7 @@ LINE_FAULTS = (
     "extra_field",
 )
 FILE_FAULTS = ("empty_file",)
+MESSAGE_FAULTS = ("empty_message",)
 
 # The telemetry record: field name -> JSON type. All are required.
 TELEMETRY_FIELDS = {
@@ -225,29 +227,36 @@ class TelemetryGenerator:
 
 @dataclass
 class Manifest:
-    """Exactly what a generator run wrote: every file with its line count, and every fault."""
+    """Exactly what a generator run wrote: every file with its line count (or, published to
+    Kafka, every partition with its message count and offsets), and every fault."""
 
     source: str
     run_id: str
     seed: int
     fault_rate: float
     files: list[dict] = field(default_factory=list)  # {"file", "lines"}
+    # Kafka: {"file", "line", ...} becomes {"topic", "partition", "offset", ...}
     faults: list[dict] = field(default_factory=list)  # {"file", "line", "kind", "event_id", "detail"}
+    sink: str = "files"
+    topic: str | None = None
+    partitions: dict[int, dict] = field(default_factory=dict)  # {"messages", "first_offset", "last_offset"}
 
     @property
     def total_lines(self) -> int:
-        return sum(f["lines"] for f in self.files)
+        return sum(f["lines"] for f in self.files) + sum(p["messages"] for p in self.partitions.values())
 
     def fault_counts(self) -> dict[str, int]:
         counts = Counter(f["kind"] for f in self.faults)
-        return {kind: counts.get(kind, 0) for kind in LINE_FAULTS + FILE_FAULTS}
+        kinds = LINE_FAULTS + (MESSAGE_FAULTS if self.sink == "kafka" else FILE_FAULTS)
+        return {kind: counts.get(kind, 0) for kind in kinds}
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["total_lines"] = self.total_lines
         data["valid_lines"] = self.total_lines - sum(
-            1 for f in self.faults if f["kind"] in LINE_FAULTS
+            1 for f in self.faults if f["kind"] in LINE_FAULTS + MESSAGE_FAULTS
         )
+        data["partitions"] = {str(p): stats for p, stats in sorted(self.partitions.items())}
         data["fault_counts"] = self.fault_counts()
         return data
 
@@ -359,6 +368,83 @@ def generate_continuous(
             if progress:
                 progress(index, manifest.total_lines)
             next_at = started + index * file_seconds
+            while not stop["now"] and time.monotonic() < next_at:
+                time.sleep(min(0.1, max(0.0, next_at - time.monotonic())))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    manifest.write(landing_dir)
+    return manifest
+
+
+# -- publishing to Kafka --------------------------------------------------------------------
+
+
+def publish_messages(generator: TelemetryGenerator, manifest: Manifest, publisher, count: int,
+                     empty_message: bool = False) -> None:
+    """Publish ``count`` generated lines (each one message value; key: its event id) and, if
+    ``empty_message``, one message with an empty value; wait for the broker's acknowledgements
+    and record every message's partition and offset in ``manifest``."""
+    generated = [generator.next_line() for _ in range(count)]
+    sent = [(publisher.send(line.text.encode("utf-8"), line.event_id.encode() if line.event_id else None), line)
+            for line in generated]
+    if empty_message:
+        sent.append((publisher.send(b""), GeneratedLine("", "empty_message", None)))
+    publisher.flush()
+    for index, line in sent:
+        partition, offset = publisher.delivered[index]
+        stats = manifest.partitions.setdefault(partition, {"messages": 0, "first_offset": offset, "last_offset": offset})
+        stats["messages"] += 1
+        stats["first_offset"] = min(stats["first_offset"], offset)
+        stats["last_offset"] = max(stats["last_offset"], offset)
+        if line.kind != "valid":
+            manifest.faults.append({"topic": publisher.topic, "partition": partition, "offset": offset,
+                                    "kind": line.kind, "event_id": line.event_id, "detail": line.detail})
+
+
+def publish_batch(generator: TelemetryGenerator, publisher, landing_dir: Path, source: str, run_id: str,
+                  seed: int, records: int, progress=None) -> Manifest:
+    """Publish ``records`` generated messages (plus injected empty ones) and write the manifest."""
+    manifest = Manifest(source, run_id, seed, generator.fault_rate, sink="kafka", topic=publisher.topic)
+    chunk = 5000
+    chunks = -(-records // chunk)
+    # As many empty messages as generate_batch writes empty files for as many files as chunks.
+    empties = max(1, round(chunks * generator.fault_rate)) if generator.fault_rate > 0 else 0
+    done = 0
+    for index in range(chunks):
+        count = min(chunk, records - done)
+        publish_messages(generator, manifest, publisher, count, empty_message=index < empties)
+        done += count
+        if progress:
+            progress(done, records)
+    manifest.write(landing_dir)
+    return manifest
+
+
+def publish_continuous(generator: TelemetryGenerator, publisher, landing_dir: Path, source: str, run_id: str,
+                       seed: int, rate: float, duration: float, chunk_seconds: float = 1.0,
+                       progress=None) -> Manifest:
+    """Publish ``rate`` messages a second, a chunk every ``chunk_seconds``, for ``duration`` seconds
+    (0: until SIGINT/SIGTERM). The manifest is rewritten after every chunk."""
+    manifest = Manifest(source, run_id, seed, generator.fault_rate, sink="kafka", topic=publisher.topic)
+    stop = {"now": False}
+
+    def request_stop(signum, frame):
+        stop["now"] = True
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        started = time.monotonic()
+        index = 0
+        per_chunk = max(1, round(rate * chunk_seconds))
+        while not stop["now"] and (duration <= 0 or time.monotonic() - started < duration):
+            empty = generator.fault_rate > 0 and generator.rng.random() < generator.fault_rate
+            publish_messages(generator, manifest, publisher, per_chunk, empty_message=empty)
+            manifest.write(landing_dir)
+            index += 1
+            if progress:
+                progress(index, manifest.total_lines)
+            next_at = started + index * chunk_seconds
             while not stop["now"] and time.monotonic() < next_at:
                 time.sleep(min(0.1, max(0.0, next_at - time.monotonic())))
     finally:

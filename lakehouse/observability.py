@@ -225,6 +225,9 @@ class QueryStatus:
     channels: int | None  # S
     per_channel: float | None  # B = R / S
     backlog_files: int | None  # landed but not yet taken in by the query
+    consumer_lag: int | None = None  # Kafka: latest offsets minus those the query processed, summed
+    lag_by_partition: dict[str, int] | None = None  # "<topic>/<partition>" -> lag
+    note: str | None = None  # why a figure is missing (e.g. the broker is unreachable)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -246,18 +249,23 @@ def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QuerySt
         )
         latest = {row["query_name"]: row for row in rows}
 
-    backlog = {}
+    backlog, lags = {}, {}
     for name, source in config.sources.items():
+        query = bronze_query_name(name)
         if source.kind == "files":
-            query = bronze_query_name(name)
             done = processed_files(config.checkpoint_path(query))
             backlog[query] = sum(1 for f in landed_files(config.landing_path(name)) if f not in done)
+        elif source.kind == "kafka":
+            lags[query] = _kafka_lag(source, config.checkpoint_path(query))
 
     statuses = []
-    for query in sorted(set(latest) | set(backlog)):
+    for query in sorted(set(latest) | set(backlog) | set(lags)):
         row = latest.get(query)
         rate = row["records_per_second"] if row else None
         channels = row["num_input_files"] if row else None
+        lag, note = lags.get(query, (None, None))
+        if query in lags:  # a Kafka source's channels are its partitions
+            channels = (kafka_partitions(row["progress_json"]) if row else None) or (len(lag) if lag else None)
         statuses.append(
             QueryStatus(
                 query_name=query,
@@ -268,13 +276,42 @@ def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QuerySt
                 channels=channels,
                 per_channel=(rate / channels) if rate is not None and channels else None,
                 backlog_files=backlog.get(query),
+                consumer_lag=sum(lag.values()) if lag is not None else None,
+                lag_by_partition=lag,
+                note=note,
             )
         )
     return statuses
 
 
+def _kafka_lag(source, checkpoint: str) -> tuple[dict[str, int] | None, str | None]:
+    """({"topic/partition": lag}, None), or (None, why not) when Kafka cannot be asked."""
+    from lakehouse.kafka import KafkaSetupError, consumer_lag
+
+    try:
+        return {f"{p.topic}/{p.partition}": p.lag for p in consumer_lag(source.kafka, checkpoint)}, None
+    except KafkaSetupError as exc:
+        return None, str(exc)
+    except Exception as exc:  # the broker is down or unreachable: status still reports the rest
+        return None, f"Kafka lag unavailable: {str(exc).splitlines()[0]}"
+
+
+def kafka_partitions(progress_json: str | None) -> int | None:
+    """Partitions in the end offsets of a micro-batch's Kafka sources (from its progress JSON)."""
+    if not progress_json:
+        return None
+    count = 0
+    for source in json.loads(progress_json).get("sources", []):
+        if not str(source.get("description", "")).startswith("Kafka"):
+            continue
+        end = source.get("endOffset")
+        end = json.loads(end) if isinstance(end, str) else end
+        count += sum(len(partitions) for partitions in (end or {}).values() if isinstance(partitions, dict))
+    return count or None
+
+
 def format_status(statuses: list[QueryStatus]) -> str:
-    headers = ["query", "last batch", "batch time (UTC)", "records", "R rec/s", "S", "B rec/s/ch", "backlog files"]
+    headers = ["query", "last batch", "batch time (UTC)", "records", "R rec/s", "S", "B rec/s/ch", "backlog"]
 
     def fmt(value, digits=1):
         if value is None:
@@ -283,7 +320,7 @@ def format_status(statuses: list[QueryStatus]) -> str:
 
     table = [headers] + [
         [s.query_name, fmt(s.last_batch_id), fmt(s.last_batch_time), fmt(s.input_rows),
-         fmt(s.records_per_second), fmt(s.channels), fmt(s.per_channel), fmt(s.backlog_files)]
+         fmt(s.records_per_second), fmt(s.channels), fmt(s.per_channel), _backlog(s)]
         for s in statuses
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
@@ -291,4 +328,17 @@ def format_status(statuses: list[QueryStatus]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     if not statuses:
         lines.append("(no streaming queries have run yet)")
+    for s in statuses:
+        if s.lag_by_partition:
+            spread = ", ".join(f"{p} {lag:,}" for p, lag in s.lag_by_partition.items())
+            lines.append(f"{s.query_name}: consumer lag by partition: {spread}")
+        if s.note:
+            lines.append(f"{s.query_name}: {s.note}")
     return "\n".join(lines)
+
+
+def _backlog(s: QueryStatus) -> str:
+    """Files landed but not taken in, or Kafka messages not yet processed (consumer lag)."""
+    if s.consumer_lag is not None:
+        return f"{s.consumer_lag:,} msgs"
+    return f"{s.backlog_files:,} files" if s.backlog_files is not None else "-"

@@ -29,9 +29,16 @@ def delta_maven_coordinate() -> str:
     return f"io.delta:delta-spark_{spark_minor}_{SCALA_BINARY_VERSION}:{version('delta-spark')}"
 
 
+def kafka_maven_coordinate() -> str:
+    """Spark's Kafka connector for the installed pyspark, e.g. ``org.apache.spark:spark-sql-kafka-0-10_2.13:4.1.1``."""
+    return f"org.apache.spark:spark-sql-kafka-0-10_{SCALA_BINARY_VERSION}:{version('pyspark')}"
+
+
 def spark_packages(config: LakehouseConfig) -> list[str]:
-    """Maven coordinates the jobs need: Delta's jar plus any configured in ``spark.packages``."""
-    return [delta_maven_coordinate(), *config.spark.packages]
+    """Maven coordinates the jobs need: Delta's jar, Spark's Kafka connector when a source is a
+    Kafka source, and any configured in ``spark.packages``."""
+    kafka = [kafka_maven_coordinate()] if any(s.kind == "kafka" for s in config.sources.values()) else []
+    return [delta_maven_coordinate(), *kafka, *config.spark.packages]
 
 
 def running_on_cluster_launcher() -> bool:
@@ -73,8 +80,24 @@ def build_session(config: LakehouseConfig, app_name: str | None = None) -> Spark
 
 
 def _delta_on_classpath(spark: SparkSession) -> bool:
+    return class_on_classpath(spark, DELTA_EXTENSION)
+
+
+KAFKA_PROVIDER = "org.apache.spark.sql.kafka010.KafkaSourceProvider"
+
+
+def require_kafka_connector(spark: SparkSession) -> None:
+    """Fail with the spark-submit option to add when Spark's Kafka connector is missing."""
+    if not class_on_classpath(spark, KAFKA_PROVIDER):
+        raise SessionError(
+            "Spark's Kafka connector is not on the classpath: add "
+            f"'--packages {delta_maven_coordinate()},{kafka_maven_coordinate()}' to spark-submit"
+        )
+
+
+def class_on_classpath(spark: SparkSession, name: str) -> bool:
     try:
         jvm = spark.sparkContext._jvm
-        return bool(jvm.org.apache.spark.util.Utils.classIsLoadable(DELTA_EXTENSION))
+        return bool(jvm.org.apache.spark.util.Utils.classIsLoadable(name))
     except Exception:  # Spark Connect (no JVM handle) or an API change: assume the cluster has it
         return True

@@ -5,6 +5,7 @@ A bronze row becomes one parsed row (a JSON-lines source: one JSON object per li
 source: fields by position, in the declared column order) with:
   - the entity's declared columns, typed (``try_cast``: a value of the wrong type becomes null);
   - ``_malformed``: the line is not a JSON object at all (CSV: blank, or too few fields);
+  - ``_too_large``: the line is longer than the entity's ``max_record_bytes`` (not parsed);
   - ``_type_errors``: declared fields present in the line whose value has the wrong type;
   - ``_rescued``: fields the entity does not declare, as a JSON object (null when none).
 Next stop: row rules (lakehouse.quality), then silver.<entity> or its quarantine table; from
@@ -14,6 +15,7 @@ silver, the gold tables that read it (lakehouse.gold).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -79,11 +81,20 @@ def parse_records(
     declared columns (skipped, not a record), "mismatch" for one that does not (quarantined).
     """
     declared = list(entity.columns)
-    formats = {name: _raw_fields(source, declared) for name, source in (sources or {"": None}).items()}
-    if len(formats) == 1:
-        raw_map, malformed, header = next(iter(formats.values()))
+    # A record over the size limit is not parsed at all (a poison message may be megabytes).
+    size_ok = F.coalesce(F.octet_length("value") <= entity.max_record_bytes, F.lit(True))
+    text = F.when(size_ok, F.col("value"))
+    sources = sources or {"": None}
+    # Sources that share a format share one parse (files and Kafka feeds of the same JSON lines).
+    parse_of = {name: _format_key(source) for name, source in sources.items()}
+    parses = {key: _raw_fields(source, declared, text) for name, source in sources.items()
+              for key in [parse_of[name]]}
+    if len(parses) == 1:
+        raw_map, malformed, header = next(iter(parses.values()))
     else:  # each of the three picked by the row's source
-        raw_map, malformed, header = (_by_source({name: parts[i] for name, parts in formats.items()}) for i in range(3))
+        raw_map, malformed, header = (_by_source({name: parses[parse_of[name]][i] for name in sources})
+                                      for i in range(3))
+    malformed = malformed & size_ok
 
     raw = F.col(RAW_FIELDS)
     typed = {name: F.expr(f"try_cast(`{RAW_FIELDS}`['{name}'] AS {kind})") for name, kind in entity.columns.items()}
@@ -97,6 +108,7 @@ def parse_records(
         *bronze.columns,
         *[typed[name].alias(name) for name in declared],
         F.col("_malformed"),
+        (~size_ok).alias("_too_large"),
         F.when(F.col("_malformed"), F.array().cast("array<string>")).otherwise(type_errors).alias("_type_errors"),
         extra.alias("_rescued"),
         F.col("_header"),
@@ -112,9 +124,14 @@ def _by_source(columns: dict[str, Column]) -> Column:
     return chosen
 
 
-def _raw_fields(source: SourceConfig | None, declared: list[str]) -> tuple[Column, Column, Column]:
-    """(field name -> raw text map, malformed flag, header state) for one source's lines."""
-    value = F.col("value")
+def _format_key(source: SourceConfig | None) -> tuple:
+    if source is None or source.format == "json-lines":
+        return ("json-lines",)
+    return (source.format, source.csv.header, source.csv.delimiter)
+
+
+def _raw_fields(source: SourceConfig | None, declared: list[str], value: Column) -> tuple[Column, Column, Column]:
+    """(field name -> raw text map, malformed flag, header state) for one source's lines (``value``)."""
     no_header = F.lit(None).cast("string")
     if source is None or source.format == "json-lines":
         fields = F.from_json(value, MapType(StringType(), StringType()))
@@ -189,6 +206,8 @@ def quarantine_reasons(entity: EntityConfig, horizon=None) -> Column:
     event time seen); an older row is quarantined as ``late``. None: no row is late.
     """
     reasons = F.concat(
+        F.when(~F.is_valid_utf8("value"), F.array(F.lit("not_utf8"))).otherwise(_no_reasons()),
+        F.when(F.col("_too_large"), F.array(F.lit("too_large"))).otherwise(_no_reasons()),
         F.when(F.col("_malformed"), F.array(F.lit("malformed"))).otherwise(_no_reasons()),
         names_where([(F.array_contains("_type_errors", name), f"type({name})") for name in entity.columns]),
         F.col(FAILED_COLUMNS["drop"]),
@@ -285,7 +304,8 @@ def refine_batch(
         quarantine_reasons(entity, horizon))
     # The cache holds what the steps below read; the raw line only where it is quarantined.
     decided = checked.withColumn("_reasons", reasons).select(
-        F.when(F.size("_reasons") > 0, F.col("value")).alias("value"), *silver_columns(entity), "_reasons",
+        # Text that is not UTF-8 is kept with U+FFFD in its place; bronze holds the exact bytes.
+        F.when(F.size("_reasons") > 0, F.make_valid_utf8("value")).alias("value"), *silver_columns(entity), "_reasons",
         *FAILED_COLUMNS.values(),
     ).persist()
     try:
@@ -429,6 +449,44 @@ def _source_versions(spark: SparkSession, config: LakehouseConfig, entity: Entit
     return ",".join(versions)
 
 
+class CheckpointSourcesChanged(RuntimeError):
+    """The entity reads a different number of sources than its silver query's checkpoint holds."""
+
+
+def check_checkpoint_sources(checkpoint: str, entity_name: str, sources: list[str]) -> None:
+    """Fail clearly, before Spark's bare assertion, when the entity's sources changed under an
+    existing checkpoint (a streaming query cannot add or drop a source of a union)."""
+    offsets = Path(checkpoint) / "offsets"
+    batches = sorted(int(p.name) for p in offsets.iterdir() if p.name.isdigit()) if offsets.is_dir() else []
+    if not batches:
+        return
+    recorded = len((offsets / str(batches[-1])).read_text().splitlines()) - 2  # "v1", metadata, one line per source
+    if recorded != len(sources):
+        raise CheckpointSourcesChanged(
+            f"silver.{entity_name}'s checkpoint {checkpoint} was started with {recorded} source(s); the entity now "
+            f"reads {len(sources)} ({', '.join(sources)}). A streaming query cannot change its sources: refine into a "
+            "fresh silver (remove that checkpoint and the silver tables of the entity), or use a new --data-dir"
+        )
+
+
+def bronze_records(bronze: DataFrame, source: SourceConfig) -> DataFrame:
+    """Bronze rows of any source kind as records: ``value`` text and where it came from.
+
+    A file source's rows already are (line text, file, line number). A Kafka message's value
+    bytes become the text unchanged (bytes that are not UTF-8 are quarantined as ``not_utf8``);
+    its position ``kafka://<topic>/<partition>`` and offset stand in for file and line, so
+    silver, its quarantine and the tie-break on equal event times work the same for both.
+    """
+    if source.kind == "kafka":
+        return bronze.select(
+            F.col("value").cast("string").alias("value"),
+            F.concat(F.lit("kafka://"), F.col("topic"), F.lit("/"), F.col("partition").cast("string")).alias("_source_file"),
+            F.col("offset").alias("_source_line"),
+            "_ingested_at",
+        )
+    return bronze.select("value", "_source_file", "_source_line", "_ingested_at")
+
+
 def silver_query_name(entity_name: str) -> str:
     return f"silver_{entity_name}"
 
@@ -444,13 +502,18 @@ def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_nam
     else:  # row-level expectations are computed with the batch's counts; GX takes the rest, if any
         others = [e for e in suite.expectations if e.expectation_type not in ROW_LEVEL]
         validator = BatchValidator(suite, entity_name, only=others) if others else None
+    from lakehouse.bronze import ensure_source_bronze_table  # bronze imports streaming, as this module does
+
+    check_checkpoint_sources(config.checkpoint_path(silver_query_name(entity_name)), entity_name, entity.sources)
     streams = []
     for source in entity.sources:
-        ref = resolve_table(config, f"bronze.{source}")
+        # A source that has not been ingested yet is an empty table: the query's set of sources
+        # (and so its checkpoint) stays the same when that source's first records arrive.
+        ref = ensure_source_bronze_table(spark, config, source)
         reader = spark.readStream.format("delta")
         if entity.max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", entity.max_files_per_trigger)
-        stream = load_from(reader, ref)
+        stream = bronze_records(load_from(reader, ref), config.source(source))
         streams.append(stream.withColumn(SOURCE_COLUMN, F.lit(source)))  # parse_records picks the format by it
     bronze = streams[0]
     for other in streams[1:]:

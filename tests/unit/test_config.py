@@ -94,8 +94,17 @@ BAD_CASES = {
         [], "base/entities/telemetry.yml", "entities.telemetry.suite",
     ),
     "entity reads an unknown source": (
-        lambda c: _edit(c / "base/entities/telemetry.yml", "sources: [telemetry]", "sources: [telemetri]"),
+        lambda c: _edit(c / "base/entities/telemetry.yml", "sources: [telemetry, telemetry_kafka]",
+                        "sources: [telemetry, telemetri_kafka]"),
         [], "base/entities/telemetry.yml", "entities.telemetry.sources",
+    ),
+    "kafka source without topics": (
+        lambda c: _edit(c / "base/sources/telemetry_kafka.yml", "topics: [telemetry]", "topics: []"),
+        [], "base/sources/telemetry_kafka.yml", "sources.telemetry_kafka.kafka.topics",
+    ),
+    "kafka password in a file": (
+        lambda c: _edit(c / "base/sources/telemetry_kafka.yml", "options: {}", "options: {sasl.password: hunter2}"),
+        [], "base/sources/telemetry_kafka.yml", "sources.telemetry_kafka.kafka.options.sasl.password",
     ),
     "both rate limits": (
         lambda c: None,
