@@ -48,8 +48,24 @@ def run_streaming_job(
     query_name: str,
     checkpoint: str,
     start: Callable[[], StreamingQuery],
+    restart_once_if: Callable[[str], str | None] | None = None,
 ) -> int:
-    """Start the query with ``start()`` and run it until it finishes (availableNow) or is stopped."""
+    """Start the query with ``start()`` and run it until it finishes (availableNow) or is stopped.
+
+    ``restart_once_if(error)``: for a failure known to leave the checkpoint consistent, the reason
+    to restart the query once (printed) instead of failing; None to fail as usual.
+    """
+    code, error = _run_query(spark, config, query_name, checkpoint, start)
+    reason = restart_once_if(error) if error is not None and restart_once_if else None
+    if reason:
+        print(f"{query_name}: {reason}; restarting the query from its checkpoint", flush=True)
+        code, error = _run_query(spark, config, query_name, checkpoint, start)
+    if error is not None:
+        print(f"lakehouse: {query_name} failed: {failure_summary(error)}", file=sys.stderr)
+    return code
+
+
+def _run_query(spark, config, query_name, checkpoint, start) -> tuple[int, StreamingQueryException | None]:
     recorder = ProgressRecorder(spark, config)
     recorder.watch(query_name, checkpoint)
     spark.streams.addListener(recorder)
@@ -81,8 +97,7 @@ def run_streaming_job(
                 flushed_at = time.monotonic()
         query.awaitTermination()
     except StreamingQueryException as exc:
-        print(f"lakehouse: {query_name} failed: {failure_summary(exc)}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_FAILED, exc
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -91,7 +106,7 @@ def run_streaming_job(
         recorder.flush()
         spark.streams.removeListener(recorder)
     print(f"{query_name}: done, {records:,} records in {time.monotonic() - started:.1f}s", flush=True)
-    return EXIT_OK
+    return EXIT_OK, None
 
 
 # "SomeError: message" as the last line of a Python traceback carried inside a JVM error

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,8 +16,16 @@ from lakehouse.bronze import bronze_table
 from lakehouse.generator import Manifest, TelemetryGenerator, generate_batch, write_file
 from lakehouse.tables import read_table
 from tests.conftest import REPO
+from tests.integration.processes import batches as _batches
+from tests.integration.processes import kill_9 as _kill_9
+from tests.integration.processes import start_job
+from tests.integration.processes import wait_for as _wait_for
 
 pytestmark = pytest.mark.slow
+
+
+def _start_ingest(config, env, *mode) -> subprocess.Popen:
+    return start_job(config, env, "ingest.log", "ingest", "--source", "telemetry", *mode)
 
 
 class Lander(threading.Thread):
@@ -40,41 +47,6 @@ class Lander(threading.Thread):
             write_file(self.generator, self.manifest, self.landing, f"telemetry-crash-{index:05d}.jsonl", self.lines)
             index += 1
             self.halt.wait(self.interval)
-
-
-def _start_ingest(config, env, *mode) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "lakehouse.cli", "--env", "test", "--data-dir", str(config.storage.data_dir),
-           "ingest", "--source", "telemetry", *mode]
-    log = open(Path(config.storage.data_dir) / "ingest.log", "ab")
-    # A session of its own, so kill -9 reaches the whole job: Python and its JVM together.
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _kill_9(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # wait until the JVM of that group is gone too
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    raise AssertionError("the killed job's processes did not exit")
-
-
-def _batches(checkpoint: Path, kind: str) -> set[int]:
-    folder = checkpoint / kind
-    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.is_dir() else set()
-
-
-def _wait_for(predicate, timeout=180.0, poll=0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return False
 
 
 def test_kill_9_at_three_moments_then_restart_gives_exactly_once(spark, config, subprocess_env):

@@ -73,3 +73,16 @@ def test_demo_runs_end_to_end(spark, config, capsys):
     assert features > 0 and f"gold.telemetry_features: {features:,} rows" in out
     assert "== 6. train" in out and "run id:" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     assert read_table(spark, resolve_table(config, "gold.predictions")).count() == features
+
+
+def test_demo_from_kafka_starts_and_stops_its_own_broker(spark, config, capsys):
+    data = config.storage.data_dir
+    argv = ["--env", "test", "--data-dir", str(data), "--set", "generator.records=3000", "demo", "--source", "telemetry_kafka"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "a local Kafka broker (KRaft)" in out
+    assert "published 3,001 messages to telemetry" in out  # with one injected empty message
+    assert "every message landed exactly once: yes" in out and "reconciled: every bronze row" in out
+    assert read_table(spark, bronze_table(config, "telemetry_kafka")).count() == 3001
+    assert "== 6. train" in out and "gold.predictions:" in out
+    assert not (Path(data) / "kafka-broker" / "broker.pid").exists()  # stopped at the end
