@@ -39,6 +39,7 @@ test-fast: install
 bench: install
 	$(BIN)/python bench/bronze_throughput.py
 	$(BIN)/python bench/silver_overhead.py
+	$(BIN)/python bench/kafka_ingest.py
 
 clean:
 	rm -rf data/ spark-warehouse/ .pytest_cache/ build/ *.egg-info

@@ -255,8 +255,8 @@ def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QuerySt
         if source.kind == "files":
             done = processed_files(config.checkpoint_path(query))
             backlog[query] = sum(1 for f in landed_files(config.landing_path(name)) if f not in done)
-        elif source.kind == "kafka":
-            lags[query] = _kafka_lag(source, config.checkpoint_path(query))
+        elif source.kind == "kafka" and Path(config.checkpoint_path(query), "offsets").is_dir():
+            lags[query] = _kafka_lag(source, config.checkpoint_path(query))  # once its query has run
 
     statuses = []
     for query in sorted(set(latest) | set(backlog) | set(lags)):

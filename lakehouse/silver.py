@@ -555,6 +555,7 @@ class Reconciliation:
     quarantined: int
     duplicates: int
     skipped: int = 0  # CSV header lines: not records
+    bronze_tables: list[str] | None = None  # every bronze table the entities read (default: the source's)
 
     @property
     def accounted(self) -> int:
@@ -570,7 +571,8 @@ class Reconciliation:
 
     def describe(self) -> str:
         lines = [
-            f"bronze.{self.source}: {self.bronze_rows:,} rows, {self.refined_rows:,} refined into "
+            f"{' + '.join(self.bronze_tables or [f'bronze.{self.source}'])}: {self.bronze_rows:,} rows, "
+            f"{self.refined_rows:,} refined into "
             f"{', '.join('silver.' + e for e in self.entities)}",
             f"silver {self.silver_rows:,} + quarantined {self.quarantined:,} + duplicates {self.duplicates:,}"
             + (f" + header lines {self.skipped:,}" if self.skipped else "") + f" = {self.accounted:,}",
@@ -589,7 +591,8 @@ def reconcile(spark: SparkSession, config: LakehouseConfig, source: str) -> Reco
     """bronze = silver + quarantine + duplicates, for the entities that read ``source``."""
     entities = [name for name, e in config.entities.items() if source in e.sources]
     bronze_rows = 0
-    for name in {s for e in entities for s in config.entity(e).sources} or {source}:
+    bronze_sources = sorted({s for e in entities for s in config.entity(e).sources} or {source})
+    for name in bronze_sources:
         ref = resolve_table(config, f"bronze.{name}")
         bronze_rows += read_table(spark, ref).count() if table_exists(spark, ref) else 0
     refined = silver_rows = quarantined = duplicates = skipped = 0
@@ -607,4 +610,5 @@ def reconcile(spark: SparkSession, config: LakehouseConfig, source: str) -> Reco
         refined += sums["refined"] or 0
         duplicates += sums["duplicates"] or 0
         skipped += sums["skipped"] or 0
-    return Reconciliation(source, entities, bronze_rows, refined, silver_rows, quarantined, duplicates, skipped)
+    return Reconciliation(source, entities, bronze_rows, refined, silver_rows, quarantined, duplicates, skipped,
+                          [f"bronze.{name}" for name in bronze_sources])
