@@ -221,13 +221,10 @@ def cmd_generate(config: LakehouseConfig, args) -> int:
 def _publish(config: LakehouseConfig, args, generator, landing_dir: Path, run_id: str, seed: int, records: int) -> int:
     """generate --sink kafka: publish to the topic, then print the manifest."""
     from lakehouse.generator import publish_batch, publish_continuous
-    from lakehouse.kafka import TopicPublisher, bootstrap_servers, ensure_topic
+    from lakehouse.kafka import TopicPublisher, bootstrap_servers, ensure_topic, topic_to_publish
 
     options = config.source(args.source).kafka
-    topic = args.topic or (options.topics[0] if options.topics else None)
-    if topic is None:
-        print(f"lakehouse: source {args.source} subscribes to a pattern: name the topic with --topic", file=sys.stderr)
-        return EXIT_CONFIG
+    topic = topic_to_publish(options, args.topic)
     partitions = ensure_topic(options, topic, options.partitions)
     publisher = TopicPublisher(options, topic)
     where = f"topic {topic} ({partitions} partitions) at {bootstrap_servers(options)}"
@@ -443,10 +440,12 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
     from lakehouse.kafka_broker import KafkaBroker
 
     try:
-        print(f"using the Kafka cluster at {bootstrap_servers(source.kafka)}")
-        return _demo(config, args)
+        servers = bootstrap_servers(source.kafka)
     except KafkaSetupError:
-        pass
+        servers = None
+    if servers:
+        print(f"using the Kafka cluster at {servers}")
+        return _demo(config, args)
     # Kept under the data directory, with the checkpoints whose offsets refer to its topics.
     state = Path(config.storage.data_dir) / "kafka-broker"
     print(f"== 0. a local Kafka broker (KRaft) in {state}; stopped at the end of the demo")
@@ -474,7 +473,11 @@ def _demo(config: LakehouseConfig, args) -> int:
     landing_dir = Path(config.landing_path(args.source))
     # A new seed per demo run, so a rerun adds new events rather than duplicates of the last run's.
     seed = g.seed + len(list((landing_dir / "_manifests").glob("demo-*.json")))
-    where = f"topic {kafka.topics[0]}" if kafka else "landing files"
+    if kafka:
+        from lakehouse.kafka import topic_to_publish
+
+        topic = topic_to_publish(kafka, None)
+    where = f"topic {topic}" if kafka else "landing files"
     print(f"== 1. generate: {g.records:,} {args.source} records as {where}, fault rate {g.fault_rate:g} "
           f"(run {run_id}, seed {seed})")
     landing_dir.mkdir(parents=True, exist_ok=True)
@@ -483,8 +486,8 @@ def _demo(config: LakehouseConfig, args) -> int:
         from lakehouse.generator import publish_batch
         from lakehouse.kafka import TopicPublisher, ensure_topic
 
-        ensure_topic(kafka, kafka.topics[0], kafka.partitions)
-        manifest = publish_batch(generator, TopicPublisher(kafka, kafka.topics[0]), landing_dir, args.source,
+        ensure_topic(kafka, topic, kafka.partitions)
+        manifest = publish_batch(generator, TopicPublisher(kafka, topic), landing_dir, args.source,
                                  run_id, seed, g.records)
     else:
         manifest = generate_batch(generator, landing_dir, args.source, run_id, seed, g.records, g.files)

@@ -163,12 +163,17 @@ class KafkaOptions:
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username_env: str = "KAFKA_SASL_USERNAME"
     sasl_password_env: str = "KAFKA_SASL_PASSWORD"
-    # Further Kafka client properties (no secrets), e.g. ssl.truststore.location.
+    # Further Java client properties for Spark's connector (no secrets), e.g. ssl.truststore.location.
     options: dict[str, str] = field(default_factory=dict)
+    # The same for the Python client (librdkafka names, e.g. ssl.ca.location): generate, status.
+    librdkafka_options: dict[str, str] = field(default_factory=dict)
 
     def problems(self) -> list[tuple[str, str]]:
         if bool(self.topics) == bool(self.topic_pattern):
             return [("topics", "set topics or topic_pattern (one of the two)")]
+        for key in (*self.options, *self.librdkafka_options):
+            if "jaas" in key.lower() or key.lower().startswith("sasl.username"):
+                return [("options", f"{key} carries credentials: they come from sasl_username_env / sasl_password_env")]
         if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
             return [("sasl_mechanism", "needs security_protocol SASL_PLAINTEXT or SASL_SSL")]
         return []

@@ -407,13 +407,14 @@ def publish_batch(generator: TelemetryGenerator, publisher, landing_dir: Path, s
     """Publish ``records`` generated messages (plus injected empty ones) and write the manifest."""
     manifest = Manifest(source, run_id, seed, generator.fault_rate, sink="kafka", topic=publisher.topic)
     chunk = 5000
-    chunks = -(-records // chunk)
+    chunks = -(-records // chunk)  # ceil
     # As many empty messages as generate_batch writes empty files for as many files as chunks.
     empties = max(1, round(chunks * generator.fault_rate)) if generator.fault_rate > 0 else 0
     done = 0
     for index in range(chunks):
         count = min(chunk, records - done)
         publish_messages(generator, manifest, publisher, count, empty_message=index < empties)
+        manifest.write(landing_dir)  # what is acknowledged so far, should a later chunk fail
         done += count
         if progress:
             progress(done, records)

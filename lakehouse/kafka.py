@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from lakehouse.config import KafkaOptions, SourceConfig
+from lakehouse.observability import _local_dir, logged_batches, planned_source_offsets
 
 SASL_MODULES = {
     "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
@@ -60,22 +60,29 @@ def _credentials(options: KafkaOptions) -> tuple[str, str]:
     return user, password
 
 
-def client_properties(options: KafkaOptions) -> dict[str, str]:
-    """Kafka client properties (Java names, which librdkafka shares for these) for a source."""
-    props = {"bootstrap.servers": bootstrap_servers(options), "security.protocol": options.security_protocol,
-             **options.options}
+def _connection(options: KafkaOptions) -> dict[str, str]:
+    """The connection properties both clients name alike: servers, protocol, SASL mechanism."""
+    props = {"bootstrap.servers": bootstrap_servers(options), "security.protocol": options.security_protocol}
     if options.sasl_mechanism:
         props["sasl.mechanism"] = options.sasl_mechanism
     return props
 
 
+def _jaas_quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def spark_source_options(options: KafkaOptions) -> dict[str, str]:
-    """``readStream.format("kafka")`` options: subscription, start, rate limit, client properties."""
-    spark_options = {f"kafka.{key}": value for key, value in client_properties(options).items()}
+    """``readStream.format("kafka")`` options: subscription, start, rate limit, Java client properties.
+
+    Holds the SASL password when one is configured: pass it to Spark, never print it."""
+    client = {**_connection(options), **options.options}
+    spark_options = {f"kafka.{key}": value for key, value in client.items()}
     if options.sasl_mechanism:
         user, password = _credentials(options)
         spark_options["kafka.sasl.jaas.config"] = (
-            f'{SASL_MODULES[options.sasl_mechanism]} required username="{user}" password="{password}";'
+            f"{SASL_MODULES[options.sasl_mechanism]} required username={_jaas_quoted(user)} "
+            f"password={_jaas_quoted(password)};"
         )
     if options.topics:
         spark_options["subscribe"] = ",".join(options.topics)
@@ -89,8 +96,9 @@ def spark_source_options(options: KafkaOptions) -> dict[str, str]:
 
 
 def librdkafka_config(options: KafkaOptions) -> dict:
-    """The same client settings for confluent-kafka (producer, admin, offset lookups)."""
-    config = client_properties(options)
+    """The connection for confluent-kafka (producer, admin, offset lookups): librdkafka's own
+    property names, with ``librdkafka_options`` (the Java ``options`` mean nothing to it)."""
+    config = {**_connection(options), **options.librdkafka_options}
     if options.sasl_mechanism:
         config["sasl.username"], config["sasl.password"] = _credentials(options)
     return config
@@ -101,19 +109,32 @@ def librdkafka_config(options: KafkaOptions) -> dict:
 
 def ensure_topic(options: KafkaOptions, topic: str, partitions: int, timeout: float = 30.0) -> int:
     """Create ``topic`` with ``partitions`` partitions unless it exists; returns its partition count."""
+    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient(librdkafka_config(options))
-    metadata = admin.list_topics(timeout=timeout)
+    try:
+        admin = AdminClient(librdkafka_config(options))
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaSetupError(f"cannot reach Kafka at {bootstrap_servers(options)}: {exc}") from exc
     if topic in metadata.topics and not metadata.topics[topic].error:
         return len(metadata.topics[topic].partitions)
-    future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic]
+    # replication factor -1: the cluster's default.replication.factor
+    future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)])[topic]
     try:
         future.result(timeout)
     except Exception as exc:  # a concurrent creator won the race: fine
         if "TOPIC_ALREADY_EXISTS" not in str(exc):
             raise KafkaSetupError(f"could not create topic {topic}: {exc}") from exc
     return partitions
+
+
+def topic_to_publish(options: KafkaOptions, override: str | None) -> str:
+    """``--topic``, else the source's first topic (a pattern source needs ``--topic``)."""
+    topic = override or (options.topics[0] if options.topics else None)
+    if topic is None:
+        raise KafkaSetupError(f"the source subscribes to the pattern {options.topic_pattern!r}: name a topic with --topic")
+    return topic
 
 
 class TopicPublisher:
@@ -124,16 +145,21 @@ class TopicPublisher:
     """
 
     def __init__(self, options: KafkaOptions, topic: str):
-        from confluent_kafka import Producer
+        from confluent_kafka import KafkaException, Producer
 
         self.topic = topic
-        self.producer = Producer({
-            **librdkafka_config(options),
-            "enable.idempotence": True,  # retries during a broker restart never write a message twice
-            "linger.ms": 20,
-            "message.max.bytes": 2_000_000,  # room for a deliberately oversized (poison) message
-            "compression.type": "lz4",
-        })
+        try:
+            self.producer = Producer({
+                # Within this producer's session, retries (a broker restart, say) never write a
+                # message twice; publishing the same events again from a new run does.
+                "enable.idempotence": True,
+                "linger.ms": 20,
+                "message.max.bytes": 2_000_000,  # room for a deliberately oversized (poison) message
+                "compression.type": "lz4",
+                **librdkafka_config(options),
+            })
+        except KafkaException as exc:
+            raise KafkaSetupError(f"cannot create a Kafka producer: {exc}") from exc
         self.delivered: list[tuple[int, int] | None] = []
         self.errors: list[str] = []
 
@@ -175,16 +201,11 @@ def processed_offsets(checkpoint: str) -> dict[tuple[str, int], int]:
     Read from the checkpoint's offset log (the entry of the newest batch in ``commits/``), the
     same record a restart resumes from. Empty when nothing was committed (or not a local path).
     """
-    root = Path(checkpoint)
-    commits = root / "commits"
-    if not commits.is_dir():
+    committed = logged_batches(checkpoint, "commits")
+    if not committed:
         return {}
-    batches = sorted(int(p.name) for p in commits.iterdir() if p.name.isdigit())
-    if not batches:
-        return {}
-    lines = (root / "offsets" / str(batches[-1])).read_text().splitlines()
     offsets: dict[tuple[str, int], int] = {}
-    for line in lines[2:]:  # "v1", the batch's metadata, then one JSON line per source
+    for line in planned_source_offsets(checkpoint, committed[-1]):
         source = json.loads(line) if line.strip().startswith("{") else {}
         for topic, partitions in source.items():
             if isinstance(partitions, dict):
@@ -212,7 +233,9 @@ def latest_offsets(options: KafkaOptions, timeout: float = 10.0) -> dict[tuple[s
     try:
         metadata = consumer.list_topics(timeout=timeout)
         pattern = re.compile(options.topic_pattern) if options.topic_pattern else None
-        topics = [t for t in metadata.topics if (t in options.topics) or (pattern and pattern.fullmatch(t))]
+        # Internal topics (__consumer_offsets, ...) match broad patterns but are never read.
+        topics = [t for t in metadata.topics
+                  if t in options.topics or (pattern and pattern.fullmatch(t) and not t.startswith("__"))]
         latest = {}
         for topic in topics:
             for partition in metadata.topics[topic].partitions:
@@ -226,6 +249,8 @@ def latest_offsets(options: KafkaOptions, timeout: float = 10.0) -> dict[tuple[s
 def consumer_lag(options: KafkaOptions, checkpoint: str) -> list[PartitionLag]:
     """Per partition: latest offset minus the offset bronze has processed (the earliest one
     still held, before the query's first batch)."""
+    if _local_dir(checkpoint) is None:
+        raise KafkaSetupError(f"consumer lag reads a local checkpoint; {checkpoint} is remote")
     done = processed_offsets(checkpoint)
     lags = []
     for (topic, partition), (low, high) in sorted(latest_offsets(options).items()):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,8 +45,11 @@ def free_port() -> int:
 def broker_jars(version: str) -> Path:
     """The broker's jars with their dependencies, resolved from Maven Central once."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lakehouse" / f"kafka-{version}" / "libs"
-    if cache.is_dir() and any(cache.glob(f"kafka_2.13-{version}.jar")):
+    complete = cache.parent / "resolved"  # written after a whole resolution, so a partial one is redone
+    if complete.is_file():
         return cache
+    if shutil.which("mvn") is None:
+        raise BrokerError("Maven (mvn) is needed once to fetch the Kafka broker's jars: apt-get install maven")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "pom.xml").write_text(POM.format(version=version))
         print(f"resolving org.apache.kafka:kafka_2.13:{version} from Maven Central (once)", flush=True)
@@ -53,6 +57,7 @@ def broker_jars(version: str) -> Path:
                                  "-DincludeScope=runtime"], cwd=tmp, capture_output=True, text=True)
     if result.returncode != 0:
         raise BrokerError(f"Maven could not resolve the Kafka broker jars:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    complete.write_text(f"org.apache.kafka:kafka_2.13:{version}\n")
     return cache
 
 

@@ -68,6 +68,23 @@ def _local_dir(location: str) -> Path | None:
     return Path(unquote(parsed.path)).absolute() if parsed.scheme in ("", "file") else None
 
 
+def logged_batches(checkpoint: str, log: str) -> list[int]:
+    """Batch ids with an entry in a query's ``offsets`` (planned) or ``commits`` (done) log, in order.
+
+    Empty for a checkpoint on remote storage (only local and file: checkpoints are read here)."""
+    local = _local_dir(checkpoint)
+    folder = local / log if local is not None else None
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def planned_source_offsets(checkpoint: str, batch_id: int) -> list[str]:
+    """The offsets entry of ``batch_id``: one JSON text per source of the query, in source order
+    (the file holds "v1", the batch's metadata, then one line per source)."""
+    return (_local_dir(checkpoint) / "offsets" / str(batch_id)).read_text().splitlines()[2:]
+
+
 def _read_source_log(path: Path) -> list[dict]:
     """Entries of one file of a file source's log (``<checkpoint>/sources/0/<n>[.compact]``)."""
     entries = []
@@ -255,7 +272,7 @@ def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QuerySt
         if source.kind == "files":
             done = processed_files(config.checkpoint_path(query))
             backlog[query] = sum(1 for f in landed_files(config.landing_path(name)) if f not in done)
-        elif source.kind == "kafka" and Path(config.checkpoint_path(query), "offsets").is_dir():
+        elif source.kind == "kafka" and logged_batches(config.checkpoint_path(query), "offsets"):
             lags[query] = _kafka_lag(source, config.checkpoint_path(query))  # once its query has run
 
     statuses = []
@@ -264,8 +281,8 @@ def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QuerySt
         rate = row["records_per_second"] if row else None
         channels = row["num_input_files"] if row else None
         lag, note = lags.get(query, (None, None))
-        if query in lags:  # a Kafka source's channels are its partitions
-            channels = (kafka_partitions(row["progress_json"]) if row else None) or (len(lag) if lag else None)
+        if query in lags:  # a Kafka source's channels are the partitions its last batch read
+            channels = kafka_partitions(row["progress_json"]) if row else None
         statuses.append(
             QueryStatus(
                 query_name=query,

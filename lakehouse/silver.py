@@ -15,7 +15,6 @@ silver, the gold tables that read it (lakehouse.gold).
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -37,7 +36,7 @@ from pyspark.sql.types import (
 )
 
 from lakehouse.config import EntityConfig, LakehouseConfig, SourceConfig, duration_seconds
-from lakehouse.observability import count_records
+from lakehouse.observability import count_records, logged_batches, planned_source_offsets
 from lakehouse.quality import (
     FAILED_COLUMNS,
     QUALITY_RESULTS_SCHEMA,
@@ -94,7 +93,8 @@ def parse_records(
     else:  # each of the three picked by the row's source
         raw_map, malformed, header = (_by_source({name: parses[parse_of[name]][i] for name in sources})
                                       for i in range(3))
-    malformed = malformed & size_ok
+    # A null value (a Kafka tombstone) is malformed whatever the format.
+    malformed = F.coalesce(malformed, F.col("value").isNull()) & size_ok
 
     raw = F.col(RAW_FIELDS)
     typed = {name: F.expr(f"try_cast(`{RAW_FIELDS}`['{name}'] AS {kind})") for name, kind in entity.columns.items()}
@@ -456,11 +456,10 @@ class CheckpointSourcesChanged(RuntimeError):
 def check_checkpoint_sources(checkpoint: str, entity_name: str, sources: list[str]) -> None:
     """Fail clearly, before Spark's bare assertion, when the entity's sources changed under an
     existing checkpoint (a streaming query cannot add or drop a source of a union)."""
-    offsets = Path(checkpoint) / "offsets"
-    batches = sorted(int(p.name) for p in offsets.iterdir() if p.name.isdigit()) if offsets.is_dir() else []
-    if not batches:
+    planned = logged_batches(checkpoint, "offsets")
+    if not planned:
         return
-    recorded = len((offsets / str(batches[-1])).read_text().splitlines()) - 2  # "v1", metadata, one line per source
+    recorded = len(planned_source_offsets(checkpoint, planned[-1]))
     if recorded != len(sources):
         raise CheckpointSourcesChanged(
             f"silver.{entity_name}'s checkpoint {checkpoint} was started with {recorded} source(s); the entity now "
@@ -475,7 +474,9 @@ def bronze_records(bronze: DataFrame, source: SourceConfig) -> DataFrame:
     A file source's rows already are (line text, file, line number). A Kafka message's value
     bytes become the text unchanged (bytes that are not UTF-8 are quarantined as ``not_utf8``);
     its position ``kafka://<topic>/<partition>`` and offset stand in for file and line, so
-    silver, its quarantine and the tie-break on equal event times work the same for both.
+    silver and its quarantine say where any record came from. (Two versions of a key with equal
+    event times are told apart by that position, compared as text: a deterministic choice, not
+    an arrival order across partitions or sources.)
     """
     if source.kind == "kafka":
         return bronze.select(

@@ -48,7 +48,7 @@ def run_streaming_job(
     query_name: str,
     checkpoint: str,
     start: Callable[[], StreamingQuery],
-    restart_once_if: Callable[[str], str | None] | None = None,
+    restart_once_if: Callable[[Exception], str | None] | None = None,
 ) -> int:
     """Start the query with ``start()`` and run it until it finishes (availableNow) or is stopped.
 

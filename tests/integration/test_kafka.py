@@ -172,7 +172,7 @@ def test_poison_messages_land_in_bronze_and_are_quarantined_with_reasons(spark, 
     valid = [generator.next_line().text.encode() for _ in range(30)]
     oversized = json.loads(valid[0])
     oversized.update(event_id="big-one", note="x" * (1024 * 1024))  # a well-formed record of over 1 MiB
-    poison = {"not_utf8": b'{"event_id": "\xff\xfe broken \xc3\x28"}', "empty": b"",
+    poison = {"not_utf8": b'{"event_id": "\xff\xfe broken \xc3\x28"}', "empty": b"", "tombstone": None,
               "one_mb": json.dumps(oversized).encode()}
     publisher = TopicPublisher(options, topic)
     for value in valid:
@@ -186,7 +186,7 @@ def test_poison_messages_land_in_bronze_and_are_quarantined_with_reasons(spark, 
     for name, value in poison.items():  # byte for byte, at the offset the broker gave it
         partition, offset = publisher.delivered[index[name]]
         row = bronze.where((F.col("partition") == partition) & (F.col("offset") == offset)).select("value").first()
-        assert bytes(row["value"]) == value, name
+        assert (bytes(row["value"]) if row["value"] is not None else None) == value, name
 
     assert run_silver_refine(spark, config, "telemetry", ONCE) == 0
     quarantine = read_table(spark, resolve_table(config, "silver.telemetry_quarantine"))
@@ -199,6 +199,7 @@ def test_poison_messages_land_in_bronze_and_are_quarantined_with_reasons(spark, 
         reasons[name] = row["reasons"]
     assert "not_utf8" in reasons["not_utf8"]
     assert reasons["empty"][0] == "malformed"  # (and every not-null expectation)
+    assert reasons["tombstone"][0] == "malformed"
     assert reasons["one_mb"][0] == "too_large" and "malformed" not in reasons["one_mb"]  # not parsed at all
     assert read_table(spark, resolve_table(config, "silver.telemetry")).count() == len(valid)
     report = reconcile(spark, config, SOURCE)

@@ -61,3 +61,21 @@ def test_kafka_partitions_counts_end_offsets_of_kafka_sources_only():
     ]}
     assert kafka_partitions(json.dumps(progress)) == 3
     assert kafka_partitions(None) is None
+
+
+def test_credentials_in_client_options_are_refused(tmp_path):
+    from lakehouse.config import ConfigError, load_config
+    from tests.conftest import CONF_DIR
+
+    with pytest.raises(ConfigError, match="sources.telemetry_kafka.kafka.options"):
+        load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path, overrides=[
+            'sources.telemetry_kafka.kafka.options={"sasl.jaas.config": "x required username=a;"}'])
+
+
+def test_jaas_values_are_quoted(monkeypatch):
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", 'we"ird')
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "back\\slash")
+    options = KafkaOptions(bootstrap_servers="b:1", topics=["t"], security_protocol="SASL_PLAINTEXT",
+                           sasl_mechanism="PLAIN")
+    jaas = spark_source_options(options)["kafka.sasl.jaas.config"]
+    assert 'username="we\\"ird"' in jaas and 'password="back\\\\slash";' in jaas
