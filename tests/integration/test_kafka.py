@@ -229,3 +229,33 @@ def test_status_shows_partitions_and_consumer_lag(spark, tmp_path, broker):
     assert status.consumer_lag == 7
     assert sum(status.lag_by_partition.values()) == 7 and len(status.lag_by_partition) == 3
     assert "7 msgs" in format_status([status])
+
+
+def test_generate_publishes_with_faults_and_a_manifest(tmp_path, broker, capsys):
+    from confluent_kafka import Consumer, TopicPartition
+
+    from lakehouse.cli import main
+
+    data = tmp_path / "data"
+    argv = ["--env", "test", "--data-dir", str(data), "--set", f"sources.{SOURCE}.kafka.bootstrap_servers={broker.bootstrap}",
+            "generate", "--sink", "kafka", "--topic", "generated", "--records", "1200", "--fault-rate", "0.1",
+            "--run-id", "g1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    manifest = json.loads((data / "landing" / SOURCE / "_manifests" / "g1.json").read_text())
+    assert manifest["sink"] == "kafka" and manifest["topic"] == "generated"
+    assert manifest["total_lines"] == 1201 and manifest["fault_counts"]["empty_message"] == 1  # 1200 + one empty
+    assert sum(manifest["fault_counts"].values()) == len(manifest["faults"]) > 60
+    assert "published 1,201 messages to generated" in out
+
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "check"})
+    try:
+        on_broker = {}
+        for partition in range(3):  # created with the source's kafka.partitions (3)
+            low, high = consumer.get_watermark_offsets(TopicPartition("generated", partition), timeout=10)
+            on_broker[str(partition)] = high - low
+    finally:
+        consumer.close()
+    assert on_broker == {p: stats["messages"] for p, stats in manifest["partitions"].items()}
+    fault = manifest["faults"][0]
+    assert {"topic", "partition", "offset", "kind"} <= set(fault)
