@@ -221,13 +221,11 @@ def cmd_generate(config: LakehouseConfig, args) -> int:
 def _publish(config: LakehouseConfig, args, generator, landing_dir: Path, run_id: str, seed: int, records: int) -> int:
     """generate --sink kafka: publish to the topic, then print the manifest."""
     from lakehouse.generator import publish_batch, publish_continuous
-    from lakehouse.kafka import TopicPublisher, bootstrap_servers, ensure_topic, topic_to_publish
+    from lakehouse.kafka import bootstrap_servers, open_topic
 
     options = config.source(args.source).kafka
-    topic = topic_to_publish(options, args.topic)
-    partitions = ensure_topic(options, topic, options.partitions)
-    publisher = TopicPublisher(options, topic)
-    where = f"topic {topic} ({partitions} partitions) at {bootstrap_servers(options)}"
+    publisher, partitions = open_topic(options, args.topic)
+    where = f"topic {publisher.topic} ({partitions} partitions) at {bootstrap_servers(options)}"
     if args.rate:
         print(f"publishing {args.rate:g} records/s to {where} (Ctrl-C to stop)", flush=True)
         manifest = publish_continuous(
@@ -474,21 +472,18 @@ def _demo(config: LakehouseConfig, args) -> int:
     # A new seed per demo run, so a rerun adds new events rather than duplicates of the last run's.
     seed = g.seed + len(list((landing_dir / "_manifests").glob("demo-*.json")))
     if kafka:
-        from lakehouse.kafka import topic_to_publish
+        from lakehouse.kafka import open_topic
 
-        topic = topic_to_publish(kafka, None)
-    where = f"topic {topic}" if kafka else "landing files"
+        publisher, _ = open_topic(kafka)
+    where = f"topic {publisher.topic}" if kafka else "landing files"
     print(f"== 1. generate: {g.records:,} {args.source} records as {where}, fault rate {g.fault_rate:g} "
           f"(run {run_id}, seed {seed})")
     landing_dir.mkdir(parents=True, exist_ok=True)
     generator = TelemetryGenerator.from_config(g, seed=seed)
     if kafka:
         from lakehouse.generator import publish_batch
-        from lakehouse.kafka import TopicPublisher, ensure_topic
 
-        ensure_topic(kafka, topic, kafka.partitions)
-        manifest = publish_batch(generator, TopicPublisher(kafka, topic), landing_dir, args.source,
-                                 run_id, seed, g.records)
+        manifest = publish_batch(generator, publisher, landing_dir, args.source, run_id, seed, g.records)
     else:
         manifest = generate_batch(generator, landing_dir, args.source, run_id, seed, g.records, g.files)
     print_manifest(manifest, landing_dir)

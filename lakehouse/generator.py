@@ -348,6 +348,21 @@ def generate_continuous(
     """Land a file every ``file_seconds`` holding ``rate * file_seconds`` lines, for ``duration``
     seconds (0: until SIGINT/SIGTERM). The manifest is rewritten after every file."""
     manifest = Manifest(source, run_id, seed, generator.fault_rate)
+    lines_per_file = max(1, round(rate * file_seconds))
+
+    def land_one(index: int) -> None:
+        write_file(generator, manifest, landing_dir, f"{source}-{run_id}-{index:05d}.jsonl", lines_per_file)
+        if generator.fault_rate > 0 and generator.rng.random() < generator.fault_rate:
+            write_empty_file(manifest, landing_dir, f"{source}-{run_id}-{index:05d}-empty.jsonl")
+
+    run_paced(land_one, manifest, landing_dir, file_seconds, duration, progress)
+    return manifest
+
+
+def run_paced(step, manifest: Manifest, landing_dir: Path, every_seconds: float, duration: float,
+              progress=None) -> None:
+    """Call ``step(index)`` every ``every_seconds`` for ``duration`` seconds (0: until SIGINT or
+    SIGTERM), rewriting the manifest after each step and once more at the end."""
     stop = {"now": False}
 
     def request_stop(signum, frame):
@@ -357,24 +372,19 @@ def generate_continuous(
     try:
         started = time.monotonic()
         index = 0
-        lines_per_file = max(1, round(rate * file_seconds))
         while not stop["now"] and (duration <= 0 or time.monotonic() - started < duration):
-            name = f"{source}-{run_id}-{index:05d}.jsonl"
-            write_file(generator, manifest, landing_dir, name, lines_per_file)
-            if generator.fault_rate > 0 and generator.rng.random() < generator.fault_rate:
-                write_empty_file(manifest, landing_dir, f"{source}-{run_id}-{index:05d}-empty.jsonl")
+            step(index)
             manifest.write(landing_dir)
             index += 1
             if progress:
                 progress(index, manifest.total_lines)
-            next_at = started + index * file_seconds
+            next_at = started + index * every_seconds
             while not stop["now"] and time.monotonic() < next_at:
                 time.sleep(min(0.1, max(0.0, next_at - time.monotonic())))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     manifest.write(landing_dir)
-    return manifest
 
 
 # -- publishing to Kafka --------------------------------------------------------------------
@@ -428,28 +438,11 @@ def publish_continuous(generator: TelemetryGenerator, publisher, landing_dir: Pa
     """Publish ``rate`` messages a second, a chunk every ``chunk_seconds``, for ``duration`` seconds
     (0: until SIGINT/SIGTERM). The manifest is rewritten after every chunk."""
     manifest = Manifest(source, run_id, seed, generator.fault_rate, sink="kafka", topic=publisher.topic)
-    stop = {"now": False}
+    per_chunk = max(1, round(rate * chunk_seconds))
 
-    def request_stop(signum, frame):
-        stop["now"] = True
+    def publish_one(index: int) -> None:
+        empty = generator.fault_rate > 0 and generator.rng.random() < generator.fault_rate
+        publish_messages(generator, manifest, publisher, per_chunk, empty_message=empty)
 
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        started = time.monotonic()
-        index = 0
-        per_chunk = max(1, round(rate * chunk_seconds))
-        while not stop["now"] and (duration <= 0 or time.monotonic() - started < duration):
-            empty = generator.fault_rate > 0 and generator.rng.random() < generator.fault_rate
-            publish_messages(generator, manifest, publisher, per_chunk, empty_message=empty)
-            manifest.write(landing_dir)
-            index += 1
-            if progress:
-                progress(index, manifest.total_lines)
-            next_at = started + index * chunk_seconds
-            while not stop["now"] and time.monotonic() < next_at:
-                time.sleep(min(0.1, max(0.0, next_at - time.monotonic())))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    manifest.write(landing_dir)
+    run_paced(publish_one, manifest, landing_dir, chunk_seconds, duration, progress)
     return manifest

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 
 from lakehouse.config import KafkaOptions, SourceConfig
-from lakehouse.observability import _local_dir, logged_batches, planned_source_offsets
+from lakehouse.observability import local_dir, logged_batches, planned_source_offsets
 
 SASL_MODULES = {
     "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
@@ -137,6 +137,14 @@ def topic_to_publish(options: KafkaOptions, override: str | None) -> str:
     return topic
 
 
+def open_topic(options: KafkaOptions, override: str | None = None) -> tuple["TopicPublisher", int]:
+    """A publisher for ``--topic`` (else the source's first topic), created with the source's
+    ``partitions`` if missing, and the topic's partition count."""
+    topic = topic_to_publish(options, override)
+    partitions = ensure_topic(options, topic, options.partitions)
+    return TopicPublisher(options, topic), partitions
+
+
 class TopicPublisher:
     """Publishes messages to one topic, idempotently, and records where each one landed.
 
@@ -249,7 +257,7 @@ def latest_offsets(options: KafkaOptions, timeout: float = 10.0) -> dict[tuple[s
 def consumer_lag(options: KafkaOptions, checkpoint: str) -> list[PartitionLag]:
     """Per partition: latest offset minus the offset bronze has processed (the earliest one
     still held, before the query's first batch)."""
-    if _local_dir(checkpoint) is None:
+    if local_dir(checkpoint) is None:
         raise KafkaSetupError(f"consumer lag reads a local checkpoint; {checkpoint} is remote")
     done = processed_offsets(checkpoint)
     lags = []

@@ -62,7 +62,7 @@ def _local_path(uri: str) -> str:
     return uri
 
 
-def _local_dir(location: str) -> Path | None:
+def local_dir(location: str) -> Path | None:
     """A local directory for a plain path or file: URI; None for remote storage."""
     parsed = urlparse(location)
     return Path(unquote(parsed.path)).absolute() if parsed.scheme in ("", "file") else None
@@ -72,7 +72,7 @@ def logged_batches(checkpoint: str, log: str) -> list[int]:
     """Batch ids with an entry in a query's ``offsets`` (planned) or ``commits`` (done) log, in order.
 
     Empty for a checkpoint on remote storage (only local and file: checkpoints are read here)."""
-    local = _local_dir(checkpoint)
+    local = local_dir(checkpoint)
     folder = local / log if local is not None else None
     if folder is None or not folder.is_dir():
         return []
@@ -82,7 +82,7 @@ def logged_batches(checkpoint: str, log: str) -> list[int]:
 def planned_source_offsets(checkpoint: str, batch_id: int) -> list[str]:
     """The offsets entry of ``batch_id``: one JSON text per source of the query, in source order
     (the file holds "v1", the batch's metadata, then one line per source)."""
-    return (_local_dir(checkpoint) / "offsets" / str(batch_id)).read_text().splitlines()[2:]
+    return (local_dir(checkpoint) / "offsets" / str(batch_id)).read_text().splitlines()[2:]
 
 
 def _read_source_log(path: Path) -> list[dict]:
@@ -98,7 +98,7 @@ def _read_source_log(path: Path) -> list[dict]:
 
 def files_in_batch(checkpoint: str, batch_id: int, source_index: int = 0) -> int | None:
     """How many input files the file source planned for ``batch_id`` (None when unknown)."""
-    local = _local_dir(checkpoint)
+    local = local_dir(checkpoint)
     if local is None:
         return None
     log_dir = local / "sources" / str(source_index)
@@ -110,7 +110,7 @@ def files_in_batch(checkpoint: str, batch_id: int, source_index: int = 0) -> int
 
 def processed_files(checkpoint: str, source_index: int = 0) -> set[str]:
     """Every landing file the query has taken in, as local paths."""
-    local = _local_dir(checkpoint)
+    local = local_dir(checkpoint)
     if local is None:
         return set()
     log_dir = local / "sources" / str(source_index)
@@ -125,7 +125,7 @@ def processed_files(checkpoint: str, source_index: int = 0) -> set[str]:
 
 def landed_files(landing: str) -> list[str]:
     """Data files in a local landing directory (hidden and ``_`` names are not data)."""
-    root = _local_dir(landing)
+    root = local_dir(landing)
     if root is None or not root.is_dir():
         return []
     found = []

@@ -86,8 +86,7 @@ def parse_records(
     sources = sources or {"": None}
     # Sources that share a format share one parse (files and Kafka feeds of the same JSON lines).
     parse_of = {name: _format_key(source) for name, source in sources.items()}
-    parses = {key: _raw_fields(source, declared, text) for name, source in sources.items()
-              for key in [parse_of[name]]}
+    parses = {parse_of[name]: _raw_fields(source, declared, text) for name, source in sources.items()}
     if len(parses) == 1:
         raw_map, malformed, header = next(iter(parses.values()))
     else:  # each of the three picked by the row's source

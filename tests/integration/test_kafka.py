@@ -41,11 +41,19 @@ def broker(tmp_path_factory):
 
 
 def kafka_config(tmp_path, broker, topic: str, *extra: str):
-    """The test configuration reading ``topic`` from the module's broker, and the same as --set options."""
+    """The test configuration reading ``topic`` (created with 3 partitions) from the module's
+    broker, and the same as --set options for a child job."""
     overrides = [f"sources.{SOURCE}.kafka.bootstrap_servers={broker.bootstrap}", f"sources.{SOURCE}.kafka.topics=[{topic}]",
                  *extra]
     config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data", overrides=overrides)
+    assert ensure_topic(config.source(SOURCE).kafka, topic, 3) == 3
     return config, [arg for item in overrides for arg in ("--set", item)]
+
+
+def telemetry_values(config, seed: int, count: int) -> list[bytes]:
+    """``count`` valid generated records, as message values."""
+    generator = TelemetryGenerator.from_config(config.generator, seed=seed, fault_rate=0.0)
+    return [generator.next_line().text.encode() for _ in range(count)]
 
 
 class Producer(threading.Thread):
@@ -90,7 +98,6 @@ def test_kill_9_at_three_moments_while_producing_gives_exactly_once(spark, tmp_p
     topic = "crash"
     # Small micro-batches, so that a kill can land between a batch's planning and its commit.
     config, sets = kafka_config(tmp_path, broker, topic, f"sources.{SOURCE}.kafka.max_offsets_per_trigger=300")
-    assert ensure_topic(config.source(SOURCE).kafka, topic, 3) == 3
     checkpoint = Path(config.checkpoint_path(f"bronze_{SOURCE}"))
     ingest = lambda *mode: start_job(config, subprocess_env, "ingest.log", *sets, "ingest", "--source", SOURCE, *mode)
     producer = Producer(config, topic)
@@ -129,7 +136,6 @@ def test_kill_9_at_three_moments_while_producing_gives_exactly_once(spark, tmp_p
 def test_broker_restart_mid_stream_loses_and_doubles_nothing(spark, tmp_path, broker, subprocess_env):
     topic = "restart"
     config, sets = kafka_config(tmp_path, broker, topic)
-    ensure_topic(config.source(SOURCE).kafka, topic, 3)
     checkpoint = Path(config.checkpoint_path(f"bronze_{SOURCE}"))
     log = Path(config.storage.data_dir) / "ingest.log"
     producer = Producer(config, topic)
@@ -166,15 +172,12 @@ def test_broker_restart_mid_stream_loses_and_doubles_nothing(spark, tmp_path, br
 def test_poison_messages_land_in_bronze_and_are_quarantined_with_reasons(spark, tmp_path, broker):
     topic = "poison"
     config, _ = kafka_config(tmp_path, broker, topic)
-    options = config.source(SOURCE).kafka
-    ensure_topic(options, topic, 3)
-    generator = TelemetryGenerator.from_config(config.generator, seed=3, fault_rate=0.0)
-    valid = [generator.next_line().text.encode() for _ in range(30)]
+    valid = telemetry_values(config, seed=3, count=30)
     oversized = json.loads(valid[0])
     oversized.update(event_id="big-one", note="x" * (1024 * 1024))  # a well-formed record of over 1 MiB
     poison = {"not_utf8": b'{"event_id": "\xff\xfe broken \xc3\x28"}', "empty": b"", "tombstone": None,
               "one_mb": json.dumps(oversized).encode()}
-    publisher = TopicPublisher(options, topic)
+    publisher = TopicPublisher(config.source(SOURCE).kafka, topic)
     for value in valid:
         publisher.send(value)
     index = {name: publisher.send(value) for name, value in poison.items()}
@@ -211,16 +214,14 @@ def test_status_shows_partitions_and_consumer_lag(spark, tmp_path, broker):
 
     topic = "lag"
     config, _ = kafka_config(tmp_path, broker, topic)
-    options = config.source(SOURCE).kafka
-    ensure_topic(options, topic, 3)
-    generator = TelemetryGenerator.from_config(config.generator, seed=4, fault_rate=0.0)
-    publisher = TopicPublisher(options, topic)
-    for _ in range(90):
-        publisher.send(generator.next_line().text.encode())
+    values = telemetry_values(config, seed=4, count=97)
+    publisher = TopicPublisher(config.source(SOURCE).kafka, topic)
+    for value in values[:90]:
+        publisher.send(value)
     publisher.flush()
     assert run_bronze_ingest(spark, config, SOURCE, ONCE) == 0
-    for _ in range(7):  # published after the last micro-batch: the lag
-        publisher.send(generator.next_line().text.encode())
+    for value in values[90:]:  # published after the last micro-batch: the lag
+        publisher.send(value)
     publisher.flush()
 
     status = {s.query_name: s for s in collect_status(spark, config)}[f"bronze_{SOURCE}"]
