@@ -1,11 +1,14 @@
 """Bronze: every input record, byte for byte, plus where and when it arrived.
 
-A file source (``kind: files``): the landing directory is read as whole files (``wholetext``)
-and split into lines here, because Spark's line reader cannot say which line of its file a row
-was; one row per line. A Kafka source (``kind: kafka``): one row per message, read by Spark's
+A file source (``kind: files``): Spark's file source plans which landing files each micro-batch
+takes (its checkpoint makes that exactly-once); the batch then reads them whole and splits them
+into lines here (lakehouse.landing: a file that cannot be read is recorded in ops.bad_files
+instead of stopping the stream), because Spark's line reader cannot say which line of its file
+a row was, and keeps bytes that are not UTF-8 only as U+FFFD; one row per line, its bytes as
+landed. A Kafka source (``kind: kafka``): one row per message, read by Spark's
 Kafka connector, with the key and value as raw bytes and the topic, partition, offset and Kafka
-timestamp. Either way the rows are appended to ``bronze.<source>`` by a Delta sink, whose
-checkpoint (file list or Kafka offsets) makes a restart exactly-once.
+timestamp, appended by a Delta sink. Either way the query's checkpoint (file list or Kafka
+offsets) and Delta's idempotent commits make a restart exactly-once.
 Next stop for each row: ``silver.<entity>`` (lakehouse.silver).
 """
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import (
@@ -26,14 +29,16 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from lakehouse.checkpoints import planned_files
 from lakehouse.config import LakehouseConfig, SourceConfig
-from lakehouse.observability import count_records
+from lakehouse.landing import ensure_landing_tables, ingest_files
+from lakehouse.observability import count_records, report_batch
 from lakehouse.streaming import run_streaming_job
-from lakehouse.tables import TableRef, create_table_if_missing, resolve_table, start_to
+from lakehouse.tables import TableRef, create_table_if_missing, read_table, resolve_table, start_to, table_exists
 
 BRONZE_FILE_SCHEMA = StructType(
     [
-        StructField("value", StringType(), nullable=True),  # the raw line, without its "\n"
+        StructField("value", BinaryType(), nullable=True),  # the raw line's bytes, without its "\n"
         StructField("_source_file", StringType(), nullable=False),  # URI of the landing file
         StructField("_source_line", LongType(), nullable=False),  # 1-based line number in that file
         StructField("_ingested_at", TimestampType(), nullable=False),  # the micro-batch's time
@@ -63,30 +68,35 @@ def bronze_query_name(source: str) -> str:
     return f"bronze_{source}"
 
 
-def with_lines(files: DataFrame, file_path: Column) -> DataFrame:
-    """One row per line of each whole-file row (``value`` holds the file's text).
+def with_lines(files: DataFrame, file_path: Column, observation: Observation | None = None) -> DataFrame:
+    """One row per line of each whole-file row (``value`` holds the file's bytes, as text or binary).
 
     Lines end at "\\n"; a "\\r" before it stays in the line, so the line is stored as received.
     A final "\\n" ends the last line rather than starting an empty one; an empty file has no lines.
+    ``observation`` (optional) receives ``files``: per file its path (``file``) and ``lines``.
 
-    Cost matters here (every landed byte passes through): the text is split once, and the
-    empty piece after a final "\\n" is dropped from the array, not by trimming the text (which
-    walks and copies each file again). The array is the generator's only input, so no per-line
-    row carries the file's text; and nothing after the explode refers back to the array, or the
-    optimizer would re-split the file once per line.
+    The bytes are split exactly: the file is decoded as ISO-8859-1 (one character per byte, any
+    byte valid), split on "\\n", and each line encoded back, so bytes that are not UTF-8 are
+    kept as they are. Cost matters here (every landed byte passes through): the text is split
+    once, and the empty piece after a final "\\n" is dropped from the array, not by trimming
+    the text (which walks and copies each file again). Nothing after the explode refers back to
+    the array, or the optimizer would re-split the file once per line.
     """
-    text = F.col("value")
+    text = F.decode(F.col("value").cast("binary"), "ISO-8859-1")
     pieces, ends_with_newline = F.col("_pieces"), F.col("_ends_with_newline")
     whole_lines = F.when(ends_with_newline, F.slice(pieces, 1, F.size(pieces) - 1)).otherwise(pieces)
+    split = files.select(
+        file_path.alias("_source_file"),
+        F.when(text == "", F.array().cast("array<string>")).otherwise(F.split(text, "\n", -1)).alias("_pieces"),
+        text.endswith("\n").alias("_ends_with_newline"),
+    ).select("_source_file", whole_lines.alias("_lines"))
+    if observation is not None:
+        per_file = F.struct(F.col("_source_file").alias("file"), F.size("_lines").cast("long").alias("lines"))
+        split = split.observe(observation, F.collect_list(per_file).alias("files"))
     return (
-        files.select(
-            file_path.alias("_source_file"),
-            F.when(text == "", F.array().cast("array<string>")).otherwise(F.split(text, "\n", -1)).alias("_pieces"),
-            text.endswith("\n").alias("_ends_with_newline"),
-        )
-        .select("_source_file", F.posexplode(whole_lines).alias("_position", "value"))
+        split.select("_source_file", F.posexplode("_lines").alias("_position", "_line"))
         .select(
-            "value",
+            F.encode("_line", "ISO-8859-1").alias("value"),
             "_source_file",
             (F.col("_position") + 1).cast("long").alias("_source_line"),
             F.current_timestamp().alias("_ingested_at"),
@@ -94,13 +104,26 @@ def with_lines(files: DataFrame, file_path: Column) -> DataFrame:
     )
 
 
+# Spark's file source skips files whose modification time is more than maxFileAge (7 days by
+# default) older than the newest file it has seen: a file stamped in the future would hide every
+# later file, and a backfill copied with its old times (cp -p, rsync -t) would be dropped. Every
+# new path is read instead, whatever its time. (The source's memory of seen paths then grows with
+# the landing directory, which its listing does anyway.)
+EVERY_FILE_AGE = "3650000000d"
+
+
 def read_landing_stream(spark: SparkSession, source: SourceConfig, path: str) -> DataFrame:
-    reader = spark.readStream.format("text").option("wholetext", True)
+    """The file source that plans each micro-batch's files (its rows are not read: see landing)."""
+    reader = spark.readStream.format("text").option("wholetext", True).option("maxFileAge", EVERY_FILE_AGE)
     if source.max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", source.max_files_per_trigger)
     if source.max_bytes_per_trigger:
         reader = reader.option("maxBytesPerTrigger", source.max_bytes_per_trigger)
     return reader.load(path)
+
+
+class BronzeSchemaError(RuntimeError):
+    """A bronze table written by an older release, in a layout this one cannot append to."""
 
 
 def ensure_bronze_table(spark: SparkSession, table: TableRef, kind: str = "files") -> None:
@@ -111,6 +134,13 @@ def ensure_bronze_table(spark: SparkSession, table: TableRef, kind: str = "files
     else:
         schema, stats = BRONZE_FILE_SCHEMA, "_source_file,_source_line,_ingested_at"
         comment = "Raw landing lines, one row per input line; see lakehouse/bronze.py"
+    if table_exists(spark, table):
+        existing = read_table(spark, table).schema
+        if "value" in existing.fieldNames() and existing["value"].dataType != schema["value"].dataType:
+            raise BronzeSchemaError(
+                f"{table.name} holds value as {existing['value'].dataType.simpleString()}, this release writes "
+                f"{schema['value'].dataType.simpleString()} (raw bytes): ingest into a fresh --data-dir, or move "
+                f"{table.path or table.identifier} and its checkpoint away (README: upgrading a data directory)")
     create_table_if_missing(
         spark,
         table,
@@ -142,6 +172,28 @@ def _bronze_writer(stream: DataFrame, config: LakehouseConfig, source_name: str,
     )
 
 
+class FileBatchIngest:
+    """The foreachBatch function of a file source's bronze query: each micro-batch's planned files
+    (from the query's own file-source log) read into bronze by lakehouse.landing."""
+
+    def __init__(self, config: LakehouseConfig, source_name: str):
+        self.config, self.source_name = config, source_name
+        self.query_name = bronze_query_name(source_name)
+        self.checkpoint = config.checkpoint_path(self.query_name)
+        self.started = False  # the first batch after a start may be one redone after a crash
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        spark = batch.sparkSession
+        # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
+        app_id = f"{self.query_name}-{spark.sparkContext.getLocalProperty('sql.streaming.queryId')}"
+        uris = [entry["path"] for entry in planned_files(spark, self.checkpoint, batch_id)]
+        files = ingest_files(spark, self.config, self.source_name, uris, app_id, batch_id,
+                             may_be_replay=not self.started)
+        self.started = True
+        report_batch(self.query_name, batch_id, records=sum(f.lines or 0 for f in files),
+                     bad_files=[f"{f.path}: {f.reason} ({f.detail})" for f in files if f.reason])
+
+
 def start_file_ingest(
     spark: SparkSession,
     config: LakehouseConfig,
@@ -150,13 +202,20 @@ def start_file_ingest(
 ) -> StreamingQuery:
     """Start the bronze query for a file source. ``trigger`` is passed to ``writeStream.trigger``."""
     source = config.source(source_name)
-    table = ensure_source_bronze_table(spark, config, source_name)
+    ensure_source_bronze_table(spark, config, source_name)
+    ensure_landing_tables(spark, config)
     landing = config.landing_path(source_name)
     if "://" not in landing:
         Path(landing).mkdir(parents=True, exist_ok=True)  # files may start arriving later
-    files = read_landing_stream(spark, source, landing)
-    lines = with_lines(files, F.col("_metadata.file_path"))
-    return start_to(_bronze_writer(lines, config, source_name, trigger), table)
+    query_name = bronze_query_name(source_name)
+    return (
+        read_landing_stream(spark, source, landing).writeStream
+        .foreachBatch(FileBatchIngest(config, source_name))
+        .queryName(query_name)
+        .option("checkpointLocation", config.checkpoint_path(query_name))
+        .trigger(**trigger)
+        .start()
+    )
 
 
 def start_kafka_ingest(

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ref = command("refine", "stream bronze rows into silver.<entity>: parse, expectations, quarantine, dedupe (MERGE)")
     ref.add_argument("--entity", required=True, help="configured entity name, e.g. telemetry")
+    ref.add_argument("--backfill", action="store_true",
+                     help="the batches this run plans quarantine no row as late (loading old data on purpose; "
+                          "see conf/README.md, 'Late rows and backfills')")
     _trigger_options(ref, "everything in bronze")
 
     gold = command("gold", "build gold tables declared in conf/<env>/gold/: streaming aggregates or batch feature tables")
@@ -274,7 +277,7 @@ def cmd_refine(config: LakehouseConfig, args) -> int:
     from lakehouse.streaming import trigger_for
 
     spark = _start_spark(config)
-    return run_silver_refine(spark, config, args.entity, trigger_for(args.once, args.trigger, config))
+    return run_silver_refine(spark, config, args.entity, trigger_for(args.once, args.trigger, config), args.backfill)
 
 
 def cmd_gold(config: LakehouseConfig, args) -> int:
@@ -572,7 +575,8 @@ def _demo(config: LakehouseConfig, args) -> int:
         print(f"  {prefix} sql \"SELECT partition, offset, CAST(value AS STRING) AS value FROM bronze.{args.source} "
               f"WHERE CAST(value AS STRING) NOT LIKE '{{%}}' LIMIT 5\"")
     else:
-        print(f"  {prefix} sql \"SELECT value FROM bronze.{args.source} WHERE value NOT LIKE '{{%}}' LIMIT 5\"")
+        print(f"  {prefix} sql \"SELECT _source_file, _source_line, CAST(value AS STRING) AS value FROM "
+              f"bronze.{args.source} WHERE CAST(value AS STRING) NOT LIKE '{{%}}' LIMIT 5\"")
     for entity in entities:
         print(f"  {prefix} sql \"SELECT reasons, value FROM silver.{entity}_quarantine LIMIT 5\"")
     for name in gold_tables:

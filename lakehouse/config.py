@@ -190,6 +190,12 @@ class SourceConfig:
     # Rate limits per micro-batch of a file source; Spark takes one or the other, not both.
     max_files_per_trigger: PositiveInt | None = None
     max_bytes_per_trigger: PositiveInt | None = None
+    # A landing file is read whole: a larger one (its size on disk, compressed or not) is recorded
+    # in ops.bad_files as too_large instead of being loaded.
+    max_file_bytes: PositiveInt = 64 * 1024 * 1024
+    # A feed of history (a backfill): its rows are never quarantined as late by the entity's
+    # watermark. `lakehouse refine --backfill` does the same for one run, whatever the source.
+    backfill: bool = False
     kafka: KafkaOptions | None = None  # required when kind is kafka
 
     def problems(self) -> list[tuple[str, str]]:
@@ -217,6 +223,12 @@ class EntityConfig:
     # How late an event may arrive: a row whose event time is older than the newest event time
     # in silver before its micro-batch, minus this, goes to quarantine with reason "late".
     watermark: Duration = "1 hour"
+    # An event time later than the micro-batch's processing time plus this goes to quarantine as
+    # "future_event_time" (clock skew): it never moves the late cut-off or a gold watermark.
+    max_future: Duration = "1 hour"
+    # Double columns that may hold NaN or +-Infinity; in any other, a non-finite value is
+    # quarantined as "not_finite".
+    allow_non_finite: list[Identifier] = field(default_factory=list)
     # Fields the schema does not declare. rescue: kept as JSON in _rescued; evolve: each becomes a
     # new string column of silver (Delta schema evolution); quarantine: the row is quarantined.
     unexpected_fields: Literal["rescue", "evolve", "quarantine"] = "rescue"
@@ -228,6 +240,11 @@ class EntityConfig:
         for name in (*self.keys, self.event_time):
             if name not in self.columns:
                 return [("keys" if name in self.keys else "event_time", f"'{name}' is not a declared column")]
+        if self.columns[self.event_time] not in ("timestamp", "date"):
+            return [("event_time", f"'{self.event_time}' is a {self.columns[self.event_time]} column, not a timestamp")]
+        for name in self.allow_non_finite:
+            if self.columns.get(name) != "double":
+                return [("allow_non_finite", f"'{name}' is not a declared double column")]
         if not self.keys:
             return [("keys", "at least one key column is required")]
         return []
@@ -306,6 +323,9 @@ class TrainingConfig:
     # is below this (unless --force).
     min_quality_pass_rate: Annotated[float, Range(0.0, 1.0)] = 0.9
     quality_window_batches: PositiveInt = 20
+    # Rows whose features or label are not finite (NaN, +-Infinity, or beyond float32, the
+    # model's precision) are refused; above this share of the table the run stops (exit 3).
+    max_refused_fraction: Annotated[float, Range(0.0, 1.0)] = 0.01
 
     def problems(self) -> list[tuple[str, str]]:
         if self.label in self.features:

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 
 from lakehouse.config import KafkaOptions, SourceConfig
-from lakehouse.observability import local_dir, logged_batches, planned_source_offsets
+from lakehouse.checkpoints import local_dir, logged_batches, planned_source_offsets
 
 SASL_MODULES = {
     "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",

@@ -11,13 +11,10 @@ S = channels (input files in the batch for a file source), B = R / S per channel
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -31,6 +28,16 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+# The checkpoint readers live in lakehouse.checkpoints; imported here for the status view (and
+# for callers that import them from this module).
+from lakehouse.checkpoints import (  # noqa: F401
+    files_in_batch,
+    landed_files,
+    local_dir,
+    logged_batches,
+    planned_source_offsets,
+    processed_files,
+)
 from lakehouse.config import LakehouseConfig
 from lakehouse.tables import append_to_table, read_table, resolve_table, table_exists
 
@@ -55,88 +62,15 @@ STREAM_PROGRESS_SCHEMA = StructType(
 )
 
 
-def _local_path(uri: str) -> str:
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return os.path.abspath(unquote(parsed.path))
-    return uri
+# What a foreachBatch function reported about its micro-batch, for the recorder to pick up when
+# Spark reports that batch's progress: (query name, batch id) -> {"records": n, "notes": [...]}.
+# A batch that reads its input itself (bronze from files) has no observed metric to count by.
+_reported: dict[tuple[str, int], dict] = {}
 
 
-def local_dir(location: str) -> Path | None:
-    """A local directory for a plain path or file: URI; None for remote storage."""
-    parsed = urlparse(location)
-    return Path(unquote(parsed.path)).absolute() if parsed.scheme in ("", "file") else None
-
-
-def logged_batches(checkpoint: str, log: str) -> list[int]:
-    """Batch ids with an entry in a query's ``offsets`` (planned) or ``commits`` (done) log, in order.
-
-    Empty for a checkpoint on remote storage (only local and file: checkpoints are read here)."""
-    local = local_dir(checkpoint)
-    folder = local / log if local is not None else None
-    if folder is None or not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-
-
-def planned_source_offsets(checkpoint: str, batch_id: int) -> list[str]:
-    """The offsets entry of ``batch_id``: one JSON text per source of the query, in source order
-    (the file holds "v1", the batch's metadata, then one line per source)."""
-    return (local_dir(checkpoint) / "offsets" / str(batch_id)).read_text().splitlines()[2:]
-
-
-def _read_source_log(path: Path) -> list[dict]:
-    """Entries of one file of a file source's log (``<checkpoint>/sources/0/<n>[.compact]``)."""
-    entries = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if line.startswith("{"):
-                entries.append(json.loads(line))
-    return entries
-
-
-def files_in_batch(checkpoint: str, batch_id: int, source_index: int = 0) -> int | None:
-    """How many input files the file source planned for ``batch_id`` (None when unknown)."""
-    local = local_dir(checkpoint)
-    if local is None:
-        return None
-    log_dir = local / "sources" / str(source_index)
-    for name in (str(batch_id), f"{batch_id}.compact"):
-        if (log_dir / name).is_file():
-            return sum(1 for e in _read_source_log(log_dir / name) if e.get("batchId") == batch_id)
-    return None
-
-
-def processed_files(checkpoint: str, source_index: int = 0) -> set[str]:
-    """Every landing file the query has taken in, as local paths."""
-    local = local_dir(checkpoint)
-    if local is None:
-        return set()
-    log_dir = local / "sources" / str(source_index)
-    if not log_dir.is_dir():
-        return set()
-    seen = set()
-    for path in log_dir.iterdir():
-        if not path.name.startswith("."):
-            seen.update(_local_path(e["path"]) for e in _read_source_log(path))
-    return seen
-
-
-def landed_files(landing: str) -> list[str]:
-    """Data files in a local landing directory (hidden and ``_`` names are not data)."""
-    root = local_dir(landing)
-    if root is None or not root.is_dir():
-        return []
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]
-        found.extend(
-            os.path.abspath(os.path.join(dirpath, f))
-            for f in filenames
-            if not f.startswith((".", "_"))
-        )
-    return found
+def report_batch(query_name: str, batch_id: int, records: int, bad_files: list[str] = ()) -> None:
+    """Called from a micro-batch: its record count, and the bad files it skipped (printed)."""
+    _reported[(query_name, batch_id)] = {"records": records, "notes": [f"skipped bad file {b}" for b in bad_files]}
 
 
 def count_records(df: DataFrame) -> DataFrame:
@@ -169,7 +103,11 @@ class ProgressRecorder(StreamingQueryListener):
     def onQueryProgress(self, event) -> None:
         p = event.progress
         observed = (p.observedMetrics or {}).get(RECORDS_METRIC)
-        records = observed[RECORDS_METRIC] if observed is not None else p.numInputRows
+        reported = _reported.pop((p.name, p.batchId), None)
+        if reported is not None:
+            records = reported["records"]
+        else:
+            records = observed[RECORDS_METRIC] if observed is not None else p.numInputRows
         seconds = (p.batchDuration or 0) / 1000.0
         checkpoint = self.checkpoints.get(p.name or "")
         files = None
@@ -188,6 +126,7 @@ class ProgressRecorder(StreamingQueryListener):
                 "num_input_files": files,
                 "sources": ";".join(s.description for s in p.sources),
                 "progress_json": p.json,
+                "notes": reported["notes"] if reported else [],  # printed, not stored
             }
         )
         with self._changed:
@@ -245,6 +184,8 @@ class QueryStatus:
     consumer_lag: int | None = None  # Kafka: latest offsets minus those the query processed, summed
     lag_by_partition: dict[str, int] | None = None  # "<topic>/<partition>" -> lag
     note: str | None = None  # why a figure is missing (e.g. the broker is unreachable)
+    bad_files: int | None = None  # file source: planned files not read (ops.bad_files)
+    changed_files: list[str] | None = None  # file source: files changed since they were read
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -266,12 +207,16 @@ def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QuerySt
         )
         latest = {row["query_name"]: row for row in rows}
 
-    backlog, lags = {}, {}
+    from lakehouse.landing import bad_files, changed_files
+
+    backlog, lags, bad, changed = {}, {}, {}, {}
     for name, source in config.sources.items():
         query = bronze_query_name(name)
         if source.kind == "files":
             done = processed_files(config.checkpoint_path(query))
             backlog[query] = sum(1 for f in landed_files(config.landing_path(name)) if f not in done)
+            bad[query] = len(bad_files(spark, config, name))
+            changed[query] = [c.path for c in changed_files(spark, config, name)]
         elif source.kind == "kafka" and logged_batches(config.checkpoint_path(query), "offsets"):
             lags[query] = _kafka_lag(source, config.checkpoint_path(query))  # once its query has run
 
@@ -296,6 +241,8 @@ def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QuerySt
                 consumer_lag=sum(lag.values()) if lag is not None else None,
                 lag_by_partition=lag,
                 note=note,
+                bad_files=bad.get(query),
+                changed_files=changed.get(query),
             )
         )
     return statuses
@@ -328,7 +275,8 @@ def kafka_partitions(progress_json: str | None) -> int | None:
 
 
 def format_status(statuses: list[QueryStatus]) -> str:
-    headers = ["query", "last batch", "batch time (UTC)", "records", "R rec/s", "S", "B rec/s/ch", "backlog"]
+    headers = ["query", "last batch", "batch time (UTC)", "records", "R rec/s", "S", "B rec/s/ch", "backlog",
+               "bad files"]
 
     def fmt(value, digits=1):
         if value is None:
@@ -337,7 +285,7 @@ def format_status(statuses: list[QueryStatus]) -> str:
 
     table = [headers] + [
         [s.query_name, fmt(s.last_batch_id), fmt(s.last_batch_time), fmt(s.input_rows),
-         fmt(s.records_per_second), fmt(s.channels), fmt(s.per_channel), _backlog(s)]
+         fmt(s.records_per_second), fmt(s.channels), fmt(s.per_channel), _backlog(s), fmt(s.bad_files)]
         for s in statuses
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
@@ -351,6 +299,12 @@ def format_status(statuses: list[QueryStatus]) -> str:
             lines.append(f"{s.query_name}: consumer lag by partition: {spread}")
         if s.note:
             lines.append(f"{s.query_name}: {s.note}")
+        if s.bad_files:
+            lines.append(f"{s.query_name}: {s.bad_files:,} bad file(s) not read (ops.bad_files; "
+                         "`lakehouse reconcile` names them)")
+        if s.changed_files:
+            lines.append(f"{s.query_name}: WARNING: {len(s.changed_files):,} landing file(s) changed after they were "
+                         f"read, their new content is not in bronze: {', '.join(s.changed_files)}")
     return "\n".join(lines)
 
 

@@ -1,23 +1,21 @@
-"""Silver: typed, validated records parsed from bronze rows.
+"""Silver: typed, validated records from bronze rows, one row per key, and the quarantine.
 
-This module holds the pure DataFrame steps (usable on batch input and inside ``foreachBatch``).
-A bronze row becomes one parsed row (a JSON-lines source: one JSON object per line; a CSV
-source: fields by position, in the declared column order) with:
-  - the entity's declared columns, typed (``try_cast``: a value of the wrong type becomes null);
-  - ``_malformed``: the line is not a JSON object at all (CSV: blank, or too few fields);
-  - ``_too_large``: the line is longer than the entity's ``max_record_bytes`` (not parsed);
-  - ``_type_errors``: declared fields present in the line whose value has the wrong type;
-  - ``_rescued``: fields the entity does not declare, as a JSON object (null when none).
-Next stop: row rules (lakehouse.quality), then silver.<entity> or its quarantine table; from
-silver, the gold tables that read it (lakehouse.gold).
+Each micro-batch of bronze records is parsed (lakehouse.parse), checked by the entity's row
+rules (lakehouse.quality), and each row decided: kept, or quarantined with its reasons
+(:func:`quarantine_reasons`). Kept rows are deduplicated and MERGEd into ``silver.<entity>``;
+the batch's counts go to ``ops.silver_batches`` and its expectation results to
+``ops.quality_results``. What a decision depends on besides the batch itself (its processing
+time, the late cut-off) is fixed in the batch's plan before the first write, so a batch redone
+after a crash decides every row as the first attempt did.
+Next stop: the gold tables that read silver (lakehouse.gold).
 """
 
 from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -35,8 +33,11 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from lakehouse.config import EntityConfig, LakehouseConfig, SourceConfig, duration_seconds
-from lakehouse.observability import count_records, logged_batches, planned_source_offsets
+from lakehouse.config import EntityConfig, LakehouseConfig, duration_seconds
+from lakehouse.checkpoints import BatchPlans, logged_batches, planned_source_offsets
+from lakehouse.failpoints import failpoint
+from lakehouse.observability import count_records
+from lakehouse.parse import SOURCE_COLUMN, bronze_records, parse_records  # noqa: F401 (silver's steps, importable from here)
 from lakehouse.quality import (
     FAILED_COLUMNS,
     QUALITY_RESULTS_SCHEMA,
@@ -62,103 +63,6 @@ from lakehouse.tables import (
     resolve_table,
     table_exists,
 )
-
-RAW_FIELDS = "_raw_fields"
-SOURCE_COLUMN = "_source"  # which bronze table a row came from, when an entity reads several
-CSV_EXTRA_FIELDS = 16  # CSV fields past the declared ones kept in _rescued as _c<position>
-
-
-def parse_records(
-    bronze: DataFrame, entity: EntityConfig, sources: dict[str, SourceConfig] | None = None
-) -> DataFrame:
-    """Parse ``value`` into the entity's typed columns, by each source's format.
-
-    ``sources`` maps the entity's source names to their configs (default: one JSON-lines
-    source). With more than one, each row names its source in ``_source``. Besides the typed
-    columns, every row gets ``_malformed``, ``_type_errors``, ``_rescued`` (see the module
-    docstring) and ``_header``: null for a record, "ok" for a CSV header line that names the
-    declared columns (skipped, not a record), "mismatch" for one that does not (quarantined).
-    """
-    declared = list(entity.columns)
-    # A record over the size limit is not parsed at all (a poison message may be megabytes).
-    size_ok = F.coalesce(F.octet_length("value") <= entity.max_record_bytes, F.lit(True))
-    text = F.when(size_ok, F.col("value"))
-    sources = sources or {"": None}
-    # Sources that share a format share one parse (files and Kafka feeds of the same JSON lines).
-    parse_of = {name: _format_key(source) for name, source in sources.items()}
-    parses = {parse_of[name]: _raw_fields(source, declared, text) for name, source in sources.items()}
-    if len(parses) == 1:
-        raw_map, malformed, header = next(iter(parses.values()))
-    else:  # each of the three picked by the row's source
-        raw_map, malformed, header = (_by_source({name: parses[parse_of[name]][i] for name in sources})
-                                      for i in range(3))
-    # A null value (a Kafka tombstone) is malformed whatever the format.
-    malformed = F.coalesce(malformed, F.col("value").isNull()) & size_ok
-
-    raw = F.col(RAW_FIELDS)
-    typed = {name: F.expr(f"try_cast(`{RAW_FIELDS}`['{name}'] AS {kind})") for name, kind in entity.columns.items()}
-    type_errors = names_where([(raw[name].isNotNull() & typed[name].isNull(), name) for name in declared])
-    # Unexpected fields: found with array_except (generated code); the map of them is built, with
-    # a lambda, only for the rare rows that have any.
-    extra_keys = F.array_except(F.map_keys(raw), F.array(*[F.lit(name) for name in declared]))
-    extra = F.when(F.size(extra_keys) > 0, F.to_json(F.map_filter(raw, lambda key, _: ~key.isin(declared))))
-    parsed = bronze.withColumns({RAW_FIELDS: raw_map, "_malformed": malformed, "_header": header})
-    return parsed.select(
-        *bronze.columns,
-        *[typed[name].alias(name) for name in declared],
-        F.col("_malformed"),
-        (~size_ok).alias("_too_large"),
-        F.when(F.col("_malformed"), F.array().cast("array<string>")).otherwise(type_errors).alias("_type_errors"),
-        extra.alias("_rescued"),
-        F.col("_header"),
-    )
-
-
-def _by_source(columns: dict[str, Column]) -> Column:
-    """CASE _source WHEN name THEN column ... END."""
-    chosen = None
-    for name, column in columns.items():
-        condition = F.col(SOURCE_COLUMN) == name
-        chosen = F.when(condition, column) if chosen is None else chosen.when(condition, column)
-    return chosen
-
-
-def _format_key(source: SourceConfig | None) -> tuple:
-    if source is None or source.format == "json-lines":
-        return ("json-lines",)
-    return (source.format, source.csv.header, source.csv.delimiter)
-
-
-def _raw_fields(source: SourceConfig | None, declared: list[str], value: Column) -> tuple[Column, Column, Column]:
-    """(field name -> raw text map, malformed flag, header state) for one source's lines (``value``)."""
-    no_header = F.lit(None).cast("string")
-    if source is None or source.format == "json-lines":
-        fields = F.from_json(value, MapType(StringType(), StringType()))
-        return F.when(fields.isNotNull(), fields), fields.isNull(), no_header
-    # CSV: fields by position; an empty field is a missing value; fields past the declared ones
-    # are unexpected fields named _c<position> (0-based, as Spark names unnamed CSV columns).
-    delimiter = source.csv.delimiter
-    names = declared + [f"_c{i}" for i in range(len(declared), len(declared) + CSV_EXTRA_FIELDS)]
-    schema = ", ".join(f"`{name}` STRING" for name in names)
-    record = F.from_csv(value, schema, {"sep": delimiter})
-    fields = F.map_filter(
-        F.map_from_arrays(F.array(*[F.lit(n) for n in names]), F.array(*[record[n] for n in names])),
-        lambda _, text: text.isNotNull(),
-    )
-    # Fields counted outside quoted sections, so a quoted delimiter does not count.
-    unquoted = F.regexp_replace(value, r'"(?:[^"]|"")*"', "")
-    split_pattern = re.escape(delimiter)  # F.split takes a (Java) regular expression
-    field_count = F.size(F.split(unquoted, split_pattern, -1))
-    malformed = (F.trim(value) == "") | (field_count < len(declared))
-    header = no_header
-    if source.csv.header:
-        names_in_line = F.transform(F.split(value, split_pattern, -1),
-                                    lambda name: F.lower(F.trim(F.regexp_replace(name, '"', ""))))
-        matches = names_in_line == F.array(*[F.lit(n.lower()) for n in declared])
-        header = F.when(F.col("_source_line") == 1, F.when(matches, "ok").otherwise("mismatch"))
-    is_header = header.isNotNull()
-    return F.when(~is_header, fields), F.when(is_header, False).otherwise(malformed), header
-
 
 # -- refine: one micro-batch of bronze rows into silver, quarantine and ops -----------------
 
@@ -186,6 +90,11 @@ SILVER_BATCHES_SCHEMA = StructType(
         StructField("warnings", LongType()),  # rows kept with a failed warn expectation
         StructField("recorded_at", TimestampType()),
         StructField("skipped", LongType()),  # CSV header lines: not records, in no other table
+        # The batch's plan (silver.plan_batch): when it was first planned, and the event-time limits
+        # it judged rows by (older than late_cutoff: late; newer than future_cutoff: future_event_time).
+        StructField("planned_at", TimestampType()),
+        StructField("late_cutoff", TimestampType()),
+        StructField("future_cutoff", TimestampType()),
     ]
 )
 
@@ -198,26 +107,80 @@ def _no_reasons() -> Column:
     return F.array().cast("array<string>")
 
 
-def quarantine_reasons(entity: EntityConfig, horizon=None) -> Column:
+def _reason(condition: Column, name: str) -> Column:
+    return F.when(condition, F.array(F.lit(name))).otherwise(_no_reasons())
+
+
+def quarantine_reasons(entity: EntityConfig, plan: dict | None = None) -> Column:
     """Why a checked row goes to quarantine; an empty array keeps it.
 
-    ``horizon``: the oldest event time still accepted (the entity's watermark before the newest
-    event time seen); an older row is quarantined as ``late``. None: no row is late.
+    ``plan`` (see :func:`plan_batch`) fixes the batch's time limits: an event time after
+    ``future_cutoff_us`` is ``future_event_time`` (a skewed clock: such a row would otherwise
+    move the late cut-off, and gold's watermarks, into the future); one before
+    ``late_cutoff_us`` is ``late``, unless the row comes from a source in ``late_exempt``
+    (a backfill). None: no time limits.
     """
     reasons = F.concat(
-        F.when(~F.is_valid_utf8("value"), F.array(F.lit("not_utf8"))).otherwise(_no_reasons()),
-        F.when(F.col("_too_large"), F.array(F.lit("too_large"))).otherwise(_no_reasons()),
-        F.when(F.col("_malformed"), F.array(F.lit("malformed"))).otherwise(_no_reasons()),
+        _reason(~F.is_valid_utf8("value"), "not_utf8"),
+        _reason(F.col("_too_large"), "too_large"),
+        _reason(F.col("_malformed"), "malformed"),
+        _reason(F.col("_duplicate_field"), "duplicate_field"),
         names_where([(F.array_contains("_type_errors", name), f"type({name})") for name in entity.columns]),
+        _reason(F.size("_non_finite") > 0, "not_finite"),
         F.col(FAILED_COLUMNS["drop"]),
     )
     if entity.unexpected_fields == "quarantine":
-        reasons = F.concat(reasons, F.when(F.col("_rescued").isNotNull(), F.array(F.lit("unexpected_fields"))).otherwise(_no_reasons()))
-    if horizon is not None:
-        late = F.coalesce(F.col(entity.event_time) < F.lit(horizon), F.lit(False))
-        reasons = F.concat(reasons, F.when(late, F.array(F.lit("late"))).otherwise(_no_reasons()))
+        reasons = F.concat(reasons, _reason(F.col("_rescued").isNotNull(), "unexpected_fields"))
+    event_time = F.col(entity.event_time).cast("timestamp")
+    plan = plan or {}
+    future = F.lit(False)
+    if plan.get("future_cutoff_us") is not None:
+        future = F.coalesce(event_time > F.timestamp_micros(F.lit(plan["future_cutoff_us"])), F.lit(False))
+        reasons = F.concat(reasons, _reason(future, "future_event_time"))
+    if plan.get("late_cutoff_us") is not None:
+        late = F.coalesce(event_time < F.timestamp_micros(F.lit(plan["late_cutoff_us"])), F.lit(False))
+        if plan.get("late_exempt"):
+            late = late & ~F.coalesce(F.col(SOURCE_COLUMN).isin(plan["late_exempt"]), F.lit(False))
+        reasons = F.concat(reasons, _reason(late, "late"))
     # A CSV header line is not a record: one that names other columns is quarantined for that alone.
     return F.when(F.col("_header") == "mismatch", F.array(F.lit("header_mismatch"))).otherwise(reasons)
+
+
+def quarantine_error(reasons: Column) -> Column:
+    """The quarantine's one readable line: the reasons, and which columns were not finite."""
+    non_finite = F.when(F.size("_non_finite") > 0, F.concat(F.lit("not finite: "), F.array_join("_non_finite", ", ")))
+    return F.concat_ws("; ", F.array_join(reasons, "; "), non_finite)
+
+
+def plan_batch(spark: SparkSession, config: LakehouseConfig, entity_name: str, backfill: bool = False) -> dict:
+    """What the batch's decisions depend on besides its rows, fixed when it is first planned.
+
+    - ``planned_at_us``: the batch's processing time; ``future_cutoff_us`` = that + ``max_future``.
+    - ``late_cutoff_us``: silver's newest event time before the batch (never later than the
+      future cut-off) minus the entity's watermark, as Spark's watermarks come from what earlier
+      batches committed, so the rows of one batch are never late relative to each other. None
+      while silver is empty, and for a backfill run (``--backfill``).
+    - ``late_exempt``: the entity's sources configured as backfills (``sources.<s>.backfill``).
+    - ``source_versions``: the bronze tables' versions, recorded with the quality results.
+    Times are microseconds since the epoch (UTC), so no local clock or Python datetime is involved.
+    """
+    entity = config.entity(entity_name)
+    planned_at = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
+    future_cutoff = planned_at + int(duration_seconds(entity.max_future) * 1_000_000)
+    silver = read_table(spark, resolve_table(config, f"silver.{entity_name}"))
+    newest = silver.agg(F.max(F.col(entity.event_time)).alias("newest")).select(
+        F.unix_micros(F.col("newest").cast("timestamp"))).first()[0]
+    late_cutoff = None
+    if newest is not None and not backfill:
+        late_cutoff = min(newest, future_cutoff) - int(duration_seconds(entity.watermark) * 1_000_000)
+    return {
+        "planned_at_us": planned_at,
+        "future_cutoff_us": future_cutoff,
+        "late_cutoff_us": late_cutoff,
+        "late_exempt": sorted(s for s in entity.sources if config.source(s).backfill),
+        "backfill": backfill,
+        "source_versions": _source_versions(spark, config, entity),
+    }
 
 
 def latest_per_key(valid: DataFrame, entity: EntityConfig) -> DataFrame:
@@ -283,29 +246,32 @@ def refine_batch(
     bronze_batch: DataFrame,
     batch_id: int,
     validator: BatchValidator | None = None,
+    plan: dict | None = None,
 ) -> None:
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
-    The parsed and checked batch is cached once; one aggregation over it yields the batch's
-    counts, the fail check and the row-level expectation results. Every write carries Delta's
-    idempotent-write marker (``app_id``, ``batch_id``), so a batch redone after a crash changes
-    nothing that already committed. ``validator`` validates with GX what the fused aggregation
-    does not (every expectation when ``quality.validation`` is ``gx``).
+    ``plan`` fixes what decisions depend on besides the rows (:func:`plan_batch`; made here
+    when not given). The parsed and checked batch is cached once; one aggregation over it
+    yields the batch's counts, the fail check and the row-level expectation results. Every
+    write carries Delta's idempotent-write marker (``app_id``, ``batch_id``), so a batch redone
+    after a crash changes nothing that already committed, and with the same plan it decides
+    every row as before. ``validator`` validates with GX what the fused aggregation does not
+    (every expectation when ``quality.validation`` is ``gx``).
     """
     spark = bronze_batch.sparkSession
     entity = config.entity(entity_name)
     sources = {name: config.source(name) for name in entity.sources}
     silver = delta_table(spark, resolve_table(config, f"silver.{entity_name}"))
-    horizon = late_horizon(silver.toDF(), entity)
+    plan = plan if plan is not None else plan_batch(spark, config, entity_name)
     checked = with_rule_results(parse_records(bronze_batch, entity, sources), rules)
     # _reasons: null for a CSV header line (not a record), else why the row is quarantined (or []).
     reasons = F.when(F.col("_header") == "ok", F.lit(None).cast("array<string>")).otherwise(
-        quarantine_reasons(entity, horizon))
+        quarantine_reasons(entity, plan))
     # The cache holds what the steps below read; the raw line only where it is quarantined.
     decided = checked.withColumn("_reasons", reasons).select(
         # Text that is not UTF-8 is kept with U+FFFD in its place; bronze holds the exact bytes.
         F.when(F.size("_reasons") > 0, F.make_valid_utf8("value")).alias("value"), *silver_columns(entity), "_reasons",
-        *FAILED_COLUMNS.values(),
+        F.when(F.size("_reasons") > 0, F.col("_non_finite")).alias("_non_finite"), *FAILED_COLUMNS.values(),
     ).persist()
     try:
         record = F.col("_reasons").isNotNull()
@@ -334,17 +300,19 @@ def refine_batch(
             results += validator.validate(decided.where(record).select(*entity.columns))
         quarantine = decided.where(record & (F.size("_reasons") > 0)).select(
             "value", "_source_file", "_source_line", F.col("_reasons").alias("reasons"),
-            F.array_join("_reasons", "; ").alias("error"), F.lit(batch_id).cast("long").alias("batch_id"),
+            quarantine_error(F.col("_reasons")).alias("error"), F.lit(batch_id).cast("long").alias("batch_id"),
             F.current_timestamp().alias("_quarantined_at"),
         )
 
         def append_results() -> None:
+            failpoint("silver.quality", batch_id)
             if results:
-                rows = results_rows(entity_name, entity.suite, results, batch_id, _source_versions(spark, config, entity))
+                rows = results_rows(entity_name, entity.suite, results, batch_id, plan["source_versions"])
                 append_to_table(spark.createDataFrame(rows, QUALITY_RESULTS_SCHEMA),
                                 resolve_table(config, QUALITY_RESULTS_TABLE), txn=(f"{app_id}-quality", batch_id))
 
         def append_quarantine() -> None:
+            failpoint("silver.quarantine", batch_id)
             append_to_table(quarantine, resolve_table(config, f"silver.{entity_name}_quarantine"),
                             txn=(f"{app_id}-quarantine", batch_id))
 
@@ -352,18 +320,26 @@ def refine_batch(
         # the MERGE. Each is idempotent on its own, so any of the three may be redone after a crash.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"silver-{entity_name}") as pool:
             appends = [pool.submit(append_results), pool.submit(append_quarantine)]
+            failpoint("silver.merge", batch_id)
             inserted = merge_into_silver(silver, latest_per_key(decided.where(kept), entity), entity,
                                          f"{app_id}-merge", batch_id)
             for done in appends:
                 done.result()  # re-raises a failed append: the batch fails and is redone
+        failpoint("silver.stats", batch_id)
         valid_rows = counts["records"] - counts["quarantined"]
         stats = [(entity_name, batch_id, counts["bronze_rows"], counts["quarantined"], inserted, valid_rows - inserted,
                   counts["warnings"], datetime.now(timezone.utc).replace(tzinfo=None),
-                  counts["bronze_rows"] - counts["records"])]
+                  counts["bronze_rows"] - counts["records"], _utc(plan["planned_at_us"]),
+                  _utc(plan["late_cutoff_us"]), _utc(plan["future_cutoff_us"]))]
         append_to_table(spark.createDataFrame(stats, SILVER_BATCHES_SCHEMA),
                         resolve_table(config, SILVER_BATCHES_TABLE), txn=(f"{app_id}-stats", batch_id), merge_schema=True)
+        failpoint("silver.done", batch_id)
     finally:
         decided.unpersist()
+
+
+def _utc(micros: int | None) -> datetime | None:
+    return None if micros is None else datetime.fromtimestamp(micros / 1_000_000, tz=timezone.utc)
 
 
 def merge_into_silver(silver, rows: DataFrame, entity: EntityConfig, app_id: str, batch_id: int) -> int:
@@ -403,17 +379,6 @@ def merge_into_silver(silver, rows: DataFrame, entity: EntityConfig, app_id: str
         if found is not None:
             return int(found[0].get("numTargetRowsInserted", 0))
     raise RuntimeError(f"silver MERGE {marker} committed no entry in the table's history")
-
-
-def late_horizon(silver: DataFrame, entity: EntityConfig):
-    """The oldest event time a row of the next batch may have: silver's newest minus the watermark.
-
-    As with Spark's own watermarks, the horizon comes from what earlier batches committed, so
-    the rows of one batch (a backlog read at once, say) are never late relative to each other.
-    None while silver is empty.
-    """
-    newest = silver.agg(F.max(entity.event_time)).first()[0]  # from Delta's file statistics
-    return None if newest is None else newest - timedelta(seconds=duration_seconds(entity.watermark))
 
 
 IDENTIFIER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -467,32 +432,15 @@ def check_checkpoint_sources(checkpoint: str, entity_name: str, sources: list[st
         )
 
 
-def bronze_records(bronze: DataFrame, source: SourceConfig) -> DataFrame:
-    """Bronze rows of any source kind as records: ``value`` text and where it came from.
-
-    A file source's rows already are (line text, file, line number). A Kafka message's value
-    bytes become the text unchanged (bytes that are not UTF-8 are quarantined as ``not_utf8``);
-    its position ``kafka://<topic>/<partition>`` and offset stand in for file and line, so
-    silver and its quarantine say where any record came from. (Two versions of a key with equal
-    event times are told apart by that position, compared as text: a deterministic choice, not
-    an arrival order across partitions or sources.)
-    """
-    if source.kind == "kafka":
-        return bronze.select(
-            F.col("value").cast("string").alias("value"),
-            F.concat(F.lit("kafka://"), F.col("topic"), F.lit("/"), F.col("partition").cast("string")).alias("_source_file"),
-            F.col("offset").alias("_source_line"),
-            "_ingested_at",
-        )
-    return bronze.select("value", "_source_file", "_source_line", "_ingested_at")
-
-
 def silver_query_name(entity_name: str) -> str:
     return f"silver_{entity_name}"
 
 
-def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_name: str, trigger: dict):
-    """Stream the entity's bronze tables through :func:`refine_batch` (foreachBatch)."""
+def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_name: str, trigger: dict,
+                        backfill: bool = False):
+    """Stream the entity's bronze tables through :func:`refine_batch` (foreachBatch).
+
+    ``backfill``: batches planned by this run judge no row late (``lakehouse refine --backfill``)."""
     entity = config.entity(entity_name)
     ensure_silver_tables(spark, config, entity_name)
     suite = load_suite(config.suite_path(entity.suite))
@@ -519,11 +467,16 @@ def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_nam
     for other in streams[1:]:
         bronze = bronze.unionByName(other)
     query_name = silver_query_name(entity_name)
+    plans = BatchPlans(spark, config.checkpoint_path(query_name))
 
     def process(batch: DataFrame, batch_id: int) -> None:
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
-        query_id = batch.sparkSession.sparkContext.getLocalProperty("sql.streaming.queryId")
-        refine_batch(config, entity_name, rules, f"{query_name}-{query_id}", batch, batch_id, validator)
+        session = batch.sparkSession
+        query_id = session.sparkContext.getLocalProperty("sql.streaming.queryId")
+        # A batch redone after a crash takes the plan its first attempt recorded.
+        plan = plans.plan(batch_id, lambda: plan_batch(session, config, entity_name, backfill))
+        failpoint("silver.plan", batch_id)
+        refine_batch(config, entity_name, rules, f"{query_name}-{query_id}", batch, batch_id, validator, plan)
 
     return (
         count_records(bronze).writeStream.foreachBatch(process)
@@ -534,14 +487,18 @@ def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_nam
     )
 
 
-def run_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_name: str, trigger: dict) -> int:
+def run_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_name: str, trigger: dict,
+                      backfill: bool = False) -> int:
     """The silver job: refine until done (availableNow) or stopped. Exit code."""
     query_name = silver_query_name(entity_name)
     checkpoint = config.checkpoint_path(query_name)
     sources = ", ".join(f"bronze.{s}" for s in config.entity(entity_name).sources)
     print(f"{query_name}: {sources} -> silver.{entity_name} (+ _quarantine; checkpoint {checkpoint})", flush=True)
+    if backfill:
+        print(f"{query_name}: backfill: the batches this run plans quarantine no row as late", flush=True)
     return run_streaming_job(
-        spark, config, query_name, checkpoint, lambda: start_silver_refine(spark, config, entity_name, trigger)
+        spark, config, query_name, checkpoint,
+        lambda: start_silver_refine(spark, config, entity_name, trigger, backfill),
     )
 
 
@@ -556,6 +513,10 @@ class Reconciliation:
     duplicates: int
     skipped: int = 0  # CSV header lines: not records
     bronze_tables: list[str] | None = None  # every bronze table the entities read (default: the source's)
+    # File sources: lines of the files read into bronze, per source, against bronze's rows.
+    landed: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # source -> (files, lines, bronze rows)
+    bad_files: list = field(default_factory=list)  # ops.bad_files rows: never in bronze, named here
+    changed_files: list = field(default_factory=list)  # landing.ChangedFile: changed after ingest
 
     @property
     def accounted(self) -> int:
@@ -566,11 +527,23 @@ class Reconciliation:
         return self.refined_rows - self.accounted
 
     @property
+    def landing_holds(self) -> bool:
+        return all(lines == rows for _, lines, rows in self.landed.values())
+
+    @property
     def holds(self) -> bool:
-        return self.difference == 0 and self.bronze_rows == self.refined_rows
+        return self.difference == 0 and self.bronze_rows == self.refined_rows and self.landing_holds
 
     def describe(self) -> str:
-        lines = [
+        lines = []
+        for name, (files, landed_lines, rows) in self.landed.items():
+            lines.append(f"landing files of {name}: {files:,} read, {landed_lines:,} lines; bronze.{name}: {rows:,} rows"
+                         + ("" if landed_lines == rows else
+                            f"  NOT RECONCILED: {rows - landed_lines:+,} rows against the files' lines"))
+        if self.bad_files:
+            lines.append(f"bad files (not read, so not in bronze; see ops.bad_files): {len(self.bad_files):,}")
+            lines += [f"  {row['path']}: {row['reason']} ({row['detail']})" for row in self.bad_files]
+        lines += [
             f"{' + '.join(self.bronze_tables or [f'bronze.{self.source}'])}: {self.bronze_rows:,} rows, "
             f"{self.refined_rows:,} refined into "
             f"{', '.join('silver.' + e for e in self.entities)}",
@@ -581,20 +554,38 @@ class Reconciliation:
             lines.append(f"NOT RECONCILED: {self.bronze_rows - self.refined_rows:,} bronze rows not refined yet")
         if self.difference:
             lines.append(f"NOT RECONCILED: {self.difference:+,} rows refined but in none of silver, quarantine, duplicates")
+        if self.changed_files:
+            lines.append(f"WARNING: {len(self.changed_files):,} landing file(s) changed after they were read; what "
+                         "changed is not in bronze (landing files must not change: land new data as new files)")
+            lines += [f"  {c.path}: {c.size_read:,} -> {c.size_now:,} bytes, modified {c.mtime_read} -> {c.mtime_now} UTC"
+                      for c in self.changed_files]
         if self.holds:
             lines.append("reconciled: every bronze row is in silver, in quarantine, or counted as a duplicate"
-                         + (" or a header line" if self.skipped else ""))
+                         + (" or a header line" if self.skipped else "")
+                         + ("; every landed line of a file read is in bronze" if self.landed else ""))
         return "\n".join(lines)
 
 
 def reconcile(spark: SparkSession, config: LakehouseConfig, source: str) -> Reconciliation:
-    """bronze = silver + quarantine + duplicates, for the entities that read ``source``."""
+    """bronze = silver + quarantine + duplicates, for the entities that read ``source``; and, for
+    file sources, the lines of the files read = bronze rows, with bad and changed files named."""
+    from lakehouse.landing import INGESTED_FILES_TABLE, bad_files, changed_files
+
     entities = [name for name, e in config.entities.items() if source in e.sources]
     bronze_rows = 0
     bronze_sources = sorted({s for e in entities for s in config.entity(e).sources} or {source})
+    landed, bad, changed = {}, [], []
+    ingested_ref = resolve_table(config, INGESTED_FILES_TABLE)
     for name in bronze_sources:
         ref = resolve_table(config, f"bronze.{name}")
-        bronze_rows += read_table(spark, ref).count() if table_exists(spark, ref) else 0
+        rows = read_table(spark, ref).count() if table_exists(spark, ref) else 0
+        bronze_rows += rows
+        if config.source(name).kind == "files" and table_exists(spark, ingested_ref):
+            files = read_table(spark, ingested_ref).where(F.col("source") == name).agg(
+                F.count("*").alias("files"), F.sum("lines").alias("lines")).first()
+            landed[name] = (files["files"], files["lines"] or 0, rows)
+            bad += bad_files(spark, config, name)
+            changed += changed_files(spark, config, name)
     refined = silver_rows = quarantined = duplicates = skipped = 0
     batches_ref = resolve_table(config, SILVER_BATCHES_TABLE)
     for entity in entities:
@@ -611,4 +602,4 @@ def reconcile(spark: SparkSession, config: LakehouseConfig, source: str) -> Reco
         duplicates += sums["duplicates"] or 0
         skipped += sums["skipped"] or 0
     return Reconciliation(source, entities, bronze_rows, refined, silver_rows, quarantined, duplicates, skipped,
-                          [f"bronze.{name}" for name in bronze_sources])
+                          [f"bronze.{name}" for name in bronze_sources], landed, bad, changed)

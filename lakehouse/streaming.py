@@ -131,4 +131,6 @@ def _print_finished_batches(recorder: ProgressRecorder, query_name: str) -> int:
         files = f", {row['num_input_files']} files" if row["num_input_files"] is not None else ""
         print(f"{query_name}: batch {row['batch_id']}: {row['num_input_rows']:,} records{files}, "
               f"{row['batch_duration_ms'] / 1000:.1f}s", flush=True)
+        for note in row.get("notes", ()):
+            print(f"{query_name}: batch {row['batch_id']}: {note}", flush=True)
     return sum(row["num_input_rows"] for row in rows)

@@ -1,0 +1,209 @@
+"""What a streaming query's checkpoint holds, read without Spark's private classes.
+
+A checkpoint directory has ``offsets/<batch>`` (what each micro-batch was planned to read,
+written before it runs), ``commits/<batch>`` (written once it is done) and, for a file source,
+``sources/<n>/<log batch>[.compact]``: the landing files each source batch took, as JSON lines
+after a ``v1`` header (Spark's FileStreamSourceLog format). The project adds
+``lakehouse/plans/<batch>.json``: the decisions of a micro-batch fixed before its first write
+(:class:`BatchPlans`), so that a batch redone after a crash decides exactly as before.
+
+The log readers here read local (and ``file:``) checkpoints; :func:`planned_files` and
+:class:`BatchPlans` also read remote ones through the session's Hadoop file system.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from lakehouse import fs
+
+
+def local_dir(location: str) -> Path | None:
+    """A local directory for a plain path or file: URI; None for remote storage."""
+    return fs.local_path(location)
+
+
+def logged_batches(checkpoint: str, log: str) -> list[int]:
+    """Batch ids with an entry in a query's ``offsets`` (planned) or ``commits`` (done) log, in order.
+
+    Empty for a checkpoint on remote storage (only local and file: checkpoints are read here)."""
+    local = local_dir(checkpoint)
+    folder = local / log if local is not None else None
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def planned_source_offsets(checkpoint: str, batch_id: int, spark=None) -> list[str]:
+    """The offsets entry of ``batch_id``: one JSON text per source of the query, in source order
+    (the file holds "v1", the batch's metadata, then one line per source)."""
+    location = f"{checkpoint.rstrip('/')}/offsets/{batch_id}"
+    local = local_dir(location)
+    if local is not None:
+        return local.read_text().splitlines()[2:]
+    data = fs.read_bytes(spark, location)
+    if data is None:
+        raise FileNotFoundError(location)
+    return data.decode("utf-8").splitlines()[2:]
+
+
+def _log_entries(lines) -> list[dict]:
+    return [json.loads(line) for line in (raw.strip() for raw in lines) if line.startswith("{")]
+
+
+def _read_source_log(path: Path) -> list[dict]:
+    """Entries of one file of a file source's log (``<checkpoint>/sources/0/<n>[.compact]``)."""
+    with open(path, encoding="utf-8") as fh:
+        return _log_entries(fh)
+
+
+def _tail_entries(path: Path, batch_id: int, chunk: int = 1 << 16) -> list[dict]:
+    """The entries of ``batch_id`` in a compacted log file, read from its end.
+
+    A compact file holds every file the source ever took, oldest batch first; the newest batch's
+    entries are its last lines, so reading backwards stops after a few kilobytes instead of
+    parsing the whole history."""
+    found: list[dict] = []
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        position = fh.tell()
+        pending = b""
+        while position > 0:
+            step = min(chunk, position)
+            position -= step
+            fh.seek(position)
+            block = fh.read(step) + pending
+            lines = block.split(b"\n")
+            pending = lines.pop(0) if position > 0 else b""  # possibly a partial line
+            for line in reversed(lines):
+                if not line.strip().startswith(b"{"):
+                    continue
+                entry = json.loads(line)
+                if entry.get("batchId") == batch_id:
+                    found.append(entry)
+                elif entry.get("batchId", batch_id) < batch_id:
+                    return list(reversed(found))
+    return list(reversed(found))
+
+
+def files_in_batch(checkpoint: str, batch_id: int, source_index: int = 0) -> int | None:
+    """How many input files the file source planned for ``batch_id`` (None when unknown)."""
+    local = local_dir(checkpoint)
+    if local is None:
+        return None
+    log_dir = local / "sources" / str(source_index)
+    if (log_dir / str(batch_id)).is_file():
+        return sum(1 for e in _read_source_log(log_dir / str(batch_id)) if e.get("batchId") == batch_id)
+    if (log_dir / f"{batch_id}.compact").is_file():
+        return len(_tail_entries(log_dir / f"{batch_id}.compact", batch_id))
+    return None
+
+
+def _source_log_offset(checkpoint: str, batch_id: int, spark) -> int | None:
+    """The file source's log batch that query batch ``batch_id`` reads up to (its ``logOffset``)."""
+    try:
+        lines = planned_source_offsets(checkpoint, batch_id, spark)
+    except FileNotFoundError:
+        return None
+    offset = json.loads(lines[0]) if lines and lines[0].strip().startswith("{") else {}
+    return offset.get("logOffset")
+
+
+def planned_files(spark, checkpoint: str, batch_id: int, source_index: int = 0) -> list[dict]:
+    """The landing files a file source planned for query batch ``batch_id``: its log entries
+    (``path`` as a URI, ``timestamp`` the modification time seen when listed, ``batchId``).
+
+    The batch reads the source's log batches after the previous query batch's ``logOffset``
+    up to its own; normally exactly one."""
+    end = _source_log_offset(checkpoint, batch_id, spark)
+    if end is None:
+        raise FileNotFoundError(f"{checkpoint}: no offsets entry for batch {batch_id}")
+    start = _source_log_offset(checkpoint, batch_id - 1, spark) if batch_id > 0 else -1
+    if start is None:  # the previous entry was purged: one log batch per query batch
+        start = end - 1
+    log = f"{checkpoint.rstrip('/')}/sources/{source_index}"
+    entries: list[dict] = []
+    for log_batch in range(start + 1, end + 1):
+        entries.extend(_source_log_batch(spark, log, log_batch))
+    return entries
+
+
+def _source_log_batch(spark, log: str, log_batch: int) -> list[dict]:
+    local = local_dir(log)
+    if local is not None:
+        if (local / str(log_batch)).is_file():
+            return _read_source_log(local / str(log_batch))
+        if (local / f"{log_batch}.compact").is_file():
+            return _tail_entries(local / f"{log_batch}.compact", log_batch)
+        raise FileNotFoundError(f"{log}: no entry for source batch {log_batch}")
+    for name in (str(log_batch), f"{log_batch}.compact"):
+        data = fs.read_bytes(spark, f"{log}/{name}")
+        if data is not None:
+            return [e for e in _log_entries(data.decode("utf-8").splitlines()) if e.get("batchId") == log_batch]
+    raise FileNotFoundError(f"{log}: no entry for source batch {log_batch}")
+
+
+def processed_files(checkpoint: str, source_index: int = 0) -> set[str]:
+    """Every landing file the query has taken in, as local paths."""
+    local = local_dir(checkpoint)
+    if local is None:
+        return set()
+    log_dir = local / "sources" / str(source_index)
+    if not log_dir.is_dir():
+        return set()
+    seen = set()
+    for path in log_dir.iterdir():
+        if not path.name.startswith("."):
+            seen.update(fs.canonical(e["path"]) for e in _read_source_log(path))
+    return seen
+
+
+def landed_files(landing: str) -> list[str]:
+    """Data files in a local landing directory (hidden and ``_`` names are not data)."""
+    root = local_dir(landing)
+    if root is None or not root.is_dir():
+        return []
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]
+        found.extend(
+            os.path.abspath(os.path.join(dirpath, f))
+            for f in filenames
+            if not f.startswith((".", "_"))
+        )
+    return found
+
+
+class BatchPlans:
+    """Decisions of each micro-batch, fixed before its first write and kept in the checkpoint.
+
+    A batch that crashed half-way is redone after a restart. Its writes are idempotent, but
+    its decisions must be the same too: a cut-off read from a table the first attempt already
+    wrote to would judge rows differently. :meth:`plan` returns the plan recorded for the batch,
+    or makes one with ``decide()`` and records it (atomically) before returning it.
+    """
+
+    def __init__(self, spark, checkpoint: str, retain: int = 100):
+        self.spark = spark
+        self.folder = f"{checkpoint.rstrip('/')}/lakehouse/plans"
+        self.retain = retain  # as many as Spark keeps of its own offsets log
+
+    def _location(self, batch_id: int) -> str:
+        return f"{self.folder}/{batch_id}.json"
+
+    def recorded(self, batch_id: int) -> dict | None:
+        data = fs.read_bytes(self.spark, self._location(batch_id))
+        return None if data is None else json.loads(data)
+
+    def plan(self, batch_id: int, decide: Callable[[], dict]) -> dict:
+        recorded = self.recorded(batch_id)
+        if recorded is not None:
+            return recorded
+        plan = decide()
+        fs.write_atomic(self.spark, self._location(batch_id), json.dumps(plan, sort_keys=True).encode("utf-8"))
+        if batch_id >= self.retain:
+            fs.delete(self.spark, self._location(batch_id - self.retain))
+        return plan

@@ -1,0 +1,43 @@
+"""Failpoints: named places in a micro-batch where a test can make the job crash.
+
+The crash tests need to stop a job between two particular writes of one micro-batch, which a
+``kill -9`` from outside cannot aim at. ``$LAKEHOUSE_FAILPOINTS`` lists where, as
+``point[@batch][=action]`` items separated by commas, for example
+``silver.after_merge@1=kill,bronze.before_read``. ``action`` is ``raise`` (the default: the
+batch fails like any error, the query stops without committing it) or ``kill`` (the process
+kills itself with SIGKILL, as a crash would). Without the variable, :func:`failpoint` does
+nothing; production runs never set it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+FAILPOINTS_ENV = "LAKEHOUSE_FAILPOINTS"
+
+
+class FailpointError(RuntimeError):
+    """Raised at a failpoint whose action is ``raise``."""
+
+
+def _armed(name: str, batch_id: int | None) -> str | None:
+    for item in os.environ.get(FAILPOINTS_ENV, "").split(","):
+        spec, _, action = item.strip().partition("=")
+        point, _, batch = spec.partition("@")
+        if point == name and (not batch or (batch_id is not None and int(batch) == batch_id)):
+            return action or "raise"
+    return None
+
+
+def failpoint(name: str, batch_id: int | None = None) -> None:
+    """Crash here if ``$LAKEHOUSE_FAILPOINTS`` arms ``name`` (for this batch)."""
+    action = _armed(name, batch_id)
+    if action is None:
+        return
+    if action == "kill":
+        # A job started as its own process group (as the crash tests start them) dies with its JVM.
+        if os.getpgid(0) == os.getpid():
+            os.killpg(0, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise FailpointError(f"failpoint {name} (batch {batch_id})")

@@ -1,0 +1,115 @@
+"""Small file operations on a local path or on any file system Spark can reach (s3a://, abfss://, dbfs:).
+
+Local paths and ``file:`` URIs are handled in Python; anything else goes through the Hadoop
+``FileSystem`` of the running Spark session (its credentials and settings), so the same job code
+works against a laptop's disk and object storage.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+
+@dataclass(frozen=True)
+class FileStat:
+    size: int
+    mtime_ms: int  # modification time, milliseconds since the epoch
+
+
+def local_path(location: str) -> Path | None:
+    """The local path of a plain path or ``file:`` URI; None for remote storage."""
+    parsed = urlparse(location)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path) if parsed.scheme else location).absolute()
+    return None
+
+
+def canonical(location: str) -> str:
+    """One spelling per file: an absolute local path, or the URI with its path unquoted.
+
+    Spark writes a file as ``file:///a%20b`` in one place and ``file:/a b`` in another; two
+    spellings of one file compare equal after this."""
+    local = local_path(location)
+    if local is not None:
+        return os.path.normpath(str(local))
+    parsed = urlparse(location)
+    return f"{parsed.scheme}://{parsed.netloc}{unquote(parsed.path)}"
+
+
+def _hadoop(spark, location: str):
+    jvm = spark._jvm
+    path = jvm.org.apache.hadoop.fs.Path(location)
+    return path.getFileSystem(spark._jsc.hadoopConfiguration()), path
+
+
+def stat(spark, location: str) -> FileStat | None:
+    """Size and modification time, or None when the file does not exist."""
+    local = local_path(location)
+    if local is not None:
+        try:
+            info = os.stat(local)
+        except FileNotFoundError:
+            return None
+        return FileStat(info.st_size, int(info.st_mtime_ns // 1_000_000))
+    fs, path = _hadoop(spark, location)
+    if not fs.exists(path):
+        return None
+    status = fs.getFileStatus(path)
+    return FileStat(int(status.getLen()), int(status.getModificationTime()))
+
+
+def read_bytes(spark, location: str) -> bytes | None:
+    """The whole file, or None when it does not exist."""
+    local = local_path(location)
+    if local is not None:
+        try:
+            return local.read_bytes()
+        except FileNotFoundError:
+            return None
+    fs, path = _hadoop(spark, location)
+    if not fs.exists(path):
+        return None
+    stream = fs.open(path)
+    try:
+        return bytes(spark._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
+
+
+def write_atomic(spark, location: str, data: bytes) -> None:
+    """Write the file so that a reader (or a crash) sees all of it or none: a temporary name, then a rename."""
+    local = local_path(location)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        temporary = local.parent / f".{local.name}.{uuid.uuid4().hex}.tmp"
+        with open(temporary, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temporary, local)
+        return
+    fs, path = _hadoop(spark, location)
+    temporary = spark._jvm.org.apache.hadoop.fs.Path(path.getParent(), f".{path.getName()}.{uuid.uuid4().hex}.tmp")
+    stream = fs.create(temporary, True)
+    try:
+        stream.write(bytearray(data))
+    finally:
+        stream.close()
+    if fs.exists(path):
+        fs.delete(path, False)
+    if not fs.rename(temporary, path):
+        raise OSError(f"could not rename {temporary} to {location}")
+
+
+def delete(spark, location: str) -> None:
+    """Remove the file if it exists."""
+    local = local_path(location)
+    if local is not None:
+        local.unlink(missing_ok=True)
+        return
+    fs, path = _hadoop(spark, location)
+    fs.delete(path, False)
