@@ -316,8 +316,11 @@ def cmd_train(config: LakehouseConfig, args) -> int:
     print(f"validation RMSE {final.get('val_rmse', float('nan')):.3f} W (predicting the mean: "
           f"{summary.baseline_rmse:.3f} W), MAE {final.get('val_mae', float('nan')):.3f} W, "
           f"{summary.samples_per_s:,.0f} samples/s")
+    if summary.refused_rows:
+        print(f"{summary.refused_rows:,} rows not trained on: a feature or the label is not finite in float32")
     print(f"registered {config.training.registered_model} version {summary.model_version}"
-          + (" -> alias champion" if summary.champion else " (the champion stays: it has a lower val_rmse)"))
+          + (" -> alias champion" if summary.champion else
+             f" (not the champion: {summary.not_champion_because})"))
     print(f"browse: mlflow ui --backend-store-uri {summary.tracking_uri}")
     return EXIT_OK
 
@@ -564,7 +567,7 @@ def _demo(config: LakehouseConfig, args) -> int:
         print(f"validation RMSE:   {final['val_rmse']:.2f} W (predicting the mean: {summary.baseline_rmse:.2f} W)")
         print(f"validation MAE:    {final['val_mae']:.2f} W; {summary.samples_per_s:,.0f} samples/s")
         print(f"registered model:  {training.registered_model} version {summary.model_version}"
-              + (" (champion)" if summary.champion else ""))
+              + (" (champion)" if summary.champion else f" (not the champion: {summary.not_champion_because})"))
         scored = score(spark, config)
         print(f"gold.predictions:  {scored.rows:,} rows by version {scored.model_version} (the champion)")
     print("\n" + format_status(collect_status(spark, config)))

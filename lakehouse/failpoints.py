@@ -3,16 +3,19 @@
 The crash tests need to stop a job between two particular writes of one micro-batch, which a
 ``kill -9`` from outside cannot aim at. ``$LAKEHOUSE_FAILPOINTS`` lists where, as
 ``point[@batch][=action]`` items separated by commas, for example
-``silver.after_merge@1=kill,bronze.before_read``. ``action`` is ``raise`` (the default: the
-batch fails like any error, the query stops without committing it) or ``kill`` (the process
-kills itself with SIGKILL, as a crash would). Without the variable, :func:`failpoint` does
-nothing; production runs never set it.
+``silver.merge@1=kill,bronze.read``. ``action`` is ``raise`` (the default: the batch fails
+like any error, the query stops without committing it), ``kill`` (the process kills itself
+with SIGKILL, as a crash would) or ``sleep:<seconds>`` (to widen a race window). Without the
+variable, :func:`failpoint` does nothing; production runs never set it. The points:
+bronze.read / bad_files / ingested_files / done (lakehouse.landing), silver.plan / quarantine /
+quality / merge / stats / done (lakehouse.silver), train.promote (ml.run).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 FAILPOINTS_ENV = "LAKEHOUSE_FAILPOINTS"
 
@@ -34,6 +37,9 @@ def failpoint(name: str, batch_id: int | None = None) -> None:
     """Crash here if ``$LAKEHOUSE_FAILPOINTS`` arms ``name`` (for this batch)."""
     action = _armed(name, batch_id)
     if action is None:
+        return
+    if action.startswith("sleep:"):
+        time.sleep(float(action.split(":", 1)[1]))
         return
     if action == "kill":
         # A job started as its own process group (as the crash tests start them) dies with its JVM.

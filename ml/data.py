@@ -108,3 +108,43 @@ def validation_mask(frame: pd.DataFrame, split_key: list[str], fraction: float) 
     """True for validation rows: a fixed hash of the split key, the same in every process and run."""
     hashes = pd.util.hash_pandas_object(frame[split_key], index=False).to_numpy()
     return (hashes % HASH_BUCKETS) < int(round(fraction * HASH_BUCKETS))
+
+
+# -- rows a model can learn from ------------------------------------------------------------
+#
+# A feature or label that is NaN, infinite, or beyond float32 (the model's precision: 1e300 is
+# finite as a double and infinite as a float) would make the scaling, the loss and so the model
+# NaN. Such rows are refused: counted, logged, and above training.max_refused_fraction the run
+# stops. A row without a label (null: the last minute of a host has no next minute) is
+# unlabelled, not refused. The same rule twice: in numpy for the training processes, in Spark
+# SQL for the driver's check before any process starts.
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def usable_rows(frame: pd.DataFrame, features: list[str], label: str) -> tuple[np.ndarray, int, int]:
+    """(mask of rows to train on, refused rows, unlabelled rows) of a shard."""
+    x = frame[features].to_numpy(dtype=np.float64)
+    y = frame[label].to_numpy(dtype=np.float64)
+    unlabelled = np.isnan(y)  # Arrow nulls arrive as NaN
+    representable = lambda a: np.isfinite(a) & (np.abs(a) <= FLOAT32_MAX)  # noqa: E731
+    good = representable(x).all(axis=1) & representable(y)
+    return good, int((~good & ~unlabelled).sum()), int(unlabelled.sum())
+
+
+def count_unusable(table_df, features: list[str], label: str) -> dict[str, int]:
+    """rows / refused / unlabelled of a Spark DataFrame, by the rule of :func:`usable_rows`."""
+    from pyspark.sql import functions as F
+
+    def bad(name: str):
+        value = F.col(name).cast("double")
+        return value.isNull() | F.isnan(value) | (F.abs(value) > FLOAT32_MAX)
+
+    unlabelled = F.col(label).isNull() | F.isnan(F.col(label).cast("double"))
+    any_bad = bad(label)
+    for name in features:
+        any_bad = any_bad | bad(name)
+    refused = ~unlabelled & any_bad
+    row = table_df.agg(F.count(F.lit(1)).alias("rows"), F.count(F.when(refused, 1)).alias("refused"),
+                       F.count(F.when(unlabelled, 1)).alias("unlabelled")).first()
+    return {"rows": row["rows"], "refused": row["refused"], "unlabelled": row["unlabelled"]}

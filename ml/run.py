@@ -8,13 +8,19 @@ when it beats the current champion's validation RMSE.
 
 from __future__ import annotations
 
+import fcntl
+import math
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
-from ml.data import Snapshot, pin_snapshot
+from lakehouse.failpoints import failpoint
+
+from ml.data import Snapshot, count_unusable, pin_snapshot, usable_rows
 from ml.train import TrainResult, TrainSpec, train_process
 
 BACKENDS = ("local", "horovod", "torch-distributor")
@@ -39,6 +45,8 @@ class RunSummary:
     final: dict  # last epoch's validation metrics
     baseline_rmse: float
     samples_per_s: float
+    not_champion_because: str | None = None  # why the champion alias did not move to this version
+    refused_rows: int = 0  # feature rows not finite in float32: not trained on
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -71,6 +79,25 @@ def quality_pass_rate(spark, config, entities: list[str], window: int) -> float 
     if not row["records"]:
         return None
     return 1.0 - row["quarantined"] / row["records"]
+
+
+def check_rows(spark, config, snapshot: Snapshot, force: bool) -> dict[str, int]:
+    """Refuse (TrainingRefused) a snapshot with more rows not finite in float32 than
+    training.max_refused_fraction allows; the processes leave such rows out either way."""
+    from lakehouse.tables import read_table, resolve_table
+
+    training = config.training
+    table = read_table(spark, resolve_table(config, snapshot.table), version=snapshot.version)
+    counts = count_unusable(table, list(training.features), training.label)
+    share = counts["refused"] / counts["rows"] if counts["rows"] else 0.0
+    if counts["refused"]:
+        print(f"{snapshot.table}@v{snapshot.version}: {counts['refused']:,} of {counts['rows']:,} rows have a feature "
+              "or label that is NaN, infinite or beyond float32: not trained on", flush=True)
+    if share > training.max_refused_fraction and not force:
+        raise TrainingRefused(
+            f"{snapshot.table}@v{snapshot.version}: {share:.2%} of its rows are not finite, above "
+            f"training.max_refused_fraction {training.max_refused_fraction:.2%}: fix the feed, or pass --force")
+    return counts
 
 
 # -- backends -------------------------------------------------------------------------------
@@ -141,7 +168,6 @@ def git_commit() -> str:
 def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rate: float | None) -> RunSummary:
     quiet_mlflow()  # no usage reports from jobs
     import mlflow
-    import numpy as np
     import pandas as pd
     import torch
     from mlflow.entities import Metric
@@ -186,11 +212,16 @@ def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rat
         for epoch in result.epochs:
             metrics += [Metric(name, float(epoch[name]), now, epoch["step"]) for name in ("val_loss", "val_rmse", "val_mae")]
         metrics += [Metric("samples_per_s", result.samples_per_s, now, 0),
-                    Metric("baseline_rmse", result.baseline_rmse, now, 0)]
+                    Metric("baseline_rmse", result.baseline_rmse, now, 0),
+                    Metric("refused_rows", result.refused_rows, now, 0),  # not finite: not trained on
+                    Metric("unlabelled_rows", result.unlabelled_rows, now, 0)]
         for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             client.log_batch(run.info.run_id, metrics=metrics[i:i + 1000])
 
-        example = read_head(snapshot, spec.features).astype("float32")
+        head = read_head(snapshot, [*spec.features, spec.label], n=20)
+        example = head[usable_rows(head, spec.features, spec.label)[0]][spec.features].head(5).astype("float32")
+        if example.empty:  # no usable row among the first ones: a neutral example of the right shape
+            example = pd.DataFrame([[0.0] * len(spec.features)], columns=spec.features, dtype="float32")
         with torch.no_grad():
             predicted = model(torch.tensor(example.to_numpy())).numpy()
         info = mlflow.pytorch.log_model(
@@ -199,23 +230,62 @@ def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rat
         )
     version = mlflow.register_model(info.model_uri, training.registered_model)
     final = result.epochs[-1] if result.epochs else {}
-    champion = _promote_if_better(client, training.registered_model, version.version, final.get("val_rmse", np.inf))
-    return RunSummary(run.info.run_id, experiment, uri, version.version, champion, final,
-                      result.baseline_rmse, result.samples_per_s)
+    val_rmse = final.get("val_rmse", float("nan"))
+    if result.validation_rows == 0:
+        refused = "it had no validation rows"
+    elif not math.isfinite(val_rmse):
+        refused = f"its validation RMSE is {val_rmse} (not finite)"
+    else:
+        with promotion_lock(config, uri, training.registered_model):
+            refused = promote_if_better(client, training.registered_model, version.version, val_rmse)
+    if refused:
+        client.set_model_version_tag(training.registered_model, version.version, "not_champion_because", refused)
+    return RunSummary(run.info.run_id, experiment, uri, version.version, refused is None, final,
+                      result.baseline_rmse, result.samples_per_s, refused, result.refused_rows)
 
 
-def _promote_if_better(client, name: str, version: str, val_rmse: float) -> bool:
-    """Move the alias 'champion' to ``version`` when it beats the current champion's val_rmse."""
+@contextmanager
+def promotion_lock(config, uri: str, model_name: str):
+    """Held while a run compares itself with the champion and moves the alias: with it, promotion
+    is a compare-and-set (MLflow has none), so two runs finishing together cannot both read the
+    old champion and both win. A file lock beside a local (sqlite or file) store, else in the data
+    directory; runs that share neither (two machines on one tracking server) are not ordered by it.
+    """
+    folder = (_local_store(uri) or Path(config.storage.data_dir)) / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"champion-{model_name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _local_store(uri: str) -> Path | None:
+    """The directory of a local tracking store: the sqlite file's folder, or a file store."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":  # sqlite:///relative.db, sqlite:////absolute.db
+        path = unquote(parsed.path[1:] if parsed.path.startswith("/") else parsed.path)
+        return Path(path).parent if path and path != ":memory:" else None
+    if parsed.scheme in ("file", "") and parsed.path:
+        return Path(unquote(parsed.path))
+    return None
+
+
+def promote_if_better(client, name: str, version: str, val_rmse: float) -> str | None:
+    """Move the alias 'champion' to ``version`` when it beats the current champion's val_rmse
+    (hold :func:`promotion_lock`). Returns None when it did, else why not."""
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except Exception:  # no champion yet (MLflow raises when the alias is not set)
         current = None
+    failpoint("train.promote")
     if current is not None:
-        best = client.get_run(current.run_id).data.metrics.get("val_rmse", float("inf"))
-        if val_rmse >= best:
-            return False
+        best = client.get_run(current.run_id).data.metrics.get("val_rmse", float("nan"))
+        if math.isfinite(best) and val_rmse >= best:  # a champion with no finite metric is replaced
+            return f"the champion (version {current.version}) has a lower validation RMSE, {best:.4f}"
     client.set_registered_model_alias(name, CHAMPION, version)
-    return True
+    return None
 
 
 # -- the command ----------------------------------------------------------------------------
@@ -235,6 +305,7 @@ def run_training(spark, config, backend: str, num_proc: int, gpu: bool, force: b
             f"{pass_rate:.1%} of their records, below training.min_quality_pass_rate "
             f"{training.min_quality_pass_rate:.1%}: fix the feed, or pass --force")
     snapshot: Snapshot = pin_snapshot(spark, config, training.table, version)
+    check_rows(spark, config, snapshot, force)
     print(f"training on {snapshot.table}@v{snapshot.version} ({snapshot.rows:,} rows, {len(snapshot.files)} files)"
           f" with {backend} x{num_proc}{' on GPU' if gpu else ''}", flush=True)
     spec = TrainSpec(

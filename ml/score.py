@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ml.data import FLOAT32_MAX
 from ml.run import CHAMPION, quiet_mlflow, tracking_uri
 
 PREDICTIONS_TABLE = "gold.predictions"
@@ -51,10 +52,16 @@ def score(spark, config) -> ScoreSummary:
     predict = mlflow.pyfunc.spark_udf(spark, f"models:/{name}@{CHAMPION}", result_type="double", env_manager="local")
     # Every column that is neither a feature nor the label identifies the row (host, rack, minute, ...).
     identifying = [c for c in features.columns if c not in training.features and c != training.label]
+    # A row whose features the model cannot take (NaN, infinite, beyond float32) gets no prediction.
+    representable = F.lit(True)
+    for name in training.features:
+        value = F.col(name).cast("double")
+        representable = representable & value.isNotNull() & ~F.isnan(value) & (F.abs(value) <= FLOAT32_MAX)
+    prediction = predict(*[F.col(c).cast("float").alias(c) for c in training.features])
     predictions = features.select(
         *identifying,
         F.col(training.label).alias("actual"),
-        predict(*[F.col(c).cast("float").alias(c) for c in training.features]).alias("prediction"),
+        F.when(representable, prediction).alias("prediction"),
         F.lit(name).alias("model_name"),
         F.lit(str(champion.version)).alias("model_version"),
         F.lit(f"{training.table}@v{version}").alias("input"),

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ml.data import Snapshot, read_shard, validation_mask
+from ml.data import Snapshot, read_shard, usable_rows, validation_mask
 from ml.dist import make_comm
 from ml.model import MLPRegressor
 
@@ -51,6 +51,8 @@ class TrainResult:
     train_rows: int
     validation_rows: int
     baseline_rmse: float  # predicting the training mean for every validation row
+    refused_rows: int = 0  # not finite in float32 (ml.data.usable_rows), over all processes
+    unlabelled_rows: int = 0  # no label
     steps: list[int] = field(default_factory=list)  # global step of each logged training loss
     train_loss: list[float] = field(default_factory=list)  # mean squared error in label-std units
     epochs: list[dict] = field(default_factory=list)  # per epoch: val_loss, val_rmse, val_mae
@@ -84,7 +86,8 @@ def _train(spec: TrainSpec, comm) -> TrainResult | None:
         return comm.allreduce_sum(torch.tensor(values, dtype=torch.float64)).numpy()
 
     frame = read_shard(spec.snapshot, [*spec.features, spec.label, *spec.split_key], comm.rank, comm.size)
-    frame = frame.dropna(subset=[*spec.features, spec.label])
+    usable, refused, unlabelled = usable_rows(frame, spec.features, spec.label)
+    frame = frame[usable]
     is_validation = validation_mask(frame, spec.split_key, spec.validation_fraction)
     x = frame[spec.features].to_numpy(dtype=np.float64)
     y = frame[spec.label].to_numpy(dtype=np.float64)
@@ -104,6 +107,10 @@ def _train(spec: TrainSpec, comm) -> TrainResult | None:
     n_val = int(val_counts[0])
     baseline_rmse = math.sqrt(val_counts[1] / n_val) if n_val else float("nan")
 
+    if not (np.isfinite(x_mean).all() and np.isfinite(x_std).all() and math.isfinite(y_mean) and math.isfinite(y_std)):
+        raise RuntimeError(f"{spec.snapshot.table}@v{spec.snapshot.version}: the feature scaling is not finite")
+    skipped = total([refused, unlabelled])
+
     model = MLPRegressor(n_feat, spec.hidden, spec.dropout)
     model.set_scaling(x_mean.astype(np.float32), x_std.astype(np.float32), np.float32(y_mean), np.float32(y_std))
     model.to(device)
@@ -122,7 +129,8 @@ def _train(spec: TrainSpec, comm) -> TrainResult | None:
     per_rank[comm.rank] = len(y_train)
     steps_per_epoch = max(1, int(total(per_rank).min()) // spec.batch_size)
     generator = torch.Generator().manual_seed(spec.seed * 1000 + comm.rank)
-    result = TrainResult(comm.size, n_train, n_val, baseline_rmse)
+    result = TrainResult(comm.size, n_train, n_val, baseline_rmse, refused_rows=int(skipped[0]),
+                         unlabelled_rows=int(skipped[1]))
     step, trained_samples, train_seconds, window = 0, 0, 0.0, []
     for epoch in range(spec.epochs):
         trained.train()
@@ -152,7 +160,7 @@ def _train(spec: TrainSpec, comm) -> TrainResult | None:
             errors = model(xv) - yv if len(yv) else torch.zeros(0, device=device)
             scaled_errors = errors / model.y_std
             stats = total([float((errors ** 2).sum()), float(errors.abs().sum()), float((scaled_errors ** 2).sum()), len(yv)])
-        count = max(stats[3], 1.0)
+        count = stats[3] if stats[3] > 0 else float("nan")  # no validation rows: no validation metric
         if comm.rank == 0:
             result.epochs.append({"epoch": epoch, "step": step, "val_loss": stats[2] / count,
                                   "val_rmse": math.sqrt(stats[0] / count), "val_mae": stats[1] / count})
