@@ -38,3 +38,39 @@ def test_files_in_batch_reads_plain_and_compacted_logs(tmp_path):
     assert files_in_batch(str(tmp_path), 8) == 2
     assert files_in_batch(str(tmp_path), 9) == 3
     assert files_in_batch(str(tmp_path), 10) is None
+
+
+def test_planned_files_follow_the_offsets_log_to_the_source_batches(tmp_path):
+    from lakehouse.checkpoints import planned_files
+
+    def offsets(batch: int, log_offset: int) -> None:
+        folder = tmp_path / "offsets"
+        folder.mkdir(exist_ok=True)
+        (folder / str(batch)).write_text('v1\n{"batchWatermarkMs":0}\n' + json.dumps({"logOffset": log_offset}) + "\n")
+
+    _source_log(tmp_path, "0", [("file:///x/a%20b", 0)])
+    _source_log(tmp_path, "1", [("file:///x/c", 1), ("file:///x/d", 1)])
+    # a compacted log: every earlier entry first, the newest batch's entries last
+    _source_log(tmp_path, "2.compact", [("file:///x/a%20b", 0), ("file:///x/c", 1), ("file:///x/d", 1),
+                                        ("file:///x/e", 2)])
+    _source_log(tmp_path, "3", [("file:///x/f", 3)])
+    offsets(0, 0)
+    offsets(1, 1)
+    offsets(2, 3)  # one query batch that read two source batches (2 and 3)
+    paths = lambda batch: [e["path"] for e in planned_files(None, str(tmp_path), batch)]  # noqa: E731
+    assert paths(0) == ["file:///x/a%20b"]
+    assert paths(1) == ["file:///x/c", "file:///x/d"]
+    assert paths(2) == ["file:///x/e", "file:///x/f"]
+
+
+def test_batch_plans_are_made_once_and_read_back(tmp_path):
+    from lakehouse.checkpoints import BatchPlans
+
+    made = []
+    plans = BatchPlans(None, str(tmp_path), retain=2)
+    first = plans.plan(0, lambda: made.append(1) or {"cutoff": 5})
+    again = BatchPlans(None, str(tmp_path)).plan(0, lambda: made.append(2) or {"cutoff": 9})  # after a restart
+    assert first == again == {"cutoff": 5} and made == [1]
+    for batch in (1, 2, 3):
+        plans.plan(batch, lambda: {"cutoff": 0})
+    assert sorted(p.name for p in (tmp_path / "lakehouse" / "plans").iterdir()) == ["2.json", "3.json"]
