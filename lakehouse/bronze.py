@@ -29,7 +29,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from lakehouse.checkpoints import planned_files
+from lakehouse.checkpoints import batch_planned_ms, planned_files
 from lakehouse.config import LakehouseConfig, SourceConfig
 from lakehouse.landing import ensure_landing_tables, ingest_files
 from lakehouse.observability import count_records, report_batch
@@ -187,8 +187,8 @@ class FileBatchIngest:
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
         app_id = f"{self.query_name}-{spark.sparkContext.getLocalProperty('sql.streaming.queryId')}"
         uris = [entry["path"] for entry in planned_files(spark, self.checkpoint, batch_id)]
-        files = ingest_files(spark, self.config, self.source_name, uris, app_id, batch_id,
-                             may_be_replay=not self.started)
+        replay_since = None if self.started else batch_planned_ms(self.checkpoint, batch_id, spark)
+        files = ingest_files(spark, self.config, self.source_name, uris, app_id, batch_id, replay_since)
         self.started = True
         report_batch(self.query_name, batch_id, records=sum(f.lines or 0 for f in files),
                      bad_files=[f"{f.path}: {f.reason} ({f.detail})" for f in files if f.reason])

@@ -37,17 +37,26 @@ def logged_batches(checkpoint: str, log: str) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
-def planned_source_offsets(checkpoint: str, batch_id: int, spark=None) -> list[str]:
-    """The offsets entry of ``batch_id``: one JSON text per source of the query, in source order
-    (the file holds "v1", the batch's metadata, then one line per source)."""
+def _offsets_entry(checkpoint: str, batch_id: int, spark=None) -> list[str]:
+    """The lines of ``offsets/<batch_id>``: "v1", the batch's metadata, then one line per source."""
     location = f"{checkpoint.rstrip('/')}/offsets/{batch_id}"
     local = local_dir(location)
     if local is not None:
-        return local.read_text().splitlines()[2:]
+        return local.read_text().splitlines()
     data = fs.read_bytes(spark, location)
     if data is None:
         raise FileNotFoundError(location)
-    return data.decode("utf-8").splitlines()[2:]
+    return data.decode("utf-8").splitlines()
+
+
+def planned_source_offsets(checkpoint: str, batch_id: int, spark=None) -> list[str]:
+    """The offsets entry of ``batch_id``: one JSON text per source of the query, in source order."""
+    return _offsets_entry(checkpoint, batch_id, spark)[2:]
+
+
+def batch_planned_ms(checkpoint: str, batch_id: int, spark=None) -> int:
+    """When Spark planned ``batch_id`` (its offsets entry's batchTimestampMs, the driver's clock)."""
+    return int(json.loads(_offsets_entry(checkpoint, batch_id, spark)[1])["batchTimestampMs"])
 
 
 def _log_entries(lines) -> list[dict]:

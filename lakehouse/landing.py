@@ -35,9 +35,10 @@ from lakehouse.config import LakehouseConfig
 from lakehouse.failpoints import failpoint
 from lakehouse.tables import (
     TableRef,
-    append_to_table,
+    append_once,
+    batch_marker,
+    committed,
     create_table_if_missing,
-    delta_table,
     read_table,
     resolve_table,
     table_exists,
@@ -170,12 +171,6 @@ def diagnose(spark: SparkSession, landed: LandedFile) -> tuple[str, str] | None:
     return None
 
 
-def committed(spark: SparkSession, ref: TableRef, marker: str, depth: int = 20) -> bool:
-    """Whether the table's recent history holds the commit whose userMetadata is ``marker``."""
-    history = delta_table(spark, ref).history(depth)
-    return history.where(F.col("userMetadata") == marker).limit(1).count() > 0
-
-
 def lines_in_bronze(spark: SparkSession, ref: TableRef, paths: list[str]) -> dict[str, int]:
     """Rows per file already in bronze (a batch redone after its bronze commit)."""
     rows = (read_table(spark, ref).where(F.col("_source_file").isin(paths))
@@ -190,13 +185,14 @@ def ingest_files(
     uris: list[str],
     app_id: str,
     batch_id: int,
-    may_be_replay: bool,
+    replay_since_ms: int | None,
 ) -> list[LandedFile]:
     """Read the batch's planned files into bronze; record each in ops.ingested_files or ops.bad_files.
 
-    Every write carries Delta's idempotent-write marker (``app_id``, ``batch_id``). A batch
-    redone after its bronze commit (``may_be_replay``: the first batch after a start) counts
-    each file's lines from bronze instead of reading the files again.
+    Each write happens once per batch (tables.append_once, marked ``app_id:batch_id``). A batch
+    redone after its bronze commit (possible only for the first batch after a start, for which
+    ``replay_since_ms`` says when it was planned) counts each file's lines from bronze instead of
+    reading the files again.
     """
     from lakehouse.bronze import bronze_table, with_lines
 
@@ -207,15 +203,16 @@ def ingest_files(
     for empty in (f for f in files if f.reason is None and not f.size):
         empty.lines = 0  # Spark's readers skip empty files; they hold no lines
     failpoint("bronze.read", batch_id)
-    marker = f"{app_id}:{batch_id}"
-    replayed = bool(readable) and may_be_replay and committed(spark, bronze, marker)
+    marker = batch_marker(app_id, batch_id)
+    replayed = (bool(readable) and replay_since_ms is not None
+                and committed(spark, bronze, marker, replay_since_ms) is not None)
     if replayed:
         counted = lines_in_bronze(spark, bronze, [f.path for f in readable])
     elif readable:
         whole = read_whole_files(spark, readable)
         observed = Observation(f"files-{batch_id}")
         lines = with_lines(whole, F.col("_metadata.file_path"), observed)
-        append_to_table(lines, bronze, txn=(app_id, batch_id))
+        append_once(lines, bronze, marker)  # not committed yet: checked above
         counted = {fs.canonical(row["file"]): row["lines"] for row in observed.get["files"]}
     else:
         counted = {}
@@ -230,26 +227,39 @@ def ingest_files(
         else:
             landed.reason, landed.detail = problem or (
                 "unreadable", "could not be read when its batch ran (it can be now): land it again under a new name")
-    _record(spark, config, source_name, files, app_id, batch_id)
+    _record(spark, config, source_name, files, app_id, batch_id, replay_since_ms)
     return files
 
 
 def _record(spark: SparkSession, config: LakehouseConfig, source_name: str, files: list[LandedFile],
-            app_id: str, batch_id: int) -> None:
+            app_id: str, batch_id: int, replay_since_ms: int | None) -> None:
     now = _now()
     bad = [(source_name, f.path, f.size, f.reason, f.detail, batch_id, now) for f in files if f.reason]
     good = [(source_name, f.path, f.size, _timestamp(f.mtime_ms), f.lines, batch_id, now)
             for f in files if not f.reason]
-    writer = spark.newSession()  # see ProgressRecorder: no session-wide txn settings reach these appends
+    writer = _writer_session(spark)
     failpoint("bronze.bad_files", batch_id)
     if bad:
-        append_to_table(writer.createDataFrame(bad, BAD_FILES_SCHEMA), resolve_table(config, BAD_FILES_TABLE),
-                        txn=(f"{app_id}-bad-files", batch_id))
+        append_once(writer.createDataFrame(bad, BAD_FILES_SCHEMA), resolve_table(config, BAD_FILES_TABLE),
+                    batch_marker(app_id, batch_id), replay_since_ms)
     failpoint("bronze.ingested_files", batch_id)
     if good:
-        append_to_table(writer.createDataFrame(good, INGESTED_FILES_SCHEMA),
-                        resolve_table(config, INGESTED_FILES_TABLE), txn=(f"{app_id}-ingested-files", batch_id))
+        append_once(writer.createDataFrame(good, INGESTED_FILES_SCHEMA), resolve_table(config, INGESTED_FILES_TABLE),
+                    batch_marker(app_id, batch_id), replay_since_ms)
     failpoint("bronze.done", batch_id)
+
+
+_writer_sessions: dict[int, SparkSession] = {}
+
+
+def _writer_session(spark: SparkSession) -> SparkSession:
+    """A session of its own for the ops appends (see ProgressRecorder: a MERGE's session-wide
+    settings must not reach them), made once per Spark application: a new session's first query
+    costs about a second."""
+    key = id(spark.sparkContext)
+    if key not in _writer_sessions:
+        _writer_sessions[key] = spark.newSession()
+    return _writer_sessions[key]
 
 
 def _timestamp(mtime_ms: int | None) -> datetime | None:

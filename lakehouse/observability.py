@@ -82,9 +82,9 @@ class ProgressRecorder(StreamingQueryListener):
     """Queues one ``ops.stream_progress`` row per micro-batch; :meth:`flush` writes them."""
 
     def __init__(self, spark: SparkSession, config: LakehouseConfig):
-        # A session of its own (same SparkContext): the jobs set session-wide Delta settings for
-        # their idempotent MERGEs (txnAppId/txnVersion), which an append made meanwhile from this
-        # session would otherwise pick up, and then be skipped as a replay.
+        # A session of its own (same SparkContext): the silver job sets a session-wide Delta setting
+        # for its MERGE (the commit's userMetadata, which names the batch's commits), which an
+        # append made meanwhile from this session would otherwise pick up.
         self.spark = spark.newSession()
         self.table = resolve_table(config, STREAM_PROGRESS_TABLE)
         self.checkpoints: dict[str, str] = {}  # query name -> checkpoint, to count files per batch

@@ -54,7 +54,10 @@ from lakehouse.quality import (
 )
 from lakehouse.streaming import run_streaming_job
 from lakehouse.tables import (
-    append_to_table,
+    TableRef,
+    append_once,
+    batch_marker,
+    committed,
     create_table_if_missing,
     delta_table,
     last_commit,
@@ -161,7 +164,6 @@ def plan_batch(spark: SparkSession, config: LakehouseConfig, entity_name: str, b
       batches committed, so the rows of one batch are never late relative to each other. None
       while silver is empty, and for a backfill run (``--backfill``).
     - ``late_exempt``: the entity's sources configured as backfills (``sources.<s>.backfill``).
-    - ``source_versions``: the bronze tables' versions, recorded with the quality results.
     Times are microseconds since the epoch (UTC), so no local clock or Python datetime is involved.
     """
     entity = config.entity(entity_name)
@@ -179,7 +181,6 @@ def plan_batch(spark: SparkSession, config: LakehouseConfig, entity_name: str, b
         "late_cutoff_us": late_cutoff,
         "late_exempt": sorted(s for s in entity.sources if config.source(s).backfill),
         "backfill": backfill,
-        "source_versions": _source_versions(spark, config, entity),
     }
 
 
@@ -247,22 +248,26 @@ def refine_batch(
     batch_id: int,
     validator: BatchValidator | None = None,
     plan: dict | None = None,
+    may_be_replay: bool = True,
 ) -> None:
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
     ``plan`` fixes what decisions depend on besides the rows (:func:`plan_batch`; made here
     when not given). The parsed and checked batch is cached once; one aggregation over it
-    yields the batch's counts, the fail check and the row-level expectation results. Every
-    write carries Delta's idempotent-write marker (``app_id``, ``batch_id``), so a batch redone
-    after a crash changes nothing that already committed, and with the same plan it decides
-    every row as before. ``validator`` validates with GX what the fused aggregation does not
+    yields the batch's counts, the fail check and the row-level expectation results. Each write
+    is made once per batch (tables.append_once, marked ``app_id:batch_id``; ``may_be_replay``:
+    the batch may be one redone after a crash, so writes it already made are looked for and
+    skipped), and with the same plan a redone batch decides every row as before. ``validator`` validates with GX what the fused aggregation does not
     (every expectation when ``quality.validation`` is ``gx``).
     """
     spark = bronze_batch.sparkSession
     entity = config.entity(entity_name)
     sources = {name: config.source(name) for name in entity.sources}
-    silver = delta_table(spark, resolve_table(config, f"silver.{entity_name}"))
+    silver_ref = resolve_table(config, f"silver.{entity_name}")
     plan = plan if plan is not None else plan_batch(spark, config, entity_name)
+    marker = batch_marker(app_id, batch_id)
+    # the batch's writes all come after its plan, so a redone batch's history search stops there
+    replay_since = plan["planned_at_us"] // 1000 if may_be_replay else None
     checked = with_rule_results(parse_records(bronze_batch, entity, sources), rules)
     # _reasons: null for a CSV header line (not a record), else why the row is quarantined (or []).
     reasons = F.when(F.col("_header") == "ok", F.lit(None).cast("array<string>")).otherwise(
@@ -307,22 +312,21 @@ def refine_batch(
         def append_results() -> None:
             failpoint("silver.quality", batch_id)
             if results:
-                rows = results_rows(entity_name, entity.suite, results, batch_id, plan["source_versions"])
-                append_to_table(spark.createDataFrame(rows, QUALITY_RESULTS_SCHEMA),
-                                resolve_table(config, QUALITY_RESULTS_TABLE), txn=(f"{app_id}-quality", batch_id))
+                rows = results_rows(entity_name, entity.suite, results, batch_id, _source_versions(spark, config, entity))
+                append_once(spark.createDataFrame(rows, QUALITY_RESULTS_SCHEMA), resolve_table(config, QUALITY_RESULTS_TABLE),
+                            marker, replay_since)
 
         def append_quarantine() -> None:
             failpoint("silver.quarantine", batch_id)
-            append_to_table(quarantine, resolve_table(config, f"silver.{entity_name}_quarantine"),
-                            txn=(f"{app_id}-quarantine", batch_id))
+            append_once(quarantine, resolve_table(config, f"silver.{entity_name}_quarantine"), marker, replay_since)
 
         # The two appends are small and mostly wait on Delta's commit protocol: they run beside
         # the MERGE. Each is idempotent on its own, so any of the three may be redone after a crash.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"silver-{entity_name}") as pool:
             appends = [pool.submit(append_results), pool.submit(append_quarantine)]
             failpoint("silver.merge", batch_id)
-            inserted = merge_into_silver(silver, latest_per_key(decided.where(kept), entity), entity,
-                                         f"{app_id}-merge", batch_id)
+            inserted = merge_into_silver(silver_ref, latest_per_key(decided.where(kept), entity), entity, marker,
+                                         replay_since)
             for done in appends:
                 done.result()  # re-raises a failed append: the batch fails and is redone
         failpoint("silver.stats", batch_id)
@@ -331,8 +335,8 @@ def refine_batch(
                   counts["warnings"], datetime.now(timezone.utc).replace(tzinfo=None),
                   counts["bronze_rows"] - counts["records"], _utc(plan["planned_at_us"]),
                   _utc(plan["late_cutoff_us"]), _utc(plan["future_cutoff_us"]))]
-        append_to_table(spark.createDataFrame(stats, SILVER_BATCHES_SCHEMA),
-                        resolve_table(config, SILVER_BATCHES_TABLE), txn=(f"{app_id}-stats", batch_id), merge_schema=True)
+        append_once(spark.createDataFrame(stats, SILVER_BATCHES_SCHEMA), resolve_table(config, SILVER_BATCHES_TABLE),
+                    marker, replay_since, merge_schema=True)
         failpoint("silver.done", batch_id)
     finally:
         decided.unpersist()
@@ -342,14 +346,21 @@ def _utc(micros: int | None) -> datetime | None:
     return None if micros is None else datetime.fromtimestamp(micros / 1_000_000, tz=timezone.utc)
 
 
-def merge_into_silver(silver, rows: DataFrame, entity: EntityConfig, app_id: str, batch_id: int) -> int:
+def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfig, marker: str,
+                      replay_since_ms: int | None) -> int:
     """MERGE one row per key into silver (a seen key takes the row with the later event time).
 
-    Idempotent: Delta skips the MERGE when ``app_id`` already committed ``batch_id``. Returns the
-    keys it inserted, from the MERGE's own metrics (its commit is found by its user metadata, so
-    a replayed batch gets the figure of the MERGE that committed before the crash).
+    Once per micro-batch, as tables.append_once: for a batch that may be redone
+    (``replay_since_ms``), a MERGE already committed under ``marker`` is not run again. Returns
+    the keys it inserted, from the MERGE's own metrics (a redone batch gets the figure of the
+    MERGE that committed before the crash).
     """
     spark = rows.sparkSession
+    if replay_since_ms is not None:
+        done = committed(spark, silver_ref, marker, replay_since_ms)
+        if done is not None:
+            return int(done["operationMetrics"].get("numTargetRowsInserted", 0))
+    silver = delta_table(spark, silver_ref)
     rows = rows.select(*silver_columns(entity))
     if entity.unexpected_fields == "evolve":
         rows, _ = evolve_rescued_fields(rows, entity)
@@ -357,10 +368,7 @@ def merge_into_silver(silver, rows: DataFrame, entity: EntityConfig, app_id: str
         # version of a key replaces the whole row).
         rows = rows.withColumns({f.name: F.lit(None).cast(f.dataType) for f in silver.toDF().schema.fields
                                  if f.name not in rows.columns})
-    marker = f"{app_id}:{batch_id}"
-    session_conf = {"spark.databricks.delta.write.txnAppId": app_id,
-                    "spark.databricks.delta.write.txnVersion": str(batch_id),
-                    "spark.databricks.delta.commitInfo.userMetadata": marker}
+    session_conf = {"spark.databricks.delta.commitInfo.userMetadata": marker}
     if set(rows.columns) - set(silver.toDF().columns):  # new columns join silver's schema in this MERGE
         session_conf["spark.databricks.delta.schema.autoMerge.enabled"] = "true"
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in entity.keys)
@@ -373,12 +381,10 @@ def merge_into_silver(silver, rows: DataFrame, entity: EntityConfig, app_id: str
     finally:
         for key in session_conf:
             spark.conf.unset(key)
-    for limit in (10, None):  # normally the newest commit; after a crash maybe further back
-        history = silver.history(limit) if limit else silver.history()
-        found = history.where(F.col("userMetadata") == marker).select("operationMetrics").first()
-        if found is not None:
-            return int(found[0].get("numTargetRowsInserted", 0))
-    raise RuntimeError(f"silver MERGE {marker} committed no entry in the table's history")
+    done = committed(spark, silver_ref, marker)  # the newest commit: silver has one writer
+    if done is None:
+        raise RuntimeError(f"silver MERGE {marker} committed no entry in the table's history")
+    return int(done["operationMetrics"].get("numTargetRowsInserted", 0))
 
 
 IDENTIFIER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -468,6 +474,7 @@ def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_nam
         bronze = bronze.unionByName(other)
     query_name = silver_query_name(entity_name)
     plans = BatchPlans(spark, config.checkpoint_path(query_name))
+    started = []  # the first batch after a start may be one redone after a crash
 
     def process(batch: DataFrame, batch_id: int) -> None:
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
@@ -476,7 +483,9 @@ def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_nam
         # A batch redone after a crash takes the plan its first attempt recorded.
         plan = plans.plan(batch_id, lambda: plan_batch(session, config, entity_name, backfill))
         failpoint("silver.plan", batch_id)
-        refine_batch(config, entity_name, rules, f"{query_name}-{query_id}", batch, batch_id, validator, plan)
+        refine_batch(config, entity_name, rules, f"{query_name}-{query_id}", batch, batch_id, validator, plan,
+                     may_be_replay=not started)
+        started.append(batch_id)
 
     return (
         count_records(bronze).writeStream.foreachBatch(process)

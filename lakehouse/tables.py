@@ -84,18 +84,61 @@ def last_commit(spark: SparkSession, ref: TableRef):
     return delta_table(spark, ref).history(1).first()
 
 
-def append_to_table(df: DataFrame, ref: TableRef, txn: tuple[str, int] | None = None,
-                    merge_schema: bool = False) -> None:
-    """Append ``df``. With ``txn`` = (app id, version) the append is idempotent: Delta skips it
-    when that app id already committed that version (a micro-batch redone after a crash).
-    ``merge_schema``: columns the table lacks are added (a table written by an older release)."""
-    writer = df.write.format("delta").mode("append")
+def append_to_table(df: DataFrame, ref: TableRef) -> None:
+    """Append ``df`` (no idempotence: for rows whose loss or repetition a crash may cause, such as
+    progress rows; a micro-batch's own writes use :func:`append_once`)."""
+    save_to(df.write.format("delta").mode("append"), ref)
+
+
+def batch_marker(app_id: str, batch_id: int) -> str:
+    """The userMetadata of the commit a micro-batch makes to one table: ``<app id>:<batch id>``."""
+    return f"{app_id}:{batch_id}"
+
+
+# Commit timestamps come from the storage's clock, batch times from the driver's: allow for skew.
+CLOCK_MARGIN_MS = 10 * 60 * 1000
+
+
+def committed(spark: SparkSession, ref: TableRef, marker: str, since_ms: int | None = None):
+    """The table's commit whose userMetadata is ``marker`` (``version``, ``operationMetrics``), or None.
+
+    History is read newest first, in growing pages, until a page reaches commits older than
+    ``since_ms`` (when the batch that would have made the commit was planned; None: no bound,
+    the whole history), so a table other queries also append to is searched only as far back
+    as that batch."""
+    depth = 50
+    while True:
+        page = (delta_table(spark, ref).history(depth)
+                .select("version", "timestamp", "userMetadata", "operationMetrics").collect())
+        found = next((row for row in page if row["userMetadata"] == marker), None)
+        if found is not None or len(page) < depth:
+            return found
+        oldest_ms = min(row["timestamp"] for row in page).timestamp() * 1000  # a naive local time
+        if since_ms is not None and oldest_ms < since_ms - CLOCK_MARGIN_MS:
+            return None
+        depth *= 4
+
+
+def append_once(df: DataFrame, ref: TableRef, marker: str, replay_since_ms: int | None = None,
+                merge_schema: bool = False) -> bool:
+    """Append ``df`` as the commit named ``marker`` (see :func:`batch_marker`); False when skipped.
+
+    Exactly once per micro-batch: only the first batch a query runs after it starts can be one
+    redone after a crash (a batch that fails stops the query). For that batch, give
+    ``replay_since_ms`` (when it was planned): the table's history back to then is searched for
+    the commit, and the append skipped if it is there. Every other batch appends at once.
+    (Delta's own idempotent writes, txnAppId/txnVersion, look the application's version up in
+    the table's reconstructed state on every write: about a second per append here, for an
+    answer only a restarted query's first batch needs.) A marker names one query's batch, so
+    queries may share a table (the ops tables); each query writes its own batches only.
+    """
+    if replay_since_ms is not None and committed(df.sparkSession, ref, marker, replay_since_ms) is not None:
+        return False
+    writer = df.write.format("delta").mode("append").option("userMetadata", marker)
     if merge_schema:
         writer = writer.option("mergeSchema", "true")
-    if txn is not None:  # options win over session-wide settings another thread may have made
-        writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
-        writer = writer.option("userMetadata", f"{txn[0]}:{txn[1]}")
     save_to(writer, ref)
+    return True
 
 
 def delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:

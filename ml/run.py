@@ -150,8 +150,13 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+# $MLFLOW_TRACKING_URI as the job found it: mlflow.set_tracking_uri writes the variable itself (for
+# subprocesses), which would otherwise make the first store used in a process everyone's default.
+_ENVIRONMENT_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri(config) -> str:
-    configured = config.training.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    configured = config.training.tracking_uri or _ENVIRONMENT_TRACKING_URI
     if configured:
         return configured
     return f"sqlite:///{(Path(config.storage.data_dir) / 'mlflow.db').absolute()}"
