@@ -31,6 +31,18 @@ def config(tmp_path) -> LakehouseConfig:
     return load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data")
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """mlflow.set_tracking_uri writes $MLFLOW_TRACKING_URI (for subprocesses): keep one test's store
+    from becoming the next one's default, in this process and in the jobs it starts."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture
 def subprocess_env() -> dict:
     """Environment for child jobs: this interpreter for Spark's Python, the repo's conf."""
@@ -39,4 +51,5 @@ def subprocess_env() -> dict:
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     env["LAKEHOUSE_CONF_DIR"] = str(CONF_DIR)
     env.pop("LAKEHOUSE_ENV", None)
+    env.pop("MLFLOW_TRACKING_URI", None)  # each job's store is the one of its --data-dir
     return env

@@ -121,6 +121,7 @@ def test_promotion_is_a_compare_and_set(tmp_path, monkeypatch):
     import mlflow
 
     name = "cas_model"
+    mlflow.set_experiment("compare-and-set")
     client.create_registered_model(name)
     versions = {}
     for label, rmse in (("better", 1.0), ("worse", 2.0)):
