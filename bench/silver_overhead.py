@@ -32,7 +32,8 @@ from lakehouse.bronze import run_bronze_ingest  # noqa: E402
 from lakehouse.config import load_config  # noqa: E402
 from lakehouse.generator import TelemetryGenerator, generate_batch  # noqa: E402
 from lakehouse.session import build_session  # noqa: E402
-from lakehouse.silver import parse_records, run_silver_refine, silver_columns  # noqa: E402
+from lakehouse.parse import parse_records  # noqa: E402
+from lakehouse.silver import run_silver_refine, silver_columns  # noqa: E402
 from lakehouse.tables import read_table, resolve_table  # noqa: E402
 
 

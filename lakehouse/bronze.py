@@ -8,7 +8,8 @@ a row was, and keeps bytes that are not UTF-8 only as U+FFFD; one row per line, 
 landed. A Kafka source (``kind: kafka``): one row per message, read by Spark's
 Kafka connector, with the key and value as raw bytes and the topic, partition, offset and Kafka
 timestamp, appended by a Delta sink. Either way the query's checkpoint (file list or Kafka
-offsets) and Delta's idempotent commits make a restart exactly-once.
+offsets) and commits marked with the batch (lakehouse.tables.append_once; the Delta sink's own
+for Kafka) make a restart exactly-once.
 Next stop for each row: ``silver.<entity>`` (lakehouse.silver).
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyspark.sql import Column, DataFrame, Observation, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import (
@@ -66,42 +67,6 @@ def bronze_table(config: LakehouseConfig, source: str) -> TableRef:
 
 def bronze_query_name(source: str) -> str:
     return f"bronze_{source}"
-
-
-def with_lines(files: DataFrame, file_path: Column, observation: Observation | None = None) -> DataFrame:
-    """One row per line of each whole-file row (``value`` holds the file's bytes, as text or binary).
-
-    Lines end at "\\n"; a "\\r" before it stays in the line, so the line is stored as received.
-    A final "\\n" ends the last line rather than starting an empty one; an empty file has no lines.
-    ``observation`` (optional) receives ``files``: per file its path (``file``) and ``lines``.
-
-    The bytes are split exactly: the file is decoded as ISO-8859-1 (one character per byte, any
-    byte valid), split on "\\n", and each line encoded back, so bytes that are not UTF-8 are
-    kept as they are. Cost matters here (every landed byte passes through): the text is split
-    once, and the empty piece after a final "\\n" is dropped from the array, not by trimming
-    the text (which walks and copies each file again). Nothing after the explode refers back to
-    the array, or the optimizer would re-split the file once per line.
-    """
-    text = F.decode(F.col("value").cast("binary"), "ISO-8859-1")
-    pieces, ends_with_newline = F.col("_pieces"), F.col("_ends_with_newline")
-    whole_lines = F.when(ends_with_newline, F.slice(pieces, 1, F.size(pieces) - 1)).otherwise(pieces)
-    split = files.select(
-        file_path.alias("_source_file"),
-        F.when(text == "", F.array().cast("array<string>")).otherwise(F.split(text, "\n", -1)).alias("_pieces"),
-        text.endswith("\n").alias("_ends_with_newline"),
-    ).select("_source_file", whole_lines.alias("_lines"))
-    if observation is not None:
-        per_file = F.struct(F.col("_source_file").alias("file"), F.size("_lines").cast("long").alias("lines"))
-        split = split.observe(observation, F.collect_list(per_file).alias("files"))
-    return (
-        split.select("_source_file", F.posexplode("_lines").alias("_position", "_line"))
-        .select(
-            F.encode("_line", "ISO-8859-1").alias("value"),
-            "_source_file",
-            (F.col("_position") + 1).cast("long").alias("_source_line"),
-            F.current_timestamp().alias("_ingested_at"),
-        )
-    )
 
 
 # Spark's file source skips files whose modification time is more than maxFileAge (7 days by

@@ -4,10 +4,12 @@ The bronze query of a file source (lakehouse.bronze) plans each micro-batch with
 source, then reads the planned files itself, one micro-batch at a time (:func:`ingest_files`):
 
 - every planned file is looked at first: one that is gone, or larger than the source's
-  ``max_file_bytes`` (a file is read whole, so its size bounds the memory it needs), is not read;
+  ``max_file_bytes`` (a file is read whole, so its size bounds the memory it needs; a .gz or
+  .bz2 file counts by what it decompresses to), is not read;
 - the others are read whole (compressed files decompressed by their suffix: .gz, .bz2, ...);
   a file that cannot be read (a corrupt archive, deleted or made unreadable meanwhile) is
-  skipped by the read, not allowed to fail it, and then named with the error it gives;
+  skipped by the read, not allowed to fail it, then read alone: the error it gives names it
+  (or, read now, its lines are taken);
 - their lines are appended to ``bronze.<source>``; every file read is recorded in
   ``ops.ingested_files`` (size and modification time as read, lines) and every file not read
   in ``ops.bad_files`` (with the reason). Nothing stops the stream on a bad file, and each
@@ -20,24 +22,24 @@ ingest would otherwise be lost without a trace); ``status`` and ``reconcile`` re
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
 from lakehouse import fs
-from lakehouse.checkpoints import landed_files
 from lakehouse.config import LakehouseConfig
 from lakehouse.failpoints import failpoint
 from lakehouse.tables import (
     TableRef,
     append_once,
     batch_marker,
-    committed,
     create_table_if_missing,
     read_table,
     resolve_table,
@@ -134,19 +136,52 @@ def look_at(spark: SparkSession, uris: list[str], max_file_bytes: int) -> list[L
                 landed.reason = "too_large"
                 landed.detail = (f"{stat.size:,} bytes, over the source's max_file_bytes {max_file_bytes:,} "
                                  "(a file is read whole): split it, or raise max_file_bytes")
+            elif (inflated := inflated_size(uri, max_file_bytes)) is not None and inflated > max_file_bytes:
+                landed.reason = "too_large"
+                landed.detail = (f"{stat.size:,} bytes that decompress to over the source's max_file_bytes "
+                                 f"{max_file_bytes:,} (a file is read whole): split it, or raise max_file_bytes")
         files.append(landed)
     return files
 
 
-def read_whole_files(spark: SparkSession, files: list[LandedFile]) -> DataFrame:
+# Codecs Spark picks by a file's suffix that Python also reads as a stream (members concatenated
+# included).
+_DECOMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}
+_CHUNK = 1 << 20
+
+
+def inflated_size(uri: str, limit: int) -> int | None:
+    """Bytes a compressed local landing file decompresses to, counted without holding them and
+    only up to just past ``limit``. None when the file is not local, not compressed by a suffix
+    counted here (.gz, .bz2), or corrupt (the read names it then). Other codecs (.deflate, .zst,
+    .lz4, .snappy) are bounded by their size on disk only."""
+    path = fs.local_path(uri)
+    opener = _DECOMPRESSED.get(path.suffix.lower()) if path is not None else None
+    if opener is None:
+        return None
+    total = 0
+    try:
+        with opener(path, "rb") as stream:
+            while total <= limit:
+                chunk = stream.read(_CHUNK)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError, ValueError):
+        return None
+    return total
+
+
+def read_whole_files(spark: SparkSession, files: list[LandedFile], strict: bool = False) -> DataFrame:
     """One row per readable file: ``value`` (its bytes, decompressed) and ``_metadata``.
 
     A file that cannot be read is left out rather than failing the read (Spark's
-    ignoreCorruptFiles / ignoreMissingFiles); :func:`diagnose` tells why afterwards.
+    ignoreCorruptFiles / ignoreMissingFiles), unless ``strict``: then the read fails with its error.
     """
+    skip = str(not strict).lower()
     return (
         spark.read.format("text").option("wholetext", True)
-        .option("ignoreCorruptFiles", True).option("ignoreMissingFiles", True)
+        .option("ignoreCorruptFiles", skip).option("ignoreMissingFiles", skip)
         .load([_load_path(f.uri) for f in files])
     )
 
@@ -154,28 +189,69 @@ def read_whole_files(spark: SparkSession, files: list[LandedFile]) -> DataFrame:
 _CAUSE = re.compile(r"^(?:Caused by: )?((?:[a-z]\w*\.)+\w*(?:Exception|Error)): ?(.*)$")
 
 
-def diagnose(spark: SparkSession, landed: LandedFile) -> tuple[str, str] | None:
-    """(reason, one-line detail) for a file the batch's read skipped, from reading it alone;
-    None when it reads without error now."""
-    try:
-        spark.read.format("text").option("wholetext", True).load(_load_path(landed.uri)).count()
-    except Exception as exc:  # the error is the diagnosis
-        causes = [m for m in map(_CAUSE.match, (line.strip() for line in str(exc).splitlines())) if m]
-        name, message = (causes[-1].group(1), causes[-1].group(2)) if causes else ("", str(exc).splitlines()[0])
-        detail = f"{name.rsplit('.', 1)[-1]}: {message}".strip(": ")
-        if "Permission denied" in message or "AccessDenied" in name:
-            return "unreadable", detail
-        if "FileNotFound" in name or "PATH_NOT_FOUND" in message:
-            return "missing", detail
-        return "corrupt", detail
-    return None
+def diagnosis(exc: Exception) -> tuple[str, str]:
+    """(reason, one-line detail) for the error reading one file alone gave."""
+    causes = [m for m in map(_CAUSE.match, (line.strip() for line in str(exc).splitlines())) if m]
+    lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    name, message = (causes[-1].group(1), causes[-1].group(2)) if causes else ("", lines[0])
+    detail = f"{name.rsplit('.', 1)[-1]}: {message}".strip(": ")
+    if "Permission denied" in message or "AccessDenied" in name:
+        return "unreadable", detail
+    if "FileNotFound" in name or "PATH_NOT_FOUND" in message:
+        return "missing", detail
+    return "corrupt", detail
 
 
 def lines_in_bronze(spark: SparkSession, ref: TableRef, paths: list[str]) -> dict[str, int]:
-    """Rows per file already in bronze (a batch redone after its bronze commit)."""
+    """Rows per file already in bronze (a batch redone after a bronze commit)."""
     rows = (read_table(spark, ref).where(F.col("_source_file").isin(paths))
             .groupBy("_source_file").count().collect())
     return {fs.canonical(r["_source_file"]): r["count"] for r in rows}
+
+
+def with_lines(files: DataFrame, file_path: Column, observation: Observation | None = None) -> DataFrame:
+    """One row per line of each whole-file row (``value`` holds the file's bytes, as text or binary).
+
+    Lines end at "\\n"; a "\\r" before it stays in the line, so the line is stored as received.
+    A final "\\n" ends the last line rather than starting an empty one; an empty file has no lines.
+    ``observation`` (optional) receives ``files``: per file its path (``file``) and ``lines``.
+
+    The bytes are split exactly: the file is decoded as ISO-8859-1 (one character per byte, any
+    byte valid), split on "\\n", and each line encoded back, so bytes that are not UTF-8 are
+    kept as they are. Cost matters here (every landed byte passes through): the text is split
+    once, and the empty piece after a final "\\n" is dropped from the array, not by trimming
+    the text (which walks and copies each file again). Nothing after the explode refers back to
+    the array, or the optimizer would re-split the file once per line.
+    """
+    text = F.decode(F.col("value").cast("binary"), "ISO-8859-1")
+    pieces, ends_with_newline = F.col("_pieces"), F.col("_ends_with_newline")
+    whole_lines = F.when(ends_with_newline, F.slice(pieces, 1, F.size(pieces) - 1)).otherwise(pieces)
+    split = files.select(
+        file_path.alias("_source_file"),
+        F.when(text == "", F.array().cast("array<string>")).otherwise(F.split(text, "\n", -1)).alias("_pieces"),
+        text.endswith("\n").alias("_ends_with_newline"),
+    ).select("_source_file", whole_lines.alias("_lines"))
+    if observation is not None:
+        per_file = F.struct(F.col("_source_file").alias("file"), F.size("_lines").cast("long").alias("lines"))
+        split = split.observe(observation, F.collect_list(per_file).alias("files"))
+    return (
+        split.select("_source_file", F.posexplode("_lines").alias("_position", "_line"))
+        .select(
+            F.encode("_line", "ISO-8859-1").alias("value"),
+            "_source_file",
+            (F.col("_position") + 1).cast("long").alias("_source_line"),
+            F.current_timestamp().alias("_ingested_at"),
+        )
+    )
+
+
+def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef, marker: str, name: str,
+                  strict: bool = False) -> dict[str, int]:
+    """Append the lines of ``files`` to bronze in one commit; lines per file read (by canonical path)."""
+    observed = Observation(name)
+    lines = with_lines(read_whole_files(spark, files, strict), F.col("_metadata.file_path"), observed)
+    append_once(lines, bronze, marker)
+    return {fs.canonical(row["file"]): row["lines"] for row in observed.get["files"]}
 
 
 def ingest_files(
@@ -189,44 +265,40 @@ def ingest_files(
 ) -> list[LandedFile]:
     """Read the batch's planned files into bronze; record each in ops.ingested_files or ops.bad_files.
 
-    Each write happens once per batch (tables.append_once, marked ``app_id:batch_id``). A batch
-    redone after its bronze commit (possible only for the first batch after a start, for which
-    ``replay_since_ms`` says when it was planned) counts each file's lines from bronze instead of
-    reading the files again.
+    The files are read together, skipping any the read cannot take; each file so skipped is
+    read again alone, strictly: the error it gives then is why it is bad, and if it reads now
+    (an object store's passing error) its lines go to bronze in a commit of their own. For a
+    batch that may be redone after a crash (the first after a start; ``replay_since_ms`` says
+    when it was planned), the lines each planned file already gave bronze are counted first,
+    and only the files without any are read: a file read before the crash is counted from
+    bronze even if it has gone since, and none is appended twice. The ops appends are made
+    once per batch (tables.append_once, marked ``app_id:batch_id``).
     """
-    from lakehouse.bronze import bronze_table, with_lines
+    from lakehouse.bronze import bronze_table  # bronze starts the queries that call this module
 
     source = config.source(source_name)
     bronze = bronze_table(config, source_name)
     files = look_at(spark, uris, source.max_file_bytes)
-    readable = [f for f in files if f.reason is None and f.size]
-    for empty in (f for f in files if f.reason is None and not f.size):
+    marker = batch_marker(app_id, batch_id)
+    done = lines_in_bronze(spark, bronze, [f.path for f in files]) if replay_since_ms is not None else {}
+    for landed in files:
+        if fs.canonical(landed.path) in done:
+            landed.lines, landed.reason, landed.detail = done[fs.canonical(landed.path)], None, None
+    for empty in (f for f in files if f.reason is None and f.lines is None and not f.size):
         empty.lines = 0  # Spark's readers skip empty files; they hold no lines
     failpoint("bronze.read", batch_id)
-    marker = batch_marker(app_id, batch_id)
-    replayed = (bool(readable) and replay_since_ms is not None
-                and committed(spark, bronze, marker, replay_since_ms) is not None)
-    if replayed:
-        counted = lines_in_bronze(spark, bronze, [f.path for f in readable])
-    elif readable:
-        whole = read_whole_files(spark, readable)
-        observed = Observation(f"files-{batch_id}")
-        lines = with_lines(whole, F.col("_metadata.file_path"), observed)
-        append_once(lines, bronze, marker)  # not committed yet: checked above
-        counted = {fs.canonical(row["file"]): row["lines"] for row in observed.get["files"]}
-    else:
-        counted = {}
-    for landed in readable:
-        key = fs.canonical(landed.path)
-        if key in counted:
-            landed.lines = counted[key]
+    todo = [f for f in files if f.reason is None and f.lines is None]
+    counted = _append_lines(spark, todo, bronze, marker, f"files-{batch_id}") if todo else {}
+    for landed in todo:
+        if fs.canonical(landed.path) in counted:
+            landed.lines = counted[fs.canonical(landed.path)]
             continue
-        problem = diagnose(spark, landed)
-        if problem is None and replayed:
-            landed.lines = 0  # read before the crash: it holds no lines (an empty archive, say)
-        else:
-            landed.reason, landed.detail = problem or (
-                "unreadable", "could not be read when its batch ran (it can be now): land it again under a new name")
+        failpoint("bronze.reread", batch_id)
+        try:  # alone, without skipping: it fails with its own error, or gives its lines
+            again = _append_lines(spark, [landed], bronze, marker, f"file-{batch_id}", strict=True)
+            landed.lines = again.get(fs.canonical(landed.path), 0)  # 0: no lines (an empty archive, say)
+        except Exception as exc:  # the error is the diagnosis
+            landed.reason, landed.detail = diagnosis(exc)
     _record(spark, config, source_name, files, app_id, batch_id, replay_since_ms)
     return files
 
@@ -292,22 +364,20 @@ class ChangedFile:
 
 
 def changed_files(spark: SparkSession, config: LakehouseConfig, source_name: str) -> list[ChangedFile]:
-    """Ingested files of a local landing directory whose size or modification time changed since."""
+    """Ingested files whose size or modification time differs now from when they were read
+    (files deleted or moved away since are not reported)."""
     ref = resolve_table(config, INGESTED_FILES_TABLE)
     if not table_exists(spark, ref):
         return []
-    present = {fs.canonical(path) for path in landed_files(config.landing_path(source_name))}
-    if not present:
-        return []
+    rows = (read_table(spark, ref).where(F.col("source") == source_name)
+            .select("path", "size", "modification_time").collect())
+    local = all(fs.local_path(row["path"]) is not None for row in rows)
+    with ThreadPoolExecutor(max_workers=1 if local else 16) as pool:  # object stores: one request each
+        stats = list(pool.map(lambda row: fs.stat(spark, fs.canonical(row["path"])), rows))
     changed = []
-    rows = read_table(spark, ref).where(F.col("source") == source_name).select("path", "size", "modification_time")
-    for row in rows.collect():
-        local = fs.canonical(row["path"])
-        if local not in present:
-            continue  # moved away or deleted after ingest
-        stat = fs.stat(spark, local)
+    for row, stat in zip(rows, stats):
         if stat is None:
-            continue
+            continue  # moved away or deleted after ingest
         read_at = row["modification_time"]  # a naive local time, as pyspark returns timestamps
         mtime_read = None if read_at is None else round(read_at.timestamp() * 1000)
         if stat.size != row["size"] or stat.mtime_ms != mtime_read:

@@ -28,14 +28,10 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-# The checkpoint readers live in lakehouse.checkpoints; imported here for the status view (and
-# for callers that import them from this module).
-from lakehouse.checkpoints import (  # noqa: F401
+from lakehouse.checkpoints import (
     files_in_batch,
     landed_files,
-    local_dir,
     logged_batches,
-    planned_source_offsets,
     processed_files,
 )
 from lakehouse.config import LakehouseConfig

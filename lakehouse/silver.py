@@ -37,7 +37,7 @@ from lakehouse.config import EntityConfig, LakehouseConfig, duration_seconds
 from lakehouse.checkpoints import BatchPlans, logged_batches, planned_source_offsets
 from lakehouse.failpoints import failpoint
 from lakehouse.observability import count_records
-from lakehouse.parse import SOURCE_COLUMN, bronze_records, parse_records  # noqa: F401 (silver's steps, importable from here)
+from lakehouse.parse import SOURCE_COLUMN, TIMESTAMP_RANGE_MICROS, bronze_records, parse_records
 from lakehouse.quality import (
     FAILED_COLUMNS,
     QUALITY_RESULTS_SCHEMA,
@@ -168,13 +168,16 @@ def plan_batch(spark: SparkSession, config: LakehouseConfig, entity_name: str, b
     """
     entity = config.entity(entity_name)
     planned_at = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
-    future_cutoff = planned_at + int(duration_seconds(entity.max_future) * 1_000_000)
+    # Clamped to the timestamps a row can hold (1900-9999), so a huge max_future is no crash.
+    future_cutoff = min(planned_at + int(duration_seconds(entity.max_future) * 1_000_000),
+                        TIMESTAMP_RANGE_MICROS[1] - 1)
     silver = read_table(spark, resolve_table(config, f"silver.{entity_name}"))
     newest = silver.agg(F.max(F.col(entity.event_time)).alias("newest")).select(
         F.unix_micros(F.col("newest").cast("timestamp"))).first()[0]
     late_cutoff = None
     if newest is not None and not backfill:
-        late_cutoff = min(newest, future_cutoff) - int(duration_seconds(entity.watermark) * 1_000_000)
+        late_cutoff = max(min(newest, future_cutoff) - int(duration_seconds(entity.watermark) * 1_000_000),
+                          TIMESTAMP_RANGE_MICROS[0])
     return {
         "planned_at_us": planned_at,
         "future_cutoff_us": future_cutoff,
@@ -246,14 +249,14 @@ def refine_batch(
     app_id: str,
     bronze_batch: DataFrame,
     batch_id: int,
+    plan: dict,
     validator: BatchValidator | None = None,
-    plan: dict | None = None,
     may_be_replay: bool = True,
 ) -> None:
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
-    ``plan`` fixes what decisions depend on besides the rows (:func:`plan_batch`; made here
-    when not given). The parsed and checked batch is cached once; one aggregation over it
+    ``plan`` fixes what decisions depend on besides the rows (:func:`plan_batch`, made when the
+    batch was first planned). The parsed and checked batch is cached once; one aggregation over it
     yields the batch's counts, the fail check and the row-level expectation results. Each write
     is made once per batch (tables.append_once, marked ``app_id:batch_id``; ``may_be_replay``:
     the batch may be one redone after a crash, so writes it already made are looked for and
@@ -264,7 +267,6 @@ def refine_batch(
     entity = config.entity(entity_name)
     sources = {name: config.source(name) for name in entity.sources}
     silver_ref = resolve_table(config, f"silver.{entity_name}")
-    plan = plan if plan is not None else plan_batch(spark, config, entity_name)
     marker = batch_marker(app_id, batch_id)
     # the batch's writes all come after its plan, so a redone batch's history search stops there
     replay_since = plan["planned_at_us"] // 1000 if may_be_replay else None
@@ -376,15 +378,13 @@ def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfi
     for key, value in session_conf.items():
         spark.conf.set(key, value)
     try:
-        silver.alias("t").merge(rows.alias("s"), condition).whenMatchedUpdateAll(condition=newer) \
-            .whenNotMatchedInsertAll().execute()
+        # The MERGE's own metrics (a MERGE that changes nothing commits nothing: Delta skips empty commits).
+        metrics = silver.alias("t").merge(rows.alias("s"), condition).whenMatchedUpdateAll(condition=newer) \
+            .whenNotMatchedInsertAll().execute().first()
     finally:
         for key in session_conf:
             spark.conf.unset(key)
-    done = committed(spark, silver_ref, marker)  # the newest commit: silver has one writer
-    if done is None:
-        raise RuntimeError(f"silver MERGE {marker} committed no entry in the table's history")
-    return int(done["operationMetrics"].get("numTargetRowsInserted", 0))
+    return int(metrics["num_inserted_rows"]) if metrics is not None else 0
 
 
 IDENTIFIER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -483,7 +483,7 @@ def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_nam
         # A batch redone after a crash takes the plan its first attempt recorded.
         plan = plans.plan(batch_id, lambda: plan_batch(session, config, entity_name, backfill))
         failpoint("silver.plan", batch_id)
-        refine_batch(config, entity_name, rules, f"{query_name}-{query_id}", batch, batch_id, validator, plan,
+        refine_batch(config, entity_name, rules, f"{query_name}-{query_id}", batch, batch_id, plan, validator,
                      may_be_replay=not started)
         started.append(batch_id)
 

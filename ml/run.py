@@ -235,14 +235,8 @@ def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rat
         )
     version = mlflow.register_model(info.model_uri, training.registered_model)
     final = result.epochs[-1] if result.epochs else {}
-    val_rmse = final.get("val_rmse", float("nan"))
-    if result.validation_rows == 0:
-        refused = "it had no validation rows"
-    elif not math.isfinite(val_rmse):
-        refused = f"its validation RMSE is {val_rmse} (not finite)"
-    else:
-        with promotion_lock(config, uri, training.registered_model):
-            refused = promote_if_better(client, training.registered_model, version.version, val_rmse)
+    refused = promote(config, client, uri, training.registered_model, version.version,
+                      final.get("val_rmse", float("nan")), result.validation_rows)
     if refused:
         client.set_model_version_tag(training.registered_model, version.version, "not_champion_because", refused)
     return RunSummary(run.info.run_id, experiment, uri, version.version, refused is None, final,
@@ -277,9 +271,19 @@ def _local_store(uri: str) -> Path | None:
     return None
 
 
-def promote_if_better(client, name: str, version: str, val_rmse: float) -> str | None:
-    """Move the alias 'champion' to ``version`` when it beats the current champion's val_rmse
-    (hold :func:`promotion_lock`). Returns None when it did, else why not."""
+def promote(config, client, uri: str, name: str, version: str, val_rmse: float, validation_rows: int) -> str | None:
+    """Make ``version`` the champion when it may be one (validation rows, a finite metric) and
+    beats the current champion's val_rmse: a compare-and-set under :func:`promotion_lock`.
+    Returns None when it did, else why not."""
+    if validation_rows == 0:
+        return "it had no validation rows"
+    if not math.isfinite(val_rmse):
+        return f"its validation RMSE is {val_rmse} (not finite)"
+    with promotion_lock(config, uri, name):
+        return _promote_if_better(client, name, version, val_rmse)
+
+
+def _promote_if_better(client, name: str, version: str, val_rmse: float) -> str | None:
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except Exception:  # no champion yet (MLflow raises when the alias is not set)

@@ -80,6 +80,7 @@ def test_bad_files_are_recorded_and_skipped_and_the_stream_goes_on(spark, tmp_pa
     land(config, "truncated.jsonl.gz", whole[: len(whole) // 2])
     land(config, "good.jsonl.gz", gzip.compress(lines(reading(300), reading(301))))
     land(config, "huge.jsonl", lines(*[reading(1000 + i) for i in range(300)]))  # > 50 kB
+    land(config, "bomb.jsonl.gz", gzip.compress(lines(*[reading(2000)] * 400)))  # < 1 kB, inflates to > 50 kB
     land(config, "doomed.jsonl", lines(reading(500)))
     land(config, "empty.jsonl", b"")
     # The batch is planned (its files are in the checkpoint's log), then the job dies before reading;
@@ -99,15 +100,17 @@ def test_bad_files_are_recorded_and_skipped_and_the_stream_goes_on(spark, tmp_pa
     assert sorted({name for name, _ in bronze}) == ["after.jsonl", "good.jsonl.gz"]
     assert sum(1 for name, _ in bronze if name == "after.jsonl") == 100
     assert _bad_files(spark, config) == {"random.jsonl.gz": "corrupt", "truncated.jsonl.gz": "corrupt",
-                                         "huge.jsonl": "too_large", "doomed.jsonl": "missing"}
+                                         "huge.jsonl": "too_large", "bomb.jsonl.gz": "too_large",
+                                         "doomed.jsonl": "missing"}
     bad = {Path(r.path).name: r for r in read_table(spark, resolve_table(config, BAD_FILES_TABLE)).collect()}
     assert bad["huge.jsonl"].size > 50000 and "max_file_bytes" in bad["huge.jsonl"].detail
+    assert bad["bomb.jsonl.gz"].size < 1000 and "decompress" in bad["bomb.jsonl.gz"].detail
     assert "GZIP" in bad["random.jsonl.gz"].detail.upper() and bad["doomed.jsonl"].size is None
     ingested = {Path(r.path).name: r.lines for r in read_table(spark, resolve_table(config, INGESTED_FILES_TABLE)).collect()}
     assert ingested == {"good.jsonl.gz": 2, "empty.jsonl": 0, "after.jsonl": 100}
 
     (status,) = collect_status(spark, config)  # before refine: the bronze query only
-    assert status.bad_files == 4 and status.backlog_files == 0
+    assert status.bad_files == 5 and status.backlog_files == 0
     assert run_silver_refine(spark, config, "telemetry", ONCE) == 0
     report = reconcile(spark, config, "telemetry")
     assert report.holds, report.describe()
@@ -116,8 +119,31 @@ def test_bad_files_are_recorded_and_skipped_and_the_stream_goes_on(spark, tmp_pa
                  "sources.telemetry.max_file_bytes=50000", "reconcile", "--source", "telemetry"]) == 0
     out = capsys.readouterr().out
     for name in ("random.jsonl.gz: corrupt", "truncated.jsonl.gz: corrupt", "huge.jsonl: too_large",
-                 "doomed.jsonl: missing"):
+                 "bomb.jsonl.gz: too_large", "doomed.jsonl: missing"):
         assert name in out
+
+
+@pytest.mark.parametrize("crash_at", ["bronze.bad_files", "bronze.ingested_files", "bronze.done"])
+def test_a_batch_redone_after_its_bronze_commit_decides_as_before(spark, config, monkeypatch, crash_at):
+    """The job dies after bronze took the batch's lines; before the restart a file that was read
+    is deleted. The redone batch counts that file from bronze: nothing is doubled or lost, and
+    every file is in exactly one of ops.ingested_files and ops.bad_files, once."""
+    land(config, "a.jsonl", lines(reading(1), reading(2)))
+    read_then_deleted = land(config, "b.jsonl", lines(reading(3), reading(4), reading(5)))
+    random.seed(9)
+    land(config, "noise.jsonl.gz", bytes(random.getrandbits(8) for _ in range(300)))
+    monkeypatch.setenv(FAILPOINTS_ENV, f"{crash_at}@0")
+    assert _ingest(spark, config) == 1
+    read_then_deleted.unlink()
+    monkeypatch.delenv(FAILPOINTS_ENV)
+    assert _ingest(spark, config) == 0
+    bronze = read_table(spark, bronze_table(config, "telemetry"))
+    assert bronze.count() == 5 and bronze.select("_source_file", "_source_line").distinct().count() == 5
+    ingested = [(Path(r.path).name, r.lines)
+                for r in read_table(spark, resolve_table(config, INGESTED_FILES_TABLE)).collect()]
+    assert sorted(ingested) == [("a.jsonl", 2), ("b.jsonl", 3)]
+    bad = [(Path(r.path).name, r.reason) for r in read_table(spark, resolve_table(config, BAD_FILES_TABLE)).collect()]
+    assert bad == [("noise.jsonl.gz", "corrupt")]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")

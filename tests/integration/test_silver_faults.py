@@ -179,3 +179,21 @@ def test_a_batch_redone_after_a_crash_between_any_two_writes_decides_as_before(s
     assert not silver_keys & set(reasons)  # no bronze row both in silver and in quarantine
     bronze = read_table(spark, resolve_table(crashed, "bronze.telemetry")).count()
     assert len(rows) + len(reasons) + duplicates == bronze
+
+
+def test_a_batch_that_changes_nothing_in_silver_blocks_no_later_batch(spark, config):
+    """Batches whose MERGE has nothing to do (Delta then records no commit): one whose every row is
+    quarantined, and a refined file landed again under a new name (its rows are duplicates)."""
+    first = lines(*[reading(i) for i in range(20)])
+    land(config, "first.jsonl", first)
+    _ingest_refine(spark, config)
+    land(config, "garbage.jsonl", lines("not json", b"\xff\xfe", "{\"event_id\": "))
+    _ingest_refine(spark, config)
+    land(config, "first-again.jsonl", first)
+    _ingest_refine(spark, config)
+    land(config, "later.jsonl", lines(*[reading(100 + i) for i in range(5)]))
+    _ingest_refine(spark, config)
+    assert len(_silver_ids(spark, config)) == 25
+    assert sum(_quarantine_reasons(spark, config).values()) == 3
+    report = reconcile(spark, config, "telemetry")
+    assert report.holds and report.duplicates == 20, report.describe()

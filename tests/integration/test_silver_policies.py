@@ -108,7 +108,7 @@ def test_evolved_columns_across_batches(spark, tmp_path):
     """A field evolves a column; a later version of the key without it holds null there; a name
     that is not an identifier stays rescued."""
     from lakehouse.quality import load_suite, row_rules
-    from lakehouse.silver import ensure_silver_tables, refine_batch
+    from lakehouse.silver import ensure_silver_tables, plan_batch, refine_batch
 
     config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data",
                          overrides=["entities.telemetry.unexpected_fields=evolve"])
@@ -121,11 +121,14 @@ def test_evolved_columns_across_batches(spark, tmp_path):
         rows = [(json.dumps({**base, **r}), "f", i, None) for i, r in enumerate(records)]
         return spark.createDataFrame(rows, "value string, _source_file string, _source_line long, _ingested_at timestamp")
 
-    refine_batch(config, "telemetry", rules, "t", batch({"event_id": "e1", "event_time": "2026-01-01T00:00:01Z", "fw": "1.0"}), 0)
+    refine_batch(config, "telemetry", rules, "t", batch({"event_id": "e1", "event_time": "2026-01-01T00:00:01Z", "fw": "1.0"}), 0,
+                 plan_batch(spark, config, "telemetry"))
     refine_batch(config, "telemetry", rules, "t", batch({"event_id": "e2", "event_time": "2026-01-01T00:00:02Z"},
-                                                        {"event_id": "e1", "event_time": "2026-01-01T00:00:03Z"}), 1)
+                                                        {"event_id": "e1", "event_time": "2026-01-01T00:00:03Z"}), 1,
+                 plan_batch(spark, config, "telemetry"))
     refine_batch(config, "telemetry", rules, "t", batch({"event_id": "e3", "event_time": "2026-01-01T00:00:04Z",
-                                                         "Bad Name": "x", "fw2": "2"}), 2)
+                                                         "Bad Name": "x", "fw2": "2"}), 2,
+                 plan_batch(spark, config, "telemetry"))
     rows = {r.event_id: r for r in read_table(spark, resolve_table(config, "silver.telemetry")).collect()}
     assert sorted(rows) == ["e1", "e2", "e3"]
     assert rows["e1"].fw is None and rows["e1"].event_time.second == 3  # the newer version replaced the row

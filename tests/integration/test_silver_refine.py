@@ -12,7 +12,14 @@ from lakehouse.bronze import bronze_table, run_bronze_ingest
 from lakehouse.cli import main
 from lakehouse.generator import TelemetryGenerator, generate_batch
 from lakehouse.quality import load_suite, row_rules
-from lakehouse.silver import SILVER_BATCHES_TABLE, ensure_silver_tables, reconcile, refine_batch, run_silver_refine
+from lakehouse.silver import (
+    SILVER_BATCHES_TABLE,
+    ensure_silver_tables,
+    plan_batch,
+    reconcile,
+    refine_batch,
+    run_silver_refine,
+)
 from lakehouse.tables import delta_table, read_table, resolve_table
 
 pytestmark = pytest.mark.slow
@@ -81,11 +88,12 @@ def test_a_replayed_batch_changes_no_table(spark, config):
     bronze = read_table(spark, bronze_table(config, "telemetry"))
     tables = [resolve_table(config, n) for n in ("silver.telemetry", "silver.telemetry_quarantine", SILVER_BATCHES_TABLE)]
 
-    refine_batch(config, "telemetry", rules, "replay-test", bronze, 0)
+    plan = plan_batch(spark, config, "telemetry")
+    refine_batch(config, "telemetry", rules, "replay-test", bronze, 0, plan)
     versions = [delta_table(spark, t).history(1).first().version for t in tables]
     rows = [read_table(spark, t).count() for t in tables]
     # the same batch again, as after a crash between the Delta commits and the checkpoint commit
-    refine_batch(config, "telemetry", rules, "replay-test", bronze, 0)
+    refine_batch(config, "telemetry", rules, "replay-test", bronze, 0, plan)
     assert [delta_table(spark, t).history(1).first().version for t in tables] == versions
     assert [read_table(spark, t).count() for t in tables] == rows
     assert reconcile(spark, config, "telemetry").holds

@@ -19,7 +19,7 @@ from lakehouse.generator import TelemetryGenerator, generate_batch
 from lakehouse.gold import run_gold_tables
 from lakehouse.silver import run_silver_refine
 from lakehouse.tables import read_table, resolve_table
-from ml.run import CHAMPION, promote_if_better, promotion_lock, quiet_mlflow, run_training, tracking_uri
+from ml.run import CHAMPION, promote, quiet_mlflow, run_training, tracking_uri
 from ml.score import score
 from tests.conftest import CONF_DIR
 from tests.faults import land, lines
@@ -134,13 +134,12 @@ def test_promotion_is_a_compare_and_set(tmp_path, monkeypatch):
     monkeypatch.setenv(FAILPOINTS_ENV, "train.promote=sleep:1.5")
     outcome = {}
 
-    def promote(label, delay):
+    def finish(label, delay):
         threading.Event().wait(delay)
         version, rmse = versions[label]
-        with promotion_lock(config, tracking_uri(config), name):
-            outcome[label] = promote_if_better(_client(config), name, version, rmse)
+        outcome[label] = promote(config, _client(config), tracking_uri(config), name, version, rmse, 10)
 
-    threads = [threading.Thread(target=promote, args=("better", 0.0)), threading.Thread(target=promote, args=("worse", 0.5))]
+    threads = [threading.Thread(target=finish, args=("better", 0.0)), threading.Thread(target=finish, args=("worse", 0.5))]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyspark.sql import Observation
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import with_lines
+from lakehouse.landing import with_lines
 
 
 def test_lines_keep_bytes_and_positions(spark):

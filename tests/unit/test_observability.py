@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lakehouse.observability import files_in_batch, landed_files, processed_files
+from lakehouse.checkpoints import files_in_batch, landed_files, processed_files
 
 
 def _source_log(checkpoint: Path, name: str, entries: list[tuple[str, int]]) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import with_lines
+from lakehouse.landing import with_lines
 from lakehouse.generator import TelemetryGenerator, generate_batch
 from lakehouse.quality import load_suite, row_rules, with_rule_results
-from lakehouse.silver import parse_records
+from lakehouse.parse import parse_records
 
 
 def test_parse_types_values_and_flags_problems(spark, config):
