@@ -466,7 +466,7 @@ def _demo(config: LakehouseConfig, args) -> int:
 
     from lakehouse.bronze import bronze_table, run_bronze_ingest
     from lakehouse.generator import TelemetryGenerator, generate_batch
-    from lakehouse.gold import build_order, run_gold_tables
+    from lakehouse.gold import run_gold_tables
     from lakehouse.observability import collect_status, format_status
     from lakehouse.silver import reconcile, run_silver_refine
     from lakehouse.tables import read_table, resolve_table
@@ -539,7 +539,7 @@ def _demo(config: LakehouseConfig, args) -> int:
     # The gold tables fed by these entities, directly or through another gold table, inputs first.
     fed = {f"silver.{e}" for e in entities}
     gold_tables = []
-    for name in build_order(config):
+    for name in config.gold_order():
         if fed & set(config.gold_table(name).inputs):
             gold_tables.append(name)
             fed.add(f"gold.{name}")

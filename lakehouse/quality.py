@@ -11,7 +11,6 @@ Row-level semantics follow GX's: a null value passes every expectation except
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,7 +31,7 @@ from pyspark.sql.types import (  # noqa: E402
     TimestampType,
 )
 
-POLICIES = ("warn", "drop", "fail")
+from lakehouse.suites import POLICIES, ROW_LEVEL, read_suite_file, suite_problems  # noqa: E402
 
 # Failed rule names per policy, as array<string> columns added by with_rule_results.
 FAILED_COLUMNS = {policy: f"_failed_{policy}" for policy in POLICIES}
@@ -54,14 +53,6 @@ class SuiteError(ValueError):
     """A suite file that GX cannot load, or an expectation without a valid policy."""
 
 
-ROW_LEVEL = (
-    "expect_column_values_to_not_be_null",
-    "expect_column_values_to_be_between",
-    "expect_column_values_to_be_in_set",
-    "expect_column_values_to_match_regex",
-)
-
-
 @dataclass(frozen=True)
 class RowRule:
     name: str  # e.g. "expect_column_values_to_be_between(cpu_util)"
@@ -75,20 +66,17 @@ class RowRule:
 
 
 def load_suite(path: Path) -> gx.ExpectationSuite:
-    """Load a suite with GX's own API and check every expectation's policy."""
+    """Load a suite with GX's own API, after the checks of lakehouse/suites.py (which the
+    configuration already ran, with the entity's columns, when it loaded)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        suite = gx.ExpectationSuite(**data)
-    except (OSError, ValueError, TypeError) as exc:
+        data = read_suite_file(path)
+        for key, message in suite_problems(data)[:1]:
+            raise SuiteError(f"{path}: {key}: {message}")
+        return gx.ExpectationSuite(**data)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, SuiteError):
+            raise
         raise SuiteError(f"{path}: not a loadable Great Expectations suite: {exc}") from exc
-    for index, expectation in enumerate(suite.expectations):
-        policy = (expectation.meta or {}).get("policy")
-        if policy not in POLICIES:
-            raise SuiteError(
-                f"{path}: expectations[{index}] ({expectation.expectation_type}): meta.policy must be "
-                f"one of {', '.join(POLICIES)}, got {policy!r}"
-            )
-    return suite
 
 
 def _predicate(expectation) -> Column:
