@@ -88,6 +88,12 @@ def duration_seconds(text: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[unit]
 
 
+def check_duration(option: str, text: str) -> None:
+    """A DURATION given on the command line (``--trigger``); ConfigError naming the option if not."""
+    if not re.match(DURATION.regex, text.strip()):
+        raise ConfigError(option, option.lstrip("-"), f"expected {DURATION.description}, got {text!r}")
+
+
 def spark_interval(text: str) -> str:
     """A DURATION in the interval syntax Spark's triggers and watermarks take: '1.5h' -> '5400000
     milliseconds' (Spark itself refuses '1 min', '1.5h' and fractions)."""
@@ -675,8 +681,8 @@ _ENV_MAPS = {("spark", "conf"): "spark.conf_env", ("kafka", "options"): "kafka.o
 def _refuse_secret(key_path: list[str], value: Any, origin: str) -> None:
     """A credential never takes its value from a file or --set: name the environment variable."""
     key = key_path[-1]
-    if value is None or not is_secret_key(key):
-        return
+    if value is None or not is_secret_key(key) or (len(key_path) > 1 and key_path[-2].endswith("_env")):
+        return  # in spark.conf_env and the like, the value names the variable
     parent = tuple(key_path[-3:-1])
     if parent in _ENV_MAPS or tuple(key_path[:2]) == ("spark", "conf"):
         where = _ENV_MAPS.get(parent, "spark.conf_env")
@@ -739,7 +745,8 @@ def _convert(value: Any, hint: Any, path: tuple[str, ...], tree: _Tree, fallback
                 raise ConfigError(origin_file, _dotted(path + (name,)), "missing required key")
         result = hint(**kwargs)
         for name, message in getattr(result, "problems", lambda: [])():
-            raise ConfigError(tree.origin(path + (name,), fallback), _dotted(path + (name,)), message)
+            # name: a field, or "<map field>.<key>" (map keys may hold dots themselves)
+            raise ConfigError(tree.origin(path + tuple(name.split(".", 1)), fallback), _dotted(path + (name,)), message)
     elif origin is dict:
         key_type, value_type = get_args(hint)
         if not isinstance(value, dict):

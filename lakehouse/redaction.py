@@ -57,9 +57,20 @@ _QUERY_SECRETS = {"sig", "signature", "token", "access_token", "password", "pwd"
                   "api_key"}
 
 
+# Azure storage URIs name a container where user info would be (abfss://container@account...).
+_CONTAINER_SCHEMES = ("abfs://", "abfss://", "wasb://", "wasbs://")
+
+
 def redact_uri(text: str) -> str:
-    """``scheme://user:password@host/...`` -> ``scheme://*****@host/...`` (any user info)."""
-    return _URI_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+    """``scheme://user:password@host/...`` -> ``scheme://*****@host/...`` (any user info but an
+    Azure container name)."""
+    def userinfo(match: re.Match) -> str:
+        scheme = match.group("scheme")
+        if scheme.lower() in _CONTAINER_SCHEMES and ":" not in match.group("userinfo"):
+            return match.group(0)
+        return f"{scheme}{REDACTED}@"
+
+    return _URI_USERINFO.sub(userinfo, text)
 
 
 def redact_text(text: str) -> str:
@@ -78,14 +89,15 @@ def redact_text(text: str) -> str:
     return _ASSIGNMENT.sub(assignment, text)
 
 
-def redact_tree(value: Any, key: str = "") -> Any:
+def redact_tree(value: Any, key: str = "", names_variables: bool = False) -> Any:
     """A copy of a configuration tree (dicts, lists, values) safe to print: the value of every
-    secret key is replaced, and every string loses URI user info and secret query values."""
+    secret key is replaced (but in maps such as ``spark.conf_env``, whose values name environment
+    variables), and every string loses URI user info and secret query values."""
     if isinstance(value, dict):
-        return {k: redact_tree(v, str(k)) for k, v in value.items()}
+        return {k: redact_tree(v, str(k), str(key).endswith("_env")) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [redact_tree(v, key) for v in value]
-    if value is not None and key and is_secret_key(key):
+        return [redact_tree(v, key, names_variables) for v in value]
+    if value is not None and key and is_secret_key(key) and not names_variables:
         return REDACTED
     if isinstance(value, str):
         return redact_text(value)

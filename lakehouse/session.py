@@ -13,6 +13,7 @@ from importlib.metadata import version
 from pyspark.sql import SparkSession
 
 from lakehouse.config import LakehouseConfig
+from lakehouse.redaction import SPARK_REDACTION_REGEX
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -46,14 +47,36 @@ def running_on_cluster_launcher() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ or "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
-def build_session(config: LakehouseConfig, app_name: str | None = None) -> SparkSession:
+LOOPBACK = "127.0.0.1"
+
+
+def loopback_interface() -> str:
+    """The loopback network interface's name (``lo`` on Linux, ``lo0`` on macOS)."""
+    import socket
+
+    return next((name for _, name in socket.if_nameindex() if name.startswith("lo")), "lo")
+
+
+def build_session(config: LakehouseConfig, app_name: str | None = None, ui: bool = False) -> SparkSession:
+    """The session for a job. ``ui``: start Spark's web UI (continuous jobs); batch jobs run
+    without one unless ``spark.ui.enabled`` is configured. A local master listens on the
+    loopback only (driver, block manager and UI), unless ``spark.driver.bindAddress`` or
+    ``$SPARK_LOCAL_IP`` say otherwise."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
 
     builder = SparkSession.builder.appName(app_name or config.spark.app_name)
     launched = running_on_cluster_launcher()
+    builder = builder.config("spark.redaction.regex", SPARK_REDACTION_REGEX)
     if not launched:
+        builder = builder.config("spark.ui.enabled", str(ui).lower())
+        if (config.spark.master or "").startswith("local"):
+            # The UI binds to $SPARK_LOCAL_IP (all interfaces when unset), read when the JVM starts.
+            os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
+            builder = builder.config("spark.driver.host", LOOPBACK).config("spark.driver.bindAddress", LOOPBACK)
+            # torch.distributed's Gloo (TorchDistributor) in the Python workers: over the loopback.
+            builder = builder.config("spark.executorEnv.GLOO_SOCKET_IFNAME", loopback_interface())
         if config.spark.master:
             builder = builder.master(config.spark.master)
         # Resolved from Maven Central into the local Ivy cache on first use, then reused.
@@ -69,6 +92,8 @@ def build_session(config: LakehouseConfig, app_name: str | None = None) -> Spark
     )
     for key, value in config.spark.conf.items():
         builder = builder.config(key, value)
+    for key, variable in config.spark.conf_env.items():  # credentials: never in the configuration
+        builder = builder.config(key, os.environ[variable])
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     if launched and not _delta_on_classpath(spark):
