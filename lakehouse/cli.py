@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lakehouse.config import ConfigError, LakehouseConfig, check_duration, load_config
 from lakehouse.redaction import install_log_redaction, redact_text, redact_tree
-from lakehouse.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_QUALITY
+from lakehouse.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_QUALITY, JobError
 
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -156,19 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     handler = COMMANDS[args.command]
     from pyspark.errors import PySparkException
 
-    from lakehouse.gold import GoldInputMissing
-    from lakehouse.kafka import KafkaSetupError
-    from lakehouse.kafka_broker import BrokerError
-    from lakehouse.session import SessionError
-    from lakehouse.silver import CheckpointSourcesChanged
-
     try:
         return handler(config, args)
     except ConfigError as exc:  # found once Spark could check it (lakehouse/preflight.py)
         print(f"lakehouse: configuration error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
-    except (SessionError, PySparkException, GoldInputMissing, KafkaSetupError, BrokerError,
-            CheckpointSourcesChanged) as exc:
+    except (JobError, PySparkException) as exc:
         print(f"lakehouse: {args.command} failed: {error_summary(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -283,7 +276,7 @@ def _start_spark(config: LakehouseConfig, ui: bool = False):
     from lakehouse.session import build_session, running_on_cluster_launcher
 
     master = "the launcher's master" if running_on_cluster_launcher() else config.spark.master or "default master"
-    print(f"starting Spark ({master}, env {config.env}) ...", file=sys.stderr, flush=True)
+    print(f"starting Spark ({master}, env {config.env}) ...", flush=True)
     return build_session(config, ui=ui)
 
 
@@ -334,10 +327,10 @@ def cmd_train(config: LakehouseConfig, args) -> int:
     try:
         summary = run_training(spark, config, args.backend, num_proc, args.gpu, args.force, args.version, args.epochs)
     except TrainingRefused as exc:
-        print(f"lakehouse: training refused: {exc}", file=sys.stderr)
+        print(f"lakehouse: training refused: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_QUALITY
     except BackendError as exc:
-        print(f"lakehouse: train: {exc}", file=sys.stderr)
+        print(f"lakehouse: train: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     final = summary.final
     print(f"run {summary.run_id} in experiment {summary.experiment}")
@@ -363,7 +356,7 @@ def cmd_score(config: LakehouseConfig, args) -> int:
     try:
         summary = score(spark, config)
     except NoChampion as exc:
-        print(f"lakehouse: score: {exc}", file=sys.stderr)
+        print(f"lakehouse: score: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     print(f"gold.predictions: version {summary.table_version}, {summary.rows:,} rows from {summary.input} "
           f"by {summary.model} version {summary.model_version} (champion)")
@@ -436,7 +429,7 @@ def cmd_sql(config: LakehouseConfig, args) -> int:
     spark = _start_spark(config)
     if not args.write:
         try:
-            writes = writing_node(spark, parsed_plan(spark, args.query))
+            writes = writing_node(parsed_plan(spark, args.query))
         except ValueError as exc:  # it does not parse: Spark's message, caret and all
             print(f"lakehouse: sql failed: {redact_text(str(exc))}", file=sys.stderr)
             return EXIT_FAILED
@@ -480,9 +473,15 @@ def _format_rows(columns: list[str], rows) -> str:
 def cmd_demo(config: LakehouseConfig, args) -> int:
     """The whole flow on embedded defaults. A Kafka source gets a local broker for the run (unless
     bootstrap servers are configured), started here and stopped at the end."""
+    from lakehouse.preflight import check_entity, check_gold_sql
+
     source = config.source(args.source)
+    spark = _start_spark(config)  # what only Spark can check, before anything is written
+    for entity in (name for name, e in config.entities.items() if args.source in e.sources):
+        check_entity(spark, config, entity)
+    check_gold_sql(spark, config, list(config.gold))
     if source.kind != "kafka":
-        return _demo(config, args)
+        return _demo(config, args, spark)
     import os
 
     from lakehouse.kafka import KafkaSetupError, bootstrap_servers
@@ -494,26 +493,25 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
         servers = None
     if servers:
         print(f"using the Kafka cluster at {servers}")
-        return _demo(config, args)
+        return _demo(config, args, spark)
     # Kept under the data directory, with the checkpoints whose offsets refer to its topics.
     state = Path(config.storage.data_dir) / "kafka-broker"
     print(f"== 0. a local Kafka broker (KRaft) in {state}; stopped at the end of the demo")
     with KafkaBroker(state, partitions=source.kafka.partitions) as broker:
         os.environ[source.kafka.bootstrap_servers_env] = broker.bootstrap
         try:
-            return _demo(config, args)
+            return _demo(config, args, spark)
         finally:
             os.environ.pop(source.kafka.bootstrap_servers_env, None)
 
 
-def _demo(config: LakehouseConfig, args) -> int:
+def _demo(config: LakehouseConfig, args, spark) -> int:
     from pyspark.sql import functions as F
 
     from lakehouse.bronze import bronze_table, run_bronze_ingest
     from lakehouse.generator import TelemetryGenerator, generate_batch
     from lakehouse.gold import run_gold_tables
     from lakehouse.observability import collect_status, format_status
-    from lakehouse.preflight import check_entity, check_gold_sql
     from lakehouse.silver import reconcile, run_silver_refine
     from lakehouse.tables import read_table, resolve_table
 
@@ -541,11 +539,7 @@ def _demo(config: LakehouseConfig, args) -> int:
     print_manifest(manifest, landing_dir)
 
     print(f"\n== 2. bronze: ingest {where} into bronze.{args.source} (--once)")
-    spark = _start_spark(config)
     entities = [name for name, e in config.entities.items() if args.source in e.sources]
-    for entity in entities:
-        check_entity(spark, config, entity)
-    check_gold_sql(spark, config, list(config.gold))
     code = run_bronze_ingest(spark, config, args.source, {"availableNow": True})
     if code != EXIT_OK:
         return code

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from lakehouse.redaction import is_secret_key
+from lakehouse.redaction import SECRET_REFERENCE, is_secret_key
 from lakehouse.suites import read_suite_file, suite_problems
 
 # --------------------------------------------------------------------------------------------
@@ -55,6 +55,7 @@ class MustExist:
 class Pattern:
     regex: str
     description: str
+    echo: bool = True  # False: an error does not repeat the value (it may be a pasted secret)
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,9 @@ PositiveInt = Annotated[int, Range(low=1)]
 
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # A password in a URI's user info (scheme://user:password@host).
-_URI_PASSWORD = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@\s]*:[^/?#@\s]*@")
-ENV_VAR = Pattern(r"^[A-Za-z_][A-Za-z0-9_]*$", "an environment variable name")
+_URI_PASSWORD = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^@\s]*:[^@\s]*@")  # up to the last '@'
+
+ENV_VAR = Pattern(r"^[A-Za-z_][A-Za-z0-9_]*$", "an environment variable name", echo=False)
 
 # --------------------------------------------------------------------------------------------
 # The typed configuration
@@ -206,6 +208,10 @@ class KafkaOptions:
     librdkafka_options_env: dict[str, Annotated[str, ENV_VAR]] = field(default_factory=dict)
 
     def problems(self) -> list[tuple[str, str]]:
+        for field_name in ("options_env", "librdkafka_options_env"):
+            for key, variable in getattr(self, field_name).items():
+                if not os.environ.get(variable):
+                    return [(f"{field_name}.{key}", f"the environment variable {variable} is not set")]
         if bool(self.topics) == bool(self.topic_pattern):
             return [("topics", "set topics or topic_pattern (one of the two)")]
         for key in (*self.options, *self.librdkafka_options):
@@ -523,7 +529,11 @@ def load_config(
         if not sep or not key.strip():
             raise ConfigError("--set", item, "expected key.path=value")
         key_path = _split_key(key.strip())
-        tree.set(key_path, yaml.safe_load(raw) if raw else "", f"--set {key.strip()}")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:  # not YAML ({{secrets/scope/key}}, a: b: c): the text as it is
+            value = raw
+        tree.set(key_path, value, f"--set {key.strip()}")
 
     values = dict(tree.values)
     values["env"] = env
@@ -678,11 +688,24 @@ _ENV_MAPS = {("spark", "conf"): "spark.conf_env", ("kafka", "options"): "kafka.o
              ("kafka", "librdkafka_options"): "kafka.librdkafka_options_env"}
 
 
+def _names_a_thing(key_path: list[str]) -> bool:
+    """A key that is a name the user chose, not a setting: a source, entity or gold table, a column."""
+    return ((len(key_path) == 2 and key_path[0] in ("sources", "entities", "gold"))
+            or (len(key_path) == 4 and key_path[0] == "entities" and key_path[2] == "columns"))
+
+
 def _refuse_secret(key_path: list[str], value: Any, origin: str) -> None:
     """A credential never takes its value from a file or --set: name the environment variable."""
     key = key_path[-1]
-    if value is None or not is_secret_key(key) or (len(key_path) > 1 and key_path[-2].endswith("_env")):
-        return  # in spark.conf_env and the like, the value names the variable
+    if isinstance(value, dict):  # a section under a credential's name, or --set a.b={x: 1}
+        for inner_key, inner in value.items():
+            _refuse_secret(key_path + [str(inner_key)], inner, origin)
+        if not value:
+            return
+    if value is None or not is_secret_key(key) or _names_a_thing(key_path):
+        return
+    if (len(key_path) > 1 and key_path[-2].endswith("_env")) or SECRET_REFERENCE.match(str(value)):
+        return  # the value names a variable (spark.conf_env), or a Databricks secret ({{secrets/scope/key}})
     parent = tuple(key_path[-3:-1])
     if parent in _ENV_MAPS or tuple(key_path[:2]) == ("spark", "conf"):
         where = _ENV_MAPS.get(parent, "spark.conf_env")
@@ -797,7 +820,7 @@ def _convert(value: Any, hint: Any, path: tuple[str, ...], tree: _Tree, fallback
 
     for constraint in constraints:
         if isinstance(constraint, Pattern) and not re.match(constraint.regex, str(result)):
-            fail(f"expected {constraint.description}, got {result!r}")
+            fail(f"expected {constraint.description}" + (f", got {result!r}" if constraint.echo else ""))
         if isinstance(constraint, Range):
             if constraint.low is not None and result < constraint.low:
                 fail(f"must be at least {constraint.low:g}, got {result!r}")

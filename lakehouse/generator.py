@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from lakehouse.config import GeneratorConfig
 
 # A run id names the run's files and manifest in the landing directory: a plain name only.
-RUN_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,100}$")
+RUN_ID = re.compile(r"^(?!\.{1,2}\Z)[A-Za-z0-9._-]{1,100}\Z")
 
 # Line-level faults, in the order the manifest lists them. "empty_file" is a file-level fault;
 # "empty_message" its counterpart on Kafka (a message with an empty value).

@@ -26,15 +26,24 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from lakehouse.config import GoldTableConfig, LakehouseConfig, spark_interval, view_name
-from lakehouse.exit_codes import EXIT_OK
+from lakehouse.exit_codes import EXIT_OK, JobError
 from lakehouse.observability import count_records
 from lakehouse.streaming import run_streaming_job
-from lakehouse.tables import TableRef, last_commit, load_from, read_table, resolve_table, save_to, start_to, table_exists
+from lakehouse.tables import (
+    TableRef,
+    last_commit,
+    load_from,
+    read_table,
+    resolve_table,
+    save_to,
+    start_to,
+    table_exists,
+)
 
 CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 
 
-class GoldInputMissing(RuntimeError):
+class GoldInputMissing(JobError):
     """An input table of a gold table does not exist yet (its job has not run)."""
 
 

@@ -18,8 +18,9 @@ import json
 import os
 from dataclasses import dataclass
 
-from lakehouse.config import KafkaOptions, SourceConfig
 from lakehouse.checkpoints import local_dir, logged_batches, planned_source_offsets
+from lakehouse.config import KafkaOptions, SourceConfig
+from lakehouse.exit_codes import JobError
 
 SASL_MODULES = {
     "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
@@ -28,7 +29,7 @@ SASL_MODULES = {
 }
 
 
-class KafkaSetupError(RuntimeError):
+class KafkaSetupError(JobError):
     """The source cannot reach Kafka as configured (no bootstrap servers, missing credentials)."""
 
 

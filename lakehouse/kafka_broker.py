@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lakehouse.exit_codes import JobError
 from lakehouse.processes import started_process, write_pid_file
 
 DEFAULT_VERSION = "4.1.1"
@@ -63,7 +64,7 @@ def broker_jars(version: str) -> Path:
     return cache
 
 
-class BrokerError(RuntimeError):
+class BrokerError(JobError):
     """The broker could not be resolved, formatted or started."""
 
 

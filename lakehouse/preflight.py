@@ -17,7 +17,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from lakehouse.config import ConfigError, LakehouseConfig, view_name
-from lakehouse.sql_plans import parsed_plan, relations_read
+from lakehouse.sql_plans import parsed_plan, relations_read, writing_node
 from lakehouse.suites import read_suite_file, regexes
 
 
@@ -35,9 +35,13 @@ def check_gold_sql(spark: SparkSession, config: LakehouseConfig, names: list[str
         gold = config.gold_table(name)
         origin, key = conf_file(config, "gold", name), f"gold.{name}.sql"
         try:
-            read, defined = relations_read(parsed_plan(spark, gold.sql))
+            plan = parsed_plan(spark, gold.sql)
         except ValueError as exc:
-            raise ConfigError(origin, key, f"does not parse: {exc}") from None
+            raise ConfigError(origin, key, f"does not parse: {str(exc).splitlines()[0]}") from None
+        not_query = writing_node(plan)
+        if not_query:
+            raise ConfigError(origin, key, f"is not a query (Spark parses it as {not_query}): a gold table is a SELECT")
+        read, defined = relations_read(plan)
         views = {view_name(table) for table in gold.inputs}
         unknown = sorted(read - views - defined)
         if unknown:
@@ -47,16 +51,17 @@ def check_gold_sql(spark: SparkSession, config: LakehouseConfig, names: list[str
 
 def check_suite_regexes(spark: SparkSession, config: LakehouseConfig, entity_name: str) -> None:
     from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
 
     path = config.suite_path(config.entity(entity_name).suite)
     pattern = spark._jvm.java.util.regex.Pattern
     for key, regex in regexes(read_suite_file(path)):
         try:
             pattern.compile(regex)
-        except Py4JJavaError as exc:
-            description = exc.java_exception.getDescription()
+        except (Py4JJavaError, PySparkException) as exc:  # PatternSyntaxException, as pyspark raises it
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "invalid")
             raise ConfigError(str(path), key, f"{regex!r} is not a Java regular expression (what Spark's rlike "
-                                              f"runs): {description} near index {exc.java_exception.getIndex()}") from None
+                                              f"runs): {reason}") from None
 
 
 def check_silver_columns(spark: SparkSession, config: LakehouseConfig, entity_name: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from typing import Any
 
 REDACTED = "*****"
@@ -21,13 +22,20 @@ REDACTED = "*****"
 # Words (split at anything not a letter or digit, and at camelCase humps) that make a key secret,
 # alone or as a pair of consecutive words.
 _SECRET_WORDS = {"secret", "secrets", "password", "passwd", "passphrase", "token", "credential",
-                 "credentials", "sas", "apikey", "secretkey", "accesskey", "privatekey"}
+                 "credentials", "sas", "apikey", "secretkey", "accesskey", "privatekey", "jaas"}
 _SECRET_PAIRS = {("access", "key"), ("secret", "key"), ("account", "key"), ("private", "key"),
-                 ("api", "key"), ("client", "secret"), ("session", "token"), ("sas", "token")}
-# A key ending in one of these describes how credentials are found, not a credential:
-# fs.s3a.aws.credentials.provider, fs.azure.sas.token.provider.type, sasl_password_env.
+                 ("api", "key"), ("client", "secret"), ("session", "token"), ("sas", "token"),
+                 ("keystore", "key"), ("key", "pem"), ("encryption", "key"), ("oauthbearer", "config")}
+# A key ending in one of these describes how credentials are found or handled, not a credential:
+# fs.s3a.aws.credentials.provider, fs.azure.sas.token.provider.type, sasl_password_env,
+# spark.security.credentials.renewalRatio, fs.s3a.delegation.token.binding.
 _NOT_SECRET_TAILS = {"env", "provider", "providers", "type", "class", "mechanism", "location", "path",
-                     "file", "enabled", "endpoint", "url", "uri", "name", "id"}
+                     "file", "enabled", "endpoint", "url", "uri", "name", "id", "renewal", "binding", "ratio",
+                     "wait", "period", "streams", "scope", "timeout", "interval", "size", "length", "algorithm",
+                     "format", "mode"}
+# Words after which a secret word names a mechanism, not a value: a delegation token is issued at
+# run time (fs.azure.enable.delegation.token: true), renewal credentials are a method's name.
+_NOT_SECRET_AFTER = {("delegation", "token"), ("renewal", "credentials")}
 
 
 def _words(key: str) -> list[str]:
@@ -40,18 +48,25 @@ def is_secret_key(key: str) -> bool:
     words = _words(str(key))
     if not words or words[-1] in _NOT_SECRET_TAILS:
         return False
-    if any(word in _SECRET_WORDS for word in words):
+    pairs = list(zip(words, words[1:]))
+    exempt = {i + 1 for i, pair in enumerate(pairs) if pair in _NOT_SECRET_AFTER}
+    if any(word in _SECRET_WORDS and i not in exempt for i, word in enumerate(words)):
         return True
-    return any(pair in _SECRET_PAIRS for pair in zip(words, words[1:]))
+    return any(pair in _SECRET_PAIRS for pair in pairs)
 
 
-# scheme://user[:password]@host -- the user-info part, up to the last '@' before the path.
-_URI_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s@'\"]+)@")
+# A Databricks secret reference, resolved by the cluster: it names a secret, it is not one.
+SECRET_REFERENCE = re.compile(r"^\{\{secrets/[^/{}]+/[^/{}]+\}\}$")
+
+
+# scheme://user[:password]@host -- the user info, up to the last '@' of the URI (a pasted secret
+# key may hold '/' or '+', unencoded).
+_URI_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s'\"]*)@")
 # key=value where the key is secret (URI query parameters such as sig= or token=, Java and Hadoop
 # messages), and 'key': value as a Python or JSON mapping prints it.
 _ASSIGNMENT = re.compile(
-    r"(?P<q>[\"']?)(?P<key>[A-Za-z][A-Za-z0-9_.\-]*)(?P=q)(?P<sep>\s*=\s*|(?<=[\"'])\s*:\s*)"
-    r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s&;,'\"}\]]+)"
+    r"(?P<q>[\"']?)(?P<key>[A-Za-z][A-Za-z0-9_.\-]*)(?P=q)(?P<sep>\s*=\s*|\s*->\s*|(?<=[\"'])\s*:\s*)"
+    r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s&;,'\"}\])]+)"
 )
 _QUERY_SECRETS = {"sig", "signature", "token", "access_token", "password", "pwd", "secret", "key", "apikey",
                   "api_key"}
@@ -120,10 +135,22 @@ def install_log_redaction() -> None:
         redacted = redact_text(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        if record.exc_info:  # the traceback too, formatted once here
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return record
 
     redacting_record.redacting = True
     logging.setLogRecordFactory(redacting_record)
+    show_exception = sys.excepthook
+
+    def redacting_excepthook(kind, value, traceback) -> None:  # an uncaught error's traceback
+        import traceback as tb
+
+        sys.stderr.write(redact_text("".join(tb.format_exception(kind, value, traceback))))
+
+    if show_exception is sys.__excepthook__:
+        sys.excepthook = redacting_excepthook
 
 
 # Spark redacts the values of matching conf keys in its UI, event logs and its own log lines.

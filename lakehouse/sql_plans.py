@@ -12,7 +12,7 @@ from pyspark.sql import SparkSession
 def _java_message(exc: Exception) -> str:
     java = getattr(exc, "java_exception", None)
     message = java.getMessage() if java is not None else str(exc)
-    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    return "\n".join(line.rstrip() for line in str(message).splitlines() if line.strip())
 
 
 def _scala_list(seq) -> list:
@@ -26,10 +26,11 @@ def parsed_plan(spark: SparkSession, sql: str):
     """Spark's parsed (unresolved) logical plan of one statement; raises ValueError with Spark's
     message when it does not parse."""
     from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
 
     try:
         return spark._jsparkSession.sessionState().sqlParser().parsePlan(sql)
-    except Py4JJavaError as exc:
+    except (Py4JJavaError, PySparkException) as exc:  # pyspark turns a ParseException into its own
         raise ValueError(_java_message(exc)) from None
 
 
@@ -59,20 +60,29 @@ def relations_read(plan) -> tuple[set[str], set[str]]:
     return read, defined
 
 
-# Plan nodes that only read: DESCRIBE ..., SHOW ..., EXPLAIN ... (commands, but they change nothing).
-_READ_ONLY_COMMANDS = ("Describe", "Show", "Explain")
+# The nodes of a parsed query: relational operators Spark's parser makes for SELECT, WITH,
+# VALUES, set operations, joins, windows, hints. A statement any of whose nodes is not one of
+# these (DELETE, INSERT, INSERT OVERWRITE DIRECTORY, MERGE, ALTER, DROP, CALL, EXECUTE IMMEDIATE,
+# SET, TRANSFORM ... USING a script, a Delta OPTIMIZE or VACUUM, ...) is not a query.
+QUERY_NODES = frozenset({
+    "Project", "Filter", "Aggregate", "Join", "LateralJoin", "Union", "Intersect", "Except", "Distinct",
+    "Sort", "GlobalLimit", "LocalLimit", "Offset", "Tail", "SubqueryAlias", "UnresolvedRelation",
+    "UnresolvedWith", "CTERelationDef", "CTERelationRef", "OneRowRelation", "LocalRelation",
+    "UnresolvedInlineTable", "Generate", "Window", "WithWindowDefinition", "Pivot", "Unpivot", "Sample",
+    "Expand", "UnresolvedHint", "UnresolvedHaving", "UnresolvedSubqueryColumnAliases", "Deduplicate",
+    "RepartitionByExpression", "Repartition", "RebalancePartitions", "UnresolvedTableValuedFunction",
+    "UnresolvedTVFAliases", "NaturalJoin", "UsingJoin", "UnresolvedAlias", "Range",
+})
+# Statements that only read or describe: DESCRIBE ..., SHOW ..., EXPLAIN ... (EXPLAIN runs nothing).
+_READ_ONLY_STATEMENTS = ("Describe", "Show", "Explain")
 
 
-def writing_node(spark: SparkSession, plan) -> str | None:
-    """The kind of the first node of a parsed plan that changes a table, the catalog or the
-    session (a command or a parsed write statement), or None for a query."""
-    command = spark._jvm.java.lang.Class.forName(
-        "org.apache.spark.sql.catalyst.plans.logical.Command", False,
-        spark._jvm.java.lang.Thread.currentThread().getContextClassLoader())
+def writing_node(plan) -> str | None:
+    """None when a parsed plan is a query (or DESCRIBE / SHOW / EXPLAIN); else the kind of its
+    first node that is not part of a query."""
+    if _node_kind(plan).startswith(_READ_ONLY_STATEMENTS):
+        return None
     for node in plan_nodes(plan):
-        kind = _node_kind(node)
-        if kind.startswith(_READ_ONLY_COMMANDS):
-            continue
-        if command.isInstance(node) or kind.endswith("Statement"):  # InsertIntoStatement, RestoreTableStatement
-            return kind
+        if _node_kind(node) not in QUERY_NODES:
+            return _node_kind(node)
     return None

@@ -33,6 +33,22 @@ _COLUMN_ARGUMENTS = ("column", "column_A", "column_B")
 _COLUMN_LIST_ARGUMENTS = ("column_list",)
 
 
+class SuiteError(ValueError):
+    """A suite file that cannot be read or that fails the checks below."""
+
+
+def checked_suite(path: Path) -> dict:
+    """The suite's JSON after the checks of :func:`suite_problems` (without the entity's
+    columns, which load_config checks); raises SuiteError naming the file and the key."""
+    try:
+        data = read_suite_file(path)
+    except ValueError as exc:
+        raise SuiteError(f"{path}: {exc}") from exc
+    for key, message in suite_problems(data)[:1]:
+        raise SuiteError(f"{path}: {key}: {message}")
+    return data
+
+
 def read_suite_file(path: Path) -> dict:
     """The suite's JSON; raises ValueError with the reason when it is not a JSON object."""
     try:

@@ -155,6 +155,7 @@ def quiet_mlflow() -> None:
     """No usage reports and no progress bars from jobs (set before mlflow is imported)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run at <URI>" lines
 
 
 # $MLFLOW_TRACKING_URI as the job found it: mlflow.set_tracking_uri writes the variable itself (for
@@ -163,10 +164,22 @@ _ENVIRONMENT_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def tracking_uri(config) -> str:
+    """The tracking store: training.tracking_uri, else $MLFLOW_TRACKING_URI as the job found it,
+    else a sqlite file in the data directory. Credentials in an http(s) URI's user info move to
+    $MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD (MLflow's own way to pass them), so the
+    URI that MLflow, the summary and every log line see carries none."""
     configured = config.training.tracking_uri or _ENVIRONMENT_TRACKING_URI
-    if configured:
-        return configured
-    return f"sqlite:///{(Path(config.storage.data_dir) / 'mlflow.db').absolute()}"
+    if not configured:
+        return f"sqlite:///{(Path(config.storage.data_dir) / 'mlflow.db').absolute()}"
+    parsed = urlparse(configured)
+    if parsed.scheme in ("http", "https") and "@" in parsed.netloc:
+        userinfo, host = parsed.netloc.rsplit("@", 1)
+        user, _, password = userinfo.partition(":")
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+        if password:
+            os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+        return parsed._replace(netloc=host).geturl()
+    return configured
 
 
 def git_commit() -> str:

@@ -98,9 +98,8 @@ def load_champion(client, name: str, champion):
     location = client.get_model_version_download_uri(name, champion.version)
     root = None
     if champion.run_id:
-        experiment = client.get_experiment(client.get_run(champion.run_id).info.experiment_id)
-        root = experiment.artifact_location.rstrip("/") + "/"
-    if root is None or not location.startswith(root) or ".." in location.split("/"):
+        root = client.get_experiment(client.get_run(champion.run_id).info.experiment_id).artifact_location
+    if root is None or not _within(location, root):
         raise UntrustedModel(f"version {champion.version} of '{name}' keeps its files at {location}, outside the "
                              f"artifact store of its run's experiment ({root or 'no run'}): not loaded")
     local = mlflow.artifacts.download_artifacts(artifact_uri=location)
@@ -108,6 +107,23 @@ def load_champion(client, name: str, champion):
         return load_model_files(f"{local}/data/{MODEL_FILES}")
     except UnsafeModel as exc:
         raise UntrustedModel(f"version {champion.version} of '{name}': {exc}") from exc
+
+
+def _within(location: str, root: str) -> bool:
+    """Whether the URI ``location`` lies inside ``root`` (same scheme and authority; the path
+    decoded and normalised, local paths with links resolved)."""
+    import os
+    import posixpath
+    from urllib.parse import unquote, urlparse
+
+    where, base = urlparse(location), urlparse(root)
+    if (where.scheme or "file") != (base.scheme or "file") or where.netloc != base.netloc:
+        return False
+    if (where.scheme or "file") == "file":
+        path, top = os.path.realpath(unquote(where.path)), os.path.realpath(unquote(base.path))
+    else:
+        path, top = posixpath.normpath(unquote(where.path)), posixpath.normpath(unquote(base.path))
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def predict_udf(model):
