@@ -32,10 +32,18 @@ from pyspark.sql.types import (
 
 from lakehouse.checkpoints import batch_planned_ms, planned_files
 from lakehouse.config import LakehouseConfig, SourceConfig
+from lakehouse.exit_codes import JobError
 from lakehouse.landing import ensure_landing_tables, ingest_files
 from lakehouse.observability import count_records, report_batch
 from lakehouse.streaming import run_streaming_job
-from lakehouse.tables import TableRef, create_table_if_missing, read_table, resolve_table, start_to, table_exists
+from lakehouse.tables import (
+    TableRef,
+    create_table_if_missing,
+    read_table,
+    resolve_table,
+    start_to,
+    table_exists,
+)
 
 BRONZE_FILE_SCHEMA = StructType(
     [
@@ -87,7 +95,7 @@ def read_landing_stream(spark: SparkSession, source: SourceConfig, path: str) ->
     return reader.load(path)
 
 
-class BronzeSchemaError(RuntimeError):
+class BronzeSchemaError(JobError):
     """A bronze table written by an older release, in a layout this one cannot append to."""
 
 

@@ -15,8 +15,9 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lakehouse.config import ConfigError, LakehouseConfig, load_config
-from lakehouse.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_QUALITY
+from lakehouse.config import ConfigError, LakehouseConfig, check_duration, load_config
+from lakehouse.redaction import install_log_redaction, redact_text, redact_tree
+from lakehouse.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_QUALITY, JobError
 
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -114,8 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status", "per query: last batch, records, R, S, B and the landed-but-unprocessed backlog")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    sql = command("sql", "run Spark SQL over the tables by their names (bronze.telemetry, ops.stream_progress, ...)")
-    sql.add_argument("query", help='e.g. "SELECT count(*) FROM bronze.telemetry"')
+    sql = command("sql", "run a Spark SQL query over the tables by their names (bronze.telemetry, "
+                         "ops.stream_progress, ...); read-only unless --write")
+    sql.add_argument("query", help='e.g. "SELECT count(*) FROM bronze.telemetry"; also DESCRIBE, SHOW and EXPLAIN')
+    sql.add_argument("--write", action="store_true",
+                     help="also run statements that change tables or the catalog (DELETE, UPDATE, MERGE, INSERT, "
+                          "ALTER, DROP, OPTIMIZE, VACUUM, ...); without it they are refused before they run")
     sql.add_argument("--json", action="store_true", help="print one JSON object per row")
     sql.add_argument("--limit", type=int, default=1000, help="print at most this many rows (default 1000)")
 
@@ -129,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    install_log_redaction()
     try:
         config = load_config(
             env=args.env,
@@ -142,23 +148,21 @@ def main(argv: list[str] | None = None) -> int:
             config.entity(args.entity)
         for name in getattr(args, "table", None) or ():
             config.gold_table(name)
+        if getattr(args, "trigger", None):
+            check_duration("--trigger", args.trigger)
     except ConfigError as exc:
-        print(f"lakehouse: configuration error: {exc}", file=sys.stderr)
+        print(f"lakehouse: configuration error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     handler = COMMANDS[args.command]
     from pyspark.errors import PySparkException
 
-    from lakehouse.gold import GoldInputMissing
-    from lakehouse.kafka import KafkaSetupError
-    from lakehouse.kafka_broker import BrokerError
-    from lakehouse.session import SessionError
-    from lakehouse.silver import CheckpointSourcesChanged
-
     try:
         return handler(config, args)
-    except (SessionError, PySparkException, GoldInputMissing, KafkaSetupError, BrokerError,
-            CheckpointSourcesChanged) as exc:
-        print(f"lakehouse: {args.command} failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+    except ConfigError as exc:  # found once Spark could check it (lakehouse/preflight.py)
+        print(f"lakehouse: configuration error: {redact_text(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (JobError, PySparkException) as exc:
+        print(f"lakehouse: {args.command} failed: {error_summary(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("lakehouse: interrupted", file=sys.stderr)
@@ -168,15 +172,22 @@ def main(argv: list[str] | None = None) -> int:
 # -- commands -------------------------------------------------------------------------------
 
 
+def error_summary(exc: BaseException, lines: int = 1) -> str:
+    """The first ``lines`` non-empty lines of an error's message, redacted (a Spark message may
+    start with a blank line: its first line alone can be empty)."""
+    text = [line.rstrip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    return redact_text("\n".join(text[:lines]))
+
+
 def cmd_config(config: LakehouseConfig, args) -> int:
     import dataclasses
 
-    print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+    print(json.dumps(redact_tree(dataclasses.asdict(config)), indent=2, default=str))
     return EXIT_OK
 
 
 def cmd_generate(config: LakehouseConfig, args) -> int:
-    from lakehouse.generator import TelemetryGenerator, generate_batch, generate_continuous
+    from lakehouse.generator import RUN_ID, TelemetryGenerator, generate_batch, generate_continuous
 
     kafka_sources = [name for name, source in config.sources.items() if source.kind == "kafka"]
     if args.source is None:
@@ -201,6 +212,10 @@ def cmd_generate(config: LakehouseConfig, args) -> int:
         print("lakehouse: generate needs 0 <= --fault-rate <= 1 and 1 <= --files <= --records", file=sys.stderr)
         return EXIT_CONFIG
     run_id = args.run_id or f"s{seed}"
+    if not RUN_ID.match(run_id):  # it names files: nothing that leaves the landing directory
+        print(f"lakehouse: --run-id {run_id!r}: a run id is a plain name (letters, digits, '.', '_', '-'; "
+              "no '/' or '..'), since it names files in the landing directory", file=sys.stderr)
+        return EXIT_CONFIG
     generator = TelemetryGenerator.from_config(g, seed=seed, fault_rate=fault_rate)
     landing_dir = Path(landing)
     landing_dir.mkdir(parents=True, exist_ok=True)
@@ -256,32 +271,36 @@ def print_manifest(manifest, landing_dir: Path) -> None:
     print(f"manifest: {landing_dir / '_manifests' / (manifest.run_id + '.json')}")
 
 
-def _start_spark(config: LakehouseConfig):
+def _start_spark(config: LakehouseConfig, ui: bool = False):
+    """The job's session; ``ui``: with Spark's web UI (a continuous job; on the loopback locally)."""
     from lakehouse.session import build_session, running_on_cluster_launcher
 
     master = "the launcher's master" if running_on_cluster_launcher() else config.spark.master or "default master"
-    print(f"starting Spark ({master}, env {config.env}) ...", file=sys.stderr, flush=True)
-    return build_session(config)
+    print(f"starting Spark ({master}, env {config.env}) ...", flush=True)
+    return build_session(config, ui=ui)
 
 
 def cmd_ingest(config: LakehouseConfig, args) -> int:
     from lakehouse.bronze import run_bronze_ingest
     from lakehouse.streaming import trigger_for
 
-    spark = _start_spark(config)
+    spark = _start_spark(config, ui=not args.once)
     return run_bronze_ingest(spark, config, args.source, trigger_for(args.once, args.trigger, config))
 
 
 def cmd_refine(config: LakehouseConfig, args) -> int:
+    from lakehouse.preflight import check_entity
     from lakehouse.silver import run_silver_refine
     from lakehouse.streaming import trigger_for
 
-    spark = _start_spark(config)
+    spark = _start_spark(config, ui=not args.once)
+    check_entity(spark, config, args.entity)
     return run_silver_refine(spark, config, args.entity, trigger_for(args.once, args.trigger, config), args.backfill)
 
 
 def cmd_gold(config: LakehouseConfig, args) -> int:
     from lakehouse.gold import run_gold_tables
+    from lakehouse.preflight import check_gold_sql
     from lakehouse.streaming import trigger_for
 
     names = list(config.gold) if args.all else args.table
@@ -294,8 +313,10 @@ def cmd_gold(config: LakehouseConfig, args) -> int:
               + (f"gold.{batch[0]} is a batch table (rebuilt once per run)" if batch else "name one --table"),
               file=sys.stderr)
         return EXIT_CONFIG
-    spark = _start_spark(config)
-    return run_gold_tables(spark, config, names, trigger_for(args.once or args.all or bool(batch), args.trigger, config))
+    once = args.once or args.all or bool(batch)
+    spark = _start_spark(config, ui=not once)
+    check_gold_sql(spark, config, names)
+    return run_gold_tables(spark, config, names, trigger_for(once, args.trigger, config))
 
 
 def cmd_train(config: LakehouseConfig, args) -> int:
@@ -306,10 +327,10 @@ def cmd_train(config: LakehouseConfig, args) -> int:
     try:
         summary = run_training(spark, config, args.backend, num_proc, args.gpu, args.force, args.version, args.epochs)
     except TrainingRefused as exc:
-        print(f"lakehouse: training refused: {exc}", file=sys.stderr)
+        print(f"lakehouse: training refused: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_QUALITY
     except BackendError as exc:
-        print(f"lakehouse: train: {exc}", file=sys.stderr)
+        print(f"lakehouse: train: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     final = summary.final
     print(f"run {summary.run_id} in experiment {summary.experiment}")
@@ -321,7 +342,7 @@ def cmd_train(config: LakehouseConfig, args) -> int:
     print(f"registered {config.training.registered_model} version {summary.model_version}"
           + (" -> alias champion" if summary.champion else
              f" (not the champion: {summary.not_champion_because})"))
-    print(f"browse: mlflow ui --backend-store-uri {summary.tracking_uri}")
+    print(f"browse: mlflow ui --backend-store-uri {redact_text(summary.tracking_uri)}")
     return EXIT_OK
 
 
@@ -335,7 +356,7 @@ def cmd_score(config: LakehouseConfig, args) -> int:
     try:
         summary = score(spark, config)
     except NoChampion as exc:
-        print(f"lakehouse: score: {exc}", file=sys.stderr)
+        print(f"lakehouse: score: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     print(f"gold.predictions: version {summary.table_version}, {summary.rows:,} rows from {summary.input} "
           f"by {summary.model} version {summary.model_version} (champion)")
@@ -400,12 +421,29 @@ def cmd_status(config: LakehouseConfig, args) -> int:
 
 
 def cmd_sql(config: LakehouseConfig, args) -> int:
+    from pyspark.errors import PySparkException
+
+    from lakehouse.sql_plans import parsed_plan, writing_node
     from lakehouse.tables import register_local_tables
 
     spark = _start_spark(config)
+    if not args.write:
+        try:
+            writes = writing_node(parsed_plan(spark, args.query))
+        except ValueError as exc:  # it does not parse: Spark's message, caret and all
+            print(f"lakehouse: sql failed: {redact_text(str(exc))}", file=sys.stderr)
+            return EXIT_FAILED
+        if writes:
+            print(f"lakehouse: sql: refused: the statement is not a query (Spark parses it as {writes}); "
+                  "`lakehouse sql` is read-only unless given --write", file=sys.stderr)
+            return EXIT_CONFIG
     register_local_tables(spark, config)
-    df = spark.sql(args.query)  # a Spark error ends the command in main(): one line, exit 1
-    rows = df.limit(args.limit + 1).collect()
+    try:
+        df = spark.sql(args.query)
+        rows = df.limit(args.limit + 1).collect()
+    except PySparkException as exc:  # Spark's whole message: what is wrong, and where
+        print(f"lakehouse: sql failed: {error_summary(exc, lines=20)}", file=sys.stderr)
+        return EXIT_FAILED
     truncated = len(rows) > args.limit
     rows = rows[: args.limit]
     if args.json:
@@ -435,9 +473,15 @@ def _format_rows(columns: list[str], rows) -> str:
 def cmd_demo(config: LakehouseConfig, args) -> int:
     """The whole flow on embedded defaults. A Kafka source gets a local broker for the run (unless
     bootstrap servers are configured), started here and stopped at the end."""
+    from lakehouse.preflight import check_entity, check_gold_sql
+
     source = config.source(args.source)
+    spark = _start_spark(config)  # what only Spark can check, before anything is written
+    for entity in (name for name, e in config.entities.items() if args.source in e.sources):
+        check_entity(spark, config, entity)
+    check_gold_sql(spark, config, list(config.gold))
     if source.kind != "kafka":
-        return _demo(config, args)
+        return _demo(config, args, spark)
     import os
 
     from lakehouse.kafka import KafkaSetupError, bootstrap_servers
@@ -449,24 +493,24 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
         servers = None
     if servers:
         print(f"using the Kafka cluster at {servers}")
-        return _demo(config, args)
+        return _demo(config, args, spark)
     # Kept under the data directory, with the checkpoints whose offsets refer to its topics.
     state = Path(config.storage.data_dir) / "kafka-broker"
     print(f"== 0. a local Kafka broker (KRaft) in {state}; stopped at the end of the demo")
     with KafkaBroker(state, partitions=source.kafka.partitions) as broker:
         os.environ[source.kafka.bootstrap_servers_env] = broker.bootstrap
         try:
-            return _demo(config, args)
+            return _demo(config, args, spark)
         finally:
             os.environ.pop(source.kafka.bootstrap_servers_env, None)
 
 
-def _demo(config: LakehouseConfig, args) -> int:
+def _demo(config: LakehouseConfig, args, spark) -> int:
     from pyspark.sql import functions as F
 
     from lakehouse.bronze import bronze_table, run_bronze_ingest
     from lakehouse.generator import TelemetryGenerator, generate_batch
-    from lakehouse.gold import build_order, run_gold_tables
+    from lakehouse.gold import run_gold_tables
     from lakehouse.observability import collect_status, format_status
     from lakehouse.silver import reconcile, run_silver_refine
     from lakehouse.tables import read_table, resolve_table
@@ -495,7 +539,7 @@ def _demo(config: LakehouseConfig, args) -> int:
     print_manifest(manifest, landing_dir)
 
     print(f"\n== 2. bronze: ingest {where} into bronze.{args.source} (--once)")
-    spark = _start_spark(config)
+    entities = [name for name, e in config.entities.items() if args.source in e.sources]
     code = run_bronze_ingest(spark, config, args.source, {"availableNow": True})
     if code != EXIT_OK:
         return code
@@ -520,7 +564,6 @@ def _demo(config: LakehouseConfig, args) -> int:
     ok = counts["rows"] == counts["distinct_positions"] == manifest.total_lines
     print(f"every {unit[:-1]} landed exactly once: {'yes' if ok else 'NO'}")
 
-    entities = [name for name, e in config.entities.items() if args.source in e.sources]
     for entity in entities:
         print(f"\n== 3. silver: refine bronze.{args.source} into silver.{entity} (--once)")
         code = run_silver_refine(spark, config, entity, {"availableNow": True})
@@ -539,7 +582,7 @@ def _demo(config: LakehouseConfig, args) -> int:
     # The gold tables fed by these entities, directly or through another gold table, inputs first.
     fed = {f"silver.{e}" for e in entities}
     gold_tables = []
-    for name in build_order(config):
+    for name in config.gold_order():
         if fed & set(config.gold_table(name).inputs):
             gold_tables.append(name)
             fed.add(f"gold.{name}")
@@ -587,7 +630,7 @@ def _demo(config: LakehouseConfig, args) -> int:
     print(f"  {prefix} status")
     if summary is not None:
         mlflow = ".venv/bin/mlflow" if Path(".venv/bin/mlflow").exists() else "mlflow"
-        print(f"  {mlflow} ui --backend-store-uri {summary.tracking_uri}   # then open http://127.0.0.1:5000")
+        print(f"  {mlflow} ui --backend-store-uri {redact_text(summary.tracking_uri)}   # then open http://127.0.0.1:5000")
     return EXIT_OK if ok else EXIT_FAILED
 
 

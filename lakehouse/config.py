@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
+
+from lakehouse.redaction import SECRET_REFERENCE, is_secret_key
+from lakehouse.suites import read_suite_file, suite_problems
 
 # --------------------------------------------------------------------------------------------
 # Errors
@@ -51,6 +55,7 @@ class MustExist:
 class Pattern:
     regex: str
     description: str
+    echo: bool = True  # False: an error does not repeat the value (it may be a pasted secret)
 
 
 @dataclass(frozen=True)
@@ -60,33 +65,52 @@ class Range:
 
 
 IDENTIFIER = Pattern(r"^[a-z][a-z0-9_]{0,62}$", "a lower-case identifier ([a-z][a-z0-9_]*)")
-DURATION = Pattern(
-    r"^\d+(\.\d+)?\s*(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hours?)$",
-    "a duration such as '10s', '500ms' or '1 minute'",
-)
 
+# Durations: a number and a unit (each unit also with a plural s). Spark is given the same span
+# in its own syntax (spark_interval), so every form accepted here is one Spark takes.
 _UNIT_SECONDS = {"ms": 0.001, "millisecond": 0.001, "s": 1, "sec": 1, "second": 1, "m": 60, "min": 60,
-                 "minute": 60, "h": 3600, "hour": 3600}
+                 "minute": 60, "h": 3600, "hr": 3600, "hour": 3600, "d": 86400, "day": 86400,
+                 "w": 604800, "week": 604800}
+DURATION_UNITS = "ms, s (sec, second), m (min, minute), h (hr, hour), d (day), w (week)"
+DURATION = Pattern(
+    r"^\d+(\.\d+)?\s*(" + "|".join(sorted(_UNIT_SECONDS, key=len, reverse=True)) + r")s?$",
+    f"a duration: a number and one of the units {DURATION_UNITS}, e.g. '10s', '1.5h' or '2 days'",
+)
 
 
 def duration_seconds(text: str) -> float:
-    """Seconds in a DURATION ('10s', '500ms', '6 hours', '1 minute')."""
+    """Seconds in a DURATION ('10s', '500ms', '1.5h', '2 days')."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]+)", text.strip().lower())
-    if not match:
-        raise ValueError(f"not a duration: {text!r}")
-    unit = match.group(2)
-    if unit not in _UNIT_SECONDS:  # plurals: "seconds", "mins", "hours"
+    unit = match.group(2) if match else ""
+    if unit not in _UNIT_SECONDS and unit.endswith("s"):  # plurals: "seconds", "mins", "days"
         unit = unit[:-1]
+    if unit not in _UNIT_SECONDS:
+        raise ValueError(f"not a duration: {text!r} (units: {DURATION_UNITS})")
     return float(match.group(1)) * _UNIT_SECONDS[unit]
+
+
+def check_duration(option: str, text: str) -> None:
+    """A DURATION given on the command line (``--trigger``); ConfigError naming the option if not."""
+    if not re.match(DURATION.regex, text.strip()):
+        raise ConfigError(option, option.lstrip("-"), f"expected {DURATION.description}, got {text!r}")
+
+
+def spark_interval(text: str) -> str:
+    """A DURATION in the interval syntax Spark's triggers and watermarks take: '1.5h' -> '5400000
+    milliseconds' (Spark itself refuses '1 min', '1.5h' and fractions)."""
+    micros = round(duration_seconds(text) * 1_000_000)
+    return f"{micros // 1000} milliseconds" if micros % 1000 == 0 else f"{micros} microseconds"
 
 
 Identifier = Annotated[str, IDENTIFIER]
 Duration = Annotated[str, DURATION]
 PositiveInt = Annotated[int, Range(low=1)]
 
-# Keys whose values are credentials: they may only name an environment variable (``<key>_env``).
-_SECRET_KEY = re.compile(r"(password|secret|token|api_key|apikey|credential)s?$", re.IGNORECASE)
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+# A password in a URI's user info (scheme://user:password@host).
+_URI_PASSWORD = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^@\s]*:[^@\s]*@")  # up to the last '@'
+
+ENV_VAR = Pattern(r"^[A-Za-z_][A-Za-z0-9_]*$", "an environment variable name", echo=False)
 
 # --------------------------------------------------------------------------------------------
 # The typed configuration
@@ -105,6 +129,17 @@ class SparkConfig:
     master: str | None = None  # None: leave it to spark-submit / the cluster
     packages: list[str] = field(default_factory=list)  # Maven coordinates besides Delta's jar
     conf: dict[str, str] = field(default_factory=dict)
+    # Spark settings that hold credentials (spark.hadoop.fs.s3a.secret.key, ...): the name of the
+    # environment variable each is read from when the session starts. Never printed or logged.
+    conf_env: dict[str, Annotated[str, ENV_VAR]] = field(default_factory=dict)
+
+    def problems(self) -> list[tuple[str, str]]:
+        for key, variable in self.conf_env.items():
+            if key in self.conf:
+                return [(f"conf_env.{key}", "is also set in spark.conf: set it in one place")]
+            if not os.environ.get(variable):
+                return [(f"conf_env.{key}", f"the environment variable {variable} is not set")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -167,8 +202,16 @@ class KafkaOptions:
     options: dict[str, str] = field(default_factory=dict)
     # The same for the Python client (librdkafka names, e.g. ssl.ca.location): generate, status.
     librdkafka_options: dict[str, str] = field(default_factory=dict)
+    # Client properties that are credentials (ssl.keystore.password, ...): property -> the
+    # environment variable holding its value, read when the client is made.
+    options_env: dict[str, Annotated[str, ENV_VAR]] = field(default_factory=dict)
+    librdkafka_options_env: dict[str, Annotated[str, ENV_VAR]] = field(default_factory=dict)
 
     def problems(self) -> list[tuple[str, str]]:
+        for field_name in ("options_env", "librdkafka_options_env"):
+            for key, variable in getattr(self, field_name).items():
+                if not os.environ.get(variable):
+                    return [(f"{field_name}.{key}", f"the environment variable {variable} is not set")]
         if bool(self.topics) == bool(self.topic_pattern):
             return [("topics", "set topics or topic_pattern (one of the two)")]
         for key in (*self.options, *self.librdkafka_options):
@@ -287,6 +330,12 @@ class GoldTableConfig:
         return []
 
 
+class GoldCycle(ValueError):
+    def __init__(self, tables: tuple[str, ...]):
+        super().__init__(f"gold tables read each other in a cycle: {' -> '.join(tables)}")
+        self.tables = tables
+
+
 def view_name(table: str) -> str:
     """The name a gold table's SQL uses for an input table: silver.telemetry -> silver_telemetry."""
     return table.replace(".", "_")
@@ -378,6 +427,28 @@ class LakehouseConfig:
             raise ConfigError(str(self.conf_dir), f"{section}.{name}", f"no such {kind} (configured: {known})")
         return items[name]
 
+    def gold_order(self, names: typing.Iterable[str] | None = None) -> list[str]:
+        """Gold tables (``names``, default all) in an order where every gold input among them is
+        built before the tables that read it. Raises GoldCycle (load_config
+        refuses a configuration with one)."""
+        wanted = list(names) if names is not None else list(self.gold)
+        order: list[str] = []
+
+        def visit(name: str, path: tuple[str, ...]) -> None:
+            if name in order:
+                return
+            if name in path:
+                raise GoldCycle(path + (name,))
+            for table in self.gold_table(name).inputs:
+                layer, _, short = table.partition(".")
+                if layer == "gold" and short in wanted:
+                    visit(short, path + (name,))
+            order.append(name)
+
+        for name in wanted:
+            visit(name, ())
+        return order
+
     def suite_path(self, suite: str) -> Path:
         """``expectations/<suite>.json`` from the environment's conf dir, else the base one."""
         for layer in (self.env, "base"):
@@ -458,7 +529,11 @@ def load_config(
         if not sep or not key.strip():
             raise ConfigError("--set", item, "expected key.path=value")
         key_path = _split_key(key.strip())
-        tree.set(key_path, yaml.safe_load(raw) if raw else "", f"--set {key.strip()}")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:  # not YAML ({{secrets/scope/key}}, a: b: c): the text as it is
+            value = raw
+        tree.set(key_path, value, f"--set {key.strip()}")
 
     values = dict(tree.values)
     values["env"] = env
@@ -471,9 +546,16 @@ def load_config(
             if source not in config.sources:
                 raise ConfigError(tree.origin(("entities", name, "sources"), str(base)),
                                   f"entities.{name}.sources", f"no such source '{source}'")
-        if not config.suite_path(entity.suite).is_file():
+        suite = config.suite_path(entity.suite)
+        if not suite.is_file():
             raise ConfigError(tree.origin(("entities", name, "suite"), str(base)), f"entities.{name}.suite",
-                              f"no suite file {config.suite_path(entity.suite)}")
+                              f"no suite file {suite}")
+        try:
+            problems = suite_problems(read_suite_file(suite), set(entity.columns))
+        except ValueError as exc:
+            raise ConfigError(str(suite), "(file)", str(exc)) from None
+        for key, message in problems[:1]:
+            raise ConfigError(str(suite), key, f"{message} (suite of entity {name})")
     for name, gold in config.gold.items():
         origin = tree.origin(("gold", name, "inputs"), str(base))
         for table in gold.inputs:
@@ -483,6 +565,11 @@ def load_config(
             if short not in known or table == f"gold.{name}":
                 raise ConfigError(origin, f"gold.{name}.inputs", f"no such input table '{table}'"
                                   + (" (a gold table cannot read itself)" if table == f"gold.{name}" else ""))
+    try:
+        config.gold_order()
+    except GoldCycle as exc:
+        first = exc.tables[0]
+        raise ConfigError(tree.origin(("gold", first, "inputs"), str(base)), f"gold.{first}.inputs", str(exc)) from None
     missing_layers = [layer for layer in LAYERS if layer not in config.catalog.schemas]
     if missing_layers:
         raise ConfigError(
@@ -558,14 +645,8 @@ class _Tree:
     def _merge(self, path: list[str], data: dict, origin: str) -> None:
         for key, value in data.items():
             key_path = path + [str(key)]
-            if _SECRET_KEY.search(str(key)) and value is not None:
-                raise ConfigError(
-                    origin,
-                    ".".join(key_path),
-                    f"secrets are read from the environment only: set '{key}_env' to the name"
-                    " of an environment variable instead",
-                )
             if isinstance(value, dict):
+                _refuse_secret(key_path, value, origin)
                 self._ensure_mapping(key_path, origin)
                 self._merge(key_path, value, origin)
             else:
@@ -585,6 +666,7 @@ class _Tree:
             node = child
 
     def set(self, key_path: list[str], value: Any, origin: str) -> None:
+        _refuse_secret(key_path, value, origin)
         if len(key_path) > 1:
             self._ensure_mapping(key_path[:-1], origin)
         node = self.values
@@ -599,6 +681,38 @@ class _Tree:
                 return self.origins[key_path]
             key_path = key_path[:-1]
         return fallback
+
+
+# Maps whose keys are other systems' settings, and the map that names the variable for each.
+_ENV_MAPS = {("spark", "conf"): "spark.conf_env", ("kafka", "options"): "kafka.options_env",
+             ("kafka", "librdkafka_options"): "kafka.librdkafka_options_env"}
+
+
+def _names_a_thing(key_path: list[str]) -> bool:
+    """A key that is a name the user chose, not a setting: a source, entity or gold table, a column."""
+    return ((len(key_path) == 2 and key_path[0] in ("sources", "entities", "gold"))
+            or (len(key_path) == 4 and key_path[0] == "entities" and key_path[2] == "columns"))
+
+
+def _refuse_secret(key_path: list[str], value: Any, origin: str) -> None:
+    """A credential never takes its value from a file or --set: name the environment variable."""
+    key = key_path[-1]
+    if isinstance(value, dict):  # a section under a credential's name, or --set a.b={x: 1}
+        for inner_key, inner in value.items():
+            _refuse_secret(key_path + [str(inner_key)], inner, origin)
+        if not value:
+            return
+    if value is None or not is_secret_key(key) or _names_a_thing(key_path):
+        return
+    if (len(key_path) > 1 and key_path[-2].endswith("_env")) or SECRET_REFERENCE.match(str(value)):
+        return  # the value names a variable (spark.conf_env), or a Databricks secret ({{secrets/scope/key}})
+    parent = tuple(key_path[-3:-1])
+    if parent in _ENV_MAPS or tuple(key_path[:2]) == ("spark", "conf"):
+        where = _ENV_MAPS.get(parent, "spark.conf_env")
+        hint = f"set {where}.{key} to the name of an environment variable that holds it"
+    else:
+        hint = f"set '{key}_env' to the name of an environment variable that holds it"
+    raise ConfigError(origin, ".".join(key_path), f"{key} is a credential, read from the environment only: {hint}")
 
 
 def _dotted(path: tuple[str, ...]) -> str:
@@ -654,7 +768,8 @@ def _convert(value: Any, hint: Any, path: tuple[str, ...], tree: _Tree, fallback
                 raise ConfigError(origin_file, _dotted(path + (name,)), "missing required key")
         result = hint(**kwargs)
         for name, message in getattr(result, "problems", lambda: [])():
-            raise ConfigError(tree.origin(path + (name,), fallback), _dotted(path + (name,)), message)
+            # name: a field, or "<map field>.<key>" (map keys may hold dots themselves)
+            raise ConfigError(tree.origin(path + tuple(name.split(".", 1)), fallback), _dotted(path + (name,)), message)
     elif origin is dict:
         key_type, value_type = get_args(hint)
         if not isinstance(value, dict):
@@ -686,11 +801,16 @@ def _convert(value: Any, hint: Any, path: tuple[str, ...], tree: _Tree, fallback
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail(f"expected a number, got {_type_name(value)}")
+        if not math.isfinite(value):  # YAML's .nan and .inf: a NaN bound compares false, turning checks off
+            fail(f"expected a finite number, got {value!r}")
         result = float(value)
     elif hint is str:
         if isinstance(value, (dict, list)):
             fail(f"expected a string, got {_type_name(value)}")
         result = str(value)  # YAML may read 4.1 or true where a string was meant
+        if _URI_PASSWORD.match(result):
+            fail("a URI with a password in it: keep credentials out of configuration (for MLflow: "
+                 "$MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD)")
     elif hint is Path:
         if not isinstance(value, str) or not value:
             fail(f"expected a path, got {_type_name(value)}")
@@ -700,7 +820,7 @@ def _convert(value: Any, hint: Any, path: tuple[str, ...], tree: _Tree, fallback
 
     for constraint in constraints:
         if isinstance(constraint, Pattern) and not re.match(constraint.regex, str(result)):
-            fail(f"expected {constraint.description}, got {result!r}")
+            fail(f"expected {constraint.description}" + (f", got {result!r}" if constraint.echo else ""))
         if isinstance(constraint, Range):
             if constraint.low is not None and result < constraint.low:
                 fail(f"must be at least {constraint.low:g}, got {result!r}")

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import time
 import uuid
@@ -26,6 +27,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lakehouse.config import GeneratorConfig
+
+# A run id names the run's files and manifest in the landing directory: a plain name only.
+RUN_ID = re.compile(r"^(?!\.{1,2}\Z)[A-Za-z0-9._-]{1,100}\Z")
 
 # Line-level faults, in the order the manifest lists them. "empty_file" is a file-level fault;
 # "empty_message" its counterpart on Kafka (a message with an empty value).
@@ -240,6 +244,10 @@ class Manifest:
     sink: str = "files"
     topic: str | None = None
     partitions: dict[int, dict] = field(default_factory=dict)  # {"messages", "first_offset", "last_offset"}
+
+    def __post_init__(self) -> None:
+        if not RUN_ID.match(self.run_id):
+            raise ValueError(f"run id {self.run_id!r} is not a plain name (letters, digits, '.', '_', '-')")
 
     @property
     def total_lines(self) -> int:

@@ -25,42 +25,30 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
-from lakehouse.config import GoldTableConfig, LakehouseConfig, view_name
-from lakehouse.exit_codes import EXIT_OK
+from lakehouse.config import GoldTableConfig, LakehouseConfig, spark_interval, view_name
+from lakehouse.exit_codes import EXIT_OK, JobError
 from lakehouse.observability import count_records
 from lakehouse.streaming import run_streaming_job
-from lakehouse.tables import TableRef, last_commit, load_from, read_table, resolve_table, save_to, start_to, table_exists
+from lakehouse.tables import (
+    TableRef,
+    last_commit,
+    load_from,
+    read_table,
+    resolve_table,
+    save_to,
+    start_to,
+    table_exists,
+)
 
 CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 
 
-class GoldInputMissing(RuntimeError):
+class GoldInputMissing(JobError):
     """An input table of a gold table does not exist yet (its job has not run)."""
 
 
 def gold_query_name(name: str) -> str:
     return f"gold_{name}"
-
-
-def build_order(config: LakehouseConfig, names: list[str] | None = None) -> list[str]:
-    """Gold tables in an order where every gold input is built before the tables that read it."""
-    wanted = list(names) if names is not None else list(config.gold)
-    order: list[str] = []
-
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        if name in order:
-            return
-        if name in path:
-            raise ValueError(f"gold tables read each other in a cycle: {' -> '.join(path + (name,))}")
-        for table in config.gold_table(name).inputs:
-            layer, _, short = table.partition(".")
-            if layer == "gold" and short in wanted:
-                visit(short, path + (name,))
-        order.append(name)
-
-    for name in wanted:
-        visit(name, ())
-    return order
 
 
 def _require_inputs(spark: SparkSession, config: LakehouseConfig, name: str) -> list[TableRef]:
@@ -94,7 +82,7 @@ def start_gold_stream(spark: SparkSession, config: LakehouseConfig, name: str, t
     gold = config.gold_table(name)
     (source,) = _require_inputs(spark, config, name)
     stream = count_records(input_stream(spark, source))
-    stream.withWatermark(gold.watermark.column, gold.watermark.delay).createOrReplaceTempView(view_name(source.name))
+    stream.withWatermark(gold.watermark.column, spark_interval(gold.watermark.delay)).createOrReplaceTempView(view_name(source.name))
     result = spark.sql(gold.sql)
     target = resolve_table(config, f"gold.{name}")
     writer = (
@@ -155,7 +143,7 @@ def run_gold(spark: SparkSession, config: LakehouseConfig, name: str, trigger: d
 
 def run_gold_tables(spark: SparkSession, config: LakehouseConfig, names: list[str], trigger: dict) -> int:
     """Build several gold tables in dependency order; stop at the first that fails."""
-    for name in build_order(config, names):
+    for name in config.gold_order(names):
         code = run_gold(spark, config, name, trigger)
         if code != EXIT_OK:
             print(f"lakehouse: gold.{name} failed (exit {code}); tables after it were not built", file=sys.stderr)

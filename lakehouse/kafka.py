@@ -18,8 +18,9 @@ import json
 import os
 from dataclasses import dataclass
 
-from lakehouse.config import KafkaOptions, SourceConfig
 from lakehouse.checkpoints import local_dir, logged_batches, planned_source_offsets
+from lakehouse.config import KafkaOptions, SourceConfig
+from lakehouse.exit_codes import JobError
 
 SASL_MODULES = {
     "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
@@ -28,7 +29,7 @@ SASL_MODULES = {
 }
 
 
-class KafkaSetupError(RuntimeError):
+class KafkaSetupError(JobError):
     """The source cannot reach Kafka as configured (no bootstrap servers, missing credentials)."""
 
 
@@ -60,6 +61,15 @@ def _credentials(options: KafkaOptions) -> tuple[str, str]:
     return user, password
 
 
+def _from_environment(names: dict[str, str]) -> dict[str, str]:
+    """Client properties whose values are credentials: each from its environment variable."""
+    missing = [variable for variable in names.values() if not os.environ.get(variable)]
+    if missing:
+        raise KafkaSetupError(f"set the environment variable{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                              "(named by the source's kafka options_env / librdkafka_options_env)")
+    return {key: os.environ[variable] for key, variable in names.items()}
+
+
 def _connection(options: KafkaOptions) -> dict[str, str]:
     """The connection properties both clients name alike: servers, protocol, SASL mechanism."""
     props = {"bootstrap.servers": bootstrap_servers(options), "security.protocol": options.security_protocol}
@@ -76,7 +86,7 @@ def spark_source_options(options: KafkaOptions) -> dict[str, str]:
     """``readStream.format("kafka")`` options: subscription, start, rate limit, Java client properties.
 
     Holds the SASL password when one is configured: pass it to Spark, never print it."""
-    client = {**_connection(options), **options.options}
+    client = {**_connection(options), **options.options, **_from_environment(options.options_env)}
     spark_options = {f"kafka.{key}": value for key, value in client.items()}
     if options.sasl_mechanism:
         user, password = _credentials(options)
@@ -98,7 +108,8 @@ def spark_source_options(options: KafkaOptions) -> dict[str, str]:
 def librdkafka_config(options: KafkaOptions) -> dict:
     """The connection for confluent-kafka (producer, admin, offset lookups): librdkafka's own
     property names, with ``librdkafka_options`` (the Java ``options`` mean nothing to it)."""
-    config = {**_connection(options), **options.librdkafka_options}
+    config = {**_connection(options), **options.librdkafka_options,
+              **_from_environment(options.librdkafka_options_env)}
     if options.sasl_mechanism:
         config["sasl.username"], config["sasl.password"] = _credentials(options)
     return config

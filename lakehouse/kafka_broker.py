@@ -28,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from lakehouse.exit_codes import JobError
+from lakehouse.processes import started_process, write_pid_file
+
 DEFAULT_VERSION = "4.1.1"
 POM = """<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>
 <groupId>lakehouse</groupId><artifactId>kafka-broker-jars</artifactId><version>1</version>
@@ -61,7 +64,7 @@ def broker_jars(version: str) -> Path:
     return cache
 
 
-class BrokerError(RuntimeError):
+class BrokerError(JobError):
     """The broker could not be resolved, formatted or started."""
 
 
@@ -77,10 +80,10 @@ def _previous_ports(properties: Path) -> tuple[int, int] | None:
 def start(state: Path, version: str = DEFAULT_VERSION, partitions: int = 3, timeout: float = 60.0) -> str:
     """Start (or restart) the broker of ``state``; returns its bootstrap servers."""
     if (state / "broker.pid").is_file():
-        pid = int((state / "broker.pid").read_text())
-        if _alive(pid):
+        pid = started_process(state / "broker.pid", _expected_command(state))
+        if pid is not None and _alive(pid):
             raise BrokerError(f"a broker started from {state} still runs (pid {pid}): stop it first")
-        (state / "broker.pid").unlink()
+        (state / "broker.pid").unlink()  # stale: that broker is gone
     libs = broker_jars(version)
     state.mkdir(parents=True, exist_ok=True)
     properties = state / "server.properties"
@@ -106,10 +109,10 @@ def start(state: Path, version: str = DEFAULT_VERSION, partitions: int = 3, time
         except subprocess.CalledProcessError as exc:
             raise BrokerError(f"formatting the broker's storage failed: {(exc.stderr or exc.stdout)[-2000:]}") from exc
     with open(state / "broker.log", "ab") as log:
-        broker = subprocess.Popen([*java[:1], "-Xmx512m", *java[1:], "kafka.Kafka", str(properties)], stdout=log,
+        broker = subprocess.Popen([*java[:1], "-Xmx512m", *java[1:], "kafka.Kafka", str(properties.resolve())], stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     _children[broker.pid] = broker  # so stop() can reap it (a dead child would linger as a zombie)
-    (state / "broker.pid").write_text(str(broker.pid))
+    write_pid_file(state / "broker.pid", broker.pid)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if broker.poll() is not None:
@@ -130,6 +133,11 @@ def start(state: Path, version: str = DEFAULT_VERSION, partitions: int = 3, time
 _children: dict[int, subprocess.Popen] = {}  # brokers this process started
 
 
+def _expected_command(state: Path) -> str:
+    """What the command line of this state directory's broker contains: its properties file."""
+    return f"kafka.Kafka {(state / 'server.properties').resolve()}"
+
+
 def _alive(pid: int) -> bool:
     child = _children.get(pid)
     if child is not None:
@@ -146,7 +154,13 @@ def stop(state: Path, quiet: bool = False) -> None:
     pid_file = state / "broker.pid"
     if not pid_file.is_file():
         return
-    pid = int(pid_file.read_text())
+    pid = started_process(pid_file, _expected_command(state))
+    if pid is None:  # stale: the pid is no broker of this state directory (any more); signal nothing
+        pid_file.unlink(missing_ok=True)
+        (state / "bootstrap").unlink(missing_ok=True)
+        if not quiet:
+            print(f"no broker of {state} runs (removed its stale pid file)", flush=True)
+        return
     try:
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 30

@@ -11,19 +11,15 @@ Row-level semantics follow GX's: a null value passes every expectation except
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-# GX would try to send usage statistics on import; this network has no route for them.
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-
-import great_expectations as gx  # noqa: E402
-from pyspark.sql import Column, DataFrame  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
-from pyspark.sql.types import (  # noqa: E402
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
     BooleanType,
     LongType,
     StringType,
@@ -32,10 +28,21 @@ from pyspark.sql.types import (  # noqa: E402
     TimestampType,
 )
 
-POLICIES = ("warn", "drop", "fail")
+from lakehouse.suites import POLICIES, ROW_LEVEL, SuiteError, checked_suite
+
+if TYPE_CHECKING:
+    import great_expectations as gx
 
 # Failed rule names per policy, as array<string> columns added by with_rule_results.
 FAILED_COLUMNS = {policy: f"_failed_{policy}" for policy in POLICIES}
+
+
+def _gx():
+    """Great Expectations, imported when first needed (3 to 4 s): the row rules do without it."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no usage statistics: no route for them here
+    import great_expectations
+
+    return great_expectations
 
 
 def expectation_name(expectation_type: str, column: str | None) -> str:
@@ -47,19 +54,7 @@ def detached_copy(suite: gx.ExpectationSuite) -> gx.ExpectationSuite:
     """The same suite without its id, to be added to another GX context."""
     data = suite.to_json_dict()
     data.pop("id", None)
-    return gx.ExpectationSuite(**data)
-
-
-class SuiteError(ValueError):
-    """A suite file that GX cannot load, or an expectation without a valid policy."""
-
-
-ROW_LEVEL = (
-    "expect_column_values_to_not_be_null",
-    "expect_column_values_to_be_between",
-    "expect_column_values_to_be_in_set",
-    "expect_column_values_to_match_regex",
-)
+    return _gx().ExpectationSuite(**data)
 
 
 @dataclass(frozen=True)
@@ -67,64 +62,55 @@ class RowRule:
     name: str  # e.g. "expect_column_values_to_be_between(cpu_util)"
     column: str
     policy: str
-    expectation: object  # the GX expectation it was compiled from
+    kind: str  # the expectation type, one of suites.ROW_LEVEL
+    kwargs: dict  # its arguments, as in the suite
 
     def passes(self) -> Column:
         """True when the row meets the expectation (built when a session exists)."""
-        return _predicate(self.expectation)
+        return _predicate(self.kind, self.kwargs)
 
 
 def load_suite(path: Path) -> gx.ExpectationSuite:
-    """Load a suite with GX's own API and check every expectation's policy."""
+    """Load a suite with GX's own API (for GX's validation and Data Docs), after the checks of
+    lakehouse/suites.py (which the configuration already ran, with the entity's columns)."""
+    data = checked_suite(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        suite = gx.ExpectationSuite(**data)
-    except (OSError, ValueError, TypeError) as exc:
+        return _gx().ExpectationSuite(**data)
+    except (ValueError, TypeError) as exc:
         raise SuiteError(f"{path}: not a loadable Great Expectations suite: {exc}") from exc
-    for index, expectation in enumerate(suite.expectations):
-        policy = (expectation.meta or {}).get("policy")
-        if policy not in POLICIES:
-            raise SuiteError(
-                f"{path}: expectations[{index}] ({expectation.expectation_type}): meta.policy must be "
-                f"one of {', '.join(POLICIES)}, got {policy!r}"
-            )
-    return suite
 
 
-def _predicate(expectation) -> Column:
-    kind = expectation.expectation_type
-    column = F.col(expectation.column)
+def _predicate(kind: str, kwargs: dict) -> Column:
+    column = F.col(kwargs["column"])
     if kind == "expect_column_values_to_not_be_null":
         return column.isNotNull()
     if kind == "expect_column_values_to_be_between":
-        low, high = expectation.min_value, expectation.max_value
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
         checks = []
         if low is not None:
-            checks.append(column > low if getattr(expectation, "strict_min", False) else column >= low)
+            checks.append(column > low if kwargs.get("strict_min") else column >= low)
         if high is not None:
-            checks.append(column < high if getattr(expectation, "strict_max", False) else column <= high)
+            checks.append(column < high if kwargs.get("strict_max") else column <= high)
         ok = F.lit(True)
         for check in checks:
             ok = ok & check
         return column.isNull() | ok
     if kind == "expect_column_values_to_be_in_set":
-        return column.isNull() | column.isin(list(expectation.value_set))
+        return column.isNull() | column.isin(list(kwargs["value_set"]))
     if kind == "expect_column_values_to_match_regex":
-        return column.isNull() | column.rlike(expectation.regex)
+        return column.isNull() | column.rlike(kwargs["regex"])
     raise ValueError(f"{kind} is not a row-level expectation")
 
 
-def row_rules(suite: gx.ExpectationSuite) -> list[RowRule]:
-    """The suite's row-level expectations; the others are validated per batch by GX only."""
+def row_rules(suite) -> list[RowRule]:
+    """The suite's row-level expectations (the suite as checked_suite reads it, or a GX suite);
+    the others are validated per batch by GX only."""
+    data = suite if isinstance(suite, dict) else suite.to_json_dict()
     return [
-        RowRule(
-            name=expectation_name(e.expectation_type, e.column),
-            column=e.column,
-            policy=e.meta["policy"],
-            expectation=e,
-        )
-        for e in suite.expectations
-        if e.expectation_type in ROW_LEVEL
+        RowRule(name=expectation_name(e["type"], e["kwargs"]["column"]), column=e["kwargs"]["column"],
+                policy=e["meta"]["policy"], kind=e["type"], kwargs=dict(e["kwargs"]))
+        for e in data["expectations"]
+        if e["type"] in ROW_LEVEL
     ]
 
 
@@ -182,12 +168,11 @@ def rule_results(rules: list[RowRule], metrics, element_count: int) -> list[dict
     results = []
     for i, rule in enumerate(rules):
         unexpected = metrics[_metric(i, "unexpected")] or 0
-        expectation = rule.expectation
-        if expectation.expectation_type == "expect_column_values_to_not_be_null":
+        if rule.kind == "expect_column_values_to_not_be_null":
             denominator = element_count
         else:
             denominator = metrics[_metric(i, "nonnull")] or 0
-        mostly = getattr(expectation, "mostly", None) or 1.0
+        mostly = rule.kwargs.get("mostly") or 1.0
         success = denominator == 0 or (denominator - unexpected) / denominator >= mostly
         results.append({"expectation": rule.name, "policy": rule.policy, "success": bool(success),
                         "element_count": element_count, "unexpected_count": unexpected})
@@ -232,8 +217,8 @@ class BatchValidator:
         if only is not None:
             data = detached_copy(suite).to_json_dict()
             data["expectations"] = [e.configuration.to_json_dict() for e in only]
-            suite = gx.ExpectationSuite(**data)
-        context = gx.get_context(mode="ephemeral")
+            suite = _gx().ExpectationSuite(**data)
+        context = _gx().get_context(mode="ephemeral")
         try:
             context.variables.progress_bars = {"globally": False, "metric_calculations": False}
         except Exception:  # progress bars are cosmetic; a changed GX API must not stop validation
@@ -281,7 +266,7 @@ def build_data_docs(spark, config) -> Path | None:
     rows = read_table(spark, results_ref).orderBy("entity", "batch_id", "expectation").collect()
     if not rows:
         return None
-    context = gx.get_context(mode="file", project_root_dir=str(Path(config.storage.data_dir, "quality")))
+    context = _gx().get_context(mode="file", project_root_dir=str(Path(config.storage.data_dir, "quality")))
     suites = {}
     for name, entity in config.entities.items():
         suites[name] = context.suites.add_or_update(detached_copy(load_suite(config.suite_path(entity.suite))))

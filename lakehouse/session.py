@@ -6,20 +6,24 @@ the factory reuses (or creates) the session they set up and only adds what it ma
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from lakehouse.config import LakehouseConfig
+from lakehouse.exit_codes import JobError
+from lakehouse.redaction import SPARK_REDACTION_REGEX
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 SCALA_BINARY_VERSION = "2.13"
 
 
-class SessionError(RuntimeError):
+class SessionError(JobError):
     """The session cannot do what the project needs (e.g. Delta's jar is not on the classpath)."""
 
 
@@ -41,23 +45,86 @@ def spark_packages(config: LakehouseConfig) -> list[str]:
     return [delta_maven_coordinate(), *kafka, *config.spark.packages]
 
 
+def _jars_record(packages: list[str], config: LakehouseConfig) -> Path:
+    """Where the jars that resolving ``packages`` gave are listed (one file per set of packages
+    and Ivy settings, in the user's cache directory)."""
+    ivy = [config.spark.conf.get(key, "") for key in ("spark.jars.ivy", "spark.jars.ivySettings", "spark.jars.repositories")]
+    key = hashlib.sha256("\n".join([*packages, *ivy]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "lakehouse" / f"jars-{key}.txt"
+
+
+def resolved_jars(packages: list[str], config: LakehouseConfig) -> list[str] | None:
+    """The jar files an earlier session resolved ``packages`` to, when every one is still there."""
+    try:
+        jars = _jars_record(packages, config).read_text().split()
+    except OSError:
+        return None
+    local = [jar.removeprefix("file://").removeprefix("file:") for jar in jars]
+    return jars if jars and all(Path(path).is_file() for path in local) else None
+
+
+def remember_jars(spark: SparkSession, packages: list[str], config: LakehouseConfig) -> None:
+    """Record the jars Ivy resolved ``packages`` to (spark.jars after resolution); best effort."""
+    resolved = [jar for jar in spark.sparkContext.getConf().get("spark.jars", "").split(",") if jar]
+    wanted = {coordinate.split(":")[1] for coordinate in packages}  # artifact ids
+    if not resolved or not all(any(f"_{artifact}-" in jar for jar in resolved) for artifact in wanted):
+        return
+    record = _jars_record(packages, config)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        temporary = record.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text("\n".join(resolved) + "\n")
+        os.replace(temporary, record)
+    except OSError:
+        pass
+
+
 def running_on_cluster_launcher() -> bool:
     """True under spark-submit (it starts the JVM before Python) or on Databricks."""
     return "PYSPARK_GATEWAY_PORT" in os.environ or "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
-def build_session(config: LakehouseConfig, app_name: str | None = None) -> SparkSession:
+LOOPBACK = "127.0.0.1"
+
+
+def loopback_interface() -> str:
+    """The loopback network interface's name (``lo`` on Linux, ``lo0`` on macOS)."""
+    import socket
+
+    return next((name for _, name in socket.if_nameindex() if name.startswith("lo")), "lo")
+
+
+def build_session(config: LakehouseConfig, app_name: str | None = None, ui: bool = False) -> SparkSession:
+    """The session for a job. ``ui``: start Spark's web UI (continuous jobs); batch jobs run
+    without one unless ``spark.ui.enabled`` is configured. A local master listens on the
+    loopback only (driver, block manager and UI), unless ``spark.driver.bindAddress`` or
+    ``$SPARK_LOCAL_IP`` say otherwise."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
 
     builder = SparkSession.builder.appName(app_name or config.spark.app_name)
     launched = running_on_cluster_launcher()
+    builder = builder.config("spark.redaction.regex", SPARK_REDACTION_REGEX)
     if not launched:
+        builder = builder.config("spark.ui.enabled", str(ui).lower())
+        if (config.spark.master or "local").startswith("local"):  # no master: pyspark's local[*]
+            # The UI binds to $SPARK_LOCAL_IP (all interfaces when unset), read when the JVM starts.
+            os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
+            builder = builder.config("spark.driver.host", LOOPBACK).config("spark.driver.bindAddress", LOOPBACK)
+            # torch.distributed's Gloo (TorchDistributor) in the Python workers: over the loopback.
+            builder = builder.config("spark.executorEnv.GLOO_SOCKET_IFNAME", loopback_interface())
         if config.spark.master:
             builder = builder.master(config.spark.master)
-        # Resolved from Maven Central into the local Ivy cache on first use, then reused.
-        builder = builder.config("spark.jars.packages", ",".join(spark_packages(config)))
+        # Resolved from Maven Central into the local Ivy cache on first use; later sessions take
+        # the jars that resolution gave (no Ivy run, no page of its output on every command).
+        packages = spark_packages(config)
+        jars = resolved_jars(packages, config)
+        if jars is not None:
+            builder = builder.config("spark.jars", ",".join([*config.spark.conf.get("spark.jars", "").split(","), *jars]).strip(","))
+        else:
+            builder = builder.config("spark.jars.packages", ",".join(packages))
         # Python tasks (training processes among them) run in this interpreter's environment,
         # not whatever `python3` is first on PATH (pyspark reads the variable when it starts).
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -69,8 +136,12 @@ def build_session(config: LakehouseConfig, app_name: str | None = None) -> Spark
     )
     for key, value in config.spark.conf.items():
         builder = builder.config(key, value)
+    for key, variable in config.spark.conf_env.items():  # credentials: never in the configuration
+        builder = builder.config(key, os.environ[variable])
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    if not launched and jars is None:
+        remember_jars(spark, packages, config)
     if launched and not _delta_on_classpath(spark):
         raise SessionError(
             "Delta Lake's jar is not on the classpath: add "

@@ -33,8 +33,9 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from lakehouse.config import EntityConfig, LakehouseConfig, duration_seconds
 from lakehouse.checkpoints import BatchPlans, logged_batches, planned_source_offsets
+from lakehouse.config import EntityConfig, LakehouseConfig, duration_seconds
+from lakehouse.exit_codes import JobError
 from lakehouse.failpoints import failpoint
 from lakehouse.observability import count_records
 from lakehouse.parse import SOURCE_COLUMN, TIMESTAMP_RANGE_MICROS, bronze_records, parse_records
@@ -53,6 +54,7 @@ from lakehouse.quality import (
     with_rule_results,
 )
 from lakehouse.streaming import run_streaming_job
+from lakehouse.suites import checked_suite
 from lakehouse.tables import (
     TableRef,
     append_once,
@@ -419,7 +421,7 @@ def _source_versions(spark: SparkSession, config: LakehouseConfig, entity: Entit
     return ",".join(versions)
 
 
-class CheckpointSourcesChanged(RuntimeError):
+class CheckpointSourcesChanged(JobError):
     """The entity reads a different number of sources than its silver query's checkpoint holds."""
 
 
@@ -449,13 +451,17 @@ def start_silver_refine(spark: SparkSession, config: LakehouseConfig, entity_nam
     ``backfill``: batches planned by this run judge no row late (``lakehouse refine --backfill``)."""
     entity = config.entity(entity_name)
     ensure_silver_tables(spark, config, entity_name)
-    suite = load_suite(config.suite_path(entity.suite))
-    rules = row_rules(suite)
+    suite_path = config.suite_path(entity.suite)
+    rules = row_rules(checked_suite(suite_path))
+    # Row-level expectations are computed with the batch's counts; GX validates the rest, if any
+    # (and all of them with quality.validation: gx). Only then is GX loaded.
+    validator = None
     if config.quality.validation == "gx":
-        validator = BatchValidator(suite, entity_name)
-    else:  # row-level expectations are computed with the batch's counts; GX takes the rest, if any
+        validator = BatchValidator(load_suite(suite_path), entity_name)
+    elif len(rules) < len(checked_suite(suite_path)["expectations"]):
+        suite = load_suite(suite_path)
         others = [e for e in suite.expectations if e.expectation_type not in ROW_LEVEL]
-        validator = BatchValidator(suite, entity_name, only=others) if others else None
+        validator = BatchValidator(suite, entity_name, only=others)
     from lakehouse.bronze import ensure_source_bronze_table  # bronze imports streaming, as this module does
 
     check_checkpoint_sources(config.checkpoint_path(silver_query_name(entity_name)), entity_name, entity.sources)

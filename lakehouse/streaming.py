@@ -18,7 +18,7 @@ from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
-from lakehouse.config import LakehouseConfig
+from lakehouse.config import LakehouseConfig, spark_interval
 from lakehouse.exit_codes import EXIT_FAILED, EXIT_OK
 from lakehouse.observability import ProgressRecorder
 
@@ -31,15 +31,6 @@ def trigger_for(once: bool, interval: str | None, config: LakehouseConfig) -> di
     if once:
         return {"availableNow": True}
     return {"processingTime": spark_interval(interval or config.streaming.trigger)}
-
-
-def spark_interval(text: str) -> str:
-    """'10s' -> '10 seconds' (Spark's interval syntax); longer forms pass through unchanged."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)", text.strip())
-    if not match:
-        return text
-    units = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours"}
-    return f"{match.group(1)} {units[match.group(2)]}"
 
 
 def run_streaming_job(

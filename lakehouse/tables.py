@@ -157,6 +157,11 @@ def create_table_if_missing(spark: SparkSession, ref: TableRef, schema, properti
     builder.execute()
 
 
+def _location(spark: SparkSession, identifier: str) -> str | None:
+    rows = spark.sql(f"DESCRIBE TABLE EXTENDED {identifier}").where("col_name = 'Location'").collect()
+    return rows[0]["data_type"].removeprefix("file:") if rows else None
+
+
 def register_local_tables(spark: SparkSession, config: LakehouseConfig) -> list[str]:
     """Make every local Delta table resolvable by its logical name in Spark SQL.
 
@@ -171,6 +176,9 @@ def register_local_tables(spark: SparkSession, config: LakehouseConfig) -> list[
         for table_dir in sorted(Path(root, layer).glob("*/_delta_log")):
             ref = resolve_table(config, f"{layer}.{table_dir.parent.name}")
             spark.sql(f"CREATE DATABASE IF NOT EXISTS {layer}")
+            if spark.catalog.tableExists(ref.identifier) and _location(spark, ref.identifier) != ref.path:
+                # registered by an earlier data directory in this session: the entry only (external)
+                spark.sql(f"DROP TABLE {ref.identifier}")
             location = ref.path.replace("'", "\\'")
             spark.sql(f"CREATE TABLE IF NOT EXISTS {ref.identifier} USING delta LOCATION '{location}'")
             names.append(ref.name)

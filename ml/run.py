@@ -12,6 +12,7 @@ import fcntl
 import math
 import os
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,12 +20,14 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from lakehouse.failpoints import failpoint
+from lakehouse.redaction import redact_tree
 
 from ml.data import Snapshot, count_unusable, pin_snapshot, usable_rows
 from ml.train import TrainResult, TrainSpec, train_process
 
 BACKENDS = ("local", "horovod", "torch-distributor")
 CHAMPION = "champion"
+MODEL_FILES = "model_files"  # the logged model's data directory: ml.model's weights and architecture
 
 
 class TrainingRefused(RuntimeError):
@@ -132,8 +135,12 @@ def run_backend(spark, spec: TrainSpec, backend: str, num_proc: int) -> TrainRes
     if backend == "horovod":
         import horovod.spark
 
+        from lakehouse.session import loopback_interface
+
+        # A local master: the processes talk over the loopback only (Horovod's services and Gloo).
+        nics = {loopback_interface()} if spark.sparkContext.master.startswith("local") else None
         results = horovod.spark.run(train_process, args=(spec,), num_proc=num_proc, use_gloo=True,
-                                    use_mpi=False, verbose=1, start_timeout=600)
+                                    use_mpi=False, verbose=1, start_timeout=600, nics=nics)
         return next(r for r in results if r is not None)
     from pyspark.ml.torch.distributor import TorchDistributor
 
@@ -148,6 +155,7 @@ def quiet_mlflow() -> None:
     """No usage reports and no progress bars from jobs (set before mlflow is imported)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run at <URI>" lines
 
 
 # $MLFLOW_TRACKING_URI as the job found it: mlflow.set_tracking_uri writes the variable itself (for
@@ -156,10 +164,22 @@ _ENVIRONMENT_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def tracking_uri(config) -> str:
+    """The tracking store: training.tracking_uri, else $MLFLOW_TRACKING_URI as the job found it,
+    else a sqlite file in the data directory. Credentials in an http(s) URI's user info move to
+    $MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD (MLflow's own way to pass them), so the
+    URI that MLflow, the summary and every log line see carries none."""
     configured = config.training.tracking_uri or _ENVIRONMENT_TRACKING_URI
-    if configured:
-        return configured
-    return f"sqlite:///{(Path(config.storage.data_dir) / 'mlflow.db').absolute()}"
+    if not configured:
+        return f"sqlite:///{(Path(config.storage.data_dir) / 'mlflow.db').absolute()}"
+    parsed = urlparse(configured)
+    if parsed.scheme in ("http", "https") and "@" in parsed.netloc:
+        userinfo, host = parsed.netloc.rsplit("@", 1)
+        user, _, password = userinfo.partition(":")
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+        if password:
+            os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+        return parsed._replace(netloc=host).geturl()
+    return configured
 
 
 def git_commit() -> str:
@@ -180,7 +200,7 @@ def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rat
     from mlflow.tracking import MlflowClient
 
     from ml.data import read_head
-    from ml.model import MLPRegressor
+    from ml.model import MLPRegressor, save_model_files
 
     training = config.training
     uri = tracking_uri(config)
@@ -199,13 +219,13 @@ def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rat
     inputs = {snapshot.table: snapshot.version, **snapshot.inputs}
     client = MlflowClient()
     with mlflow.start_run(run_name=f"{backend}-x{result.processes}-{snapshot.table}@v{snapshot.version}") as run:
-        mlflow.log_params({
+        mlflow.log_params(redact_tree({
             "learning_rate": spec.learning_rate, "batch_size": spec.batch_size, "epochs": spec.epochs,
             "processes": result.processes, "backend": backend, "optimizer": spec.optimizer,
             "model_shape": f"{len(spec.features)}->{'->'.join(map(str, spec.hidden))}->1", "seed": spec.seed,
             "features": ",".join(spec.features), "label": spec.label, "gpu": spec.gpu,
             "train_rows": result.train_rows, "validation_rows": result.validation_rows,
-        })
+        }))
         mlflow.set_tags({
             "git_commit": git_commit(),
             "input_tables": ",".join(f"{name}@v{version}" for name, version in inputs.items()),
@@ -229,10 +249,15 @@ def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rat
             example = pd.DataFrame([[0.0] * len(spec.features)], columns=spec.features, dtype="float32")
         with torch.no_grad():
             predicted = model(torch.tensor(example.to_numpy())).numpy()
-        info = mlflow.pytorch.log_model(
-            model, name="model", serialization_format="pickle",  # loads back as MLPRegressor, not a GraphModule
-            signature=infer_signature(example, pd.Series(predicted, name=spec.label)), input_example=example,
-        )
+        with tempfile.TemporaryDirectory() as scratch:
+            # Weights and architecture, no pickle (ml/model.py); a pyfunc whose loader is ml.model.
+            files = Path(scratch) / MODEL_FILES
+            save_model_files(model, spec.features, files)
+            info = mlflow.pyfunc.log_model(
+                name="model", loader_module="ml.model", data_path=str(files),
+                signature=infer_signature(example, pd.Series(predicted, name=spec.label)), input_example=example,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            )
     version = mlflow.register_model(info.model_uri, training.registered_model)
     final = result.epochs[-1] if result.epochs else {}
     refused = promote(config, client, uri, training.registered_model, version.version,

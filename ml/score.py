@@ -1,7 +1,9 @@
 """`lakehouse score`: the registered model's champion scores the feature table into gold.predictions.
 
-The model is loaded as ``models:/<name>@champion`` into a Spark UDF (MLflow's pyfunc), so rows
-are scored on the executors. The feature table is read at one version, and gold.predictions is
+The champion's files are fetched from the registry's own artifact store (the artifact location of
+the experiment its run belongs to; a version whose files lie anywhere else is refused) and read
+as weights and architecture (ml/model.py: no pickle, nothing in them runs as code); a pandas UDF
+scores the rows on the executors with those weights. The feature table is read at one version, and gold.predictions is
 replaced by one commit: one prediction per feature row, with the model version that made it and
 the input version it read (also in the commit's user metadata).
 """
@@ -41,23 +43,28 @@ def score(spark, config) -> ScoreSummary:
     training = config.training
     mlflow.set_tracking_uri(tracking_uri(config))
     name = training.registered_model
+    client = MlflowClient()
     try:
-        champion = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+        champion = client.get_model_version_by_alias(name, CHAMPION)
     except Exception as exc:  # MLflow raises when the model or the alias does not exist
         raise NoChampion(f"no version of model '{name}' is the {CHAMPION} yet: run `lakehouse train` first") from exc
 
+    model, model_features = load_champion(client, name, champion)
+    if model_features != list(training.features):
+        raise NoChampion(f"the champion (version {champion.version}) takes {', '.join(model_features)}; "
+                         f"training.features are {', '.join(training.features)}: train a new model first")
     source = resolve_table(config, training.table)
     version = last_commit(spark, source).version
     features = read_table(spark, source, version=version)
-    predict = mlflow.pyfunc.spark_udf(spark, f"models:/{name}@{CHAMPION}", result_type="double", env_manager="local")
+    predict = predict_udf(model)
     # Every column that is neither a feature nor the label identifies the row (host, rack, minute, ...).
     identifying = [c for c in features.columns if c not in training.features and c != training.label]
     # A row whose features the model cannot take (NaN, infinite, beyond float32) gets no prediction.
     representable = F.lit(True)
-    for name in training.features:
-        value = F.col(name).cast("double")
+    for column in training.features:
+        value = F.col(column).cast("double")
         representable = representable & value.isNotNull() & ~F.isnan(value) & (F.abs(value) <= FLOAT32_MAX)
-    prediction = predict(*[F.col(c).cast("float").alias(c) for c in training.features])
+    prediction = predict(*[F.col(c).cast("float") for c in training.features])
     predictions = features.select(
         *identifying,
         F.col(training.label).alias("actual"),
@@ -75,3 +82,71 @@ def score(spark, config) -> ScoreSummary:
     commit = last_commit(spark, target)  # the overwrite's own metrics: no second scan to count rows
     return ScoreSummary(name, str(champion.version), f"{training.table}@v{version}",
                         int(commit.operationMetrics["numOutputRows"]), commit.version)
+
+
+class UntrustedModel(NoChampion):
+    """The champion's files are not in the registry's own artifact store, or not a safe model."""
+
+
+def load_champion(client, name: str, champion):
+    """(model, feature names) of a model version, read from the registry's own artifact store."""
+    import mlflow
+
+    from ml.model import UnsafeModel, load_model_files
+    from ml.run import MODEL_FILES
+
+    location = client.get_model_version_download_uri(name, champion.version)
+    root = None
+    if champion.run_id:
+        root = client.get_experiment(client.get_run(champion.run_id).info.experiment_id).artifact_location
+    if root is None or not _within(location, root):
+        raise UntrustedModel(f"version {champion.version} of '{name}' keeps its files at {location}, outside the "
+                             f"artifact store of its run's experiment ({root or 'no run'}): not loaded")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=location)
+    try:
+        return load_model_files(f"{local}/data/{MODEL_FILES}")
+    except UnsafeModel as exc:
+        raise UntrustedModel(f"version {champion.version} of '{name}': {exc}") from exc
+
+
+def _within(location: str, root: str) -> bool:
+    """Whether the URI ``location`` lies inside ``root`` (same scheme and authority; the path
+    decoded and normalised, local paths with links resolved)."""
+    import os
+    import posixpath
+    from urllib.parse import unquote, urlparse
+
+    where, base = urlparse(location), urlparse(root)
+    if (where.scheme or "file") != (base.scheme or "file") or where.netloc != base.netloc:
+        return False
+    if (where.scheme or "file") == "file":
+        path, top = os.path.realpath(unquote(where.path)), os.path.realpath(unquote(base.path))
+    else:
+        path, top = posixpath.normpath(unquote(where.path)), posixpath.normpath(unquote(base.path))
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def predict_udf(model):
+    """A pandas UDF: float feature columns -> the model's prediction (double), on the executors.
+    It carries the weights as arrays (from this process), not a file to load."""
+    import pandas as pd
+    from pyspark.sql.functions import pandas_udf
+
+    from ml.model import MLPRegressor
+
+    weights = {key: tensor.numpy() for key, tensor in model.state_dict().items()}
+    shape = model.shape
+
+    @pandas_udf("double")
+    def predict(*columns: pd.Series) -> pd.Series:
+        import numpy as np
+        import torch
+
+        net = MLPRegressor(*shape)
+        net.load_state_dict({key: torch.from_numpy(value) for key, value in weights.items()})
+        net.eval()
+        values = np.column_stack([column.to_numpy(dtype="float32") for column in columns])
+        with torch.no_grad():
+            return pd.Series(net(torch.from_numpy(values)).numpy().astype("float64"))
+
+    return predict

@@ -29,6 +29,10 @@ from pathlib import Path
 
 import pyspark
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lakehouse.processes import started_process, write_pid_file  # noqa: E402
+
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 SPARK_CLASS = SPARK_HOME / "bin" / "spark-class"
 
@@ -55,8 +59,14 @@ def _launch(state: Path, name: str, args: list[str]) -> int:
     log = open(state / "logs" / f"{name}.log", "ab")
     process = subprocess.Popen([str(SPARK_CLASS), *args], env=_env(state), stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)  # its own process group, stopped as one
-    (state / f"{name}.pid").write_text(str(process.pid))
+    write_pid_file(state / f"{name}.pid", process.pid)
     return process.pid
+
+
+def _role_class(pid_file: Path) -> str:
+    """What the command line of the process a pid file names contains: its Spark daemon class."""
+    return ("org.apache.spark.deploy.master.Master" if pid_file.stem == "master"
+            else "org.apache.spark.deploy.worker.Worker")
 
 
 def master_json(state: Path) -> dict | None:
@@ -71,8 +81,10 @@ def master_json(state: Path) -> dict | None:
 
 
 def start(state: Path, workers: int, cores: int, memory: str, timeout: float = 120.0) -> str:
-    if any(state.glob("*.pid")):
-        raise SystemExit(f"a cluster started from {state} may still run: stop it first")
+    if any(started_process(path, _role_class(path)) for path in state.glob("*.pid")):
+        raise SystemExit(f"a cluster started from {state} still runs: stop it first")
+    for stale in state.glob("*.pid"):
+        stale.unlink()
     (state / "logs").mkdir(parents=True, exist_ok=True)
     (state / "work").mkdir(exist_ok=True)
     port, webui = free_port(), free_port()
@@ -99,7 +111,14 @@ def start(state: Path, workers: int, cores: int, memory: str, timeout: float = 1
 
 
 def stop(state: Path) -> None:
-    pids = {path: int(path.read_text()) for path in state.glob("*.pid")}
+    pids = {}
+    for path in state.glob("*.pid"):
+        pid = started_process(path, _role_class(path))
+        if pid is None:  # stale: that process is gone, and the pid may be someone else's now
+            print(f"{path.name}: no such process of this cluster (stale pid file removed)", flush=True)
+            path.unlink()
+        else:
+            pids[path] = pid
     for pid in pids.values():
         try:
             os.killpg(pid, signal.SIGTERM)

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from lakehouse.bronze import run_bronze_ingest
 from lakehouse.config import ConfigError, duration_seconds, load_config
 from lakehouse.generator import TelemetryGenerator, generate_batch
-from lakehouse.gold import GoldInputMissing, build_order, run_gold_tables
+from lakehouse.gold import GoldInputMissing, run_gold_tables
 from lakehouse.silver import run_silver_refine
 from lakehouse.tables import delta_table, read_table, resolve_table
 
@@ -51,7 +51,7 @@ def _gold_minutes(spark, config):
 def test_gold_tables_from_silver(spark, config):
     with pytest.raises(GoldInputMissing, match="lakehouse refine --entity telemetry"):
         run_gold_tables(spark, config, ["telemetry_minute"], ONCE)
-    assert build_order(config, ["telemetry_features", "telemetry_minute"]) == ["telemetry_minute", "telemetry_features"]
+    assert config.gold_order(["telemetry_features", "telemetry_minute"]) == ["telemetry_minute", "telemetry_features"]
 
     _land_refine(spark, config, seed=31)
     assert run_gold_tables(spark, config, list(config.gold), ONCE) == 0

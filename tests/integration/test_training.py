@@ -58,8 +58,85 @@ def test_the_model_learns_and_the_run_is_tracked(trained):
     assert len(tags["git_commit"]) == 40 and 0.9 < float(tags["silver_quality_pass_rate"]) <= 1.0
     champion = client.get_model_version_by_alias(config.training.registered_model, CHAMPION)
     assert champion.run_id == local.run_id and local.champion
-    loaded = mlflow.pytorch.load_model(f"models:/{config.training.registered_model}@{CHAMPION}")
-    assert type(loaded).__name__ == "MLPRegressor"  # pickled, not a pt2 GraphModule
+
+
+def _champion_files(config):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri(config))
+    client = MlflowClient()
+    name = config.training.registered_model
+    champion = client.get_model_version_by_alias(name, CHAMPION)
+    location = client.get_model_version_download_uri(name, champion.version)
+    return client, champion, Path(mlflow.artifacts.download_artifacts(artifact_uri=location))
+
+
+def test_the_model_is_weights_and_architecture_and_loads_back_with_the_same_predictions(spark, trained):
+    """No pickle in the model's files; MLflow's pyfunc (loader ml.model), the safe reader and
+    gold.predictions all give the trained model's predictions."""
+    import mlflow
+    import numpy as np
+    import torch
+
+    from ml.model import load_model_files
+    from ml.run import MODEL_FILES
+
+    config, _ = trained
+    _, _, files = _champion_files(config)
+    assert sorted(p.name for p in (files / "data" / MODEL_FILES).iterdir()) == ["architecture.json", "state_dict.pt"]
+    assert not [p for p in files.rglob("*.pkl")]
+    model, features = load_model_files(files / "data" / MODEL_FILES)
+    assert features == config.training.features
+    rows = read_table(spark, resolve_table(config, "gold.telemetry_features")).orderBy("host", "minute").limit(50).toPandas()
+    with torch.no_grad():
+        expected = model(torch.tensor(rows[features].to_numpy(dtype="float32"))).numpy()
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{config.training.registered_model}@{CHAMPION}")
+    np.testing.assert_allclose(pyfunc.predict(rows[features].astype("float32")), expected, rtol=1e-6)
+    assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "score"]) == 0
+    scored = read_table(spark, resolve_table(config, "gold.predictions")).orderBy("host", "minute").limit(50).toPandas()
+    np.testing.assert_allclose(scored["prediction"].to_numpy(), expected, rtol=1e-5)
+
+
+class _Planted:
+    """Unpickling this calls open(marker, "w"): the marker file shows the pickle ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_score_runs_no_code_from_the_artifact_store(spark, trained, tmp_path, capsys):
+    """A planted pickle in place of the weights is refused unread; a version whose files lie
+    outside the registry's artifact store is not loaded."""
+    import shutil
+
+    import torch
+
+    from ml.run import MODEL_FILES
+
+    config, _ = trained
+    client, champion, files = _champion_files(config)
+    location = client.get_model_version_download_uri(config.training.registered_model, champion.version)
+    planted_at = Path(location.removeprefix("file://")).parent / "planted"
+    shutil.copytree(files, planted_at)
+    marker = tmp_path / "pickle-ran"
+    torch.save({"net.0.weight": _Planted(marker)}, planted_at / "data" / MODEL_FILES / "state_dict.pt")
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(files, outside)
+    for name, source in (("planted_model", planted_at.as_uri()), ("outside_model", outside.as_uri())):
+        client.create_registered_model(name)
+        version = client.create_model_version(name, source, run_id=champion.run_id)
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        capsys.readouterr()
+        code = main(["--env", "test", "--data-dir", str(config.storage.data_dir),
+                     "--set", f"training.registered_model={name}", "score"])
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert ("not a plain state dict" in err) if name == "planted_model" else ("outside the artifact store" in err)
+    assert not marker.exists()
 
 
 def test_horovod_and_torch_distributor_reach_the_local_loss(spark, trained):

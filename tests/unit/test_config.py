@@ -106,6 +106,63 @@ BAD_CASES = {
         lambda c: _edit(c / "base/sources/telemetry_kafka.yml", "options: {}", "options: {sasl.password: hunter2}"),
         [], "base/sources/telemetry_kafka.yml", "sources.telemetry_kafka.kafka.options.sasl.password",
     ),
+    "unknown policy in a suite": (
+        lambda c: _edit(c / "base/expectations/telemetry.json", '"policy": "drop"', '"policy": "warning"'),
+        [], "base/expectations/telemetry.json", "expectations[0].meta.policy",
+    ),
+    "expectation on an undeclared column": (
+        lambda c: _edit(c / "base/expectations/telemetry.json", '{"column": "cpu_util", "min_value"',
+                        '{"column": "cpu_utilisation", "min_value"'),
+        [], "base/expectations/telemetry.json", ".kwargs.column",
+    ),
+    "expectation type nobody evaluates": (
+        lambda c: _edit(c / "base/expectations/telemetry.json", '"type": "expect_column_values_to_not_be_null"',
+                        '"type": "expect_column_values_to_be_frobnicated"'),
+        [], "base/expectations/telemetry.json", "expectations[0].type",
+    ),
+    "NaN bound in a suite": (
+        lambda c: _edit(c / "base/expectations/telemetry.json", '"min_value": 0, "max_value": 100',
+                        '"min_value": NaN, "max_value": 100'),
+        [], "base/expectations/telemetry.json", ".kwargs.min_value",
+    ),
+    "duration with an unknown unit": (
+        lambda c: _edit(c / "base/entities/telemetry.yml", "watermark: 6 hours", "watermark: 1 fortnight"),
+        [], "base/entities/telemetry.yml", "entities.telemetry.watermark",
+    ),
+    "duration from --set without a unit": (
+        lambda c: None, ["--set", "streaming.trigger=10"], "--set streaming.trigger", "streaming.trigger",
+    ),
+    "NaN for a bounded number": (
+        lambda c: None, ["--set", "training.min_quality_pass_rate=.nan"],
+        "--set training.min_quality_pass_rate", "training.min_quality_pass_rate",
+    ),
+    "infinity for a bounded number": (
+        lambda c: None, ["--set", "training.max_refused_fraction=-.inf"],
+        "--set training.max_refused_fraction", "training.max_refused_fraction",
+    ),
+    "a cycle among gold tables": (
+        lambda c: _edit(c / "base/gold/telemetry_minute.yml", "inputs: [silver.telemetry]",
+                        "inputs: [gold.telemetry_features]"),
+        [], "base/gold/telemetry_features.yml", "gold.telemetry_features.inputs",
+    ),
+    "spark credential in a file": (
+        lambda c: _edit(c / "test/lakehouse.yml", "  conf:\n", "  conf:\n    spark.hadoop.fs.s3a.secret.key: abc\n"),
+        [], "test/lakehouse.yml", "spark.conf.spark.hadoop.fs.s3a.secret.key",
+    ),
+    "azure account key from --set": (
+        lambda c: None, ["--set", "spark.conf.fs.azure.account.key.acct.dfs.core.windows.net=abc"],
+        "--set spark.conf.fs.azure.account.key.acct.dfs.core.windows.net",
+        "spark.conf.fs.azure.account.key.acct.dfs.core.windows.net",
+    ),
+    "password in a tracking URI": (
+        lambda c: _edit(c / "base/training.yml", "tracking_uri: null", "tracking_uri: https://bob:hunter2@mlflow.example"),
+        [], "base/training.yml", "training.tracking_uri",
+    ),
+    "spark credential variable unset": (
+        lambda c: _edit(c / "test/lakehouse.yml", "  conf:\n",
+                        "  conf_env:\n    spark.hadoop.fs.s3a.secret.key: LAKEHOUSE_TEST_UNSET_VARIABLE\n  conf:\n"),
+        [], "test/lakehouse.yml", "spark.conf_env.spark.hadoop.fs.s3a.secret.key",
+    ),
     "both rate limits": (
         lambda c: None,
         ["--set", "sources.telemetry.max_bytes_per_trigger=1000000"],
@@ -126,7 +183,17 @@ def test_bad_configuration_exits_2_with_one_line_and_creates_nothing(case, conf_
     assert code == 2
     assert len(err) == 1, err
     assert origin in err[0] and key in err[0], err[0]
+    assert "hunter2" not in err[0] and "abc" not in err[0].split(": ", 2)[-1]
     assert not data_dir.exists()
+
+
+def test_duration_errors_list_the_units_and_days_are_accepted(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config("test", conf_dir=CONF_DIR, overrides=["entities.telemetry.max_future=1 fortnight"])
+    assert "ms, s (sec, second), m (min, minute), h (hr, hour), d (day), w (week)" in err.value.message
+    config = load_config("test", conf_dir=CONF_DIR, overrides=["entities.telemetry.max_future=2 days",
+                                                                 "streaming.trigger=1.5h"])
+    assert config.entity("telemetry").max_future == "2 days"
 
 
 def test_unknown_source_is_a_configuration_error(config, capsys):

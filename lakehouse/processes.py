@@ -1,0 +1,58 @@
+"""Pid files of the local services the project's scripts start (Kafka broker, Spark standalone
+master and workers), and the check that a pid still names the process that was started.
+
+A pid file left behind by a crash (or a reboot) may hold a pid the system has since given to
+another process. Before a script signals it, :func:`started_process` checks that the process's
+command line contains what the script started it with, and, where the system says when a process
+started (Linux: ``/proc/<pid>/stat``), that it is the same process: otherwise the pid file is
+stale and nothing is signalled.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def command_line(pid: int) -> str | None:
+    """The process's command line (arguments joined by spaces), or None when there is no such process."""
+    proc = Path(f"/proc/{pid}/cmdline")
+    if proc.parent.is_dir():
+        try:
+            return proc.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except OSError:
+            return None
+    if not Path("/proc/self").is_dir():  # no /proc (macOS): ask ps
+        result = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+        return result.stdout.strip() or None
+    return None
+
+
+def start_time(pid: int) -> str | None:
+    """When the process started, in the system's clock ticks since boot (Linux), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command's name
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    """``<pid> <start time>`` (the start time where the system tells it)."""
+    path.write_text(f"{pid} {start_time(pid) or ''}".strip() + "\n")
+
+
+def started_process(path: Path, expect: str) -> int | None:
+    """The pid in ``path`` when that process still runs and is the one started (its command line
+    contains ``expect``, its start time is the recorded one); None for a missing or stale file."""
+    try:
+        fields = path.read_text().split()
+        pid = int(fields[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    cmdline = command_line(pid)
+    if not cmdline or expect not in cmdline:
+        return None
+    if len(fields) > 1 and start_time(pid) not in (None, fields[1]):
+        return None  # the pid was given to another process since
+    return pid
