@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import pandas as pd  # at module level: pandas_udf reads the UDF's type hints from these globals
+
 from ml.data import FLOAT32_MAX
 from ml.run import CHAMPION, quiet_mlflow, tracking_uri
 
@@ -129,7 +131,7 @@ def _within(location: str, root: str) -> bool:
 def predict_udf(model):
     """A pandas UDF: float feature columns -> the model's prediction (double), on the executors.
     It carries the weights as arrays (from this process), not a file to load."""
-    import pandas as pd
+    from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
 
     from ml.model import MLPRegressor
@@ -138,15 +140,13 @@ def predict_udf(model):
     shape = model.shape
 
     @pandas_udf("double")
-    def predict(*columns: pd.Series) -> pd.Series:
-        import numpy as np
+    def predict(features: pd.DataFrame) -> pd.Series:  # one struct column: the features, in order
         import torch
 
         net = MLPRegressor(*shape)
         net.load_state_dict({key: torch.from_numpy(value) for key, value in weights.items()})
         net.eval()
-        values = np.column_stack([column.to_numpy(dtype="float32") for column in columns])
         with torch.no_grad():
-            return pd.Series(net(torch.from_numpy(values)).numpy().astype("float64"))
+            return pd.Series(net(torch.from_numpy(features.to_numpy(dtype="float32"))).numpy().astype("float64"))
 
-    return predict
+    return lambda *columns: predict(F.struct(*columns))
