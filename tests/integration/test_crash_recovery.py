@@ -118,7 +118,7 @@ def test_kill_9_silver_mid_stream_then_restart_keeps_keys_unique_and_reconciles(
     landing = Path(config.landing_path("telemetry"))
     landing.mkdir(parents=True, exist_ok=True)
     generator = TelemetryGenerator.from_config(g, seed=8, fault_rate=0.1)
-    generate_batch(generator, landing, "telemetry", "k", 8, 2400, 8)
+    generate_batch(generator, landing, "telemetry", "k", 8, 1500, 5)
     data = str(config.storage.data_dir)
     ingest = [sys.executable, "-m", "lakehouse.cli", "--env", "test", "--data-dir", data,
               "--set", "sources.telemetry.max_files_per_trigger=1", "ingest", "--source", "telemetry", "--once"]

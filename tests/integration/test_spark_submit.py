@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 def _spark_submit(script: str, args: list[str], config, env) -> subprocess.CompletedProcess:
     spark_submit = Path(sys.executable).parent / "spark-submit"
     return subprocess.run(
-        [str(spark_submit), "--master", "local[2]", "--packages", delta_maven_coordinate(), script, *args,
+        # the test overlay's JVM options: spark-submit starts the driver before the job reads them
+        [str(spark_submit), "--master", "local[2]", "--packages", delta_maven_coordinate(),
+         "--driver-java-options", config.spark.conf["spark.driver.extraJavaOptions"], script, *args,
          "--env", "test", "--data-dir", str(config.storage.data_dir)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )

@@ -61,11 +61,14 @@ def test_pipeline_and_horovod_training_on_a_standalone_cluster(spark, cluster, t
     generate_batch(TelemetryGenerator.from_config(config.generator, seed=5), landing, "telemetry", "c", 5, 8000, 4)
     events = tmp_path / "events"
     events.mkdir()
+    jvm_options = config.spark.conf["spark.driver.extraJavaOptions"]
 
     def submit(script: str, *args: str) -> str:
         command = [str(Path(sys.executable).parent / "spark-submit"), "--master", master,
                    "--packages", delta_maven_coordinate(), "--total-executor-cores", "2", "--executor-cores", "1",
                    "--executor-memory", "1g", "--conf", "spark.eventLog.enabled=true",
+                   # the test overlay's JVM options, for the driver spark-submit starts and the executors
+                   "--driver-java-options", jvm_options, "--conf", f"spark.executor.extraJavaOptions={jvm_options}",
                    # one plain JSON-lines file per application, to read back below
                    "--conf", "spark.eventLog.compress=false", "--conf", "spark.eventLog.rolling.enabled=false",
                    "--conf", f"spark.eventLog.dir={events.as_uri()}", f"spark_jobs/{script}", *args,
