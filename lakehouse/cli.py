@@ -276,7 +276,8 @@ def _start_spark(config: LakehouseConfig, ui: bool = False):
     from lakehouse.session import build_session, running_on_cluster_launcher
 
     master = "the launcher's master" if running_on_cluster_launcher() else config.spark.master or "default master"
-    print(f"starting Spark ({master}, env {config.env}) ...", flush=True)
+    # progress on stderr: stdout stays the command's output (sql --json, status --json)
+    print(f"starting Spark ({master}, env {config.env}) ...", file=sys.stderr, flush=True)
     return build_session(config, ui=ui)
 
 

@@ -95,53 +95,61 @@ def loopback_interface() -> str:
     return next((name for _, name in socket.if_nameindex() if name.startswith("lo")), "lo")
 
 
+def session_settings(config: LakehouseConfig, ui: bool = False, launched: bool = False) -> dict[str, str]:
+    """Every setting a job's session gets, in order (later ones win), secrets from the environment.
+
+    ``ui``: start Spark's web UI (continuous jobs); batch jobs run without one unless
+    ``spark.ui.enabled`` is configured. A local master (or none: pyspark's local[*]) listens on
+    the loopback only (driver, block manager, UI) unless ``spark.conf`` says otherwise.
+    ``launched``: under spark-submit or on Databricks, where the launcher fixed the JVM, the
+    master and the jars."""
+    settings = {"spark.redaction.regex": SPARK_REDACTION_REGEX}
+    if not launched:
+        settings["spark.ui.enabled"] = str(ui).lower()
+        if (config.spark.master or "local").startswith("local"):
+            settings.update({"spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK,
+                             # torch.distributed's Gloo (TorchDistributor) in the Python workers
+                             "spark.executorEnv.GLOO_SOCKET_IFNAME": loopback_interface()})
+        # Resolved from Maven Central into the local Ivy cache on first use; later sessions take
+        # the jars that resolution gave (no Ivy run, no page of its output on every command).
+        packages = spark_packages(config)
+        jars = resolved_jars(packages, config)
+        if jars is not None:
+            settings["spark.jars"] = ",".join(j for j in [config.spark.conf.get("spark.jars", ""), *jars] if j)
+        else:
+            settings["spark.jars.packages"] = ",".join(packages)
+        if config.catalog.kind == "path":
+            settings["spark.sql.warehouse.dir"] = str((config.storage.data_dir / "spark-warehouse").absolute())
+    settings.update({"spark.sql.extensions": DELTA_EXTENSION, "spark.sql.catalog.spark_catalog": DELTA_CATALOG})
+    settings.update({k: v for k, v in config.spark.conf.items() if not (k == "spark.jars" and "spark.jars" in settings)})
+    settings.update({key: os.environ[variable] for key, variable in config.spark.conf_env.items()})
+    return settings
+
+
 def build_session(config: LakehouseConfig, app_name: str | None = None, ui: bool = False) -> SparkSession:
-    """The session for a job. ``ui``: start Spark's web UI (continuous jobs); batch jobs run
-    without one unless ``spark.ui.enabled`` is configured. A local master listens on the
-    loopback only (driver, block manager and UI), unless ``spark.driver.bindAddress`` or
-    ``$SPARK_LOCAL_IP`` say otherwise."""
+    """The session for a job, with :func:`session_settings`."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
 
     builder = SparkSession.builder.appName(app_name or config.spark.app_name)
     launched = running_on_cluster_launcher()
-    builder = builder.config("spark.redaction.regex", SPARK_REDACTION_REGEX)
+    settings = session_settings(config, ui, launched)
     if not launched:
-        builder = builder.config("spark.ui.enabled", str(ui).lower())
-        if (config.spark.master or "local").startswith("local"):  # no master: pyspark's local[*]
+        if settings.get("spark.driver.bindAddress") == LOOPBACK:
             # The UI binds to $SPARK_LOCAL_IP (all interfaces when unset), read when the JVM starts.
             os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
-            builder = builder.config("spark.driver.host", LOOPBACK).config("spark.driver.bindAddress", LOOPBACK)
-            # torch.distributed's Gloo (TorchDistributor) in the Python workers: over the loopback.
-            builder = builder.config("spark.executorEnv.GLOO_SOCKET_IFNAME", loopback_interface())
         if config.spark.master:
             builder = builder.master(config.spark.master)
-        # Resolved from Maven Central into the local Ivy cache on first use; later sessions take
-        # the jars that resolution gave (no Ivy run, no page of its output on every command).
-        packages = spark_packages(config)
-        jars = resolved_jars(packages, config)
-        if jars is not None:
-            builder = builder.config("spark.jars", ",".join([*config.spark.conf.get("spark.jars", "").split(","), *jars]).strip(","))
-        else:
-            builder = builder.config("spark.jars.packages", ",".join(packages))
         # Python tasks (training processes among them) run in this interpreter's environment,
         # not whatever `python3` is first on PATH (pyspark reads the variable when it starts).
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        if config.catalog.kind == "path":
-            warehouse = (config.storage.data_dir / "spark-warehouse").absolute()
-            builder = builder.config("spark.sql.warehouse.dir", str(warehouse))
-    builder = builder.config("spark.sql.extensions", DELTA_EXTENSION).config(
-        "spark.sql.catalog.spark_catalog", DELTA_CATALOG
-    )
-    for key, value in config.spark.conf.items():
+    for key, value in settings.items():
         builder = builder.config(key, value)
-    for key, variable in config.spark.conf_env.items():  # credentials: never in the configuration
-        builder = builder.config(key, os.environ[variable])
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    if not launched and jars is None:
-        remember_jars(spark, packages, config)
+    if not launched and "spark.jars.packages" in settings:
+        remember_jars(spark, spark_packages(config), config)
     if launched and not _delta_on_classpath(spark):
         raise SessionError(
             "Delta Lake's jar is not on the classpath: add "

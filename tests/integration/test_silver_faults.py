@@ -185,14 +185,18 @@ def test_a_batch_that_changes_nothing_in_silver_blocks_no_later_batch(spark, con
     """Batches whose MERGE has nothing to do (Delta then records no commit): one whose every row is
     quarantined, and a refined file landed again under a new name (its rows are duplicates)."""
     first = lines(*[reading(i) for i in range(20)])
-    land(config, "first.jsonl", first)
+    land(config, "a-first.jsonl", first)
     _ingest_refine(spark, config)
-    land(config, "garbage.jsonl", lines("not json", b"\xff\xfe", "{\"event_id\": "))
-    _ingest_refine(spark, config)
-    land(config, "first-again.jsonl", first)
-    _ingest_refine(spark, config)
-    land(config, "later.jsonl", lines(*[reading(100 + i) for i in range(5)]))
-    _ingest_refine(spark, config)
+    # one file per micro-batch, in name order: garbage, the copy, then new readings
+    land(config, "b-garbage.jsonl", lines("not json", b"\xff\xfe", "{\"event_id\": "))
+    land(config, "c-first-again.jsonl", first)
+    land(config, "d-later.jsonl", lines(*[reading(100 + i) for i in range(5)]))
+    one_by_one = load_config("test", conf_dir=CONF_DIR, data_dir=config.storage.data_dir,
+                             overrides=["sources.telemetry.max_files_per_trigger=1",
+                                        "entities.telemetry.max_files_per_trigger=1"])
+    _ingest_refine(spark, one_by_one)
+    batches = read_table(spark, resolve_table(config, SILVER_BATCHES_TABLE)).count()
+    assert batches == 4, batches
     assert len(_silver_ids(spark, config)) == 25
     assert sum(_quarantine_reasons(spark, config).values()) == 3
     report = reconcile(spark, config, "telemetry")

@@ -4,6 +4,8 @@ refuses; scoring writes one prediction per feature row."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -190,7 +192,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_run_shows_in_the_mlflow_ui_in_a_real_browser(trained):
+def test_the_run_shows_in_the_mlflow_ui_in_a_real_browser(trained, monkeypatch, capsys):
     """`mlflow server` on the project's store; headless Chromium (Debian's, via chromedriver) opens
     the experiment and the run; the run, its parameters and the loss chart are on screen."""
     import subprocess
@@ -251,6 +253,24 @@ def test_the_run_shows_in_the_mlflow_ui_in_a_real_browser(trained):
         time.sleep(2)  # let the chart draw before the screenshot
         driver.save_screenshot(str(artifacts / "mlflow_loss_chart.png"))
         assert (artifacts / "mlflow_loss_chart.png").stat().st_size > 10_000
+
+        # A run tracked through the server with credentials in $MLFLOW_TRACKING_URI: they reach
+        # MLflow as its username and password variables, and no output, parameter or tag holds them.
+        import ml.run
+
+        for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.delenv(variable, raising=False)
+        monkeypatch.setattr(ml.run, "_ENVIRONMENT_TRACKING_URI", f"http://bob:hunter2@127.0.0.1:{port}")
+        capsys.readouterr()
+        assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "train", "--epochs", "1"]) == 0
+        printed = capsys.readouterr()
+        assert "hunter2" not in printed.out + printed.err and "bob" not in printed.out
+        run_id = re.search(r"^run (\w+) in experiment", printed.out, re.M).group(1)
+        mlflow.set_tracking_uri(base)
+        tracked = mlflow.get_run(run_id)
+        assert tracked.data.params["epochs"] == "1"
+        assert not [v for v in [*tracked.data.params.values(), *tracked.data.tags.values()] if "hunter2" in v]
+        assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "hunter2"
     finally:
         if driver is not None:
             driver.quit()

@@ -184,7 +184,17 @@ def test_bad_configuration_exits_2_with_one_line_and_creates_nothing(case, conf_
     assert len(err) == 1, err
     assert origin in err[0] and key in err[0], err[0]
     assert "hunter2" not in err[0] and "abc" not in err[0].split(": ", 2)[-1]
+    if "credential in" in case or "key from --set" in case or "secret in" in case or "password in a file" in case:
+        assert "_env" in err[0], err[0]  # the way to give it: an environment variable
     assert not data_dir.exists()
+
+
+def test_a_bad_trigger_on_the_command_line_exits_2(tmp_path, capsys):
+    data = tmp_path / "data"
+    code = main(["--env", "test", "--data-dir", str(data), "ingest", "--source", "telemetry", "--trigger", "10 parsecs"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--trigger" in err[0] and "d (day)" in err[0]
+    assert not data.exists()
 
 
 def test_duration_errors_list_the_units_and_days_are_accepted(tmp_path):

@@ -78,3 +78,20 @@ def test_a_run_id_that_is_not_a_plain_name_is_refused(tmp_path, capsys):
     assert code == 2
     assert "--run-id" in capsys.readouterr().err
     assert not data.exists() and not list(tmp_path.rglob("*x-*.jsonl"))
+
+
+def test_a_local_session_listens_on_the_loopback_and_batch_jobs_start_no_ui(monkeypatch):
+    from lakehouse.config import load_config
+    from lakehouse.session import LOOPBACK, session_settings
+
+    monkeypatch.setenv("LAKEHOUSE_TEST_S3_SECRET", "s3cr3t-value")
+    config = load_config("dev", overrides=["spark.conf_env.spark.hadoop.fs.s3a.secret.key=LAKEHOUSE_TEST_S3_SECRET"])
+    batch, continuous = session_settings(config, ui=False), session_settings(config, ui=True)
+    assert batch["spark.ui.enabled"] == "false" and continuous["spark.ui.enabled"] == "true"
+    assert batch["spark.driver.bindAddress"] == batch["spark.driver.host"] == LOOPBACK
+    assert batch["spark.hadoop.fs.s3a.secret.key"] == "s3cr3t-value"  # from the environment, at session start
+    assert "spark.driver.bindAddress" not in session_settings(config, launched=True)  # the launcher's JVM
+    configured = load_config("dev", overrides=["spark.conf.spark.ui.enabled=true",
+                                               "spark.conf.spark.driver.bindAddress=0.0.0.0"])
+    assert session_settings(configured)["spark.ui.enabled"].lower() == "true"  # configured: as configured
+    assert session_settings(configured)["spark.driver.bindAddress"] == "0.0.0.0"
