@@ -25,7 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lakehouse.bronze import bronze_table, run_bronze_ingest  # noqa: E402
+from lakehouse.bronze import run_bronze_ingest  # noqa: E402
+from lakehouse.tables import bronze_table  # noqa: E402
 from lakehouse.config import load_config  # noqa: E402
 from lakehouse.generator import TelemetryGenerator, generate_batch  # noqa: E402
 from lakehouse.kafka import TopicPublisher, ensure_topic  # noqa: E402

@@ -30,7 +30,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from lakehouse.checkpoints import batch_planned_ms, planned_files
+from lakehouse.checkpoints import batch_planned_ms, bronze_query_name, planned_files
 from lakehouse.config import LakehouseConfig, SourceConfig
 from lakehouse.exit_codes import JobError
 from lakehouse.landing import ensure_landing_tables, ingest_files
@@ -38,9 +38,9 @@ from lakehouse.observability import count_records, report_batch
 from lakehouse.streaming import run_streaming_job
 from lakehouse.tables import (
     TableRef,
+    bronze_table,
     create_table_if_missing,
     read_table,
-    resolve_table,
     start_to,
     table_exists,
 )
@@ -67,14 +67,6 @@ BRONZE_KAFKA_SCHEMA = StructType(
         StructField("_ingested_at", TimestampType(), nullable=False),
     ]
 )
-
-
-def bronze_table(config: LakehouseConfig, source: str) -> TableRef:
-    return resolve_table(config, f"bronze.{source}")
-
-
-def bronze_query_name(source: str) -> str:
-    return f"bronze_{source}"
 
 
 # Spark's file source skips files whose modification time is more than maxFileAge (7 days by

@@ -21,6 +21,11 @@ from typing import Callable
 from lakehouse import fs
 
 
+def bronze_query_name(source: str) -> str:
+    """The bronze query of a source (its name in ops.stream_progress and its checkpoint's)."""
+    return f"bronze_{source}"
+
+
 def local_dir(location: str) -> Path | None:
     """A local directory for a plain path or file: URI; None for remote storage."""
     return fs.local_path(location)

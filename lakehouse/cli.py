@@ -509,7 +509,8 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
 def _demo(config: LakehouseConfig, args, spark) -> int:
     from pyspark.sql import functions as F
 
-    from lakehouse.bronze import bronze_table, run_bronze_ingest
+    from lakehouse.bronze import run_bronze_ingest
+    from lakehouse.tables import bronze_table
     from lakehouse.generator import TelemetryGenerator, generate_batch
     from lakehouse.gold import run_gold_tables
     from lakehouse.observability import collect_status, format_status

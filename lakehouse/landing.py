@@ -38,6 +38,7 @@ from lakehouse.config import LakehouseConfig
 from lakehouse.failpoints import failpoint
 from lakehouse.tables import (
     TableRef,
+    bronze_table,
     append_once,
     batch_marker,
     create_table_if_missing,
@@ -274,8 +275,6 @@ def ingest_files(
     bronze even if it has gone since, and none is appended twice. The ops appends are made
     once per batch (tables.append_once, marked ``app_id:batch_id``).
     """
-    from lakehouse.bronze import bronze_table  # bronze starts the queries that call this module
-
     source = config.source(source_name)
     bronze = bronze_table(config, source_name)
     files = look_at(spark, uris, source.max_file_bytes)

@@ -29,6 +29,7 @@ from pyspark.sql.types import (
 )
 
 from lakehouse.checkpoints import (
+    bronze_query_name,
     files_in_batch,
     landed_files,
     logged_batches,
@@ -189,8 +190,6 @@ class QueryStatus:
 
 def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QueryStatus]:
     """The last micro-batch of every query in ``ops.stream_progress``, plus each file source's backlog."""
-    from lakehouse.bronze import bronze_query_name  # bronze imports this module
-
     latest = {}
     table = resolve_table(config, STREAM_PROGRESS_TABLE)
     if table_exists(spark, table):

@@ -90,6 +90,11 @@ def append_to_table(df: DataFrame, ref: TableRef) -> None:
     save_to(df.write.format("delta").mode("append"), ref)
 
 
+def bronze_table(config: LakehouseConfig, source: str) -> TableRef:
+    """A source's bronze table: ``bronze.<source>``."""
+    return resolve_table(config, f"bronze.{source}")
+
+
 def batch_marker(app_id: str, batch_id: int) -> str:
     """The userMetadata of the commit a micro-batch makes to one table: ``<app id>:<batch id>``."""
     return f"{app_id}:{batch_id}"

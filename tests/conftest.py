@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +24,21 @@ def spark(tmp_path_factory):
     session = build_session(config)
     yield session
     session.stop()
+
+
+@pytest.fixture
+def conf_copy(tmp_path) -> Path:
+    """A copy of the repository's conf/ to edit (bad-configuration tests)."""
+    target = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, target)
+    return target
+
+
+def edit_conf(path: Path, old: str, new: str) -> None:
+    """Replace the first ``old`` in a copied configuration file (which must hold it)."""
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
 
 
 @pytest.fixture

@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import bronze_table
 from lakehouse.bronze import run_bronze_ingest
 from lakehouse.cli import main
 from lakehouse.config import load_config
 from lakehouse.generator import TelemetryGenerator, generate_batch
 from lakehouse.observability import STREAM_PROGRESS_TABLE, collect_status
-from lakehouse.tables import read_table, resolve_table
+from lakehouse.tables import bronze_table, read_table, resolve_table
 from tests.conftest import CONF_DIR
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import bronze_table
 from lakehouse.generator import Manifest, TelemetryGenerator, generate_batch, write_file
-from lakehouse.tables import read_table
+from lakehouse.tables import bronze_table, read_table
 from tests.conftest import REPO
 from tests.integration.processes import batches as _batches
 from tests.integration.processes import kill_9 as _kill_9

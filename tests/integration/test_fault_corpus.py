@@ -14,7 +14,7 @@ from urllib.parse import unquote
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import bronze_table, run_bronze_ingest
+from lakehouse.bronze import run_bronze_ingest
 from lakehouse.cli import main
 from lakehouse.config import load_config
 from lakehouse.failpoints import FAILPOINTS_ENV
@@ -23,7 +23,7 @@ from lakehouse.gold import run_gold_tables
 from lakehouse.landing import BAD_FILES_TABLE
 from lakehouse.observability import collect_status
 from lakehouse.silver import SILVER_BATCHES_TABLE, reconcile, run_silver_refine
-from lakehouse.tables import read_table, resolve_table
+from lakehouse.tables import bronze_table, read_table, resolve_table
 from tests.conftest import CONF_DIR
 from tests.faults import land, lines, reading
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import bronze_table, run_bronze_ingest
+from lakehouse.bronze import run_bronze_ingest
 from lakehouse.config import load_config
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.kafka import TopicPublisher, ensure_topic
 from lakehouse.kafka_broker import KafkaBroker
 from lakehouse.silver import reconcile, run_silver_refine
-from lakehouse.tables import read_table, resolve_table
+from lakehouse.tables import bronze_table, read_table, resolve_table
 from tests.conftest import CONF_DIR
 from tests.integration.processes import batches, kill_9, start_job, wait_for
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import bronze_table, run_bronze_ingest
+from lakehouse.bronze import run_bronze_ingest
 from lakehouse.cli import main
 from lakehouse.config import load_config
 from lakehouse.failpoints import FAILPOINTS_ENV
 from lakehouse.landing import BAD_FILES_TABLE, INGESTED_FILES_TABLE
 from lakehouse.observability import collect_status
 from lakehouse.silver import reconcile, run_silver_refine
-from lakehouse.tables import read_table, resolve_table
+from lakehouse.tables import bronze_table, read_table, resolve_table
 from tests.conftest import CONF_DIR
 from tests.faults import land, lines, reading
 

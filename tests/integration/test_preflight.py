@@ -3,7 +3,6 @@ line naming the file and the key, before the job creates any table, checkpoint o
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,23 +11,10 @@ import pytest
 
 from lakehouse.cli import main
 from lakehouse.config import load_config
-from tests.conftest import CONF_DIR
+from tests.conftest import edit_conf
 from tests.faults import land, lines, reading
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def conf_copy(tmp_path) -> Path:
-    target = tmp_path / "conf"
-    shutil.copytree(CONF_DIR, target)
-    return target
-
-
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
 
 
 def _run(conf: Path, data: Path, *command: str, capsys) -> tuple[int, list[str]]:
@@ -39,18 +25,18 @@ def _run(conf: Path, data: Path, *command: str, capsys) -> tuple[int, list[str]]
 
 CASES = {
     "gold SQL that does not parse": (
-        lambda c: _edit(c / "base/gold/telemetry_minute.yml", "SELECT host,", "SELEC host,"),
+        lambda c: edit_conf(c / "base/gold/telemetry_minute.yml", "SELECT host,", "SELEC host,"),
         ["gold", "--table", "telemetry_minute", "--once"], "base/gold/telemetry_minute.yml",
         "gold.telemetry_minute.sql", "does not parse",
     ),
     "gold SQL reading a table it does not declare": (
-        lambda c: _edit(c / "base/gold/telemetry_minute.yml", "FROM silver_telemetry",
+        lambda c: edit_conf(c / "base/gold/telemetry_minute.yml", "FROM silver_telemetry",
                         "FROM silver_telemetry JOIN silver_telemetry_quarantine USING (event_id)"),
         ["gold", "--table", "telemetry_minute", "--once"], "base/gold/telemetry_minute.yml",
         "gold.telemetry_minute.sql", "silver_telemetry_quarantine",
     ),
     "a suite regex Java cannot compile": (
-        lambda c: _edit(c / "base/expectations/telemetry.json",
+        lambda c: edit_conf(c / "base/expectations/telemetry.json",
                         '{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "host"}, "meta": {"policy": "drop"}}',
                         '{"type": "expect_column_values_to_match_regex", "kwargs": {"column": "host", "regex": "^dc[0-9"}, '
                         '"meta": {"policy": "drop"}}'),
@@ -75,7 +61,7 @@ def test_spark_checks_fail_before_anything_is_created(spark, case, conf_copy, tm
 
 def test_the_console_script_leaves_no_data_dir_behind(conf_copy, tmp_path):
     """In a job of its own (its session starts here): the data directory is not even created."""
-    _edit(conf_copy / "base/gold/telemetry_minute.yml", "FROM silver_telemetry", "FROM silver_telemetri")
+    edit_conf(conf_copy / "base/gold/telemetry_minute.yml", "FROM silver_telemetry", "FROM silver_telemetri")
     data = tmp_path / "data"
     result = subprocess.run([str(Path(sys.executable).parent / "lakehouse"), "--conf-dir", str(conf_copy), "--env",
                              "test", "--data-dir", str(data), "gold", "--table", "telemetry_minute", "--once"],
@@ -91,7 +77,7 @@ def test_a_column_type_changed_under_silver_is_refused_before_any_write(spark, c
     land(config, "a.jsonl", lines(reading(1), reading(2)))
     assert _run(conf_copy, data, "ingest", "--source", "telemetry", "--once", capsys=capsys)[0] == 0
     assert _run(conf_copy, data, "refine", "--entity", "telemetry", "--once", capsys=capsys)[0] == 0
-    _edit(conf_copy / "base/entities/telemetry.yml", "  fan_rpm: double", "  fan_rpm: string")
+    edit_conf(conf_copy / "base/entities/telemetry.yml", "  fan_rpm: double", "  fan_rpm: string")
     land(config, "b.jsonl", lines(reading(3)))
     before = sorted(str(p) for p in data.rglob("*"))
     code, err = _run(conf_copy, data, "refine", "--entity", "telemetry", "--once", capsys=capsys)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import bronze_table, run_bronze_ingest
+from lakehouse.bronze import run_bronze_ingest
 from lakehouse.cli import main
 from lakehouse.generator import TelemetryGenerator, generate_batch
 from lakehouse.quality import load_suite, row_rules
@@ -20,7 +20,7 @@ from lakehouse.silver import (
     refine_batch,
     run_silver_refine,
 )
-from lakehouse.tables import delta_table, read_table, resolve_table
+from lakehouse.tables import bronze_table, delta_table, read_table, resolve_table
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.bronze import bronze_table
 from lakehouse.cli import main
 from lakehouse.generator import TelemetryGenerator, generate_batch
 from lakehouse.session import delta_maven_coordinate
-from lakehouse.tables import read_table, resolve_table
+from lakehouse.tables import bronze_table, read_table, resolve_table
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

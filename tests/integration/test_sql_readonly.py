@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lakehouse.bronze import bronze_table
 from lakehouse.cli import main
-from lakehouse.tables import read_table
+from lakehouse.tables import bronze_table, read_table
 from tests.faults import land, lines, reading
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 
 from lakehouse.cli import main
 from lakehouse.config import ConfigError, load_config
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, edit_conf
 
 
 def test_every_environment_loads():
@@ -45,35 +44,22 @@ def test_prod_maps_to_unity_catalog():
     assert config.spark.master is None
 
 
-@pytest.fixture
-def conf_copy(tmp_path) -> Path:
-    target = tmp_path / "conf"
-    shutil.copytree(CONF_DIR, target)
-    return target
-
-
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
-
-
 BAD_CASES = {
     # case: (edit to the copied conf, extra CLI args, expected file suffix, expected key)
     "missing key": (
-        lambda c: _edit(c / "base/lakehouse.yml", "  app_name: lakehouse\n", ""),
+        lambda c: edit_conf(c / "base/lakehouse.yml", "  app_name: lakehouse\n", ""),
         [], "base/lakehouse.yml", "spark.app_name",
     ),
     "unknown key": (
-        lambda c: _edit(c / "test/lakehouse.yml", "  records: 2000", "  recods: 2000"),
+        lambda c: edit_conf(c / "test/lakehouse.yml", "  records: 2000", "  recods: 2000"),
         [], "test/lakehouse.yml", "generator.recods",
     ),
     "wrong type": (
-        lambda c: _edit(c / "base/sources/telemetry.yml", "max_files_per_trigger: 20", "max_files_per_trigger: twenty"),
+        lambda c: edit_conf(c / "base/sources/telemetry.yml", "max_files_per_trigger: 20", "max_files_per_trigger: twenty"),
         [], "base/sources/telemetry.yml", "sources.telemetry.max_files_per_trigger",
     ),
     "path does not exist": (
-        lambda c: _edit(c / "base/sources/telemetry.yml", "path: null", "path: /nonexistent/landing/telemetry"),
+        lambda c: edit_conf(c / "base/sources/telemetry.yml", "path: null", "path: /nonexistent/landing/telemetry"),
         [], "base/sources/telemetry.yml", "sources.telemetry.path",
     ),
     "wrong type from --set": (
@@ -81,12 +67,12 @@ BAD_CASES = {
         ["--set", "generator.fault_rate=lots"], "--set generator.fault_rate", "generator.fault_rate",
     ),
     "secret in a file": (
-        lambda c: _edit(c / "test/lakehouse.yml", "streaming:\n", "storage:\n  token: abc123\nstreaming:\n"),
+        lambda c: edit_conf(c / "test/lakehouse.yml", "streaming:\n", "storage:\n  token: abc123\nstreaming:\n"),
         [], "test/lakehouse.yml", "storage.token",
     ),
     "unknown environment": (lambda c: None, ["--env", "staging"], "staging", "--env"),
     "entity key not a column": (
-        lambda c: _edit(c / "base/entities/telemetry.yml", "keys: [event_id]", "keys: [event_uuid]"),
+        lambda c: edit_conf(c / "base/entities/telemetry.yml", "keys: [event_id]", "keys: [event_uuid]"),
         [], "base/entities/telemetry.yml", "entities.telemetry.keys",
     ),
     "entity suite file missing": (
@@ -94,39 +80,39 @@ BAD_CASES = {
         [], "base/entities/telemetry.yml", "entities.telemetry.suite",
     ),
     "entity reads an unknown source": (
-        lambda c: _edit(c / "base/entities/telemetry.yml", "sources: [telemetry, telemetry_kafka]",
+        lambda c: edit_conf(c / "base/entities/telemetry.yml", "sources: [telemetry, telemetry_kafka]",
                         "sources: [telemetry, telemetri_kafka]"),
         [], "base/entities/telemetry.yml", "entities.telemetry.sources",
     ),
     "kafka source without topics": (
-        lambda c: _edit(c / "base/sources/telemetry_kafka.yml", "topics: [telemetry]", "topics: []"),
+        lambda c: edit_conf(c / "base/sources/telemetry_kafka.yml", "topics: [telemetry]", "topics: []"),
         [], "base/sources/telemetry_kafka.yml", "sources.telemetry_kafka.kafka.topics",
     ),
     "kafka password in a file": (
-        lambda c: _edit(c / "base/sources/telemetry_kafka.yml", "options: {}", "options: {sasl.password: hunter2}"),
+        lambda c: edit_conf(c / "base/sources/telemetry_kafka.yml", "options: {}", "options: {sasl.password: hunter2}"),
         [], "base/sources/telemetry_kafka.yml", "sources.telemetry_kafka.kafka.options.sasl.password",
     ),
     "unknown policy in a suite": (
-        lambda c: _edit(c / "base/expectations/telemetry.json", '"policy": "drop"', '"policy": "warning"'),
+        lambda c: edit_conf(c / "base/expectations/telemetry.json", '"policy": "drop"', '"policy": "warning"'),
         [], "base/expectations/telemetry.json", "expectations[0].meta.policy",
     ),
     "expectation on an undeclared column": (
-        lambda c: _edit(c / "base/expectations/telemetry.json", '{"column": "cpu_util", "min_value"',
+        lambda c: edit_conf(c / "base/expectations/telemetry.json", '{"column": "cpu_util", "min_value"',
                         '{"column": "cpu_utilisation", "min_value"'),
         [], "base/expectations/telemetry.json", ".kwargs.column",
     ),
     "expectation type nobody evaluates": (
-        lambda c: _edit(c / "base/expectations/telemetry.json", '"type": "expect_column_values_to_not_be_null"',
+        lambda c: edit_conf(c / "base/expectations/telemetry.json", '"type": "expect_column_values_to_not_be_null"',
                         '"type": "expect_column_values_to_be_frobnicated"'),
         [], "base/expectations/telemetry.json", "expectations[0].type",
     ),
     "NaN bound in a suite": (
-        lambda c: _edit(c / "base/expectations/telemetry.json", '"min_value": 0, "max_value": 100',
+        lambda c: edit_conf(c / "base/expectations/telemetry.json", '"min_value": 0, "max_value": 100',
                         '"min_value": NaN, "max_value": 100'),
         [], "base/expectations/telemetry.json", ".kwargs.min_value",
     ),
     "duration with an unknown unit": (
-        lambda c: _edit(c / "base/entities/telemetry.yml", "watermark: 6 hours", "watermark: 1 fortnight"),
+        lambda c: edit_conf(c / "base/entities/telemetry.yml", "watermark: 6 hours", "watermark: 1 fortnight"),
         [], "base/entities/telemetry.yml", "entities.telemetry.watermark",
     ),
     "duration from --set without a unit": (
@@ -141,12 +127,12 @@ BAD_CASES = {
         "--set training.max_refused_fraction", "training.max_refused_fraction",
     ),
     "a cycle among gold tables": (
-        lambda c: _edit(c / "base/gold/telemetry_minute.yml", "inputs: [silver.telemetry]",
+        lambda c: edit_conf(c / "base/gold/telemetry_minute.yml", "inputs: [silver.telemetry]",
                         "inputs: [gold.telemetry_features]"),
         [], "base/gold/telemetry_features.yml", "gold.telemetry_features.inputs",
     ),
     "spark credential in a file": (
-        lambda c: _edit(c / "test/lakehouse.yml", "  conf:\n", "  conf:\n    spark.hadoop.fs.s3a.secret.key: abc\n"),
+        lambda c: edit_conf(c / "test/lakehouse.yml", "  conf:\n", "  conf:\n    spark.hadoop.fs.s3a.secret.key: abc\n"),
         [], "test/lakehouse.yml", "spark.conf.spark.hadoop.fs.s3a.secret.key",
     ),
     "azure account key from --set": (
@@ -155,11 +141,11 @@ BAD_CASES = {
         "spark.conf.fs.azure.account.key.acct.dfs.core.windows.net",
     ),
     "password in a tracking URI": (
-        lambda c: _edit(c / "base/training.yml", "tracking_uri: null", "tracking_uri: https://bob:hunter2@mlflow.example"),
+        lambda c: edit_conf(c / "base/training.yml", "tracking_uri: null", "tracking_uri: https://bob:hunter2@mlflow.example"),
         [], "base/training.yml", "training.tracking_uri",
     ),
     "spark credential variable unset": (
-        lambda c: _edit(c / "test/lakehouse.yml", "  conf:\n",
+        lambda c: edit_conf(c / "test/lakehouse.yml", "  conf:\n",
                         "  conf_env:\n    spark.hadoop.fs.s3a.secret.key: LAKEHOUSE_TEST_UNSET_VARIABLE\n  conf:\n"),
         [], "test/lakehouse.yml", "spark.conf_env.spark.hadoop.fs.s3a.secret.key",
     ),
