@@ -132,14 +132,20 @@ def usable_rows(frame: pd.DataFrame, features: list[str], label: str) -> tuple[n
     return good, int((~good & ~unlabelled).sum()), int(unlabelled.sum())
 
 
+def not_representable(name: str):
+    """Spark column: the value of ``name`` is null, NaN, infinite or beyond float32 (the rule of
+    :func:`usable_rows`, for training's count and scoring)."""
+    from pyspark.sql import functions as F
+
+    value = F.col(name).cast("double")
+    return value.isNull() | F.isnan(value) | (F.abs(value) > FLOAT32_MAX)
+
+
 def count_unusable(table_df, features: list[str], label: str) -> dict[str, int]:
     """rows / refused / unlabelled of a Spark DataFrame, by the rule of :func:`usable_rows`."""
     from pyspark.sql import functions as F
 
-    def bad(name: str):
-        value = F.col(name).cast("double")
-        return value.isNull() | F.isnan(value) | (F.abs(value) > FLOAT32_MAX)
-
+    bad = not_representable
     unlabelled = F.col(label).isNull() | F.isnan(F.col(label).cast("double"))
     any_bad = bad(label)
     for name in features:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd  # at module level: pandas_udf reads the UDF's type hints from these globals
 
-from ml.data import FLOAT32_MAX
+from ml.data import not_representable
 from ml.run import CHAMPION, quiet_mlflow, tracking_uri
 
 PREDICTIONS_TABLE = "gold.predictions"
@@ -64,8 +64,7 @@ def score(spark, config) -> ScoreSummary:
     # A row whose features the model cannot take (NaN, infinite, beyond float32) gets no prediction.
     representable = F.lit(True)
     for column in training.features:
-        value = F.col(column).cast("double")
-        representable = representable & value.isNotNull() & ~F.isnan(value) & (F.abs(value) <= FLOAT32_MAX)
+        representable = representable & ~not_representable(column)
     prediction = predict(*[F.col(c).cast("float") for c in training.features])
     predictions = features.select(
         *identifying,
