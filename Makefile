@@ -10,7 +10,7 @@ SOURCE ?= telemetry
 DEMO_SOURCE := $(if $(filter kafka,$(SOURCE)),telemetry_kafka,$(SOURCE))
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench clean check-java
+.PHONY: install demo test test-fast lint bench clean check-java
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ check-java:
 $(STAMP): setup.cfg pyproject.toml scripts/build_horovod.sh | check-java
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=68" wheel
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
 	scripts/build_horovod.sh $(BIN)/python
 	$(BIN)/python -m pip check
 	@touch $(STAMP)
@@ -29,12 +29,16 @@ $(STAMP): setup.cfg pyproject.toml scripts/build_horovod.sh | check-java
 demo: install
 	$(BIN)/lakehouse demo --source $(DEMO_SOURCE)
 
-test: install
+# The linter first (pyproject.toml configures it), then every test.
+test: install lint
 	scripts/install_browser.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check --quiet .
 
 bench: install
 	$(BIN)/python bench/bronze_throughput.py

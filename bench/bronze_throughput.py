@@ -25,9 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lakehouse.bronze import run_bronze_ingest  # noqa: E402
 from lakehouse.config import load_config  # noqa: E402
-from lakehouse.generator import TelemetryGenerator, generate_batch  # noqa: E402
+from lakehouse.generator import TelemetryGenerator  # noqa: E402
+from lakehouse.generator_runs import generate_batch  # noqa: E402
+from lakehouse.runner import run_flow  # noqa: E402
 from lakehouse.session import build_session  # noqa: E402
 
 
@@ -167,7 +168,7 @@ def measure_throughput(base, landing: Path, lines: int, work: Path, repeats: int
         run = config_for(work / f"ingest-{attempt}")
         link_landing(landing, Path(run.landing_path("telemetry")))
         started = time.monotonic()
-        if run_bronze_ingest(spark, run, "telemetry", {"availableNow": True}) != 0:
+        if run_flow(spark, run, "bronze.telemetry", {"availableNow": True}) != 0:
             raise SystemExit("bronze ingest failed")
         best["ingest"] = min(best["ingest"], time.monotonic() - started)
         shutil.rmtree(work / f"copy-{attempt}", ignore_errors=True)

@@ -4,7 +4,7 @@
     .venv/bin/python bench/kafka_ingest.py [--records 500000] [--files 50] [--partitions 3]
 
 The generator's events (faults included) are written once as landing files and published once
-to a fresh topic on a local broker (lakehouse/kafka_broker.py); then each bronze query takes its
+to a fresh topic on a local broker (lakehouse/devtools/kafka_broker.py); then each bronze query takes its
 whole backlog in one availableNow run, in the same Spark session (files first, then Kafka, then
 both again; the faster of the two runs counts). Prints one JSON line per figure, including the
 publish rate (not part of the ingest figures). No target is set in the issue: the ratio is recorded.
@@ -25,14 +25,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lakehouse.bronze import run_bronze_ingest  # noqa: E402
-from lakehouse.tables import bronze_table  # noqa: E402
 from lakehouse.config import load_config  # noqa: E402
-from lakehouse.generator import TelemetryGenerator, generate_batch  # noqa: E402
+from lakehouse.devtools.kafka_broker import KafkaBroker  # noqa: E402
+from lakehouse.generator import TelemetryGenerator  # noqa: E402
+from lakehouse.generator_runs import generate_batch  # noqa: E402
 from lakehouse.kafka import TopicPublisher, ensure_topic  # noqa: E402
-from lakehouse.kafka_broker import KafkaBroker  # noqa: E402
+from lakehouse.runner import run_flow  # noqa: E402
 from lakehouse.session import build_session  # noqa: E402
-from lakehouse.tables import read_table  # noqa: E402
+from lakehouse.tables import bronze_table, read_table  # noqa: E402
 
 ONCE = {"availableNow": True}
 
@@ -90,7 +90,7 @@ def main() -> int:
                     if kind == "files":
                         shutil.copytree(landing, run.landing_path("telemetry"))
                     started = time.monotonic()
-                    if run_bronze_ingest(spark, run, source, ONCE) != 0:
+                    if run_flow(spark, run, f"bronze.{source}", ONCE) != 0:
                         raise SystemExit(f"bronze ingest from {kind} failed")
                     best[kind] = min(best[kind], time.monotonic() - started)
                     rows = read_table(spark, bronze_table(run, source)).count()

@@ -28,12 +28,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lakehouse.bronze import run_bronze_ingest  # noqa: E402
 from lakehouse.config import load_config  # noqa: E402
-from lakehouse.generator import TelemetryGenerator, generate_batch  # noqa: E402
-from lakehouse.session import build_session  # noqa: E402
+from lakehouse.generator import TelemetryGenerator  # noqa: E402
+from lakehouse.generator_runs import generate_batch  # noqa: E402
 from lakehouse.parse import parse_records  # noqa: E402
-from lakehouse.silver import run_silver_refine, silver_columns  # noqa: E402
+from lakehouse.runner import run_flow  # noqa: E402
+from lakehouse.session import build_session  # noqa: E402
+from lakehouse.silver_tables import silver_columns  # noqa: E402
 from lakehouse.tables import read_table, resolve_table  # noqa: E402
 
 
@@ -77,7 +78,7 @@ def main() -> int:
         lines = generate_batch(generator, landing, "telemetry", "bench", 7, args.records, args.files).total_lines
         spark = build_session(config)
         started = time.monotonic()
-        assert run_bronze_ingest(spark, config, "telemetry", {"availableNow": True}) == 0
+        assert run_flow(spark, config, "bronze.telemetry", {"availableNow": True}) == 0
         emit("bronze ingest (setup)", round(time.monotonic() - started, 2), unit="s", rows=lines)
 
         best = {"parse": None, "refine": None}
@@ -95,7 +96,7 @@ def main() -> int:
                 shutil.rmtree(data / "tables" / layer, ignore_errors=True)
             shutil.rmtree(Path(config.checkpoint_path("silver_telemetry")), ignore_errors=True)
             started = time.monotonic()
-            assert run_silver_refine(spark, config, "telemetry", {"availableNow": True}) == 0
+            assert run_flow(spark, config, "silver.telemetry", {"availableNow": True}) == 0
             seconds = time.monotonic() - started
             silver = read_table(spark, resolve_table(config, "silver.telemetry")).count()
             quarantined = read_table(spark, resolve_table(config, "silver.telemetry_quarantine")).count()

@@ -29,12 +29,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lakehouse.bronze import run_bronze_ingest  # noqa: E402
 from lakehouse.config import load_config  # noqa: E402
-from lakehouse.generator import TelemetryGenerator, generate_batch  # noqa: E402
-from lakehouse.gold import run_gold_tables  # noqa: E402
+from lakehouse.generator import TelemetryGenerator  # noqa: E402
+from lakehouse.generator_runs import generate_batch  # noqa: E402
+from lakehouse.runner import run_flow, run_flows  # noqa: E402
 from lakehouse.session import build_session  # noqa: E402
-from lakehouse.silver import run_silver_refine  # noqa: E402
 from ml.data import pin_snapshot  # noqa: E402
 from ml.run import check_backend, run_backend  # noqa: E402
 from ml.train import TrainSpec  # noqa: E402
@@ -61,9 +60,9 @@ def main() -> int:
         landing.mkdir(parents=True)
         generate_batch(TelemetryGenerator.from_config(config.generator), landing, "telemetry", "b", 7, args.records, 8)
         spark = build_session(config)
-        assert run_bronze_ingest(spark, config, "telemetry", ONCE) == 0
-        assert run_silver_refine(spark, config, "telemetry", ONCE) == 0
-        assert run_gold_tables(spark, config, list(config.gold), ONCE) == 0
+        assert run_flow(spark, config, "bronze.telemetry", ONCE) == 0
+        assert run_flow(spark, config, "silver.telemetry", ONCE) == 0
+        assert run_flows(spark, config, [f"gold.{name}" for name in config.gold], ONCE) == 0
         training = config.training
         snapshot = pin_snapshot(spark, config, training.table)
         emit("feature rows", snapshot.rows, table=f"{snapshot.table}@v{snapshot.version}")

@@ -30,12 +30,12 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from lakehouse.checkpoints import batch_planned_ms, bronze_query_name, planned_files
+from lakehouse.checkpoints import batch_planned_ms, planned_files
 from lakehouse.config import LakehouseConfig, SourceConfig
-from lakehouse.exit_codes import JobError
+from lakehouse.errors import JobError, raised_in_batch
 from lakehouse.landing import ensure_landing_tables, ingest_files
-from lakehouse.observability import count_records, report_batch
-from lakehouse.streaming import run_streaming_job
+from lakehouse.pipeline import Flow
+from lakehouse.progress import count_records, report_batch
 from lakehouse.tables import (
     TableRef,
     bronze_table,
@@ -127,24 +127,13 @@ def ensure_source_bronze_table(spark: SparkSession, config: LakehouseConfig, sou
     return table
 
 
-def _bronze_writer(stream: DataFrame, config: LakehouseConfig, source_name: str, trigger: dict):
-    return (
-        count_records(stream).writeStream.format("delta")
-        .outputMode("append")
-        .queryName(bronze_query_name(source_name))
-        .option("checkpointLocation", config.checkpoint_path(bronze_query_name(source_name)))
-        .trigger(**trigger)
-    )
-
-
 class FileBatchIngest:
     """The foreachBatch function of a file source's bronze query: each micro-batch's planned files
     (from the query's own file-source log) read into bronze by lakehouse.landing."""
 
-    def __init__(self, config: LakehouseConfig, source_name: str):
-        self.config, self.source_name = config, source_name
-        self.query_name = bronze_query_name(source_name)
-        self.checkpoint = config.checkpoint_path(self.query_name)
+    def __init__(self, config: LakehouseConfig, flow: Flow):
+        self.config, self.source_name = config, flow.name
+        self.query_name, self.checkpoint = flow.query_name, flow.checkpoint
         self.started = False  # the first batch after a start may be one redone after a crash
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
@@ -159,36 +148,32 @@ class FileBatchIngest:
                      bad_files=[f"{f.path}: {f.reason} ({f.detail})" for f in files if f.reason])
 
 
-def start_file_ingest(
-    spark: SparkSession,
-    config: LakehouseConfig,
-    source_name: str,
-    trigger: dict,
-) -> StreamingQuery:
-    """Start the bronze query for a file source. ``trigger`` is passed to ``writeStream.trigger``."""
-    source = config.source(source_name)
-    ensure_source_bronze_table(spark, config, source_name)
+def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dict) -> StreamingQuery:
+    """Start the bronze query of the flow's source (files or Kafka). ``trigger`` is passed to
+    ``writeStream.trigger``; lakehouse/runner.py runs it."""
+    starter = start_kafka_ingest if config.source(flow.name).kind == "kafka" else start_file_ingest
+    return starter(spark, config, flow, trigger)
+
+
+def start_file_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dict) -> StreamingQuery:
+    """Start the bronze query for a file source."""
+    source = config.source(flow.name)
+    ensure_source_bronze_table(spark, config, flow.name)
     ensure_landing_tables(spark, config)
-    landing = config.landing_path(source_name)
+    landing = config.landing_path(flow.name)
     if "://" not in landing:
         Path(landing).mkdir(parents=True, exist_ok=True)  # files may start arriving later
-    query_name = bronze_query_name(source_name)
     return (
         read_landing_stream(spark, source, landing).writeStream
-        .foreachBatch(FileBatchIngest(config, source_name))
-        .queryName(query_name)
-        .option("checkpointLocation", config.checkpoint_path(query_name))
+        .foreachBatch(raised_in_batch(FileBatchIngest(config, flow)))
+        .queryName(flow.query_name)
+        .option("checkpointLocation", flow.checkpoint)
         .trigger(**trigger)
         .start()
     )
 
 
-def start_kafka_ingest(
-    spark: SparkSession,
-    config: LakehouseConfig,
-    source_name: str,
-    trigger: dict,
-) -> StreamingQuery:
+def start_kafka_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dict) -> StreamingQuery:
     """Start the bronze query for a Kafka source: every message of its topics, as received.
 
     The checkpoint holds the offsets of each micro-batch before it runs and marks it committed
@@ -199,17 +184,25 @@ def start_kafka_ingest(
     from lakehouse.session import require_kafka_connector
 
     require_kafka_connector(spark)
-    options = spark_source_options(kafka_options(config.source(source_name), source_name))
-    table = ensure_source_bronze_table(spark, config, source_name)
+    options = spark_source_options(kafka_options(config.source(flow.name), flow.name))
+    table = ensure_source_bronze_table(spark, config, flow.name)
     messages = spark.readStream.format("kafka").options(**options).load()
     rows = messages.select(*[c for c in BRONZE_KAFKA_SCHEMA.fieldNames() if c != "_ingested_at"],
                            F.current_timestamp().alias("_ingested_at"))
-    return start_to(_bronze_writer(rows, config, source_name, trigger), table)
+    writer = (
+        count_records(rows).writeStream.format("delta")
+        .outputMode("append")
+        .queryName(flow.query_name)
+        .option("checkpointLocation", flow.checkpoint)
+        .trigger(**trigger)
+    )
+    return start_to(writer, table)
 
 
-def describe_source(config: LakehouseConfig, source_name: str) -> str:
-    """Where the source's records come from, for progress lines."""
-    source = config.source(source_name)
+def describe(config: LakehouseConfig, flow: Flow) -> list[str]:
+    """What the flow reads and writes, for its first progress line."""
+    source = config.source(flow.name)
+    where = config.landing_path(flow.name)
     if source.kind == "kafka":
         kafka = source.kafka
         topics = ",".join(kafka.topics) if kafka.topics else f"/{kafka.topic_pattern}/"
@@ -219,29 +212,17 @@ def describe_source(config: LakehouseConfig, source_name: str) -> str:
             servers = bootstrap_servers(kafka)
         except KafkaSetupError:
             servers = f"${kafka.bootstrap_servers_env} (not set)"
-        return f"kafka topic {topics} at {servers}"
-    return config.landing_path(source_name)
+        where = f"kafka topic {topics} at {servers}"
+    return [f"{where} -> bronze.{flow.name} (checkpoint {flow.checkpoint})"]
 
 
-def run_bronze_ingest(spark: SparkSession, config: LakehouseConfig, source_name: str, trigger: dict) -> int:
-    """The bronze job: run the source's query until done (availableNow) or stopped. Exit code."""
-    query_name = bronze_query_name(source_name)
-    checkpoint = config.checkpoint_path(query_name)
-    kafka = config.source(source_name).kind == "kafka"
-    start = start_kafka_ingest if kafka else start_file_ingest
-    print(f"{query_name}: {describe_source(config, source_name)} -> bronze.{source_name} (checkpoint {checkpoint})",
-          flush=True)
-    return run_streaming_job(
-        spark, config, query_name, checkpoint, lambda: start(spark, config, source_name, trigger),
-        restart_once_if=kafka_progress_bug if kafka else None,
-    )
-
-
-def kafka_progress_bug(error: Exception) -> str | None:
+def restart_reason(config: LakehouseConfig, flow: Flow, error: Exception) -> str | None:
     """Spark 4.1.1's Kafka source fails its progress report on the first micro-batch after a restart
     that redoes a planned batch (SPARK-55271: ``metrics()`` before ``latestOffset()``). That happens
     after the batch committed (Delta commit and checkpoint), so a restart goes on where it stopped."""
     text = str(error)
+    if config.source(flow.name).kind != "kafka":
+        return None
     if 'the return value of "scala.Option.get()" is null' in text and "IterableOps.map" in text:
         return "Spark's Kafka source failed reporting progress after a redone batch (SPARK-55271), after its commit"
     return None

@@ -15,15 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from lakehouse import fs
-
-
-def bronze_query_name(source: str) -> str:
-    """The bronze query of a source (its name in ops.stream_progress and its checkpoint's)."""
-    return f"bronze_{source}"
 
 
 def local_dir(location: str) -> Path | None:

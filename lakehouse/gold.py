@@ -19,16 +19,15 @@ Next stop: training (ml/, issue 4) reads a gold feature table at a pinned Delta 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
-from lakehouse.config import GoldTableConfig, LakehouseConfig, spark_interval, view_name
-from lakehouse.exit_codes import EXIT_OK, JobError
-from lakehouse.observability import count_records
-from lakehouse.streaming import run_streaming_job
+from lakehouse.config import LakehouseConfig, spark_interval, view_name
+from lakehouse.errors import JobError
+from lakehouse.pipeline import Flow
+from lakehouse.progress import count_records
 from lakehouse.tables import (
     TableRef,
     last_commit,
@@ -45,10 +44,6 @@ CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 
 class GoldInputMissing(JobError):
     """An input table of a gold table does not exist yet (its job has not run)."""
-
-
-def gold_query_name(name: str) -> str:
-    return f"gold_{name}"
 
 
 def _require_inputs(spark: SparkSession, config: LakehouseConfig, name: str) -> list[TableRef]:
@@ -78,18 +73,21 @@ def input_stream(spark: SparkSession, ref: TableRef) -> DataFrame:
     return stream
 
 
-def start_gold_stream(spark: SparkSession, config: LakehouseConfig, name: str, trigger: dict) -> StreamingQuery:
+def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dict) -> StreamingQuery:
+    """Start a streaming gold table's query (lakehouse/runner.py runs it)."""
+    name = flow.name
     gold = config.gold_table(name)
     (source,) = _require_inputs(spark, config, name)
     stream = count_records(input_stream(spark, source))
-    stream.withWatermark(gold.watermark.column, spark_interval(gold.watermark.delay)).createOrReplaceTempView(view_name(source.name))
+    watermarked = stream.withWatermark(gold.watermark.column, spark_interval(gold.watermark.delay))
+    watermarked.createOrReplaceTempView(view_name(source.name))
     result = spark.sql(gold.sql)
     target = resolve_table(config, f"gold.{name}")
     writer = (
         result.writeStream.format("delta")
         .outputMode("append")
-        .queryName(gold_query_name(name))
-        .option("checkpointLocation", config.checkpoint_path(gold_query_name(name)))
+        .queryName(flow.query_name)
+        .option("checkpointLocation", flow.checkpoint)
         .trigger(**trigger)
     )
     return start_to(writer, target)
@@ -102,9 +100,14 @@ class BatchBuild:
     rows: int
     inputs: dict[str, int]  # input table -> the Delta version read
 
+    def describe(self) -> str:
+        read = ", ".join(f"{table}@v{version}" for table, version in self.inputs.items())
+        return f"version {self.version}, {self.rows:,} rows (read {read})"
 
-def build_batch_table(spark: SparkSession, config: LakehouseConfig, name: str) -> BatchBuild:
+
+def build(spark: SparkSession, config: LakehouseConfig, flow: Flow) -> BatchBuild:
     """Recompute a batch gold table from its inputs' current versions; one overwrite commit."""
+    name = flow.name
     gold = config.gold_table(name)
     versions = {}
     for ref in _require_inputs(spark, config, name):
@@ -123,29 +126,10 @@ def build_batch_table(spark: SparkSession, config: LakehouseConfig, name: str) -
     return BatchBuild(target.name, commit.version, int(commit.operationMetrics["numOutputRows"]), versions)
 
 
-def run_gold(spark: SparkSession, config: LakehouseConfig, name: str, trigger: dict) -> int:
-    """Build one gold table: a streaming query until done/stopped, or one batch recompute. Exit code."""
-    gold: GoldTableConfig = config.gold_table(name)
-    inputs = ", ".join(gold.inputs)
-    if gold.mode == "batch":
-        print(f"gold.{name}: batch rebuild from {inputs}", flush=True)
-        build = build_batch_table(spark, config, name)
-        read = ", ".join(f"{table}@v{version}" for table, version in build.inputs.items())
-        print(f"gold.{name}: version {build.version}, {build.rows:,} rows (read {read})", flush=True)
-        return EXIT_OK
-    query_name = gold_query_name(name)
-    checkpoint = config.checkpoint_path(query_name)
-    print(f"{query_name}: {inputs} -> gold.{name} (streaming, watermark {gold.watermark.column} "
-          f"{gold.watermark.delay}; checkpoint {checkpoint})", flush=True)
-    return run_streaming_job(spark, config, query_name, checkpoint,
-                             lambda: start_gold_stream(spark, config, name, trigger))
-
-
-def run_gold_tables(spark: SparkSession, config: LakehouseConfig, names: list[str], trigger: dict) -> int:
-    """Build several gold tables in dependency order; stop at the first that fails."""
-    for name in config.gold_order(names):
-        code = run_gold(spark, config, name, trigger)
-        if code != EXIT_OK:
-            print(f"lakehouse: gold.{name} failed (exit {code}); tables after it were not built", file=sys.stderr)
-            return code
-    return EXIT_OK
+def describe(config: LakehouseConfig, flow: Flow) -> list[str]:
+    """What the flow reads and writes, for its first progress line."""
+    gold = config.gold_table(flow.name)
+    if not flow.streaming:
+        return [f"batch rebuild from {', '.join(gold.inputs)}"]
+    return [f"{', '.join(gold.inputs)} -> gold.{flow.name} (streaming, watermark {gold.watermark.column} "
+            f"{gold.watermark.delay}; checkpoint {flow.checkpoint})"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from lakehouse.checkpoints import local_dir, logged_batches, planned_source_offsets
 from lakehouse.config import KafkaOptions, SourceConfig
-from lakehouse.exit_codes import JobError
+from lakehouse.errors import JobError
 
 SASL_MODULES = {
     "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
@@ -148,7 +148,7 @@ def topic_to_publish(options: KafkaOptions, override: str | None) -> str:
     return topic
 
 
-def open_topic(options: KafkaOptions, override: str | None = None) -> tuple["TopicPublisher", int]:
+def open_topic(options: KafkaOptions, override: str | None = None) -> tuple[TopicPublisher, int]:
     """A publisher for ``--topic`` (else the source's first topic), created with the source's
     ``partitions`` if missing, and the topic's partition count."""
     topic = topic_to_publish(options, override)

@@ -31,16 +31,22 @@ from datetime import datetime, timezone
 
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
+from pyspark.sql.types import (
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 from lakehouse import fs
 from lakehouse.config import LakehouseConfig
 from lakehouse.failpoints import failpoint
 from lakehouse.tables import (
     TableRef,
-    bronze_table,
     append_once,
     batch_marker,
+    bronze_table,
     create_table_if_missing,
     read_table,
     resolve_table,
@@ -127,7 +133,7 @@ def look_at(spark: SparkSession, uris: list[str], max_file_bytes: int) -> list[L
     with ThreadPoolExecutor(max_workers=1 if local else 16) as pool:  # object stores: one request each
         stats = list(pool.map(lambda uri: fs.stat(spark, uri), uris))
     files = []
-    for uri, stat in zip(uris, stats):
+    for uri, stat in zip(uris, stats, strict=True):
         landed = LandedFile(uri)
         if stat is None:
             landed.reason, landed.detail = "missing", "deleted after it was listed, before it was read"
@@ -374,7 +380,7 @@ def changed_files(spark: SparkSession, config: LakehouseConfig, source_name: str
     with ThreadPoolExecutor(max_workers=1 if local else 16) as pool:  # object stores: one request each
         stats = list(pool.map(lambda row: fs.stat(spark, fs.canonical(row["path"])), rows))
     changed = []
-    for row, stat in zip(rows, stats):
+    for row, stat in zip(rows, stats, strict=True):
         if stat is None:
             continue  # moved away or deleted after ingest
         read_at = row["modification_time"]  # a naive local time, as pyspark returns timestamps

@@ -66,7 +66,7 @@ def check_suite_regexes(spark: SparkSession, config: LakehouseConfig, entity_nam
 
 def check_silver_columns(spark: SparkSession, config: LakehouseConfig, entity_name: str) -> None:
     """The silver table, when it exists, holds each declared column with the declared type."""
-    from lakehouse.silver import silver_schema
+    from lakehouse.silver_tables import silver_schema
     from lakehouse.tables import read_table, resolve_table, table_exists
 
     ref = resolve_table(config, f"silver.{entity_name}")

@@ -250,13 +250,11 @@ def build_data_docs(spark, config) -> Path | None:
     validation result per refined micro-batch, rebuilt from the stored rows; GX renders the site.
     Returns the site's index.html, or None when no batch has been validated yet.
     """
-    from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier,
         ValidationResultIdentifier,
     )
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
     from lakehouse.tables import read_table, resolve_table, table_exists
 
@@ -270,48 +268,13 @@ def build_data_docs(spark, config) -> Path | None:
     suites = {}
     for name, entity in config.entities.items():
         suites[name] = context.suites.add_or_update(detached_copy(load_suite(config.suite_path(entity.suite))))
-
     by_batch: dict[tuple[str, int], list] = {}
     for row in rows:
         by_batch.setdefault((row["entity"], row["batch_id"]), []).append(row)
-    by_expectation = {
-        entity: {expectation_name(e.expectation_type, getattr(e, "column", None)): e for e in suite.expectations}
-        for entity, suite in suites.items()
-    }
     for (entity, batch_id), batch_rows in by_batch.items():
         if entity not in suites:
             continue  # results of an entity no longer configured
-        results = []
-        for row in batch_rows:
-            expectation = by_expectation[entity].get(row["expectation"])
-            if expectation is None:
-                continue  # the suite changed since: the stored row has no expectation to render
-            element, unexpected = row["element_count"] or 0, row["unexpected_count"] or 0
-            results.append(
-                ExpectationValidationResult(
-                    success=row["success"],
-                    expectation_config=ExpectationConfiguration(
-                        type=expectation.expectation_type,
-                        kwargs=expectation.configuration.kwargs,
-                        meta=expectation.meta,
-                    ),
-                    result={"element_count": element, "unexpected_count": unexpected,
-                            "unexpected_percent": 100.0 * unexpected / element if element else 0.0},
-                )
-            )
-        passed = sum(1 for r in results if r.success)
-        validation = ExpectationSuiteValidationResult(
-            success=passed == len(results),
-            suite_name=suites[entity].name,
-            results=results,
-            statistics={
-                "evaluated_expectations": len(results),
-                "successful_expectations": passed,
-                "unsuccessful_expectations": len(results) - passed,
-                "success_percent": 100.0 * passed / len(results) if results else 100.0,
-            },
-            meta={"entity": entity, "batch_id": batch_id, "source_versions": batch_rows[0]["source_versions"]},
-        )
+        validation = _validation_result(suites[entity], entity, batch_id, batch_rows)
         validated_at = batch_rows[0]["validated_at"].replace(tzinfo=timezone.utc)
         key = ValidationResultIdentifier(
             expectation_suite_identifier=ExpectationSuiteIdentifier(name=suites[entity].name),
@@ -322,3 +285,38 @@ def build_data_docs(spark, config) -> Path | None:
     sites = context.build_data_docs()
     index = next(iter(sites.values()))
     return Path(index.removeprefix("file://"))
+
+
+def _validation_result(suite, entity: str, batch_id: int, batch_rows: list):
+    """One micro-batch's stored result rows as GX's suite validation result."""
+    from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    by_name = {expectation_name(e.expectation_type, getattr(e, "column", None)): e for e in suite.expectations}
+    results = []
+    for row in batch_rows:
+        expectation = by_name.get(row["expectation"])
+        if expectation is None:
+            continue  # the suite changed since: the stored row has no expectation to render
+        element, unexpected = row["element_count"] or 0, row["unexpected_count"] or 0
+        results.append(ExpectationValidationResult(
+            success=row["success"],
+            expectation_config=ExpectationConfiguration(type=expectation.expectation_type,
+                                                        kwargs=expectation.configuration.kwargs,
+                                                        meta=expectation.meta),
+            result={"element_count": element, "unexpected_count": unexpected,
+                    "unexpected_percent": 100.0 * unexpected / element if element else 0.0},
+        ))
+    passed = sum(1 for r in results if r.success)
+    return ExpectationSuiteValidationResult(
+        success=passed == len(results),
+        suite_name=suite.name,
+        results=results,
+        statistics={
+            "evaluated_expectations": len(results),
+            "successful_expectations": passed,
+            "unsuccessful_expectations": len(results) - passed,
+            "success_percent": 100.0 * passed / len(results) if results else 100.0,
+        },
+        meta={"entity": entity, "batch_id": batch_id, "source_versions": batch_rows[0]["source_versions"]},
+    )

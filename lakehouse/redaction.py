@@ -48,7 +48,7 @@ def is_secret_key(key: str) -> bool:
     words = _words(str(key))
     if not words or words[-1] in _NOT_SECRET_TAILS:
         return False
-    pairs = list(zip(words, words[1:]))
+    pairs = list(zip(words, words[1:], strict=False))
     exempt = {i + 1 for i, pair in enumerate(pairs) if pair in _NOT_SECRET_AFTER}
     if any(word in _SECRET_WORDS and i not in exempt for i, word in enumerate(words)):
         return True
@@ -155,4 +155,5 @@ def install_log_redaction() -> None:
 
 # Spark redacts the values of matching conf keys in its UI, event logs and its own log lines.
 # Its default, (?i)secret|password|token|access[.]key, misses account keys, SAS and private keys.
-SPARK_REDACTION_REGEX = r"(?i)secret|password|passwd|token|credential|access[.]?key|account[.]key|private[.]?key|api[.]?key|[.]sas[.]"
+SPARK_REDACTION_REGEX = (r"(?i)secret|password|passwd|token|credential|access[.]?key|account[.]key|private[.]?key"
+                         r"|api[.]?key|[.]sas[.]")

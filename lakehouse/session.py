@@ -15,7 +15,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from lakehouse.config import LakehouseConfig
-from lakehouse.exit_codes import JobError
+from lakehouse.errors import JobError
 from lakehouse.redaction import SPARK_REDACTION_REGEX
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
@@ -180,3 +180,11 @@ def class_on_classpath(spark: SparkSession, name: str) -> bool:
         return bool(jvm.org.apache.spark.util.Utils.classIsLoadable(name))
     except Exception:  # Spark Connect (no JVM handle) or an API change: assume the cluster has it
         return True
+
+
+def start_job_session(config: LakehouseConfig, ui: bool = False) -> SparkSession:
+    """A command's session, announced on stderr (stdout stays the command's output: sql --json,
+    status --json). ``ui``: with Spark's web UI (a continuous job; on the loopback locally)."""
+    master = "the launcher's master" if running_on_cluster_launcher() else config.spark.master or "default master"
+    print(f"starting Spark ({master}, env {config.env}) ...", file=sys.stderr, flush=True)
+    return build_session(config, ui=ui)

@@ -1,29 +1,25 @@
-"""Running a streaming query as a job: triggers, progress reporting, graceful stop, clear failure.
+"""Running one streaming query as a job: triggers, progress reporting, graceful stop, clear failure.
 
-Every streaming job (bronze ingest now; silver refine and gold builds later) starts its query
-through :func:`run_streaming_job`, which attaches the progress recorder, prints each finished
-micro-batch, writes ``ops.stream_progress``, and turns Ctrl-C / SIGTERM into a clean stop.
+lakehouse/runner.py starts every streaming flow through :func:`run_streaming_job`, which attaches
+the progress recorder, prints each finished micro-batch, writes ``ops.stream_progress``, and turns
+Ctrl-C / SIGTERM into a clean stop.
 """
 
 from __future__ import annotations
 
-import re
 import signal
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from lakehouse.config import LakehouseConfig, spark_interval
-from lakehouse.exit_codes import EXIT_FAILED, EXIT_OK
-from lakehouse.observability import ProgressRecorder
-
-# Errors the project raises on purpose inside a query (their message is the whole story).
-PROJECT_ERRORS = {"ExpectationFailedError"}
+from lakehouse.errors import EXIT_FAILED, EXIT_OK, LakehouseError, batch_error
+from lakehouse.progress import ProgressRecorder
 
 
 def trigger_for(once: bool, interval: str | None, config: LakehouseConfig) -> dict:
@@ -46,17 +42,19 @@ def run_streaming_job(
     ``restart_once_if(error)``: for a failure known to leave the checkpoint consistent, the reason
     to restart the query once (printed) instead of failing; None to fail as usual.
     """
-    code, error = _run_query(spark, config, query_name, checkpoint, start)
-    reason = restart_once_if(error) if error is not None and restart_once_if else None
+    code, error, raised = _run_query(spark, config, query_name, checkpoint, start)
+    reason = restart_once_if(error) if error is not None and raised is None and restart_once_if else None
     if reason:
         print(f"{query_name}: {reason}; restarting the query from its checkpoint", flush=True)
-        code, error = _run_query(spark, config, query_name, checkpoint, start)
+        code, error, raised = _run_query(spark, config, query_name, checkpoint, start)
     if error is not None:
-        print(f"lakehouse: {query_name} failed: {failure_summary(error)}", file=sys.stderr)
+        print(f"lakehouse: {query_name} failed: {failure_summary(error, raised)}", file=sys.stderr)
     return code
 
 
-def _run_query(spark, config, query_name, checkpoint, start) -> tuple[int, StreamingQueryException | None]:
+def _run_query(spark, config, query_name, checkpoint, start) \
+        -> tuple[int, StreamingQueryException | None, LakehouseError | None]:
+    """Run the query once: (exit code, Spark's error, the project's own error a batch raised)."""
     recorder = ProgressRecorder(spark, config)
     recorder.watch(query_name, checkpoint)
     spark.streams.addListener(recorder)
@@ -88,7 +86,7 @@ def _run_query(spark, config, query_name, checkpoint, start) -> tuple[int, Strea
                 flushed_at = time.monotonic()
         query.awaitTermination()
     except StreamingQueryException as exc:
-        return EXIT_FAILED, exc
+        return EXIT_FAILED, exc, batch_error(str(query.id))
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -97,22 +95,15 @@ def _run_query(spark, config, query_name, checkpoint, start) -> tuple[int, Strea
         recorder.flush()
         spark.streams.removeListener(recorder)
     print(f"{query_name}: done, {records:,} records in {time.monotonic() - started:.1f}s", flush=True)
-    return EXIT_OK, None
+    return EXIT_OK, None, None
 
 
-# "SomeError: message" as the last line of a Python traceback carried inside a JVM error
-_PYTHON_ERROR = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
-
-
-def failure_summary(exc: Exception) -> str:
+def failure_summary(exc: Exception, raised: LakehouseError | None = None) -> str:
     """One line: the project's own error when a foreachBatch function raised one, else Spark's."""
+    if raised is not None:
+        return f"{type(raised).__name__}: {str(raised).splitlines()[0] if str(raised) else ''}"
     lines = str(exc).splitlines()
-    raised = [m for m in map(_PYTHON_ERROR.match, lines) if m and "Py4J" not in m.group(1)]
-    own = [m for m in raised if m.group(1) in PROJECT_ERRORS]
-    if own:
-        return f"{own[-1].group(1)}: {own[-1].group(2)}"
     return lines[0] if lines else repr(exc)
-
 
 
 def _print_finished_batches(recorder: ProgressRecorder, query_name: str) -> int:

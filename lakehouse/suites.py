@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lakehouse.errors import EXIT_CONFIG, LakehouseError
+
 POLICIES = ("warn", "drop", "fail")
 
 ROW_LEVEL = (
@@ -33,8 +35,12 @@ _COLUMN_ARGUMENTS = ("column", "column_A", "column_B")
 _COLUMN_LIST_ARGUMENTS = ("column_list",)
 
 
-class SuiteError(ValueError):
-    """A suite file that cannot be read or that fails the checks below."""
+class SuiteError(LakehouseError, ValueError):
+    """A suite file that cannot be read or that fails the checks below (exit 2)."""
+
+    exit_code = EXIT_CONFIG
+    heading = "configuration error"
+    whole_message = True
 
 
 def checked_suite(path: Path) -> dict:

@@ -18,10 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from lakehouse.errors import JobError
+
 HASH_BUCKETS = 10_000
 
 
-class SnapshotError(RuntimeError):
+class SnapshotError(JobError):
     """The feature table cannot be pinned for training (missing, empty, unreadable as Parquet)."""
 
 

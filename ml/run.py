@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from lakehouse.errors import EXIT_CONFIG, EXIT_QUALITY, LakehouseError
 from lakehouse.failpoints import failpoint
+from lakehouse.pipeline import TRAIN, Pipeline
 from lakehouse.redaction import redact_tree
-
 from ml.data import Snapshot, count_unusable, pin_snapshot, usable_rows
 from ml.train import TrainResult, TrainSpec, train_process
 
@@ -30,12 +31,20 @@ CHAMPION = "champion"
 MODEL_FILES = "model_files"  # the logged model's data directory: ml.model's weights and architecture
 
 
-class TrainingRefused(RuntimeError):
-    """The quality gate: the input's recent quality is below the configured threshold."""
+class TrainingRefused(LakehouseError, RuntimeError):
+    """The quality gate: the input's recent quality is below the configured threshold (exit 3)."""
+
+    exit_code = EXIT_QUALITY
+    heading = "training refused"
+    whole_message = True
 
 
-class BackendError(RuntimeError):
-    """A backend cannot run here as asked (no free task slots, no GPU, Horovod not built)."""
+class BackendError(LakehouseError, RuntimeError):
+    """A backend cannot run here as asked (no free task slots, no GPU, Horovod not built): exit 2."""
+
+    exit_code = EXIT_CONFIG
+    heading = "train"
+    whole_message = True
 
 
 @dataclass
@@ -50,26 +59,32 @@ class RunSummary:
     samples_per_s: float
     not_champion_because: str | None = None  # why the champion alias did not move to this version
     refused_rows: int = 0  # feature rows not finite in float32: not trained on
+    registered_model: str = ""
+
+    def describe(self) -> list[str]:
+        """The run in a few lines, as `lakehouse train` and the demo print them."""
+        final = self.final
+        lines = [
+            f"run {self.run_id} in experiment {self.experiment}",
+            f"validation RMSE {final.get('val_rmse', float('nan')):.3f} W (predicting the mean: "
+            f"{self.baseline_rmse:.3f} W), MAE {final.get('val_mae', float('nan')):.3f} W, "
+            f"{self.samples_per_s:,.0f} samples/s",
+        ]
+        if self.refused_rows:
+            lines.append(f"{self.refused_rows:,} rows not trained on: a feature or the label is not finite in float32")
+        lines.append(f"registered {self.registered_model} version {self.model_version}"
+                     + (" -> alias champion" if self.champion else f" (not the champion: {self.not_champion_because})"))
+        return lines
 
 
 # -- inputs ---------------------------------------------------------------------------------
-
-
-def silver_entities_of(config, table: str) -> list[str]:
-    """The silver entities a table is built from, following gold tables' declared inputs."""
-    layer, _, name = table.partition(".")
-    if layer == "silver":
-        return [name.removesuffix("_quarantine")]
-    if layer == "gold" and name in config.gold:
-        return sorted({e for source in config.gold_table(name).inputs for e in silver_entities_of(config, source)})
-    return []
 
 
 def quality_pass_rate(spark, config, entities: list[str], window: int) -> float | None:
     """Share of records the entities' last ``window`` silver batches kept (not quarantined)."""
     from pyspark.sql import functions as F
 
-    from lakehouse.silver import SILVER_BATCHES_TABLE
+    from lakehouse.silver_tables import SILVER_BATCHES_TABLE
     from lakehouse.tables import read_table, resolve_table, table_exists
 
     ref = resolve_table(config, SILVER_BATCHES_TABLE)
@@ -193,14 +208,9 @@ def git_commit() -> str:
 def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rate: float | None) -> RunSummary:
     quiet_mlflow()  # no usage reports from jobs
     import mlflow
-    import pandas as pd
-    import torch
-    from mlflow.entities import Metric
-    from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
-    from ml.data import read_head
-    from ml.model import MLPRegressor, save_model_files
+    from ml.model import MLPRegressor
 
     training = config.training
     uri = tracking_uri(config)
@@ -232,32 +242,8 @@ def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rat
             "training_table": snapshot.table, "training_table_version": str(snapshot.version),
             "silver_quality_pass_rate": "unknown" if pass_rate is None else f"{pass_rate:.4f}",
         })
-        now = int(time.time() * 1000)
-        metrics = [Metric("train_loss", loss, now, step) for step, loss in zip(result.steps, result.train_loss)]
-        for epoch in result.epochs:
-            metrics += [Metric(name, float(epoch[name]), now, epoch["step"]) for name in ("val_loss", "val_rmse", "val_mae")]
-        metrics += [Metric("samples_per_s", result.samples_per_s, now, 0),
-                    Metric("baseline_rmse", result.baseline_rmse, now, 0),
-                    Metric("refused_rows", result.refused_rows, now, 0),  # not finite: not trained on
-                    Metric("unlabelled_rows", result.unlabelled_rows, now, 0)]
-        for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
-            client.log_batch(run.info.run_id, metrics=metrics[i:i + 1000])
-
-        head = read_head(snapshot, [*spec.features, spec.label], n=20)
-        example = head[usable_rows(head, spec.features, spec.label)[0]][spec.features].head(5).astype("float32")
-        if example.empty:  # no usable row among the first ones: a neutral example of the right shape
-            example = pd.DataFrame([[0.0] * len(spec.features)], columns=spec.features, dtype="float32")
-        with torch.no_grad():
-            predicted = model(torch.tensor(example.to_numpy())).numpy()
-        with tempfile.TemporaryDirectory() as scratch:
-            # Weights and architecture, no pickle (ml/model.py); a pyfunc whose loader is ml.model.
-            files = Path(scratch) / MODEL_FILES
-            save_model_files(model, spec.features, files)
-            info = mlflow.pyfunc.log_model(
-                name="model", loader_module="ml.model", data_path=str(files),
-                signature=infer_signature(example, pd.Series(predicted, name=spec.label)), input_example=example,
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-            )
+        _log_metrics(client, run.info.run_id, result)
+        info = _log_model(model, spec)
     version = mlflow.register_model(info.model_uri, training.registered_model)
     final = result.epochs[-1] if result.epochs else {}
     refused = promote(config, client, uri, training.registered_model, version.version,
@@ -265,7 +251,51 @@ def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rat
     if refused:
         client.set_model_version_tag(training.registered_model, version.version, "not_champion_because", refused)
     return RunSummary(run.info.run_id, experiment, uri, version.version, refused is None, final,
-                      result.baseline_rmse, result.samples_per_s, refused, result.refused_rows)
+                      result.baseline_rmse, result.samples_per_s, refused, result.refused_rows,
+                      config.training.registered_model)
+
+
+def _log_metrics(client, run_id: str, result: TrainResult) -> None:
+    """The loss curve (per logged step), each epoch's validation metrics, and the run's figures."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric("train_loss", loss, now, step) for step, loss in zip(result.steps, result.train_loss, strict=True)]
+    for epoch in result.epochs:
+        metrics += [Metric(name, float(epoch[name]), now, epoch["step"]) for name in ("val_loss", "val_rmse", "val_mae")]
+    metrics += [Metric("samples_per_s", result.samples_per_s, now, 0),
+                Metric("baseline_rmse", result.baseline_rmse, now, 0),
+                Metric("refused_rows", result.refused_rows, now, 0),  # not finite: not trained on
+                Metric("unlabelled_rows", result.unlabelled_rows, now, 0)]
+    for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+def _log_model(model, spec: TrainSpec):
+    """Log the model to the active run: weights and architecture, no pickle (ml/model.py), as a
+    pyfunc whose loader is ml.model, with a signature and an input example from the table."""
+    import mlflow
+    import pandas as pd
+    import torch
+    from mlflow.models import infer_signature
+
+    from ml.data import read_head
+    from ml.model import save_model_files
+
+    head = read_head(spec.snapshot, [*spec.features, spec.label], n=20)
+    example = head[usable_rows(head, spec.features, spec.label)[0]][spec.features].head(5).astype("float32")
+    if example.empty:  # no usable row among the first ones: a neutral example of the right shape
+        example = pd.DataFrame([[0.0] * len(spec.features)], columns=spec.features, dtype="float32")
+    with torch.no_grad():
+        predicted = model(torch.tensor(example.to_numpy())).numpy()
+    with tempfile.TemporaryDirectory() as scratch:
+        files = Path(scratch) / MODEL_FILES
+        save_model_files(model, spec.features, files)
+        return mlflow.pyfunc.log_model(
+            name="model", loader_module="ml.model", data_path=str(files),
+            signature=infer_signature(example, pd.Series(predicted, name=spec.label)), input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )
 
 
 @contextmanager
@@ -331,7 +361,8 @@ def run_training(spark, config, backend: str, num_proc: int, gpu: bool, force: b
     if training is None:
         raise BackendError("no training section in the configuration (conf/<env>/training.yml)")
     check_backend(spark, backend, num_proc, gpu)
-    entities = silver_entities_of(config, training.table)
+    # the entities the feature table is built from, through gold tables' declared inputs
+    entities = sorted(flow.name for flow in Pipeline(config).upstream(TRAIN) if flow.kind == "silver")
     pass_rate = quality_pass_rate(spark, config, entities, training.quality_window_batches)
     if pass_rate is not None and pass_rate < training.min_quality_pass_rate and not force:
         raise TrainingRefused(

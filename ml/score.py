@@ -15,14 +15,17 @@ from dataclasses import dataclass
 
 import pandas as pd  # at module level: pandas_udf reads the UDF's type hints from these globals
 
+from lakehouse.errors import LakehouseError
+from lakehouse.pipeline import PREDICTIONS_TABLE
 from ml.data import not_representable
 from ml.run import CHAMPION, quiet_mlflow, tracking_uri
 
-PREDICTIONS_TABLE = "gold.predictions"
 
+class NoChampion(LakehouseError, RuntimeError):
+    """No model version carries the champion alias yet (exit 1)."""
 
-class NoChampion(RuntimeError):
-    """No model version carries the champion alias yet."""
+    heading = "score"
+    whole_message = True
 
 
 @dataclass

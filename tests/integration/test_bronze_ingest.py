@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import run_bronze_ingest
 from lakehouse.cli import main
 from lakehouse.config import load_config
-from lakehouse.generator import TelemetryGenerator, generate_batch
-from lakehouse.observability import STREAM_PROGRESS_TABLE, collect_status
+from lakehouse.generator import TelemetryGenerator
+from lakehouse.generator_runs import generate_batch
+from lakehouse.progress import STREAM_PROGRESS_TABLE
+from lakehouse.runner import run_flow
+from lakehouse.status import collect_status
 from lakehouse.tables import bronze_table, read_table, resolve_table
 from tests.conftest import CONF_DIR
 
@@ -31,7 +33,7 @@ def test_every_line_lands_once_and_malformed_lines_byte_for_byte(spark, config):
     manifest = _land(config)
     assert all(n > 0 for n in manifest.fault_counts().values())  # every fault kind is in the set
 
-    assert run_bronze_ingest(spark, config, "telemetry", {"availableNow": True}) == 0
+    assert run_flow(spark, config, "bronze.telemetry", {"availableNow": True}) == 0
 
     bronze = read_table(spark, bronze_table(config, "telemetry"))
     rows = bronze.select(
@@ -58,7 +60,7 @@ def test_progress_has_one_row_per_micro_batch_and_status_shows_r_and_b(spark, co
     _land(config, records=1200, files=6, fault_rate=0.0)
     limited = load_config("test", conf_dir=CONF_DIR, data_dir=config.storage.data_dir,
                           overrides=["sources.telemetry.max_files_per_trigger=2"])
-    assert run_bronze_ingest(spark, limited, "telemetry", {"availableNow": True}) == 0
+    assert run_flow(spark, limited, "bronze.telemetry", {"availableNow": True}) == 0
 
     commits = sorted(int(p.name) for p in Path(limited.checkpoint_path("bronze_telemetry"), "commits").iterdir()
                      if p.name.isdigit())
@@ -87,7 +89,7 @@ def test_progress_has_one_row_per_micro_batch_and_status_shows_r_and_b(spark, co
 
 def test_sql_command_reads_tables_by_name(spark, config, capsys):
     _land(config, records=200, files=2, fault_rate=0.0)
-    assert run_bronze_ingest(spark, config, "telemetry", {"availableNow": True}) == 0
+    assert run_flow(spark, config, "bronze.telemetry", {"availableNow": True}) == 0
     capsys.readouterr()
     code = main(["--env", "test", "--data-dir", str(config.storage.data_dir), "sql",
                  "SELECT count(*) AS n FROM bronze.telemetry", "--json"])
@@ -97,6 +99,6 @@ def test_sql_command_reads_tables_by_name(spark, config, capsys):
 
 
 def test_ingest_before_any_file_landed_waits_for_files(spark, config):
-    assert run_bronze_ingest(spark, config, "telemetry", {"availableNow": True}) == 0
+    assert run_flow(spark, config, "bronze.telemetry", {"availableNow": True}) == 0
     assert Path(config.landing_path("telemetry")).is_dir()
     assert read_table(spark, bronze_table(config, "telemetry")).count() == 0

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.generator import Manifest, TelemetryGenerator, generate_batch, write_file
+from lakehouse.generator import TelemetryGenerator
+from lakehouse.generator_runs import Manifest, generate_batch, write_file
 from lakehouse.tables import bronze_table, read_table
 from tests.conftest import REPO
 from tests.integration.processes import batches as _batches
@@ -63,7 +64,8 @@ def test_kill_9_at_three_moments_then_restart_gives_exactly_once(spark, config, 
         # 2. mid-batch: offsets written (batch planned), commit not yet written
         proc = _start_ingest(config, subprocess_env, "--trigger", "1s")
         done = set(_batches(checkpoint, "commits"))
-        in_flight = lambda: bool(_batches(checkpoint, "offsets") - _batches(checkpoint, "commits") - done)
+        def in_flight():
+            return bool(_batches(checkpoint, "offsets") - _batches(checkpoint, "commits") - done)
         mid = _wait_for(in_flight)
         _kill_9(proc)
         moments.append("mid-batch" if mid else "timed out waiting for a batch")
@@ -110,7 +112,7 @@ def test_sigterm_stops_a_continuous_ingest_cleanly(config, subprocess_env):
 
 
 def test_kill_9_silver_mid_stream_then_restart_keeps_keys_unique_and_reconciles(spark, config, subprocess_env):
-    from lakehouse.silver import reconcile
+    from lakehouse.reconcile import reconcile
     from lakehouse.tables import resolve_table
 
     g = config.generator
@@ -132,7 +134,8 @@ def test_kill_9_silver_mid_stream_then_restart_keeps_keys_unique_and_reconciles(
 
     checkpoint = Path(config.checkpoint_path("silver_telemetry"))
     proc = refine("--trigger", "1s")
-    in_flight = lambda: bool(_batches(checkpoint, "offsets") - _batches(checkpoint, "commits"))
+    def in_flight():
+        return bool(_batches(checkpoint, "offsets") - _batches(checkpoint, "commits"))
     assert _wait_for(lambda: 0 in _batches(checkpoint, "commits")), "no silver batch committed"
     assert _wait_for(in_flight), "never saw a batch in flight"
     _kill_9(proc)  # mid-batch: planned, not committed

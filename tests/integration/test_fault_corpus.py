@@ -14,15 +14,16 @@ from urllib.parse import unquote
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import run_bronze_ingest
 from lakehouse.cli import main
 from lakehouse.config import load_config
 from lakehouse.failpoints import FAILPOINTS_ENV
-from lakehouse.generator import TelemetryGenerator, generate_batch
-from lakehouse.gold import run_gold_tables
+from lakehouse.generator import TelemetryGenerator
+from lakehouse.generator_runs import generate_batch
 from lakehouse.landing import BAD_FILES_TABLE
-from lakehouse.observability import collect_status
-from lakehouse.silver import SILVER_BATCHES_TABLE, reconcile, run_silver_refine
+from lakehouse.reconcile import reconcile
+from lakehouse.runner import run_flow, run_flows
+from lakehouse.silver_tables import SILVER_BATCHES_TABLE
+from lakehouse.status import collect_status
 from lakehouse.tables import bronze_table, read_table, resolve_table
 from tests.conftest import CONF_DIR
 from tests.faults import land, lines, reading
@@ -53,11 +54,11 @@ def test_the_fault_corpus_lands_exactly(spark, tmp_path, monkeypatch, capsys):
     land(config, "doomed.jsonl", lines(reading(900003)))
     # planned, then the job dies before reading; the file is deleted meanwhile
     monkeypatch.setenv(FAILPOINTS_ENV, "bronze.read@0")
-    assert run_bronze_ingest(spark, config, "telemetry", ONCE) == 1
+    assert run_flow(spark, config, "bronze.telemetry", ONCE) == 1
     (landing / "doomed.jsonl").unlink()
     monkeypatch.delenv(FAILPOINTS_ENV)
-    assert run_bronze_ingest(spark, config, "telemetry", ONCE) == 0
-    assert run_silver_refine(spark, config, "telemetry", ONCE) == 0
+    assert run_flow(spark, config, "bronze.telemetry", ONCE) == 0
+    assert run_flow(spark, config, "silver.telemetry", ONCE) == 0
     with open(landing / "valid.jsonl", "ab") as grown:  # appended after ingest
         grown.write(lines(reading(900004)))
 
@@ -102,7 +103,7 @@ def test_the_fault_corpus_lands_exactly(spark, tmp_path, monkeypatch, capsys):
     status = next(s for s in collect_status(spark, config) if s.query_name == "bronze_telemetry")
     assert status.bad_files == len(bad) and status.backlog_files == 0
 
-    assert run_gold_tables(spark, config, list(config.gold), ONCE) == 0
+    assert run_flows(spark, config, [f"gold.{name}" for name in config.gold], ONCE) == 0
     minutes = read_table(spark, resolve_table(config, "gold.telemetry_minute"))
     assert minutes.count() > 0 and minutes.agg(F.max("minute")).first()[0].year == 2026
     assert read_table(spark, resolve_table(config, "gold.telemetry_features")).count() > 0

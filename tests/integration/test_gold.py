@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import run_bronze_ingest
 from lakehouse.config import ConfigError, duration_seconds, load_config
-from lakehouse.generator import TelemetryGenerator, generate_batch
-from lakehouse.gold import GoldInputMissing, run_gold_tables
-from lakehouse.silver import run_silver_refine
+from lakehouse.generator import TelemetryGenerator
+from lakehouse.generator_runs import generate_batch
+from lakehouse.gold import GoldInputMissing
+from lakehouse.pipeline import Pipeline
+from lakehouse.runner import run_flow, run_flows
 from lakehouse.tables import delta_table, read_table, resolve_table
 
 pytestmark = pytest.mark.slow
@@ -28,8 +29,8 @@ def _land_refine(spark, config, seed: int, records: int = 2400):
     landing.mkdir(parents=True, exist_ok=True)
     generator = TelemetryGenerator.from_config(config.generator, seed=seed, fault_rate=0.05)
     generate_batch(generator, landing, "telemetry", f"g{seed}", seed, records, 3)
-    assert run_bronze_ingest(spark, config, "telemetry", ONCE) == 0
-    assert run_silver_refine(spark, config, "telemetry", ONCE) == 0
+    assert run_flow(spark, config, "bronze.telemetry", ONCE) == 0
+    assert run_flow(spark, config, "silver.telemetry", ONCE) == 0
 
 
 def _expected_minutes(spark, config):
@@ -39,7 +40,8 @@ def _expected_minutes(spark, config):
     newest = silver.agg(F.max("event_time")).first()[0]
     minutes = silver.groupBy("host", F.window("event_time", "1 minute").start.alias("minute")).agg(
         F.count("*").alias("readings"), F.avg("power_w").alias("power_w"))
-    closed = minutes.where(F.col("minute") + F.expr("INTERVAL 1 MINUTE") <= F.lit(newest) - F.expr(f"INTERVAL {int(delay)} SECONDS"))
+    cutoff = F.lit(newest) - F.expr(f"INTERVAL {int(delay)} SECONDS")
+    closed = minutes.where(F.col("minute") + F.expr("INTERVAL 1 MINUTE") <= cutoff)
     return {(r.host, r.minute): (r.readings, round(r.power_w, 6)) for r in closed.collect()}
 
 
@@ -50,11 +52,12 @@ def _gold_minutes(spark, config):
 
 def test_gold_tables_from_silver(spark, config):
     with pytest.raises(GoldInputMissing, match="lakehouse refine --entity telemetry"):
-        run_gold_tables(spark, config, ["telemetry_minute"], ONCE)
-    assert config.gold_order(["telemetry_features", "telemetry_minute"]) == ["telemetry_minute", "telemetry_features"]
+        run_flows(spark, config, ["gold.telemetry_minute"], ONCE)
+    order = Pipeline(config).inputs_first(["gold.telemetry_features", "gold.telemetry_minute"])
+    assert [flow.id for flow in order] == ["gold.telemetry_minute", "gold.telemetry_features"]
 
     _land_refine(spark, config, seed=31)
-    assert run_gold_tables(spark, config, list(config.gold), ONCE) == 0
+    assert run_flows(spark, config, [f"gold.{name}" for name in config.gold], ONCE) == 0
     expected = _expected_minutes(spark, config)
     gold, rows = _gold_minutes(spark, config)
     assert len(expected) > 100 and rows == len(gold)  # one row per host and minute
@@ -76,7 +79,7 @@ def test_gold_tables_from_silver(spark, config):
     later = dataclasses.replace(config.generator, start_time="2026-01-01T06:00:00Z")
     config2 = dataclasses.replace(config, generator=later)
     _land_refine(spark, config2, seed=32)
-    assert run_gold_tables(spark, config2, ["telemetry_minute"], ONCE) == 0
+    assert run_flows(spark, config2, ["gold.telemetry_minute"], ONCE) == 0
     gold2, rows2 = _gold_minutes(spark, config2)
     assert rows2 == len(gold2)  # still one row per host and minute
     assert {k: v for k, v in gold2.items() if k in gold} == gold

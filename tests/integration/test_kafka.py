@@ -1,4 +1,4 @@
-"""Bronze from a real Kafka broker (KRaft, started by lakehouse/kafka_broker.py for this module).
+"""Bronze from a real Kafka broker (KRaft, started by lakehouse/devtools/kafka_broker.py for this module).
 
 Exactly-once across kill -9 while a producer keeps publishing to a 3-partition topic; a broker
 restart mid-stream; poison messages landing in bronze and quarantined in silver; consumer lag.
@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import run_bronze_ingest
 from lakehouse.config import load_config
+from lakehouse.devtools.kafka_broker import KafkaBroker
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.kafka import TopicPublisher, ensure_topic
-from lakehouse.kafka_broker import KafkaBroker
-from lakehouse.silver import reconcile, run_silver_refine
+from lakehouse.reconcile import reconcile
+from lakehouse.runner import run_flow
 from lakehouse.tables import bronze_table, read_table, resolve_table
 from tests.conftest import CONF_DIR
 from tests.integration.processes import batches, kill_9, start_job, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 ONCE = {"availableNow": True}
 SOURCE = "telemetry_kafka"
 
@@ -99,7 +99,8 @@ def test_kill_9_at_three_moments_while_producing_gives_exactly_once(spark, tmp_p
     # Small micro-batches, so that a kill can land between a batch's planning and its commit.
     config, sets = kafka_config(tmp_path, broker, topic, f"sources.{SOURCE}.kafka.max_offsets_per_trigger=300")
     checkpoint = Path(config.checkpoint_path(f"bronze_{SOURCE}"))
-    ingest = lambda *mode: start_job(config, subprocess_env, "ingest.log", *sets, "ingest", "--source", SOURCE, *mode)
+    def ingest(*mode):
+        return start_job(config, subprocess_env, "ingest.log", *sets, "ingest", "--source", SOURCE, *mode)
     producer = Producer(config, topic)
     producer.start()
     moments = []
@@ -183,7 +184,7 @@ def test_poison_messages_land_in_bronze_and_are_quarantined_with_reasons(spark, 
     index = {name: publisher.send(value) for name, value in poison.items()}
     publisher.flush()
 
-    assert run_bronze_ingest(spark, config, SOURCE, ONCE) == 0
+    assert run_flow(spark, config, f"bronze.{SOURCE}", ONCE) == 0
     bronze = read_table(spark, bronze_table(config, SOURCE))
     assert bronze.count() == len(valid) + len(poison)
     for name, value in poison.items():  # byte for byte, at the offset the broker gave it
@@ -191,7 +192,7 @@ def test_poison_messages_land_in_bronze_and_are_quarantined_with_reasons(spark, 
         row = bronze.where((F.col("partition") == partition) & (F.col("offset") == offset)).select("value").first()
         assert (bytes(row["value"]) if row["value"] is not None else None) == value, name
 
-    assert run_silver_refine(spark, config, "telemetry", ONCE) == 0
+    assert run_flow(spark, config, "silver.telemetry", ONCE) == 0
     quarantine = read_table(spark, resolve_table(config, "silver.telemetry_quarantine"))
     reasons = {}
     for name in poison:
@@ -210,7 +211,7 @@ def test_poison_messages_land_in_bronze_and_are_quarantined_with_reasons(spark, 
 
 
 def test_status_shows_partitions_and_consumer_lag(spark, tmp_path, broker):
-    from lakehouse.observability import collect_status, format_status
+    from lakehouse.status import collect_status, format_status
 
     topic = "lag"
     config, _ = kafka_config(tmp_path, broker, topic)
@@ -219,7 +220,7 @@ def test_status_shows_partitions_and_consumer_lag(spark, tmp_path, broker):
     for value in values[:90]:
         publisher.send(value)
     publisher.flush()
-    assert run_bronze_ingest(spark, config, SOURCE, ONCE) == 0
+    assert run_flow(spark, config, f"bronze.{SOURCE}", ONCE) == 0
     for value in values[90:]:  # published after the last micro-batch: the lag
         publisher.send(value)
     publisher.flush()

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import run_bronze_ingest
 from lakehouse.cli import main
 from lakehouse.config import load_config
 from lakehouse.failpoints import FAILPOINTS_ENV
 from lakehouse.landing import BAD_FILES_TABLE, INGESTED_FILES_TABLE
-from lakehouse.observability import collect_status
-from lakehouse.silver import reconcile, run_silver_refine
+from lakehouse.reconcile import reconcile
+from lakehouse.runner import run_flow
+from lakehouse.status import collect_status
 from lakehouse.tables import bronze_table, read_table, resolve_table
 from tests.conftest import CONF_DIR
 from tests.faults import land, lines, reading
@@ -33,7 +33,7 @@ ONCE = {"availableNow": True}
 
 
 def _ingest(spark, config) -> int:
-    return run_bronze_ingest(spark, config, "telemetry", ONCE)
+    return run_flow(spark, config, "bronze.telemetry", ONCE)
 
 
 def _bronze(spark, config) -> dict[tuple[str, int], bytes]:
@@ -111,7 +111,7 @@ def test_bad_files_are_recorded_and_skipped_and_the_stream_goes_on(spark, tmp_pa
 
     (status,) = collect_status(spark, config)  # before refine: the bronze query only
     assert status.bad_files == 5 and status.backlog_files == 0
-    assert run_silver_refine(spark, config, "telemetry", ONCE) == 0
+    assert run_flow(spark, config, "silver.telemetry", ONCE) == 0
     report = reconcile(spark, config, "telemetry")
     assert report.holds, report.describe()
     capsys.readouterr()
@@ -160,7 +160,7 @@ def test_a_file_changed_after_ingest_is_reported_by_status_and_reconcile(spark, 
     appended = land(config, "grows.jsonl", lines(reading(1), reading(2)))
     land(config, "steady.jsonl", lines(reading(3)))
     assert _ingest(spark, config) == 0
-    assert run_silver_refine(spark, config, "telemetry", ONCE) == 0
+    assert run_flow(spark, config, "silver.telemetry", ONCE) == 0
     with open(appended, "ab") as fh:
         fh.write(lines(reading(4)))
     assert _ingest(spark, config) == 0  # the path was taken in once: its new line is not read
@@ -192,7 +192,7 @@ def test_bronze_keeps_every_byte_and_silver_names_what_is_wrong(spark, config):
     assert bronze[("odd.jsonl", 1)] == not_utf8  # byte for byte, not U+FFFD
     assert bronze[("bom.jsonl", 1)].startswith(b"\xef\xbb\xbf")  # bronze keeps the file's bytes
     assert bronze[("crlf.jsonl", 1)].endswith(b"\r")
-    assert run_silver_refine(spark, config, "telemetry", ONCE) == 0
+    assert run_flow(spark, config, "silver.telemetry", ONCE) == 0
     silver = {r.event_id for r in read_table(spark, resolve_table(config, "silver.telemetry")).collect()}
     assert silver == {"e000001", "e000003", "e000006", "e000007"}  # the BOM is not part of record 1
     quarantine = read_table(spark, resolve_table(config, "silver.telemetry_quarantine"))

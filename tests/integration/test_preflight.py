@@ -37,7 +37,8 @@ CASES = {
     ),
     "a suite regex Java cannot compile": (
         lambda c: edit_conf(c / "base/expectations/telemetry.json",
-                        '{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "host"}, "meta": {"policy": "drop"}}',
+                        '{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "host"}, '
+                        '"meta": {"policy": "drop"}}',
                         '{"type": "expect_column_values_to_match_regex", "kwargs": {"column": "host", "regex": "^dc[0-9"}, '
                         '"meta": {"policy": "drop"}}'),
         ["refine", "--entity", "telemetry", "--once"], "base/expectations/telemetry.json",

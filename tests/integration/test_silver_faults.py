@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import run_bronze_ingest
 from lakehouse.config import load_config
 from lakehouse.failpoints import FAILPOINTS_ENV
-from lakehouse.generator import TelemetryGenerator, generate_batch
-from lakehouse.gold import run_gold_tables
-from lakehouse.silver import SILVER_BATCHES_TABLE, reconcile, run_silver_refine
+from lakehouse.generator import TelemetryGenerator
+from lakehouse.generator_runs import generate_batch
+from lakehouse.reconcile import reconcile
+from lakehouse.runner import run_flow, run_flows
+from lakehouse.silver_tables import SILVER_BATCHES_TABLE
 from lakehouse.tables import read_table, resolve_table
 from tests.conftest import CONF_DIR
 from tests.faults import land, lines, reading
@@ -26,8 +27,8 @@ ONCE = {"availableNow": True}
 
 
 def _ingest_refine(spark, config, **refine) -> None:
-    assert run_bronze_ingest(spark, config, "telemetry", ONCE) == 0
-    assert run_silver_refine(spark, config, "telemetry", ONCE, **refine) == 0
+    assert run_flow(spark, config, "bronze.telemetry", ONCE) == 0
+    assert run_flow(spark, config, "silver.telemetry", ONCE, **refine) == 0
 
 
 def _quarantine_reasons(spark, config) -> Counter:
@@ -55,7 +56,7 @@ def test_clock_skew_cannot_poison_silver_or_gold(spark, config):
     batches = read_table(spark, resolve_table(config, SILVER_BATCHES_TABLE)).orderBy("batch_id").collect()
     assert all(b.late_cutoff is None or b.late_cutoff.year == 2026 for b in batches)
 
-    assert run_gold_tables(spark, config, ["telemetry_minute"], ONCE) == 0
+    assert run_flows(spark, config, ["gold.telemetry_minute"], ONCE) == 0
     gold = {(r.host, r.minute): r.readings for r in read_table(spark, resolve_table(config, "gold.telemetry_minute")).collect()}
     # every minute that closed before silver's newest reading (minus gold's 2-minute delay) is in gold
     silver = read_table(spark, resolve_table(config, "silver.telemetry"))
@@ -91,7 +92,7 @@ def test_a_backfill_is_not_quarantined_as_late_when_asked(spark, tmp_path):
             land(config, f"station-{station}.jsonl", lines(*_station_month(station, first)))
             _ingest_refine(spark, config, **refine)
             if gold:
-                assert run_gold_tables(spark, config, ["telemetry_minute"], ONCE) == 0
+                assert run_flows(spark, config, ["gold.telemetry_minute"], ONCE) == 0
         return config, _quarantine_reasons(spark, config), len(_silver_ids(spark, config))
 
     _, reasons, kept = run("plain")
@@ -109,7 +110,7 @@ def test_a_backfill_is_not_quarantined_as_late_when_asked(spark, tmp_path):
     assert gold_minutes() == {"dc1-r01-h001": 719}  # its last minute is still open
     shutil.rmtree(config.checkpoint_path("gold_telemetry_minute"))
     shutil.rmtree(resolve_table(config, "gold.telemetry_minute").path)
-    assert run_gold_tables(spark, config, ["telemetry_minute"], ONCE) == 0
+    assert run_flows(spark, config, ["gold.telemetry_minute"], ONCE) == 0
     assert gold_minutes() == {"dc1-r01-h001": 719, "dc1-r01-h002": 719}
 
 
@@ -159,16 +160,16 @@ def test_a_batch_redone_after_a_crash_between_any_two_writes_decides_as_before(s
     # late events (3 h behind) in every file, duplicates, and the other faults
     generator = TelemetryGenerator.from_config(crashed.generator, seed=41, fault_rate=0.15)
     generate_batch(generator, landing, "telemetry", "crash", 41, 1400, 7)
-    assert run_bronze_ingest(spark, crashed, "telemetry", ONCE) == 0
+    assert run_flow(spark, crashed, "bronze.telemetry", ONCE) == 0
     # the same bronze table (the same Delta files, so the same silver batches) for the uncrashed run
     shutil.copytree(resolve_table(crashed, "bronze.telemetry").path, resolve_table(clean, "bronze.telemetry").path)
-    assert run_silver_refine(spark, clean, "telemetry", ONCE) == 0
+    assert run_flow(spark, clean, "silver.telemetry", ONCE) == 0
 
     for point in CRASH_POINTS:  # each run redoes the batch the last one crashed in, then crashes in the next
         monkeypatch.setenv(FAILPOINTS_ENV, point)
-        assert run_silver_refine(spark, crashed, "telemetry", ONCE) == 1, point
+        assert run_flow(spark, crashed, "silver.telemetry", ONCE) == 1, point
     monkeypatch.delenv(FAILPOINTS_ENV)
-    assert run_silver_refine(spark, crashed, "telemetry", ONCE) == 0
+    assert run_flow(spark, crashed, "silver.telemetry", ONCE) == 0
 
     rows, reasons, duplicates = _outcome(spark, crashed)
     assert (rows, reasons, duplicates) == _outcome(spark, clean)

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.bronze import run_bronze_ingest
 from lakehouse.config import load_config
-from lakehouse.generator import TelemetryGenerator, generate_batch
-from lakehouse.silver import SILVER_BATCHES_TABLE, reconcile, run_silver_refine
+from lakehouse.generator import TelemetryGenerator
+from lakehouse.generator_runs import generate_batch
+from lakehouse.reconcile import reconcile
+from lakehouse.runner import run_flow
+from lakehouse.silver_tables import SILVER_BATCHES_TABLE
 from lakehouse.tables import read_table, resolve_table, table_exists
 from tests.conftest import CONF_DIR
 
@@ -36,7 +38,7 @@ def _landed(spark, config):
     landing.mkdir(parents=True, exist_ok=True)
     generator = TelemetryGenerator.from_config(g, seed=31, fault_rate=0.0)
     manifest = generate_batch(generator, landing, "telemetry", "p", 31, 400, 2)
-    assert run_bronze_ingest(spark, config, "telemetry", {"availableNow": True}) == 0
+    assert run_flow(spark, config, "bronze.telemetry", {"availableNow": True}) == 0
     return manifest
 
 
@@ -48,7 +50,7 @@ def test_warn_keeps_the_rows_and_records_them(spark, tmp_path):
     conf = _conf_with_rule(tmp_path, {**RACK_RULE, "meta": {"policy": "warn"}})
     config = load_config("test", conf_dir=conf, data_dir=tmp_path / "data")
     manifest = _landed(spark, config)
-    assert run_silver_refine(spark, config, "telemetry", {"availableNow": True}) == 0
+    assert run_flow(spark, config, "silver.telemetry", {"availableNow": True}) == 0
     silver = read_table(spark, resolve_table(config, "silver.telemetry"))
     assert silver.count() == manifest.total_lines  # nothing quarantined
     off_rack = silver.where("rack <> 'r01'").count()
@@ -63,7 +65,7 @@ def test_fail_stops_without_committing_then_a_fixed_restart_processes_the_batch(
     manifest = _landed(spark, config)
 
     capsys.readouterr()
-    assert run_silver_refine(spark, config, "telemetry", {"availableNow": True}) == 1
+    assert run_flow(spark, config, "silver.telemetry", {"availableNow": True}) == 1
     err = capsys.readouterr().err
     assert "expect_column_values_to_be_in_set(rack)" in err and "batch 0" in err, err
     silver_ref = resolve_table(config, "silver.telemetry")
@@ -75,7 +77,7 @@ def test_fail_stops_without_committing_then_a_fixed_restart_processes_the_batch(
     # the fix: the rule becomes a warning; the same checkpoint restarts and takes the batch in
     suite_path = conf / "base" / "expectations" / "telemetry.json"
     suite_path.write_text(suite_path.read_text().replace('"policy": "fail"', '"policy": "warn"'))
-    assert run_silver_refine(spark, config, "telemetry", {"availableNow": True}) == 0
+    assert run_flow(spark, config, "silver.telemetry", {"availableNow": True}) == 0
     assert read_table(spark, silver_ref).count() == manifest.total_lines
     assert table_exists(spark, silver_ref)
 
@@ -90,8 +92,8 @@ def test_late_rows_quarantined_and_new_fields_evolve_the_schema(spark, tmp_path)
     for run in ("w1", "w2"):  # the second run continues the first's clock
         manifest = generate_batch(generator, landing, "telemetry", run, 33, 1200, 2)
         counts.update({f"{run}_{kind}": n for kind, n in manifest.fault_counts().items()})
-        assert run_bronze_ingest(spark, config, "telemetry", {"availableNow": True}) == 0
-        assert run_silver_refine(spark, config, "telemetry", {"availableNow": True}) == 0
+        assert run_flow(spark, config, "bronze.telemetry", {"availableNow": True}) == 0
+        assert run_flow(spark, config, "silver.telemetry", {"availableNow": True}) == 0
     assert counts["w2_late_event"] > 0 and counts["w1_extra_field"] + counts["w2_extra_field"] > 0
 
     quarantine = read_table(spark, resolve_table(config, "silver.telemetry_quarantine"))
@@ -108,7 +110,8 @@ def test_evolved_columns_across_batches(spark, tmp_path):
     """A field evolves a column; a later version of the key without it holds null there; a name
     that is not an identifier stays rescued."""
     from lakehouse.quality import load_suite, row_rules
-    from lakehouse.silver import ensure_silver_tables, plan_batch, refine_batch
+    from lakehouse.refine import plan_batch, refine_batch
+    from lakehouse.silver_tables import ensure_silver_tables
 
     config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data",
                          overrides=["entities.telemetry.unexpected_fields=evolve"])

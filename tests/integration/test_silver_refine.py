@@ -8,18 +8,14 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import run_bronze_ingest
 from lakehouse.cli import main
-from lakehouse.generator import TelemetryGenerator, generate_batch
+from lakehouse.generator import TelemetryGenerator
+from lakehouse.generator_runs import generate_batch
 from lakehouse.quality import load_suite, row_rules
-from lakehouse.silver import (
-    SILVER_BATCHES_TABLE,
-    ensure_silver_tables,
-    plan_batch,
-    reconcile,
-    refine_batch,
-    run_silver_refine,
-)
+from lakehouse.reconcile import reconcile
+from lakehouse.refine import plan_batch, refine_batch
+from lakehouse.runner import run_flow
+from lakehouse.silver_tables import SILVER_BATCHES_TABLE, ensure_silver_tables
 from lakehouse.tables import bronze_table, delta_table, read_table, resolve_table
 
 pytestmark = pytest.mark.slow
@@ -33,14 +29,14 @@ def _land_and_ingest(spark, config, records=3000, files=6, seed=21):
     landing.mkdir(parents=True, exist_ok=True)
     generator = TelemetryGenerator.from_config(g, seed=seed, fault_rate=0.1)
     manifest = generate_batch(generator, landing, "telemetry", f"r{seed}", seed, records, files)
-    assert run_bronze_ingest(spark, config, "telemetry", {"availableNow": True}) == 0
+    assert run_flow(spark, config, "bronze.telemetry", {"availableNow": True}) == 0
     return manifest
 
 
 def test_silver_quarantine_and_duplicates_match_the_manifest(spark, config, capsys):
     manifest = _land_and_ingest(spark, config)
     counts = manifest.fault_counts()
-    assert run_silver_refine(spark, config, "telemetry", {"availableNow": True}) == 0
+    assert run_flow(spark, config, "silver.telemetry", {"availableNow": True}) == 0
 
     silver = read_table(spark, resolve_table(config, "silver.telemetry"))
     quarantine = read_table(spark, resolve_table(config, "silver.telemetry_quarantine"))

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from lakehouse.config import load_config
-from lakehouse.generator import TelemetryGenerator, generate_batch
+from lakehouse.generator import TelemetryGenerator
+from lakehouse.generator_runs import generate_batch
+from lakehouse.reconcile import reconcile
 from lakehouse.session import delta_maven_coordinate
-from lakehouse.silver import reconcile
 from tests.conftest import CONF_DIR, REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 SCRIPT = REPO / "scripts" / "standalone_cluster.py"
 
 

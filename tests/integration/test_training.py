@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.bronze import run_bronze_ingest
 from lakehouse.cli import main
 from lakehouse.config import load_config
-from lakehouse.generator import TelemetryGenerator, generate_batch
-from lakehouse.gold import run_gold_tables
-from lakehouse.silver import run_silver_refine
+from lakehouse.generator import TelemetryGenerator
+from lakehouse.generator_runs import generate_batch
+from lakehouse.runner import run_flow, run_flows
 from lakehouse.tables import read_table, resolve_table
 from ml.run import CHAMPION, run_training, tracking_uri
 from tests.conftest import CONF_DIR
@@ -32,9 +31,9 @@ def trained(spark, tmp_path_factory):
     landing = Path(config.landing_path("telemetry"))
     landing.mkdir(parents=True)
     generate_batch(TelemetryGenerator.from_config(config.generator, seed=11), landing, "telemetry", "t", 11, 15000, 4)
-    assert run_bronze_ingest(spark, config, "telemetry", ONCE) == 0
-    assert run_silver_refine(spark, config, "telemetry", ONCE) == 0
-    assert run_gold_tables(spark, config, list(config.gold), ONCE) == 0
+    assert run_flow(spark, config, "bronze.telemetry", ONCE) == 0
+    assert run_flow(spark, config, "silver.telemetry", ONCE) == 0
+    assert run_flows(spark, config, [f"gold.{name}" for name in config.gold], ONCE) == 0
     local = run_training(spark, config, "local", 1, gpu=False, force=False, epochs=EPOCHS)
     return config, local
 
@@ -87,7 +86,7 @@ def test_the_model_is_weights_and_architecture_and_loads_back_with_the_same_pred
     config, _ = trained
     _, _, files = _champion_files(config)
     assert sorted(p.name for p in (files / "data" / MODEL_FILES).iterdir()) == ["architecture.json", "state_dict.pt"]
-    assert not [p for p in files.rglob("*.pkl")]
+    assert not list(files.rglob("*.pkl"))
     model, features = load_model_files(files / "data" / MODEL_FILES)
     assert features == config.training.features
     rows = read_table(spark, resolve_table(config, "gold.telemetry_features")).orderBy("host", "minute").limit(50).toPandas()
@@ -192,6 +191,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.browser
 def test_the_run_shows_in_the_mlflow_ui_in_a_real_browser(trained, monkeypatch, capsys):
     """`mlflow server` on the project's store; headless Chromium (Debian's, via chromedriver) opens
     the experiment and the run; the run, its parameters and the loss chart are on screen."""
@@ -227,7 +227,7 @@ def test_the_run_shows_in_the_mlflow_ui_in_a_real_browser(trained, monkeypatch, 
                     break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError("mlflow server did not come up")
+                    raise AssertionError("mlflow server did not come up") from None
                 time.sleep(1)
 
         options = webdriver.ChromeOptions()

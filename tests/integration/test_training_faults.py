@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import run_bronze_ingest
 from lakehouse.cli import main
 from lakehouse.config import load_config
 from lakehouse.failpoints import FAILPOINTS_ENV
-from lakehouse.generator import TelemetryGenerator, generate_batch
-from lakehouse.gold import run_gold_tables
-from lakehouse.silver import run_silver_refine
+from lakehouse.generator import TelemetryGenerator
+from lakehouse.generator_runs import generate_batch
+from lakehouse.runner import run_flow, run_flows
 from lakehouse.tables import read_table, resolve_table
 from ml.run import CHAMPION, promote, quiet_mlflow, run_training, tracking_uri
 from ml.score import score
@@ -40,9 +39,9 @@ def poisoned(spark, tmp_path_factory):
     record = json.loads(first.read_text().splitlines()[100])
     record.update(event_id="poisoned-reading", exhaust_temp_c=1e300)  # finite as a double, inf as a float
     land(config, "poisoned.jsonl", lines(record))
-    assert run_bronze_ingest(spark, config, "telemetry", ONCE) == 0
-    assert run_silver_refine(spark, config, "telemetry", ONCE) == 0
-    assert run_gold_tables(spark, config, list(config.gold), ONCE) == 0
+    assert run_flow(spark, config, "bronze.telemetry", ONCE) == 0
+    assert run_flow(spark, config, "silver.telemetry", ONCE) == 0
+    assert run_flows(spark, config, [f"gold.{name}" for name in config.gold], ONCE) == 0
     features = read_table(spark, resolve_table(config, "gold.telemetry_features"))
     assert features.where(F.col("exhaust_temp_c") > 1e200).count() == 1  # the warn rule kept it in silver
     return config, record

@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.bundle import check_bundle, cli_type_problems, load_bundle, load_schema, schema_problems
 from lakehouse.cli import main
+from lakehouse.devtools.bundle_check import (
+    check_bundle,
+    cli_type_problems,
+    load_bundle,
+    load_schema,
+    schema_problems,
+)
 from tests.conftest import REPO
 
 SHARED = REPO.parent / "shared" / "databricks"

@@ -13,9 +13,8 @@ from lakehouse.generator import (
     LINE_FAULTS,
     TELEMETRY_FIELDS,
     TelemetryGenerator,
-    generate_batch,
-    generate_continuous,
 )
+from lakehouse.generator_runs import generate_batch, generate_continuous
 
 
 def _generate(tmp_path: Path, seed=3, records=4000, files=8, fault_rate=0.1, run_id="t"):

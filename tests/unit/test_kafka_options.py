@@ -8,7 +8,7 @@ import pytest
 
 from lakehouse.config import KafkaOptions
 from lakehouse.kafka import KafkaSetupError, processed_offsets, spark_source_options
-from lakehouse.observability import kafka_partitions
+from lakehouse.status import kafka_partitions
 
 
 def test_options_subscribe_rate_limit_and_bootstrap_from_the_environment(monkeypatch):

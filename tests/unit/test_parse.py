@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from lakehouse.config import CsvOptions, SourceConfig
 from lakehouse.parse import parse_records
 from lakehouse.quality import FAILED_COLUMNS
-from lakehouse.silver import quarantine_reasons
+from lakehouse.quarantine import quarantine_reasons
 
 FULL = ('"event_id": "e1", "host": "h", "rack": "r01", "event_time": "2026-03-01T00:00:00Z", "cpu_util": 1, '
         '"mem_util": 1, "gpu_util": 1, "power_w": 1, "fan_rpm": 1, "inlet_temp_c": 1')

@@ -50,10 +50,11 @@ def test_fused_results_equal_gx_results_on_the_same_rows(spark, config, tmp_path
     """The one-pass results silver writes (quality.validation: fused) are what GX itself reports."""
     from pyspark.sql import functions as F
 
+    from lakehouse.generator import TelemetryGenerator
+    from lakehouse.generator_runs import generate_batch
     from lakehouse.landing import with_lines
-    from lakehouse.generator import TelemetryGenerator, generate_batch
-    from lakehouse.quality import BatchValidator, rule_metric_columns, rule_results
     from lakehouse.parse import parse_records
+    from lakehouse.quality import BatchValidator, rule_metric_columns, rule_results
 
     suite_json = json.loads(config.suite_path("telemetry").read_text())
     # mostly: 0.99 on one rule, and a rule most rows pass and some fail with mostly, so both

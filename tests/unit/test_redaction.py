@@ -8,7 +8,13 @@ import logging
 import pytest
 
 from lakehouse.cli import error_summary, main
-from lakehouse.redaction import REDACTED, install_log_redaction, is_secret_key, redact_text, redact_tree
+from lakehouse.redaction import (
+    REDACTED,
+    install_log_redaction,
+    is_secret_key,
+    redact_text,
+    redact_tree,
+)
 
 
 @pytest.mark.parametrize("key", [

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-
 from pyspark.sql import functions as F
 
+from lakehouse.generator import TelemetryGenerator
+from lakehouse.generator_runs import generate_batch
 from lakehouse.landing import with_lines
-from lakehouse.generator import TelemetryGenerator, generate_batch
-from lakehouse.quality import load_suite, row_rules, with_rule_results
 from lakehouse.parse import parse_records
+from lakehouse.quality import load_suite, row_rules, with_rule_results
 
 
 def test_parse_types_values_and_flags_problems(spark, config):

@@ -31,6 +31,8 @@ import regex
 from jsonschema import Draft202012Validator
 from ruamel.yaml import YAML
 
+from lakehouse.errors import EXIT_CONFIG, LakehouseError
+
 SCHEMA_ENV = "LAKEHOUSE_BUNDLE_SCHEMA"
 KEYED_SEQUENCES = {"tasks": "task_key", "job_clusters": "job_cluster_key", "environments": "environment_key"}
 TARGET_ONLY = {"default", "mode", "compute_id", "cluster_id", "git"}
@@ -40,8 +42,12 @@ GO_ENUMS = {("variables", "type"): ["complex"], ("artifacts", "type"): ["whl", "
 VAR_REFERENCE = regex.compile(r"\$\{var\.([\p{L}\p{N}_-]+)")
 
 
-class BundleError(ValueError):
-    """The bundle cannot be loaded at all (no databricks.yml, unreadable YAML, unknown target)."""
+class BundleError(LakehouseError, ValueError):
+    """The bundle cannot be loaded at all (no databricks.yml, unreadable YAML, unknown target): exit 2."""
+
+    exit_code = EXIT_CONFIG
+    heading = "bundle check"
+    whole_message = True
 
 
 @dataclass(frozen=True)
@@ -250,7 +256,7 @@ def schema_problems(bundle: Bundle, schema: dict) -> list[Problem]:
         for leaf in _leaves(error):
             path = tuple(leaf.absolute_path)
             if leaf.validator == "additionalProperties":
-                allowed = set((leaf.schema.get("properties") or {}))
+                allowed = set(leaf.schema.get("properties") or {})
                 for key in sorted(set(leaf.instance) - allowed):
                     problems.append(Problem("warning", f"unknown field: {key}", _dotted(path + (key,)),
                                             bundle.where.get(path + (key,), "")))
@@ -329,7 +335,7 @@ def console_scripts(setup_cfg: Path) -> dict[str, str]:
 def semantic_problems(bundle: Bundle, project_root: Path | None = None) -> list[Problem]:
     problems = list(bundle.problems)
     config, where = bundle.config, bundle.where
-    declared = set((config.get("variables") or {}))
+    declared = set(config.get("variables") or {})
     for path, value in _walk(config, ()):
         if isinstance(value, str) and path[:1] != ("targets",):
             for name in VAR_REFERENCE.findall(value):
@@ -393,7 +399,8 @@ def _walk(value, path):
             yield from _walk(item, path + (i,))
 
 
-def check_bundle(root: str | Path, target: str | None, schema: dict, project_root: Path | None = None) -> tuple[Bundle, list[Problem]]:
+def check_bundle(root: str | Path, target: str | None, schema: dict,
+                 project_root: Path | None = None) -> tuple[Bundle, list[Problem]]:
     bundle = load_bundle(root, target)
     problems = schema_problems(bundle, schema) + cli_type_problems(bundle, schema) + semantic_problems(bundle, project_root)
     return bundle, problems

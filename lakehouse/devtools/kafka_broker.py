@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lakehouse.exit_codes import JobError
+from lakehouse.errors import JobError
 from lakehouse.processes import started_process, write_pid_file
 
 DEFAULT_VERSION = "4.1.1"
@@ -195,7 +195,7 @@ class KafkaBroker:
     def stop(self) -> None:
         stop(self.state, quiet=True)
 
-    def __enter__(self) -> "KafkaBroker":
+    def __enter__(self) -> KafkaBroker:
         self.start()
         return self
 

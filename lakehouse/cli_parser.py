@@ -1,0 +1,136 @@
+"""The ``lakehouse`` command line: every command, its options and their help.
+
+    lakehouse [--env ENV] [--conf-dir DIR] [--data-dir DIR] [--set key.path=value ...] COMMAND ...
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = "The ``lakehouse`` command: one front door for every job."
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Options every command takes; accepted before or after the command name."""
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("global options")
+    group.add_argument("--env", default=default, help="configuration overlay: conf/<env>/ (default: dev, or $LAKEHOUSE_ENV)")
+    group.add_argument("--conf-dir", default=default, help="configuration directory (default: ./conf, or $LAKEHOUSE_CONF_DIR)")
+    group.add_argument("--data-dir", default=default, help="where tables, checkpoints and landing files live (storage.data_dir)")
+    group.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=default if suppress else [],
+        metavar="KEY.PATH=VALUE",
+        help="override one configuration value (repeatable), e.g. --set sources.telemetry.max_files_per_trigger=5",
+    )
+
+
+def _trigger_options(parser: argparse.ArgumentParser, what: str) -> None:
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("--once", action="store_true", help=f"process {what} so far, then stop (availableNow)")
+    when.add_argument("--trigger", help="run continuously with this processing-time trigger (default: streaming.trigger)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command; lakehouse/cli.py runs what it parses."""
+    parser = argparse.ArgumentParser(prog="lakehouse", description=DESCRIPTION)
+    _global_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _global_options(sub, suppress=True)
+        return sub
+
+    _pipeline_commands(command)
+    _ml_commands(command)
+    _tool_commands(command)
+    return parser
+
+
+def _pipeline_commands(command) -> None:
+    """generate, and the flows: ingest (bronze), refine (silver), gold."""
+    gen = command("generate", "write telemetry JSON-lines files (with injected faults) into a landing directory, "
+                              "or publish them to a Kafka topic")
+    gen.add_argument("--source", help="source whose landing directory (or topic) receives the records "
+                                      "(default: telemetry; with --sink kafka the first Kafka source)")
+    gen.add_argument("--sink", choices=["files", "kafka"], help="files or kafka (default: by the source's kind)")
+    gen.add_argument("--topic", help="--sink kafka: the topic (default: the source's first topic); created with "
+                                     "kafka.partitions partitions if missing")
+    gen.add_argument("--records", type=int, help="lines to write, faults included (default: generator.records)")
+    gen.add_argument("--files", type=int, help="non-empty files to spread them over (default: generator.files)")
+    gen.add_argument("--seed", type=int, help="random seed; the same seed writes the same bytes (default: generator.seed)")
+    gen.add_argument("--fault-rate", type=float, help="share of lines with a fault, 0..1 (default: generator.fault_rate)")
+    gen.add_argument("--run-id", help="names this run's files and manifest (default: s<seed>)")
+    gen.add_argument("--rate", type=float, help="continuous mode: records per second, until --duration or Ctrl-C")
+    gen.add_argument("--duration", type=float, default=0.0, help="continuous mode: seconds to run (0: until interrupted)")
+    gen.add_argument("--file-seconds", type=float, default=1.0,
+                     help="continuous mode: seconds between two files (Kafka: two flushed groups of messages)")
+
+    ing = command("ingest", "stream a source's landing files or Kafka topics into bronze.<source> (exactly-once)")
+    ing.add_argument("--source", required=True, help="configured source name, e.g. telemetry")
+    _trigger_options(ing, "everything landed")
+
+    ref = command("refine", "stream bronze rows into silver.<entity>: parse, expectations, quarantine, dedupe (MERGE)")
+    ref.add_argument("--entity", required=True, help="configured entity name, e.g. telemetry")
+    ref.add_argument("--backfill", action="store_true",
+                     help="the batches this run plans quarantine no row as late (loading old data on purpose; "
+                          "see conf/README.md, 'Late rows and backfills')")
+    _trigger_options(ref, "everything in bronze")
+
+    gold = command("gold", "build gold tables declared in conf/<env>/gold/: streaming aggregates or batch feature tables")
+    which = gold.add_mutually_exclusive_group(required=True)
+    which.add_argument("--table", action="append", help="configured gold table, e.g. telemetry_minute (repeatable)")
+    which.add_argument("--all", action="store_true", help="every configured gold table, inputs first (implies --once)")
+    _trigger_options(gold, "everything in the input (streaming tables; batch tables are rebuilt once)")
+
+
+def _ml_commands(command) -> None:
+    """train and score."""
+    train = command("train", "train the model on the gold feature table; track the run in MLflow; register it")
+    train.add_argument("--backend", choices=["local", "horovod", "torch-distributor"], default="local",
+                       help="local: one process; horovod: horovod.spark.run on the executors; "
+                            "torch-distributor: pyspark's TorchDistributor (DDP)")
+    train.add_argument("--num-proc", type=int, default=None, help="training processes (default: 1 local, 2 otherwise)")
+    train.add_argument("--gpu", action="store_true", help="one GPU per process (fails clearly where there is none)")
+    train.add_argument("--force", action="store_true", help="train even when the input's quality is below the gate")
+    train.add_argument("--version", type=int, help="the feature table's Delta version (default: the latest)")
+    train.add_argument("--epochs", type=int, help="override training.epochs")
+
+    command("score", "score the feature table with the registered model's champion into gold.predictions")
+
+
+def _tool_commands(command) -> None:
+    """Checking and looking: bundle, reconcile, quality, status, sql, demo, config."""
+    bundle = command("bundle", "Databricks Asset Bundle: 'check' validates databricks.yml offline (schema + the CLI's checks)")
+    bundle.add_argument("action", choices=["check"], help="check: load databricks.yml as the CLI does and validate it")
+    bundle.add_argument("-t", "--target", help="bundle target (default: the one marked default)")
+    bundle.add_argument("--all-targets", action="store_true", help="check every target")
+    bundle.add_argument("--schema", help="the CLI's bundle JSON schema (default: $LAKEHOUSE_BUNDLE_SCHEMA)")
+    bundle.add_argument("--dir", default=".", help="the bundle's directory (default: .)")
+
+    rec = command("reconcile", "check bronze rows = silver rows + quarantined rows + duplicates; exit 1 when not")
+    rec.add_argument("--source", required=True, help="configured source name")
+
+    quality = command("quality", "data quality: 'docs' builds Great Expectations Data Docs from ops.quality_results")
+    quality.add_argument("action", choices=["docs"], help="docs: build the GX Data Docs site and print its index.html")
+
+    status = command("status", "per query: last batch, records, R, S, B and the landed-but-unprocessed backlog")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    sql = command("sql", "run a Spark SQL query over the tables by their names (bronze.telemetry, "
+                         "ops.stream_progress, ...); read-only unless --write")
+    sql.add_argument("query", help='e.g. "SELECT count(*) FROM bronze.telemetry"; also DESCRIBE, SHOW and EXPLAIN')
+    sql.add_argument("--write", action="store_true",
+                     help="also run statements that change tables or the catalog (DELETE, UPDATE, MERGE, INSERT, "
+                          "ALTER, DROP, OPTIMIZE, VACUUM, ...); without it they are refused before they run")
+    sql.add_argument("--json", action="store_true", help="print one JSON object per row")
+    sql.add_argument("--limit", type=int, default=1000, help="print at most this many rows (default 1000)")
+
+    demo = command("demo", "generate data, run bronze, silver and gold, train and score; print a summary and the "
+                           "reconciliation, on embedded defaults")
+    demo.add_argument("--source", default="telemetry", help="source to run the demo for")
+
+    command("config", "print the resolved configuration (after overlays and --set) as JSON")

@@ -1,0 +1,47 @@
+"""The configuration: ``conf/base/`` overlaid by ``conf/<env>/``, then command-line overrides.
+
+- lakehouse/config/schema.py: the typed configuration (one frozen dataclass per section);
+- lakehouse/config/values.py: value constraints and durations;
+- lakehouse/config/convert.py: the merged YAML tree and its conversion to the dataclasses;
+- lakehouse/config/loading.py: :func:`load_config`, which also checks what spans sections.
+
+Everything a caller needs is importable from ``lakehouse.config``.
+"""
+
+from lakehouse.config.loading import (
+    CONF_DIR_ENV,
+    DEFAULT_ENV,
+    ENV_ENV,
+    default_conf_dir,
+    load_config,
+)
+from lakehouse.config.schema import (
+    KAFKA_BOOTSTRAP_ENV,
+    LAYERS,
+    CatalogConfig,
+    CsvOptions,
+    EntityConfig,
+    GeneratorConfig,
+    GoldTableConfig,
+    KafkaOptions,
+    LakehouseConfig,
+    ModelConfig,
+    QualityConfig,
+    SourceConfig,
+    SparkConfig,
+    StorageConfig,
+    StreamingConfig,
+    TrainingConfig,
+    WatermarkConfig,
+    view_name,
+)
+from lakehouse.config.values import check_duration, duration_seconds, spark_interval
+from lakehouse.errors import ConfigError
+
+__all__ = [
+    "CONF_DIR_ENV", "DEFAULT_ENV", "ENV_ENV", "KAFKA_BOOTSTRAP_ENV", "LAYERS", "CatalogConfig", "ConfigError",
+    "CsvOptions", "EntityConfig", "GeneratorConfig", "GoldTableConfig", "KafkaOptions", "LakehouseConfig",
+    "ModelConfig", "QualityConfig", "SourceConfig", "SparkConfig", "StorageConfig", "StreamingConfig",
+    "TrainingConfig", "WatermarkConfig", "check_duration", "default_conf_dir", "duration_seconds", "load_config",
+    "spark_interval", "view_name",
+]

@@ -1,0 +1,139 @@
+"""Typed configuration: ``conf/base/`` overlaid by ``conf/<env>/``, then command-line overrides.
+
+Every ``*.yml`` file directly in a layer directory is merged at the root; a file in a
+sub-directory is merged under the key named by its path, so ``conf/base/sources/telemetry.yml``
+holds the mapping found at ``sources.telemetry``. Later layers override earlier ones key by key.
+
+The merged tree is converted once into the frozen dataclasses below. Any problem (unknown key,
+missing key, wrong type, a path that must exist and does not) raises :class:`ConfigError`, which
+names the file that set (or should have set) the key; the CLI prints it on one line and exits 2.
+Loading has no side effects: nothing is created on disk until a valid configuration exists.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+
+import yaml
+
+from lakehouse.config.convert import Tree, convert, split_key
+from lakehouse.config.schema import LAYERS, LakehouseConfig
+from lakehouse.errors import ConfigError
+from lakehouse.graph import CycleError, inputs_first
+from lakehouse.suites import read_suite_file, suite_problems
+
+CONF_DIR_ENV = "LAKEHOUSE_CONF_DIR"
+ENV_ENV = "LAKEHOUSE_ENV"
+DEFAULT_ENV = "dev"
+
+
+def default_conf_dir() -> Path:
+    """``$LAKEHOUSE_CONF_DIR``, else ``./conf``, else the ``conf/`` beside this package's checkout."""
+    if os.environ.get(CONF_DIR_ENV):
+        return Path(os.environ[CONF_DIR_ENV])
+    if Path("conf/base").is_dir():
+        return Path("conf")
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+def load_config(
+    env: str | None = None,
+    conf_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    overrides: typing.Sequence[str] = (),
+) -> LakehouseConfig:
+    """Load ``conf_dir/base`` + ``conf_dir/<env>`` + ``--data-dir`` + ``--set`` overrides."""
+    env = env or os.environ.get(ENV_ENV) or DEFAULT_ENV
+    conf_path = Path(conf_dir) if conf_dir is not None else default_conf_dir()
+    base, env_dir = _layer_dirs(conf_path, env)
+    tree = Tree()
+    for layer in (base, env_dir):
+        for path in sorted(layer.rglob("*.yml")) + sorted(layer.rglob("*.yaml")):
+            prefix = list(path.relative_to(layer).parent.parts)
+            if path.parent != layer:
+                prefix.append(path.stem)
+            tree.merge_file(path, prefix)
+    if data_dir is not None:
+        tree.set(["storage", "data_dir"], str(data_dir), "--data-dir")
+    for item in overrides:
+        _apply_override(tree, item)
+    values = dict(tree.values)
+    values["env"] = env
+    values["conf_dir"] = str(conf_path)
+    tree.origins[("env",)] = "--env"
+    tree.origins[("conf_dir",)] = "--conf-dir"
+    config = convert(values, LakehouseConfig, (), tree, str(base))
+    _check_entities(config, tree, str(base))
+    _check_gold(config, tree, str(base))
+    missing_layers = [layer for layer in LAYERS if layer not in config.catalog.schemas]
+    if missing_layers:
+        raise ConfigError(tree.origin(("catalog", "schemas"), str(base)), "catalog.schemas",
+                          f"missing a schema for {', '.join(missing_layers)}")
+    return config
+
+
+def _layer_dirs(conf_path: Path, env: str) -> tuple[Path, Path]:
+    """``conf/base`` and ``conf/<env>``, both of which must exist."""
+    if not conf_path.is_dir():
+        raise ConfigError(str(conf_path), "--conf-dir", "directory does not exist")
+    base = conf_path / "base"
+    if not base.is_dir():
+        raise ConfigError(str(base), "base", "the base configuration directory is missing")
+    env_dir = conf_path / env
+    if not env_dir.is_dir():
+        envs = sorted(p.name for p in conf_path.iterdir() if p.is_dir() and p.name != "base")
+        raise ConfigError(str(env_dir), "--env", f"no such environment '{env}' (have: {', '.join(envs)})")
+    return base, env_dir
+
+
+def _apply_override(tree: Tree, item: str) -> None:
+    """One ``--set key.path=value``: the value is read as YAML, else taken as it is."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", item, "expected key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:  # not YAML ({{secrets/scope/key}}, a: b: c): the text as it is
+        value = raw
+    tree.set(split_key(key.strip()), value, f"--set {key.strip()}")
+
+
+def _check_entities(config: LakehouseConfig, tree: Tree, base: str) -> None:
+    """Each entity reads configured sources and has a suite file that fits its columns."""
+    for name, entity in config.entities.items():
+        for source in entity.sources:
+            if source not in config.sources:
+                raise ConfigError(tree.origin(("entities", name, "sources"), base),
+                                  f"entities.{name}.sources", f"no such source '{source}'")
+        suite = config.suite_path(entity.suite)
+        if not suite.is_file():
+            raise ConfigError(tree.origin(("entities", name, "suite"), base), f"entities.{name}.suite",
+                              f"no suite file {suite}")
+        try:
+            problems = suite_problems(read_suite_file(suite), set(entity.columns))
+        except ValueError as exc:
+            raise ConfigError(str(suite), "(file)", str(exc)) from None
+        for key, message in problems[:1]:
+            raise ConfigError(str(suite), key, f"{message} (suite of entity {name})")
+
+
+def _check_gold(config: LakehouseConfig, tree: Tree, base: str) -> None:
+    """Each gold table reads tables that exist, and no gold table reads itself through others."""
+    known = {"bronze": set(config.sources), "silver": {*config.entities, *(f"{e}_quarantine" for e in config.entities)},
+             "gold": set(config.gold)}
+    for name, gold in config.gold.items():
+        origin = tree.origin(("gold", name, "inputs"), base)
+        for table in gold.inputs:
+            layer, _, short = table.partition(".")
+            if (layer != "ops" and short not in known[layer]) or table == f"gold.{name}":
+                raise ConfigError(origin, f"gold.{name}.inputs", f"no such input table '{table}'"
+                                  + (" (a gold table cannot read itself)" if table == f"gold.{name}" else ""))
+    reads = {name: [t.partition(".")[2] for t in gold.inputs if t.startswith("gold.")] for name, gold in config.gold.items()}
+    try:
+        inputs_first(reads)
+    except CycleError as exc:
+        first = exc.nodes[0]
+        raise ConfigError(tree.origin(("gold", first, "inputs"), base), f"gold.{first}.inputs",
+                          f"gold tables {exc}") from None

@@ -1,0 +1,156 @@
+"""Progress recording: every micro-batch's progress in ``ops.stream_progress``.
+
+``ProgressRecorder`` is a StreamingQueryListener. Listener callbacks run on Spark's listener
+thread, so they only queue rows; the job's main loop (lakehouse/streaming.py) calls
+:meth:`ProgressRecorder.flush` between waits, which appends the queued rows to the Delta table.
+A query counts its records with :func:`count_records`, or its micro-batch reports them
+(:func:`report_batch`). The ``status`` report reads the table back (lakehouse/status.py).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from datetime import datetime
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQueryListener
+from pyspark.sql.types import (
+    DoubleType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from lakehouse.checkpoints import files_in_batch
+from lakehouse.config import LakehouseConfig
+from lakehouse.tables import append_to_table, resolve_table
+
+STREAM_PROGRESS_TABLE = "ops.stream_progress"
+# Queries attach ``count_records`` to their output, so a batch's records are counted as written
+# (a whole-file source reports files as its input rows).
+RECORDS_METRIC = "records"
+STREAM_PROGRESS_SCHEMA = StructType(
+    [
+        StructField("query_name", StringType()),
+        StructField("query_id", StringType()),
+        StructField("run_id", StringType()),
+        StructField("batch_id", LongType()),
+        StructField("batch_time", TimestampType()),
+        StructField("batch_duration_ms", LongType()),
+        StructField("num_input_rows", LongType()),  # records in the batch (see RECORDS_METRIC)
+        StructField("records_per_second", DoubleType()),  # R = records / batch duration
+        StructField("num_input_files", LongType()),  # S for a file source; null otherwise
+        StructField("sources", StringType()),  # source descriptions, ";"-separated
+        StructField("progress_json", StringType()),  # the whole progress event, for anything else
+    ]
+)
+
+
+# What a foreachBatch function reported about its micro-batch, for the recorder to pick up when
+# Spark reports that batch's progress: (query name, batch id) -> {"records": n, "notes": [...]}.
+# A batch that reads its input itself (bronze from files) has no observed metric to count by.
+_reported: dict[tuple[str, int], dict] = {}
+
+
+def report_batch(query_name: str, batch_id: int, records: int, bad_files: list[str] = ()) -> None:
+    """Called from a micro-batch: its record count, and the bad files it skipped (printed)."""
+    _reported[(query_name, batch_id)] = {"records": records, "notes": [f"skipped bad file {b}" for b in bad_files]}
+
+
+def count_records(df: DataFrame) -> DataFrame:
+    """Attach the observed metric the recorder reads as the batch's record count."""
+    return df.observe(RECORDS_METRIC, F.count(F.lit(1)).alias(RECORDS_METRIC))
+
+
+class ProgressRecorder(StreamingQueryListener):
+    """Queues one ``ops.stream_progress`` row per micro-batch; :meth:`flush` writes them."""
+
+    def __init__(self, spark: SparkSession, config: LakehouseConfig):
+        # A session of its own (same SparkContext): the silver job sets a session-wide Delta setting
+        # for its MERGE (the commit's userMetadata, which names the batch's commits), which an
+        # append made meanwhile from this session would otherwise pick up.
+        self.spark = spark.newSession()
+        self.table = resolve_table(config, STREAM_PROGRESS_TABLE)
+        self.checkpoints: dict[str, str] = {}  # query name -> checkpoint, to count files per batch
+        self._rows: queue.Queue = queue.Queue()  # filled by the listener thread
+        self._buffer: list[dict] = []  # drained, not yet written
+        self._terminated: set[str] = set()
+        self._changed = threading.Condition()
+
+    def watch(self, query_name: str, checkpoint: str) -> None:
+        self.checkpoints[query_name] = checkpoint
+
+    # -- listener callbacks (Spark's listener thread) --------------------------------------
+    def onQueryStarted(self, event) -> None:
+        pass
+
+    def onQueryProgress(self, event) -> None:
+        p = event.progress
+        observed = (p.observedMetrics or {}).get(RECORDS_METRIC)
+        reported = _reported.pop((p.name, p.batchId), None)
+        if reported is not None:
+            records = reported["records"]
+        else:
+            records = observed[RECORDS_METRIC] if observed is not None else p.numInputRows
+        seconds = (p.batchDuration or 0) / 1000.0
+        checkpoint = self.checkpoints.get(p.name or "")
+        files = None
+        if checkpoint and any(s.description.startswith("FileStreamSource") for s in p.sources):
+            files = files_in_batch(checkpoint, p.batchId)
+        self._rows.put(
+            {
+                "query_name": p.name,
+                "query_id": str(p.id),
+                "run_id": str(p.runId),
+                "batch_id": p.batchId,
+                "batch_time": datetime.fromisoformat(p.timestamp.replace("Z", "+00:00")).replace(tzinfo=None),
+                "batch_duration_ms": p.batchDuration,
+                "num_input_rows": records,
+                "records_per_second": records / seconds if seconds > 0 else None,
+                "num_input_files": files,
+                "sources": ";".join(s.description for s in p.sources),
+                "progress_json": p.json,
+                "notes": reported["notes"] if reported else [],  # printed, not stored
+            }
+        )
+        with self._changed:
+            self._changed.notify_all()
+
+    def onQueryIdle(self, event) -> None:
+        pass
+
+    def onQueryTerminated(self, event) -> None:
+        with self._changed:
+            self._terminated.add(str(event.id))
+            self._changed.notify_all()
+
+    # -- main thread ----------------------------------------------------------------------
+    def wait_terminated(self, query_id: str, timeout: float = 30.0) -> bool:
+        """Wait until the listener has seen the query end, so all its progress is queued."""
+        with self._changed:
+            return self._changed.wait_for(lambda: query_id in self._terminated, timeout)
+
+    def drain(self) -> list[dict]:
+        """Rows queued since the last call; they stay buffered until :meth:`flush` writes them."""
+        new = []
+        while True:
+            try:
+                new.append(self._rows.get_nowait())
+            except queue.Empty:
+                break
+        self._buffer.extend(new)
+        return new
+
+    def flush(self) -> int:
+        """Append the buffered progress rows to ``ops.stream_progress``; returns how many."""
+        self.drain()
+        rows, self._buffer = self._buffer, []
+        if rows:
+            names = STREAM_PROGRESS_SCHEMA.fieldNames()
+            data = [tuple(row[name] for name in names) for row in rows]
+            append_to_table(self.spark.createDataFrame(data, STREAM_PROGRESS_SCHEMA), self.table)
+        return len(rows)

@@ -1,0 +1,308 @@
+"""Refine: one micro-batch of bronze rows into silver, its quarantine and the ops tables.
+
+Each micro-batch is parsed (lakehouse.parse), checked by the entity's row rules
+(lakehouse.quality), and each row decided: kept, or quarantined with its reasons
+(lakehouse.quarantine). Kept rows are deduplicated and MERGEd into ``silver.<entity>``; the
+batch's counts go to ``ops.silver_batches`` and its expectation results to
+``ops.quality_results``. What a decision depends on besides the batch itself (its processing
+time, the late cut-off) is fixed in the batch's plan (:func:`plan_batch`) before the first write,
+so a batch redone after a crash decides every row as the first attempt did.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import MapType, StringType
+
+from lakehouse.config import EntityConfig, LakehouseConfig, duration_seconds
+from lakehouse.errors import JobError
+from lakehouse.failpoints import failpoint
+from lakehouse.parse import TIMESTAMP_RANGE_MICROS, parse_records
+from lakehouse.quality import (
+    FAILED_COLUMNS,
+    QUALITY_RESULTS_SCHEMA,
+    QUALITY_RESULTS_TABLE,
+    BatchValidator,
+    results_rows,
+    rule_metric_columns,
+    rule_results,
+    with_rule_results,
+)
+from lakehouse.quarantine import quarantine_error, quarantine_reasons
+from lakehouse.silver_tables import (
+    SILVER_BATCHES_SCHEMA,
+    SILVER_BATCHES_TABLE,
+    silver_columns,
+)
+from lakehouse.tables import (
+    TableRef,
+    append_once,
+    batch_marker,
+    committed,
+    delta_table,
+    last_commit,
+    read_table,
+    resolve_table,
+    table_exists,
+)
+
+
+class ExpectationFailedError(JobError):
+    """A ``fail`` expectation did not hold: the batch is not committed and will be redone."""
+
+
+def plan_batch(spark: SparkSession, config: LakehouseConfig, entity_name: str, backfill: bool = False) -> dict:
+    """What the batch's decisions depend on besides its rows, fixed when it is first planned.
+
+    - ``planned_at_us``: the batch's processing time; ``future_cutoff_us`` = that + ``max_future``.
+    - ``late_cutoff_us``: silver's newest event time before the batch (never later than the
+      future cut-off) minus the entity's watermark, as Spark's watermarks come from what earlier
+      batches committed, so the rows of one batch are never late relative to each other. None
+      while silver is empty, and for a backfill run (``--backfill``).
+    - ``late_exempt``: the entity's sources configured as backfills (``sources.<s>.backfill``).
+    Times are microseconds since the epoch (UTC), so no local clock or Python datetime is involved.
+    """
+    entity = config.entity(entity_name)
+    planned_at = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
+    # Clamped to the timestamps a row can hold (1900-9999), so a huge max_future is no crash.
+    future_cutoff = min(planned_at + int(duration_seconds(entity.max_future) * 1_000_000),
+                        TIMESTAMP_RANGE_MICROS[1] - 1)
+    silver = read_table(spark, resolve_table(config, f"silver.{entity_name}"))
+    newest = silver.agg(F.max(F.col(entity.event_time)).alias("newest")).select(
+        F.unix_micros(F.col("newest").cast("timestamp"))).first()[0]
+    late_cutoff = None
+    if newest is not None and not backfill:
+        late_cutoff = max(min(newest, future_cutoff) - int(duration_seconds(entity.watermark) * 1_000_000),
+                          TIMESTAMP_RANGE_MICROS[0])
+    return {
+        "planned_at_us": planned_at,
+        "future_cutoff_us": future_cutoff,
+        "late_cutoff_us": late_cutoff,
+        "late_exempt": sorted(s for s in entity.sources if config.source(s).backfill),
+        "backfill": backfill,
+    }
+
+
+def latest_per_key(valid: DataFrame, entity: EntityConfig) -> DataFrame:
+    """One row per key: the latest event time wins; ties go to the later bronze position."""
+    order = [F.col(entity.event_time).desc_nulls_last(), F.col("_source_file").desc(), F.col("_source_line").desc()]
+    newest_first = Window.partitionBy(*entity.keys).orderBy(*order)
+    return valid.withColumn("_rank", F.row_number().over(newest_first)).where("_rank = 1").drop("_rank")
+
+
+def refine_batch(
+    config: LakehouseConfig,
+    entity_name: str,
+    rules: list,
+    app_id: str,
+    bronze_batch: DataFrame,
+    batch_id: int,
+    plan: dict,
+    validator: BatchValidator | None = None,
+    may_be_replay: bool = True,
+) -> None:
+    """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
+
+    ``plan`` fixes what decisions depend on besides the rows (:func:`plan_batch`, made when the
+    batch was first planned). The parsed and checked batch is cached once; one aggregation over it
+    yields the batch's counts, the fail check and the row-level expectation results. Each write
+    is made once per batch (tables.append_once, marked ``app_id:batch_id``; ``may_be_replay``:
+    the batch may be one redone after a crash, so writes it already made are looked for and
+    skipped), and with the same plan a redone batch decides every row as before. ``validator``
+    validates with GX what the fused aggregation does not (every expectation when
+    ``quality.validation`` is ``gx``).
+    """
+    entity = config.entity(entity_name)
+    batch = _Batch(config, entity_name, batch_id, batch_marker(app_id, batch_id),
+                   # the batch's writes all come after its plan, so a redone batch's history search stops there
+                   plan["planned_at_us"] // 1000 if may_be_replay else None)
+    decided = decide_rows(bronze_batch, config, entity, plan, rules).persist()
+    try:
+        counts = _count_and_check(decided, batch, rules, config.quality.validation == "fused")
+        results = rule_results(rules, counts, counts["records"]) if config.quality.validation == "fused" else []
+        if validator is not None:
+            results += validator.validate(decided.where(F.col("_reasons").isNotNull()).select(*entity.columns))
+        inserted = _write_outputs(decided, batch, results)
+        failpoint("silver.stats", batch_id)
+        valid_rows = counts["records"] - counts["quarantined"]
+        stats = [(entity_name, batch_id, counts["bronze_rows"], counts["quarantined"], inserted, valid_rows - inserted,
+                  counts["warnings"], datetime.now(timezone.utc).replace(tzinfo=None),
+                  counts["bronze_rows"] - counts["records"], _utc(plan["planned_at_us"]),
+                  _utc(plan["late_cutoff_us"]), _utc(plan["future_cutoff_us"]))]
+        spark = bronze_batch.sparkSession
+        append_once(spark.createDataFrame(stats, SILVER_BATCHES_SCHEMA), resolve_table(config, SILVER_BATCHES_TABLE),
+                    batch.marker, batch.replay_since, merge_schema=True)
+        failpoint("silver.done", batch_id)
+    finally:
+        decided.unpersist()
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One micro-batch's identity for its writes: the marker each commit carries, and since when
+    (ms) a redone batch looks for commits it already made (None: not a redone batch)."""
+
+    config: LakehouseConfig
+    entity_name: str
+    batch_id: int
+    marker: str
+    replay_since: int | None
+
+
+def decide_rows(bronze_batch: DataFrame, config: LakehouseConfig, entity: EntityConfig, plan: dict,
+                rules: list) -> DataFrame:
+    """The batch parsed, checked and decided. ``_reasons``: null for a CSV header line (not a
+    record), else why the row is quarantined ([] keeps it). Only what the later steps read: the
+    raw line only where the row is quarantined."""
+    sources = {name: config.source(name) for name in entity.sources}
+    checked = with_rule_results(parse_records(bronze_batch, entity, sources), rules)
+    reasons = F.when(F.col("_header") == "ok", F.lit(None).cast("array<string>")).otherwise(
+        quarantine_reasons(entity, plan))
+    return checked.withColumn("_reasons", reasons).select(
+        # Text that is not UTF-8 is kept with U+FFFD in its place; bronze holds the exact bytes.
+        F.when(F.size("_reasons") > 0, F.make_valid_utf8("value")).alias("value"), *silver_columns(entity), "_reasons",
+        F.when(F.size("_reasons") > 0, F.col("_non_finite")).alias("_non_finite"), *FAILED_COLUMNS.values(),
+    )
+
+
+def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool):
+    """The batch's counts (and row-level expectation metrics) in one aggregation; raises
+    ExpectationFailedError when a ``fail`` expectation does not hold on some row."""
+    record = F.col("_reasons").isNotNull()
+    kept = record & (F.size("_reasons") == 0)
+    failing = record & (F.size(FAILED_COLUMNS["fail"]) > 0)
+    aggregates = {
+        "bronze_rows": F.count(F.lit(1)),
+        "records": F.count(F.when(record, 1)),
+        "quarantined": F.count(F.when(record & (F.size("_reasons") > 0), 1)),
+        "warnings": F.count(F.when(kept & (F.size(FAILED_COLUMNS["warn"]) > 0), 1)),
+        "failing": F.count(F.when(failing, 1)),
+        **(rule_metric_columns(rules, where=record) if fused else {}),
+    }
+    counts = decided.agg(*[column.alias(name) for name, column in aggregates.items()]).first()
+    if counts["failing"]:
+        first = decided.where(failing).select(FAILED_COLUMNS["fail"], "_source_file", "_source_line").first()
+        raise ExpectationFailedError(
+            f"batch {batch.batch_id} of silver.{batch.entity_name}: expectation {', '.join(first[0])} failed "
+            f"(policy fail) on {counts['failing']} row(s), first at {first[1]} line {first[2]}; "
+            "nothing was committed, the batch is redone after a fix"
+        )
+    return counts
+
+
+def _write_outputs(decided: DataFrame, batch: _Batch, results: list) -> int:
+    """MERGE the kept rows into silver, append the quarantined rows and the expectation results;
+    returns the keys inserted. Each write is idempotent on its own, so any may be redone."""
+    config, entity_name, batch_id = batch.config, batch.entity_name, batch.batch_id
+    entity = config.entity(entity_name)
+    spark = decided.sparkSession
+    record = F.col("_reasons").isNotNull()
+    quarantine = decided.where(record & (F.size("_reasons") > 0)).select(
+        "value", "_source_file", "_source_line", F.col("_reasons").alias("reasons"),
+        quarantine_error(F.col("_reasons")).alias("error"), F.lit(batch_id).cast("long").alias("batch_id"),
+        F.current_timestamp().alias("_quarantined_at"),
+    )
+
+    def append_results() -> None:
+        failpoint("silver.quality", batch_id)
+        if results:
+            rows = results_rows(entity_name, entity.suite, results, batch_id, _source_versions(spark, config, entity))
+            append_once(spark.createDataFrame(rows, QUALITY_RESULTS_SCHEMA), resolve_table(config, QUALITY_RESULTS_TABLE),
+                        batch.marker, batch.replay_since)
+
+    def append_quarantine() -> None:
+        failpoint("silver.quarantine", batch_id)
+        append_once(quarantine, resolve_table(config, f"silver.{entity_name}_quarantine"), batch.marker,
+                    batch.replay_since)
+
+    # The two appends are small and mostly wait on Delta's commit protocol: they run beside the MERGE.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"silver-{entity_name}") as pool:
+        appends = [pool.submit(append_results), pool.submit(append_quarantine)]
+        failpoint("silver.merge", batch_id)
+        kept = decided.where(record & (F.size("_reasons") == 0))
+        inserted = merge_into_silver(resolve_table(config, f"silver.{entity_name}"), latest_per_key(kept, entity),
+                                     entity, batch.marker, batch.replay_since)
+        for done in appends:
+            done.result()  # re-raises a failed append: the batch fails and is redone
+    return inserted
+
+
+def _utc(micros: int | None) -> datetime | None:
+    return None if micros is None else datetime.fromtimestamp(micros / 1_000_000, tz=timezone.utc)
+
+
+def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfig, marker: str,
+                      replay_since_ms: int | None) -> int:
+    """MERGE one row per key into silver (a seen key takes the row with the later event time).
+
+    Once per micro-batch, as tables.append_once: for a batch that may be redone
+    (``replay_since_ms``), a MERGE already committed under ``marker`` is not run again. Returns
+    the keys it inserted, from the MERGE's own metrics (a redone batch gets the figure of the
+    MERGE that committed before the crash).
+    """
+    spark = rows.sparkSession
+    if replay_since_ms is not None:
+        done = committed(spark, silver_ref, marker, replay_since_ms)
+        if done is not None:
+            return int(done["operationMetrics"].get("numTargetRowsInserted", 0))
+    silver = delta_table(spark, silver_ref)
+    rows = rows.select(*silver_columns(entity))
+    if entity.unexpected_fields == "evolve":
+        rows, _ = evolve_rescued_fields(rows, entity)
+        # Columns earlier batches evolved: a row without the field holds null there (the newer
+        # version of a key replaces the whole row).
+        rows = rows.withColumns({f.name: F.lit(None).cast(f.dataType) for f in silver.toDF().schema.fields
+                                 if f.name not in rows.columns})
+    session_conf = {"spark.databricks.delta.commitInfo.userMetadata": marker}
+    if set(rows.columns) - set(silver.toDF().columns):  # new columns join silver's schema in this MERGE
+        session_conf["spark.databricks.delta.schema.autoMerge.enabled"] = "true"
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in entity.keys)
+    newer = f"s.`{entity.event_time}` > t.`{entity.event_time}` OR t.`{entity.event_time}` IS NULL"
+    for key, value in session_conf.items():
+        spark.conf.set(key, value)
+    try:
+        # The MERGE's own metrics (a MERGE that changes nothing commits nothing: Delta skips empty commits).
+        metrics = silver.alias("t").merge(rows.alias("s"), condition).whenMatchedUpdateAll(condition=newer) \
+            .whenNotMatchedInsertAll().execute().first()
+    finally:
+        for key in session_conf:
+            spark.conf.unset(key)
+    return int(metrics["num_inserted_rows"]) if metrics is not None else 0
+
+
+IDENTIFIER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def evolve_rescued_fields(latest: DataFrame, entity: EntityConfig) -> tuple[DataFrame, list[str]]:
+    """Move rescued fields into string columns of their own (``unexpected_fields: evolve``).
+
+    A field whose name is not a plain identifier, or clashes with a declared or system column,
+    stays in ``_rescued``. Returns the rows and the names of the fields given columns.
+    """
+    rescued = F.from_json("_rescued", MapType(StringType(), StringType()))
+    names = [r[0] for r in latest.select(F.explode(F.map_keys(rescued))).distinct().collect()]
+    taken = {c.lower() for c in latest.columns}
+    evolved = sorted(n for n in names if IDENTIFIER_NAME.match(n) and n.lower() not in taken)
+    if not evolved:
+        return latest, []
+    left = F.map_filter(rescued, lambda key, _: ~key.isin(evolved))
+    return latest.withColumns(
+        {**{name: rescued[name] for name in evolved},
+         "_rescued": F.when(F.size(left) > 0, F.to_json(left))}
+    ), evolved
+
+
+def _source_versions(spark: SparkSession, config: LakehouseConfig, entity: EntityConfig) -> str:
+    """The bronze tables' latest Delta versions when the batch was validated."""
+    versions = []
+    for source in entity.sources:
+        ref = resolve_table(config, f"bronze.{source}")
+        if table_exists(spark, ref):  # a batch handed in directly (tests, backfills) may have none
+            versions.append(f"{ref.name}@{last_commit(spark, ref).version}")
+    return ",".join(versions)

@@ -1,0 +1,108 @@
+"""Silver's tables: ``silver.<entity>``, its quarantine, and the ops tables each batch appends to.
+
+``silver.<entity>`` holds one typed row per key (the entity's declared columns plus where the row
+came from); ``silver.<entity>_quarantine`` every row that was not kept, with its reasons;
+``ops.silver_batches`` each micro-batch's counts and plan; ``ops.quality_results`` its
+expectation results (lakehouse.quality). A micro-batch writes them in lakehouse/refine.py.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import SparkSession
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DateType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from lakehouse.config import EntityConfig, LakehouseConfig
+from lakehouse.quality import QUALITY_RESULTS_SCHEMA, QUALITY_RESULTS_TABLE
+from lakehouse.tables import create_table_if_missing, delta_table, resolve_table
+
+QUARANTINE_SCHEMA = StructType(
+    [
+        StructField("value", StringType()),  # the raw record, as bronze holds it
+        StructField("_source_file", StringType()),
+        StructField("_source_line", LongType()),
+        StructField("reasons", ArrayType(StringType())),  # "malformed", "type(col)", failed expectation names
+        StructField("error", StringType()),  # one readable line
+        StructField("batch_id", LongType()),
+        StructField("_quarantined_at", TimestampType()),
+    ]
+)
+
+SILVER_BATCHES_TABLE = "ops.silver_batches"
+SILVER_BATCHES_SCHEMA = StructType(
+    [
+        StructField("entity", StringType()),
+        StructField("batch_id", LongType()),
+        StructField("bronze_rows", LongType()),
+        StructField("quarantined", LongType()),
+        StructField("inserted", LongType()),  # new keys
+        StructField("duplicates", LongType()),  # valid rows whose key was seen (in the batch or before)
+        StructField("warnings", LongType()),  # rows kept with a failed warn expectation
+        StructField("recorded_at", TimestampType()),
+        StructField("skipped", LongType()),  # CSV header lines: not records, in no other table
+        # The batch's plan (silver.plan_batch): when it was first planned, and the event-time limits
+        # it judged rows by (older than late_cutoff: late; newer than future_cutoff: future_event_time).
+        StructField("planned_at", TimestampType()),
+        StructField("late_cutoff", TimestampType()),
+        StructField("future_cutoff", TimestampType()),
+    ]
+)
+
+
+def silver_columns(entity: EntityConfig) -> list[str]:
+    return [*entity.columns, "_rescued", "_source_file", "_source_line", "_ingested_at"]
+
+
+def silver_schema(entity: EntityConfig) -> StructType:
+    return StructType(
+        [StructField(name, _spark_type(kind)) for name, kind in entity.columns.items()]
+        + [
+            StructField("_rescued", StringType()),  # unexpected fields, as a JSON object
+            StructField("_source_file", StringType()),
+            StructField("_source_line", LongType()),
+            StructField("_ingested_at", TimestampType()),
+        ]
+    )
+
+
+def ensure_silver_tables(spark: SparkSession, config: LakehouseConfig, entity_name: str) -> None:
+    entity = config.entity(entity_name)
+    silver = resolve_table(config, f"silver.{entity_name}")
+    # The change feed lets streaming gold tables read silver's new rows although MERGE rewrites files.
+    create_table_if_missing(spark, silver, silver_schema(entity), properties={CHANGE_FEED: "true"},
+                            comment="Typed, validated, one row per key; see lakehouse/silver.py")
+    if delta_table(spark, silver).detail().first()["properties"].get(CHANGE_FEED) != "true":
+        target = f"delta.`{silver.path}`" if silver.is_path else silver.identifier
+        spark.sql(f"ALTER TABLE {target} SET TBLPROPERTIES ({CHANGE_FEED} = true)")  # made by an older release
+    create_table_if_missing(spark, resolve_table(config, f"silver.{entity_name}_quarantine"), QUARANTINE_SCHEMA,
+                            comment="Rows that failed parsing or a drop expectation, with reasons")
+    create_table_if_missing(spark, resolve_table(config, SILVER_BATCHES_TABLE), SILVER_BATCHES_SCHEMA)
+    create_table_if_missing(spark, resolve_table(config, QUALITY_RESULTS_TABLE), QUALITY_RESULTS_SCHEMA)
+
+
+CHANGE_FEED = "delta.enableChangeDataFeed"
+
+SPARK_TYPES = {
+    "string": StringType(),
+    "double": DoubleType(),
+    "long": LongType(),
+    "int": IntegerType(),
+    "boolean": BooleanType(),
+    "timestamp": TimestampType(),
+    "date": DateType(),
+}
+
+
+def _spark_type(kind: str):
+    return SPARK_TYPES[kind]  # the config only admits these names (config.ColumnType)
+

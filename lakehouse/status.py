@@ -1,0 +1,162 @@
+"""The ``status`` report: per streaming query, its last micro-batch and its backlog.
+
+Figures follow the design's terms: R = records/s of the last batch (rows / batch time),
+S = channels (input files in the batch for a file source, partitions for Kafka), B = R / S per
+channel. The last batch comes from ``ops.stream_progress`` (lakehouse/progress.py); the backlog
+from each bronze flow's checkpoint against its landing directory, or Kafka's latest offsets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from pyspark.sql import SparkSession, Window
+from pyspark.sql import functions as F
+
+from lakehouse.checkpoints import landed_files, logged_batches, processed_files
+from lakehouse.config import LakehouseConfig
+from lakehouse.landing import bad_files, changed_files
+from lakehouse.pipeline import Pipeline
+from lakehouse.progress import STREAM_PROGRESS_TABLE
+from lakehouse.tables import read_table, resolve_table, table_exists
+
+
+@dataclass
+class QueryStatus:
+    query_name: str
+    last_batch_id: int | None
+    last_batch_time: str | None
+    input_rows: int | None
+    records_per_second: float | None  # R
+    channels: int | None  # S
+    per_channel: float | None  # B = R / S
+    backlog_files: int | None  # landed but not yet taken in by the query
+    consumer_lag: int | None = None  # Kafka: latest offsets minus those the query processed, summed
+    lag_by_partition: dict[str, int] | None = None  # "<topic>/<partition>" -> lag
+    note: str | None = None  # why a figure is missing (e.g. the broker is unreachable)
+    bad_files: int | None = None  # file source: planned files not read (ops.bad_files)
+    changed_files: list[str] | None = None  # file source: files changed since they were read
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QueryStatus]:
+    """The last micro-batch of every query in ``ops.stream_progress``, plus each file source's backlog."""
+    latest = {}
+    table = resolve_table(config, STREAM_PROGRESS_TABLE)
+    if table_exists(spark, table):
+        newest_first = Window.partitionBy("query_name").orderBy(F.col("batch_time").desc())
+        rows = (
+            read_table(spark, table)
+            .withColumn("_rank", F.row_number().over(newest_first))
+            .where("_rank = 1")
+            .collect()
+        )
+        latest = {row["query_name"]: row for row in rows}
+
+    backlog, lags, bad, changed = {}, {}, {}, {}
+    for flow in Pipeline(config).of_kind("bronze"):
+        source, query = config.source(flow.name), flow.query_name
+        if source.kind == "files":
+            done = processed_files(flow.checkpoint)
+            backlog[query] = sum(1 for f in landed_files(config.landing_path(flow.name)) if f not in done)
+            bad[query] = len(bad_files(spark, config, flow.name))
+            changed[query] = [c.path for c in changed_files(spark, config, flow.name)]
+        elif source.kind == "kafka" and logged_batches(flow.checkpoint, "offsets"):
+            lags[query] = _kafka_lag(source, flow.checkpoint)  # once its query has run
+
+    statuses = []
+    for query in sorted(set(latest) | set(backlog) | set(lags)):
+        row = latest.get(query)
+        rate = row["records_per_second"] if row else None
+        channels = row["num_input_files"] if row else None
+        lag, note = lags.get(query, (None, None))
+        if query in lags:  # a Kafka source's channels are the partitions its last batch read
+            channels = kafka_partitions(row["progress_json"]) if row else None
+        statuses.append(
+            QueryStatus(
+                query_name=query,
+                last_batch_id=row["batch_id"] if row else None,
+                last_batch_time=row["batch_time"].isoformat(sep=" ") if row else None,
+                input_rows=row["num_input_rows"] if row else None,
+                records_per_second=rate,
+                channels=channels,
+                per_channel=(rate / channels) if rate is not None and channels else None,
+                backlog_files=backlog.get(query),
+                consumer_lag=sum(lag.values()) if lag is not None else None,
+                lag_by_partition=lag,
+                note=note,
+                bad_files=bad.get(query),
+                changed_files=changed.get(query),
+            )
+        )
+    return statuses
+
+
+def _kafka_lag(source, checkpoint: str) -> tuple[dict[str, int] | None, str | None]:
+    """({"topic/partition": lag}, None), or (None, why not) when Kafka cannot be asked."""
+    from lakehouse.kafka import KafkaSetupError, consumer_lag
+
+    try:
+        return {f"{p.topic}/{p.partition}": p.lag for p in consumer_lag(source.kafka, checkpoint)}, None
+    except KafkaSetupError as exc:
+        return None, str(exc)
+    except Exception as exc:  # the broker is down or unreachable: status still reports the rest
+        return None, f"Kafka lag unavailable: {str(exc).splitlines()[0]}"
+
+
+def kafka_partitions(progress_json: str | None) -> int | None:
+    """Partitions in the end offsets of a micro-batch's Kafka sources (from its progress JSON)."""
+    if not progress_json:
+        return None
+    count = 0
+    for source in json.loads(progress_json).get("sources", []):
+        if not str(source.get("description", "")).startswith("Kafka"):
+            continue
+        end = source.get("endOffset")
+        end = json.loads(end) if isinstance(end, str) else end
+        count += sum(len(partitions) for partitions in (end or {}).values() if isinstance(partitions, dict))
+    return count or None
+
+
+def format_status(statuses: list[QueryStatus]) -> str:
+    headers = ["query", "last batch", "batch time (UTC)", "records", "R rec/s", "S", "B rec/s/ch", "backlog",
+               "bad files"]
+
+    def fmt(value, digits=1):
+        if value is None:
+            return "-"
+        return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
+
+    table = [headers] + [
+        [s.query_name, fmt(s.last_batch_id), fmt(s.last_batch_time), fmt(s.input_rows),
+         fmt(s.records_per_second), fmt(s.channels), fmt(s.per_channel), _backlog(s), fmt(s.bad_files)]
+        for s in statuses
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if not statuses:
+        lines.append("(no streaming queries have run yet)")
+    for s in statuses:
+        if s.lag_by_partition:
+            spread = ", ".join(f"{p} {lag:,}" for p, lag in s.lag_by_partition.items())
+            lines.append(f"{s.query_name}: consumer lag by partition: {spread}")
+        if s.note:
+            lines.append(f"{s.query_name}: {s.note}")
+        if s.bad_files:
+            lines.append(f"{s.query_name}: {s.bad_files:,} bad file(s) not read (ops.bad_files; "
+                         "`lakehouse reconcile` names them)")
+        if s.changed_files:
+            lines.append(f"{s.query_name}: WARNING: {len(s.changed_files):,} landing file(s) changed after they were "
+                         f"read, their new content is not in bronze: {', '.join(s.changed_files)}")
+    return "\n".join(lines)
+
+
+def _backlog(s: QueryStatus) -> str:
+    """Files landed but not taken in, or Kafka messages not yet processed (consumer lag)."""
+    if s.consumer_lag is not None:
+        return f"{s.consumer_lag:,} msgs"
+    return f"{s.backlog_files:,} files" if s.backlog_files is not None else "-"
