@@ -5,6 +5,7 @@ for count_unusable, the driver's version of that last rule."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from ml.data import (
 def test_shards_tile_the_rows_in_order_with_sizes_differing_by_at_most_one(total, size):
     bounds = [shard_bounds(total, rank, size) for rank in range(size)]
     assert bounds[0][0] == 0 and bounds[-1][1] == total
-    assert all(end == start for (_, end), (start, _) in zip(bounds, bounds[1:]))  # contiguous, no overlap
+    assert all(end == start for (_, end), (start, _) in itertools.pairwise(bounds))  # contiguous, no overlap
     sizes = [end - start for start, end in bounds]
     assert sum(sizes) == total and max(sizes) - min(sizes) <= 1
 

@@ -48,9 +48,9 @@ def _snapshot(tmp_path, frame: pd.DataFrame, files: int = 3) -> Snapshot:
 
 
 def _spec(snapshot: Snapshot, **changes) -> TrainSpec:
-    values = dict(snapshot=snapshot, features=FEATURES, label=LABEL, split_key=KEY, validation_fraction=FRACTION,
-                  hidden=[8], dropout=0.0, optimizer="adam", learning_rate=0.02, batch_size=32, epochs=3, seed=11,
-                  log_every_steps=4)
+    values = {"snapshot": snapshot, "features": FEATURES, "label": LABEL, "split_key": KEY,
+              "validation_fraction": FRACTION, "hidden": [8], "dropout": 0.0, "optimizer": "adam",
+              "learning_rate": 0.02, "batch_size": 32, "epochs": 3, "seed": 11, "log_every_steps": 4}
     values.update(changes)
     return TrainSpec(**values)
 
