@@ -19,7 +19,8 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group.add_argument("--data-dir", default=default, help="where tables, checkpoints and landing files live (storage.data_dir)")
     group.add_argument(
         "--set",
-        dest="overrides",
+        # after the command, its own list: argparse would replace the one given before it
+        dest="command_overrides" if suppress else "overrides",
         action="append",
         default=default if suppress else [],
         metavar="KEY.PATH=VALUE",
@@ -33,11 +34,22 @@ def _trigger_options(parser: argparse.ArgumentParser, what: str) -> None:
     when.add_argument("--trigger", help="run continuously with this processing-time trigger (default: streaming.trigger)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Keeps every ``--set``: argparse parses a command's options into a namespace of its own and
+    copies it over, which would replace the ``--set`` list given before the command."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        parsed.overrides = [*(parsed.overrides or ()), *vars(parsed).pop("command_overrides", ())]  # before, then after
+        return parsed, rest
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command; lakehouse/cli.py runs what it parses."""
-    parser = argparse.ArgumentParser(prog="lakehouse", description=DESCRIPTION)
+    parser = _Parser(prog="lakehouse", description=DESCRIPTION)
     _global_options(parser, suppress=False)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=argparse.ArgumentParser)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)

@@ -30,9 +30,11 @@ class MLPRegressor(nn.Module):
         self.register_buffer("y_std", torch.ones(()))
 
     def set_scaling(self, x_mean, x_std, y_mean, y_std) -> None:
-        """Fix the scaling; a constant feature (std 0) is only centred."""
+        """Fix the scaling; a feature constant in training (std 0) is only centred (divided by 1), so a
+        value scoring sees away from that constant enters the network at its own scale."""
+        x_std = torch.as_tensor(x_std)
         self.x_mean.copy_(torch.as_tensor(x_mean))
-        self.x_std.copy_(torch.clamp(torch.as_tensor(x_std), min=1e-6))
+        self.x_std.copy_(torch.where(x_std > 1e-6, x_std, torch.ones_like(x_std)))
         self.y_mean.copy_(torch.as_tensor(y_mean))
         self.y_std.copy_(torch.clamp(torch.as_tensor(y_std), min=1e-6))
 

@@ -317,6 +317,8 @@ def promotion_lock(config, uri: str, model_name: str):
 
 def _local_store(uri: str) -> Path | None:
     """The directory of a local tracking store: the sqlite file's folder, or a file store."""
+    if uri in ("databricks", "databricks-uc"):  # MLflow's names for a workspace's tracking server
+        return None
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":  # sqlite:///relative.db, sqlite:////absolute.db
         path = unquote(parsed.path[1:] if parsed.path.startswith("/") else parsed.path)

@@ -85,7 +85,7 @@ class Scaling:
 def fit_scaling(x_train: np.ndarray, y_train: np.ndarray, total) -> Scaling:
     """Means and standard deviations over all processes' training rows, from the count, sums and
     sums of squares each process contributes (``total``: element-wise sum over processes).
-    A constant column has std 0 (the model divides by max(std, eps))."""
+    A constant column has std 0 (the model then only centres it: ml.model.set_scaling)."""
     n_feat = x_train.shape[1]
     sums = total(np.concatenate([[len(y_train)], x_train.sum(0), (x_train ** 2).sum(0),
                                  [y_train.sum(), (y_train ** 2).sum()]]))

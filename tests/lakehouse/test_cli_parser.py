@@ -45,8 +45,6 @@ def test_a_global_option_after_the_command_wins_over_one_before():
     assert (args.env, args.data_dir) == ("prod", "first")  # one given before only is kept
 
 
-@pytest.mark.xfail(strict=True, reason="the subcommand's --set (default SUPPRESS, action append) starts a new "
-                   "list that replaces the one given before the command: --set a=1 config --set b=2 keeps only b=2")
 def test_set_before_and_after_the_command_are_all_kept():
     assert _parse("--set", "a=1", "config", "--set", "b=2").overrides == ["a=1", "b=2"]
 

@@ -1,15 +1,23 @@
-"""LakehouseConfig.gold_order: gold tables that read other gold tables are built after them, on
-configurations with chains and diamonds of gold tables; a cycle is refused when the
+"""Gold's build order from the pipeline graph: gold tables that read other gold tables are built
+after them, on configurations with chains and diamonds of gold tables; a cycle is refused when the
 configuration loads."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from lakehouse.config import ConfigError, GoldCycle, GoldTableConfig, load_config
+from lakehouse.config import ConfigError, load_config
+from lakehouse.graph import CycleError, inputs_first
+from lakehouse.pipeline import Pipeline
+
+
+def gold_order(config, names=None) -> list[str]:
+    """The named gold tables (default: all), inputs first, as `lakehouse gold` builds them."""
+    pipeline = Pipeline(config)
+    flows = [pipeline.gold(name) for name in (config.gold if names is None else names)]
+    return [flow.name for flow in pipeline.inputs_first(flows)]
 
 
 def _with_gold(conf: Path, tables: dict[str, list[str]], keep_project_tables: bool = False):
@@ -36,41 +44,41 @@ def test_a_chain_is_built_from_its_start(conf_copy):
     config = _with_gold(conf_copy, CHAIN)
     # The files (and so config.gold) list the end first: the order comes from the inputs.
     assert list(config.gold) == ["a_end", "b_middle", "c_start"]
-    assert config.gold_order() == ["c_start", "b_middle", "a_end"]
-    assert config.gold_order(["a_end", "c_start", "b_middle"]) == ["c_start", "b_middle", "a_end"]
-    assert config.gold_order(["a_end", "b_middle"]) == ["b_middle", "a_end"]
+    assert gold_order(config) == ["c_start", "b_middle", "a_end"]
+    assert gold_order(config, ["a_end", "c_start", "b_middle"]) == ["c_start", "b_middle", "a_end"]
+    assert gold_order(config, ["a_end", "b_middle"]) == ["b_middle", "a_end"]
 
 
 def test_only_the_named_tables_are_ordered(conf_copy):
     config = _with_gold(conf_copy, CHAIN)
-    assert config.gold_order(["a_end"]) == ["a_end"]  # its inputs are not added
-    assert config.gold_order([]) == []
-    assert config.gold_order(["b_middle", "b_middle", "c_start"]) == ["c_start", "b_middle"]  # each once
+    assert gold_order(config, ["a_end"]) == ["a_end"]  # its inputs are not added
+    assert gold_order(config, []) == []
+    assert gold_order(config, ["b_middle", "b_middle", "c_start"]) == ["c_start", "b_middle"]  # each once
 
 
 def test_a_diamond_builds_its_base_once_and_its_top_last(conf_copy):
     config = _with_gold(conf_copy, {
         "top": ["gold.left", "gold.right"], "left": ["gold.base"], "right": ["gold.base", "silver.telemetry"],
         "base": ["silver.telemetry"], "apart": ["bronze.telemetry"]})
-    order = config.gold_order()
+    order = gold_order(config)
     assert sorted(order) == ["apart", "base", "left", "right", "top"]
     assert _before(order, "base", "left") and _before(order, "base", "right")
     assert _before(order, "left", "top") and _before(order, "right", "top")
     assert order == ["apart", "base", "left", "right", "top"]  # depth first, in the files' order
-    assert config.gold_order(["top", "right", "left"]) == ["left", "right", "top"]  # top's inputs, as it lists them
-    assert config.gold_order(["right", "top", "left"]) == ["right", "left", "top"]
+    assert gold_order(config, ["top", "right", "left"]) == ["left", "right", "top"]  # top's inputs, as it lists them
+    assert gold_order(config, ["right", "top", "left"]) == ["right", "left", "top"]
 
 
 def test_independent_tables_keep_the_order_they_are_named_in(conf_copy):
     config = _with_gold(conf_copy, {"x": ["silver.telemetry"], "y": ["silver.telemetry"], "z": ["silver.telemetry"]})
-    assert config.gold_order(["z", "x", "y"]) == ["z", "x", "y"]
-    assert config.gold_order(["y", "z"]) == ["y", "z"]
+    assert gold_order(config, ["z", "x", "y"]) == ["z", "x", "y"]
+    assert gold_order(config, ["y", "z"]) == ["y", "z"]
 
 
 def test_the_project_tables_next_to_added_ones(conf_copy):
     config = _with_gold(conf_copy, {"host_daily": ["gold.telemetry_features", "gold.telemetry_minute"]},
                         keep_project_tables=True)
-    order = config.gold_order()
+    order = gold_order(config)
     assert sorted(order) == ["host_daily", "telemetry_features", "telemetry_minute"]
     assert _before(order, "telemetry_minute", "telemetry_features") and order[-1] == "host_daily"
 
@@ -78,13 +86,13 @@ def test_the_project_tables_next_to_added_ones(conf_copy):
 def test_an_unknown_name_is_a_configuration_error(conf_copy):
     config = _with_gold(conf_copy, {"x": ["silver.telemetry"]})
     with pytest.raises(ConfigError, match=r"gold\.nope: no such gold table \(configured: x\)"):
-        config.gold_order(["x", "nope"])
+        gold_order(config, ["x", "nope"])
 
 
 @pytest.mark.parametrize("tables,cycle", [
     ({"p": ["gold.q"], "q": ["gold.p"]}, "p -> q -> p"),
     ({"p": ["gold.q"], "q": ["gold.r"], "r": ["gold.p", "silver.telemetry"]}, "p -> q -> r -> p"),
-    ({"entry": ["gold.p"], "p": ["gold.q"], "q": ["gold.p"]}, "entry -> p -> q -> p"),
+    ({"entry": ["gold.p"], "p": ["gold.q"], "q": ["gold.p"]}, "p -> q -> p"),  # the cycle, not the way in
 ])
 def test_a_cycle_is_refused_when_the_configuration_loads(conf_copy, tables, cycle):
     with pytest.raises(ConfigError) as error:
@@ -101,16 +109,14 @@ def test_a_table_reading_itself_is_refused(conf_copy):
     assert error.value.key == "gold.loop.inputs"
 
 
-def test_gold_order_itself_raises_goldcycle_on_a_cycle(conf_copy):
-    config = _with_gold(conf_copy, {"x": ["silver.telemetry"]})
-    sql = "SELECT 1"
-    cyclic = replace(config, gold={"a": GoldTableConfig("batch", ["gold.b"], sql), "b": GoldTableConfig("batch", ["gold.c"], sql),
-                                   "c": GoldTableConfig("batch", ["gold.a"], sql), "d": GoldTableConfig("batch", ["gold.a"], sql)})
-    with pytest.raises(GoldCycle) as error:
-        cyclic.gold_order()
-    assert error.value.tables == ("a", "b", "c", "a")
-    with pytest.raises(GoldCycle) as error:
-        cyclic.gold_order(["d", "c", "b", "a"])
-    assert error.value.tables == ("d", "a", "b", "c", "a")
-    # A cycle only through tables not named is not one among those named.
-    assert cyclic.gold_order(["d", "a"]) == ["a", "d"]
+def test_the_order_itself_names_the_cycle():
+    reads = {"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}
+    with pytest.raises(CycleError) as error:
+        inputs_first(reads)
+    assert error.value.nodes == ("a", "b", "c", "a")
+    with pytest.raises(CycleError) as error:
+        inputs_first(reads, ["d", "c", "b", "a"])
+    assert error.value.nodes == ("a", "b", "c", "a")
+    # A cycle only through nodes not named is still one: the order cannot be made.
+    with pytest.raises(CycleError):
+        inputs_first(reads, ["d"])

@@ -12,7 +12,8 @@ from pyspark.sql import functions as F
 
 from lakehouse.parse import SOURCE_COLUMN
 from lakehouse.quality import FAILED_COLUMNS
-from lakehouse.silver import latest_per_key, quarantine_error, quarantine_reasons
+from lakehouse.quarantine import quarantine_error, quarantine_reasons
+from lakehouse.refine import latest_per_key
 
 T0 = 1_772_323_200_000_000  # 2026-03-01T00:00:00Z in microseconds
 MINUTE = 60_000_000
@@ -75,7 +76,7 @@ def test_each_reason_fires_alone(spark, entity):
         "header ok": ({"_header": "ok"}, []),  # refine_batch takes header lines out before this
     }
     got = _reasons(spark, entity, [row for row, _ in cases.values()])
-    assert dict(zip(cases, got)) == {name: want for name, (_, want) in cases.items()}
+    assert dict(zip(cases, got, strict=True)) == {name: want for name, (_, want) in cases.items()}
 
 
 def test_type_errors_follow_the_declared_column_order_and_ignore_undeclared_names(spark, entity):

@@ -13,17 +13,16 @@ from types import SimpleNamespace
 import pytest
 
 import ml.run
-from ml.run import CHAMPION, _local_store, promote, silver_entities_of, tracking_uri
+from lakehouse.pipeline import TRAIN, Pipeline
+from ml.run import CHAMPION, _local_store, promote, tracking_uri
 from ml.score import _within
 
 
-def test_silver_entities_are_found_through_gold_inputs(config):
-    assert silver_entities_of(config, "gold.telemetry_features") == ["telemetry"]  # via gold.telemetry_minute
-    assert silver_entities_of(config, "gold.telemetry_minute") == ["telemetry"]
-    assert silver_entities_of(config, "silver.telemetry") == ["telemetry"]
-    assert silver_entities_of(config, "silver.telemetry_quarantine") == ["telemetry"]
-    assert silver_entities_of(config, "bronze.telemetry") == []
-    assert silver_entities_of(config, "gold.not_configured") == []
+def test_training_reads_silver_through_gold_inputs(config):
+    """The entities whose quality gates training: upstream of the feature table, through gold."""
+    upstream = Pipeline(config).upstream(TRAIN)
+    assert [flow.name for flow in upstream if flow.kind == "silver"] == ["telemetry"]
+    assert [flow.id for flow in upstream if flow.kind == "gold"] == ["gold.telemetry_minute", "gold.telemetry_features"]
 
 
 @pytest.mark.parametrize("uri,store", [
@@ -41,9 +40,6 @@ def test_the_local_store_of_a_tracking_uri(uri, store):
     assert _local_store(uri) == store
 
 
-@pytest.mark.xfail(strict=True, reason="_local_store reads MLflow's tracking URI 'databricks' (no scheme) as the "
-                   "relative file store ./databricks, so promotion_lock makes ./databricks/.locks in the "
-                   "working directory instead of using the data directory")
 def test_the_databricks_tracking_uri_is_not_a_local_store():
     assert _local_store("databricks") is None
 
