@@ -197,11 +197,20 @@ def tracking_uri(config) -> str:
     return configured
 
 
+GIT_COMMIT_ENV = "LAKEHOUSE_GIT_COMMIT"
+
+
 def git_commit() -> str:
+    """The commit the code came from, for the run's ``git_commit`` tag: ``$LAKEHOUSE_GIT_COMMIT``
+    when set (the bundle sets it to ``${bundle.git.commit}``: an installed wheel has no .git), else
+    ``git rev-parse HEAD`` beside this file (a checkout), else "unknown"."""
+    given = os.environ.get(GIT_COMMIT_ENV, "").strip()
+    if given:
+        return given
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
                               cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
-    except OSError:
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 

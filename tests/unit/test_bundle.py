@@ -116,13 +116,17 @@ def _mutated(tmp_path: Path, file: str, old: str, new: str) -> Path:
      "unknown field: retry_on_timeout_s", "resources.jobs.lakehouse_ingest.tasks[0].retry_on_timeout_s"),
     ("resources/score.yml", "entry_point: lakehouse", "entry_point: lakehouse-score",
      'entry point "lakehouse-score" is not a console script', "resources.jobs.lakehouse_score.tasks[0].python_wheel_task.entry_point"),
-    ("resources/train.yml", "          job_cluster_key: gpu_cluster\n          spark_python_task",
-     "          job_cluster_key: gpu_clustr\n          spark_python_task",
+    ("resources/train.yml", "          job_cluster_key: gpu_cluster\n          python_wheel_task",
+     "          job_cluster_key: gpu_clustr\n          python_wheel_task",
      'job_cluster_key "gpu_clustr" is not defined', "resources.jobs.lakehouse_train.tasks[0].job_cluster_key"),
     ("databricks.yml", "    variables:\n      catalog: prod", "    variables:\n      catalgo: prod",
      'variable "catalgo" is not defined', "targets.prod.variables.catalgo"),
-    ("resources/refine.yml", "python_file: ../spark_jobs/gold_build.py", "python_file: ../spark_jobs/gold_built.py",
-     "python_file ../spark_jobs/gold_built.py does not exist", "resources.jobs.lakehouse_refine.tasks[1].spark_python_task.python_file"),
+    # The bundle has no spark_python_task: silver_refine turned into one that names a missing file.
+    ("resources/refine.yml", "          job_cluster_key: refine_cluster\n          python_wheel_task:\n"
+     "            package_name: lakehouse\n            entry_point: lakehouse\n            parameters: [--env, databricks,",
+     "          job_cluster_key: refine_cluster\n          spark_python_task:\n"
+     "            python_file: ../spark_jobs/gold_built.py\n            parameters: [--env, databricks,",
+     "python_file ../spark_jobs/gold_built.py does not exist", "resources.jobs.lakehouse_refine.tasks[0].spark_python_task.python_file"),
 ])
 def test_mutations_are_caught(schema, tmp_path, capsys, file, old, new, message, at):
     root = _mutated(tmp_path, file, old, new)

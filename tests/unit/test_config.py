@@ -15,7 +15,7 @@ from tests.conftest import CONF_DIR, edit_conf
 
 def test_every_environment_loads():
     envs = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "base")
-    assert envs == ["dev", "prod", "test"]
+    assert envs == ["databricks", "dev", "prod", "test"]
     for env in envs:
         config = load_config(env, conf_dir=CONF_DIR)
         assert config.env == env

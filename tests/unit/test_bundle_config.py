@@ -1,0 +1,102 @@
+"""The bundle's tasks and the configuration they load: every task runs `lakehouse --env databricks`
+(conf/databricks/) with only the target's values as --set, and what it loads is Unity Catalog with
+the bundle's paths."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from lakehouse.cli import build_parser, main
+from lakehouse.config import load_config
+from tests.conftest import CONF_DIR, REPO
+
+try:
+    from lakehouse.bundle import load_bundle
+except ImportError:  # the checker's later home
+    from lakehouse.devtools.bundle_check import load_bundle
+
+LAYERS = ("bronze", "silver", "gold", "ops")
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+FILE_PATH = "/Workspace/Users/someone/.bundle/lakehouse/dev/files"
+REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
+
+
+def _resolver(bundle):
+    """Resolve ${var.x}, ${bundle.target}, ... as the Databricks CLI does (variables' values)."""
+    known = {f"var.{name}": str(v.get("default")) for name, v in bundle.config["variables"].items()}
+    known.update({"bundle.target": bundle.target, "bundle.name": bundle.config["bundle"]["name"],
+                  "bundle.git.commit": COMMIT, "workspace.file_path": FILE_PATH})
+
+    def resolve(text: str) -> str:
+        for _ in range(5):  # variables may name the target (experiment_name)
+            text = REFERENCE.sub(lambda m: known.get(m.group(1), m.group(0)), text)
+        assert "${" not in text, text
+        return text
+
+    return resolve
+
+
+def _tasks(bundle):
+    for job_name, job in bundle.config["resources"]["jobs"].items():
+        clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job.get("job_clusters", [])}
+        for task in job["tasks"]:
+            yield job_name, job, task, clusters[task["job_cluster_key"]]
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_every_task_loads_the_databricks_overlay_with_the_targets_values(target):
+    bundle = load_bundle(REPO, target)
+    resolve = _resolver(bundle)
+    var = {name: resolve(f"${{var.{name}}}") for name in bundle.config["variables"]}
+    commands = set()
+    for job_name, job, task, cluster in _tasks(bundle):
+        # One task type: the wheel's console script (spark_jobs/ is for spark-submit).
+        assert set(task) & {"python_wheel_task", "spark_python_task", "notebook_task"} == {"python_wheel_task"}
+        wheel = task["python_wheel_task"]
+        assert (wheel["package_name"], wheel["entry_point"]) == ("lakehouse", "lakehouse")
+        # conf/ is synced with the bundle's files (not in the wheel): the cluster points at it.
+        assert cluster["spark_env_vars"]["LAKEHOUSE_CONF_DIR"] == "${workspace.file_path}/conf"
+        assert resolve(cluster["spark_env_vars"]["LAKEHOUSE_CONF_DIR"]) == f"{FILE_PATH}/conf"
+
+        args = build_parser().parse_args([resolve(str(p)) for p in wheel["parameters"]])
+        commands.add(args.command)
+        assert args.env == "databricks" and args.conf_dir is None and args.data_dir is None
+        # The overlay says what every target shares; the task passes only what differs by target.
+        keys = {item.partition("=")[0] for item in args.overrides}
+        assert keys <= {"catalog.name", "catalog.schemas", "storage.landing_dir", "storage.checkpoint_dir",
+                        "training.experiment", "training.registered_model"}, (job_name, keys)
+        config = load_config(args.env, conf_dir=CONF_DIR, data_dir=args.data_dir, overrides=args.overrides)
+
+        assert config.catalog.kind == "unity" and config.spark.master is None
+        assert config.catalog.name == var["catalog"] == ("prod" if target == "prod" else "main")
+        assert config.catalog.schemas == {layer: f"{var['schema']}_{layer}" for layer in LAYERS}
+        assert config.landing_root == var["landing_path"] and config.landing_root.startswith("/Volumes/")
+        assert config.checkpoint_root == var["checkpoint_root"] and config.checkpoint_root.startswith("/Volumes/")
+        assert config.training.tracking_uri == "databricks"
+        if args.command in ("train", "score"):  # Unity Catalog's registry: <catalog>.<schema>.<model>
+            assert config.training.registered_model == f"{var['catalog']}.{var['schema']}_gold.telemetry_power"
+        if args.command == "train":
+            assert config.training.experiment == var["experiment_name"] == f"/Shared/lakehouse-{target}"
+            assert resolve(cluster["spark_env_vars"]["LAKEHOUSE_GIT_COMMIT"]) == COMMIT
+        if job_name == "lakehouse_ingest":  # the file-arrival trigger watches where the job reads
+            assert resolve(job["trigger"]["file_arrival"]["url"]) == config.landing_path("telemetry") + "/"
+    assert commands == {"ingest", "refine", "gold", "train", "score"}
+
+
+def test_the_overlay_alone_has_the_bundles_defaults(capsys):
+    """`lakehouse --env databricks` by hand (a notebook in the dev workspace) sees the dev target's
+    tables and paths; it loads anywhere (the volumes, catalog and workspace MLflow exist only on
+    Databricks, and nothing is checked against them before a job runs)."""
+    defaults = {name: v.get("default") for name, v in load_bundle(REPO, "dev").config["variables"].items()}
+    config = load_config("databricks", conf_dir=CONF_DIR)
+    assert (config.catalog.kind, config.catalog.name) == ("unity", defaults["catalog"])
+    assert config.catalog.schemas == {layer: f"{defaults['schema']}_{layer}" for layer in LAYERS}
+    assert config.landing_root == defaults["landing_path"]
+    assert config.checkpoint_root == defaults["checkpoint_root"]
+    assert config.training.registered_model == f"{defaults['catalog']}.{defaults['schema']}_gold.telemetry_power"
+    assert main(["--env", "databricks", "--conf-dir", str(CONF_DIR), "config"]) == 0
+    assert '"kind": "unity"' in capsys.readouterr().out
+    # The laptop's overlay is untouched: the default env stays local.
+    assert load_config("dev", conf_dir=CONF_DIR).catalog.kind == "path"
