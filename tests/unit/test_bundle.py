@@ -62,7 +62,8 @@ def test_cli_fail_fixtures_are_invalid(schema, fixture, tmp_path):
     assert schema_problems(load_bundle(_bundle_dir(tmp_path, fixture)), schema) != []
 
 
-SCHEMA_LEVEL = re.compile(r'^(?:Warning|Error): (unknown field: \S+|invalid value "[^"]*"(?= for enum field)|required field "[^"]+" is not set)')
+SCHEMA_LEVEL = re.compile(r'^(?:Warning|Error): (unknown field: \S+|invalid value "[^"]*"(?= for enum field)'
+                          r'|required field "[^"]+" is not set)')
 
 
 def _finding(first_line: str, path: str | None):
@@ -115,7 +116,8 @@ def _mutated(tmp_path: Path, file: str, old: str, new: str) -> Path:
      "          job_cluster_key: ingest_cluster\n          retry_on_timeout_s: 3\n          python_wheel_task:",
      "unknown field: retry_on_timeout_s", "resources.jobs.lakehouse_ingest.tasks[0].retry_on_timeout_s"),
     ("resources/score.yml", "entry_point: lakehouse", "entry_point: lakehouse-score",
-     'entry point "lakehouse-score" is not a console script', "resources.jobs.lakehouse_score.tasks[0].python_wheel_task.entry_point"),
+     'entry point "lakehouse-score" is not a console script',
+     "resources.jobs.lakehouse_score.tasks[0].python_wheel_task.entry_point"),
     ("resources/train.yml", "          job_cluster_key: gpu_cluster\n          python_wheel_task",
      "          job_cluster_key: gpu_clustr\n          python_wheel_task",
      'job_cluster_key "gpu_clustr" is not defined', "resources.jobs.lakehouse_train.tasks[0].job_cluster_key"),
@@ -126,7 +128,8 @@ def _mutated(tmp_path: Path, file: str, old: str, new: str) -> Path:
      "            package_name: lakehouse\n            entry_point: lakehouse\n            parameters: [--env, databricks,",
      "          job_cluster_key: refine_cluster\n          spark_python_task:\n"
      "            python_file: ../spark_jobs/gold_built.py\n            parameters: [--env, databricks,",
-     "python_file ../spark_jobs/gold_built.py does not exist", "resources.jobs.lakehouse_refine.tasks[0].spark_python_task.python_file"),
+     "python_file ../spark_jobs/gold_built.py does not exist",
+     "resources.jobs.lakehouse_refine.tasks[0].spark_python_task.python_file"),
 ])
 def test_mutations_are_caught(schema, tmp_path, capsys, file, old, new, message, at):
     root = _mutated(tmp_path, file, old, new)

@@ -10,12 +10,8 @@ import pytest
 
 from lakehouse.cli import build_parser, main
 from lakehouse.config import load_config
+from lakehouse.devtools.bundle_check import load_bundle
 from tests.conftest import CONF_DIR, REPO
-
-try:
-    from lakehouse.bundle import load_bundle
-except ImportError:  # the checker's later home
-    from lakehouse.devtools.bundle_check import load_bundle
 
 LAYERS = ("bronze", "silver", "gold", "ops")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
