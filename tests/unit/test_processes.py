@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -96,3 +97,16 @@ def test_a_stop_sends_no_sigkill_once_the_pid_is_another_process(tmp_path, monke
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_job_already_reaped_is_not_signalled(monkeypatch):
+    """Once Popen has reaped a job, its pid (and group id) may be another process's: no signal."""
+    from tests.integration import processes
+
+    job = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    job.wait()
+    sent = []
+    monkeypatch.setattr(processes.os, "killpg", lambda pid, sig: sent.append((pid, sig)))
+    processes.signal_job(job, signal.SIGTERM)
+    processes.kill_9(job)
+    assert sent == []
