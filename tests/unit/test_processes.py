@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from lakehouse.processes import started_process, write_pid_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,3 +112,16 @@ def test_a_job_already_reaped_is_not_signalled(monkeypatch):
     processes.signal_job(job, signal.SIGTERM)
     processes.kill_9(job)
     assert sent == []
+
+
+def test_horovod_leaves_the_drivers_signal_handlers_as_they_were():
+    """Horovod's Gloo launcher replaces SIGINT's and SIGTERM's handlers and never puts them back;
+    the training driver does."""
+    gloo_run = pytest.importorskip("horovod.runner.gloo_run")
+    from ml.run import _signal_handlers_kept
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with _signal_handlers_kept():
+        gloo_run.register_shutdown_event()  # what horovod.spark.run calls in the driver
+        assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+    assert {sig: signal.getsignal(sig) for sig in before} == before
