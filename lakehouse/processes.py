@@ -5,11 +5,16 @@ A pid file left behind by a crash (or a reboot) may hold a pid the system has si
 another process. Before a script signals it, :func:`started_process` checks that the process's
 command line contains what the script started it with, and, where the system says when a process
 started (Linux: ``/proc/<pid>/stat``), that it is the same process: otherwise the pid file is
-stale and nothing is signalled.
+stale and nothing is signalled. A stop that waits for the process to exit after SIGTERM asks
+:func:`still_running` with the start time it saw, not just whether the pid exists: a service
+that is not the stopping process's child is reaped by init as soon as it exits, its pid can then
+be given to another process within the wait (pids wrap at 32,768 on many Linux systems), and the
+SIGKILL after the wait would reach that one, or the process group it leads.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -28,13 +33,36 @@ def command_line(pid: int) -> str | None:
     return None
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command's name (field 3 first), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def start_time(pid: int) -> str | None:
     """When the process started, in the system's clock ticks since boot (Linux), else None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command's name
+    fields = _stat(pid)
+    return fields[19] if fields else None  # field 22
+
+
+def still_running(pid: int, started: str | None) -> bool:
+    """Whether ``pid`` is still the process whose :func:`start_time` was ``started`` and has not
+    exited: False for an exited one (also a zombie waiting to be reaped) and for another process
+    that has since been given the pid. Without /proc, whether the pid exists."""
+    if started is None:
+        if Path("/proc/self/stat").is_file():
+            return False  # /proc had no start time for it: it was gone already
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z" and fields[19] == started
 
 
 def write_pid_file(path: Path, pid: int) -> None:

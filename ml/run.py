@@ -11,8 +11,10 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -144,6 +146,22 @@ def check_backend(spark, backend: str, num_proc: int, gpu: bool) -> None:
                                f"this cluster has {slots} (e.g. --set spark.master=local[{num_proc}])")
 
 
+@contextmanager
+def _signal_handlers_kept():
+    """Put back this process's SIGINT and SIGTERM handlers afterwards. Horovod's Gloo launcher
+    (horovod.runner.gloo_run.launch_gloo -> register_shutdown_event) replaces them with handlers
+    that only set an event, and leaves them there: the driver would then outlive every later
+    SIGTERM and Ctrl-C, while its Spark JVM (in the same process group) does not."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():  # where Horovod could set them
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+
 def run_backend(spark, spec: TrainSpec, backend: str, num_proc: int) -> TrainResult:
     if backend == "local":
         return train_process(spec)
@@ -154,8 +172,9 @@ def run_backend(spark, spec: TrainSpec, backend: str, num_proc: int) -> TrainRes
 
         # A local master: the processes talk over the loopback only (Horovod's services and Gloo).
         nics = {loopback_interface()} if spark.sparkContext.master.startswith("local") else None
-        results = horovod.spark.run(train_process, args=(spec,), num_proc=num_proc, use_gloo=True,
-                                    use_mpi=False, verbose=1, start_timeout=600, nics=nics)
+        with _signal_handlers_kept():
+            results = horovod.spark.run(train_process, args=(spec,), num_proc=num_proc, use_gloo=True,
+                                        use_mpi=False, verbose=1, start_timeout=600, nics=nics)
         return next(r for r in results if r is not None)
     from pyspark.ml.torch.distributor import TorchDistributor
 

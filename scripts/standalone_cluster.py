@@ -31,7 +31,7 @@ import pyspark
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lakehouse.processes import started_process, write_pid_file  # noqa: E402
+from lakehouse.processes import start_time, started_process, still_running, write_pid_file  # noqa: E402
 
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 SPARK_CLASS = SPARK_HOME / "bin" / "spark-class"
@@ -119,6 +119,9 @@ def stop(state: Path) -> None:
             path.unlink()
         else:
             pids[path] = pid
+    # Each daemon exits into init's hands, so its pid may pass to another process while we wait:
+    # it is only waited for, and SIGKILLed, while it is still the process that started then.
+    started = {path: start_time(pid) for path, pid in pids.items()}
     for pid in pids.values():
         try:
             os.killpg(pid, signal.SIGTERM)
@@ -126,13 +129,9 @@ def stop(state: Path) -> None:
             pass
     deadline = time.monotonic() + 20
     for path, pid in pids.items():
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while still_running(pid, started[path]) and time.monotonic() < deadline:
             time.sleep(0.2)
-        else:
+        if still_running(pid, started[path]):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +15,21 @@ from lakehouse.config import LakehouseConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _spark_jvm_in_a_session_of_its_own():
+    """The shared session's JVM in a session (so a process group) of its own. pyspark starts it in
+    the test run's group, where a SIGTERM or SIGHUP sent to the group (a time limit's `kill 0`, a
+    closed terminal) stops it; and as long as Horovod's handler swallowed pytest's own SIGTERM
+    (see ml.run._signal_handlers_kept), the run went on without it, failing every later Spark
+    test. Out of the group the JVM gets no such signal: pytest stops, and the JVM follows, as it
+    exits when its stdin pipe from pytest closes (and when pytest is killed)."""
+    import pyspark.java_gateway
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pyspark.java_gateway, "Popen", functools.partial(subprocess.Popen, start_new_session=True))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from lakehouse.errors import JobError
-from lakehouse.processes import started_process, write_pid_file
+from lakehouse.processes import start_time, started_process, still_running, write_pid_file
 
 DEFAULT_VERSION = "4.1.1"
 POM = """<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>
@@ -138,15 +138,14 @@ def _expected_command(state: Path) -> str:
     return f"kafka.Kafka {(state / 'server.properties').resolve()}"
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, started: str | None) -> bool:
+    """Whether the broker ``pid`` (started at ``started``) still runs. A broker this process started
+    is asked through its Popen: it is not reaped before stop() waits for it, so its pid cannot pass
+    to another process meanwhile. Another's broker is compared by start time, as its pid can."""
     child = _children.get(pid)
     if child is not None:
         return child.poll() is None
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    return still_running(pid, started)
 
 
 def stop(state: Path, quiet: bool = False) -> None:
@@ -161,12 +160,13 @@ def stop(state: Path, quiet: bool = False) -> None:
         if not quiet:
             print(f"no broker of {state} runs (removed its stale pid file)", flush=True)
         return
+    started = start_time(pid)
     try:
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and _alive(pid, started):
             time.sleep(0.2)
-        if _alive(pid):
+        if _alive(pid, started):
             os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass

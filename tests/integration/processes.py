@@ -22,8 +22,19 @@ def start_job(config, env, log_name: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def signal_job(proc: subprocess.Popen, sig: int) -> None:
+    """``sig`` to the job's process group (its Python and JVM), only while Popen has not reaped the
+    job: until then its pid, and so the group's id, cannot pass to another process. Once reaped
+    (poll() or wait() saw it exit) the pid may be anyone's; the job's JVM exits by itself then,
+    when its stdin pipe from the job's Python closes."""
+    if proc.returncode is None:
+        os.killpg(proc.pid, sig)
+
+
 def kill_9(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
+    if proc.returncode is not None:
+        return  # reaped already: see signal_job
+    signal_job(proc, signal.SIGKILL)
     proc.wait(timeout=30)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # wait until the JVM of that group is gone too

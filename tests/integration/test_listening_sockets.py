@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults import land, lines, reading
+from tests.integration.processes import signal_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")]
 
@@ -85,9 +86,9 @@ def test_a_running_job_listens_on_the_loopback_only(config, subprocess_env):
         exposed = {inode: address for inode, address in ours.items() if address.split(":")[0] not in LOOPBACK}
         assert not exposed, f"listening beyond the loopback: {exposed}"
     finally:
-        os.killpg(job.pid, signal.SIGTERM)
+        signal_job(job, signal.SIGTERM)
         try:
             job.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(job.pid, signal.SIGKILL)
+            signal_job(job, signal.SIGKILL)
             job.wait()

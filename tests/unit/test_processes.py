@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from lakehouse.processes import started_process, write_pid_file
 
@@ -48,3 +52,76 @@ def test_stop_scripts_leave_a_stale_pids_process_alone(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_still_running_is_false_for_a_reused_pid_and_for_an_exited_process():
+    from lakehouse.processes import start_time, still_running
+
+    other = _bystander()
+    try:
+        started = start_time(other.pid)
+        assert still_running(other.pid, started)
+        if started is not None:  # Linux: the start time tells a reused pid apart
+            assert not still_running(other.pid, str(int(started) + 1))
+        other.kill()
+        deadline = time.monotonic() + 30
+        while still_running(other.pid, started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # exited, not yet reaped (a zombie, as a stopped daemon is until init reaps it): not running
+        assert not still_running(other.pid, started)
+    finally:
+        other.kill()
+        other.wait()
+    assert not still_running(other.pid, started)
+
+
+def test_a_stop_sends_no_sigkill_once_the_pid_is_another_process(tmp_path, monkeypatch):
+    """stop() SIGTERMs the broker, then SIGKILLs it if it still runs after 30 s. Here the process
+    behind the pid (which ignores SIGTERM) did not start when the broker signalled did (as when
+    the broker exited and its pid went to another process): it is left alone, at once."""
+    from lakehouse import kafka_broker
+
+    state = tmp_path / "kafka"
+    state.mkdir()
+    expect = f"kafka.Kafka {(state / 'server.properties').resolve()}"
+    script = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(120)"
+    other = subprocess.Popen([sys.executable, "-c", script, *expect.split()], stdout=subprocess.PIPE,
+                             start_new_session=True)
+    try:
+        other.stdout.readline()  # SIGTERM ignored from here on
+        write_pid_file(state / "broker.pid", other.pid)
+        monkeypatch.setattr(kafka_broker, "start_time", lambda pid: "1")  # the signalled broker's
+        begun = time.monotonic()
+        kafka_broker.stop(state, quiet=True)
+        assert time.monotonic() - begun < 10
+        assert other.poll() is None, "stop() SIGKILLed a process that was not the broker it signalled"
+        assert not (state / "broker.pid").exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_job_already_reaped_is_not_signalled(monkeypatch):
+    """Once Popen has reaped a job, its pid (and group id) may be another process's: no signal."""
+    from tests.integration import processes
+
+    job = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    job.wait()
+    sent = []
+    monkeypatch.setattr(processes.os, "killpg", lambda pid, sig: sent.append((pid, sig)))
+    processes.signal_job(job, signal.SIGTERM)
+    processes.kill_9(job)
+    assert sent == []
+
+
+def test_horovod_leaves_the_drivers_signal_handlers_as_they_were():
+    """Horovod's Gloo launcher replaces SIGINT's and SIGTERM's handlers and never puts them back;
+    the training driver does."""
+    gloo_run = pytest.importorskip("horovod.runner.gloo_run")
+    from ml.run import _signal_handlers_kept
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with _signal_handlers_kept():
+        gloo_run.register_shutdown_event()  # what horovod.spark.run calls in the driver
+        assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+    assert {sig: signal.getsignal(sig) for sig in before} == before
