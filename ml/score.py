@@ -18,7 +18,7 @@ import pandas as pd  # at module level: pandas_udf reads the UDF's type hints fr
 from lakehouse.errors import LakehouseError
 from lakehouse.pipeline import PREDICTIONS_TABLE
 from ml.data import not_representable
-from ml.run import CHAMPION, quiet_mlflow, tracking_uri
+from ml.tracking import CHAMPION, quiet_mlflow, tracking_uri
 
 
 class NoChampion(LakehouseError, RuntimeError):
@@ -97,7 +97,7 @@ def load_champion(client, name: str, champion):
     import mlflow
 
     from ml.model import UnsafeModel, load_model_files
-    from ml.run import MODEL_FILES
+    from ml.tracking import MODEL_FILES
 
     location = client.get_model_version_download_uri(name, champion.version)
     root = None

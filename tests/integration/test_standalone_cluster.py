@@ -89,7 +89,7 @@ def test_pipeline_and_horovod_training_on_a_standalone_cluster(spark, cluster, t
 
     import mlflow
 
-    from ml.run import tracking_uri
+    from ml.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(config))
     run = mlflow.get_run(run_id)

@@ -16,7 +16,8 @@ from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
 from lakehouse.runner import run_flow, run_flows
 from lakehouse.tables import read_table, resolve_table
-from ml.run import CHAMPION, run_training, tracking_uri
+from ml.run import run_training
+from ml.tracking import CHAMPION, tracking_uri
 from tests.conftest import CONF_DIR
 
 pytestmark = pytest.mark.slow
@@ -81,7 +82,7 @@ def test_the_model_is_weights_and_architecture_and_loads_back_with_the_same_pred
     import torch
 
     from ml.model import load_model_files
-    from ml.run import MODEL_FILES
+    from ml.tracking import MODEL_FILES
 
     config, _ = trained
     _, _, files = _champion_files(config)
@@ -116,7 +117,7 @@ def test_score_runs_no_code_from_the_artifact_store(spark, trained, tmp_path, ca
 
     import torch
 
-    from ml.run import MODEL_FILES
+    from ml.tracking import MODEL_FILES
 
     config, _ = trained
     client, champion, files = _champion_files(config)
@@ -256,11 +257,11 @@ def test_the_run_shows_in_the_mlflow_ui_in_a_real_browser(trained, monkeypatch, 
 
         # A run tracked through the server with credentials in $MLFLOW_TRACKING_URI: they reach
         # MLflow as its username and password variables, and no output, parameter or tag holds them.
-        import ml.run
+        import ml.tracking
 
         for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             monkeypatch.delenv(variable, raising=False)
-        monkeypatch.setattr(ml.run, "_ENVIRONMENT_TRACKING_URI", f"http://bob:hunter2@127.0.0.1:{port}")
+        monkeypatch.setattr(ml.tracking, "_ENVIRONMENT_TRACKING_URI", f"http://bob:hunter2@127.0.0.1:{port}")
         capsys.readouterr()
         assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "train", "--epochs", "1"]) == 0
         printed = capsys.readouterr()

@@ -18,8 +18,9 @@ from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
 from lakehouse.runner import run_flow, run_flows
 from lakehouse.tables import read_table, resolve_table
-from ml.run import CHAMPION, promote, quiet_mlflow, run_training, tracking_uri
+from ml.run import run_training
 from ml.score import score
+from ml.tracking import CHAMPION, promote, quiet_mlflow, tracking_uri
 from tests.conftest import CONF_DIR
 from tests.faults import land, lines
 

@@ -13,9 +13,10 @@ from types import SimpleNamespace
 import pytest
 
 import ml.run
+import ml.tracking
 from lakehouse.pipeline import TRAIN, Pipeline
-from ml.run import CHAMPION, _local_store, promote, tracking_uri
 from ml.score import _within
+from ml.tracking import CHAMPION, _local_store, promote, tracking_uri
 
 
 def test_training_reads_silver_through_gold_inputs(config):
@@ -45,9 +46,9 @@ def test_the_databricks_tracking_uri_is_not_a_local_store():
 
 
 def test_tracking_uri_defaults_to_sqlite_in_the_data_dir(config, monkeypatch):
-    monkeypatch.setattr(ml.run, "_ENVIRONMENT_TRACKING_URI", None)
+    monkeypatch.setattr(ml.tracking, "_ENVIRONMENT_TRACKING_URI", None)
     assert tracking_uri(config) == f"sqlite:///{(Path(config.storage.data_dir) / 'mlflow.db').absolute()}"
-    monkeypatch.setattr(ml.run, "_ENVIRONMENT_TRACKING_URI", "http://from-env:5000")
+    monkeypatch.setattr(ml.tracking, "_ENVIRONMENT_TRACKING_URI", "http://from-env:5000")
     assert tracking_uri(config) == "http://from-env:5000"
 
 

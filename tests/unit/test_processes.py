@@ -79,7 +79,7 @@ def test_a_stop_sends_no_sigkill_once_the_pid_is_another_process(tmp_path, monke
     """stop() SIGTERMs the broker, then SIGKILLs it if it still runs after 30 s. Here the process
     behind the pid (which ignores SIGTERM) did not start when the broker signalled did (as when
     the broker exited and its pid went to another process): it is left alone, at once."""
-    from lakehouse import kafka_broker
+    from lakehouse.devtools import kafka_broker
 
     state = tmp_path / "kafka"
     state.mkdir()
