@@ -148,7 +148,7 @@ def _raw_fields(source: SourceConfig | None, declared: list[str], value: Column)
     if source is None or source.format == "json-lines":
         fields = F.from_json(value, MapType(StringType(), StringType()))
         # from_json keeps both entries of a key named twice (a lookup finds the first): fewer
-        # distinct keys than entries. (tests/unit/test_parse.py pins this behaviour down.)
+        # distinct keys than entries. (tests/lakehouse/test_parse.py pins this behaviour down.)
         keys = F.map_keys(fields)
         duplicate = F.when(fields.isNotNull(), F.size(F.array_distinct(keys)) < F.size(keys))
         return F.when(fields.isNotNull(), fields), fields.isNull(), no_header, duplicate

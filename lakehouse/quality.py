@@ -142,7 +142,7 @@ def with_rule_results(df: DataFrame, rules: list[RowRule]) -> DataFrame:
 # rows took 11.5 s where a count took 0.6 s). For row-level expectations the verdict of every row
 # is already in the _failed_<policy> columns, so one aggregation over the batch yields what GX
 # would report: element count, unexpected count, and success (``mostly`` included, with GX's
-# denominators: all rows for not-null, non-null values otherwise). tests/unit/test_quality.py
+# denominators: all rows for not-null, non-null values otherwise). tests/lakehouse/test_quality.py
 # checks these results against GX's own on the same rows. Expectations that are not row-level
 # are left to GX (BatchValidator).
 

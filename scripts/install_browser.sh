@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debian's chromium and chromedriver, for the test that opens the MLflow UI in a real browser
-# (tests/integration/test_mlflow_ui.py). Run by `make test`; does nothing when both are present.
+# (tests/ml/test_training.py, the MLflow UI test). Run by `make test`; does nothing when both are present.
 set -euo pipefail
 if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
   exit 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults import land, lines, reading
-from tests.integration.processes import signal_job
+from tests.processes import signal_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")]
 

@@ -16,10 +16,10 @@ from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import Manifest, generate_batch, write_file
 from lakehouse.tables import bronze_table, read_table
 from tests.conftest import REPO
-from tests.integration.processes import batches as _batches
-from tests.integration.processes import kill_9 as _kill_9
-from tests.integration.processes import start_job
-from tests.integration.processes import wait_for as _wait_for
+from tests.processes import batches as _batches
+from tests.processes import kill_9 as _kill_9
+from tests.processes import start_job
+from tests.processes import wait_for as _wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ from lakehouse.reconcile import reconcile
 from lakehouse.runner import run_flow
 from lakehouse.tables import bronze_table, read_table, resolve_table
 from tests.conftest import CONF_DIR
-from tests.integration.processes import batches, kill_9, start_job, wait_for
+from tests.processes import batches, kill_9, start_job, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 ONCE = {"availableNow": True}
