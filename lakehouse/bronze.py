@@ -32,7 +32,7 @@ from pyspark.sql.types import (
 
 from lakehouse.checkpoints import batch_planned_ms, planned_files
 from lakehouse.config import LakehouseConfig, SourceConfig
-from lakehouse.errors import JobError, raised_in_batch
+from lakehouse.errors import JobError, batch_query_id, raised_in_batch
 from lakehouse.landing import ensure_landing_tables, ingest_files
 from lakehouse.pipeline import Flow
 from lakehouse.progress import count_records, report_batch
@@ -139,7 +139,7 @@ class FileBatchIngest:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
-        app_id = f"{self.query_name}-{spark.sparkContext.getLocalProperty('sql.streaming.queryId')}"
+        app_id = f"{self.query_name}-{batch_query_id(batch)}"
         uris = [entry["path"] for entry in planned_files(spark, self.checkpoint, batch_id)]
         replay_since = None if self.started else batch_planned_ms(self.checkpoint, batch_id, spark)
         files = ingest_files(spark, self.config, self.source_name, uris, app_id, batch_id, replay_since)

@@ -16,11 +16,11 @@ from pathlib import Path
 from lakehouse.cli_parser import build_parser
 from lakehouse.config import LakehouseConfig, check_duration, load_config
 from lakehouse.errors import (
-    EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
     ConfigError,
     LakehouseError,
+    UsageError,
 )
 from lakehouse.redaction import install_log_redaction, redact_text, redact_tree
 
@@ -97,27 +97,22 @@ def cmd_generate(config: LakehouseConfig, args) -> int:
         config.source(args.source)
     sink = args.sink or config.source(args.source).kind
     if sink == "kafka" and config.source(args.source).kind != "kafka":
-        print(f"lakehouse: --sink kafka needs a Kafka source for its connection settings; {args.source} is a "
-              f"{config.source(args.source).kind} source (Kafka sources: {', '.join(kafka_sources) or 'none'})",
-              file=sys.stderr)
-        return EXIT_CONFIG
+        raise UsageError(f"--sink kafka needs a Kafka source for its connection settings; {args.source} is a "
+                         f"{config.source(args.source).kind} source (Kafka sources: {', '.join(kafka_sources) or 'none'})")
     landing = config.landing_path(args.source)
     if "://" in landing:
-        print(f"lakehouse: generate writes local files only; landing path is {landing}", file=sys.stderr)
-        return EXIT_CONFIG
+        raise UsageError(f"generate writes local files only; landing path is {landing}")
     g = config.generator
     seed = g.seed if args.seed is None else args.seed
     fault_rate = g.fault_rate if args.fault_rate is None else args.fault_rate
     records = args.records or g.records
     files = args.files or g.files
     if not 0 <= fault_rate <= 1 or records < 1 or files < 1 or files > records:
-        print("lakehouse: generate needs 0 <= --fault-rate <= 1 and 1 <= --files <= --records", file=sys.stderr)
-        return EXIT_CONFIG
+        raise UsageError("generate needs 0 <= --fault-rate <= 1 and 1 <= --files <= --records")
     run_id = args.run_id or f"s{seed}"
     if not RUN_ID.match(run_id):  # it names files: nothing that leaves the landing directory
-        print(f"lakehouse: --run-id {run_id!r}: a run id is a plain name (letters, digits, '.', '_', '-'; "
-              "no '/' or '..'), since it names files in the landing directory", file=sys.stderr)
-        return EXIT_CONFIG
+        raise UsageError(f"--run-id {run_id!r}: a run id is a plain name (letters, digits, '.', '_', '-'; "
+                         "no '/' or '..'), since it names files in the landing directory")
     generator = TelemetryGenerator.from_config(g, seed=seed, fault_rate=fault_rate)
     landing_dir = Path(landing)
     landing_dir.mkdir(parents=True, exist_ok=True)
@@ -200,14 +195,11 @@ def cmd_gold(config: LakehouseConfig, args) -> int:
 
     names = list(config.gold) if args.all else args.table
     if not names:
-        print("lakehouse: no gold tables are configured (conf/<env>/gold/*.yml)", file=sys.stderr)
-        return EXIT_CONFIG
+        raise UsageError("no gold tables are configured (conf/<env>/gold/*.yml)")
     batch = [n for n in names if config.gold_table(n).mode == "batch"]
     if args.trigger and (batch or args.all or len(names) > 1):
-        print("lakehouse: --trigger runs one streaming gold table continuously; "
-              + (f"gold.{batch[0]} is a batch table (rebuilt once per run)" if batch else "name one --table"),
-              file=sys.stderr)
-        return EXIT_CONFIG
+        raise UsageError("--trigger runs one streaming gold table continuously; "
+                         + (f"gold.{batch[0]} is a batch table (rebuilt once per run)" if batch else "name one --table"))
     once = args.once or args.all or bool(batch)
     spark = _start_spark(config, ui=not once)
     check_gold_sql(spark, config, names)
@@ -229,8 +221,7 @@ def cmd_score(config: LakehouseConfig, args) -> int:
     from ml.score import score
 
     if config.training is None:
-        print("lakehouse: no training section in the configuration (conf/<env>/training.yml)", file=sys.stderr)
-        return EXIT_CONFIG
+        raise UsageError("no training section in the configuration (conf/<env>/training.yml)")
     spark = _start_spark(config)
     summary = score(spark, config)
     print(f"gold.predictions: version {summary.table_version}, {summary.rows:,} rows from {summary.input} "
@@ -246,9 +237,8 @@ def cmd_bundle(config: LakehouseConfig, args) -> int:
             load_schema,
         )
     except ImportError as exc:  # the [dev] extra: development tooling, not a job's dependency
-        print(f"lakehouse: bundle check needs the development extra ({exc.name} is missing): "
-              "pip install 'lakehouse[dev]'", file=sys.stderr)
-        return EXIT_CONFIG
+        raise UsageError(f"bundle check needs the development extra ({exc.name} is missing): "
+                         "pip install 'lakehouse[dev]'") from None
 
     root = Path(args.dir)
     schema = load_schema(args.schema)
@@ -315,9 +305,8 @@ def cmd_sql(config: LakehouseConfig, args) -> int:
             print(f"lakehouse: sql failed: {redact_text(str(exc))}", file=sys.stderr)
             return EXIT_FAILED
         if writes:
-            print(f"lakehouse: sql: refused: the statement is not a query (Spark parses it as {writes}); "
-                  "`lakehouse sql` is read-only unless given --write", file=sys.stderr)
-            return EXIT_CONFIG
+            raise UsageError(f"sql: refused: the statement is not a query (Spark parses it as {writes}); "
+                             "`lakehouse sql` is read-only unless given --write")
     register_local_tables(spark, config)
     try:
         df = spark.sql(args.query)

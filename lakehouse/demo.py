@@ -32,9 +32,8 @@ from lakehouse.reconcile import reconcile
 from lakehouse.runner import run_flow, run_flows
 from lakehouse.session import start_job_session
 from lakehouse.status import collect_status, format_status
+from lakehouse.streaming import trigger_for
 from lakehouse.tables import bronze_table, read_table, resolve_table
-
-ONCE = {"availableNow": True}
 
 
 def run_demo(config: LakehouseConfig, source_name: str) -> int:
@@ -77,17 +76,18 @@ def _demo(config: LakehouseConfig, source_name: str, spark: SparkSession) -> int
     entities = [flow.name for flow in downstream if flow.kind == "silver"]
     gold_flows = [flow for flow in downstream if flow.kind == "gold"]
     manifest, run_id = _generate(config, source_name)
+    once = trigger_for(True, None, config)  # every flow runs what it has, then stops (--once)
     kafka = manifest.sink == "kafka"
 
     print(f"\n== 2. bronze: ingest {'topic ' + manifest.topic if kafka else 'landing files'} into "
           f"bronze.{source_name} (--once)")
-    code = run_flow(spark, config, pipeline.bronze(source_name), ONCE)
+    code = run_flow(spark, config, pipeline.bronze(source_name), once)
     if code != EXIT_OK:
         return code
     ok = _landed_exactly_once(spark, config, source_name, manifest, run_id)
     for entity in entities:
         print(f"\n== 3. silver: refine bronze.{source_name} into silver.{entity} (--once)")
-        code = run_flow(spark, config, pipeline.silver(entity), ONCE)
+        code = run_flow(spark, config, pipeline.silver(entity), once)
         if code != EXIT_OK:
             return code
         _show_silver(spark, config, entity)
@@ -97,7 +97,7 @@ def _demo(config: LakehouseConfig, source_name: str, spark: SparkSession) -> int
         ok = ok and report.holds
     if gold_flows:
         print(f"\n== 5. gold: {', '.join(flow.id for flow in gold_flows)}")
-        code = run_flows(spark, config, gold_flows, ONCE)
+        code = run_flows(spark, config, gold_flows, once)
         if code != EXIT_OK:
             return code
         _show_gold(spark, config, gold_flows)

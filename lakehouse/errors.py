@@ -6,7 +6,7 @@ Exit codes of every command and job: 0 done, 1 the job failed (or a check did no
 Each :class:`LakehouseError` carries its exit code and how the command reports it, so
 ``lakehouse.cli.main`` maps every error in one place. An error raised inside a streaming query's
 micro-batch reaches the job as Spark's StreamingQueryException; :func:`raised_in_batch` keeps the
-Python error itself so the job can report it as raised (lakehouse.runner).
+Python error itself so the job can report it as raised (lakehouse/streaming.py).
 """
 
 from __future__ import annotations
@@ -51,10 +51,30 @@ class ConfigError(LakehouseError, ValueError):
         self.message = message
 
 
+class UsageError(LakehouseError):
+    """A command asked for something it cannot do with these options (exit 2); the message is the
+    whole line."""
+
+    exit_code = EXIT_CONFIG
+    heading = ""
+    whole_message = True
+
+    def report(self, command: str) -> str:
+        return str(self)
+
+
 # -- errors raised inside a micro-batch ----------------------------------------------------
-# query id -> the LakehouseError a foreachBatch function raised. foreachBatch functions run in
-# the driver's Python process, so the job that started the query finds the error object here.
+# query id -> the LakehouseError a foreachBatch function raised. With classic PySpark (a driver
+# JVM started by this process, as here and under spark-submit) foreachBatch functions run in the
+# driver's Python process, so the job that started the query finds the error object here; where
+# they do not (Spark Connect), the job reports Spark's own first line instead.
 _raised: dict[str, LakehouseError] = {}
+
+
+def batch_query_id(batch) -> str:
+    """The id of the streaming query a micro-batch belongs to (Spark's query.id, stable for one
+    checkpoint), from inside its foreachBatch function."""
+    return str(batch.sparkSession.sparkContext.getLocalProperty("sql.streaming.queryId"))
 
 
 def raised_in_batch(function: Callable) -> Callable:
@@ -65,8 +85,7 @@ def raised_in_batch(function: Callable) -> Callable:
         try:
             return function(batch, batch_id)
         except LakehouseError as exc:
-            query_id = batch.sparkSession.sparkContext.getLocalProperty("sql.streaming.queryId")
-            _raised[str(query_id)] = exc
+            _raised[batch_query_id(batch)] = exc
             raise
 
     return call

@@ -120,7 +120,7 @@ def librdkafka_config(options: KafkaOptions) -> dict:
 
 def ensure_topic(options: KafkaOptions, topic: str, partitions: int, timeout: float = 30.0) -> int:
     """Create ``topic`` with ``partitions`` partitions unless it exists; returns its partition count."""
-    from confluent_kafka import KafkaException
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
     try:
@@ -134,8 +134,8 @@ def ensure_topic(options: KafkaOptions, topic: str, partitions: int, timeout: fl
     future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)])[topic]
     try:
         future.result(timeout)
-    except Exception as exc:  # a concurrent creator won the race: fine
-        if "TOPIC_ALREADY_EXISTS" not in str(exc):
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # else a concurrent creator won the race: fine
             raise KafkaSetupError(f"could not create topic {topic}: {exc}") from exc
     return partitions
 

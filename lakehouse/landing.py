@@ -197,7 +197,10 @@ _CAUSE = re.compile(r"^(?:Caused by: )?((?:[a-z]\w*\.)+\w*(?:Exception|Error)): 
 
 
 def diagnosis(exc: Exception) -> tuple[str, str]:
-    """(reason, one-line detail) for the error reading one file alone gave."""
+    """(reason, one-line detail) for the error reading one file alone gave.
+
+    Read from the error's text, Java's "Caused by:" chain included: the Java exception objects are
+    not reachable from Python under Spark Connect, and their class names are stable API of Hadoop."""
     causes = [m for m in map(_CAUSE.match, (line.strip() for line in str(exc).splitlines())) if m]
     lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
     name, message = (causes[-1].group(1), causes[-1].group(2)) if causes else ("", lines[0])

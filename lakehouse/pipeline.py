@@ -132,12 +132,14 @@ class Pipeline:
         return self.inputs_first(self._reach(self.flow(flow).id, lambda f: readers[f.id]))
 
     def _reach(self, start: str, step) -> list[str]:
-        seen: list[str] = []
+        """The flows reachable from ``start`` by ``step``, in the configuration's order (so flows
+        the graph does not order stay as configured)."""
+        seen: set[str] = set()
         todo = list(step(self.flows[start]))
         while todo:
             flow_id = todo.pop()
             if flow_id not in seen:
-                seen.append(flow_id)
+                seen.add(flow_id)
                 todo.extend(step(self.flows[flow_id]))
-        return seen
+        return [flow_id for flow_id in self.flows if flow_id in seen]
 

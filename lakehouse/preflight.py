@@ -7,7 +7,7 @@ any table, checkpoint or directory.
 - An entity's declared column types must match the silver table that already exists.
 
 Each problem raises :class:`~lakehouse.config.ConfigError` naming the file and the key, which the
-CLI prints on one line (exit 2). lakehouse/config.py checks everything else when it loads.
+CLI prints on one line (exit 2). lakehouse/config/ checks everything else when it loads.
 """
 
 from __future__ import annotations

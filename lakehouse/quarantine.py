@@ -2,8 +2,8 @@
 
 Each rule is a Spark column expression over the columns lakehouse.parse and lakehouse.quality
 add to a bronze row (``_malformed``, ``_type_errors``, the failed expectations, ...); together
-they give the row's reasons, in a fixed order. An empty list keeps the row. The reasons are
-documented in conf/README.md ("Quarantine reasons").
+they give the row's reasons, in a fixed order. An empty list keeps the row. README.md's silver
+section lists the reasons; conf/README.md the entity keys that shape them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A *secret key* is a configuration key that names a credential: a secret, password, token, access
 or secret key, account key, SAS, private key, API key or credential (``spark.hadoop.fs.s3a.secret.key``,
 ``fs.azure.account.key.<account>.dfs.core.windows.net``, ``spark.ssl.keyPassword``). Such keys
-never take a value in configuration files or ``--set`` (lakehouse/config.py refuses them and names
+never take a value in configuration files or ``--set`` (lakehouse/config/convert.py refuses them and names
 the ``_env`` way); their values come from the environment at run time, and every printed
 configuration, error message, MLflow parameter and log line goes through :func:`redact_text` or
 :func:`redact_tree` first. So does the user-info part of any URI (``https://user:pass@host``) and

@@ -35,7 +35,7 @@ class Layer:
     restart_reason: Callable[[LakehouseConfig, Flow, Exception], str | None] | None = None
 
 
-LAYERS = {
+RUNNERS = {
     "bronze": Layer(bronze.describe, start=bronze.start, restart_reason=bronze.restart_reason),
     "silver": Layer(silver.describe, start=silver.start),
     "gold": Layer(gold.describe, start=gold.start, build=gold.build),
@@ -47,9 +47,9 @@ def run_flow(spark: SparkSession, config: LakehouseConfig, flow: str | Flow, tri
 
     ``options`` go to the layer's steps (silver: ``backfill``)."""
     flow = Pipeline(config).flow(flow)
-    if flow.kind not in LAYERS:
+    if flow.kind not in RUNNERS:
         raise ValueError(f"{flow.id} is not run here (training and scoring: ml/)")
-    layer = LAYERS[flow.kind]
+    layer = RUNNERS[flow.kind]
     label = flow.query_name or flow.id
     for line in layer.describe(config, flow, **options):
         print(f"{label}: {line}", flush=True)

@@ -17,7 +17,7 @@ from pyspark.sql.streaming import StreamingQuery
 from lakehouse.bronze import ensure_source_bronze_table
 from lakehouse.checkpoints import BatchPlans, logged_batches, planned_source_offsets
 from lakehouse.config import LakehouseConfig
-from lakehouse.errors import JobError, raised_in_batch
+from lakehouse.errors import JobError, batch_query_id, raised_in_batch
 from lakehouse.failpoints import failpoint
 from lakehouse.parse import SOURCE_COLUMN, bronze_records
 from lakehouse.pipeline import Flow
@@ -90,11 +90,10 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
     def process(batch, batch_id: int) -> None:
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
         session = batch.sparkSession
-        query_id = session.sparkContext.getLocalProperty("sql.streaming.queryId")
         # A batch redone after a crash takes the plan its first attempt recorded.
         plan = plans.plan(batch_id, lambda: plan_batch(session, config, entity_name, backfill))
         failpoint("silver.plan", batch_id)
-        refine_batch(config, entity_name, rules, f"{flow.query_name}-{query_id}", batch, batch_id, plan, validator,
+        refine_batch(config, entity_name, rules, f"{flow.query_name}-{batch_query_id(batch)}", batch, batch_id, plan, validator,
                      may_be_replay=not started)
         started.append(batch_id)
 

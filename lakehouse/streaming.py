@@ -20,6 +20,7 @@ from pyspark.sql.streaming import StreamingQuery
 from lakehouse.config import LakehouseConfig, spark_interval
 from lakehouse.errors import EXIT_FAILED, EXIT_OK, LakehouseError, batch_error
 from lakehouse.progress import ProgressRecorder
+from lakehouse.redaction import redact_text
 
 
 def trigger_for(once: bool, interval: str | None, config: LakehouseConfig) -> dict:
@@ -48,7 +49,7 @@ def run_streaming_job(
         print(f"{query_name}: {reason}; restarting the query from its checkpoint", flush=True)
         code, error, raised = _run_query(spark, config, query_name, checkpoint, start)
     if error is not None:
-        print(f"lakehouse: {query_name} failed: {failure_summary(error, raised)}", file=sys.stderr)
+        print(f"lakehouse: {query_name} failed: {redact_text(failure_summary(error, raised))}", file=sys.stderr)
     return code
 
 
@@ -101,9 +102,13 @@ def _run_query(spark, config, query_name, checkpoint, start) \
 def failure_summary(exc: Exception, raised: LakehouseError | None = None) -> str:
     """One line: the project's own error when a foreachBatch function raised one, else Spark's."""
     if raised is not None:
-        return f"{type(raised).__name__}: {str(raised).splitlines()[0] if str(raised) else ''}"
-    lines = str(exc).splitlines()
-    return lines[0] if lines else repr(exc)
+        return f"{type(raised).__name__}: {_first_line(raised)}"
+    return _first_line(exc) or repr(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an error's message (a Spark message may start with a blank one)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
 
 
 def _print_finished_batches(recorder: ProgressRecorder, query_name: str) -> int:

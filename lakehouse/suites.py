@@ -28,7 +28,7 @@ ROW_LEVEL = (
     "expect_column_values_to_match_regex",
 )
 
-# Columns of every silver table besides the entity's declared ones (lakehouse/silver.py).
+# Columns of every silver table besides the entity's declared ones (lakehouse/silver_tables.py).
 SILVER_METADATA_COLUMNS = ("_rescued", "_source_file", "_source_line", "_ingested_at")
 
 _COLUMN_ARGUMENTS = ("column", "column_A", "column_B")

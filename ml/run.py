@@ -140,7 +140,7 @@ def run_backend(spark, spec: TrainSpec, backend: str, num_proc: int) -> TrainRes
     return TorchDistributor(num_processes=num_proc, local_mode=False, use_gpu=spec.gpu).run(train_process, spec)
 
 
-# -- MLflow ---------------------------------------------------------------------------------
+# -- the command ----------------------------------------------------------------------------
 
 
 def run_training(spark, config, backend: str, num_proc: int, gpu: bool, force: bool,

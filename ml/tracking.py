@@ -30,6 +30,7 @@ MODEL_FILES = "model_files"  # the logged model's data directory: ml.model's wei
 
 @dataclass
 class RunSummary:
+    registered_model: str
     run_id: str
     experiment: str
     tracking_uri: str
@@ -40,7 +41,6 @@ class RunSummary:
     samples_per_s: float
     not_champion_because: str | None = None  # why the champion alias did not move to this version
     refused_rows: int = 0  # feature rows not finite in float32: not trained on
-    registered_model: str = ""
 
     def describe(self) -> list[str]:
         """The run in a few lines, as `lakehouse train` and the demo print them."""
@@ -151,9 +151,9 @@ def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rat
                       final.get("val_rmse", float("nan")), result.validation_rows)
     if refused:
         client.set_model_version_tag(training.registered_model, version.version, "not_champion_because", refused)
-    return RunSummary(run.info.run_id, experiment, uri, version.version, refused is None, final,
-                      result.baseline_rmse, result.samples_per_s, refused, result.refused_rows,
-                      config.training.registered_model)
+    return RunSummary(training.registered_model, run.info.run_id, experiment, uri, version.version,
+                      refused is None, final, result.baseline_rmse, result.samples_per_s, refused,
+                      result.refused_rows)
 
 
 def _log_metrics(client, run_id: str, result: TrainResult) -> None:
@@ -253,8 +253,3 @@ def _promote_if_better(client, name: str, version: str, val_rmse: float) -> str 
             return f"the champion (version {current.version}) has a lower validation RMSE, {best:.4f}"
     client.set_registered_model_alias(name, CHAMPION, version)
     return None
-
-
-# -- the command ----------------------------------------------------------------------------
-
-

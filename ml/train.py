@@ -71,6 +71,10 @@ def train_process(spec: TrainSpec) -> TrainResult | None:
         comm.close()
 
 
+class ScalingError(RuntimeError):
+    """The training rows give no usable scaling (none at all, or not finite)."""
+
+
 @dataclass(frozen=True)
 class Scaling:
     """Feature and label standardisation fitted on the training rows of every process."""
@@ -91,13 +95,13 @@ def fit_scaling(x_train: np.ndarray, y_train: np.ndarray, total) -> Scaling:
                                  [y_train.sum(), (y_train ** 2).sum()]]))
     n_train = int(sums[0])
     if n_train == 0:
-        raise RuntimeError("no training rows")
+        raise ScalingError("no training rows")
     x_mean = sums[1:1 + n_feat] / n_train
     x_std = np.sqrt(np.maximum(sums[1 + n_feat:1 + 2 * n_feat] / n_train - x_mean ** 2, 0.0))
     y_mean = sums[-2] / n_train
     y_std = math.sqrt(max(sums[-1] / n_train - y_mean ** 2, 0.0))
     if not (np.isfinite(x_mean).all() and np.isfinite(x_std).all() and math.isfinite(y_mean) and math.isfinite(y_std)):
-        raise RuntimeError("the feature scaling is not finite")
+        raise ScalingError("the feature scaling is not finite")
     return Scaling(n_train, x_mean, x_std, float(y_mean), float(y_std))
 
 
@@ -128,8 +132,8 @@ def _train(spec: TrainSpec, comm) -> TrainResult | None:
     x_train, y_train, x_val, y_val = x[~is_validation], y[~is_validation], x[is_validation], y[is_validation]
     try:
         scaling = fit_scaling(x_train, y_train, total)
-    except RuntimeError as exc:
-        raise RuntimeError(f"{spec.snapshot.table}@v{spec.snapshot.version}: {exc}") from None
+    except ScalingError as exc:
+        raise ScalingError(f"{spec.snapshot.table}@v{spec.snapshot.version}: {exc}") from None
     val_counts = total([len(y_val), ((y_val - scaling.y_mean) ** 2).sum()])
     n_val = int(val_counts[0])
     baseline_rmse = math.sqrt(val_counts[1] / n_val) if n_val else float("nan")

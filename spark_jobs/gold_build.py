@@ -1,4 +1,4 @@
-"""Gold build as a spark-submit job (also a Databricks spark_python_task).
+"""Gold build as a spark-submit job.
 
     spark-submit --packages io.delta:delta-spark_4.1_2.13:4.4.0 spark_jobs/gold_build.py \
         (--table NAME [--table NAME ...] | --all) [--once | --trigger 10s] [--env ENV] [--data-dir DIR]

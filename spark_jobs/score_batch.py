@@ -1,4 +1,4 @@
-"""Batch scoring as a spark-submit job (also a Databricks spark_python_task).
+"""Batch scoring as a spark-submit job.
 
     spark-submit --packages io.delta:delta-spark_4.1_2.13:4.4.0 spark_jobs/score_batch.py [--env ENV] [--data-dir DIR]
 

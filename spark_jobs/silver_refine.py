@@ -1,4 +1,4 @@
-"""Silver refine as a spark-submit job (also a Databricks spark_python_task).
+"""Silver refine as a spark-submit job.
 
     spark-submit --packages io.delta:delta-spark_4.1_2.13:4.4.0 spark_jobs/silver_refine.py \
         --entity telemetry --once [--env ENV] [--data-dir DIR] [--set key=value ...]

@@ -1,4 +1,4 @@
-"""Training as a spark-submit job (also a Databricks spark_python_task).
+"""Training as a spark-submit job.
 
     spark-submit --packages io.delta:delta-spark_4.1_2.13:4.4.0 spark_jobs/train_model.py \
         [--backend local|horovod|torch-distributor] [--num-proc N] [--gpu] [--force] [--env ENV] [--data-dir DIR]

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 
 from lakehouse.config.schema import LakehouseConfig
-from lakehouse.config.values import _URI, _URI_PASSWORD, MustExist, Pattern, Range
+from lakehouse.config.values import URI_SCHEME, URI_WITH_PASSWORD, MustExist, Pattern, Range
 from lakehouse.errors import ConfigError
 from lakehouse.redaction import SECRET_REFERENCE, is_secret_key
 
@@ -260,7 +260,7 @@ def _convert_scalar(value: Any, hint: Any, path: tuple[str, ...], fail) -> Any:
         if isinstance(value, (dict, list)):
             fail(f"expected a string, got {_type_name(value)}")
         result = str(value)  # YAML may read 4.1 or true where a string was meant
-        if _URI_PASSWORD.match(result):
+        if URI_WITH_PASSWORD.match(result):
             fail("a URI with a password in it: keep credentials out of configuration (for MLflow: "
                  "$MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD)")
         return result
@@ -280,6 +280,6 @@ def _check_constraints(result: Any, constraints: tuple, fail) -> None:
                 fail(f"must be at least {constraint.low:g}, got {result!r}")
             if constraint.high is not None and result > constraint.high:
                 fail(f"must be at most {constraint.high:g}, got {result!r}")
-        if isinstance(constraint, MustExist) and not _URI.match(str(result)):
+        if isinstance(constraint, MustExist) and not URI_SCHEME.match(str(result)):
             if not Path(result).exists():
                 fail(f"path does not exist: {result}")

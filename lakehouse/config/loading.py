@@ -4,7 +4,7 @@ Every ``*.yml`` file directly in a layer directory is merged at the root; a file
 sub-directory is merged under the key named by its path, so ``conf/base/sources/telemetry.yml``
 holds the mapping found at ``sources.telemetry``. Later layers override earlier ones key by key.
 
-The merged tree is converted once into the frozen dataclasses below. Any problem (unknown key,
+The merged tree is converted once into the frozen dataclasses of lakehouse/config/schema.py. Any problem (unknown key,
 missing key, wrong type, a path that must exist and does not) raises :class:`ConfigError`, which
 names the file that set (or should have set) the key; the CLI prints it on one line and exits 2.
 Loading has no side effects: nothing is created on disk until a valid configuration exists.
@@ -67,6 +67,7 @@ def load_config(
     config = convert(values, LakehouseConfig, (), tree, str(base))
     _check_entities(config, tree, str(base))
     _check_gold(config, tree, str(base))
+    _check_training(config, tree, str(base))
     missing_layers = [layer for layer in LAYERS if layer not in config.catalog.schemas]
     if missing_layers:
         raise ConfigError(tree.origin(("catalog", "schemas"), str(base)), "catalog.schemas",
@@ -137,3 +138,20 @@ def _check_gold(config: LakehouseConfig, tree: Tree, base: str) -> None:
         first = exc.nodes[0]
         raise ConfigError(tree.origin(("gold", first, "inputs"), base), f"gold.{first}.inputs",
                           f"gold tables {exc}") from None
+
+
+PREDICTIONS = "predictions"  # gold.predictions: what scoring writes (lakehouse/pipeline.py)
+
+
+def _check_training(config: LakehouseConfig, tree: Tree, base: str) -> None:
+    """Training reads a table a flow writes: a silver entity's or a gold table, not the predictions."""
+    if PREDICTIONS in config.gold:
+        raise ConfigError(tree.origin(("gold", PREDICTIONS), base), f"gold.{PREDICTIONS}",
+                          "the name is taken: scoring writes gold.predictions")
+    if config.training is None:
+        return
+    layer, _, name = config.training.table.partition(".")
+    if (layer, name) not in {("silver", e) for e in config.entities} | {("gold", g) for g in config.gold}:
+        raise ConfigError(tree.origin(("training", "table"), base), "training.table",
+                          f"no such table to train on: '{config.training.table}' (a configured silver entity or "
+                          "gold table)")

@@ -73,8 +73,8 @@ Identifier = Annotated[str, IDENTIFIER]
 Duration = Annotated[str, DURATION]
 PositiveInt = Annotated[int, Range(low=1)]
 
-_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+URI_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # A password in a URI's user info (scheme://user:password@host).
-_URI_PASSWORD = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^@\s]*:[^@\s]*@")  # up to the last '@'
+URI_WITH_PASSWORD = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^@\s]*:[^@\s]*@")  # up to the last '@'
 
 ENV_VAR = Pattern(r"^[A-Za-z_][A-Za-z0-9_]*$", "an environment variable name", echo=False)

@@ -1,4 +1,5 @@
-"""Development tooling, outside every job's runtime path: nothing in a job imports it.
+"""Development tooling, outside every job's runtime path: no ingest, refine, gold, train or score
+job imports it (`lakehouse bundle check` and `lakehouse demo` with a Kafka source do, lazily).
 
 - bundle_check.py: `lakehouse bundle check`, databricks.yml validated offline against the
   Databricks CLI's JSON schema. Its dependencies (jsonschema, regex, ruamel.yaml) are the

@@ -71,6 +71,13 @@ BAD_CASES = {
         [], "test/lakehouse.yml", "storage.token",
     ),
     "unknown environment": (lambda c: None, ["--env", "staging"], "staging", "--env"),
+    "training on a table no flow writes": (
+        lambda c: None, ["--set", "training.table=gold.predictions"], "--set training.table", "training.table",
+    ),
+    "a gold table named like the predictions": (
+        lambda c: (c / "base/gold/predictions.yml").write_text("mode: batch\ninputs: [silver.telemetry]\nsql: SELECT 1\n"),
+        [], "base/gold/predictions.yml", "gold.predictions",
+    ),
     "entity key not a column": (
         lambda c: edit_conf(c / "base/entities/telemetry.yml", "keys: [event_id]", "keys: [event_uuid]"),
         [], "base/entities/telemetry.yml", "entities.telemetry.keys",

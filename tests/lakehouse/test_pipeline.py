@@ -63,6 +63,17 @@ def test_a_diamond_of_gold_tables(conf_copy, tmp_path):
     assert set(ids(Pipeline(config).downstream("gold.left"))) == {"gold.top"}
 
 
+def test_flows_the_graph_does_not_order_keep_the_configured_order(conf_copy, tmp_path):
+    gold = conf_copy / "base" / "gold"
+    for name in ("a_first", "b_second", "c_third"):  # independent tables, each reading silver
+        (gold / f"{name}.yml").write_text("mode: batch\ninputs: [silver.telemetry]\nsql: SELECT 1 AS one\n")
+    config = load_config("test", conf_dir=conf_copy, data_dir=tmp_path / "data")
+    downstream = [f.id for f in Pipeline(config).downstream("bronze.telemetry") if f.kind == "gold"]
+    assert downstream[:3] == ["gold.a_first", "gold.b_second", "gold.c_third"]
+    upstream = [f.id for f in Pipeline(config).upstream("gold.telemetry_features")]
+    assert upstream == ["bronze.telemetry", "bronze.telemetry_kafka", "silver.telemetry", "gold.telemetry_minute"]
+
+
 def test_a_cycle_is_refused_when_the_configuration_loads(conf_copy, tmp_path):
     edit_conf(conf_copy / "base/gold/telemetry_minute.yml", "inputs: [silver.telemetry]", "inputs: [gold.telemetry_features]")
     with pytest.raises(ConfigError, match="gold tables read each other in a cycle: telemetry_features -> "

@@ -1,4 +1,4 @@
-"""Silver's row decisions (lakehouse.silver.quarantine_reasons, quarantine_error) on hand-made
+"""Silver's row decisions (lakehouse.quarantine.quarantine_reasons, quarantine_error) on hand-made
 parsed rows: each reason on its own, several in their fixed order, the plan's time limits, the
 exempt sources, unexpected fields by policy, a mismatched CSV header; and which version of a key
 latest_per_key keeps."""

@@ -134,7 +134,7 @@ def test_non_finite_numbers_are_quarantined_unless_allowed(spark, tmp_path):
     assert _silver_ids(spark, lenient) == {"e000001", "e000002", "e000004"}
 
 
-# The writes of one silver batch, and the failpoint before each (lakehouse.silver.refine_batch):
+# The writes of one silver batch, and the failpoint before each (lakehouse.refine.refine_batch):
 # plan recorded -> [quarantine append | quality results append | MERGE] -> batch stats -> done.
 CRASH_POINTS = ["silver.quarantine@0", "silver.plan@1", "silver.quality@2", "silver.merge@3", "silver.stats@4",
                 "silver.done@5"]

@@ -68,6 +68,8 @@ def test_fail_stops_without_committing_then_a_fixed_restart_processes_the_batch(
     assert run_flow(spark, config, "silver.telemetry", {"availableNow": True}) == 1
     err = capsys.readouterr().err
     assert "expect_column_values_to_be_in_set(rack)" in err and "batch 0" in err, err
+    # the error the batch raised, as raised (lakehouse/errors.py), not Spark's wrapper around it
+    assert "lakehouse: silver_telemetry failed: ExpectationFailedError: batch 0 of silver.telemetry" in err, err
     silver_ref = resolve_table(config, "silver.telemetry")
     assert read_table(spark, silver_ref).count() == 0
     assert read_table(spark, resolve_table(config, "silver.telemetry_quarantine")).count() == 0
