@@ -103,7 +103,7 @@ def test_a_stop_sends_no_sigkill_once_the_pid_is_another_process(tmp_path, monke
 
 def test_a_job_already_reaped_is_not_signalled(monkeypatch):
     """Once Popen has reaped a job, its pid (and group id) may be another process's: no signal."""
-    from tests.integration import processes
+    from tests import processes
 
     job = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
     job.wait()
