@@ -66,8 +66,14 @@ def _run_query(spark, config, query_name, checkpoint, start) \
         raise
 
     stop_requested = threading.Event()
+    stopped_by: list[str] = []  # what asked for the stop (printed: a stop nobody asked for is traceable)
+
+    def on_sigterm(*_) -> None:
+        stopped_by.append("SIGTERM")
+        stop_requested.set()
+
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.set()) if in_main_thread else None
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     started = flushed_at = time.monotonic()
     records = 0
     try:
@@ -75,9 +81,11 @@ def _run_query(spark, config, query_name, checkpoint, start) \
             try:
                 query.awaitTermination(1)
             except KeyboardInterrupt:
+                stopped_by.append("SIGINT")
                 stop_requested.set()
             if stop_requested.is_set() and query.isActive:
-                print(f"{query_name}: stopping; an unfinished batch is redone on restart", flush=True)
+                print(f"{query_name}: stopping ({stopped_by[0] if stopped_by else 'asked'}); an unfinished batch is "
+                      "redone on restart", flush=True)
                 query.stop()
             records += _print_finished_batches(recorder, query_name)
             # Progress rows are appended in groups: a Delta commit per micro-batch would compete

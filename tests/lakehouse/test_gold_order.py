@@ -26,6 +26,7 @@ def _with_gold(conf: Path, tables: dict[str, list[str]], keep_project_tables: bo
     if not keep_project_tables:
         for path in folder.glob("*.yml"):
             path.unlink()
+        (conf / "base" / "training.yml").unlink()  # it trains on gold.telemetry_features, gone here
     for name, inputs in tables.items():
         views = ", ".join(table.replace(".", "_") for table in inputs)
         (folder / f"{name}.yml").write_text(
