@@ -4,7 +4,8 @@ The Databricks CLI (a Go binary) cannot run here, so this module does what it do
 deploy, from the same inputs:
   1. load ``databricks.yml`` with YAML 1.2 semantics (``on``/``yes`` stay strings), merge the
      files its ``include:`` globs name, and apply the chosen target's overrides (variables set
-     by the target, resources merged, job tasks and job clusters merged by their keys);
+     by the target, resources merged, job tasks and job clusters merged by their keys):
+     lakehouse/devtools/bundle_load.py;
   2. validate the result against the CLI's own JSON schema (``databricks bundle schema``),
      evaluating the schema's ``pattern``s with the ``regex`` package (they use ``\\p{L}``, which
      Python's ``re`` rejects). Unlike the CLI, scalars are not coerced (13.3 for a string
@@ -19,184 +20,21 @@ was written (file:line:column).
 from __future__ import annotations
 
 import configparser
-import copy
-import glob
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
 import regex
 from jsonschema import Draft202012Validator
-from ruamel.yaml import YAML
 
-from lakehouse.errors import EXIT_CONFIG, LakehouseError
+from lakehouse.devtools.bundle_load import Bundle, BundleError, Problem, dotted, load_bundle
 
 SCHEMA_ENV = "LAKEHOUSE_BUNDLE_SCHEMA"
-KEYED_SEQUENCES = {"tasks": "task_key", "job_clusters": "job_cluster_key", "environments": "environment_key"}
-TARGET_ONLY = {"default", "mode", "compute_id", "cluster_id", "git"}
 COMPUTE_KEYS = ("job_cluster_key", "new_cluster", "existing_cluster_id", "environment_key")
 CODE_TASKS = ("python_wheel_task", "spark_python_task", "spark_jar_task", "spark_submit_task")
 GO_ENUMS = {("variables", "type"): ["complex"], ("artifacts", "type"): ["whl", "jar"]}
 VAR_REFERENCE = regex.compile(r"\$\{var\.([\p{L}\p{N}_-]+)")
-
-
-class BundleError(LakehouseError, ValueError):
-    """The bundle cannot be loaded at all (no databricks.yml, unreadable YAML, unknown target): exit 2."""
-
-    exit_code = EXIT_CONFIG
-    heading = "bundle check"
-    whole_message = True
-
-
-@dataclass(frozen=True)
-class Problem:
-    severity: str  # "error" or "warning" (what the CLI would say without --strict)
-    message: str
-    path: str  # YAML path, e.g. resources.jobs.ingest.tasks[0].python_wheel_task
-    location: str = ""  # file:line:column
-
-    def __str__(self) -> str:
-        text = f"{self.severity.capitalize()}: {self.message}"
-        if self.path:
-            text += f"\n  at {self.path}"
-        if self.location:
-            text += f"\n  in {self.location}"
-        return text
-
-
-# -- loading -------------------------------------------------------------------------------
-
-
-class _Loaded:
-    """Plain values plus, for every path, where it was written."""
-
-    def __init__(self) -> None:
-        self.where: dict[tuple, str] = {}
-        self.anchor_only: set[tuple] = set()  # paths whose value is an anchor, or only holds anchors
-
-    def load(self, path: Path, root: Path):
-        yaml = YAML(typ="rt")  # ruamel reads YAML 1.2 by default
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = yaml.load(fh)
-        except Exception as exc:  # ruamel's errors carry their own position
-            raise BundleError(f"{path}: not valid YAML: {exc}") from exc
-        return self._plain(data, (), str(path.relative_to(root)) if path.is_relative_to(root) else str(path))
-
-    def _plain(self, node, at: tuple, name: str):
-        if _anchor_only(node):
-            self.anchor_only.add(at)
-        if isinstance(node, dict):
-            result = {}
-            for key, value in node.items():
-                line, col = _position(node, key)
-                self.where.setdefault(at + (str(key),), f"{name}:{line}:{col}")
-                result[str(key)] = self._plain(value, at + (str(key),), name)
-            return result
-        if isinstance(node, list):
-            result = []
-            for i, value in enumerate(node):
-                if hasattr(node, "lc"):
-                    try:
-                        line, col = node.lc.item(i)
-                        self.where.setdefault(at + (i,), f"{name}:{line + 1}:{col + 1}")
-                    except (KeyError, IndexError, TypeError):
-                        pass
-                result.append(self._plain(value, at + (i,), name))
-            return result
-        if type(node).__module__.startswith("ruamel"):  # scalars ruamel wraps (anchored, styled): plain values
-            for plain in (bool, int, float, str):
-                if isinstance(node, plain):
-                    return plain(node)
-        return node
-
-
-def _anchor_only(node) -> bool:
-    """An anchored node, or a container whose every element is one (reusable blocks, not config)."""
-    anchor = getattr(node, "anchor", None)
-    if anchor is not None and getattr(anchor, "value", None):
-        return True
-    if isinstance(node, dict) and node:
-        return all(_anchor_only(v) for v in node.values())
-    if isinstance(node, list) and node:
-        return all(_anchor_only(v) for v in node)
-    return False
-
-
-def _position(node, key) -> tuple[int, int]:
-    try:
-        line, col = node.lc.value(key)
-        return line + 1, col + 1
-    except (KeyError, AttributeError, TypeError):
-        return 0, 0
-
-
-def _merge(base, extra, keyed_by: str | None = None):
-    """Deep merge: mappings key by key; sequences of tasks/job clusters by their keys; else replace."""
-    if isinstance(base, dict) and isinstance(extra, dict):
-        merged = dict(base)
-        for key, value in extra.items():
-            merged[key] = _merge(base[key], value, KEYED_SEQUENCES.get(key)) if key in base else copy.deepcopy(value)
-        return merged
-    if keyed_by and isinstance(base, list) and isinstance(extra, list):
-        merged = [copy.deepcopy(item) for item in base]
-        index = {item.get(keyed_by): i for i, item in enumerate(merged) if isinstance(item, dict)}
-        for item in extra:
-            key = item.get(keyed_by) if isinstance(item, dict) else None
-            if key is not None and key in index:
-                merged[index[key]] = _merge(merged[index[key]], item)
-            else:
-                merged.append(copy.deepcopy(item))
-        return merged
-    return copy.deepcopy(extra)
-
-
-@dataclass
-class Bundle:
-    root: Path
-    target: str
-    config: dict  # after includes and the target's overrides
-    where: dict  # path tuple -> file:line:col
-    problems: list  # found while loading (undeclared target variables)
-    anchor_only: set  # top-level keys that only hold YAML anchors (not reported as unknown)
-
-
-def load_bundle(root: str | Path, target: str | None = None) -> Bundle:
-    root = Path(root)
-    main = root / "databricks.yml"
-    if not main.is_file():
-        raise BundleError(f"{root}: no databricks.yml")
-    loaded = _Loaded()
-    config = loaded.load(main, root) or {}
-    if not isinstance(config, dict):
-        raise BundleError(f"{main}: expected a mapping at the top")
-    for pattern in config.get("include", []) or []:
-        for path in sorted(glob.glob(str(root / pattern), recursive=True)):
-            extra = loaded.load(Path(path), root) or {}
-            config = _merge(config, extra)
-
-    targets = config.get("targets") or {}
-    if target is None:
-        defaults = [name for name, t in targets.items() if isinstance(t, dict) and t.get("default")]
-        target = defaults[0] if defaults else (next(iter(targets)) if targets else "default")
-    elif target not in targets and not (target == "default" and not targets):
-        raise BundleError(f"no target '{target}' in {main} (targets: {', '.join(targets) or 'none'})")
-
-    problems = []
-    overrides = dict(targets.get(target) or {})
-    variables = overrides.pop("variables", None) or {}
-    declared = config.get("variables") or {}
-    config = _merge(config, {k: v for k, v in overrides.items() if k not in TARGET_ONLY})
-    for name, value in variables.items():
-        path = ("targets", target, "variables", name)
-        if name not in declared:
-            problems.append(Problem("error", f'variable "{name}" is not defined', _dotted(path), loaded.where.get(path, "")))
-            continue
-        setting = value if isinstance(value, dict) else {"default": value}
-        config["variables"][name] = _merge(config["variables"][name] or {}, setting)
-    return Bundle(root, target, config, loaded.where, problems, loaded.anchor_only)
 
 
 # -- schema validation ---------------------------------------------------------------------
@@ -219,13 +57,6 @@ def load_schema(path: str | Path | None = None) -> dict:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path}: cannot read the bundle schema: {exc}") from exc
-
-
-def _dotted(path) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
 
 
 def _leaves(error):
@@ -258,33 +89,33 @@ def schema_problems(bundle: Bundle, schema: dict) -> list[Problem]:
             if leaf.validator == "additionalProperties":
                 allowed = set(leaf.schema.get("properties") or {})
                 for key in sorted(set(leaf.instance) - allowed):
-                    problems.append(Problem("warning", f"unknown field: {key}", _dotted(path + (key,)),
+                    problems.append(Problem("warning", f"unknown field: {key}", dotted(path + (key,)),
                                             bundle.where.get(path + (key,), "")))
             elif leaf.validator == "required":
                 for name in leaf.validator_value:
                     if isinstance(leaf.instance, dict) and name not in leaf.instance:
-                        problems.append(Problem("warning", f'required field "{name}" is not set', _dotted(path),
+                        problems.append(Problem("warning", f'required field "{name}" is not set', dotted(path),
                                                 bundle.where.get(path, "")))
             elif leaf.validator == "enum":
                 values = " ".join(map(str, leaf.validator_value))
                 problems.append(Problem("warning", f'invalid value "{leaf.instance}" for enum field. '
-                                        f"Valid values are [{values}]", _dotted(path), bundle.where.get(path, "")))
+                                        f"Valid values are [{values}]", dotted(path), bundle.where.get(path, "")))
             elif leaf.validator == "type" and leaf.instance is None and leaf.validator_value == "object":
                 # `key:` with nothing under it: the CLI reads an empty mapping and reports what it lacks.
                 for name in leaf.schema.get("required", []):
-                    problems.append(Problem("warning", f'required field "{name}" is not set', _dotted(path),
+                    problems.append(Problem("warning", f'required field "{name}" is not set', dotted(path),
                                             bundle.where.get(path, "")))
             elif leaf.validator == "type":
                 found = {dict: "map", list: "sequence", str: "string", bool: "bool"}.get(type(leaf.instance), "number")
                 problems.append(Problem("warning", f"expected {leaf.validator_value}, found {found}",
-                                        _dotted(path), bundle.where.get(path, "")))
+                                        dotted(path), bundle.where.get(path, "")))
             elif leaf.validator == "pattern" and str(leaf.validator_value).startswith("\\$\\{"):
                 # The branch that admits a ${...} reference: only news when the value is one.
                 if "${" in str(leaf.instance):
-                    problems.append(Problem("warning", f"invalid reference {leaf.instance}", _dotted(path),
+                    problems.append(Problem("warning", f"invalid reference {leaf.instance}", dotted(path),
                                             bundle.where.get(path, "")))
             else:
-                problems.append(Problem("warning", leaf.message, _dotted(path), bundle.where.get(path, "")))
+                problems.append(Problem("warning", leaf.message, dotted(path), bundle.where.get(path, "")))
     return _unique(problems)
 
 
@@ -304,7 +135,7 @@ def cli_type_problems(bundle: Bundle, schema: dict) -> list[Problem]:
             if isinstance(value, str) and value and value not in allowed and "${" not in value:
                 path = (section, name, field_name)
                 problems.append(Problem("warning", f'invalid value "{value}" for enum field. Valid values are '
-                                        f"[{' '.join(allowed)}]", _dotted(path), bundle.where.get(path, "")))
+                                        f"[{' '.join(allowed)}]", dotted(path), bundle.where.get(path, "")))
     return _unique(problems)
 
 
@@ -340,7 +171,7 @@ def semantic_problems(bundle: Bundle, project_root: Path | None = None) -> list[
         if isinstance(value, str) and path[:1] != ("targets",):
             for name in VAR_REFERENCE.findall(value):
                 if name not in declared:
-                    problems.append(Problem("error", f'reference does not exist: ${{var.{name}}}', _dotted(path),
+                    problems.append(Problem("error", f'reference does not exist: ${{var.{name}}}', dotted(path),
                                             where.get(path, "")))
     scripts = console_scripts(project_root / "setup.cfg") if project_root and (project_root / "setup.cfg").is_file() else None
     for job_name, job in ((config.get("resources") or {}).get("jobs") or {}).items():
@@ -354,18 +185,18 @@ def semantic_problems(bundle: Bundle, project_root: Path | None = None) -> list[
             key = task.get("job_cluster_key")
             if key is not None and key not in clusters:
                 problems.append(Problem("error", f'job_cluster_key "{key}" is not defined in the job\'s job_clusters',
-                                        _dotted(at + ("job_cluster_key",)), where.get(at + ("job_cluster_key",), "")))
+                                        dotted(at + ("job_cluster_key",)), where.get(at + ("job_cluster_key",), "")))
             if any(kind in task for kind in CODE_TASKS) and not any(k in task for k in COMPUTE_KEYS):
                 problems.append(Problem("error", f'task "{task.get("task_key")}" runs code but has no compute: set '
                                         "job_cluster_key, new_cluster, existing_cluster_id or environment_key",
-                                        _dotted(at), where.get(at, "")))
+                                        dotted(at), where.get(at, "")))
             wheel = task.get("python_wheel_task")
             if isinstance(wheel, dict) and scripts is not None and "${" not in str(wheel.get("entry_point", "")):
                 entry = wheel.get("entry_point")
                 if entry not in scripts:
                     path = at + ("python_wheel_task", "entry_point")
                     problems.append(Problem("error", f'entry point "{entry}" is not a console script in setup.cfg '
-                                            f"(have: {', '.join(sorted(scripts)) or 'none'})", _dotted(path),
+                                            f"(have: {', '.join(sorted(scripts)) or 'none'})", dotted(path),
                                             where.get(path, "")))
             spark_python = task.get("spark_python_task")
             if isinstance(spark_python, dict) and "python_file" in spark_python:
@@ -373,7 +204,7 @@ def semantic_problems(bundle: Bundle, project_root: Path | None = None) -> list[
                 file = str(spark_python["python_file"])
                 resolved = _local_file(bundle, file, where.get(path, ""))
                 if resolved is not None and not resolved.is_file():
-                    problems.append(Problem("error", f"python_file {file} does not exist ({resolved})", _dotted(path),
+                    problems.append(Problem("error", f"python_file {file} does not exist ({resolved})", dotted(path),
                                             where.get(path, "")))
     return _unique(problems)
 
