@@ -48,13 +48,14 @@ def check_checkpoint_sources(checkpoint: str, entity_name: str, sources: list[st
         )
 
 
-def batch_validator(config: LakehouseConfig, entity_name: str, rules: list) -> BatchValidator | None:
+def batch_validator(config: LakehouseConfig, entity_name: str, rules: list, checked: dict) -> BatchValidator | None:
     """What GX validates on each batch: the expectations the fused aggregation does not compute
-    (none: no validator, and GX is not loaded), or every one with ``quality.validation: gx``."""
+    (none: no validator, and GX is not loaded), or every one with ``quality.validation: gx``.
+    ``checked``: the entity's suite as suites.checked_suite read it."""
     suite_path = config.suite_path(config.entity(entity_name).suite)
     if config.quality.validation == "gx":
         return BatchValidator(load_suite(suite_path), entity_name)
-    if len(rules) < len(checked_suite(suite_path)["expectations"]):
+    if len(rules) < len(checked["expectations"]):
         suite = load_suite(suite_path)
         others = [e for e in suite.expectations if e.expectation_type not in ROW_LEVEL]
         return BatchValidator(suite, entity_name, only=others)
@@ -68,8 +69,9 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
     ``backfill``: batches planned by this run judge no row late (``lakehouse refine --backfill``)."""
     entity_name, entity = flow.name, config.entity(flow.name)
     ensure_silver_tables(spark, config, entity_name)
-    rules = row_rules(checked_suite(config.suite_path(entity.suite)))
-    validator = batch_validator(config, entity_name, rules)
+    checked = checked_suite(config.suite_path(entity.suite))  # read once for the rules and the validator
+    rules = row_rules(checked)
+    validator = batch_validator(config, entity_name, rules, checked)
     check_checkpoint_sources(flow.checkpoint, entity_name, entity.sources)
     streams = []
     for source in entity.sources:
