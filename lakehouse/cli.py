@@ -206,6 +206,27 @@ def cmd_gold(config: LakehouseConfig, args) -> int:
     return run_flows(spark, config, [f"gold.{n}" for n in names], trigger_for(once, args.trigger, config))
 
 
+def cmd_run(config: LakehouseConfig, args) -> int:
+    from lakehouse.preflight import check_entity, check_gold_sql
+    from lakehouse.runner import pipeline_flows, run_flows
+    from lakehouse.streaming import trigger_for
+
+    if not args.once:
+        raise UsageError("`lakehouse run` runs triggered (--once) so far; continuous mode is not built yet: "
+                         "run `lakehouse ingest|refine|gold --trigger` per flow")
+    flows, skipped = pipeline_flows(config, args.only)
+    for line in skipped:
+        print(line, flush=True)
+    if not flows:
+        raise UsageError("no flow to run")
+    spark = _start_spark(config)
+    for flow in flows:
+        if flow.kind == "silver":
+            check_entity(spark, config, flow.name)
+    check_gold_sql(spark, config, [flow.name for flow in flows if flow.kind == "gold"])
+    return run_flows(spark, config, flows, trigger_for(True, None, config))
+
+
 def cmd_train(config: LakehouseConfig, args) -> int:
     from ml.run import run_training
 
@@ -337,6 +358,7 @@ COMMANDS = {
     "ingest": cmd_ingest,
     "refine": cmd_refine,
     "gold": cmd_gold,
+    "run": cmd_run,
     "train": cmd_train,
     "score": cmd_score,
     "bundle": cmd_bundle,

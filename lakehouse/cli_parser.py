@@ -92,6 +92,13 @@ def _pipeline_commands(command) -> None:
                           "see conf/README.md, 'Late rows and backfills')")
     _trigger_options(ref, "everything in bronze")
 
+    run = command("run", "run the pipeline's flows in one Spark application, inputs first: every source's bronze, "
+                         "every entity's silver, every gold table")
+    run.add_argument("--only", nargs="+", metavar="FLOW",
+                     help="run just these flows, by id: bronze.<source>, silver.<entity>, gold.<table> "
+                          "(`lakehouse config` lists what is configured)")
+    _trigger_options(run, "everything available in each flow's input")
+
     gold = command("gold", "build gold tables declared in conf/<env>/gold/: streaming aggregates or batch feature tables")
     which = gold.add_mutually_exclusive_group(required=True)
     which.add_argument("--table", action="append", help="configured gold table, e.g. telemetry_minute (repeatable)")

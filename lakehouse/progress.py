@@ -75,7 +75,9 @@ class ProgressRecorder(StreamingQueryListener):
         # append made meanwhile from this session would otherwise pick up.
         self.spark = spark.newSession()
         self.table = resolve_table(config, STREAM_PROGRESS_TABLE)
-        self.checkpoints: dict[str, str] = {}  # query name -> checkpoint, to count files per batch
+        # The queries it records (query name -> checkpoint, to count files per batch): several
+        # queries may run in one application, each recorded once, by the recorder watching it.
+        self.checkpoints: dict[str, str] = {}
         self._rows: queue.Queue = queue.Queue()  # filled by the listener thread
         self._buffer: list[dict] = []  # drained, not yet written
         self._terminated: set[str] = set()
@@ -90,6 +92,8 @@ class ProgressRecorder(StreamingQueryListener):
 
     def onQueryProgress(self, event) -> None:
         p = event.progress
+        if p.name not in self.checkpoints:
+            return  # another recorder's query
         observed = (p.observedMetrics or {}).get(RECORDS_METRIC)
         reported = _reported.pop((p.name, p.batchId), None)
         if reported is not None:
@@ -97,7 +101,7 @@ class ProgressRecorder(StreamingQueryListener):
         else:
             records = observed[RECORDS_METRIC] if observed is not None else p.numInputRows
         seconds = (p.batchDuration or 0) / 1000.0
-        checkpoint = self.checkpoints.get(p.name or "")
+        checkpoint = self.checkpoints[p.name]
         files = None
         if checkpoint and any(s.description.startswith("FileStreamSource") for s in p.sources):
             files = files_in_batch(checkpoint, p.batchId)

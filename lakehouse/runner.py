@@ -9,7 +9,8 @@ A flow (lakehouse/pipeline.py) belongs to a layer module that provides its steps
 
 :func:`run_flow` prints the description, runs the query until it is done (``--once``) or stopped
 (lakehouse/streaming.py: progress, Ctrl-C, failures) and returns the exit code;
-:func:`run_flows` runs several, inputs first. The CLI, the demo and the tests all run flows here.
+:func:`run_flows` runs several, inputs first; :func:`pipeline_flows` picks the flows of
+`lakehouse run`. The CLI, the demo and the tests all run flows here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pyspark.sql import SparkSession
 
 from lakehouse import bronze, gold, silver
 from lakehouse.config import LakehouseConfig
-from lakehouse.errors import EXIT_OK
+from lakehouse.errors import EXIT_OK, UsageError
 from lakehouse.pipeline import Flow, Pipeline
 from lakehouse.streaming import run_streaming_job
 
@@ -72,3 +73,35 @@ def run_flows(spark: SparkSession, config: LakehouseConfig, flows: Iterable[str 
             print(f"lakehouse: {flow.id} failed (exit {code}); tables after it were not built", file=sys.stderr)
             return code
     return EXIT_OK
+
+
+def pipeline_flows(config: LakehouseConfig, only: Iterable[str] | None = None) -> tuple[list[Flow], list[str]]:
+    """The flows `lakehouse run` runs, inputs first, and a line on each flow it leaves out.
+
+    ``only``: flow ids (``bronze.telemetry``, ``silver.telemetry``, ``gold.telemetry_minute``);
+    just those run. Without it every bronze, silver and gold flow runs, but a Kafka source with no
+    bootstrap servers configured or in its environment variable is left out (a named one is an
+    error): the files feed runs on a machine without a broker. Training and scoring run with
+    `lakehouse train` / `lakehouse score`."""
+    from lakehouse.kafka import KafkaSetupError, bootstrap_servers
+
+    pipeline = Pipeline(config)
+    named = list(dict.fromkeys(only or ()))
+    chosen = [pipeline.flow(flow_id) for flow_id in named] or [f for f in pipeline.flows.values() if f.kind in RUNNERS]
+    for flow in chosen:
+        if flow.kind not in RUNNERS:
+            raise UsageError(f"{flow.id} is not run by `lakehouse run` (use `lakehouse {flow.kind}`)")
+    flows, skipped = [], []
+    for flow in pipeline.inputs_first(chosen):
+        source = config.source(flow.name) if flow.kind == "bronze" else None
+        if source is not None and source.kind == "kafka":
+            try:
+                bootstrap_servers(source.kafka)
+            except KafkaSetupError as exc:
+                if named:
+                    raise UsageError(f"{flow.id}: {exc}") from exc
+                skipped.append(f"{flow.id}: left out, no Kafka broker configured "
+                               f"(${source.kafka.bootstrap_servers_env} is not set)")
+                continue
+        flows.append(flow)
+    return flows, skipped
