@@ -211,20 +211,21 @@ def cmd_run(config: LakehouseConfig, args) -> int:
     from lakehouse.runner import pipeline_flows, run_flows
     from lakehouse.streaming import trigger_for
 
-    if not args.once:
-        raise UsageError("`lakehouse run` runs triggered (--once) so far; continuous mode is not built yet: "
-                         "run `lakehouse ingest|refine|gold --trigger` per flow")
     flows, skipped = pipeline_flows(config, args.only)
     for line in skipped:
         print(line, flush=True)
     if not flows:
         raise UsageError("no flow to run")
-    spark = _start_spark(config)
+    spark = _start_spark(config, ui=not args.once)
     for flow in flows:
         if flow.kind == "silver":
             check_entity(spark, config, flow.name)
     check_gold_sql(spark, config, [flow.name for flow in flows if flow.kind == "gold"])
-    return run_flows(spark, config, flows, trigger_for(True, None, config))
+    if args.once:
+        return run_flows(spark, config, flows, trigger_for(True, None, config))
+    from lakehouse.app import PipelineApp
+
+    return PipelineApp(spark, config, flows, trigger_for(False, args.trigger, config)).run()
 
 
 def cmd_train(config: LakehouseConfig, args) -> int:

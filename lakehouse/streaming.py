@@ -87,7 +87,7 @@ def _run_query(spark, config, query_name, checkpoint, start) \
                 print(f"{query_name}: stopping ({stopped_by[0] if stopped_by else 'asked'}); an unfinished batch is "
                       "redone on restart", flush=True)
                 query.stop()
-            records += _print_finished_batches(recorder, query_name)
+            records += print_finished_batches(recorder)
             # Progress rows are appended in groups: a Delta commit per micro-batch would compete
             # with the query itself for the same cores.
             if time.monotonic() - flushed_at >= config.streaming.progress_flush_seconds:
@@ -100,7 +100,7 @@ def _run_query(spark, config, query_name, checkpoint, start) \
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         recorder.wait_terminated(str(query.id), timeout=30)
-        records += _print_finished_batches(recorder, query_name)
+        records += print_finished_batches(recorder)
         recorder.flush()
         spark.streams.removeListener(recorder)
     print(f"{query_name}: done, {records:,} records in {time.monotonic() - started:.1f}s", flush=True)
@@ -119,10 +119,12 @@ def _first_line(exc: BaseException) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
 
 
-def _print_finished_batches(recorder: ProgressRecorder, query_name: str) -> int:
-    """Print the micro-batches that finished since the last call; returns their records."""
+def print_finished_batches(recorder: ProgressRecorder) -> int:
+    """Print the micro-batches that finished since the last call, each under its query's name;
+    returns their records."""
     rows = recorder.drain()
     for row in rows:
+        query_name = row["query_name"]
         files = f", {row['num_input_files']} files" if row["num_input_files"] is not None else ""
         print(f"{query_name}: batch {row['batch_id']}: {row['num_input_rows']:,} records{files}, "
               f"{row['batch_duration_ms'] / 1000:.1f}s", flush=True)

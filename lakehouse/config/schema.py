@@ -228,6 +228,9 @@ class GoldTableConfig:
     inputs: list[TableName]
     sql: str
     watermark: WatermarkConfig | None = None  # streaming only
+    # batch only: `lakehouse run` rebuilds the table when an input's Delta version has changed,
+    # at most this often
+    refresh: Duration = "1 minute"
 
     def problems(self) -> list[tuple[str, str]]:
         if not self.inputs:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from lakehouse.app import PipelineApp
 from lakehouse.cli import main
-from lakehouse.config import ConfigError
+from lakehouse.config import ConfigError, load_config
 from lakehouse.errors import EXIT_CONFIG, UsageError
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
 from lakehouse.reconcile import reconcile
 from lakehouse.runner import pipeline_flows, run_flows
-from lakehouse.tables import read_table, resolve_table, table_exists
+from lakehouse.tables import last_commit, read_table, resolve_table, table_exists
 
 ONCE = {"availableNow": True}
 
@@ -47,8 +50,8 @@ def test_the_command_refuses_before_spark_starts(config, capsys):
     data = ["--env", "test", "--data-dir", str(config.storage.data_dir)]
     assert main([*data, "run", "--once", "--only", "gold.nope"]) == EXIT_CONFIG
     assert "no such flow" in capsys.readouterr().err
-    assert main([*data, "run", "--trigger", "2s"]) == EXIT_CONFIG
-    assert "--once" in capsys.readouterr().err
+    assert main([*data, "run", "--trigger", "soon"]) == EXIT_CONFIG
+    assert "--trigger" in capsys.readouterr().err
     assert not Path(config.storage.data_dir).exists()  # nothing written
 
 
@@ -70,3 +73,64 @@ def test_one_triggered_run_builds_every_table_from_the_landed_files(spark, confi
     for table in ("gold.telemetry_minute", "gold.telemetry_features"):
         assert read_table(spark, resolve_table(config, table)).count() > 0, table
     assert not table_exists(spark, resolve_table(config, "gold.predictions"))
+
+
+def _lines(landing: Path) -> int:
+    return sum(len(p.read_bytes().splitlines()) for p in landing.glob("*.jsonl"))
+
+
+def _count(spark, config, table: str) -> int:
+    """Rows of the table; -1 before its first commit (read while the application runs)."""
+    from pyspark.errors import AnalysisException
+
+    try:
+        return read_table(spark, resolve_table(config, table)).count()
+    except AnalysisException:
+        return -1
+
+
+def _wait(condition, what: str, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(1.0)
+
+
+@pytest.mark.slow
+def test_the_always_on_application_keeps_every_table_fresh_until_stopped(spark, tmp_path, monkeypatch):
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    config = load_config("test", conf_dir=Path(__file__).resolve().parents[2] / "conf", data_dir=tmp_path / "data",
+                         overrides=["gold.telemetry_features.refresh=0s"])
+    landing = Path(config.landing_path("telemetry"))
+    landing.mkdir(parents=True)
+    generator = TelemetryGenerator.from_config(config.generator, seed=8, fault_rate=0.05)
+    generate_batch(generator, landing, "telemetry", "a8", 8, 900, 2)
+    flows, _ = pipeline_flows(config)
+    app = PipelineApp(spark, config, flows, {"processingTime": "1 second"})
+    failures: list[BaseException] = []
+
+    def feed_then_stop() -> None:
+        try:
+            _wait(lambda: _count(spark, config, "gold.telemetry_features") > 0, "the first feature build")
+            generate_batch(generator, landing, "telemetry", "b9", 9, 900, 2)  # files landing while it runs
+            _wait(lambda: _count(spark, config, "bronze.telemetry") == _lines(landing), "the new files in bronze")
+            minute = resolve_table(config, "gold.telemetry_minute")
+            before = last_commit(spark, minute).version  # noqa: F841 - read in the lambda below
+            _wait(lambda: last_commit(spark, minute).version > before, "gold minutes from the new files")
+        except BaseException:  # noqa: BLE001 - reported by the test below
+            import traceback
+            failures.append(traceback.format_exc())
+        finally:
+            app.stop()
+
+    helper = threading.Thread(target=feed_then_stop, daemon=True)
+    helper.start()
+    assert app.run() == 0
+    helper.join(timeout=60)
+    assert not failures, failures[0]
+    assert {run.state for run in app.runs.values()} == {"stopped"} | ({"idle"} & {r.state for r in app.runs.values()})
+    assert not spark.streams.active  # every query stopped
+    report = reconcile(spark, config, "telemetry")
+    assert report.holds, report.describe()
+    assert _count(spark, config, "bronze.telemetry") == _lines(landing)

@@ -1,0 +1,189 @@
+"""The pipeline as one always-on application: `lakehouse run` without ``--once``.
+
+Every streaming flow (each source's bronze, each entity's silver, each streaming gold table)
+runs as a concurrent query of one Spark application, each with its own checkpoint as when run
+alone (lakehouse/runner.py starts it), and in a scheduler pool of its own (named by the flow's
+id), so one busy flow cannot take every task slot from the others. A batch gold table is
+rebuilt when one of its inputs has a new Delta version, at most every ``gold.<table>.refresh``.
+
+A stop (SIGTERM, Ctrl-C, or :meth:`PipelineApp.stop`) lets each query finish the batch it is
+in, then stops it; an unfinished batch is redone on restart, as for one flow. A query that fails
+stops with the flows that read it (the others go on) and makes the exit code 1.
+Restarts with backoff and freshness are the next steps (issue 14).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
+
+from lakehouse.config import LakehouseConfig, duration_seconds
+from lakehouse.errors import EXIT_FAILED, EXIT_OK, batch_error
+from lakehouse.pipeline import Flow, Pipeline
+from lakehouse.progress import ProgressRecorder
+from lakehouse.redaction import redact_text
+from lakehouse.runner import RUNNERS
+from lakehouse.streaming import failure_summary, print_finished_batches
+from lakehouse.tables import last_commit, resolve_table, table_exists
+
+POLL_SECONDS = 1.0
+BATCH_END_WAIT_SECONDS = 120.0  # a stop waits this long for a query's batch to end, then stops it anyway
+
+
+@dataclass
+class FlowRun:
+    """One flow of the running application."""
+
+    flow: Flow
+    query: StreamingQuery | None = None
+    state: str = "starting"  # running, stopped, failed; a batch flow: idle or building
+    error: str | None = None
+    built_from: dict[str, int] = field(default_factory=dict)  # a batch flow: input -> version last built from
+    built_at: float = 0.0
+
+
+class PipelineApp:
+    def __init__(self, spark: SparkSession, config: LakehouseConfig, flows: list[Flow], trigger: dict):
+        self.spark, self.config, self.trigger = spark, config, trigger
+        self.pipeline = Pipeline(config)
+        self.runs = {flow.id: FlowRun(flow) for flow in self.pipeline.inputs_first(flows)}
+        self._stop = threading.Event()
+        self.stopped_by: str | None = None
+
+    def stop(self, why: str = "asked") -> None:
+        """Ask every flow to stop after its current batch (thread-safe)."""
+        self.stopped_by = self.stopped_by or why
+        self._stop.set()
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Start every flow and keep them running until stopped or none is left. Exit code."""
+        recorder = ProgressRecorder(self.spark, self.config)
+        self.spark.streams.addListener(recorder)
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, lambda *_: self.stop("SIGTERM")) if in_main else None
+        code = EXIT_OK
+        try:
+            for run in self.runs.values():
+                if run.flow.streaming:
+                    self._start(run, recorder)
+            flushed = time.monotonic()
+            while not self._stop.is_set() and self._live():
+                try:
+                    self._stop.wait(POLL_SECONDS)
+                except KeyboardInterrupt:
+                    self.stop("SIGINT")
+                code = max(code, self._check_queries())
+                self._rebuild_batch_tables()
+                print_finished_batches(recorder)
+                if time.monotonic() - flushed >= self.config.streaming.progress_flush_seconds:
+                    recorder.flush()
+                    flushed = time.monotonic()
+            if self._stop.is_set():
+                print(f"lakehouse run: stopping ({self.stopped_by}): each query finishes its batch", flush=True)
+            self._stop_queries()
+            code = max(code, self._check_queries())
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            for run in self.runs.values():
+                if run.query is not None:
+                    recorder.wait_terminated(str(run.query.id), timeout=30)
+            print_finished_batches(recorder)
+            recorder.flush()
+            self.spark.streams.removeListener(recorder)
+        return code
+
+    def _live(self) -> bool:
+        return any(run.state in ("starting", "running", "idle", "building") for run in self.runs.values())
+
+    def _start(self, run: FlowRun, recorder: ProgressRecorder) -> None:
+        flow, layer = run.flow, RUNNERS[run.flow.kind]
+        for line in layer.describe(self.config, flow):
+            print(f"{flow.query_name}: {line}", flush=True)
+        recorder.watch(flow.query_name, flow.checkpoint)
+        context = self.spark.sparkContext
+        # A query's jobs run in the pool of the thread that started it.
+        context.setLocalProperty("spark.scheduler.pool", flow.id)
+        try:
+            run.query = layer.start(self.spark, self.config, flow, self.trigger)
+        finally:
+            context.setLocalProperty("spark.scheduler.pool", None)
+        run.state = "running"
+
+    def _check_queries(self) -> int:
+        """Mark each query that has ended; a failed one stops the flows that read it."""
+        code = EXIT_OK
+        for run in self.runs.values():
+            if run.query is None or run.state != "running" or run.query.isActive:
+                continue
+            error = run.query.exception()
+            if error is None:
+                run.state = "stopped"
+                continue
+            run.state, code = "failed", EXIT_FAILED
+            run.error = redact_text(failure_summary(error, batch_error(str(run.query.id))))
+            print(f"lakehouse: {run.flow.id} failed: {run.error}", file=sys.stderr, flush=True)
+            for reader in self.pipeline.downstream(run.flow):
+                if reader.id in self.runs and self.runs[reader.id].state not in ("failed", "stopped"):
+                    print(f"{reader.id}: stopping, it reads {run.flow.id}", flush=True)
+                    self._stop_flow(self.runs[reader.id])
+        return code
+
+    def _stop_flow(self, run: FlowRun) -> None:
+        if run.query is not None and run.query.isActive:
+            _after_current_batch(run.query)
+        run.state = "stopped"
+
+    def _stop_queries(self) -> None:
+        for run in reversed(list(self.runs.values())):  # readers first: no input stops under them
+            if run.state in ("running", "idle", "building", "starting"):
+                self._stop_flow(run)
+
+    # -- batch gold tables ------------------------------------------------------------------
+    def _rebuild_batch_tables(self) -> None:
+        """Rebuild each batch table whose inputs have new versions, at most every refresh."""
+        for run in self.runs.values():
+            flow = run.flow
+            if flow.streaming or run.state in ("failed", "stopped"):
+                continue
+            refresh = duration_seconds(self.config.gold_table(flow.name).refresh)
+            if run.built_at and time.monotonic() - run.built_at < refresh:
+                continue
+            versions = self._input_versions(flow)
+            if versions is None or versions == run.built_from:
+                run.state = "idle"
+                continue
+            run.state = "building"
+            try:
+                built = RUNNERS[flow.kind].build(self.spark, self.config, flow)
+            except Exception as exc:  # noqa: BLE001 - one table's failure is reported; the other flows go on
+                run.state, run.error = "failed", redact_text(failure_summary(exc))
+                print(f"lakehouse: {flow.id} failed: {run.error}", file=sys.stderr, flush=True)
+                continue
+            print(f"{flow.id}: {built.describe()}", flush=True)
+            run.built_from, run.built_at, run.state = built.inputs, time.monotonic(), "idle"
+
+    def _input_versions(self, flow: Flow) -> dict[str, int] | None:
+        """Each input's newest Delta version; None while an input does not exist yet."""
+        versions = {}
+        for table in flow.inputs:
+            ref = resolve_table(self.config, table)
+            if not table_exists(self.spark, ref):
+                return None
+            versions[ref.name] = last_commit(self.spark, ref).version
+        return versions
+
+
+def _after_current_batch(query: StreamingQuery) -> None:
+    """Stop the query between two batches when it can: while a trigger is active, wait for it."""
+    deadline = time.monotonic() + BATCH_END_WAIT_SECONDS
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    query.stop()
