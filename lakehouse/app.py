@@ -8,8 +8,11 @@ rebuilt when one of its inputs has a new Delta version, at most every ``gold.<ta
 
 A stop (SIGTERM, Ctrl-C, or :meth:`PipelineApp.stop`) lets each query finish the batch it is
 in, then stops it; an unfinished batch is redone on restart, as for one flow. A query that fails
-stops with the flows that read it (the others go on) and makes the exit code 1.
-Restarts with backoff and freshness are the next steps (issue 14).
+with a transient error (anything but the project's own errors, such as a ``fail`` expectation)
+is restarted from its checkpoint after ``run.backoff`` (doubled each time), up to
+``run.max_restarts``; the other flows keep running meanwhile. A flow that fails for good stops
+with the flows that read it (the others go on) and makes the exit code 1. A full disk or a lost
+Spark context stops the whole application with one line.
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ from lakehouse.tables import last_commit, resolve_table, table_exists
 
 POLL_SECONDS = 1.0
 BATCH_END_WAIT_SECONDS = 120.0  # a stop waits this long for a query's batch to end, then stops it anyway
+MAX_BACKOFF_SECONDS = 300.0
+# Failures no restart gets past: the whole application stops. Spark reports them only as Java
+# exception text, so they are recognised by their messages.
+FATAL_MESSAGES = {
+    "No space left on device": "the disk is full",
+    "SparkContext was shut down": "the Spark context is gone (a lost driver or cluster)",
+    "Cannot call methods on a stopped SparkContext": "the Spark context is gone (a lost driver or cluster)",
+}
+LIVE = ("starting", "running", "waiting", "idle", "building")
 
 
 @dataclass
@@ -42,8 +54,10 @@ class FlowRun:
 
     flow: Flow
     query: StreamingQuery | None = None
-    state: str = "starting"  # running, stopped, failed; a batch flow: idle or building
+    state: str = "starting"  # running, waiting (to restart), stopped, failed; a batch flow: idle or building
     error: str | None = None
+    restarts: int = 0
+    restart_at: float = 0.0
     built_from: dict[str, int] = field(default_factory=dict)  # a batch flow: input -> version last built from
     built_at: float = 0.0
 
@@ -64,7 +78,7 @@ class PipelineApp:
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         """Start every flow and keep them running until stopped or none is left. Exit code."""
-        recorder = ProgressRecorder(self.spark, self.config)
+        recorder = self.recorder = ProgressRecorder(self.spark, self.config)
         self.spark.streams.addListener(recorder)
         in_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, lambda *_: self.stop("SIGTERM")) if in_main else None
@@ -80,6 +94,7 @@ class PipelineApp:
                 except KeyboardInterrupt:
                     self.stop("SIGINT")
                 code = max(code, self._check_queries())
+                self._restart_due()
                 self._rebuild_batch_tables()
                 print_finished_batches(recorder)
                 if time.monotonic() - flushed >= self.config.streaming.progress_flush_seconds:
@@ -101,7 +116,7 @@ class PipelineApp:
         return code
 
     def _live(self) -> bool:
-        return any(run.state in ("starting", "running", "idle", "building") for run in self.runs.values())
+        return any(run.state in LIVE for run in self.runs.values())
 
     def _start(self, run: FlowRun, recorder: ProgressRecorder) -> None:
         flow, layer = run.flow, RUNNERS[run.flow.kind]
@@ -127,14 +142,34 @@ class PipelineApp:
             if error is None:
                 run.state = "stopped"
                 continue
+            own = batch_error(str(run.query.id))  # the project's own error: no restart gets past it
+            run.error = redact_text(failure_summary(error, own))
+            fatal = next((why for text, why in FATAL_MESSAGES.items() if text in str(error)), None)
+            if fatal:
+                print(f"lakehouse run: stopping every flow: {fatal} ({run.flow.id}: {run.error})",
+                      file=sys.stderr, flush=True)
+                run.state, code = "failed", EXIT_FAILED
+                self.stop("fatal")
+                continue
+            if own is None and run.restarts < self.config.run.max_restarts:
+                delay = min(duration_seconds(self.config.run.backoff) * 2 ** run.restarts, MAX_BACKOFF_SECONDS)
+                run.state, run.restart_at = "waiting", time.monotonic() + delay
+                print(f"{run.flow.id}: failed ({run.error}); restarting from its checkpoint in {delay:.0f}s "
+                      f"(restart {run.restarts + 1} of at most {self.config.run.max_restarts})", flush=True)
+                continue
             run.state, code = "failed", EXIT_FAILED
-            run.error = redact_text(failure_summary(error, batch_error(str(run.query.id))))
             print(f"lakehouse: {run.flow.id} failed: {run.error}", file=sys.stderr, flush=True)
             for reader in self.pipeline.downstream(run.flow):
                 if reader.id in self.runs and self.runs[reader.id].state not in ("failed", "stopped"):
                     print(f"{reader.id}: stopping, it reads {run.flow.id}", flush=True)
                     self._stop_flow(self.runs[reader.id])
         return code
+
+    def _restart_due(self) -> None:
+        for run in self.runs.values():
+            if run.state == "waiting" and time.monotonic() >= run.restart_at:
+                run.restarts += 1
+                self._start(run, self.recorder)
 
     def _stop_flow(self, run: FlowRun) -> None:
         if run.query is not None and run.query.isActive:
@@ -143,7 +178,7 @@ class PipelineApp:
 
     def _stop_queries(self) -> None:
         for run in reversed(list(self.runs.values())):  # readers first: no input stops under them
-            if run.state in ("running", "idle", "building", "starting"):
+            if run.state in LIVE:
                 self._stop_flow(run)
 
     # -- batch gold tables ------------------------------------------------------------------

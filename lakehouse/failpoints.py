@@ -5,7 +5,8 @@ The crash tests need to stop a job between two particular writes of one micro-ba
 ``point[@batch][=action]`` items separated by commas, for example
 ``silver.merge@1=kill,bronze.read``. ``action`` is ``raise`` (the default: the batch fails
 like any error, the query stops without committing it), ``kill`` (the process kills itself
-with SIGKILL, as a crash would) or ``sleep:<seconds>`` (to widen a race window). Without the
+with SIGKILL, as a crash would), ``raise-once`` (``raise`` the first time this process gets
+there, a transient failure that a restart gets past) or ``sleep:<seconds>`` (to widen a race window). Without the
 variable, :func:`failpoint` does nothing; production runs never set it. The points:
 bronze.read / bad_files / ingested_files / done (lakehouse.landing), silver.plan / quarantine /
 quality / merge / stats / done (lakehouse.silver), train.promote (ml.run).
@@ -18,6 +19,7 @@ import signal
 import time
 
 FAILPOINTS_ENV = "LAKEHOUSE_FAILPOINTS"
+_fired: set[tuple[str, int | None]] = set()  # raise-once points that have raised in this process
 
 
 class FailpointError(RuntimeError):
@@ -41,6 +43,11 @@ def failpoint(name: str, batch_id: int | None = None) -> None:
     if action.startswith("sleep:"):
         time.sleep(float(action.split(":", 1)[1]))
         return
+    if action == "raise-once":
+        if (name, batch_id) in _fired:
+            return
+        _fired.add((name, batch_id))
+        raise FailpointError(f"failpoint {name} (batch {batch_id}, once)")
     if action == "kill":
         # A job started as its own process group (as the crash tests start them) dies with its JVM.
         if os.getpgid(0) == os.getpid():

@@ -111,7 +111,17 @@ def failure_summary(exc: Exception, raised: LakehouseError | None = None) -> str
     """One line: the project's own error when a foreachBatch function raised one, else Spark's."""
     if raised is not None:
         return f"{type(raised).__name__}: {_first_line(raised)}"
-    return _first_line(exc) or repr(exc)
+    return _python_error_line(str(exc)) or _first_line(exc) or repr(exc)
+
+
+def _python_error_line(text: str) -> str | None:
+    """A Python error raised in a micro-batch reaches the driver as Spark's wrapper message around
+    the Python traceback; the traceback's last line (``module.Error: message``) says what failed."""
+    if "Traceback (most recent call last)" not in text:
+        return None
+    frames_then_error = text.split("Traceback (most recent call last)")[-1].splitlines()[1:]
+    # the frames are indented; the first line that is not is the error
+    return next((line.strip() for line in frames_then_error if line.strip() and not line[0].isspace()), None)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -72,6 +72,14 @@ class StreamingConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """`lakehouse run` (lakehouse/app.py): restarting a flow that failed with a transient error."""
+
+    max_restarts: Annotated[int, Range(low=0)] = 5  # per flow; then it stays failed and the others go on
+    backoff: Duration = "5 seconds"  # before the first restart, doubled for each next (at most 5 minutes)
+
+
+@dataclass(frozen=True)
 class CsvOptions:
     """How silver splits a CSV line: fields map by position to the entity's declared columns."""
 
@@ -317,6 +325,7 @@ class LakehouseConfig:
     entities: dict[Identifier, EntityConfig] = field(default_factory=dict)
     gold: dict[Identifier, GoldTableConfig] = field(default_factory=dict)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    run: RunConfig = field(default_factory=RunConfig)
     training: TrainingConfig | None = None
 
     def source(self, name: str) -> SourceConfig:

@@ -12,6 +12,7 @@ from lakehouse.app import PipelineApp
 from lakehouse.cli import main
 from lakehouse.config import ConfigError, load_config
 from lakehouse.errors import EXIT_CONFIG, UsageError
+from lakehouse.failpoints import FAILPOINTS_ENV
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
 from lakehouse.reconcile import reconcile
@@ -98,10 +99,13 @@ def _wait(condition, what: str, timeout: float = 240.0) -> None:
 
 
 @pytest.mark.slow
-def test_the_always_on_application_keeps_every_table_fresh_until_stopped(spark, tmp_path, monkeypatch):
+def test_the_always_on_application_keeps_every_table_fresh_until_stopped(spark, tmp_path, monkeypatch, capsys):
+    """Files land while it runs; silver's second batch fails once (a transient error): silver is
+    restarted from its checkpoint and the tables end exact."""
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv(FAILPOINTS_ENV, "silver.merge@1=raise-once")
     config = load_config("test", conf_dir=Path(__file__).resolve().parents[2] / "conf", data_dir=tmp_path / "data",
-                         overrides=["gold.telemetry_features.refresh=0s"])
+                         overrides=["gold.telemetry_features.refresh=0s", "run.backoff=1s"])
     landing = Path(config.landing_path("telemetry"))
     landing.mkdir(parents=True)
     generator = TelemetryGenerator.from_config(config.generator, seed=8, fault_rate=0.05)
@@ -131,6 +135,9 @@ def test_the_always_on_application_keeps_every_table_fresh_until_stopped(spark, 
     assert not failures, failures[0]
     assert {run.state for run in app.runs.values()} == {"stopped"} | ({"idle"} & {r.state for r in app.runs.values()})
     assert not spark.streams.active  # every query stopped
+    assert app.runs["silver.telemetry"].restarts == 1 and app.runs["bronze.telemetry"].restarts == 0
+    restarts = [line for line in capsys.readouterr().out.splitlines() if "restarting from its checkpoint" in line]
+    assert len(restarts) == 1 and restarts[0].startswith("silver.telemetry: failed (") and "silver.merge" in restarts[0]
     report = reconcile(spark, config, "telemetry")
     assert report.holds, report.describe()
     assert _count(spark, config, "bronze.telemetry") == _lines(landing)
