@@ -31,7 +31,7 @@ from lakehouse.errors import EXIT_FAILED, EXIT_OK, batch_error
 from lakehouse.pipeline import Flow, Pipeline
 from lakehouse.progress import ProgressRecorder
 from lakehouse.redaction import redact_text
-from lakehouse.runner import RUNNERS
+from lakehouse.runner import RUNNERS, announce
 from lakehouse.streaming import failure_summary, print_finished_batches
 from lakehouse.tables import last_commit, resolve_table, table_exists
 
@@ -59,7 +59,7 @@ class FlowRun:
     restarts: int = 0
     restart_at: float = 0.0
     built_from: dict[str, int] = field(default_factory=dict)  # a batch flow: input -> version last built from
-    built_at: float = 0.0
+    checked_at: float | None = None  # a batch flow: when its inputs' versions were last looked at
 
 
 class PipelineApp:
@@ -120,8 +120,7 @@ class PipelineApp:
 
     def _start(self, run: FlowRun, recorder: ProgressRecorder) -> None:
         flow, layer = run.flow, RUNNERS[run.flow.kind]
-        for line in layer.describe(self.config, flow):
-            print(f"{flow.query_name}: {line}", flush=True)
+        announce(self.config, flow)
         recorder.watch(flow.query_name, flow.checkpoint)
         context = self.spark.sparkContext
         # A query's jobs run in the pool of the thread that started it.
@@ -188,9 +187,11 @@ class PipelineApp:
             flow = run.flow
             if flow.streaming or run.state in ("failed", "stopped"):
                 continue
-            refresh = duration_seconds(self.config.gold_table(flow.name).refresh)
-            if run.built_at and time.monotonic() - run.built_at < refresh:
+            # Inputs are looked at once per refresh (each look reads their Delta logs), not per poll.
+            refresh = max(duration_seconds(self.config.gold_table(flow.name).refresh), POLL_SECONDS)
+            if run.checked_at is not None and time.monotonic() - run.checked_at < refresh:
                 continue
+            run.checked_at = time.monotonic()
             versions = self._input_versions(flow)
             if versions is None or versions == run.built_from:
                 run.state = "idle"
@@ -203,7 +204,7 @@ class PipelineApp:
                 print(f"lakehouse: {flow.id} failed: {run.error}", file=sys.stderr, flush=True)
                 continue
             print(f"{flow.id}: {built.describe()}", flush=True)
-            run.built_from, run.built_at, run.state = built.inputs, time.monotonic(), "idle"
+            run.built_from, run.state = built.inputs, "idle"
 
     def _input_versions(self, flow: Flow) -> dict[str, int] | None:
         """Each input's newest Delta version; None while an input does not exist yet."""

@@ -51,9 +51,7 @@ def run_flow(spark: SparkSession, config: LakehouseConfig, flow: str | Flow, tri
     if flow.kind not in RUNNERS:
         raise ValueError(f"{flow.id} is not run here (training and scoring: ml/)")
     layer = RUNNERS[flow.kind]
-    label = flow.query_name or flow.id
-    for line in layer.describe(config, flow, **options):
-        print(f"{label}: {line}", flush=True)
+    label = announce(config, flow, **options)
     if not flow.streaming:
         print(f"{label}: {layer.build(spark, config, flow, **options).describe()}", flush=True)
         return EXIT_OK
@@ -63,6 +61,14 @@ def run_flow(spark: SparkSession, config: LakehouseConfig, flow: str | Flow, tri
         lambda: layer.start(spark, config, flow, trigger, **options),
         restart_once_if=(lambda error: restart(config, flow, error)) if restart else None,
     )
+
+
+def announce(config: LakehouseConfig, flow: Flow, **options) -> str:
+    """Print what the flow reads and writes (its first lines); returns the label it printed under."""
+    label = flow.query_name or flow.id
+    for line in RUNNERS[flow.kind].describe(config, flow, **options):
+        print(f"{label}: {line}", flush=True)
+    return label
 
 
 def run_flows(spark: SparkSession, config: LakehouseConfig, flows: Iterable[str | Flow], trigger: dict) -> int:

@@ -116,7 +116,7 @@ def failure_summary(exc: Exception, raised: LakehouseError | None = None) -> str
 
 def _python_error_line(text: str) -> str | None:
     """A Python error raised in a micro-batch reaches the driver as Spark's wrapper message around
-    the Python traceback; the traceback's last line (``module.Error: message``) says what failed."""
+    the Python traceback; the traceback's error line (``module.Error: message``) says what failed."""
     if "Traceback (most recent call last)" not in text:
         return None
     frames_then_error = text.split("Traceback (most recent call last)")[-1].splitlines()[1:]
