@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import (
@@ -33,11 +33,14 @@ from pyspark.sql.types import (
 from lakehouse.checkpoints import batch_planned_ms, planned_files
 from lakehouse.config import LakehouseConfig, SourceConfig
 from lakehouse.errors import JobError, batch_query_id, raised_in_batch
+from lakehouse.freshness import Measured, observe_freshness
 from lakehouse.landing import ensure_landing_tables, ingest_files
+from lakehouse.parse import record_event_time
 from lakehouse.pipeline import Flow
 from lakehouse.progress import count_records, report_batch
 from lakehouse.tables import (
     TableRef,
+    batch_marker,
     bronze_table,
     create_table_if_missing,
     read_table,
@@ -142,10 +145,25 @@ class FileBatchIngest:
         app_id = f"{self.query_name}-{batch_query_id(batch)}"
         uris = [entry["path"] for entry in planned_files(spark, self.checkpoint, batch_id)]
         replay_since = None if self.started else batch_planned_ms(self.checkpoint, batch_id, spark)
-        files = ingest_files(spark, self.config, self.source_name, uris, app_id, batch_id, replay_since)
+        files, times = ingest_files(spark, self.config, self.source_name, uris, app_id, batch_id, replay_since,
+                                    freshness_times(self.config, self.source_name))
         self.started = True
+        measured = [] if times is None else [
+            Measured.from_row(times, f"bronze.{self.source_name}", f"bronze.{self.source_name}", batch_id,
+                              marker=batch_marker(app_id, batch_id))]
         report_batch(self.query_name, batch_id, records=sum(f.lines or 0 for f in files),
-                     bad_files=[f"{f.path}: {f.reason} ({f.detail})" for f in files if f.reason])
+                     bad_files=[f"{f.path}: {f.reason} ({f.detail})" for f in files if f.reason], freshness=measured)
+
+
+def freshness_times(config: LakehouseConfig, source_name: str) -> dict[str, Column]:
+    """What a bronze batch measures for ops.freshness (lakehouse/freshness.py): ``_ingested_at``,
+    and the event time read from each raw record by the first entity that reads the source."""
+    times = {"ingest": F.col("_ingested_at")}
+    reader = next((name for name, entity in config.entities.items() if source_name in entity.sources), None)
+    if reader is not None:
+        source = config.source(source_name)
+        times["event"] = record_event_time(F.col("value").cast("string"), config.entity(reader), source)
+    return times
 
 
 def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dict) -> StreamingQuery:
@@ -190,7 +208,7 @@ def start_kafka_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow,
     rows = messages.select(*[c for c in BRONZE_KAFKA_SCHEMA.fieldNames() if c != "_ingested_at"],
                            F.current_timestamp().alias("_ingested_at"))
     writer = (
-        count_records(rows).writeStream.format("delta")
+        observe_freshness(count_records(rows), freshness_times(config, flow.name)).writeStream.format("delta")
         .outputMode("append")
         .queryName(flow.query_name)
         .option("checkpointLocation", flow.checkpoint)

@@ -301,14 +301,15 @@ def cmd_quality(config: LakehouseConfig, args) -> int:
 
 
 def cmd_status(config: LakehouseConfig, args) -> int:
-    from lakehouse.status import collect_status, format_status
+    from lakehouse.status import collect_freshness, collect_status, format_freshness, format_status
 
     spark = _start_spark(config)
-    statuses = collect_status(spark, config)
+    statuses, freshness = collect_status(spark, config), collect_freshness(spark, config)
     if args.json:
-        print(json.dumps([s.as_dict() for s in statuses], indent=2))
+        print(json.dumps({"queries": [s.as_dict() for s in statuses],
+                          "freshness": [t.as_dict() for t in freshness]}, indent=2))
     else:
-        print(format_status(statuses))
+        print(format_status(statuses) + "\n\n" + format_freshness(freshness))
     return EXIT_OK
 
 

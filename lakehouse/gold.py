@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import timezone
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.errors import AnalysisException, ParseException
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from lakehouse.config import LakehouseConfig, spark_interval, view_name
+from lakehouse.config import ConfigError, LakehouseConfig, spark_interval, view_name
 from lakehouse.errors import JobError
+from lakehouse.freshness import Measured, append_freshness, measure_aggregates, observe_freshness
 from lakehouse.pipeline import Flow
 from lakehouse.progress import count_records
 from lakehouse.tables import (
@@ -82,6 +86,9 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
     watermarked = stream.withWatermark(gold.watermark.column, spark_interval(gold.watermark.delay))
     watermarked.createOrReplaceTempView(view_name(source.name))
     result = spark.sql(gold.sql)
+    if gold.window_end:  # ops.freshness: commit time minus each appended window's end
+        result = _with_window_end(config, name, result,
+                                  lambda df, end: observe_freshness(df, {"window": end}))
     target = resolve_table(config, f"gold.{name}")
     writer = (
         result.writeStream.format("delta")
@@ -116,6 +123,10 @@ def build(spark: SparkSession, config: LakehouseConfig, flow: Flow) -> BatchBuil
         versions[ref.name] = version
     result = spark.sql(gold.sql)
     target = resolve_table(config, f"gold.{name}")
+    observed = Observation(f"freshness-{name}")
+    if gold.window_end:
+        result = _with_window_end(config, name, result, lambda df, end: _observe_new_windows(
+            df, end, observed, _newest_window_end(spark, target, gold.window_end)))
     writer = (
         result.write.format("delta").mode("overwrite")
         .option("overwriteSchema", "true")  # the SQL may have changed since the last build
@@ -123,7 +134,42 @@ def build(spark: SparkSession, config: LakehouseConfig, flow: Flow) -> BatchBuil
     )
     save_to(writer, target)
     commit = last_commit(spark, target)  # the overwrite's own metrics: no second scan to count rows
+    if gold.window_end:
+        when = commit.timestamp.astimezone(timezone.utc)  # pyspark gives a naive local time
+        measured = Measured.from_row(observed.get, flow.id, target.name, commit.version)
+        append_freshness(spark, config, [measured.row(commit.version, when)] if measured.rows else [])
     return BatchBuild(target.name, commit.version, int(commit.operationMetrics["numOutputRows"]), versions)
+
+
+def _with_window_end(config: LakehouseConfig, name: str, result: DataFrame, measure) -> DataFrame:
+    """``measure(result, window end column)``; a window_end that does not parse or resolve
+    against the table's columns is a configuration error naming the key."""
+    from lakehouse.preflight import conf_file
+
+    try:
+        return measure(result, F.expr(config.gold_table(name).window_end))
+    except (AnalysisException, ParseException) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise ConfigError(conf_file(config, "gold", name), f"gold.{name}.window_end",
+                          f"is not an expression over the table's columns ({', '.join(result.columns)}): {first}"
+                          ) from None
+
+
+def _newest_window_end(spark: SparkSession, target: TableRef, window_end: str):
+    """The newest window end the table holds before a rebuild (None: no table, or no rows yet)."""
+    if not table_exists(spark, target):
+        return None
+    try:
+        return read_table(spark, target).agg(F.max(F.expr(window_end))).first()[0]
+    except AnalysisException:  # the table predates a change of its SQL: every row counts as new
+        return None
+
+
+def _observe_new_windows(result: DataFrame, end: Column, observed: Observation, newest) -> DataFrame:
+    """A rebuild's freshness covers the windows it adds: those ending after the newest one the
+    table held (every row on the first build)."""
+    new = end.isNotNull() if newest is None else end > F.lit(newest)
+    return result.observe(observed, *measure_aggregates({"window": F.when(new, end)}, rows=new))
 
 
 def describe(config: LakehouseConfig, flow: Flow) -> list[str]:

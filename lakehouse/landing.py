@@ -42,6 +42,7 @@ from pyspark.sql.types import (
 from lakehouse import fs
 from lakehouse.config import LakehouseConfig
 from lakehouse.failpoints import failpoint
+from lakehouse.freshness import measure_aggregates
 from lakehouse.tables import (
     TableRef,
     append_once,
@@ -256,12 +257,18 @@ def with_lines(files: DataFrame, file_path: Column, observation: Observation | N
 
 
 def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef, marker: str, name: str,
-                  strict: bool = False) -> dict[str, int]:
-    """Append the lines of ``files`` to bronze in one commit; lines per file read (by canonical path)."""
+                  strict: bool = False, times: dict[str, Column] | None = None) -> tuple[dict[str, int], dict | None]:
+    """Append the lines of ``files`` to bronze in one commit: (lines per file read, by canonical
+    path; the freshness measurements of ``times`` over the lines, lakehouse/freshness.py)."""
     observed = Observation(name)
     lines = with_lines(read_whole_files(spark, files, strict), F.col("_metadata.file_path"), observed)
+    measured = None
+    if times:
+        measured = Observation(f"{name}-times")
+        lines = lines.observe(measured, *measure_aggregates(times))
     append_once(lines, bronze, marker)
-    return {fs.canonical(row["file"]): row["lines"] for row in observed.get["files"]}
+    counted = {fs.canonical(row["file"]): row["lines"] for row in observed.get["files"]}
+    return counted, (measured.get if measured is not None else None)
 
 
 def ingest_files(
@@ -272,8 +279,10 @@ def ingest_files(
     app_id: str,
     batch_id: int,
     replay_since_ms: int | None,
-) -> list[LandedFile]:
+    times: dict[str, Column] | None = None,
+) -> tuple[list[LandedFile], dict | None]:
     """Read the batch's planned files into bronze; record each in ops.ingested_files or ops.bad_files.
+    Returns the files, and the freshness measurements (``times``) of the lines appended.
 
     The files are read together, skipping any the read cannot take; each file so skipped is
     read again alone, strictly: the error it gives then is why it is bad, and if it reads now
@@ -296,19 +305,20 @@ def ingest_files(
         empty.lines = 0  # Spark's readers skip empty files; they hold no lines
     failpoint("bronze.read", batch_id)
     todo = [f for f in files if f.reason is None and f.lines is None]
-    counted = _append_lines(spark, todo, bronze, marker, f"files-{batch_id}") if todo else {}
+    counted, measured = _append_lines(spark, todo, bronze, marker, f"files-{batch_id}", times=times) if todo \
+        else ({}, None)
     for landed in todo:
         if fs.canonical(landed.path) in counted:
             landed.lines = counted[fs.canonical(landed.path)]
             continue
         failpoint("bronze.reread", batch_id)
         try:  # alone, without skipping: it fails with its own error, or gives its lines
-            again = _append_lines(spark, [landed], bronze, marker, f"file-{batch_id}", strict=True)
+            again, _ = _append_lines(spark, [landed], bronze, marker, f"file-{batch_id}", strict=True)
             landed.lines = again.get(fs.canonical(landed.path), 0)  # 0: no lines (an empty archive, say)
         except Exception as exc:  # the error is the diagnosis
             landed.reason, landed.detail = diagnosis(exc)
     _record(spark, config, source_name, files, app_id, batch_id, replay_since_ms)
-    return files
+    return files, measured
 
 
 def _record(spark: SparkSession, config: LakehouseConfig, source_name: str, files: list[LandedFile],

@@ -27,6 +27,8 @@ from pyspark.sql.types import (
 
 from lakehouse.checkpoints import files_in_batch
 from lakehouse.config import LakehouseConfig
+from lakehouse.freshness import FRESHNESS_METRIC, Measured, append_freshness, resolve
+from lakehouse.pipeline import Pipeline
 from lakehouse.tables import append_to_table, resolve_table
 
 STREAM_PROGRESS_TABLE = "ops.stream_progress"
@@ -51,14 +53,21 @@ STREAM_PROGRESS_SCHEMA = StructType(
 
 
 # What a foreachBatch function reported about its micro-batch, for the recorder to pick up when
-# Spark reports that batch's progress: (query name, batch id) -> {"records": n, "notes": [...]}.
-# A batch that reads its input itself (bronze from files) has no observed metric to count by.
+# Spark reports that batch's progress: (query name, batch id) -> {"records": n or None, "notes":
+# [...], "freshness": [Measured, ...]}. A batch that reads its input itself (bronze from files)
+# has no observed metric to count by.
 _reported: dict[tuple[str, int], dict] = {}
 
 
-def report_batch(query_name: str, batch_id: int, records: int, bad_files: list[str] = ()) -> None:
-    """Called from a micro-batch: its record count, and the bad files it skipped (printed)."""
-    _reported[(query_name, batch_id)] = {"records": records, "notes": [f"skipped bad file {b}" for b in bad_files]}
+def report_batch(query_name: str, batch_id: int, records: int | None = None, bad_files: list[str] = (),
+                 freshness: list[Measured] = ()) -> None:
+    """Called from a micro-batch: its record count (None: the observed count stands), the bad
+    files it skipped (printed), and what it measured of its commits for ops.freshness."""
+    entry = _reported.setdefault((query_name, batch_id), {"records": None, "notes": [], "freshness": []})
+    if records is not None:
+        entry["records"] = records
+    entry["notes"] += [f"skipped bad file {b}" for b in bad_files]
+    entry["freshness"] += list(freshness)
 
 
 def count_records(df: DataFrame) -> DataFrame:
@@ -74,7 +83,13 @@ class ProgressRecorder(StreamingQueryListener):
         # for its MERGE (the commit's userMetadata, which names the batch's commits), which an
         # append made meanwhile from this session would otherwise pick up.
         self.spark = spark.newSession()
+        self.config = config
         self.table = resolve_table(config, STREAM_PROGRESS_TABLE)
+        # query name -> its flow: a streaming Delta sink's freshness is measured by an observed
+        # metric, recorded for the flow and the table it writes
+        self.flows = {flow.query_name: flow for flow in Pipeline(config).flows.values() if flow.query_name}
+        self._fresh_pending: list[Measured] = []  # measured, commit not looked up yet
+        self._fresh_rows: list[tuple] = []  # ops.freshness rows not yet written
         # The queries it records (query name -> checkpoint, to count files per batch): several
         # queries may run in one application, each recorded once, by the recorder watching it.
         self.checkpoints: dict[str, str] = {}
@@ -94,12 +109,18 @@ class ProgressRecorder(StreamingQueryListener):
         p = event.progress
         if p.name not in self.checkpoints:
             return  # another recorder's query
-        observed = (p.observedMetrics or {}).get(RECORDS_METRIC)
-        reported = _reported.pop((p.name, p.batchId), None)
-        if reported is not None:
+        metrics = p.observedMetrics or {}
+        observed = metrics.get(RECORDS_METRIC)
+        reported = _reported.pop((p.name, p.batchId), None) or {"records": None, "notes": [], "freshness": []}
+        if reported["records"] is not None:
             records = reported["records"]
         else:
             records = observed[RECORDS_METRIC] if observed is not None else p.numInputRows
+        freshness = list(reported["freshness"])
+        if metrics.get(FRESHNESS_METRIC) is not None and p.name in self.flows:
+            flow = self.flows[p.name]
+            freshness.append(Measured.from_row(metrics[FRESHNESS_METRIC], flow.id, flow.writes[0], p.batchId,
+                                               query_id=str(p.id)))
         seconds = (p.batchDuration or 0) / 1000.0
         checkpoint = self.checkpoints[p.name]
         files = None
@@ -118,7 +139,8 @@ class ProgressRecorder(StreamingQueryListener):
                 "num_input_files": files,
                 "sources": ";".join(s.description for s in p.sources),
                 "progress_json": p.json,
-                "notes": reported["notes"] if reported else [],  # printed, not stored
+                "notes": reported["notes"],  # printed, not stored
+                "freshness": freshness,  # ops.freshness, once the commits are looked up
             }
         )
         with self._changed:
@@ -147,14 +169,28 @@ class ProgressRecorder(StreamingQueryListener):
             except queue.Empty:
                 break
         self._buffer.extend(new)
+        for row in new:
+            self._fresh_pending.extend(row["freshness"])
         return new
 
+    def resolve_freshness(self) -> list[tuple]:
+        """The ops.freshness rows of the batches drained since the last call (their commits looked
+        up in each table's history, once per table); kept until :meth:`flush` writes them."""
+        pending, self._fresh_pending = self._fresh_pending, []
+        rows = resolve(self.spark, self.config, pending) if pending else []
+        self._fresh_rows.extend(rows)
+        return rows
+
     def flush(self) -> int:
-        """Append the buffered progress rows to ``ops.stream_progress``; returns how many."""
+        """Append the buffered progress rows to ``ops.stream_progress`` and the freshness rows to
+        ``ops.freshness``; returns how many progress rows."""
         self.drain()
+        self.resolve_freshness()
         rows, self._buffer = self._buffer, []
         if rows:
             names = STREAM_PROGRESS_SCHEMA.fieldNames()
             data = [tuple(row[name] for name in names) for row in rows]
             append_to_table(self.spark.createDataFrame(data, STREAM_PROGRESS_SCHEMA), self.table)
+        fresh, self._fresh_rows = self._fresh_rows, []
+        append_freshness(self.spark, self.config, fresh)
         return len(rows)

@@ -23,6 +23,7 @@ from pyspark.sql.types import MapType, StringType
 from lakehouse.config import EntityConfig, LakehouseConfig, duration_seconds
 from lakehouse.errors import JobError
 from lakehouse.failpoints import failpoint
+from lakehouse.freshness import Measured, measure_aggregates
 from lakehouse.parse import TIMESTAMP_RANGE_MICROS, parse_records
 from lakehouse.quality import (
     FAILED_COLUMNS,
@@ -106,7 +107,7 @@ def refine_batch(
     plan: dict,
     validator: BatchValidator | None = None,
     may_be_replay: bool = True,
-) -> None:
+) -> Measured:
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
     ``plan`` fixes what decisions depend on besides the rows (:func:`plan_batch`, made when the
@@ -116,7 +117,8 @@ def refine_batch(
     the batch may be one redone after a crash, so writes it already made are looked for and
     skipped), and with the same plan a redone batch decides every row as before. ``validator``
     validates with GX what the fused aggregation does not (every expectation when
-    ``quality.validation`` is ``gx``).
+    ``quality.validation`` is ``gx``). Returns what the same aggregation measured of the kept
+    rows' ingest and event times, for ops.freshness (lakehouse/freshness.py).
     """
     entity = config.entity(entity_name)
     batch = _Batch(config, entity_name, batch_id, batch_marker(app_id, batch_id),
@@ -124,7 +126,7 @@ def refine_batch(
                    plan["planned_at_us"] // 1000 if may_be_replay else None)
     decided = decide_rows(bronze_batch, config, entity, plan, rules).persist()
     try:
-        counts = _count_and_check(decided, batch, rules, config.quality.validation == "fused")
+        counts = _count_and_check(decided, batch, rules, config.quality.validation == "fused", entity.event_time)
         results = rule_results(rules, counts, counts["records"]) if config.quality.validation == "fused" else []
         if validator is not None:
             results += validator.validate(decided.where(F.col("_reasons").isNotNull()).select(*entity.columns))
@@ -141,6 +143,8 @@ def refine_batch(
         failpoint("silver.done", batch_id)
     finally:
         decided.unpersist()
+    silver = f"silver.{entity_name}"
+    return Measured.from_row(counts, silver, silver, batch_id, marker=batch.marker)
 
 
 @dataclass(frozen=True)
@@ -171,9 +175,10 @@ def decide_rows(bronze_batch: DataFrame, config: LakehouseConfig, entity: Entity
     )
 
 
-def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool):
-    """The batch's counts (and row-level expectation metrics) in one aggregation; raises
-    ExpectationFailedError when a ``fail`` expectation does not hold on some row."""
+def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool, event_time: str):
+    """The batch's counts (and row-level expectation metrics, and the kept rows' freshness
+    measurements) in one aggregation; raises ExpectationFailedError when a ``fail`` expectation
+    does not hold on some row."""
     record = F.col("_reasons").isNotNull()
     kept = record & (F.size("_reasons") == 0)
     failing = record & (F.size(FAILED_COLUMNS["fail"]) > 0)
@@ -185,7 +190,9 @@ def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool
         "failing": F.count(F.when(failing, 1)),
         **(rule_metric_columns(rules, where=record) if fused else {}),
     }
-    counts = decided.agg(*[column.alias(name) for name, column in aggregates.items()]).first()
+    times = {"ingest": F.when(kept, F.col("_ingested_at")), "event": F.when(kept, F.col(event_time))}
+    counts = decided.agg(*[column.alias(name) for name, column in aggregates.items()],
+                         *measure_aggregates(times, rows=kept)).first()
     if counts["failing"]:
         first = decided.where(failing).select(FAILED_COLUMNS["fail"], "_source_file", "_source_line").first()
         raise ExpectationFailedError(

@@ -21,7 +21,7 @@ from lakehouse.errors import JobError, batch_query_id, raised_in_batch
 from lakehouse.failpoints import failpoint
 from lakehouse.parse import SOURCE_COLUMN, bronze_records
 from lakehouse.pipeline import Flow
-from lakehouse.progress import count_records
+from lakehouse.progress import count_records, report_batch
 from lakehouse.quality import ROW_LEVEL, BatchValidator, load_suite, row_rules
 from lakehouse.refine import plan_batch, refine_batch
 from lakehouse.silver_tables import ensure_silver_tables
@@ -95,8 +95,9 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
         # A batch redone after a crash takes the plan its first attempt recorded.
         plan = plans.plan(batch_id, lambda: plan_batch(session, config, entity_name, backfill))
         failpoint("silver.plan", batch_id)
-        refine_batch(config, entity_name, rules, f"{flow.query_name}-{batch_query_id(batch)}", batch, batch_id, plan, validator,
-                     may_be_replay=not started)
+        measured = refine_batch(config, entity_name, rules, f"{flow.query_name}-{batch_query_id(batch)}", batch,
+                                batch_id, plan, validator, may_be_replay=not started)
+        report_batch(flow.query_name, batch_id, freshness=[measured])
         started.append(batch_id)
 
     return (

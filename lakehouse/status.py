@@ -1,4 +1,5 @@
-"""The ``status`` report: per streaming query, its last micro-batch and its backlog.
+"""The ``status`` report: per streaming query, its last micro-batch and its backlog; per table, the
+freshness of its last batch and its age.
 
 Figures follow the design's terms: R = records/s of the last batch (rows / batch time),
 S = channels (input files in the batch for a file source, partitions for Kafka), B = R / S per
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 
 from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 
 from lakehouse.checkpoints import landed_files, logged_batches, processed_files
 from lakehouse.config import LakehouseConfig
+from lakehouse.freshness import FRESHNESS_TABLE
 from lakehouse.landing import bad_files, changed_files
 from lakehouse.pipeline import Pipeline
 from lakehouse.progress import STREAM_PROGRESS_TABLE
@@ -95,6 +98,79 @@ def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QuerySt
     return statuses
 
 
+@dataclass
+class TableFreshness:
+    """A table's last committed batch in ``ops.freshness`` (lakehouse/freshness.py), and its age."""
+
+    table_name: str
+    flow: str
+    last_commit: str  # UTC
+    age_s: float  # now minus the last commit: how long the table has been idle
+    rows: int
+    ingest_p95_s: float | None  # of the last batch: commit time minus _ingested_at
+    event_p95_s: float | None  # commit time minus event time
+    window_p95_s: float | None  # commit time minus window end (windowed gold tables)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def collect_freshness(spark: SparkSession, config: LakehouseConfig) -> list[TableFreshness]:
+    """Each table's newest ops.freshness row, in the pipeline's order (inputs first)."""
+    table = resolve_table(config, FRESHNESS_TABLE)
+    if not table_exists(spark, table):
+        return []
+    newest_first = Window.partitionBy("table_name").orderBy(F.col("commit_time").desc())
+    rows = (read_table(spark, table).withColumn("_rank", F.row_number().over(newest_first))
+            .where("_rank = 1").collect())
+    order = {t: i for i, flow in enumerate(Pipeline(config).inputs_first()) for t in flow.writes}
+    now = datetime.now(timezone.utc)
+    found = []
+    for row in sorted(rows, key=lambda r: (order.get(r["table_name"], len(order)), r["table_name"])):
+        committed_at = row["commit_time"].astimezone(timezone.utc)  # pyspark: a naive local time
+        found.append(TableFreshness(
+            row["table_name"], row["flow"], committed_at.replace(tzinfo=None).isoformat(sep=" ", timespec="seconds"),
+            round((now - committed_at).total_seconds(), 1), row["rows"],
+            row["ingest_p95_s"], row["event_p95_s"], row["window_p95_s"]))
+    return found
+
+
+def format_freshness(tables: list[TableFreshness]) -> str:
+    """The freshness table of `lakehouse status`: p95 seconds of the last batch, and the age."""
+    if not tables:
+        return "freshness: no commit measured yet (ops.freshness is written by ingest, refine, gold and run)"
+    headers = ["table", "last commit (UTC)", "age", "rows", "p95 ingest->commit", "p95 event->commit",
+               "p95 window end->commit"]
+    table = [headers] + [[t.table_name, t.last_commit, duration_text(t.age_s), f"{t.rows:,}",
+                          duration_text(t.ingest_p95_s), duration_text(t.event_p95_s),
+                          duration_text(t.window_p95_s)] for t in tables]
+    return "freshness of each table's last batch:\n" + _columns(table)
+
+
+def duration_text(seconds: float | None) -> str:
+    """1.2s, 3m05s, 2h04m, 3d04h; "-" for None."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def _columns(table: list[list[str]]) -> str:
+    """Rows of cells, left-aligned in columns, a rule under the header row."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def _kafka_lag(source, checkpoint: str) -> tuple[dict[str, int] | None, str | None]:
     """({"topic/partition": lag}, None), or (None, why not) when Kafka cannot be asked."""
     from lakehouse.kafka import KafkaSetupError, consumer_lag
@@ -135,9 +211,7 @@ def format_status(statuses: list[QueryStatus]) -> str:
          fmt(s.records_per_second), fmt(s.channels), fmt(s.per_channel), _backlog(s), fmt(s.bad_files)]
         for s in statuses
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _columns(table).splitlines()
     if not statuses:
         lines.append("(no streaming queries have run yet)")
     for s in statuses:

@@ -239,6 +239,9 @@ class GoldTableConfig:
     # batch only: `lakehouse run` rebuilds the table when an input's Delta version has changed,
     # at most this often
     refresh: Duration = "1 minute"
+    # A SQL expression over the table's columns: when a row's window closes (e.g.
+    # "minute + INTERVAL 1 MINUTE"); ops.freshness records commit time minus it. null: not windowed.
+    window_end: str | None = None
 
     def problems(self) -> list[tuple[str, str]]:
         if not self.inputs:

@@ -18,6 +18,7 @@ from lakehouse.generator_runs import generate_batch
 from lakehouse.reconcile import reconcile
 from lakehouse.runner import pipeline_flows, run_flows
 from lakehouse.tables import last_commit, read_table, resolve_table, table_exists
+from tests.lakehouse.test_freshness import check_freshness
 
 ONCE = {"availableNow": True}
 
@@ -74,6 +75,7 @@ def test_one_triggered_run_builds_every_table_from_the_landed_files(spark, confi
     for table in ("gold.telemetry_minute", "gold.telemetry_features"):
         assert read_table(spark, resolve_table(config, table)).count() > 0, table
     assert not table_exists(spark, resolve_table(config, "gold.predictions"))
+    check_freshness(spark, config, [flow.id for flow in flows])
 
 
 def _lines(landing: Path) -> int:

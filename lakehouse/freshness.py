@@ -1,0 +1,152 @@
+"""Freshness: how old the data of each commit is, measured where the commit happens.
+
+Every micro-batch that commits rows to a bronze, silver or gold table measures the times of the
+rows it writes, in the same pass that writes or counts them (no extra scan):
+
+- ``ingest``: ``_ingested_at`` (when bronze took the record in; bronze and silver);
+- ``event``: the entity's event time (silver; bronze reads just that field of each raw record,
+  from the first entity that reads the source);
+- ``window``: a windowed gold table's window end (``gold.<table>.window_end``).
+
+A :class:`Measured` holds, per measure, the oldest time, the 5th percentile and the median
+(epoch seconds). Once the commit is known (its Delta version and commit timestamp, found in the
+table's history by the batch's marker or, for a streaming Delta sink, by query id and batch id),
+the latencies follow without touching the rows again: for one commit time C, the p-th percentile
+of ``C - t`` is ``C`` minus the (100-p)-th percentile of ``t``. One ``ops.freshness`` row per flow
+and committed batch (:func:`freshness_rows`); the progress recorder (lakehouse/progress.py)
+resolves and appends them with its progress rows, a batch gold build appends its own.
+``lakehouse status`` shows each table's last figures and its age (lakehouse/status.py).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from pyspark.sql import Column, DataFrame, Row, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType, TimestampType
+
+from lakehouse.config import LakehouseConfig
+from lakehouse.tables import TableRef, append_to_table, delta_table, resolve_table
+
+FRESHNESS_TABLE = "ops.freshness"
+MEASURES = ("ingest", "event", "window")
+FRESHNESS_SCHEMA = StructType(
+    [
+        StructField("flow", StringType()),  # the flow's id: bronze.telemetry, silver.telemetry, gold.<table>
+        StructField("table_name", StringType()),  # the table the commit went to
+        StructField("batch_id", LongType()),  # the micro-batch (a batch gold table: its build's version)
+        StructField("version", LongType()),  # the commit's Delta version
+        StructField("commit_time", TimestampType()),  # the commit's Delta timestamp (UTC)
+        StructField("rows", LongType()),  # rows the commit wrote (silver: rows kept, before the MERGE)
+    ]
+    + [StructField(f"{measure}_{figure}_s", DoubleType())  # seconds from the row's time to the commit
+       for measure in MEASURES for figure in ("p50", "p95", "max")]
+)
+FRESHNESS_METRIC = "freshness"  # the observed metric of a streaming Delta sink's measurements
+_ACCURACY = 1000  # percentile_approx: rank error about 1/1000 of the rows
+
+
+def time_aggregates(measure: str, time: Column) -> list[Column]:
+    """Aggregates giving one measure's oldest time, 5th percentile and median (epoch seconds);
+    rows where ``time`` is null do not count."""
+    seconds = F.unix_micros(time.cast("timestamp")) / 1e6
+    return [F.min(seconds).alias(f"{measure}_oldest"),
+            F.percentile_approx(seconds, F.array(F.lit(0.05), F.lit(0.5)), F.lit(_ACCURACY)).alias(f"{measure}_q")]
+
+
+def measure_aggregates(times: dict[str, Column], rows: Column | None = None) -> list[Column]:
+    """Aggregates for :meth:`Measured.from_row`: the rows written (count of ``rows``, a condition,
+    else every row) and each measure's times (``times``: measure -> time column)."""
+    counted = F.count(F.lit(1)) if rows is None else F.count(F.when(rows, 1))
+    return [counted.alias("fresh_rows"), *[a for m, t in times.items() for a in time_aggregates(m, t)]]
+
+
+def observe_freshness(df: DataFrame, times: dict[str, Column]) -> DataFrame:
+    """``df`` with the measurements as an observed metric (a streaming Delta sink's batches; the
+    progress recorder reads it from each batch's progress)."""
+    return df.observe(FRESHNESS_METRIC, *measure_aggregates(times))
+
+
+@dataclass
+class Measured:
+    """One batch's measurements of the rows it committed to one table, before the commit is known."""
+
+    flow: str
+    table: str  # logical name
+    batch_id: int
+    rows: int
+    times: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # measure -> (oldest, q05, q50)
+    marker: str | None = None  # the commit's userMetadata (tables.batch_marker) ...
+    query_id: str | None = None  # ... or, for a streaming Delta sink, the query whose batch committed
+
+    @classmethod
+    def from_row(cls, row: Row | dict, flow: str, table: str, batch_id: int, **commit) -> Measured:
+        """From the aggregates of :func:`measure_aggregates` (a collected row, or observed metrics)."""
+        values = row.asDict() if isinstance(row, Row) else dict(row)
+        times = {}
+        for measure in MEASURES:
+            oldest, quantiles = values.get(f"{measure}_oldest"), values.get(f"{measure}_q")
+            if oldest is not None and quantiles:
+                times[measure] = (float(oldest), float(quantiles[0]), float(quantiles[1]))
+        return cls(flow, table, batch_id, int(values.get("fresh_rows") or 0), times, **commit)
+
+    def row(self, version: int, commit_time: datetime) -> tuple:
+        """The ops.freshness row once the commit is known (``commit_time`` aware, UTC)."""
+        at = commit_time.timestamp()
+        figures = []
+        for measure in MEASURES:
+            oldest, q05, q50 = self.times.get(measure, (None, None, None))
+            figures += [None, None, None] if oldest is None else [
+                round(at - q50, 3), round(at - q05, 3), round(at - oldest, 3)]
+        return (self.flow, self.table, self.batch_id, version, commit_time, self.rows, *figures)
+
+
+def resolve(spark: SparkSession, config: LakehouseConfig, pending: list[Measured]) -> list[tuple]:
+    """The ops.freshness rows of the measurements whose commit is in their table's history, read
+    once per table. A batch whose commit is not there (nothing committed: a MERGE that changed
+    nothing) gives no row; so does one without rows."""
+    by_table: dict[str, list[Measured]] = defaultdict(list)
+    for measured in pending:
+        if measured.rows:
+            by_table[measured.table].append(measured)
+    rows = []
+    for table, measured in by_table.items():
+        commits = _commits(spark, resolve_table(config, table), depth=max(20, 2 * len(measured)))
+        for m in measured:
+            key = m.marker if m.marker is not None else (m.query_id, str(m.batch_id))
+            if key in commits:
+                rows.append(m.row(*commits[key]))
+    return rows
+
+
+def _commits(spark: SparkSession, ref: TableRef, depth: int) -> dict:
+    """The table's newest ``depth`` commits: marker (userMetadata) or (query id, batch id) of a
+    streaming sink's commit -> (version, commit time, UTC). Older commits first, so a marker
+    committed twice (a batch's retried file read) keeps its newest."""
+    found = {}
+    history = (delta_table(spark, ref).history(depth)
+               .select("version", "timestamp", "userMetadata", "operationParameters").collect())
+    for commit in reversed(history):
+        when = commit["timestamp"].astimezone(timezone.utc)  # pyspark: a naive local time
+        parameters = commit["operationParameters"] or {}
+        if commit["userMetadata"]:
+            found[commit["userMetadata"]] = (commit["version"], when)
+        if "epochId" in parameters and "queryId" in parameters:
+            found[(parameters["queryId"], parameters["epochId"])] = (commit["version"], when)
+    return found
+
+
+def append_freshness(spark: SparkSession, config: LakehouseConfig, rows: list[tuple]) -> None:
+    """Append ops.freshness rows (like progress rows: a crash may lose or repeat some)."""
+    if rows:
+        append_to_table(spark.createDataFrame(rows, FRESHNESS_SCHEMA), resolve_table(config, FRESHNESS_TABLE))
+
+
+def p95_seconds(row: tuple | Row) -> float | None:
+    """The p95 freshness a line prints for a batch: event time's, else the window end's, else ingest's."""
+    values = dict(zip(FRESHNESS_SCHEMA.fieldNames(), row, strict=True)) if isinstance(row, tuple) else row.asDict()
+    return next((values[f"{m}_p95_s"] for m in ("event", "window", "ingest") if values[f"{m}_p95_s"] is not None),
+                None)

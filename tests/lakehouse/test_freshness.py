@@ -1,0 +1,84 @@
+"""ops.freshness: the arithmetic of a measurement, and (check_freshness, used by the run tests) that
+each recorded row agrees with its table's commit and with the rows that commit wrote."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from pyspark.sql import functions as F
+
+from lakehouse.freshness import FRESHNESS_TABLE, Measured, measure_aggregates, p95_seconds
+from lakehouse.tables import delta_table, read_table, resolve_table
+
+MS = 0.0015  # rows hold seconds to the millisecond
+
+
+def test_latencies_are_the_commit_time_minus_the_mirrored_quantiles():
+    measured = Measured("silver.x", "silver.x", 3, rows=10,
+                        times={"ingest": (100.0, 101.0, 105.0), "event": (40.0, 50.0, 90.0)}, marker="m:3")
+    commit = datetime.fromtimestamp(110.0, tz=timezone.utc)
+    row = dict(zip(["flow", "table", "batch", "version", "commit", "rows",
+                    "ingest_p50", "ingest_p95", "ingest_max", "event_p50", "event_p95", "event_max",
+                    "window_p50", "window_p95", "window_max"], measured.row(7, commit), strict=True))
+    # p50 of (C - t) is C - median(t); p95 is C - the 5th percentile; max is C - the oldest
+    assert (row["ingest_p50"], row["ingest_p95"], row["ingest_max"]) == (5.0, 9.0, 10.0)
+    assert (row["event_p50"], row["event_p95"], row["event_max"]) == (20.0, 60.0, 70.0)
+    assert row["window_p50"] is None and row["version"] == 7 and row["rows"] == 10
+    assert p95_seconds(measured.row(7, commit)) == 60.0  # event time's, when there is one
+
+
+def test_the_aggregates_skip_rows_without_a_time_and_count_the_written_ones(spark):
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    data = [(start + timedelta(seconds=s), s % 2 == 0) for s in range(100)] + [(None, True)]
+    df = spark.createDataFrame(data, "t timestamp, kept boolean")
+    row = df.agg(*measure_aggregates({"event": F.when(F.col("kept"), F.col("t"))}, rows=F.col("kept"))).first()
+    measured = Measured.from_row(row, "f", "silver.x", 0)
+    assert measured.rows == 51  # the row without a time is written, but has no age
+    oldest, q05, q50 = measured.times["event"]
+    assert oldest == start.timestamp()
+    assert start.timestamp() + 2 <= q05 <= start.timestamp() + 10 and 44 <= q50 - start.timestamp() <= 54
+    assert "ingest" not in measured.times
+
+
+def _added(spark, ref, version: int):
+    """The rows an append-only table gained in ``version``."""
+    now = read_table(spark, ref, version=version)
+    return now if version == 0 else now.exceptAll(read_table(spark, ref, version=version - 1))
+
+
+def check_freshness(spark, config, flows: list[str]) -> list:
+    """Every flow has ops.freshness rows, and each row agrees with its commit: the commit time is
+    the Delta commit's timestamp of that version, p50 <= p95 <= max, and the max is exactly the
+    commit time minus the oldest time among the rows that commit wrote (append-only tables), or
+    at least that (silver: kept rows are measured before the MERGE keeps one per key)."""
+    rows = read_table(spark, resolve_table(config, FRESHNESS_TABLE)).collect()
+    assert set(flows) <= {row["flow"] for row in rows}, (flows, rows)
+    for row in rows:
+        ref = resolve_table(config, row["table_name"])
+        commit = delta_table(spark, ref).history().where(F.col("version") == row["version"]).first()
+        assert commit is not None and commit["timestamp"] == row["commit_time"], row
+        at = row["commit_time"].timestamp()
+        for measure in ("ingest", "event", "window"):
+            p50, p95, worst = (row[f"{measure}_{f}_s"] for f in ("p50", "p95", "max"))
+            if worst is not None:
+                assert p50 <= p95 + MS and p95 <= worst + MS, row
+        if ref.layer == "bronze":
+            added = _added(spark, ref, row["version"])
+            assert added.count() == row["rows"], row
+            oldest = added.agg(F.min("_ingested_at")).first()[0]
+            assert row["ingest_max_s"] == pytest.approx(at - oldest.timestamp(), abs=MS), row
+            assert row["ingest_p50_s"] >= 0, row  # the commit comes after the batch took the lines in
+        elif ref.layer == "silver":
+            changed = (spark.read.format("delta").option("readChangeFeed", "true")
+                       .option("startingVersion", row["version"]).option("endingVersion", row["version"])
+                       .load(ref.path).where("_change_type IN ('insert', 'update_postimage')"))
+            oldest = changed.agg(F.min("_ingested_at"), F.min("event_time")).first()
+            assert row["ingest_max_s"] >= at - oldest[0].timestamp() - MS, row
+            assert row["event_max_s"] >= at - oldest[1].timestamp() - MS, row
+        elif row["flow"] == "gold.telemetry_minute":
+            added = _added(spark, ref, row["version"])
+            ends = added.agg(F.count(F.lit(1)), F.min(F.expr("minute + INTERVAL 1 MINUTE"))).first()
+            assert ends[0] == row["rows"], row
+            assert row["window_max_s"] == pytest.approx(at - ends[1].timestamp(), abs=MS), row
+    return rows
