@@ -31,8 +31,9 @@ from lakehouse.errors import EXIT_FAILED, EXIT_OK, batch_error
 from lakehouse.pipeline import Flow, Pipeline
 from lakehouse.progress import ProgressRecorder
 from lakehouse.redaction import redact_text
+from lakehouse.run_report import IntervalReport
 from lakehouse.runner import RUNNERS, announce
-from lakehouse.streaming import failure_summary, print_finished_batches
+from lakehouse.streaming import failure_summary, print_batches
 from lakehouse.tables import last_commit, resolve_table, table_exists
 
 POLL_SECONDS = 1.0
@@ -63,12 +64,17 @@ class FlowRun:
 
 
 class PipelineApp:
-    def __init__(self, spark: SparkSession, config: LakehouseConfig, flows: list[Flow], trigger: dict):
+    def __init__(self, spark: SparkSession, config: LakehouseConfig, flows: list[Flow], trigger: dict,
+                 terminal: bool | None = None):
         self.spark, self.config, self.trigger = spark, config, trigger
         self.pipeline = Pipeline(config)
         self.runs = {flow.id: FlowRun(flow) for flow in self.pipeline.inputs_first(flows)}
         self._stop = threading.Event()
         self.stopped_by: str | None = None
+        # On a terminal one line per flow and interval (lakehouse/run_report.py), else one per batch.
+        terminal = sys.stdout.isatty() if terminal is None else terminal
+        self.report = IntervalReport(config, list(self.pipeline.inputs_first(flows)),
+                                     duration_seconds(config.run.report_every)) if terminal else None
 
     def stop(self, why: str = "asked") -> None:
         """Ask every flow to stop after its current batch (thread-safe)."""
@@ -96,7 +102,7 @@ class PipelineApp:
                 code = max(code, self._check_queries())
                 self._restart_due()
                 self._rebuild_batch_tables()
-                print_finished_batches(recorder)
+                self._print_progress(recorder)
                 if time.monotonic() - flushed >= self.config.streaming.progress_flush_seconds:
                     recorder.flush()
                     flushed = time.monotonic()
@@ -110,10 +116,20 @@ class PipelineApp:
             for run in self.runs.values():
                 if run.query is not None:
                     recorder.wait_terminated(str(run.query.id), timeout=30)
-            print_finished_batches(recorder)
+            self._print_progress(recorder, final=True)
             recorder.flush()
             self.spark.streams.removeListener(recorder)
         return code
+
+    def _print_progress(self, recorder: ProgressRecorder, final: bool = False) -> None:
+        """A line per finished batch; on a terminal, a line per flow once per interval instead."""
+        if self.report is None:
+            print_batches(recorder.drain())
+            return
+        self.report.add(recorder.drain())
+        if self.report.due() or final:
+            for line in self.report.lines(recorder.resolve_freshness()):
+                print(line, flush=True)
 
     def _live(self) -> bool:
         return any(run.state in LIVE for run in self.runs.values())

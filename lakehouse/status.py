@@ -63,8 +63,7 @@ def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QuerySt
     for flow in Pipeline(config).of_kind("bronze"):
         source, query = config.source(flow.name), flow.query_name
         if source.kind == "files":
-            done = processed_files(flow.checkpoint)
-            backlog[query] = sum(1 for f in landed_files(config.landing_path(flow.name)) if f not in done)
+            backlog[query] = file_backlog(config, flow)
             bad[query] = len(bad_files(spark, config, flow.name))
             changed[query] = [c.path for c in changed_files(spark, config, flow.name)]
         elif source.kind == "kafka" and logged_batches(flow.checkpoint, "offsets"):
@@ -169,6 +168,37 @@ def _columns(table: list[list[str]]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def file_backlog(config: LakehouseConfig, flow) -> int:
+    """Files landed for a file source's bronze flow that its query has not taken in yet."""
+    done = processed_files(flow.checkpoint)
+    return sum(1 for f in landed_files(config.landing_path(flow.name)) if f not in done)
+
+
+def source_backlog(progress_json: str | None) -> tuple[int, str] | None:
+    """What a micro-batch's sources had not read yet when it ran, from its progress: Kafka
+    messages (latest minus end offsets), a Delta source's versions behind the table's newest, or
+    the files a source reports outstanding. None when the progress does not say."""
+    if not progress_json:
+        return None
+    total, unit = 0, None
+    for source in json.loads(progress_json).get("sources", []):
+        end, latest = (_offset(source.get(k)) for k in ("endOffset", "latestOffset"))
+        outstanding = (source.get("metrics") or {}).get("numFilesOutstanding")
+        if str(source.get("description", "")).startswith("Kafka") and end and latest:
+            total += sum(max(0, int(offset) - int(end.get(topic, {}).get(partition, 0)))
+                         for topic, partitions in latest.items() for partition, offset in partitions.items())
+            unit = unit or "msgs"
+        elif outstanding is not None:
+            total, unit = total + int(outstanding), unit or "files"
+        elif end and latest and "reservoirVersion" in latest:
+            total, unit = total + max(0, latest["reservoirVersion"] - end.get("reservoirVersion", 0)), unit or "versions"
+    return (total, unit) if unit else None
+
+
+def _offset(value):
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _kafka_lag(source, checkpoint: str) -> tuple[dict[str, int] | None, str | None]:

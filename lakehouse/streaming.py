@@ -132,7 +132,12 @@ def _first_line(exc: BaseException) -> str:
 def print_finished_batches(recorder: ProgressRecorder) -> int:
     """Print the micro-batches that finished since the last call, each under its query's name;
     returns their records."""
-    rows = recorder.drain()
+    return print_batches(recorder.drain())
+
+
+def print_batches(rows: list[dict]) -> int:
+    """One plain line per finished micro-batch (progress rows), under its query's name; returns
+    their records."""
     for row in rows:
         query_name = row["query_name"]
         files = f", {row['num_input_files']} files" if row["num_input_files"] is not None else ""

@@ -6,9 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+from lakehouse.generator import TelemetryGenerator
+from lakehouse.generator_runs import Manifest, write_file
 from tests.conftest import REPO
 
 
@@ -59,3 +62,24 @@ def wait_for(predicate, timeout=180.0, poll=0.01) -> bool:
             return True
         time.sleep(poll)
     return False
+
+
+class Lander(threading.Thread):
+    """Lands a small file every ``interval`` seconds until stopped."""
+
+    def __init__(self, config, interval=0.4, lines=40, fault_rate=0.05):
+        super().__init__(daemon=True)
+        g = config.generator
+        self.generator = TelemetryGenerator.from_config(g, seed=5, fault_rate=fault_rate)
+        self.manifest = Manifest("telemetry", "crash", 5, fault_rate)
+        self.landing = Path(config.landing_path("telemetry"))
+        self.landing.mkdir(parents=True, exist_ok=True)
+        self.interval, self.lines = interval, lines
+        self.halt = threading.Event()
+
+    def run(self):
+        index = 0
+        while not self.halt.is_set():
+            write_file(self.generator, self.manifest, self.landing, f"telemetry-crash-{index:05d}.jsonl", self.lines)
+            index += 1
+            self.halt.wait(self.interval)

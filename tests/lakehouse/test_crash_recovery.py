@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -13,12 +12,12 @@ import pytest
 from pyspark.sql import functions as F
 
 from lakehouse.generator import TelemetryGenerator
-from lakehouse.generator_runs import Manifest, generate_batch, write_file
+from lakehouse.generator_runs import generate_batch
 from lakehouse.tables import bronze_table, read_table
 from tests.conftest import REPO
+from tests.processes import Lander, start_job
 from tests.processes import batches as _batches
 from tests.processes import kill_9 as _kill_9
-from tests.processes import start_job
 from tests.processes import wait_for as _wait_for
 
 pytestmark = pytest.mark.slow
@@ -26,27 +25,6 @@ pytestmark = pytest.mark.slow
 
 def _start_ingest(config, env, *mode) -> subprocess.Popen:
     return start_job(config, env, "ingest.log", "ingest", "--source", "telemetry", *mode)
-
-
-class Lander(threading.Thread):
-    """Lands a small file every ``interval`` seconds until stopped."""
-
-    def __init__(self, config, interval=0.4, lines=40):
-        super().__init__(daemon=True)
-        g = config.generator
-        self.generator = TelemetryGenerator.from_config(g, seed=5, fault_rate=0.05)
-        self.manifest = Manifest("telemetry", "crash", 5, 0.05)
-        self.landing = Path(config.landing_path("telemetry"))
-        self.landing.mkdir(parents=True, exist_ok=True)
-        self.interval, self.lines = interval, lines
-        self.halt = threading.Event()
-
-    def run(self):
-        index = 0
-        while not self.halt.is_set():
-            write_file(self.generator, self.manifest, self.landing, f"telemetry-crash-{index:05d}.jsonl", self.lines)
-            index += 1
-            self.halt.wait(self.interval)
 
 
 def test_kill_9_at_three_moments_then_restart_gives_exactly_once(spark, config, subprocess_env):

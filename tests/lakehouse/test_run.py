@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -143,3 +144,58 @@ def test_the_always_on_application_keeps_every_table_fresh_until_stopped(spark, 
     report = reconcile(spark, config, "telemetry")
     assert report.holds, report.describe()
     assert _count(spark, config, "bronze.telemetry") == _lines(landing)
+
+
+def _second_entity_and_a_failing_rule(conf: Path) -> Path:
+    """The copy of conf/ made so that silver.telemetry has a `fail` rule every batch breaks (hosts
+    outside rack r01) and a second entity, telemetry_all, reads the same bronze without it."""
+    entities, suites = conf / "base" / "entities", conf / "base" / "expectations"
+    (entities / "telemetry_all.yml").write_text(
+        (entities / "telemetry.yml").read_text().replace("suite: telemetry ", "suite: telemetry_all "))
+    suite = json.loads((suites / "telemetry.json").read_text())
+    (suites / "telemetry_all.json").write_text(json.dumps({**suite, "name": "telemetry_all"}))
+    suite["expectations"].append({"type": "expect_column_values_to_be_in_set", "meta": {"policy": "fail"},
+                                  "kwargs": {"column": "rack", "value_set": ["r01"]}})
+    (suites / "telemetry.json").write_text(json.dumps(suite))
+    return conf
+
+
+@pytest.mark.slow
+def test_a_fail_expectation_stops_only_its_entity_and_what_reads_it(spark, tmp_path, conf_copy, monkeypatch, capsys):
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    config = load_config("test", conf_dir=_second_entity_and_a_failing_rule(conf_copy), data_dir=tmp_path / "data",
+                         overrides=["run.backoff=1s"])
+    landing = Path(config.landing_path("telemetry"))
+    landing.mkdir(parents=True)
+    generator = TelemetryGenerator.from_config(config.generator, seed=12, fault_rate=0.0)
+    generate_batch(generator, landing, "telemetry", "f1", 12, 600, 2)
+    flows, _ = pipeline_flows(config)
+    app = PipelineApp(spark, config, flows, {"processingTime": "1 second"})
+    failures: list[str] = []
+
+    def land_while_failed_then_stop() -> None:
+        try:
+            _wait(lambda: app.runs["silver.telemetry"].state == "failed", "silver.telemetry to fail")
+            generate_batch(generator, landing, "telemetry", "f2", 13, 600, 2)  # the others keep going
+            _wait(lambda: _count(spark, config, "silver.telemetry_all") == _lines(landing), "the other entity")
+        except BaseException:  # noqa: BLE001 - reported by the test below
+            import traceback
+            failures.append(traceback.format_exc())
+        finally:
+            app.stop()
+
+    helper = threading.Thread(target=land_while_failed_then_stop, daemon=True)
+    helper.start()
+    assert app.run() == 1  # a flow failed for good
+    helper.join(timeout=60)
+    assert not failures, failures[0]
+    states = {flow_id: (run.state, run.restarts) for flow_id, run in app.runs.items()}
+    assert states == {"bronze.telemetry": ("stopped", 0), "silver.telemetry": ("failed", 0),
+                      "silver.telemetry_all": ("stopped", 0), "gold.telemetry_minute": ("stopped", 0),
+                      "gold.telemetry_features": ("stopped", 0)}, states
+    out, err = capsys.readouterr()
+    assert ("lakehouse: silver.telemetry failed: ExpectationFailedError: batch 0 of silver.telemetry: expectation "
+            "expect_column_values_to_be_in_set(rack) failed") in err, err
+    assert "gold.telemetry_minute: stopping, it reads silver.telemetry" in out, out
+    assert _count(spark, config, "silver.telemetry") == 0  # nothing committed by the failing batch
+    assert _count(spark, config, "bronze.telemetry") == _lines(landing) == 1200
