@@ -84,6 +84,7 @@ class PipelineApp:
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         """Start every flow and keep them running until stopped or none is left. Exit code."""
+        _quiet_pool_warnings(self.spark)
         recorder = self.recorder = ProgressRecorder(self.spark, self.config)
         self.spark.streams.addListener(recorder)
         in_main = threading.current_thread() is threading.main_thread()
@@ -239,3 +240,15 @@ def _after_current_batch(query: StreamingQuery) -> None:
     while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
         time.sleep(0.2)
     query.stop()
+
+
+def _quiet_pool_warnings(spark: SparkSession) -> None:
+    """Each flow's pool is made, with equal weight, when its first job arrives (no allocation
+    file: flows come from the configuration); Spark warns once per pool that it "has not been
+    configured", which is the intent here. Only that logger is quieted."""
+    try:
+        jvm = spark.sparkContext._jvm
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+            "org.apache.spark.scheduler.FairSchedulableBuilder", jvm.org.apache.logging.log4j.Level.ERROR)
+    except Exception:  # noqa: BLE001 - Spark Connect, or another logging backend: the warnings stay
+        pass

@@ -114,6 +114,7 @@ def cmd_generate(config: LakehouseConfig, args) -> int:
         raise UsageError(f"--run-id {run_id!r}: a run id is a plain name (letters, digits, '.', '_', '-'; "
                          "no '/' or '..'), since it names files in the landing directory")
     generator = TelemetryGenerator.from_config(g, seed=seed, fault_rate=fault_rate)
+    generator.live = (args.clock or ("live" if args.rate else "simulated")) == "live"
     landing_dir = Path(landing)
     landing_dir.mkdir(parents=True, exist_ok=True)
     if sink == "kafka":

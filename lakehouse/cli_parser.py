@@ -80,6 +80,10 @@ def _pipeline_commands(command) -> None:
     gen.add_argument("--duration", type=float, default=0.0, help="continuous mode: seconds to run (0: until interrupted)")
     gen.add_argument("--file-seconds", type=float, default=1.0,
                      help="continuous mode: seconds between two files (Kafka: two flushed groups of messages)")
+    gen.add_argument("--clock", choices=["simulated", "live"],
+                     help="event times: simulated (from generator.start_time, one step per reading; the same seed "
+                          "gives the same bytes) or live (the wall clock as each reading is made). "
+                          "Default: live with --rate, else simulated")
 
     ing = command("ingest", "stream a source's landing files or Kafka topics into bronze.<source> (exactly-once)")
     ing.add_argument("--source", required=True, help="configured source name, e.g. telemetry")

@@ -95,6 +95,9 @@ class TelemetryGenerator:
         self.fault_rate = fault_rate
         self.step = timedelta(seconds=interval_seconds / hosts)
         self.clock = datetime.fromisoformat(start_time.replace("Z", "+00:00")).astimezone(timezone.utc)
+        # False: a simulated clock from start_time, one step per reading (the same seed gives the
+        # same bytes); True: each reading is stamped with the wall clock as it is made (a live feed).
+        self.live = False
         self.rack_ambient = {f"r{r:02d}": self.rng.uniform(19.0, 25.0) for r in range(1, racks + 1)}
         self.hosts = []
         for h in range(hosts):
@@ -133,6 +136,8 @@ class TelemetryGenerator:
         host = self.hosts[self.next_host]
         self.next_host = (self.next_host + 1) % len(self.hosts)
         rng = self.rng
+        if self.live:
+            self.clock = datetime.now(timezone.utc)
         hours = self.clock.timestamp() / 3600.0
         daily = 15.0 * math.sin(2 * math.pi * hours / 24.0 + host.phase)
         # Load drifts slowly towards a daily pattern, so consecutive readings are correlated.

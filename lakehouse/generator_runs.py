@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -150,9 +151,10 @@ def generate_continuous(
     duration: float,
     file_seconds: float = 1.0,
     progress=None,
+    stop: threading.Event | None = None,
 ) -> Manifest:
     """Land a file every ``file_seconds`` holding ``rate * file_seconds`` lines, for ``duration``
-    seconds (0: until SIGINT/SIGTERM). The manifest is rewritten after every file."""
+    seconds (0: until SIGINT/SIGTERM, or ``stop`` is set). The manifest is rewritten after every file."""
     manifest = Manifest(source, run_id, seed, generator.fault_rate)
     lines_per_file = max(1, round(rate * file_seconds))
 
@@ -161,32 +163,29 @@ def generate_continuous(
         if generator.fault_rate > 0 and generator.rng.random() < generator.fault_rate:
             write_empty_file(manifest, landing_dir, f"{source}-{run_id}-{index:05d}-empty.jsonl")
 
-    run_paced(land_one, manifest, landing_dir, file_seconds, duration, progress)
+    run_paced(land_one, manifest, landing_dir, file_seconds, duration, progress, stop)
     return manifest
 
 
 def run_paced(step, manifest: Manifest, landing_dir: Path, every_seconds: float, duration: float,
-              progress=None) -> None:
-    """Call ``step(index)`` every ``every_seconds`` for ``duration`` seconds (0: until SIGINT or
-    SIGTERM), rewriting the manifest after each step and once more at the end."""
-    stop = {"now": False}
-
-    def request_stop(signum, frame):
-        stop["now"] = True
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+              progress=None, stop: threading.Event | None = None) -> None:
+    """Call ``step(index)`` every ``every_seconds`` for ``duration`` seconds (0: until ``stop`` is
+    set or, without one, SIGINT or SIGTERM), rewriting the manifest after each step and once more
+    at the end. With ``stop`` it installs no signal handler (it may run in a thread)."""
+    previous = {}
+    if stop is None:
+        stop = threading.Event()
+        previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         started = time.monotonic()
         index = 0
-        while not stop["now"] and (duration <= 0 or time.monotonic() - started < duration):
+        while not stop.is_set() and (duration <= 0 or time.monotonic() - started < duration):
             step(index)
             manifest.write(landing_dir)
             index += 1
             if progress:
                 progress(index, manifest.total_lines)
-            next_at = started + index * every_seconds
-            while not stop["now"] and time.monotonic() < next_at:
-                time.sleep(min(0.1, max(0.0, next_at - time.monotonic())))
+            stop.wait(max(0.0, started + index * every_seconds - time.monotonic()))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -240,7 +239,7 @@ def publish_batch(generator: TelemetryGenerator, publisher, landing_dir: Path, s
 
 def publish_continuous(generator: TelemetryGenerator, publisher, landing_dir: Path, source: str, run_id: str,
                        seed: int, rate: float, duration: float, chunk_seconds: float = 1.0,
-                       progress=None) -> Manifest:
+                       progress=None, stop: threading.Event | None = None) -> Manifest:
     """Publish ``rate`` messages a second, a chunk every ``chunk_seconds``, for ``duration`` seconds
     (0: until SIGINT/SIGTERM). The manifest is rewritten after every chunk."""
     manifest = Manifest(source, run_id, seed, generator.fault_rate, sink="kafka", topic=publisher.topic)
@@ -250,7 +249,7 @@ def publish_continuous(generator: TelemetryGenerator, publisher, landing_dir: Pa
         empty = generator.fault_rate > 0 and generator.rng.random() < generator.fault_rate
         publish_messages(generator, manifest, publisher, per_chunk, empty_message=empty)
 
-    run_paced(publish_one, manifest, landing_dir, chunk_seconds, duration, progress)
+    run_paced(publish_one, manifest, landing_dir, chunk_seconds, duration, progress, stop)
     return manifest
 
 

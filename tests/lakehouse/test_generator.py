@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +110,22 @@ def test_continuous_mode_lands_files_at_a_rate_and_keeps_the_manifest_current(tm
     saved = json.loads((tmp_path / "_manifests" / "c.json").read_text())
     assert saved["total_lines"] == manifest.total_lines == 60 * len(data_files)
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_a_live_clock_stamps_each_reading_with_the_wall_clock(tmp_path):
+    generator = TelemetryGenerator(2, 4, 2, 0.0, 10.0, "2026-01-01T00:00:00Z")
+    generator.live = True
+    before = datetime.now(timezone.utc)
+    stop = threading.Event()
+    landed = threading.Thread(target=generate_continuous, daemon=True,
+                              args=(generator, tmp_path, "telemetry", "l", 2, 100, 0, 0.2), kwargs={"stop": stop})
+    landed.start()  # a thread: it installs no signal handler, the stop event ends it
+    time.sleep(0.7)
+    stop.set()
+    landed.join(timeout=5)
+    after = datetime.now(timezone.utc)
+    assert not landed.is_alive()
+    times = [datetime.fromisoformat(json.loads(line)["event_time"].replace("Z", "+00:00"))
+             for p in tmp_path.glob("*.jsonl") for line in _lines(p)]
+    assert len(times) >= 40  # 20 lines a file, a file every 0.2 s
+    assert all(before - timedelta(milliseconds=1) <= t <= after for t in times)
