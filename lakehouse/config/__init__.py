@@ -27,6 +27,7 @@ from lakehouse.config.schema import (
     LakehouseConfig,
     ModelConfig,
     QualityConfig,
+    RetrainConfig,
     SourceConfig,
     SparkConfig,
     StorageConfig,
@@ -41,7 +42,7 @@ from lakehouse.errors import ConfigError
 __all__ = [
     "CONF_DIR_ENV", "DEFAULT_ENV", "ENV_ENV", "KAFKA_BOOTSTRAP_ENV", "LAYERS", "CatalogConfig", "ConfigError",
     "CsvOptions", "EntityConfig", "GeneratorConfig", "GoldTableConfig", "KafkaOptions", "LakehouseConfig",
-    "ModelConfig", "QualityConfig", "SourceConfig", "SparkConfig", "StorageConfig", "StreamingConfig",
+    "ModelConfig", "QualityConfig", "RetrainConfig", "SourceConfig", "SparkConfig", "StorageConfig", "StreamingConfig",
     "TrainingConfig", "WatermarkConfig", "check_duration", "default_conf_dir", "duration_seconds", "load_config",
     "spark_interval", "view_name",
 ]

@@ -270,6 +270,27 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class RetrainConfig:
+    """`lakehouse run` retraining on its own (ml/retrain.py); off unless ``enabled``."""
+
+    enabled: bool = False
+    # Retrain when the training table has gained at least this many rows since the version the
+    # champion was trained on (no champion yet: since empty) ...
+    min_new_rows: PositiveInt | None = 5000
+    every: Duration | None = None  # ... or when this long has passed since the champion's run started
+    check_every: Duration = "1 minute"  # how often the run looks
+    backend: Literal["local", "horovod", "torch-distributor"] = "local"
+    num_proc: PositiveInt = 1
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.enabled and self.min_new_rows is None and self.every is None:
+            return [("min_new_rows", "set min_new_rows or every (or both) to say when to retrain")]
+        if self.backend == "local" and self.num_proc != 1:
+            return [("num_proc", "the local backend runs one process")]
+        return []
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """Training on a gold feature table (ml/): data, model, optimiser, tracking, gate."""
 
@@ -297,6 +318,7 @@ class TrainingConfig:
     # Rows whose features or label are not finite (NaN, +-Infinity, or beyond float32, the
     # model's precision) are refused; above this share of the table the run stops (exit 3).
     max_refused_fraction: Annotated[float, Range(0.0, 1.0)] = 0.01
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)  # in `lakehouse run`
 
     def problems(self) -> list[tuple[str, str]]:
         if self.label in self.features:
