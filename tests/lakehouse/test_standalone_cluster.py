@@ -1,7 +1,8 @@
 """The pipeline on a real Spark standalone cluster (a master and two workers on 127.0.0.1, started
-by scripts/standalone_cluster.py): spark-submit runs bronze -> silver -> gold, then Horovod
-training with two processes; both workers executed tasks, the tables reconcile, the run is in
-MLflow, and the cluster is stopped even when the test fails."""
+by scripts/standalone_cluster.py): spark-submit runs the pipeline (bronze -> silver -> gold in
+one application, spark_jobs/pipeline.py), then Horovod training with two processes; both workers
+executed tasks, the tables reconcile, the run is in MLflow, and the cluster is stopped even when
+the test fails."""
 
 from __future__ import annotations
 
@@ -78,9 +79,10 @@ def test_pipeline_and_horovod_training_on_a_standalone_cluster(spark, cluster, t
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
         return result.stdout
 
-    assert "bronze_telemetry: done" in submit("bronze_ingest.py", "--source", "telemetry", "--once")
-    assert "silver_telemetry: done" in submit("silver_refine.py", "--entity", "telemetry", "--once")
-    assert "gold.telemetry_features: version 0" in submit("gold_build.py", "--all")
+    # every flow of the pipeline in one application, inputs first (the per-layer jobs: test_spark_submit)
+    flows = submit("pipeline.py", "--once")
+    assert "bronze_telemetry: done" in flows and "silver_telemetry: done" in flows, flows[-3000:]
+    assert "gold_telemetry_minute: done" in flows and "gold.telemetry_features: version 0" in flows, flows[-3000:]
     trained = submit("train_model.py", "--backend", "horovod", "--num-proc", "2", "--epochs", "3")
     run_id = re.search(r"^run (\w+) in experiment", trained, re.M).group(1)
 

@@ -40,7 +40,7 @@ def test_the_project_bundle_passes(schema, target, capsys):
     bundle, problems = check_bundle(REPO, target, schema, project_root=REPO)
     assert problems == [] and bundle.target == target
     jobs = bundle.config["resources"]["jobs"]
-    assert {"lakehouse_ingest", "lakehouse_refine", "lakehouse_train", "lakehouse_score"} <= set(jobs)
+    assert {"lakehouse_ingest", "lakehouse_refine", "lakehouse_train", "lakehouse_score", "lakehouse_pipeline"} <= set(jobs)
     assert bundle.config["variables"]["catalog"]["default"] == ("prod" if target == "prod" else "main")
 
 

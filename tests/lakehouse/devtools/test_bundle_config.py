@@ -78,7 +78,10 @@ def test_every_task_loads_the_databricks_overlay_with_the_targets_values(target)
             assert resolve(cluster["spark_env_vars"]["LAKEHOUSE_GIT_COMMIT"]) == COMMIT
         if job_name == "lakehouse_ingest":  # the file-arrival trigger watches where the job reads
             assert resolve(job["trigger"]["file_arrival"]["url"]) == config.landing_path("telemetry") + "/"
-    assert commands == {"ingest", "refine", "gold", "train", "score"}
+        if args.command == "run":  # always on, deployed paused: it shares the per-layer jobs' checkpoints
+            assert not args.once and args.trigger and job["continuous"] == {"pause_status": "PAUSED"}
+            assert job["max_concurrent_runs"] == 1 and "schedule" not in job and "trigger" not in job
+    assert commands == {"ingest", "refine", "gold", "train", "score", "run"}
 
 
 def test_the_overlay_alone_has_the_bundles_defaults(capsys):
