@@ -58,7 +58,36 @@ class ExpectationFailedError(JobError):
     """A ``fail`` expectation did not hold: the batch is not committed and will be redone."""
 
 
-def plan_batch(spark: SparkSession, config: LakehouseConfig, entity_name: str, backfill: bool = False) -> dict:
+class NewestEventTime:
+    """Silver's newest event time (microseconds) before the next batch, for the late cut-off: read
+    from the table once, when the query starts, then advanced by each batch's kept rows. Silver
+    has one writer (its query) and its MERGE keeps the latest version of each key, so this is
+    max(event_time) over silver without a scan of the whole table on every batch (a scan that
+    grows with the table: seconds per batch after weeks of running)."""
+
+    _UNREAD = object()
+
+    def __init__(self, spark: SparkSession, config: LakehouseConfig, entity_name: str):
+        self.spark, self.config, self.entity_name = spark, config, entity_name
+        self._value = self._UNREAD
+
+    def value(self) -> int | None:
+        if self._value is self._UNREAD:
+            entity = self.config.entity(self.entity_name)
+            silver = read_table(self.spark, resolve_table(self.config, f"silver.{self.entity_name}"))
+            self._value = silver.agg(F.max(F.col(entity.event_time)).alias("newest")).select(
+                F.unix_micros(F.col("newest").cast("timestamp"))).first()[0]
+        return self._value
+
+    def advance(self, kept_newest: int | None) -> None:
+        """After a batch: the newest event time among the rows it kept (None: it kept none)."""
+        current = self.value()
+        if kept_newest is not None:
+            self._value = kept_newest if current is None else max(current, kept_newest)
+
+
+def plan_batch(spark: SparkSession, config: LakehouseConfig, entity_name: str, backfill: bool = False,
+               newest: NewestEventTime | None = None) -> dict:
     """What the batch's decisions depend on besides its rows, fixed when it is first planned.
 
     - ``planned_at_us``: the batch's processing time; ``future_cutoff_us`` = that + ``max_future``.
@@ -68,15 +97,14 @@ def plan_batch(spark: SparkSession, config: LakehouseConfig, entity_name: str, b
       while silver is empty, and for a backfill run (``--backfill``).
     - ``late_exempt``: the entity's sources configured as backfills (``sources.<s>.backfill``).
     Times are microseconds since the epoch (UTC), so no local clock or Python datetime is involved.
+    ``newest``: the running query's tracker of silver's newest event time (default: read silver).
     """
     entity = config.entity(entity_name)
     planned_at = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
     # Clamped to the timestamps a row can hold (1900-9999), so a huge max_future is no crash.
     future_cutoff = min(planned_at + int(duration_seconds(entity.max_future) * 1_000_000),
                         TIMESTAMP_RANGE_MICROS[1] - 1)
-    silver = read_table(spark, resolve_table(config, f"silver.{entity_name}"))
-    newest = silver.agg(F.max(F.col(entity.event_time)).alias("newest")).select(
-        F.unix_micros(F.col("newest").cast("timestamp"))).first()[0]
+    newest = (newest or NewestEventTime(spark, config, entity_name)).value()
     late_cutoff = None
     if newest is not None and not backfill:
         late_cutoff = max(min(newest, future_cutoff) - int(duration_seconds(entity.watermark) * 1_000_000),
@@ -107,7 +135,7 @@ def refine_batch(
     plan: dict,
     validator: BatchValidator | None = None,
     may_be_replay: bool = True,
-) -> Measured:
+) -> tuple[Measured, int | None]:
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
     ``plan`` fixes what decisions depend on besides the rows (:func:`plan_batch`, made when the
@@ -118,7 +146,8 @@ def refine_batch(
     skipped), and with the same plan a redone batch decides every row as before. ``validator``
     validates with GX what the fused aggregation does not (every expectation when
     ``quality.validation`` is ``gx``). Returns what the same aggregation measured of the kept
-    rows' ingest and event times, for ops.freshness (lakehouse/freshness.py).
+    rows' ingest and event times, for ops.freshness (lakehouse/freshness.py), and the newest event
+    time among them (microseconds; None: none kept), for the next batch's plan.
     """
     entity = config.entity(entity_name)
     batch = _Batch(config, entity_name, batch_id, batch_marker(app_id, batch_id),
@@ -144,7 +173,7 @@ def refine_batch(
     finally:
         decided.unpersist()
     silver = f"silver.{entity_name}"
-    return Measured.from_row(counts, silver, silver, batch_id, marker=batch.marker)
+    return Measured.from_row(counts, silver, silver, batch_id, marker=batch.marker), counts["kept_newest_us"]
 
 
 @dataclass(frozen=True)
@@ -188,6 +217,7 @@ def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool
         "quarantined": F.count(F.when(record & (F.size("_reasons") > 0), 1)),
         "warnings": F.count(F.when(kept & (F.size(FAILED_COLUMNS["warn"]) > 0), 1)),
         "failing": F.count(F.when(failing, 1)),
+        "kept_newest_us": F.max(F.when(kept, F.unix_micros(F.col(event_time).cast("timestamp")))),
         **(rule_metric_columns(rules, where=record) if fused else {}),
     }
     times = {"ingest": F.when(kept, F.col("_ingested_at")), "event": F.when(kept, F.col(event_time))}

@@ -23,7 +23,7 @@ from lakehouse.parse import SOURCE_COLUMN, bronze_records
 from lakehouse.pipeline import Flow
 from lakehouse.progress import count_records, report_batch
 from lakehouse.quality import ROW_LEVEL, BatchValidator, load_suite, row_rules
-from lakehouse.refine import plan_batch, refine_batch
+from lakehouse.refine import NewestEventTime, plan_batch, refine_batch
 from lakehouse.silver_tables import ensure_silver_tables
 from lakehouse.suites import checked_suite
 from lakehouse.tables import load_from
@@ -87,16 +87,18 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
     for other in streams[1:]:
         bronze = bronze.unionByName(other)
     plans = BatchPlans(spark, flow.checkpoint)
+    newest = NewestEventTime(spark, config, entity_name)  # silver is read for it once, at the first plan
     started = []  # the first batch after a start may be one redone after a crash
 
     def process(batch, batch_id: int) -> None:
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
         session = batch.sparkSession
         # A batch redone after a crash takes the plan its first attempt recorded.
-        plan = plans.plan(batch_id, lambda: plan_batch(session, config, entity_name, backfill))
+        plan = plans.plan(batch_id, lambda: plan_batch(session, config, entity_name, backfill, newest))
         failpoint("silver.plan", batch_id)
-        measured = refine_batch(config, entity_name, rules, f"{flow.query_name}-{batch_query_id(batch)}", batch,
-                                batch_id, plan, validator, may_be_replay=not started)
+        measured, kept_newest = refine_batch(config, entity_name, rules, f"{flow.query_name}-{batch_query_id(batch)}",
+                                             batch, batch_id, plan, validator, may_be_replay=not started)
+        newest.advance(kept_newest)
         report_batch(flow.query_name, batch_id, freshness=[measured])
         started.append(batch_id)
 
