@@ -75,6 +75,11 @@ class PipelineApp:
         terminal = sys.stdout.isatty() if terminal is None else terminal
         self.report = IntervalReport(config, list(self.pipeline.inputs_first(flows)),
                                      duration_seconds(config.run.report_every)) if terminal else None
+        self.retrainer = None
+        if config.training is not None and config.training.retrain.enabled:
+            from ml.retrain import Retrainer  # torch and MLflow load only when retraining is on
+
+            self.retrainer = Retrainer(spark, config)
 
     def stop(self, why: str = "asked") -> None:
         """Ask every flow to stop after its current batch (thread-safe)."""
@@ -84,7 +89,7 @@ class PipelineApp:
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         """Start every flow and keep them running until stopped or none is left. Exit code."""
-        _quiet_pool_warnings(self.spark)
+        _quiet_expected_warnings(self.spark)
         recorder = self.recorder = ProgressRecorder(self.spark, self.config)
         self.spark.streams.addListener(recorder)
         in_main = threading.current_thread() is threading.main_thread()
@@ -103,6 +108,8 @@ class PipelineApp:
                 code = max(code, self._check_queries())
                 self._restart_due()
                 self._rebuild_batch_tables()
+                if self.retrainer is not None:
+                    self.retrainer.poll()
                 self._print_progress(recorder)
                 if time.monotonic() - flushed >= self.config.streaming.progress_flush_seconds:
                     recorder.flush()
@@ -111,6 +118,8 @@ class PipelineApp:
                 print(f"lakehouse run: stopping ({self.stopped_by}): each query finishes its batch", flush=True)
             self._stop_queries()
             code = max(code, self._check_queries())
+            if self.retrainer is not None:
+                self.retrainer.wait()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -193,9 +202,14 @@ class PipelineApp:
         run.state = "stopped"
 
     def _stop_queries(self) -> None:
-        for run in reversed(list(self.runs.values())):  # readers first: no input stops under them
-            if run.state in LIVE:
-                self._stop_flow(run)
+        """Stop every live flow, each after its current batch, all at once (the wait is one batch,
+        not one per flow)."""
+        stopping = [threading.Thread(target=self._stop_flow, args=(run,), name=f"stop-{run.flow.id}")
+                    for run in self.runs.values() if run.state in LIVE]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
 
     # -- batch gold tables ------------------------------------------------------------------
     def _rebuild_batch_tables(self) -> None:
@@ -235,20 +249,40 @@ class PipelineApp:
 
 
 def _after_current_batch(query: StreamingQuery) -> None:
-    """Stop the query between two batches when it can: while a trigger is active, wait for it."""
+    """Stop the query once the batch it is running now has finished (at most
+    BATCH_END_WAIT_SECONDS). The next batch may have begun by then, when input keeps arriving:
+    stopping interrupts it, and it is redone on restart like any unfinished batch."""
     deadline = time.monotonic() + BATCH_END_WAIT_SECONDS
+    running = _last_batch_id(query)
     while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
-        time.sleep(0.2)
+        if _last_batch_id(query) != running:  # that batch's progress has come: it is done
+            break
+        time.sleep(0.1)
     query.stop()
 
 
-def _quiet_pool_warnings(spark: SparkSession) -> None:
-    """Each flow's pool is made, with equal weight, when its first job arrives (no allocation
-    file: flows come from the configuration); Spark warns once per pool that it "has not been
-    configured", which is the intent here. Only that logger is quieted."""
+def _last_batch_id(query: StreamingQuery) -> int | None:
+    progress = query.lastProgress
+    return progress["batchId"] if progress else None
+
+
+def _quiet_expected_warnings(spark: SparkSession) -> None:
+    """Spark warnings that an always-on application meets as a matter of course, each with its own
+    logger set to ERROR (nothing else is quieted):
+
+    - FairSchedulableBuilder: each flow's pool is made, with equal weight, when its first job
+      arrives (no allocation file: flows come from the configuration), and Spark warns once per
+      pool that it "has not been configured", which is the intent here;
+    - Shell: a stop that interrupts a batch which had just begun (it is redone on restart) logs
+      Hadoop's interrupted file rename with a page of stack trace;
+    - ProcessingTimeExecutor: "current batch is falling behind" on every batch longer than the
+      trigger; the batch times are printed (and in ops.stream_progress) anyway.
+    """
     try:
         jvm = spark.sparkContext._jvm
-        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
-            "org.apache.spark.scheduler.FairSchedulableBuilder", jvm.org.apache.logging.log4j.Level.ERROR)
+        error = jvm.org.apache.logging.log4j.Level.ERROR
+        for logger in ("org.apache.spark.scheduler.FairSchedulableBuilder", "org.apache.hadoop.util.Shell",
+                       "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor"):
+            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(logger, error)
     except Exception:  # noqa: BLE001 - Spark Connect, or another logging backend: the warnings stay
         pass

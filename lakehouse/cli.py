@@ -353,7 +353,9 @@ def cmd_sql(config: LakehouseConfig, args) -> int:
 def cmd_demo(config: LakehouseConfig, args) -> int:
     from lakehouse.demo import run_demo
 
-    return run_demo(config, args.source)
+    if args.run_seconds < 0 or args.rate <= 0:
+        raise UsageError("demo needs --run-seconds >= 0 and --rate > 0")
+    return run_demo(config, args.source, args.run_seconds, args.rate)
 
 
 COMMANDS = {

@@ -153,7 +153,12 @@ def _tool_commands(command) -> None:
     sql.add_argument("--limit", type=int, default=1000, help="print at most this many rows (default 1000)")
 
     demo = command("demo", "generate data, run bronze, silver and gold, train and score; print a summary and the "
-                           "reconciliation, on embedded defaults")
+                           "reconciliation; then run the pipeline always-on under a live feed and print each "
+                           "table's freshness, on embedded defaults")
     demo.add_argument("--source", default="telemetry", help="source to run the demo for")
+    demo.add_argument("--run-seconds", type=float, default=60.0,
+                      help="how long the always-on step runs `lakehouse run` under a live feed (0: skip it; default 60)")
+    demo.add_argument("--rate", type=float, default=200.0,
+                      help="records per second of the always-on step's live feed (default 200)")
 
     command("config", "print the resolved configuration (after overlays and --set) as JSON")

@@ -4,13 +4,18 @@ Generate records for one source (files, or a Kafka topic with a local broker sta
 run), then run its flows inputs first as the pipeline graph gives them (lakehouse/pipeline.py):
 bronze, checked exactly-once against the generator's manifest; silver, with the quarantine by
 reason and the reconciliation; the gold tables downstream; a short training run and scoring when
-the training table is among them. Exit 1 when a check does not hold.
+the training table is among them; then the same flows always-on (`lakehouse run`) for a minute
+under a live feed, and each table's freshness measured meanwhile (ops.freshness). Exit 1 when a
+check does not hold.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+import threading
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -23,22 +28,26 @@ from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import (
     Manifest,
     generate_batch,
+    generate_continuous,
     print_manifest,
     publish_batch,
+    publish_continuous,
 )
 from lakehouse.pipeline import TRAIN, Flow, Pipeline
 from lakehouse.preflight import check_entity, check_gold_sql
 from lakehouse.reconcile import reconcile
 from lakehouse.runner import run_flow, run_flows
 from lakehouse.session import start_job_session
-from lakehouse.status import collect_status, format_status
+from lakehouse.status import collect_status, format_freshness_summary, format_status, freshness_summary
 from lakehouse.streaming import trigger_for
 from lakehouse.tables import bronze_table, read_table, resolve_table
 
 
-def run_demo(config: LakehouseConfig, source_name: str) -> int:
+def run_demo(config: LakehouseConfig, source_name: str, run_seconds: float = 60.0, rate: float = 200.0) -> int:
     """The demo for ``source_name``. A Kafka source gets a local broker for the run (unless
-    bootstrap servers are configured), started here and stopped at the end."""
+    bootstrap servers are configured), started here and stopped at the end. ``run_seconds``: how
+    long the last step runs the pipeline always-on under a live feed of ``rate`` records/s (0: not)."""
+    live = (run_seconds, rate)
     source = config.source(source_name)
     downstream = Pipeline(config).downstream(f"bronze.{source_name}")
     spark = start_job_session(config)  # what only Spark can check, before anything is written
@@ -47,7 +56,7 @@ def run_demo(config: LakehouseConfig, source_name: str) -> int:
             check_entity(spark, config, flow.name)
     check_gold_sql(spark, config, list(config.gold))
     if source.kind != "kafka":
-        return _demo(config, source_name, spark)
+        return _demo(config, source_name, spark, live)
     from lakehouse.kafka import KafkaSetupError, bootstrap_servers
 
     try:
@@ -56,7 +65,7 @@ def run_demo(config: LakehouseConfig, source_name: str) -> int:
         servers = None
     if servers:
         print(f"using the Kafka cluster at {servers}")
-        return _demo(config, source_name, spark)
+        return _demo(config, source_name, spark, live)
     from lakehouse.devtools.kafka_broker import KafkaBroker
 
     # Kept under the data directory, with the checkpoints whose offsets refer to its topics.
@@ -65,12 +74,12 @@ def run_demo(config: LakehouseConfig, source_name: str) -> int:
     with KafkaBroker(state, partitions=source.kafka.partitions) as broker:
         os.environ[source.kafka.bootstrap_servers_env] = broker.bootstrap
         try:
-            return _demo(config, source_name, spark)
+            return _demo(config, source_name, spark, live)
         finally:
             os.environ.pop(source.kafka.bootstrap_servers_env, None)
 
 
-def _demo(config: LakehouseConfig, source_name: str, spark: SparkSession) -> int:
+def _demo(config: LakehouseConfig, source_name: str, spark: SparkSession, live: tuple[float, float]) -> int:
     pipeline = Pipeline(config)
     downstream = pipeline.downstream(f"bronze.{source_name}")
     entities = [flow.name for flow in downstream if flow.kind == "silver"]
@@ -104,6 +113,10 @@ def _demo(config: LakehouseConfig, source_name: str, spark: SparkSession) -> int
     summary = None
     if any(flow.id == TRAIN for flow in downstream):
         summary = _train_and_score(spark, config)
+    if live[0] > 0:
+        code = _always_on(spark, config, source_name, *live)
+        if code != EXIT_OK:
+            return code
     print("\n" + format_status(collect_status(spark, config)))
     _print_next_steps(config, source_name, kafka, entities, gold_flows, summary)
     return EXIT_OK if ok else EXIT_FAILED
@@ -126,13 +139,55 @@ def _generate(config: LakehouseConfig, source_name: str) -> tuple[Manifest, str]
     print(f"== 1. generate: {g.records:,} {source_name} records as {where}, fault rate {g.fault_rate:g} "
           f"(run {run_id}, seed {seed})")
     landing_dir.mkdir(parents=True, exist_ok=True)
-    generator = TelemetryGenerator.from_config(g, seed=seed)
+    # Recent history: the readings end now, so the live feed of the always-on step follows them
+    # (and a later demo's data is not hours older than silver's newest, which would be late).
+    span = timedelta(seconds=g.records * g.interval_seconds / g.hosts)
+    start = (datetime.now(timezone.utc) - span).isoformat(timespec="seconds")
+    generator = TelemetryGenerator.from_config(replace(g, start_time=start), seed=seed)
     if publisher:
         manifest = publish_batch(generator, publisher, landing_dir, source_name, run_id, seed, g.records)
     else:
         manifest = generate_batch(generator, landing_dir, source_name, run_id, seed, g.records, g.files)
     print_manifest(manifest, landing_dir)
     return manifest, run_id
+
+
+def _always_on(spark: SparkSession, config: LakehouseConfig, source_name: str, seconds: float, rate: float) -> int:
+    """== 7: the source's flows as one always-on application (`lakehouse run`) while a live feed
+    lands ``rate`` records/s, for ``seconds``; then each table's measured freshness."""
+    from lakehouse.app import PipelineApp
+
+    pipeline = Pipeline(config)
+    bronze = pipeline.bronze(source_name)
+    flows = [bronze] + [flow for flow in pipeline.downstream(bronze) if flow.kind in ("silver", "gold")]
+    print(f"\n== 7. always on: `lakehouse run --trigger 2s` for {seconds:.0f}s while a live feed (event time = now) "
+          f"lands {rate:g} records/s")
+    generator = TelemetryGenerator.from_config(config.generator, seed=config.generator.seed + 1000)
+    generator.live = True
+    run_id = "live-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    landing, stop = Path(config.landing_path(source_name)), threading.Event()
+    kafka = config.source(source_name).kafka if config.source(source_name).kind == "kafka" else None
+    if kafka is not None:
+        from lakehouse.kafka import open_topic
+
+        feed = partial(publish_continuous, generator, open_topic(kafka)[0])
+    else:
+        feed = partial(generate_continuous, generator)
+    feeder = threading.Thread(target=feed, args=(landing, source_name, run_id, 0, rate, 0), kwargs={"stop": stop},
+                              name="demo-feed", daemon=True)
+    app = PipelineApp(spark, config, flows, {"processingTime": "2 seconds"})
+    timer = threading.Timer(seconds, lambda: app.stop(f"the demo's {seconds:.0f}s are over"))
+    started = datetime.now(timezone.utc)
+    feeder.start()
+    timer.start()
+    try:
+        code = app.run()
+    finally:
+        timer.cancel()
+        stop.set()
+        feeder.join(timeout=30)
+    print("\n" + format_freshness_summary(freshness_summary(spark, config, since=started)))
+    return code
 
 
 def _landed_exactly_once(spark: SparkSession, config: LakehouseConfig, source_name: str, manifest: Manifest,

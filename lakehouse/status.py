@@ -146,6 +146,38 @@ def format_freshness(tables: list[TableFreshness]) -> str:
     return "freshness of each table's last batch:\n" + _columns(table)
 
 
+def freshness_summary(spark: SparkSession, config: LakehouseConfig, since: datetime) -> list[dict]:
+    """Per table, the batches committed since ``since``: how many, rows, the median batch's p50
+    and the worst batch's p95 of each measure (ops.freshness), inputs first."""
+    table = resolve_table(config, FRESHNESS_TABLE)
+    if not table_exists(spark, table):
+        return []
+    figures = [F.count(F.lit(1)).alias("batches"), F.sum("rows").alias("rows")]
+    for measure in ("ingest", "event", "window"):
+        figures += [F.percentile_approx(f"{measure}_p50_s", 0.5).alias(f"{measure}_p50_s"),
+                    F.max(f"{measure}_p95_s").alias(f"{measure}_p95_s")]
+    rows = (read_table(spark, table).where(F.col("commit_time") >= F.lit(since))
+            .groupBy("table_name").agg(*figures).collect())
+    order = {t: i for i, flow in enumerate(Pipeline(config).inputs_first()) for t in flow.writes}
+    return [row.asDict() for row in sorted(rows, key=lambda r: (order.get(r["table_name"], len(order)), r["table_name"]))]
+
+
+def format_freshness_summary(rows: list[dict]) -> str:
+    if not rows:
+        return "freshness: no batch committed rows in that time"
+    headers = ["table", "batches", "rows", "event->commit p50 / p95", "window end->commit p50 / p95",
+               "ingest->commit p50 / p95"]
+
+    def pair(row, measure):
+        p50, p95 = row[f"{measure}_p50_s"], row[f"{measure}_p95_s"]
+        return "-" if p95 is None else f"{duration_text(p50)} / {duration_text(p95)}"
+
+    table = [headers] + [[r["table_name"], f"{r['batches']:,}", f"{r['rows']:,}", pair(r, "event"),
+                          pair(r, "window"), pair(r, "ingest")] for r in rows]
+    return ("freshness measured at each commit (ops.freshness; p50: the median batch's, p95: the worst batch's):\n"
+            + _columns(table))
+
+
 def duration_text(seconds: float | None) -> str:
     """1.2s, 3m05s, 2h04m, 3d04h; "-" for None."""
     if seconds is None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pyspark.sql import functions as F
 
 from lakehouse.cli import main
 from lakehouse.generator import TelemetryGenerator
@@ -78,11 +79,17 @@ def test_spark_submit_without_delta_jar_says_what_to_add(config, subprocess_env)
 
 
 def test_demo_runs_end_to_end(spark, config, capsys):
-    assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "demo"]) == 0
+    assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "demo", "--run-seconds", "25"]) == 0
     out = capsys.readouterr().out
     assert "every line landed exactly once: yes" in out
     assert "reconciled: every bronze row" in out
-    assert read_table(spark, bronze_table(config, "telemetry")).count() == config.generator.records
+    bronze = read_table(spark, bronze_table(config, "telemetry"))
+    assert bronze.where(F.col("_source_file").contains("-demo-")).count() == config.generator.records
+    # 7. always on: the live feed's lines reached bronze, and each table's freshness was printed
+    assert "== 7. always on: `lakehouse run --trigger 2s` for 25s" in out
+    assert bronze.where(F.col("_source_file").contains("-live-")).count() > 0
+    summary = out.split("freshness measured at each commit", 1)[1]
+    assert re.search(r"^bronze\.telemetry +\d+ +[\d,]+ +[\d.]+s / [\d.]+s", summary, re.M), summary
     assert "== 5. gold" in out and "a few rows of gold.telemetry_features" in out
     features = read_table(spark, resolve_table(config, "gold.telemetry_features")).count()
     assert features > 0 and f"gold.telemetry_features: {features:,} rows" in out
@@ -94,12 +101,15 @@ def test_demo_runs_end_to_end(spark, config, capsys):
 @pytest.mark.kafka
 def test_demo_from_kafka_starts_and_stops_its_own_broker(spark, config, capsys):
     data = config.storage.data_dir
-    argv = ["--env", "test", "--data-dir", str(data), "--set", "generator.records=3000", "demo", "--source", "telemetry_kafka"]
+    argv = ["--env", "test", "--data-dir", str(data), "--set", "generator.records=3000", "demo", "--source", "telemetry_kafka",
+            "--run-seconds", "15"]
     assert main(argv) == 0
     out = capsys.readouterr().out
+    summary = out.split("freshness measured at each commit", 1)[1]  # the live feed published to the topic
+    assert re.search(r"^bronze\.telemetry_kafka +\d+ +[\d,]+ ", summary, re.M), summary
     assert "a local Kafka broker (KRaft)" in out
     assert "published 3,001 messages to telemetry" in out  # with one injected empty message
     assert "every message landed exactly once: yes" in out and "reconciled: every bronze row" in out
-    assert read_table(spark, bronze_table(config, "telemetry_kafka")).count() == 3001
+    assert read_table(spark, bronze_table(config, "telemetry_kafka")).count() > 3001  # with the live feed
     assert "== 6. train" in out and "gold.predictions:" in out
     assert not (Path(data) / "kafka-broker" / "broker.pid").exists()  # stopped at the end
