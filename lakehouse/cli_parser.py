@@ -96,8 +96,10 @@ def _pipeline_commands(command) -> None:
                           "see conf/README.md, 'Late rows and backfills')")
     _trigger_options(ref, "everything in bronze")
 
-    run = command("run", "run the pipeline's flows in one Spark application, inputs first: every source's bronze, "
-                         "every entity's silver, every gold table")
+    run = command("run", "run the pipeline's flows in one Spark application: every source's bronze, every entity's "
+                         "silver, every gold table as concurrent supervised queries (each commit's freshness in "
+                         "ops.freshness; on a terminal a line per flow every run.report_every; retraining with "
+                         "training.retrain.enabled), or with --once each in turn, inputs first")
     run.add_argument("--only", nargs="+", metavar="FLOW",
                      help="run just these flows, by id: bronze.<source>, silver.<entity>, gold.<table> "
                           "(`lakehouse config` lists what is configured)")

@@ -262,10 +262,8 @@ def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef
     path; the freshness measurements of ``times`` over the lines, lakehouse/freshness.py)."""
     observed = Observation(name)
     lines = with_lines(read_whole_files(spark, files, strict), F.col("_metadata.file_path"), observed)
-    measured = None
-    if times:
-        measured = Observation(f"{name}-times")
-        lines = lines.observe(measured, *measure_aggregates(times))
+    measured = Observation(f"{name}-times") if times else None
+    lines = lines.observe(measured, *measure_aggregates(times)) if measured else lines
     append_once(lines, bronze, marker)
     counted = {fs.canonical(row["file"]): row["lines"] for row in observed.get["files"]}
     return counted, (measured.get if measured is not None else None)
@@ -281,9 +279,8 @@ def ingest_files(
     replay_since_ms: int | None,
     times: dict[str, Column] | None = None,
 ) -> tuple[list[LandedFile], dict | None]:
-    """Read the batch's planned files into bronze; record each in ops.ingested_files or ops.bad_files.
-    Returns the files, and the freshness measurements (``times``) of the lines appended.
-
+    """Read the batch's planned files into bronze, record each in ops.ingested_files or ops.bad_files;
+    returns the files and the freshness measurements (``times``) of the lines appended.
     The files are read together, skipping any the read cannot take; each file so skipped is
     read again alone, strictly: the error it gives then is why it is bad, and if it reads now
     (an object store's passing error) its lines go to bronze in a commit of their own. For a
@@ -305,8 +302,7 @@ def ingest_files(
         empty.lines = 0  # Spark's readers skip empty files; they hold no lines
     failpoint("bronze.read", batch_id)
     todo = [f for f in files if f.reason is None and f.lines is None]
-    counted, measured = _append_lines(spark, todo, bronze, marker, f"files-{batch_id}", times=times) if todo \
-        else ({}, None)
+    counted, measured = _append_lines(spark, todo, bronze, marker, f"files-{batch_id}", times=times) if todo else ({}, None)
     for landed in todo:
         if fs.canonical(landed.path) in counted:
             landed.lines = counted[fs.canonical(landed.path)]

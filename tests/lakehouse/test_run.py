@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,27 @@ def _wait(condition, what: str, timeout: float = 240.0) -> None:
         time.sleep(1.0)
 
 
+def _run_while(app: PipelineApp, step) -> int:
+    """Run the application while ``step()`` runs in a thread, then stop it; its exit code. An error
+    in ``step`` fails the test (with its traceback) once the application has stopped."""
+    failures: list[str] = []
+
+    def step_then_stop() -> None:
+        try:
+            step()
+        except BaseException:  # noqa: BLE001 - reported below
+            failures.append(traceback.format_exc())
+        finally:
+            app.stop()
+
+    helper = threading.Thread(target=step_then_stop, daemon=True)
+    helper.start()
+    code = app.run()
+    helper.join(timeout=60)
+    assert not failures, failures[0]
+    return code
+
+
 @pytest.mark.slow
 def test_the_always_on_application_keeps_every_table_fresh_until_stopped(spark, tmp_path, monkeypatch, capsys):
     """Files land while it runs; silver's second batch fails once (a transient error): silver is
@@ -115,27 +137,16 @@ def test_the_always_on_application_keeps_every_table_fresh_until_stopped(spark, 
     generate_batch(generator, landing, "telemetry", "a8", 8, 900, 2)
     flows, _ = pipeline_flows(config)
     app = PipelineApp(spark, config, flows, {"processingTime": "1 second"})
-    failures: list[BaseException] = []
 
-    def feed_then_stop() -> None:
-        try:
-            _wait(lambda: _count(spark, config, "gold.telemetry_features") > 0, "the first feature build")
-            generate_batch(generator, landing, "telemetry", "b9", 9, 900, 2)  # files landing while it runs
-            _wait(lambda: _count(spark, config, "bronze.telemetry") == _lines(landing), "the new files in bronze")
-            minute = resolve_table(config, "gold.telemetry_minute")
-            before = last_commit(spark, minute).version  # noqa: F841 - read in the lambda below
-            _wait(lambda: last_commit(spark, minute).version > before, "gold minutes from the new files")
-        except BaseException:  # noqa: BLE001 - reported by the test below
-            import traceback
-            failures.append(traceback.format_exc())
-        finally:
-            app.stop()
+    def feed() -> None:
+        _wait(lambda: _count(spark, config, "gold.telemetry_features") > 0, "the first feature build")
+        generate_batch(generator, landing, "telemetry", "b9", 9, 900, 2)  # files landing while it runs
+        _wait(lambda: _count(spark, config, "bronze.telemetry") == _lines(landing), "the new files in bronze")
+        minute = resolve_table(config, "gold.telemetry_minute")
+        before = last_commit(spark, minute).version
+        _wait(lambda: last_commit(spark, minute).version > before, "gold minutes from the new files")
 
-    helper = threading.Thread(target=feed_then_stop, daemon=True)
-    helper.start()
-    assert app.run() == 0
-    helper.join(timeout=60)
-    assert not failures, failures[0]
+    assert _run_while(app, feed) == 0
     assert {run.state for run in app.runs.values()} == {"stopped"} | ({"idle"} & {r.state for r in app.runs.values()})
     assert not spark.streams.active  # every query stopped
     assert app.runs["silver.telemetry"].restarts == 1 and app.runs["bronze.telemetry"].restarts == 0
@@ -171,24 +182,13 @@ def test_a_fail_expectation_stops_only_its_entity_and_what_reads_it(spark, tmp_p
     generate_batch(generator, landing, "telemetry", "f1", 12, 600, 2)
     flows, _ = pipeline_flows(config)
     app = PipelineApp(spark, config, flows, {"processingTime": "1 second"})
-    failures: list[str] = []
 
-    def land_while_failed_then_stop() -> None:
-        try:
-            _wait(lambda: app.runs["silver.telemetry"].state == "failed", "silver.telemetry to fail")
-            generate_batch(generator, landing, "telemetry", "f2", 13, 600, 2)  # the others keep going
-            _wait(lambda: _count(spark, config, "silver.telemetry_all") == _lines(landing), "the other entity")
-        except BaseException:  # noqa: BLE001 - reported by the test below
-            import traceback
-            failures.append(traceback.format_exc())
-        finally:
-            app.stop()
+    def land_while_failed() -> None:
+        _wait(lambda: app.runs["silver.telemetry"].state == "failed", "silver.telemetry to fail")
+        generate_batch(generator, landing, "telemetry", "f2", 13, 600, 2)  # the others keep going
+        _wait(lambda: _count(spark, config, "silver.telemetry_all") == _lines(landing), "the other entity")
 
-    helper = threading.Thread(target=land_while_failed_then_stop, daemon=True)
-    helper.start()
-    assert app.run() == 1  # a flow failed for good
-    helper.join(timeout=60)
-    assert not failures, failures[0]
+    assert _run_while(app, land_while_failed) == 1  # a flow failed for good
     states = {flow_id: (run.state, run.restarts) for flow_id, run in app.runs.items()}
     assert states == {"bronze.telemetry": ("stopped", 0), "silver.telemetry": ("failed", 0),
                       "silver.telemetry_all": ("stopped", 0), "gold.telemetry_minute": ("stopped", 0),
