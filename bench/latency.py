@@ -44,7 +44,9 @@ sys.path.insert(0, str(REPO))
 from lakehouse.checkpoints import logged_batches, planned_source_offsets  # noqa: E402
 from lakehouse.config import load_config  # noqa: E402
 from lakehouse.pipeline import Pipeline  # noqa: E402
+from lakehouse.processes import session_processes  # noqa: E402
 from lakehouse.status import file_backlog  # noqa: E402
+from lakehouse.tables import resolve_table  # noqa: E402
 
 PYTHON = sys.executable
 
@@ -73,21 +75,19 @@ def stop(proc: subprocess.Popen, timeout: float = 120) -> None:
 def session_rss_mib(session: int) -> float:
     """Resident memory of the java processes of a process session."""
     total = 0
-    for status in Path("/proc").glob("[0-9]*/status"):
+    for pid in session_processes(session, "java"):
         try:
-            text = status.read_text()
-            sid = int(Path(status.parent, "stat").read_text().rsplit(")", 1)[1].split()[4])
-        except (OSError, IndexError, ValueError):
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
             continue
-        if sid == session and "\nName:\tjava\n" in "\n" + text:
-            total += next((int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS:")), 0)
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
     return total / 1024
 
 
 def silver_backlog(config) -> int:
     """Versions of bronze.telemetry that silver's query has not planned yet (its newest offsets
     entry: the first source is bronze.telemetry; index -1 means nothing of that version yet)."""
-    bronze_log = Path(config.storage.data_dir, "tables", "bronze", "telemetry", "_delta_log")
+    bronze_log = Path(resolve_table(config, "bronze.telemetry").path, "_delta_log")
     newest = max((int(p.stem) for p in bronze_log.glob("*.json")), default=-1)
     checkpoint = config.checkpoint_path("silver_telemetry")
     planned = logged_batches(checkpoint, "offsets")
@@ -113,19 +113,23 @@ def measure(mode: str, rate: int, args, work: Path) -> dict:
     log = data / "bench.log"
     data.mkdir(parents=True)
     total = args.warmup + args.seconds
+    # No faults: a reading stamped 3 hours late would count as 3 hours of latency.
     feed = lakehouse(args.env, data, "generate", "--rate", str(rate), "--duration", str(total + 5), "--clock", "live",
-                     "--run-id", "bench", log=log)
+                     "--fault-rate", "0", "--run-id", "bench", log=log)
+    started = time.monotonic()
     if mode == "run":
         jobs = [lakehouse(args.env, data, "run", "--trigger", args.trigger, "--only", "bronze.telemetry",
                           "silver.telemetry", "gold.telemetry_minute", log=log)]
     else:  # the peer: one process (and JVM) per flow
         jobs = [lakehouse(args.env, data, "ingest", "--source", "telemetry", "--trigger", args.trigger, log=log),
                 lakehouse(args.env, data, "refine", "--entity", "telemetry", "--trigger", args.trigger, log=log)]
-        time.sleep(20)  # gold starts once silver's table exists
+        silver_log = Path(resolve_table(config, "silver.telemetry").path, "_delta_log")
+        deadline = time.monotonic() + 180
+        while not silver_log.is_dir() and time.monotonic() < deadline:  # gold starts once silver's table exists
+            time.sleep(1)
         jobs.append(lakehouse(args.env, data, "gold", "--table", "telemetry_minute", "--trigger", args.trigger,
                               log=log))
-    started = time.monotonic()
-    time.sleep(args.warmup)
+    time.sleep(max(0.0, started + args.warmup - time.monotonic()))
     window_start = datetime.now(timezone.utc)
     bronze_flow = Pipeline(config).bronze("telemetry")
     samples, rss = [], []
@@ -138,26 +142,21 @@ def measure(mode: str, rate: int, args, work: Path) -> dict:
     stop(feed)
     for job in reversed(jobs):
         stop(job)
-    return {"data": data, "window": (window_start, window_end), "samples": samples, "rss_mib": max(rss, default=0)}
+    return {"config": config, "window": (window_start, window_end), "samples": samples,
+            "rss_mib": max(rss, default=0)}
 
 
 def commit_times(table: Path) -> dict[str, float]:
-    """Data file name -> the epoch seconds of the commit that added it (from the Delta log)."""
+    """Data file name -> the epoch seconds of the commit that added it: the commit file's time, as
+    Delta's history and change feed (``_commit_timestamp``) and ops.freshness take it."""
     added = {}
     for entry in sorted((table / "_delta_log").glob("*.json")):
-        commit_ms, files = None, []
-        for line in entry.read_text().splitlines():
-            action = json.loads(line)
-            if "commitInfo" in action:
-                commit_ms = action["commitInfo"].get("inCommitTimestamp") or action["commitInfo"]["timestamp"]
-            if "add" in action:
-                files.append(action["add"]["path"])
-        stamp = (commit_ms or entry.stat().st_mtime * 1000) / 1000
-        added.update({Path(f).name: stamp for f in files})
+        actions = [json.loads(line) for line in entry.read_text().splitlines() if line.strip()]
+        added.update({Path(a["add"]["path"]).name: entry.stat().st_mtime for a in actions if "add" in a})
     return added
 
 
-def latencies(spark, data: Path, window: tuple[datetime, datetime]) -> dict[str, dict]:
+def latencies(spark, config, window: tuple[datetime, datetime]) -> dict[str, dict]:
     from pyspark.sql import functions as F
 
     low, high = (w.timestamp() for w in window)
@@ -171,29 +170,34 @@ def latencies(spark, data: Path, window: tuple[datetime, datetime]) -> dict[str,
                                                  "p99": round(q["q"][2], 2)} if q["q"] else {})}
 
     def by_commit(table: Path):
-        stamps = commit_times(table)
+        stamps = commit_times(table) or {"": 0.0}
         lookup = spark.createDataFrame(list(stamps.items()), "file string, at double")
         rows = spark.read.format("delta").load(str(table)).withColumn(
             "file", F.element_at(F.split(F.col("_metadata.file_path"), "/"), -1))
         return rows.join(F.broadcast(lookup), "file")
 
-    tables = data / "tables"
-    bronze = by_commit(tables / "bronze" / "telemetry")
-    event = F.to_timestamp(F.get_json_object(F.col("value").cast("string"), "$.event_time"))
-    quantiles(bronze.select("at", (F.col("at") - F.unix_micros(event) / 1e6).alias("latency")), "event_to_bronze")
-    silver = (spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", 0)
-              .load(str(tables / "silver" / "telemetry")).where("_change_type = 'insert'"))
-    at = F.unix_micros("_commit_timestamp") / 1e6
-    quantiles(silver.select(at.alias("at"), (at - F.unix_micros("event_time") / 1e6).alias("latency")),
-              "event_to_silver")
-    gold = by_commit(tables / "gold" / "telemetry_minute")
-    end = F.unix_micros(F.col("minute") + F.expr("INTERVAL 1 MINUTE")) / 1e6
-    quantiles(gold.select("at", (F.col("at") - end).alias("latency")), "window_close_to_gold")
+    def path(name: str) -> Path:
+        return Path(resolve_table(config, name).path)
+
+    if path("bronze.telemetry").joinpath("_delta_log").is_dir():
+        bronze = by_commit(path("bronze.telemetry"))
+        event = F.get_json_object(F.col("value").cast("string"), "$.event_time").try_cast("timestamp")
+        quantiles(bronze.select("at", (F.col("at") - F.unix_micros(event) / 1e6).alias("latency")), "event_to_bronze")
+    if path("silver.telemetry").joinpath("_delta_log").is_dir():
+        silver = (spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", 0)
+                  .load(str(path("silver.telemetry"))).where("_change_type = 'insert'"))
+        at = F.unix_micros("_commit_timestamp") / 1e6
+        quantiles(silver.select(at.alias("at"), (at - F.unix_micros("event_time") / 1e6).alias("latency")),
+                  "event_to_silver")
+    if path("gold.telemetry_minute").joinpath("_delta_log").is_dir():
+        gold = by_commit(path("gold.telemetry_minute"))
+        end = F.unix_micros(F.col("minute") + F.expr("INTERVAL 1 MINUTE")) / 1e6
+        quantiles(gold.select("at", (F.col("at") - end).alias("latency")), "window_close_to_gold")
     return figures
 
 
 def report(label: str, rate: int, result: dict, spark) -> bool:
-    figures = latencies(spark, result["data"], result["window"])
+    figures = latencies(spark, result["config"], result["window"])
     for name, values in figures.items():
         emit(f"{label}_{name}_seconds", values, rate=rate)
     samples = result["samples"]
@@ -221,16 +225,18 @@ def main() -> int:
     emit("environment", platform.node(), cpus=os.cpu_count(), python=platform.python_version(),
          at=datetime.now(timezone.utc).isoformat(timespec="seconds"), trigger=args.trigger)
     work = Path(tempfile.mkdtemp(prefix="latency-bench-"))
+    spark = None
     try:
-        results = {rate: measure("run", rate, args, work) for rate in rates}
-        peer = measure("jobs", args.peer_rate, args, work) if args.peer_rate else None
-        from lakehouse.session import build_session
+        sustained = []
+        for label, rate in [("run", r) for r in rates] + ([("separate_jobs", args.peer_rate)] if args.peer_rate else []):
+            result = measure("run" if label == "run" else "jobs", rate, args, work)
+            if spark is None:  # started after the first measurement, idle during the next ones
+                from lakehouse.session import build_session
 
-        spark = build_session(load_config(args.env, conf_dir=REPO / "conf", data_dir=work / "analysis"))
-        sustained = [rate for rate in rates if report("run", rate, results[rate], spark)]
+                spark = build_session(load_config(args.env, conf_dir=REPO / "conf", data_dir=work / "analysis"))
+            if report(label, rate, result, spark) and label == "run":
+                sustained.append(rate)
         emit("highest_sustainable_rate", max(sustained, default=None), measured=rates)
-        if peer is not None:
-            report("separate_jobs", args.peer_rate, peer, spark)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
@@ -99,21 +100,14 @@ class PipelineApp:
             for run in self.runs.values():
                 if run.flow.streaming:
                     self._start(run, recorder)
-            flushed = time.monotonic()
-            while not self._stop.is_set() and self._live():
-                try:
-                    self._stop.wait(POLL_SECONDS)
-                except KeyboardInterrupt:
-                    self.stop("SIGINT")
-                code = max(code, self._check_queries())
-                self._restart_due()
-                self._rebuild_batch_tables()
-                if self.retrainer is not None:
-                    self.retrainer.poll()
-                self._print_progress(recorder)
-                if time.monotonic() - flushed >= self.config.streaming.progress_flush_seconds:
-                    recorder.flush()
-                    flushed = time.monotonic()
+            try:
+                code = self._supervise(recorder)
+            except Exception as exc:  # noqa: BLE001 - the queries must still be stopped, below
+                first = next((line for line in str(exc).splitlines() if line.strip()), "")
+                print(f"lakehouse run: stopping every flow: supervising them failed: {type(exc).__name__}: "
+                      f"{redact_text(first)}", file=sys.stderr, flush=True)
+                code = EXIT_FAILED
+                self.stop("error")
             if self._stop.is_set():
                 print(f"lakehouse run: stopping ({self.stopped_by}): each query finishes its batch", flush=True)
             self._stop_queries()
@@ -129,6 +123,26 @@ class PipelineApp:
             self._print_progress(recorder, final=True)
             recorder.flush()
             self.spark.streams.removeListener(recorder)
+        return code
+
+    def _supervise(self, recorder: ProgressRecorder) -> int:
+        """The loop: until stopped or no flow is left, mark ended queries, restart what is due,
+        rebuild batch tables, retrain, print and record progress. Its exit code so far."""
+        code, flushed = EXIT_OK, time.monotonic()
+        while not self._stop.is_set() and self._live():
+            try:
+                self._stop.wait(POLL_SECONDS)
+            except KeyboardInterrupt:
+                self.stop("SIGINT")
+            code = max(code, self._check_queries())
+            self._restart_due()
+            self._rebuild_batch_tables()
+            if self.retrainer is not None:
+                self.retrainer.poll()
+            self._print_progress(recorder)
+            if time.monotonic() - flushed >= self.config.streaming.progress_flush_seconds:
+                recorder.flush()
+                flushed = time.monotonic()
         return code
 
     def _print_progress(self, recorder: ProgressRecorder, final: bool = False) -> None:
@@ -184,10 +198,11 @@ class PipelineApp:
                 continue
             run.state, code = "failed", EXIT_FAILED
             print(f"lakehouse: {run.flow.id} failed: {run.error}", file=sys.stderr, flush=True)
-            for reader in self.pipeline.downstream(run.flow):
-                if reader.id in self.runs and self.runs[reader.id].state not in ("failed", "stopped"):
-                    print(f"{reader.id}: stopping, it reads {run.flow.id}", flush=True)
-                    self._stop_flow(self.runs[reader.id])
+            readers = [self.runs[r.id] for r in self.pipeline.downstream(run.flow)
+                       if r.id in self.runs and self.runs[r.id].state not in ("failed", "stopped")]
+            for reader in readers:
+                print(f"{reader.flow.id}: stopping, it reads {run.flow.id}", flush=True)
+            self._stop_flows(readers)
         return code
 
     def _restart_due(self) -> None:
@@ -197,19 +212,23 @@ class PipelineApp:
                 self._start(run, self.recorder)
 
     def _stop_flow(self, run: FlowRun) -> None:
-        if run.query is not None and run.query.isActive:
-            _after_current_batch(run.query)
+        try:
+            if run.query is not None and run.query.isActive:
+                _after_current_batch(run.query)
+        except Exception as exc:  # noqa: BLE001 - reported; the other flows are stopped all the same
+            run.error = redact_text(failure_summary(exc))
+            print(f"lakehouse: {run.flow.id}: stopping it failed: {run.error}", file=sys.stderr, flush=True)
         run.state = "stopped"
 
+    def _stop_flows(self, runs: list[FlowRun]) -> None:
+        """Stop these flows, each after its current batch, all at once: the wait is one batch, not
+        one per flow. The order does not matter: flows meet only in Delta tables, and a reader
+        whose input stops first just sees no new commits."""
+        with ThreadPoolExecutor(max_workers=max(1, len(runs)), thread_name_prefix="stop") as pool:
+            list(pool.map(self._stop_flow, runs))
+
     def _stop_queries(self) -> None:
-        """Stop every live flow, each after its current batch, all at once (the wait is one batch,
-        not one per flow)."""
-        stopping = [threading.Thread(target=self._stop_flow, args=(run,), name=f"stop-{run.flow.id}")
-                    for run in self.runs.values() if run.state in LIVE]
-        for thread in stopping:
-            thread.start()
-        for thread in stopping:
-            thread.join()
+        self._stop_flows([run for run in self.runs.values() if run.state in LIVE])
 
     # -- batch gold tables ------------------------------------------------------------------
     def _rebuild_batch_tables(self) -> None:
@@ -282,7 +301,8 @@ def _quiet_expected_warnings(spark: SparkSession) -> None:
         jvm = spark.sparkContext._jvm
         error = jvm.org.apache.logging.log4j.Level.ERROR
         for logger in ("org.apache.spark.scheduler.FairSchedulableBuilder", "org.apache.hadoop.util.Shell",
-                       "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor"):
+                       "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor",  # Spark 4.1
+                       "org.apache.spark.sql.execution.streaming.ProcessingTimeExecutor"):  # Spark 3.5 (Databricks)
             jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(logger, error)
     except Exception:  # noqa: BLE001 - Spark Connect, or another logging backend: the warnings stay
         pass

@@ -20,6 +20,7 @@ resolves and appends them with its progress rows, a batch gold build appends its
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -47,6 +48,9 @@ FRESHNESS_SCHEMA = StructType(
 )
 FRESHNESS_METRIC = "freshness"  # the observed metric of a streaming Delta sink's measurements
 _ACCURACY = 1000  # percentile_approx: rank error about 1/1000 of the rows
+# Commit timestamps come from the storage's clock: a commit is looked for this far before the
+# driver measured its batch (a clock further off loses that batch's row, nothing else).
+COMMIT_CLOCK_MARGIN_MS = 60_000
 
 
 def time_aggregates(measure: str, time: Column) -> list[Column]:
@@ -81,6 +85,7 @@ class Measured:
     times: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # measure -> (oldest, q05, q50)
     marker: str | None = None  # the commit's userMetadata (tables.batch_marker) ...
     query_id: str | None = None  # ... or, for a streaming Delta sink, the query whose batch committed
+    measured_at_ms: float = field(default_factory=lambda: time.time() * 1000)  # after its commit
 
     @classmethod
     def from_row(cls, row: Row | dict, flow: str, table: str, batch_id: int, **commit) -> Measured:
@@ -114,7 +119,7 @@ def resolve(spark: SparkSession, config: LakehouseConfig, pending: list[Measured
             by_table[measured.table].append(measured)
     rows = []
     for table, measured in by_table.items():
-        commits = _commits(spark, resolve_table(config, table), depth=max(20, 2 * len(measured)))
+        commits = _commits(spark, resolve_table(config, table), min(m.measured_at_ms for m in measured))
         for m in measured:
             key = m.marker if m.marker is not None else (m.query_id, str(m.batch_id))
             if key in commits:
@@ -122,14 +127,23 @@ def resolve(spark: SparkSession, config: LakehouseConfig, pending: list[Measured
     return rows
 
 
-def _commits(spark: SparkSession, ref: TableRef, depth: int) -> dict:
-    """The table's newest ``depth`` commits: marker (userMetadata) or (query id, batch id) of a
-    streaming sink's commit -> (version, commit time, UTC). Older commits first, so a marker
-    committed twice (a batch's retried file read) keeps its newest."""
+def _commits(spark: SparkSession, ref: TableRef, since_ms: float) -> dict:
+    """The table's commits back to ``since_ms`` (less a margin for the storage's clock against the
+    driver's; the measurements were made after their commits): marker (userMetadata) or (query id, batch id) of a streaming sink's
+    commit -> (version, commit time, UTC). History is read newest first, in growing pages, as far
+    as that; a table whose query commits empty batches (a streaming gold table's) may have many
+    commits since. A marker committed twice (a batch's file read again alone) keeps its first
+    commit, the one its measurement describes."""
+    depth = 50
+    while True:
+        history = (delta_table(spark, ref).history(depth)
+                   .select("version", "timestamp", "userMetadata", "operationParameters").collect())
+        oldest_ms = min((c["timestamp"].timestamp() * 1000 for c in history), default=0)
+        if len(history) < depth or oldest_ms < since_ms - COMMIT_CLOCK_MARGIN_MS:
+            break
+        depth *= 4
     found = {}
-    history = (delta_table(spark, ref).history(depth)
-               .select("version", "timestamp", "userMetadata", "operationParameters").collect())
-    for commit in reversed(history):
+    for commit in history:  # newest first: an older commit of the same key overwrites
         when = commit["timestamp"].astimezone(timezone.utc)  # pyspark: a naive local time
         parameters = commit["operationParameters"] or {}
         if commit["userMetadata"]:

@@ -123,8 +123,8 @@ def build(spark: SparkSession, config: LakehouseConfig, flow: Flow) -> BatchBuil
         versions[ref.name] = version
     result = spark.sql(gold.sql)
     target = resolve_table(config, f"gold.{name}")
-    observed = Observation(f"freshness-{name}")
-    if gold.window_end:
+    observed = Observation(f"freshness-{name}") if gold.window_end else None
+    if observed is not None:
         result = _with_window_end(config, name, result, lambda df, end: _observe_new_windows(
             df, end, observed, _newest_window_end(spark, target, gold.window_end)))
     writer = (
@@ -134,7 +134,7 @@ def build(spark: SparkSession, config: LakehouseConfig, flow: Flow) -> BatchBuil
     )
     save_to(writer, target)
     commit = last_commit(spark, target)  # the overwrite's own metrics: no second scan to count rows
-    if gold.window_end:
+    if observed is not None:
         when = commit.timestamp.astimezone(timezone.utc)  # pyspark gives a naive local time
         measured = Measured.from_row(observed.get, flow.id, target.name, commit.version)
         append_freshness(spark, config, [measured.row(commit.version, when)] if measured.rows else [])
@@ -155,20 +155,21 @@ def _with_window_end(config: LakehouseConfig, name: str, result: DataFrame, meas
                           ) from None
 
 
-def _newest_window_end(spark: SparkSession, target: TableRef, window_end: str):
-    """The newest window end the table holds before a rebuild (None: no table, or no rows yet)."""
+def _newest_window_end(spark: SparkSession, target: TableRef, window_end: str) -> int | None:
+    """The newest window end the table holds before a rebuild, in microseconds (None: no table,
+    or no rows yet)."""
     if not table_exists(spark, target):
         return None
     try:
-        return read_table(spark, target).agg(F.max(F.expr(window_end))).first()[0]
+        return read_table(spark, target).agg(F.max(F.unix_micros(F.expr(window_end).cast("timestamp")))).first()[0]
     except AnalysisException:  # the table predates a change of its SQL: every row counts as new
         return None
 
 
-def _observe_new_windows(result: DataFrame, end: Column, observed: Observation, newest) -> DataFrame:
+def _observe_new_windows(result: DataFrame, end: Column, observed: Observation, newest: int | None) -> DataFrame:
     """A rebuild's freshness covers the windows it adds: those ending after the newest one the
     table held (every row on the first build)."""
-    new = end.isNotNull() if newest is None else end > F.lit(newest)
+    new = end.isNotNull() if newest is None else F.unix_micros(end.cast("timestamp")) > F.lit(newest)
     return result.observe(observed, *measure_aggregates({"window": F.when(new, end)}, rows=new))
 
 

@@ -41,6 +41,20 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
+def session_processes(session: int, name: str) -> list[int]:
+    """Pids of the processes called ``name`` (``java``) in a process session (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(entry.name))
+        try:
+            command = (entry / "comm").read_text().strip()
+        except OSError:  # gone meanwhile
+            continue
+        if fields and command == name and int(fields[3]) == session:  # state, ppid, pgrp, session
+            found.append(int(entry.name))
+    return found
+
+
 def start_time(pid: int) -> str | None:
     """When the process started, in the system's clock ticks since boot (Linux), else None."""
     fields = _stat(pid)

@@ -10,6 +10,7 @@ A query counts its records with :func:`count_records`, or its micro-batch report
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from datetime import datetime
 
@@ -29,6 +30,7 @@ from lakehouse.checkpoints import files_in_batch
 from lakehouse.config import LakehouseConfig
 from lakehouse.freshness import FRESHNESS_METRIC, Measured, append_freshness, resolve
 from lakehouse.pipeline import Pipeline
+from lakehouse.redaction import redact_text
 from lakehouse.tables import append_to_table, resolve_table
 
 STREAM_PROGRESS_TABLE = "ops.stream_progress"
@@ -62,12 +64,11 @@ _reported: dict[tuple[str, int], dict] = {}
 def report_batch(query_name: str, batch_id: int, records: int | None = None, bad_files: list[str] = (),
                  freshness: list[Measured] = ()) -> None:
     """Called from a micro-batch: its record count (None: the observed count stands), the bad
-    files it skipped (printed), and what it measured of its commits for ops.freshness."""
-    entry = _reported.setdefault((query_name, batch_id), {"records": None, "notes": [], "freshness": []})
-    if records is not None:
-        entry["records"] = records
-    entry["notes"] += [f"skipped bad file {b}" for b in bad_files]
-    entry["freshness"] += list(freshness)
+    files it skipped (printed), and what it measured of its commits for ops.freshness. Each
+    call replaces what an earlier attempt at the same batch (failed, then redone by a restart in
+    this process) reported."""
+    entry = {"records": records, "notes": [f"skipped bad file {b}" for b in bad_files], "freshness": list(freshness)}
+    _reported[(query_name, batch_id)] = entry
 
 
 def count_records(df: DataFrame) -> DataFrame:
@@ -90,6 +91,7 @@ class ProgressRecorder(StreamingQueryListener):
         self.flows = {flow.query_name: flow for flow in Pipeline(config).flows.values() if flow.query_name}
         self._fresh_pending: list[Measured] = []  # measured, commit not looked up yet
         self._fresh_rows: list[tuple] = []  # ops.freshness rows not yet written
+        self._fresh_unreported: list[tuple] = []  # ... and not yet handed to resolve_freshness's caller
         # The queries it records (query name -> checkpoint, to count files per batch): several
         # queries may run in one application, each recorded once, by the recorder watching it.
         self.checkpoints: dict[str, str] = {}
@@ -132,7 +134,7 @@ class ProgressRecorder(StreamingQueryListener):
                 "query_id": str(p.id),
                 "run_id": str(p.runId),
                 "batch_id": p.batchId,
-                "batch_time": datetime.fromisoformat(p.timestamp.replace("Z", "+00:00")).replace(tzinfo=None),
+                "batch_time": datetime.fromisoformat(p.timestamp.replace("Z", "+00:00")),  # aware: stored as UTC
                 "batch_duration_ms": p.batchDuration,
                 "num_input_rows": records,
                 "records_per_second": records / seconds if seconds > 0 else None,
@@ -174,18 +176,31 @@ class ProgressRecorder(StreamingQueryListener):
         return new
 
     def resolve_freshness(self) -> list[tuple]:
-        """The ops.freshness rows of the batches drained since the last call (their commits looked
-        up in each table's history, once per table); kept until :meth:`flush` writes them."""
+        """The ops.freshness rows resolved since the last call (a report's interval), resolving the
+        batches drained meanwhile; :meth:`flush` writes them all, whoever asked first."""
+        self._resolve()
+        unreported, self._fresh_unreported = self._fresh_unreported, []
+        return unreported
+
+    def _resolve(self) -> None:
+        """Look the drained batches' commits up (each table's history, once per table)."""
         pending, self._fresh_pending = self._fresh_pending, []
-        rows = resolve(self.spark, self.config, pending) if pending else []
+        if not pending:
+            return
+        try:
+            rows = resolve(self.spark, self.config, pending)
+        except Exception as exc:  # noqa: BLE001 - observability: the streams go on without these rows
+            print(f"lakehouse: {len(pending)} freshness measurement(s) not recorded: {type(exc).__name__}: "
+                  f"{redact_text(str(exc).splitlines()[0] if str(exc) else '')}", file=sys.stderr, flush=True)
+            return
         self._fresh_rows.extend(rows)
-        return rows
+        self._fresh_unreported.extend(rows)
 
     def flush(self) -> int:
-        """Append the buffered progress rows to ``ops.stream_progress`` and the freshness rows to
-        ``ops.freshness``; returns how many progress rows."""
-        self.drain()
-        self.resolve_freshness()
+        """Append the progress rows drained so far to ``ops.stream_progress`` and the freshness rows
+        to ``ops.freshness`` (rows queued since the last drain wait for the next: whoever prints
+        them drains them first); returns how many progress rows."""
+        self._resolve()
         rows, self._buffer = self._buffer, []
         if rows:
             names = STREAM_PROGRESS_SCHEMA.fieldNames()

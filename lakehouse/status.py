@@ -122,10 +122,9 @@ def collect_freshness(spark: SparkSession, config: LakehouseConfig) -> list[Tabl
     newest_first = Window.partitionBy("table_name").orderBy(F.col("commit_time").desc())
     rows = (read_table(spark, table).withColumn("_rank", F.row_number().over(newest_first))
             .where("_rank = 1").collect())
-    order = {t: i for i, flow in enumerate(Pipeline(config).inputs_first()) for t in flow.writes}
     now = datetime.now(timezone.utc)
     found = []
-    for row in sorted(rows, key=lambda r: (order.get(r["table_name"], len(order)), r["table_name"])):
+    for row in _inputs_first(config, rows):
         committed_at = row["commit_time"].astimezone(timezone.utc)  # pyspark: a naive local time
         found.append(TableFreshness(
             row["table_name"], row["flow"], committed_at.replace(tzinfo=None).isoformat(sep=" ", timespec="seconds"),
@@ -158,8 +157,13 @@ def freshness_summary(spark: SparkSession, config: LakehouseConfig, since: datet
                     F.max(f"{measure}_p95_s").alias(f"{measure}_p95_s")]
     rows = (read_table(spark, table).where(F.col("commit_time") >= F.lit(since))
             .groupBy("table_name").agg(*figures).collect())
+    return [row.asDict() for row in _inputs_first(config, rows)]
+
+
+def _inputs_first(config: LakehouseConfig, rows: list) -> list:
+    """Rows with a ``table_name``, in the pipeline's order (inputs first; tables no flow writes last)."""
     order = {t: i for i, flow in enumerate(Pipeline(config).inputs_first()) for t in flow.writes}
-    return [row.asDict() for row in sorted(rows, key=lambda r: (order.get(r["table_name"], len(order)), r["table_name"]))]
+    return sorted(rows, key=lambda r: (order.get(r["table_name"], len(order)), r["table_name"]))
 
 
 def format_freshness_summary(rows: list[dict]) -> str:

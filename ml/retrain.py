@@ -8,10 +8,13 @@ Every ``check_every`` the run asks :meth:`Retrainer.poll` whether a new model is
 
 A run the quality gate refuses, or whose model does not beat the champion, counts as an attempt:
 the next one waits for ``min_new_rows`` more rows (or ``every``) past the version it tried.
-Training is `lakehouse train`'s own (ml/run.py: the gate, the champion rule), in a thread of the
-run whose Spark jobs go to a scheduler pool of their own (``train``), so the streaming queries
-keep their slots and go on meanwhile (the local backend uses no Spark task at all; distributed
-backends take ``num_proc`` slots of the cluster). After a promotion, `lakehouse score` follows.
+The look and the training run in a thread of the run, whose Spark jobs go to a scheduler pool
+of their own (``train``): the streaming queries keep their task slots and go on meanwhile.
+Training is `lakehouse train`'s own (ml/run.py: the gate, the champion rule) on the version the
+look found. The local backend uses no Spark task but trains in the driver's Python process,
+beside the micro-batches' Python callbacks (PyTorch releases the GIL in its kernels, so they
+slow, not stop); distributed backends take ``num_proc`` slots of the cluster. After a promotion,
+`lakehouse score` follows.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import threading
 import time
 from dataclasses import dataclass
 
+from pyspark.sql import functions as F
+
 from lakehouse.config import LakehouseConfig, duration_seconds
 from lakehouse.errors import LakehouseError
 from lakehouse.redaction import redact_text
-from lakehouse.tables import last_commit, read_table, resolve_table, table_exists
+from lakehouse.tables import delta_table, last_commit, read_table, resolve_table, table_exists
 
 POOL = "train"
 
@@ -42,17 +47,21 @@ class Champion:
 
 
 def current_champion(config: LakehouseConfig) -> Champion:
-    """What the champion was trained on, from its MLflow run (no champion: Champion(None, None))."""
+    """What the champion was trained on, from its MLflow run (no champion: Champion(None, None)).
+    Other MLflow errors (the server is down) are raised: no retraining is decided on them."""
     from ml.tracking import CHAMPION, quiet_mlflow, tracking_uri
 
     quiet_mlflow()
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri(config))
     try:
         model = client.get_model_version_by_alias(config.training.registered_model, CHAMPION)
-    except Exception:  # noqa: BLE001 - MLflow raises when the model or the alias does not exist
-        return Champion(None, None)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return Champion(None, None)  # no such model, or no version holds the alias
+        raise
     run = client.get_run(model.run_id)
     version = run.data.tags.get("training_table_version")
     return Champion(int(version) if version is not None else None, run.info.start_time / 1000)
@@ -76,52 +85,72 @@ class Retrainer:
         return self.thread is not None and self.thread.is_alive()
 
     def poll(self) -> None:
-        """Start a training run when one is due (looked at once per ``check_every``)."""
+        """Once per ``check_every``, look in a thread whether a training run is due, and run it
+        (the look reads MLflow and Delta history: never on the run's own loop)."""
         now = time.monotonic()
         if self.busy or (self.checked_at is not None and now - self.checked_at < duration_seconds(self.policy.check_every)):
             return
         self.checked_at = now
-        reason = self.due()
-        if reason is None:
-            return
-        print(f"train: retraining ({reason}) with {self.policy.backend} x{self.policy.num_proc}; "
-              "the streaming flows go on", flush=True)
-        self.thread = threading.Thread(target=self._train, name="lakehouse-retrain", daemon=True)
+        self.thread = threading.Thread(target=self._check_then_train, name="lakehouse-retrain", daemon=True)
         self.thread.start()
 
-    def due(self) -> str | None:
-        """Why a training run is due now, or None."""
+    def due(self) -> tuple[int, str] | None:
+        """(the table version to train on, why) when a training run is due, else None."""
         if not table_exists(self.spark, self.table):
             return None
         version = last_commit(self.spark, self.table).version
         champion = current_champion(self.config)
         since = max(v for v in (champion.version, self.tried_version, -1) if v is not None)
-        if self.policy.min_new_rows is not None and version > since:
+        if version <= since:
+            return None  # nothing new since the champion's version or the last attempt
+        if self.policy.min_new_rows is not None:
             gained = self._rows(version) - (self._rows(since) if since >= 0 else 0)
             if gained >= self.policy.min_new_rows:
                 base = f"v{since}" if since >= 0 else "nothing"
-                return f"{self.table.name} gained {gained:,} rows since {base} (training.retrain.min_new_rows " \
-                       f"{self.policy.min_new_rows:,})"
-        if self.policy.every is not None and version != self.tried_version:
+                return version, (f"{self.table.name} gained {gained:,} rows since {base} "
+                                 f"(training.retrain.min_new_rows {self.policy.min_new_rows:,})")
+        if self.policy.every is not None:
             last = max((t for t in (champion.started_s, self.tried_at) if t is not None), default=None)
             if last is None or time.time() - last >= duration_seconds(self.policy.every):
-                return f"training.retrain.every {self.policy.every} has passed"
+                return version, f"training.retrain.every {self.policy.every} has passed"
         return None
 
     def _rows(self, version: int) -> int:
+        """Rows of the table at ``version``, from that commit's own metrics (a feature table is
+        rewritten whole by each build); read from the data when the commit does not say, and 0
+        when the version is no longer in the table's history (an old champion)."""
+        commit = (delta_table(self.spark, self.table).history().where(F.col("version") == version)
+                  .select("operation", "operationMetrics").first())
+        if commit is None:
+            return 0
+        metrics = commit["operationMetrics"] or {}
+        if commit["operation"] in ("WRITE", "CREATE OR REPLACE TABLE AS SELECT") and "numOutputRows" in metrics:
+            return int(metrics["numOutputRows"])
         return read_table(self.spark, self.table, version=version).count()
 
-    def _train(self) -> None:
+    def _check_then_train(self) -> None:
+        try:
+            decided = self.due()
+        except Exception as exc:  # noqa: BLE001 - looked at again at the next check
+            print(f"train: could not tell whether to retrain: {type(exc).__name__}: "
+                  f"{redact_text(str(exc).splitlines()[0] if str(exc) else '')}", flush=True)
+            return
+        if decided is not None:
+            version, reason = decided
+            print(f"train: retraining on {self.table.name}@v{version} ({reason}) with {self.policy.backend} "
+                  f"x{self.policy.num_proc}; the streaming flows go on", flush=True)
+            self._train(version)
+
+    def _train(self, version: int) -> None:
         from ml.run import run_training
         from ml.score import score
 
         context = self.spark.sparkContext
         context.setLocalProperty("spark.scheduler.pool", POOL)  # this thread's jobs only
-        self.tried_at = time.time()
+        self.tried_at, self.tried_version = time.time(), version
         try:
-            self.tried_version = last_commit(self.spark, self.table).version
             summary = run_training(self.spark, self.config, self.policy.backend, self.policy.num_proc,
-                                   gpu=False, force=False)
+                                   gpu=False, force=False, version=version)
             for line in summary.describe():
                 print(f"train: {line}", flush=True)
             outcome = f"version {summary.model_version}" + (" promoted" if summary.champion else " not promoted")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from lakehouse.processes import session_processes
 from lakehouse.reconcile import reconcile
 from lakehouse.tables import read_table, resolve_table
 from tests.lakehouse.test_freshness import check_freshness
@@ -17,20 +18,6 @@ from tests.processes import Lander, batches, kill_9, start_job, wait_for
 pytestmark = pytest.mark.slow
 
 FLOWS = ["bronze.telemetry", "silver.telemetry", "gold.telemetry_minute", "gold.telemetry_features"]
-
-
-def java_processes(session: int) -> list[int]:
-    """Pids of the ``java`` processes in a process session (a job started with a session of its own)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # gone meanwhile
-            continue
-        name, fields = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
-        if name == "java" and int(fields[3]) == session:  # state, ppid, pgrp, session
-            found.append(int(stat.parent.name))
-    return found
 
 
 def _log(config) -> str:
@@ -50,7 +37,7 @@ def test_kill_9_the_running_pipeline_at_three_moments_then_restart(spark, config
         # 1. once silver has committed a batch; every flow runs in the one JVM
         proc = start_job(config, env, "run.log", "run", "--trigger", "1s")
         assert wait_for(lambda: 0 in batches(silver, "commits"), timeout=240), _log(config)
-        jvms = java_processes(proc.pid)
+        jvms = session_processes(proc.pid, "java")
         kill_9(proc)
         moments.append("after silver's first commit")
 

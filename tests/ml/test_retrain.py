@@ -3,6 +3,7 @@ scored beside the streaming flows, which keep committing meanwhile."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -59,7 +60,8 @@ def test_the_run_retrains_scores_and_keeps_ingesting(spark, tmp_path, monkeypatc
     (attempt,) = app.retrainer.attempts
     assert "promoted, scored into gold.predictions" in attempt.outcome, attempt
     out = capsys.readouterr().out
-    assert "train: retraining (gold.telemetry_features gained" in out and "since nothing" in out, out
+    assert re.search(r"^train: retraining on gold\.telemetry_features@v\d+ \(gold\.telemetry_features gained "
+                     r"[\d,]+ rows since nothing", out, re.M), out
 
     champion = current_champion(config)
     features = read_table(spark, resolve_table(config, "gold.telemetry_features"), version=champion.version)
