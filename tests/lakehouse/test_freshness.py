@@ -47,13 +47,20 @@ def _added(spark, ref, version: int):
     return now if version == 0 else now.exceptAll(read_table(spark, ref, version=version - 1))
 
 
-def check_freshness(spark, config, flows: list[str]) -> list:
+def check_freshness(spark, config, flows: list[str], complete: bool = False) -> list:
     """Every flow has ops.freshness rows, and each row agrees with its commit: the commit time is
     the Delta commit's timestamp of that version, p50 <= p95 <= max, and the max is exactly the
     commit time minus the oldest time among the rows that commit wrote (append-only tables), or
-    at least that (silver: kept rows are measured before the MERGE keeps one per key)."""
+    at least that (silver: kept rows are measured before the MERGE keeps one per key).
+    ``complete`` (a run that stopped cleanly): every commit that added rows to an append-only
+    table (bronze, a streaming gold table) has its row."""
     rows = read_table(spark, resolve_table(config, FRESHNESS_TABLE)).collect()
     assert set(flows) <= {row["flow"] for row in rows}, (flows, rows)
+    for table in (f for f in flows if f.startswith("bronze.") or f == "gold.telemetry_minute") if complete else ():
+        added = {c["version"] for c in delta_table(spark, resolve_table(config, table)).history().collect()
+                 if int((c["operationMetrics"] or {}).get("numOutputRows", 0)) > 0}
+        recorded = {row["version"] for row in rows if row["table_name"] == table}
+        assert added and added <= recorded, (table, sorted(added - recorded))
     for row in rows:
         ref = resolve_table(config, row["table_name"])
         commit = delta_table(spark, ref).history().where(F.col("version") == row["version"]).first()

@@ -77,7 +77,7 @@ def test_one_triggered_run_builds_every_table_from_the_landed_files(spark, confi
     for table in ("gold.telemetry_minute", "gold.telemetry_features"):
         assert read_table(spark, resolve_table(config, table)).count() > 0, table
     assert not table_exists(spark, resolve_table(config, "gold.predictions"))
-    check_freshness(spark, config, [flow.id for flow in flows])
+    check_freshness(spark, config, [flow.id for flow in flows], complete=True)
 
 
 def _lines(landing: Path) -> int:
@@ -155,6 +155,7 @@ def test_the_always_on_application_keeps_every_table_fresh_until_stopped(spark, 
     report = reconcile(spark, config, "telemetry")
     assert report.holds, report.describe()
     assert _count(spark, config, "bronze.telemetry") == _lines(landing)
+    check_freshness(spark, config, [flow.id for flow in flows], complete=True)  # every commit, empty ones between
 
 
 def _second_entity_and_a_failing_rule(conf: Path) -> Path:
