@@ -3,11 +3,13 @@ application at three moments while files keep landing."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 
+from lakehouse.config import duration_seconds
 from lakehouse.processes import session_processes
 from lakehouse.reconcile import reconcile
 from lakehouse.tables import read_table, resolve_table
@@ -20,6 +22,23 @@ pytestmark = pytest.mark.slow
 FLOWS = ["bronze.telemetry", "silver.telemetry", "gold.telemetry_minute", "gold.telemetry_features"]
 
 
+def _minutes_with_late_rows(spark, config) -> set:
+    """(host, minute) of silver rows that may have reached gold's stream after its watermark had
+    passed their minute: older, by more than the watermark's delay, than a row landed before them
+    (the generator's late readings, kept by silver's 6-hour watermark). Gold leaves such rows out
+    of a minute it has closed, as designed; a batch recomputation from silver counts them."""
+    delay = timedelta(seconds=duration_seconds(config.gold_table("telemetry_minute").watermark.delay))
+    rows = (read_table(spark, resolve_table(config, "silver.telemetry"))
+            .select("host", "event_time", "_source_file", "_source_line").orderBy("_source_file", "_source_line")
+            .collect())
+    late, newest = set(), None
+    for row in rows:  # landing order: the lander names its files in sequence
+        if newest is not None and row.event_time < newest - delay:
+            late.add((row.host, row.event_time.replace(second=0, microsecond=0)))
+        newest = row.event_time if newest is None else max(newest, row.event_time)
+    return late
+
+
 def _log(config) -> str:
     return (Path(config.storage.data_dir) / "run.log").read_text(errors="replace")[-4000:]
 
@@ -28,9 +47,7 @@ def test_kill_9_the_running_pipeline_at_three_moments_then_restart(spark, config
     env = {k: v for k, v in subprocess_env.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}  # the files feed only
     silver = Path(config.checkpoint_path("silver_telemetry"))
     minute = Path(config.checkpoint_path("gold_telemetry_minute"))
-    # No faults: a late reading would be kept by silver (6 h watermark) yet be too late for gold's
-    # closed minute, and gold must equal a batch recomputation. Faults under crashes: test_crash_recovery.
-    lander = Lander(config, interval=0.5, lines=48, fault_rate=0.0)
+    lander = Lander(config, interval=0.5, lines=48, fault_rate=0.1)  # duplicates, late and broken lines too
     lander.start()
     moments = []
     try:
@@ -70,9 +87,11 @@ def test_kill_9_the_running_pipeline_at_three_moments_then_restart(spark, config
     assert len(keys) == len(set(keys)), "a landed line is in bronze twice"
     assert set(keys) == expected and len(lander.manifest.files) > 10
     silver_rows = read_table(spark, resolve_table(config, "silver.telemetry"))
-    assert silver_rows.count() == silver_rows.select("event_id").distinct().count() == len(expected)
+    assert silver_rows.count() == silver_rows.select("event_id").distinct().count() > 0
     report = reconcile(spark, config, "telemetry")
-    assert report.holds, report.describe()
+    assert report.holds and report.duplicates > 0 and report.quarantined > 0, report.describe()
     gold, rows = _gold_minutes(spark, config)
-    assert rows == len(gold) and gold == _expected_minutes(spark, config) and len(gold) > 24
+    expected, late = _expected_minutes(spark, config), _minutes_with_late_rows(spark, config)
+    assert late and rows == len(gold) and len(gold) > 24
+    assert {k: v for k, v in gold.items() if k not in late} == {k: v for k, v in expected.items() if k not in late}
     check_freshness(spark, config, FLOWS)
