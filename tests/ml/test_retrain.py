@@ -29,7 +29,7 @@ def test_the_run_retrains_scores_and_keeps_ingesting(spark, tmp_path, monkeypatc
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data", overrides=[
         "training.retrain.enabled=true", "training.retrain.min_new_rows=100", "training.retrain.check_every=1s",
-        "training.epochs=150", "gold.telemetry_features.refresh=0s", "streaming.progress_flush_seconds=2"])
+        "training.epochs=40", "gold.telemetry_features.refresh=0s", "streaming.progress_flush_seconds=2"])
     landing = Path(config.landing_path("telemetry"))
     landing.mkdir(parents=True)
     generate_batch(TelemetryGenerator.from_config(config.generator, seed=21, fault_rate=0.0), landing, "telemetry",
