@@ -138,6 +138,7 @@ class FileBatchIngest:
         self.config, self.source_name = config, flow.name
         self.query_name, self.checkpoint = flow.query_name, flow.checkpoint
         self.started = False  # the first batch after a start may be one redone after a crash
+        self.times = freshness_times(config, flow.name)  # what each batch measures for ops.freshness
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
@@ -146,7 +147,7 @@ class FileBatchIngest:
         uris = [entry["path"] for entry in planned_files(spark, self.checkpoint, batch_id)]
         replay_since = None if self.started else batch_planned_ms(self.checkpoint, batch_id, spark)
         files, times = ingest_files(spark, self.config, self.source_name, uris, app_id, batch_id, replay_since,
-                                    freshness_times(self.config, self.source_name))
+                                    self.times)
         self.started = True
         measured = [] if times is None else [
             Measured.from_row(times, f"bronze.{self.source_name}", f"bronze.{self.source_name}", batch_id,

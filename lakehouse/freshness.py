@@ -13,7 +13,7 @@ A :class:`Measured` holds, per measure, the oldest time, the 5th percentile and 
 table's history by the batch's marker or, for a streaming Delta sink, by query id and batch id),
 the latencies follow without touching the rows again: for one commit time C, the p-th percentile
 of ``C - t`` is ``C`` minus the (100-p)-th percentile of ``t``. One ``ops.freshness`` row per flow
-and committed batch (:func:`freshness_rows`); the progress recorder (lakehouse/progress.py)
+and committed batch (:func:`resolve`); the progress recorder (lakehouse/progress.py)
 resolves and appends them with its progress rows, a batch gold build appends its own.
 ``lakehouse status`` shows each table's last figures and its age (lakehouse/status.py).
 """
@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType, TimestampType
 
 from lakehouse.config import LakehouseConfig
-from lakehouse.tables import TableRef, append_to_table, delta_table, resolve_table
+from lakehouse.tables import TableRef, append_to_table, history_pages, oldest_ms, resolve_table
 
 FRESHNESS_TABLE = "ops.freshness"
 MEASURES = ("ingest", "event", "window")
@@ -129,19 +129,14 @@ def resolve(spark: SparkSession, config: LakehouseConfig, pending: list[Measured
 
 def _commits(spark: SparkSession, ref: TableRef, since_ms: float) -> dict:
     """The table's commits back to ``since_ms`` (less a margin for the storage's clock against the
-    driver's; the measurements were made after their commits): marker (userMetadata) or (query id, batch id) of a streaming sink's
-    commit -> (version, commit time, UTC). History is read newest first, in growing pages, as far
-    as that; a table whose query commits empty batches (a streaming gold table's) may have many
-    commits since. A marker committed twice (a batch's file read again alone) keeps its first
+    driver's; the measurements were made after their commits): marker (userMetadata) or (query id,
+    batch id) of a streaming sink's commit -> (version, commit time, UTC). History is read in
+    growing pages as far as that: a table whose query commits empty batches (a streaming gold
+    table's) may have many commits since. A marker committed twice (a batch's file read again alone) keeps its first
     commit, the one its measurement describes."""
-    depth = 50
-    while True:
-        history = (delta_table(spark, ref).history(depth)
-                   .select("version", "timestamp", "userMetadata", "operationParameters").collect())
-        oldest_ms = min((c["timestamp"].timestamp() * 1000 for c in history), default=0)
-        if len(history) < depth or oldest_ms < since_ms - COMMIT_CLOCK_MARGIN_MS:
+    for history in history_pages(spark, ref, ("version", "timestamp", "userMetadata", "operationParameters")):
+        if oldest_ms(history) < since_ms - COMMIT_CLOCK_MARGIN_MS:
             break
-        depth *= 4
     found = {}
     for commit in history:  # newest first: an older commit of the same key overwrites
         when = commit["timestamp"].astimezone(timezone.utc)  # pyspark: a naive local time

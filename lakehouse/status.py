@@ -50,13 +50,7 @@ def collect_status(spark: SparkSession, config: LakehouseConfig) -> list[QuerySt
     latest = {}
     table = resolve_table(config, STREAM_PROGRESS_TABLE)
     if table_exists(spark, table):
-        newest_first = Window.partitionBy("query_name").orderBy(F.col("batch_time").desc())
-        rows = (
-            read_table(spark, table)
-            .withColumn("_rank", F.row_number().over(newest_first))
-            .where("_rank = 1")
-            .collect()
-        )
+        rows = _newest_per(read_table(spark, table), "query_name", "batch_time")
         latest = {row["query_name"]: row for row in rows}
 
     backlog, lags, bad, changed = {}, {}, {}, {}
@@ -119,9 +113,7 @@ def collect_freshness(spark: SparkSession, config: LakehouseConfig) -> list[Tabl
     table = resolve_table(config, FRESHNESS_TABLE)
     if not table_exists(spark, table):
         return []
-    newest_first = Window.partitionBy("table_name").orderBy(F.col("commit_time").desc())
-    rows = (read_table(spark, table).withColumn("_rank", F.row_number().over(newest_first))
-            .where("_rank = 1").collect())
+    rows = _newest_per(read_table(spark, table), "table_name", "commit_time")
     now = datetime.now(timezone.utc)
     found = []
     for row in _inputs_first(config, rows):
@@ -158,6 +150,12 @@ def freshness_summary(spark: SparkSession, config: LakehouseConfig, since: datet
     rows = (read_table(spark, table).where(F.col("commit_time") >= F.lit(since))
             .groupBy("table_name").agg(*figures).collect())
     return [row.asDict() for row in _inputs_first(config, rows)]
+
+
+def _newest_per(rows, key: str, time: str) -> list:
+    """The newest row (by ``time``) of each ``key`` of an ops table."""
+    newest_first = Window.partitionBy(key).orderBy(F.col(time).desc())
+    return rows.withColumn("_rank", F.row_number().over(newest_first)).where("_rank = 1").drop("_rank").collect()
 
 
 def _inputs_first(config: LakehouseConfig, rows: list) -> list:

@@ -104,6 +104,24 @@ def batch_marker(app_id: str, batch_id: int) -> str:
 CLOCK_MARGIN_MS = 10 * 60 * 1000
 
 
+def history_pages(spark: SparkSession, ref: TableRef, columns: tuple[str, ...]):
+    """The table's history newest first, in growing pages (50, 200, 800, ... commits): each page
+    holds the one before it, the last the whole history. A caller stops when it has gone back far
+    enough (:func:`oldest_ms`)."""
+    depth = 50
+    while True:
+        page = delta_table(spark, ref).history(depth).select(*columns).collect()
+        yield page
+        if len(page) < depth:
+            return
+        depth *= 4
+
+
+def oldest_ms(page: list) -> float:
+    """The oldest commit time of a history page (rows with ``timestamp``), in epoch milliseconds."""
+    return min((row["timestamp"].timestamp() * 1000 for row in page), default=0.0)  # naive local times
+
+
 def committed(spark: SparkSession, ref: TableRef, marker: str, since_ms: int | None = None):
     """The table's commit whose userMetadata is ``marker`` (``version``, ``operationMetrics``), or None.
 
@@ -111,17 +129,13 @@ def committed(spark: SparkSession, ref: TableRef, marker: str, since_ms: int | N
     ``since_ms`` (when the batch that would have made the commit was planned; None: no bound,
     the whole history), so a table other queries also append to is searched only as far back
     as that batch."""
-    depth = 50
-    while True:
-        page = (delta_table(spark, ref).history(depth)
-                .select("version", "timestamp", "userMetadata", "operationMetrics").collect())
+    for page in history_pages(spark, ref, ("version", "timestamp", "userMetadata", "operationMetrics")):
         found = next((row for row in page if row["userMetadata"] == marker), None)
-        if found is not None or len(page) < depth:
+        if found is not None:
             return found
-        oldest_ms = min(row["timestamp"] for row in page).timestamp() * 1000  # a naive local time
-        if since_ms is not None and oldest_ms < since_ms - CLOCK_MARGIN_MS:
+        if since_ms is not None and oldest_ms(page) < since_ms - CLOCK_MARGIN_MS:
             return None
-        depth *= 4
+    return None
 
 
 def append_once(df: DataFrame, ref: TableRef, marker: str, replay_since_ms: int | None = None,

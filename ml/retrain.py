@@ -104,7 +104,7 @@ class Retrainer:
         if version <= since:
             return None  # nothing new since the champion's version or the last attempt
         if self.policy.min_new_rows is not None:
-            gained = self._rows(version) - (self._rows(since) if since >= 0 else 0)
+            gained = self._rows(version, version) - (self._rows(since, version) if since >= 0 else 0)
             if gained >= self.policy.min_new_rows:
                 base = f"v{since}" if since >= 0 else "nothing"
                 return version, (f"{self.table.name} gained {gained:,} rows since {base} "
@@ -115,12 +115,13 @@ class Retrainer:
                 return version, f"training.retrain.every {self.policy.every} has passed"
         return None
 
-    def _rows(self, version: int) -> int:
+    def _rows(self, version: int, latest: int) -> int:
         """Rows of the table at ``version``, from that commit's own metrics (a feature table is
-        rewritten whole by each build); read from the data when the commit does not say, and 0
-        when the version is no longer in the table's history (an old champion)."""
-        commit = (delta_table(self.spark, self.table).history().where(F.col("version") == version)
-                  .select("operation", "operationMetrics").first())
+        rewritten whole by each build; the history is read back from ``latest`` to it, no
+        further); read from the data when the commit does not say, and 0 when the version is no
+        longer in the table's history (an old champion)."""
+        commit = (delta_table(self.spark, self.table).history(latest - version + 1)
+                  .where(F.col("version") == version).select("operation", "operationMetrics").first())
         if commit is None:
             return 0
         metrics = commit["operationMetrics"] or {}

@@ -20,6 +20,7 @@ from lakehouse.generator_runs import generate_batch
 from lakehouse.reconcile import reconcile
 from lakehouse.runner import pipeline_flows, run_flows
 from lakehouse.tables import last_commit, read_table, resolve_table, table_exists
+from tests.conftest import CONF_DIR
 from tests.lakehouse.test_freshness import check_freshness
 
 ONCE = {"availableNow": True}
@@ -102,6 +103,19 @@ def _wait(condition, what: str, timeout: float = 240.0) -> None:
         time.sleep(1.0)
 
 
+def _app_over_landed_files(spark, conf_dir: Path, data: Path, overrides: list[str], seed: int, fault_rate: float,
+                           records: int):
+    """(config, landing, generator, app): ``records`` generated lines landed in two files, and the
+    always-on application over every flow of that configuration, a 1-second trigger."""
+    config = load_config("test", conf_dir=conf_dir, data_dir=data, overrides=overrides)
+    landing = Path(config.landing_path("telemetry"))
+    landing.mkdir(parents=True)
+    generator = TelemetryGenerator.from_config(config.generator, seed=seed, fault_rate=fault_rate)
+    generate_batch(generator, landing, "telemetry", f"s{seed}", seed, records, 2)
+    app = PipelineApp(spark, config, pipeline_flows(config)[0], {"processingTime": "1 second"})
+    return config, landing, generator, app
+
+
 def _run_while(app: PipelineApp, step) -> int:
     """Run the application while ``step()`` runs in a thread, then stop it; its exit code. An error
     in ``step`` fails the test (with its traceback) once the application has stopped."""
@@ -129,14 +143,9 @@ def test_the_always_on_application_keeps_every_table_fresh_until_stopped(spark, 
     restarted from its checkpoint and the tables end exact."""
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     monkeypatch.setenv(FAILPOINTS_ENV, "silver.merge@1=raise-once")
-    config = load_config("test", conf_dir=Path(__file__).resolve().parents[2] / "conf", data_dir=tmp_path / "data",
-                         overrides=["gold.telemetry_features.refresh=0s", "run.backoff=1s"])
-    landing = Path(config.landing_path("telemetry"))
-    landing.mkdir(parents=True)
-    generator = TelemetryGenerator.from_config(config.generator, seed=8, fault_rate=0.05)
-    generate_batch(generator, landing, "telemetry", "a8", 8, 900, 2)
-    flows, _ = pipeline_flows(config)
-    app = PipelineApp(spark, config, flows, {"processingTime": "1 second"})
+    config, landing, generator, app = _app_over_landed_files(
+        spark, CONF_DIR, tmp_path / "data", ["gold.telemetry_features.refresh=0s", "run.backoff=1s"],
+        seed=8, fault_rate=0.05, records=900)
 
     def feed() -> None:
         _wait(lambda: _count(spark, config, "gold.telemetry_features") > 0, "the first feature build")
@@ -155,7 +164,7 @@ def test_the_always_on_application_keeps_every_table_fresh_until_stopped(spark, 
     report = reconcile(spark, config, "telemetry")
     assert report.holds, report.describe()
     assert _count(spark, config, "bronze.telemetry") == _lines(landing)
-    check_freshness(spark, config, [flow.id for flow in flows], complete=True)  # every commit, empty ones between
+    check_freshness(spark, config, list(app.runs), complete=True)  # every commit, empty ones between
 
 
 def _second_entity_and_a_failing_rule(conf: Path) -> Path:
@@ -175,14 +184,9 @@ def _second_entity_and_a_failing_rule(conf: Path) -> Path:
 @pytest.mark.slow
 def test_a_fail_expectation_stops_only_its_entity_and_what_reads_it(spark, tmp_path, conf_copy, monkeypatch, capsys):
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
-    config = load_config("test", conf_dir=_second_entity_and_a_failing_rule(conf_copy), data_dir=tmp_path / "data",
-                         overrides=["run.backoff=1s"])
-    landing = Path(config.landing_path("telemetry"))
-    landing.mkdir(parents=True)
-    generator = TelemetryGenerator.from_config(config.generator, seed=12, fault_rate=0.0)
-    generate_batch(generator, landing, "telemetry", "f1", 12, 600, 2)
-    flows, _ = pipeline_flows(config)
-    app = PipelineApp(spark, config, flows, {"processingTime": "1 second"})
+    config, landing, generator, app = _app_over_landed_files(
+        spark, _second_entity_and_a_failing_rule(conf_copy), tmp_path / "data", ["run.backoff=1s"],
+        seed=12, fault_rate=0.0, records=600)
 
     def land_while_failed() -> None:
         _wait(lambda: app.runs["silver.telemetry"].state == "failed", "silver.telemetry to fail")
