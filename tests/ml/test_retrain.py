@@ -57,7 +57,8 @@ def test_the_run_retrains_scores_and_keeps_ingesting(spark, tmp_path, monkeypatc
         lander.join()
     helper.join(timeout=60)
     assert not failures, failures
-    (attempt,) = app.retrainer.attempts
+    # The first attempt; on a slow machine a second may begin (more rows arrived) before the stop.
+    attempt = app.retrainer.attempts[0]
     assert "promoted, scored into gold.predictions" in attempt.outcome, attempt
     out = capsys.readouterr().out
     assert re.search(r"^train: retraining on gold\.telemetry_features@v\d+ \(gold\.telemetry_features gained "
