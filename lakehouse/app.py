@@ -29,6 +29,8 @@ from pyspark.sql.streaming import StreamingQuery
 
 from lakehouse.config import LakehouseConfig, duration_seconds
 from lakehouse.errors import EXIT_FAILED, EXIT_OK, batch_error
+from lakehouse.maintenance import POOL as MAINTENANCE_POOL
+from lakehouse.maintenance import Maintainer, Step, print_steps
 from lakehouse.pipeline import Flow, Pipeline
 from lakehouse.progress import ProgressRecorder
 from lakehouse.redaction import redact_text
@@ -76,6 +78,8 @@ class PipelineApp:
         terminal = sys.stdout.isatty() if terminal is None else terminal
         self.report = IntervalReport(config, list(self.pipeline.inputs_first(flows)),
                                      duration_seconds(config.run.report_every)) if terminal else None
+        # Table maintenance every maintenance.interval, in a thread beside the flows (lakehouse/maintenance.py).
+        self.maintenance = ScheduledMaintenance(spark, config) if config.maintenance.interval else None
         self.retrainer = None
         if config.training is not None and config.training.retrain.enabled:
             from ml.retrain import Retrainer  # torch and MLflow load only when retraining is on
@@ -97,6 +101,8 @@ class PipelineApp:
         previous = signal.signal(signal.SIGTERM, lambda *_: self.stop("SIGTERM")) if in_main else None
         code = EXIT_OK
         try:
+            if self.maintenance is not None:  # table settings before any stream writes (lakehouse/maintenance.py)
+                Maintainer(self.spark, self.config, out=lambda line: print(f"maintenance: {line}", flush=True)).settle()
             for run in self.runs.values():
                 if run.flow.streaming:
                     self._start(run, recorder)
@@ -110,6 +116,8 @@ class PipelineApp:
                 self.stop("error")
             if self._stop.is_set():
                 print(f"lakehouse run: stopping ({self.stopped_by}): each query finishes its batch", flush=True)
+            if self.maintenance is not None:
+                self.maintenance.stop()  # before the queries: a pass holding a writer lock delays a batch
             self._stop_queries()
             code = max(code, self._check_queries())
             if self.retrainer is not None:
@@ -127,7 +135,7 @@ class PipelineApp:
 
     def _supervise(self, recorder: ProgressRecorder) -> int:
         """The loop: until stopped or no flow is left, mark ended queries, restart what is due,
-        rebuild batch tables, retrain, print and record progress. Its exit code so far."""
+        rebuild batch tables, retrain, maintain, print and record progress. Its exit code so far."""
         code, flushed = EXIT_OK, time.monotonic()
         while not self._stop.is_set() and self._live():
             try:
@@ -139,6 +147,8 @@ class PipelineApp:
             self._rebuild_batch_tables()
             if self.retrainer is not None:
                 self.retrainer.poll()
+            if self.maintenance is not None:
+                self.maintenance.poll()
             self._print_progress(recorder)
             if time.monotonic() - flushed >= self.config.streaming.progress_flush_seconds:
                 recorder.flush()
@@ -265,6 +275,55 @@ class PipelineApp:
                 return None
             versions[ref.name] = last_commit(self.spark, ref).version
         return versions
+
+
+class ScheduledMaintenance:
+    """`lakehouse run`'s maintenance: a pass every ``maintenance.interval`` (the first one interval
+    after the start), in a thread whose Spark jobs go to scheduler pool ``maintenance``, while
+    the streams go on. One pass at a time; a stop ends a pass after the step it is in."""
+
+    def __init__(self, spark: SparkSession, config: LakehouseConfig):
+        self.spark, self.config = spark, config
+        self.every = duration_seconds(config.maintenance.interval)
+        self.next_at = time.monotonic() + self.every
+        self.halt = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.passes: list[list[Step]] = []  # the steps of each finished pass
+
+    @property
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def poll(self) -> None:
+        if self.busy or self.halt.is_set() or time.monotonic() < self.next_at:
+            return
+        self.thread = threading.Thread(target=self._pass, name="lakehouse-maintenance", daemon=True)
+        self.thread.start()
+
+    def _pass(self) -> None:
+        context = self.spark.sparkContext
+        context.setLocalProperty("spark.scheduler.pool", MAINTENANCE_POOL)
+        started = time.monotonic()
+        try:
+            print("maintenance: a pass over every table begins; the flows go on", flush=True)
+            steps = Maintainer(self.spark, self.config, stop=self.halt, settings_step=False,
+                               out=lambda line: print(f"maintenance: {line}", flush=True)).run()
+            self.passes.append(steps)
+            print_steps(steps, dry_run=False, prefix="maintenance: pass done in "
+                        f"{time.monotonic() - started:.0f}s:")
+        except Exception as exc:  # noqa: BLE001 - a failed pass never stops the streaming flows
+            first = next((line for line in str(exc).splitlines() if line.strip()), "")
+            print(f"maintenance: the pass failed: {type(exc).__name__}: {redact_text(first)}", flush=True)
+        finally:
+            context.setLocalProperty("spark.scheduler.pool", None)
+            self.next_at = time.monotonic() + self.every
+
+    def stop(self) -> None:
+        """End a pass in progress after its current step, and wait for it."""
+        self.halt.set()
+        if self.busy:
+            print("maintenance: the pass in progress ends after its current step", flush=True)
+            self.thread.join()
 
 
 def _after_current_batch(query: StreamingQuery) -> None:

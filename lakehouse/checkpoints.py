@@ -170,6 +170,41 @@ def processed_files(checkpoint: str, source_index: int = 0) -> set[str]:
     return seen
 
 
+def committed_source_files(checkpoint: str, source_index: int = 0) -> set[str]:
+    """The landing files of the micro-batches the query has committed, as local paths: every
+    entry of the file source's log up to the log batch its newest committed batch read to.
+    (A file planned for a batch not yet committed is not among them: a restart redoes that
+    batch, and reads it again.)"""
+    local = local_dir(checkpoint)
+    done = logged_batches(checkpoint, "commits")
+    if local is None or not done:
+        return set()
+    end = _source_log_offset(checkpoint, done[-1], None)
+    log_dir = local / "sources" / str(source_index)
+    if end is None or not log_dir.is_dir():
+        return set()
+    files = set()
+    for path in log_dir.iterdir():
+        if not path.name.startswith("."):
+            files.update(fs.canonical(e["path"]) for e in _read_source_log(path) if e.get("batchId", end + 1) <= end)
+    return files
+
+
+def reader_offsets(spark, checkpoint: str, table_id: str) -> list[dict]:
+    """Where a restart of the streaming query would read the Delta table ``table_id`` (its
+    DESCRIBE DETAIL id) from: the offsets (``reservoirVersion``, ``isStartingVersion``) of its
+    newest committed batch, where the next batch starts, or before any commit those of its first
+    batch. Empty when the query does not read the table."""
+    root = checkpoint.rstrip("/")
+    committed = [int(name) for name in fs.list_names(spark, f"{root}/commits") if name.isdigit()]
+    planned = [int(name) for name in fs.list_names(spark, f"{root}/offsets") if name.isdigit()]
+    start = max(committed) if committed else min(planned, default=None)
+    if start is None:
+        return []
+    offsets = [json.loads(line) for line in planned_source_offsets(checkpoint, start, spark) if line.strip().startswith("{")]
+    return [o for o in offsets if o.get("reservoirId") == table_id and "reservoirVersion" in o]
+
+
 def landed_files(landing: str) -> list[str]:
     """Data files in a local landing directory (hidden and ``_`` names are not data)."""
     root = local_dir(landing)

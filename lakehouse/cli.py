@@ -302,15 +302,24 @@ def cmd_quality(config: LakehouseConfig, args) -> int:
 
 
 def cmd_status(config: LakehouseConfig, args) -> int:
-    from lakehouse.status import collect_freshness, collect_status, format_freshness, format_status
+    from lakehouse.status import (
+        collect_freshness,
+        collect_growth,
+        collect_status,
+        format_freshness,
+        format_growth,
+        format_status,
+    )
 
     spark = _start_spark(config)
     statuses, freshness = collect_status(spark, config), collect_freshness(spark, config)
+    growth = collect_growth(spark, config)
     if args.json:
         print(json.dumps({"queries": [s.as_dict() for s in statuses],
-                          "freshness": [t.as_dict() for t in freshness]}, indent=2))
+                          "freshness": [t.as_dict() for t in freshness],
+                          "tables": [t.as_dict() for t in growth]}, indent=2))
     else:
-        print(format_status(statuses) + "\n\n" + format_freshness(freshness))
+        print(format_status(statuses) + "\n\n" + format_freshness(freshness) + "\n\n" + format_growth(growth))
     return EXIT_OK
 
 
@@ -350,6 +359,21 @@ def cmd_sql(config: LakehouseConfig, args) -> int:
     return EXIT_OK
 
 
+def cmd_maintain(config: LakehouseConfig, args) -> int:
+    from lakehouse.maintenance import Maintainer, print_steps
+
+    spark = _start_spark(config)
+    maintainer = Maintainer(spark, config, dry_run=args.dry_run)
+    tables = maintainer.tables(args.table)  # an unknown name fails before anything changes
+    if not tables:
+        print("maintain: no table exists yet", flush=True)
+    else:
+        print(f"maintain: {len(tables)} table(s){' (dry run: nothing changes)' if args.dry_run else ''}", flush=True)
+    steps = maintainer.run(args.table)
+    print_steps(steps, args.dry_run)
+    return EXIT_FAILED if any(step.outcome == "failed" for step in steps) else EXIT_OK
+
+
 def cmd_demo(config: LakehouseConfig, args) -> int:
     from lakehouse.demo import run_demo
 
@@ -371,6 +395,7 @@ COMMANDS = {
     "quality": cmd_quality,
     "status": cmd_status,
     "sql": cmd_sql,
+    "maintain": cmd_maintain,
     "demo": cmd_demo,
     "config": cmd_config,
 }

@@ -142,7 +142,8 @@ def _tool_commands(command) -> None:
     quality = command("quality", "data quality: 'docs' builds Great Expectations Data Docs from ops.quality_results")
     quality.add_argument("action", choices=["docs"], help="docs: build the GX Data Docs site and print its index.html")
 
-    status = command("status", "per query: last batch, records, R, S, B and the landed-but-unprocessed backlog")
+    status = command("status", "per query: last batch, records, R, S, B and the landed-but-unprocessed backlog; "
+                               "per table: freshness, files, bytes and the time since its last maintenance")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     sql = command("sql", "run a Spark SQL query over the tables by their names (bronze.telemetry, "
@@ -162,5 +163,14 @@ def _tool_commands(command) -> None:
                       help="how long the always-on step runs `lakehouse run` under a live feed (0: skip it; default 60)")
     demo.add_argument("--rate", type=float, default=200.0,
                       help="records per second of the always-on step's live feed (default 200)")
+
+    maintain = command("maintain", "table maintenance: Delta retention settings, ops-table retention, compaction "
+                                   "(OPTIMIZE), VACUUM that keeps what streaming readers still need, and landing "
+                                   "clean-up (sources.<s>.after_ingest); each step recorded in ops.maintenance")
+    maintain.add_argument("--table", action="append", metavar="TABLE",
+                          help="maintain only this table, e.g. silver.telemetry (repeatable; default: every table, "
+                               "and the landing directories)")
+    maintain.add_argument("--dry-run", action="store_true",
+                          help="change nothing: print what each step would do (files, bytes, versions)")
 
     command("config", "print the resolved configuration (after overlays and --set) as JSON")

@@ -113,3 +113,14 @@ def delete(spark, location: str) -> None:
         return
     fs, path = _hadoop(spark, location)
     fs.delete(path, False)
+
+
+def list_names(spark, folder: str) -> list[str]:
+    """The names of the entries in a folder (empty when it does not exist)."""
+    local = local_path(folder)
+    if local is not None:
+        return sorted(os.listdir(local)) if local.is_dir() else []
+    hadoop, path = _hadoop(spark, folder)
+    if not hadoop.exists(path):
+        return []
+    return sorted(status.getPath().getName() for status in hadoop.listStatus(path))

@@ -41,6 +41,7 @@ from lakehouse.tables import (
     save_to,
     start_to,
     table_exists,
+    writing,
 )
 
 CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
@@ -132,8 +133,9 @@ def build(spark: SparkSession, config: LakehouseConfig, flow: Flow) -> BatchBuil
         .option("overwriteSchema", "true")  # the SQL may have changed since the last build
         .option("userMetadata", json.dumps({"gold_table": target.name, "inputs": versions}))
     )
-    save_to(writer, target)
-    commit = last_commit(spark, target)  # the overwrite's own metrics: no second scan to count rows
+    with writing(target):  # maintenance in this application waits (and the commit read next is this one)
+        save_to(writer, target)
+        commit = last_commit(spark, target)  # the overwrite's own metrics: no second scan to count rows
     if observed is not None:
         when = commit.timestamp.astimezone(timezone.utc)  # pyspark gives a naive local time
         measured = Measured.from_row(observed.get, flow.id, target.name, commit.version)

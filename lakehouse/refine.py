@@ -50,7 +50,9 @@ from lakehouse.tables import (
     last_commit,
     read_table,
     resolve_table,
+    retry_on_conflict,
     table_exists,
+    writing,
 )
 
 
@@ -301,16 +303,29 @@ def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfi
         session_conf["spark.databricks.delta.schema.autoMerge.enabled"] = "true"
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in entity.keys)
     newer = f"s.`{entity.event_time}` > t.`{entity.event_time}` OR t.`{entity.event_time}` IS NULL"
+
+    def merge():
+        # The MERGE's own metrics (a MERGE that changes nothing commits nothing: Delta skips empty commits).
+        return silver.alias("t").merge(rows.alias("s"), condition).whenMatchedUpdateAll(condition=newer) \
+            .whenNotMatchedInsertAll().execute().first()
+
     for key, value in session_conf.items():
         spark.conf.set(key, value)
     try:
-        # The MERGE's own metrics (a MERGE that changes nothing commits nothing: Delta skips empty commits).
-        metrics = silver.alias("t").merge(rows.alias("s"), condition).whenMatchedUpdateAll(condition=newer) \
-            .whenNotMatchedInsertAll().execute().first()
+        # Maintenance in the same application (lakehouse/maintenance.py) waits for the MERGE, and
+        # the MERGE for it. A compaction by another application can still win the commit: the
+        # MERGE, which committed nothing then, is redone on the new version.
+        with writing(silver_ref):
+            metrics, _ = retry_on_conflict(merge, MERGE_ATTEMPTS, on_retry=lambda attempt, exc: print(
+                f"silver.{silver_ref.table}: the MERGE met a concurrent commit ({type(exc).__name__}); "
+                f"redoing it (attempt {attempt + 1} of {MERGE_ATTEMPTS})", flush=True))
     finally:
         for key in session_conf:
             spark.conf.unset(key)
     return int(metrics["num_inserted_rows"]) if metrics is not None else 0
+
+
+MERGE_ATTEMPTS = 4
 
 
 IDENTIFIER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")

@@ -18,9 +18,10 @@ from collections import defaultdict
 from datetime import datetime
 
 from lakehouse.config import LakehouseConfig
+from lakehouse.formatting import duration_text
 from lakehouse.freshness import p95_seconds
 from lakehouse.pipeline import Flow
-from lakehouse.status import duration_text, file_backlog, source_backlog
+from lakehouse.status import file_backlog, source_backlog
 
 
 class IntervalReport:

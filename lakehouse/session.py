@@ -121,6 +121,9 @@ def session_settings(config: LakehouseConfig, ui: bool = False, launched: bool =
         if config.catalog.kind == "path":
             settings["spark.sql.warehouse.dir"] = str((config.storage.data_dir / "spark-warehouse").absolute())
     settings.update({"spark.sql.extensions": DELTA_EXTENSION, "spark.sql.catalog.spark_catalog": DELTA_CATALOG})
+    # Every table this session creates starts with maintenance's retention settings (lakehouse/maintenance.py).
+    settings.update({f"spark.databricks.delta.properties.defaults.{key.removeprefix('delta.')}": value
+                     for key, value in config.maintenance.table_properties().items()})
     settings.update({k: v for k, v in config.spark.conf.items() if not (k == "spark.jars" and "spark.jars" in settings)})
     settings.update({key: os.environ[variable] for key, variable in config.spark.conf_env.items()})
     return settings

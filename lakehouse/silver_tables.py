@@ -24,7 +24,7 @@ from pyspark.sql.types import (
 
 from lakehouse.config import EntityConfig, LakehouseConfig
 from lakehouse.quality import QUALITY_RESULTS_SCHEMA, QUALITY_RESULTS_TABLE
-from lakehouse.tables import create_table_if_missing, delta_table, resolve_table
+from lakehouse.tables import create_table_if_missing, delta_table, resolve_table, sql_target
 
 QUARANTINE_SCHEMA = StructType(
     [
@@ -82,8 +82,7 @@ def ensure_silver_tables(spark: SparkSession, config: LakehouseConfig, entity_na
     create_table_if_missing(spark, silver, silver_schema(entity), properties={CHANGE_FEED: "true"},
                             comment="Typed, validated, one row per key; see lakehouse/silver.py")
     if delta_table(spark, silver).detail().first()["properties"].get(CHANGE_FEED) != "true":
-        target = f"delta.`{silver.path}`" if silver.is_path else silver.identifier
-        spark.sql(f"ALTER TABLE {target} SET TBLPROPERTIES ({CHANGE_FEED} = true)")  # made by an older release
+        spark.sql(f"ALTER TABLE {sql_target(silver)} SET TBLPROPERTIES ({CHANGE_FEED} = true)")  # made by an older release
     create_table_if_missing(spark, resolve_table(config, f"silver.{entity_name}_quarantine"), QUARANTINE_SCHEMA,
                             comment="Rows that failed parsing or a drop expectation, with reasons")
     create_table_if_missing(spark, resolve_table(config, SILVER_BATCHES_TABLE), SILVER_BATCHES_SCHEMA)

@@ -1,5 +1,5 @@
 """The ``status`` report: per streaming query, its last micro-batch and its backlog; per table, the
-freshness of its last batch and its age.
+freshness of its last batch and its age, and its files, bytes and time since its last maintenance.
 
 Figures follow the design's terms: R = records/s of the last batch (rows / batch time),
 S = channels (input files in the batch for a file source, partitions for Kafka), B = R / S per
@@ -18,11 +18,13 @@ from pyspark.sql import functions as F
 
 from lakehouse.checkpoints import landed_files, logged_batches, processed_files
 from lakehouse.config import LakehouseConfig
+from lakehouse.formatting import duration_text, size_text
 from lakehouse.freshness import FRESHNESS_TABLE
 from lakehouse.landing import bad_files, changed_files
+from lakehouse.maintenance import MAINTENANCE_TABLE, Maintainer
 from lakehouse.pipeline import Pipeline
 from lakehouse.progress import STREAM_PROGRESS_TABLE
-from lakehouse.tables import read_table, resolve_table, table_exists
+from lakehouse.tables import read_table, resolve_table, table_exists, table_size
 
 
 @dataclass
@@ -164,6 +166,55 @@ def _inputs_first(config: LakehouseConfig, rows: list) -> list:
     return sorted(rows, key=lambda r: (order.get(r["table_name"], len(order)), r["table_name"]))
 
 
+@dataclass
+class TableGrowth:
+    """How big a table is (its current version's data files) and when maintenance last saw it."""
+
+    table_name: str
+    version: int
+    files: int
+    bytes: int
+    last_maintenance: str | None  # UTC, from ops.maintenance
+    since_maintenance_s: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def collect_growth(spark: SparkSession, config: LakehouseConfig) -> list[TableGrowth]:
+    """Every existing table's files and bytes, and the time since its last maintenance step."""
+    maintained = last_maintenance(spark, config)
+    now = datetime.now(timezone.utc)
+    found = []
+    for ref in Maintainer(spark, config).tables():
+        size = table_size(spark, ref)
+        at = maintained.get(ref.name)
+        found.append(TableGrowth(ref.name, size.version, size.files, size.bytes,
+                                 None if at is None else at.replace(tzinfo=None).isoformat(sep=" ", timespec="seconds"),
+                                 None if at is None else round((now - at).total_seconds(), 1)))
+    return found
+
+
+def last_maintenance(spark: SparkSession, config: LakehouseConfig) -> dict[str, datetime]:
+    """Each table's newest maintenance step (UTC), from ops.maintenance."""
+    ref = resolve_table(config, MAINTENANCE_TABLE)
+    if not table_exists(spark, ref):
+        return {}
+    rows = (read_table(spark, ref).where(F.col("outcome") != "failed")
+            .groupBy("table_name").agg(F.max("started_at").alias("at")).collect())
+    return {row["table_name"]: row["at"].replace(tzinfo=timezone.utc) for row in rows}
+
+
+def format_growth(tables: list[TableGrowth]) -> str:
+    if not tables:
+        return "tables: none yet"
+    headers = ["table", "version", "files", "size", "last maintenance (UTC)", "since"]
+    table = [headers] + [[t.table_name, str(t.version), f"{t.files:,}", size_text(t.bytes),
+                          t.last_maintenance or "never", duration_text(t.since_maintenance_s)] for t in tables]
+    return ("tables (data files of the current version; `lakehouse maintain` compacts, trims and vacuums):\n"
+            + _columns(table))
+
+
 def format_freshness_summary(rows: list[dict]) -> str:
     if not rows:
         return "freshness: no batch committed rows in that time"
@@ -178,22 +229,6 @@ def format_freshness_summary(rows: list[dict]) -> str:
                           pair(r, "window"), pair(r, "ingest")] for r in rows]
     return ("freshness measured at each commit (ops.freshness; p50: the median batch's, p95: the worst batch's):\n"
             + _columns(table))
-
-
-def duration_text(seconds: float | None) -> str:
-    """1.2s, 3m05s, 2h04m, 3d04h; "-" for None."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
 
 
 def _columns(table: list[list[str]]) -> str:

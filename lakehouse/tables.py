@@ -9,9 +9,23 @@ Databricks (``catalog.kind: unity``) the Unity Catalog table ``<catalog>.<schema
 from __future__ import annotations
 
 import re
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from delta.exceptions import (
+    ConcurrentAppendException,
+    ConcurrentDeleteDeleteException,
+    ConcurrentDeleteReadException,
+    ConcurrentTransactionException,
+    ConcurrentWriteException,
+    DeltaConcurrentModificationException,
+    MetadataChangedException,
+    ProtocolChangedException,
+)
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
@@ -87,7 +101,7 @@ def last_commit(spark: SparkSession, ref: TableRef):
 def append_to_table(df: DataFrame, ref: TableRef) -> None:
     """Append ``df`` (no idempotence: for rows whose loss or repetition a crash may cause, such as
     progress rows; a micro-batch's own writes use :func:`append_once`)."""
-    save_to(df.write.format("delta").mode("append"), ref)
+    retry_on_conflict(lambda: save_to(df.write.format("delta").mode("append"), ref), APPEND_ATTEMPTS)
 
 
 def bronze_table(config: LakehouseConfig, source: str) -> TableRef:
@@ -99,6 +113,8 @@ def batch_marker(app_id: str, batch_id: int) -> str:
     """The userMetadata of the commit a micro-batch makes to one table: ``<app id>:<batch id>``."""
     return f"{app_id}:{batch_id}"
 
+
+APPEND_ATTEMPTS = 4  # an append that lost to a concurrent metadata change is redone, after 1 s, 2 s, 4 s
 
 # Commit timestamps come from the storage's clock, batch times from the driver's: allow for skew.
 CLOCK_MARGIN_MS = 10 * 60 * 1000
@@ -156,8 +172,71 @@ def append_once(df: DataFrame, ref: TableRef, marker: str, replay_since_ms: int 
     writer = df.write.format("delta").mode("append").option("userMetadata", marker)
     if merge_schema:
         writer = writer.option("mergeSchema", "true")
-    save_to(writer, ref)
+    # An append conflicts only with a change of the table's metadata (maintenance setting its
+    # retention properties, say); it committed nothing then, and is redone.
+    retry_on_conflict(lambda: save_to(writer, ref), APPEND_ATTEMPTS)
     return True
+
+
+def sql_target(ref: TableRef) -> str:
+    """How Spark SQL names the table in DDL and maintenance statements (ALTER, OPTIMIZE, VACUUM)."""
+    return f"delta.`{ref.path}`" if ref.is_path else ref.identifier
+
+
+@dataclass(frozen=True)
+class TableSize:
+    version: int
+    files: int  # data files of the current version
+    bytes: int
+
+
+def table_size(spark: SparkSession, ref: TableRef) -> TableSize:
+    """The current version's data files and bytes (DESCRIBE DETAIL: read from the log, no data scan)."""
+    detail = delta_table(spark, ref).detail().select("numFiles", "sizeInBytes").first()
+    return TableSize(last_commit(spark, ref).version, int(detail["numFiles"]), int(detail["sizeInBytes"]))
+
+
+_WRITERS: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+_WRITERS_GUARD = threading.Lock()
+
+
+@contextmanager
+def writing(ref: TableRef):
+    """Hold the table's writer lock of this application while rewriting its files (a MERGE, an
+    overwrite, a compaction). Two of those at once make the later commit fail with a Delta
+    conflict; inside one application (`lakehouse run`) they take turns instead. Appends need
+    no lock: they never conflict."""
+    with _WRITERS_GUARD:
+        lock = _WRITERS[ref.name]
+    with lock:
+        yield
+
+
+DELTA_CONFLICTS = (ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
+                   ConcurrentTransactionException, ConcurrentWriteException, DeltaConcurrentModificationException,
+                   MetadataChangedException, ProtocolChangedException)
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A Delta commit lost to a concurrent one (optimistic concurrency): redoing it may succeed."""
+    return isinstance(exc, DELTA_CONFLICTS) or any(
+        name in str(exc) for name in ("DELTA_CONCURRENT_", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED"))
+
+
+def retry_on_conflict(action, attempts: int, on_retry=None, first_delay: float = 1.0):
+    """``action()``, redone after a Delta conflict (after 1 s, 2 s, 4 s, ...) up to ``attempts``
+    times in all; returns ``(result, attempts used)``. ``on_retry(attempt, exc)`` is called
+    before each wait. Any other error, or the last conflict, is raised."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action(), attempt
+        except Exception as exc:
+            if attempt == attempts or not is_conflict(exc):
+                raise
+            if on_retry is not None:
+                on_retry(attempt, exc)
+            time.sleep(first_delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
 
 
 def delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:

@@ -25,7 +25,9 @@ from lakehouse.config.schema import (
     GoldTableConfig,
     KafkaOptions,
     LakehouseConfig,
+    MaintenanceConfig,
     ModelConfig,
+    OpsConfig,
     QualityConfig,
     RetrainConfig,
     SourceConfig,
@@ -42,7 +44,8 @@ from lakehouse.errors import ConfigError
 __all__ = [
     "CONF_DIR_ENV", "DEFAULT_ENV", "ENV_ENV", "KAFKA_BOOTSTRAP_ENV", "LAYERS", "CatalogConfig", "ConfigError",
     "CsvOptions", "EntityConfig", "GeneratorConfig", "GoldTableConfig", "KafkaOptions", "LakehouseConfig",
-    "ModelConfig", "QualityConfig", "RetrainConfig", "SourceConfig", "SparkConfig", "StorageConfig", "StreamingConfig",
+    "MaintenanceConfig", "ModelConfig", "OpsConfig", "QualityConfig", "RetrainConfig", "SourceConfig", "SparkConfig",
+    "StorageConfig", "StreamingConfig",
     "TrainingConfig", "WatermarkConfig", "check_duration", "default_conf_dir", "duration_seconds", "load_config",
     "spark_interval", "view_name",
 ]

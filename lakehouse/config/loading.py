@@ -21,6 +21,7 @@ import yaml
 from lakehouse.config.convert import Tree, convert, split_key
 from lakehouse.config.schema import LAYERS, LakehouseConfig
 from lakehouse.errors import ConfigError
+from lakehouse.fs import canonical
 from lakehouse.graph import CycleError, inputs_first
 from lakehouse.suites import read_suite_file, suite_problems
 
@@ -68,6 +69,7 @@ def load_config(
     _check_entities(config, tree, str(base))
     _check_gold(config, tree, str(base))
     _check_training(config, tree, str(base))
+    _check_archives(config, tree, str(base))
     missing_layers = [layer for layer in LAYERS if layer not in config.catalog.schemas]
     if missing_layers:
         raise ConfigError(tree.origin(("catalog", "schemas"), str(base)), "catalog.schemas",
@@ -138,6 +140,20 @@ def _check_gold(config: LakehouseConfig, tree: Tree, base: str) -> None:
         first = exc.nodes[0]
         raise ConfigError(tree.origin(("gold", first, "inputs"), base), f"gold.{first}.inputs",
                           f"gold tables {exc}") from None
+
+
+def _check_archives(config: LakehouseConfig, tree: Tree, base: str) -> None:
+    """An archive (``after_ingest: archive``) lies outside every landing path: the file source
+    would otherwise read what maintenance moved there as new files."""
+    landings = {name: canonical(config.landing_path(name)).rstrip("/") + "/" for name in config.sources}
+    for name, source in config.sources.items():
+        if source.after_ingest != "archive":
+            continue
+        archive = canonical(config.archive_path(name)).rstrip("/") + "/"
+        for other, landing in landings.items():
+            if archive.startswith(landing) or landing.startswith(archive):
+                raise ConfigError(tree.origin(("sources", name, "archive_path"), base), f"sources.{name}.archive_path",
+                                  f"{archive.rstrip('/')} overlaps the landing path of source {other} ({landing.rstrip('/')})")
 
 
 PREDICTIONS = "predictions"  # gold.predictions: what scoring writes (lakehouse/pipeline.py)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
+from lakehouse.config.running import MaintenanceConfig, OpsConfig, RunConfig, StreamingConfig
 from lakehouse.config.values import (
     ENV_VAR,
     Duration,
@@ -62,24 +63,6 @@ class CatalogConfig:
     schemas: dict[str, Identifier] = field(
         default_factory=lambda: {layer: layer for layer in ("bronze", "silver", "gold", "ops")}
     )
-
-
-@dataclass(frozen=True)
-class StreamingConfig:
-    trigger: Duration  # processing-time trigger for continuous runs
-    # How often a running job appends the queued progress rows to ops.stream_progress.
-    progress_flush_seconds: Annotated[float, Range(low=0.0)] = 30.0
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """`lakehouse run` (lakehouse/app.py): restarting a flow that failed with a transient error."""
-
-    max_restarts: Annotated[int, Range(low=0)] = 5  # per flow; then it stays failed and the others go on
-    backoff: Duration = "5 seconds"  # before the first restart, doubled for each next (at most 5 minutes)
-    # On a terminal, one line per flow this often (rows/s, batch time, backlog, p95 freshness);
-    # elsewhere one plain line per finished micro-batch.
-    report_every: Duration = "10 seconds"
 
 
 @dataclass(frozen=True)
@@ -162,12 +145,18 @@ class SourceConfig:
     # watermark. `lakehouse refine --backfill` does the same for one run, whatever the source.
     backfill: bool = False
     kafka: KafkaOptions | None = None  # required when kind is kafka
+    # What maintenance does with a landing file once the commit that ingested it (or recorded it
+    # as bad) is in the checkpoint: keep it, archive it (move it under archive_path), or delete it.
+    after_ingest: Literal["keep", "archive", "delete"] = "keep"
+    archive_path: str | None = None  # default <data_dir>/archive/<source>; never inside the landing path
 
     def problems(self) -> list[tuple[str, str]]:
         if self.max_files_per_trigger and self.max_bytes_per_trigger:
             return [("max_bytes_per_trigger", "set max_files_per_trigger or max_bytes_per_trigger, not both")]
         if self.kind == "kafka" and self.kafka is None:
             return [("kafka", "a kafka source needs a kafka: section (topics, bootstrap servers)")]
+        if self.kind == "kafka" and self.after_ingest != "keep":
+            return [("after_ingest", "only a files source has landing files to archive or delete")]
         if self.kind == "kafka" and self.format == "csv" and self.csv.header:
             return [("csv.header", "a Kafka message has no header line: set csv.header to false")]
         return []
@@ -354,6 +343,8 @@ class LakehouseConfig:
     gold: dict[Identifier, GoldTableConfig] = field(default_factory=dict)
     quality: QualityConfig = field(default_factory=QualityConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
     training: TrainingConfig | None = None
 
     def source(self, name: str) -> SourceConfig:
@@ -392,6 +383,11 @@ class LakehouseConfig:
         """Where files for ``source_name`` land (its configured path, or one under the landing root)."""
         configured = self.source(source_name).path
         return configured if configured else f"{self.landing_root}/{source_name}"
+
+    def archive_path(self, source_name: str) -> str:
+        """Where maintenance moves a source's ingested landing files (``after_ingest: archive``)."""
+        configured = self.source(source_name).archive_path
+        return configured if configured else str(self.storage.data_dir / "archive" / source_name)
 
     def checkpoint_path(self, query_name: str) -> str:
         """One checkpoint directory per streaming query."""

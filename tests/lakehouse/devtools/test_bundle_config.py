@@ -81,7 +81,7 @@ def test_every_task_loads_the_databricks_overlay_with_the_targets_values(target)
         if args.command == "run":  # always on, deployed paused: it shares the per-layer jobs' checkpoints
             assert not args.once and args.trigger and job["continuous"] == {"pause_status": "PAUSED"}
             assert job["max_concurrent_runs"] == 1 and "schedule" not in job and "trigger" not in job
-    assert commands == {"ingest", "refine", "gold", "train", "score", "run"}
+    assert commands == {"ingest", "refine", "gold", "train", "score", "run", "maintain"}
 
 
 def test_the_overlay_alone_has_the_bundles_defaults(capsys):

@@ -1,0 +1,418 @@
+"""Table maintenance: what keeps a lakehouse that runs for weeks from growing without bound.
+
+For each table (every table the pipeline writes, and the ``ops.*`` tables), in this order:
+
+1. ``settings``: ``delta.deletedFileRetentionDuration`` and ``delta.logRetentionDuration`` from
+   ``maintenance.*``, where they differ (one metadata commit, the first time only).
+2. ``retention`` (the ops tables that are logs): rows older than ``ops.retention`` are deleted.
+   The accounting tables (silver_batches, ingested_files, bad_files) are kept whole:
+   reconciliation and exactly-once read all of them.
+3. ``compact``: OPTIMIZE once the table holds ``maintenance.compact_min_files`` data files (silver
+   by Z-order on its keys with ``maintenance.zorder_silver``). It commits with dataChange=false:
+   streaming readers and the change feed skip it.
+4. ``vacuum``: VACUUM with the table's own retention (Delta's safety check stays on), skipped
+   while a file past it is one a streaming reader's checkpoint would still read on a restart.
+
+Then each files source with ``after_ingest: archive | delete`` is cleaned (lakehouse/landing_cleanup.py).
+Each step is a row of ``ops.maintenance``. A commit that loses to a concurrent one (Delta's
+optimistic concurrency) is retried with backoff, up to ``maintenance.max_attempts``.
+
+Inside `lakehouse run` (lakehouse/app.py) a pass runs every ``maintenance.interval`` in a thread
+of its own (scheduler pool ``maintenance``) beside the streams. Where a flow rewrites files
+(silver's MERGE, a batch gold table's overwrite), compaction takes that table's writer lock
+(:func:`lakehouse.tables.writing`) and so runs between two of the flow's micro-batches: a race
+would waste the compaction, or fail the MERGE, whenever a batch touched a compacted file, and a
+busy table might never be compacted (delta-io/delta#1449). Appends never conflict with
+compaction: bronze and the ops tables are compacted while their flows write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from urllib.parse import unquote
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
+
+from lakehouse import fs
+from lakehouse.checkpoints import reader_offsets
+from lakehouse.config import LakehouseConfig, duration_seconds
+from lakehouse.errors import UsageError
+from lakehouse.formatting import duration_text, size_text
+from lakehouse.freshness import FRESHNESS_TABLE
+from lakehouse.landing import BAD_FILES_TABLE, INGESTED_FILES_TABLE
+from lakehouse.landing_cleanup import clean_landing
+from lakehouse.pipeline import Pipeline
+from lakehouse.progress import STREAM_PROGRESS_TABLE
+from lakehouse.quality import QUALITY_RESULTS_TABLE
+from lakehouse.redaction import redact_text
+from lakehouse.silver_tables import SILVER_BATCHES_TABLE
+from lakehouse.tables import (
+    TableRef,
+    append_to_table,
+    create_table_if_missing,
+    delta_table,
+    read_table,
+    resolve_table,
+    retry_on_conflict,
+    sql_target,
+    table_exists,
+    table_size,
+    writing,
+)
+
+MAINTENANCE_TABLE = "ops.maintenance"
+MAINTENANCE_SCHEMA = StructType(
+    [
+        StructField("table_name", StringType()),  # bronze.telemetry, ...; a source for "archive"/"delete"
+        StructField("action", StringType()),  # settings | retention | compact | vacuum | archive | delete
+        StructField("started_at", TimestampType()),
+        StructField("duration_s", DoubleType()),
+        StructField("attempts", IntegerType()),  # 1, or more after conflicts with concurrent commits
+        StructField("outcome", StringType()),  # done | nothing to do | failed
+        StructField("files_before", LongType()),  # compact: data files of the current version;
+        StructField("files_after", LongType()),  # vacuum: files on disk; archive: landing files
+        StructField("bytes_before", LongType()),
+        StructField("bytes_after", LongType()),
+        StructField("version_before", LongType()),
+        StructField("version_after", LongType()),
+        StructField("detail", StringType()),  # one line: what changed, or the error
+    ]
+)
+# ops tables that are logs of the run: trimmed to ops.retention by the column that dates a row
+LOG_TABLES = {
+    STREAM_PROGRESS_TABLE: "batch_time",
+    FRESHNESS_TABLE: "commit_time",
+    QUALITY_RESULTS_TABLE: "validated_at",
+    MAINTENANCE_TABLE: "started_at",
+}
+OPS_TABLES = (*LOG_TABLES, SILVER_BATCHES_TABLE, INGESTED_FILES_TABLE, BAD_FILES_TABLE)
+POOL = "maintenance"  # the run's scheduler pool for maintenance jobs
+
+
+@dataclass
+class Step:
+    """One maintenance action on one table (a row of ops.maintenance)."""
+
+    table_name: str
+    action: str
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    duration_s: float = 0.0
+    attempts: int = 1
+    outcome: str = "done"
+    files_before: int | None = None
+    files_after: int | None = None
+    bytes_before: int | None = None
+    bytes_after: int | None = None
+    version_before: int | None = None
+    version_after: int | None = None
+    detail: str = ""
+
+    def row(self) -> tuple:
+        return (self.table_name, self.action, self.started_at.replace(tzinfo=None), self.duration_s, self.attempts,
+                self.outcome, self.files_before, self.files_after, self.bytes_before, self.bytes_after,
+                self.version_before, self.version_after, self.detail)
+
+    def describe(self, dry_run: bool = False) -> str:
+        """One line: ``silver.telemetry: compact: done (212 -> 3 files, 2.1 MiB -> 1.9 MiB; by bin-packing) [4.2s]``."""
+        outcome = "would be done" if dry_run and self.outcome == "done" else self.outcome
+        parts = []
+        if self.files_before is not None and self.files_after is not None:
+            sizes = f"{self.files_before:,} -> {self.files_after:,} files"
+            if self.bytes_before is not None and self.bytes_after is not None:
+                sizes += f", {size_text(self.bytes_before)} -> {size_text(self.bytes_after)}"
+            parts.append(sizes)
+        if self.detail:
+            parts.append(self.detail)
+        if self.attempts > 1:
+            parts.append(f"{self.attempts} attempts")
+        inside = f" ({'; '.join(parts)})" if parts else ""
+        return f"{self.table_name}: {self.action}: {outcome}{inside} [{self.duration_s:.1f}s]"
+
+
+class Maintainer:
+    """Maintains the tables of one configuration; :meth:`run` does one pass over them."""
+
+    def __init__(self, spark: SparkSession, config: LakehouseConfig, dry_run: bool = False,
+                 stop: threading.Event | None = None, out=None, settings_step: bool = True):
+        self.spark, self.config, self.dry_run = spark, config, dry_run
+        self.settings_step = settings_step  # False: the run applied them before its streams started
+        self.stop = stop or threading.Event()  # set: the pass ends after the step it is in
+        self.out = out or (lambda line: print(line, flush=True))
+        self.pipeline = Pipeline(config)
+        self.settings = config.maintenance
+
+    # -- which tables --------------------------------------------------------------------------
+    def tables(self, names: list[str] | None = None) -> list[TableRef]:
+        """The tables to maintain: ``names``, or every table the pipeline writes and every ops table,
+        those that exist."""
+        known = [table for flow in self.pipeline.inputs_first() for table in flow.writes] + list(OPS_TABLES)
+        if names:
+            unknown = [name for name in names if name not in known]
+            if unknown:
+                raise UsageError(f"maintain: no such table {unknown[0]} (tables: {', '.join(known)})")
+            known = [name for name in known if name in names]
+        refs = [resolve_table(self.config, name) for name in dict.fromkeys(known)]
+        return [ref for ref in refs if table_exists(self.spark, ref)]
+
+    # -- one pass ------------------------------------------------------------------------------
+    def run(self, names: list[str] | None = None, landing: bool = True) -> list[Step]:
+        """One pass: every step on every table, then the landing clean-up. Returns the steps; each
+        (but a dry run's) is also in ops.maintenance."""
+        steps: list[Step] = []
+        for ref in self.tables(names):
+            for name, action in (("settings", self.apply_settings), ("retention", self.trim),
+                                 ("compact", self.compact), ("vacuum", self.vacuum)):
+                if name == "settings" and not self.settings_step:
+                    continue
+                if self.stop.is_set():
+                    break
+                step = self._attempt(ref.name, name, lambda a=action, r=ref: a(r))
+                if step is not None:
+                    steps.append(step)
+        if landing and not names:
+            for source, settings in self.config.sources.items():
+                if settings.kind == "files" and settings.after_ingest != "keep" and not self.stop.is_set():
+                    step = self._attempt(source, settings.after_ingest, lambda s=source: self.clean_landing(s))
+                    if step is not None:
+                        steps.append(step)
+        if steps and not self.dry_run:
+            self._record(steps)
+        return steps
+
+    def _attempt(self, name: str, action: str, do) -> Step | None:
+        """Run one step; a failure is recorded as its outcome (the other steps go on)."""
+        started = time.monotonic()
+        try:
+            step = do()
+        except Exception as exc:  # noqa: BLE001 - one failed step is recorded; the others go on
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            step = Step(name, action, outcome="failed", detail=redact_text(f"{type(exc).__name__}: {first}")[:500])
+            step.attempts = getattr(exc, "attempts", 1)
+        if step is None:
+            return None
+        step.duration_s = round(time.monotonic() - started, 3)
+        self.out(step.describe(self.dry_run))
+        return step
+
+    def _record(self, steps: list[Step]) -> None:
+        ref = resolve_table(self.config, MAINTENANCE_TABLE)
+        create_table_if_missing(self.spark, ref, MAINTENANCE_SCHEMA, comment="One row per maintenance step")
+        append_to_table(self.spark.createDataFrame([s.row() for s in steps], MAINTENANCE_SCHEMA), ref)
+
+    def _retrying(self, ref: TableRef, action, locked: bool):
+        """``action()`` retried after a conflicting commit; under the table's writer lock when
+        ``locked``. Returns (result, attempts)."""
+        def once():
+            if not locked:
+                return action()
+            with writing(ref):
+                return action()
+
+        def retrying(attempt: int, exc: BaseException) -> None:
+            self.out(f"{ref.name}: a concurrent commit won ({type(exc).__name__}); retrying "
+                     f"(attempt {attempt + 1} of {self.settings.max_attempts})")
+
+        try:
+            return retry_on_conflict(once, self.settings.max_attempts, on_retry=retrying)
+        except Exception as exc:
+            exc.attempts = self.settings.max_attempts  # for the failed step's row
+            raise
+
+    def _rewrites_files(self, ref: TableRef) -> bool:
+        """Whether the table's flow rewrites files (a MERGE or an overwrite), so that a compaction
+        must take turns with it."""
+        flow = self.pipeline.producer(ref.name)
+        return flow is not None and (flow.kind == "silver" or (flow.kind == "gold" and not flow.streaming)
+                                     or flow.kind == "score")
+
+    # -- the steps -----------------------------------------------------------------------------
+    def settle(self) -> list[Step]:
+        """The settings step alone, on every existing table: `lakehouse run` does it before it
+        starts its streams, since a change of a table's metadata fails a concurrent Delta sink's
+        commit. (Tables made later get the settings as the session's defaults: delta_defaults.)"""
+        steps = [step for ref in self.tables() if (step := self._attempt(ref.name, "settings",
+                                                                          lambda r=ref: self.apply_settings(r)))]
+        if steps and not self.dry_run:
+            self._record(steps)
+        return steps
+
+    def apply_settings(self, ref: TableRef) -> Step | None:
+        wanted = self.settings.table_properties()
+        current = delta_table(self.spark, ref).detail().select("properties").first()["properties"] or {}
+        changes = {key: value for key, value in wanted.items() if current.get(key) != value}
+        if not changes:
+            return None
+        step = Step(ref.name, "settings", detail=", ".join(f"{k} = {v}" for k, v in changes.items()))
+        if self.dry_run:
+            return step
+        assignments = ", ".join(f"'{key}' = '{value}'" for key, value in changes.items())
+        _, step.attempts = self._retrying(
+            ref, lambda: self.spark.sql(f"ALTER TABLE {sql_target(ref)} SET TBLPROPERTIES ({assignments})"), locked=True)
+        return step
+
+    def trim(self, ref: TableRef) -> Step | None:
+        column = LOG_TABLES.get(ref.name)
+        if column is None or self.config.ops.retention is None:
+            return None
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=duration_seconds(self.config.ops.retention))
+        old = F.col(column) < F.lit(cutoff.replace(tzinfo=None))
+        table = delta_table(self.spark, ref)
+        before = table_size(self.spark, ref)
+        expired = table.toDF().where(old).count()
+        step = Step(ref.name, "retention", version_before=before.version, files_before=before.files,
+                    bytes_before=before.bytes, detail=f"{expired:,} rows older than {self.config.ops.retention}")
+        if expired == 0:
+            step.outcome, step.files_before, step.bytes_before = "nothing to do", None, None
+            return step
+        if self.dry_run:
+            return step
+        _, step.attempts = self._retrying(ref, lambda: table.delete(old), locked=False)
+        after = table_size(self.spark, ref)
+        step.files_after, step.bytes_after, step.version_after = after.files, after.bytes, after.version
+        return step
+
+    def compact(self, ref: TableRef) -> Step | None:
+        before = table_size(self.spark, ref)
+        zorder = self._zorder_keys(ref)
+        how = f"Z-order by {', '.join(zorder)}" if zorder else "bin-packing"
+        step = Step(ref.name, "compact", files_before=before.files, bytes_before=before.bytes,
+                    version_before=before.version, detail=how)
+        if before.files < self.settings.compact_min_files:
+            step.outcome = "nothing to do"
+            step.detail = f"{before.files} files, fewer than maintenance.compact_min_files ({self.settings.compact_min_files})"
+            step.files_before = step.bytes_before = None
+            return step
+        if self.dry_run:
+            step.detail = f"{before.files:,} files, {size_text(before.bytes)}, by {how}"
+            return step
+
+        def optimize():
+            builder = delta_table(self.spark, ref).optimize()
+            metrics = (builder.executeZOrderBy(*zorder) if zorder else builder.executeCompaction()).first()
+            return metrics
+
+        _, step.attempts = self._retrying(ref, optimize, locked=self._rewrites_files(ref))
+        after = table_size(self.spark, ref)
+        step.files_after, step.bytes_after, step.version_after = after.files, after.bytes, after.version
+        if after.version == before.version:
+            step.outcome = "nothing to do"  # no bin had two files (Delta commits nothing then)
+        return step
+
+    def _zorder_keys(self, ref: TableRef) -> list[str]:
+        flow = self.pipeline.producer(ref.name)
+        if not self.settings.zorder_silver or flow is None or flow.kind != "silver" or ref.name != flow.writes[0]:
+            return []
+        return list(self.config.entity(flow.name).keys)
+
+    def vacuum(self, ref: TableRef) -> Step | None:
+        retention = duration_text(_table_retention_seconds(self.spark, ref))
+        doomed = [row[0] for row in self.spark.sql(f"VACUUM {sql_target(ref)} DRY RUN").collect()]
+        step = Step(ref.name, "vacuum", detail=f"{len(doomed):,} unreferenced files past the retention ({retention})")
+        if not doomed:
+            step.outcome = "nothing to do"
+            return step
+        held = {fs.canonical(path) for path in doomed} & self.reader_files(ref)
+        if held:
+            # VACUUM cannot be told to spare files, and lengthening the table's retention is a
+            # metadata commit that fails every concurrent writer: the table waits for its reader.
+            step.outcome = "skipped"
+            step.detail = (f"{len(held):,} of the {len(doomed):,} files past the retention ({retention}) are still "
+                           "needed by a streaming reader's checkpoint; vacuumed once it has read past them")
+            return step
+        on_disk = _files_on_disk(ref)
+        if on_disk is not None:
+            step.files_before, step.bytes_before = on_disk
+            step.files_after = step.files_before - len(doomed)
+            step.bytes_after = step.bytes_before - sum(_size(path) for path in doomed)
+        if self.dry_run:
+            return step
+        _, step.attempts = self._retrying(ref, lambda: self.spark.sql(f"VACUUM {sql_target(ref)}").collect(),
+                                          locked=False)
+        if on_disk is not None:
+            step.files_after, step.bytes_after = _files_on_disk(ref)
+        return step
+
+    def reader_files(self, ref: TableRef) -> set[str]:
+        """The table's files that its streaming readers (a silver flow reading bronze, a gold flow
+        reading silver's change feed) would read on a restart, as canonical paths: those added
+        (and change-feed files written) from the version each checkpoint starts at, and, for a
+        reader still in its first snapshot, that snapshot's files."""
+        detail = delta_table(self.spark, ref).detail().select("id", "location").first()
+        offsets = [o for flow in self.pipeline.flows.values() if flow.streaming and ref.name in flow.inputs
+                   for o in reader_offsets(self.spark, flow.checkpoint, detail["id"])]
+        if not offsets:
+            return set()
+        root = detail["location"].rstrip("/")
+        needed: set[str] = set()
+        for offset in offsets:
+            if offset.get("isStartingVersion"):
+                snapshot = read_table(self.spark, ref, version=int(offset["reservoirVersion"]))
+                needed.update(fs.canonical(path) for path in snapshot.inputFiles())
+        version = min(int(o["reservoirVersion"]) for o in offsets)
+        while True:
+            data = fs.read_bytes(self.spark, f"{root}/_delta_log/{version:020d}.json")
+            if data is None:
+                return needed
+            for line in data.decode("utf-8").splitlines():
+                action = json.loads(line) if line.strip() else {}
+                for kind in ("add", "cdc"):
+                    if kind in action:
+                        path = unquote(action[kind]["path"])
+                        needed.add(fs.canonical(path if "://" in path or path.startswith("/") else f"{root}/{path}"))
+            version += 1
+
+    def clean_landing(self, source: str) -> Step:
+        """Archive or delete the landing files of committed micro-batches (``after_ingest``)."""
+        done = clean_landing(self.config, self.pipeline.bronze(source), self.dry_run)
+        return Step(source, self.config.source(source).after_ingest, outcome="done" if done.done else "nothing to do",
+                    files_before=done.present, files_after=done.left,
+                    detail=f"{done.done:,} files of committed batches ({size_text(done.bytes)}) of {done.present:,} "
+                           f"in {done.landing}")
+
+
+def _table_retention_seconds(spark: SparkSession, ref: TableRef) -> float:
+    """The table's delta.deletedFileRetentionDuration in seconds (Delta's default: 7 days)."""
+    value = (delta_table(spark, ref).detail().select("properties").first()["properties"] or {}).get(
+        "delta.deletedFileRetentionDuration", "interval 7 days")
+    seconds = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]+)", value.lower().removeprefix("interval")):
+        seconds += duration_seconds(f"{number} {unit}")
+    return seconds or 7 * 86400.0
+
+
+def _files_on_disk(ref: TableRef) -> tuple[int, int] | None:
+    """Data files (and change-feed files) under a local table's directory, and their bytes."""
+    if not ref.is_path or fs.local_path(ref.path) is None:
+        return None
+    count = size = 0
+    for dirpath, dirnames, filenames in os.walk(fs.local_path(ref.path)):
+        dirnames[:] = [d for d in dirnames if d != "_delta_log"]
+        for name in filenames:
+            if not name.startswith("."):
+                count += 1
+                size += os.stat(os.path.join(dirpath, name)).st_size
+    return count, size
+
+
+def _size(path: str) -> int:
+    stat = fs.stat(None, path) if fs.local_path(path) is not None else None
+    return stat.size if stat is not None else 0
+
+
+def print_steps(steps: list[Step], dry_run: bool, prefix: str = "maintain:", stream=sys.stdout) -> None:
+    """One summary line of a pass."""
+    failed = sum(s.outcome == "failed" for s in steps)
+    done = sum(s.outcome == "done" for s in steps)
+    skipped = sum(s.outcome == "skipped" for s in steps)
+    verb = "would change something" if dry_run else "changed something"
+    print(f"{prefix} {done} step(s) {verb}, {len(steps) - done - failed - skipped} had nothing to do, "
+          f"{skipped} skipped, {failed} failed", file=stream, flush=True)

@@ -1,0 +1,270 @@
+"""Table maintenance (lakehouse/maintenance.py): compaction, VACUUM, ops retention, landing clean-up,
+and maintenance inside the always-on run beside a live silver writer."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from lakehouse.app import PipelineApp
+from lakehouse.cli import main
+from lakehouse.config import load_config
+from lakehouse.failpoints import FAILPOINTS_ENV
+from lakehouse.generator import TelemetryGenerator
+from lakehouse.generator_runs import generate_batch
+from lakehouse.maintenance import MAINTENANCE_TABLE, Maintainer
+from lakehouse.reconcile import reconcile
+from lakehouse.runner import pipeline_flows, run_flows
+from lakehouse.tables import delta_table, is_conflict, read_table, resolve_table, retry_on_conflict, table_size
+from tests.conftest import CONF_DIR, REPO
+from tests.lakehouse.test_run import _run_while, _wait
+from tests.processes import Lander
+
+ONCE = {"availableNow": True}
+
+
+def _checksum(spark, config, table: str, version: int | None = None) -> tuple[int, str]:
+    """Rows and a digest of the table's sorted rows (at a version)."""
+    df = read_table(spark, resolve_table(config, table), version=version)
+    rows = sorted(str(tuple(row)) for row in df.select(*sorted(df.columns)).collect())
+    return len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def _many_small_batches(spark, config, files: int, seed: int = 3, records: int = 400) -> Path:
+    """``files`` landed files taken in one per micro-batch through every flow (small files everywhere)."""
+    landing = Path(config.landing_path("telemetry"))
+    landing.mkdir(parents=True, exist_ok=True)
+    generate_batch(TelemetryGenerator.from_config(config.generator, seed=seed, fault_rate=0.05), landing, "telemetry",
+                   f"m{seed}", seed, records, files)
+    assert run_flows(spark, config, pipeline_flows(config)[0], ONCE) == 0
+    return landing
+
+
+def test_retry_on_conflict_redoes_only_conflicts():
+    calls = []
+
+    def conflicting_twice():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("[DELTA_CONCURRENT_DELETE_READ] ConcurrentDeleteReadException: a file was removed")
+        return "done"
+
+    retried = []
+    assert retry_on_conflict(conflicting_twice, 5, on_retry=lambda a, e: retried.append(a), first_delay=0.0) == ("done", 3)
+    assert retried == [1, 2]
+    assert is_conflict(RuntimeError("DELTA_METADATA_CHANGED")) and not is_conflict(ValueError("bad value"))
+    with pytest.raises(ValueError):
+        retry_on_conflict(lambda: (_ for _ in ()).throw(ValueError("bad value")), 5, first_delay=0.0)
+    calls.clear()
+    with pytest.raises(RuntimeError, match="DELTA_CONCURRENT"):
+        retry_on_conflict(conflicting_twice, 2, first_delay=0.0)  # the last conflict is raised
+
+
+@pytest.mark.slow
+def test_maintain_compacts_each_table_and_keeps_contents_and_every_version(spark, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data", overrides=[
+        "sources.telemetry.max_files_per_trigger=1", "maintenance.compact_min_files=3"])
+    _many_small_batches(spark, config, files=6)
+    tables = [ref.name for ref in Maintainer(spark, config).tables()]
+    before = {name: table_size(spark, resolve_table(config, name)) for name in tables}
+    contents = {name: _checksum(spark, config, name) for name in tables}
+    bronze = resolve_table(config, "bronze.telemetry")
+    bronze_versions = {v: _checksum(spark, config, bronze.name, v) for v in range(before[bronze.name].version + 1)}
+    small = [name for name in tables if before[name].files >= 3]
+    assert {"bronze.telemetry", "ops.ingested_files", "ops.stream_progress"} <= set(small), before
+
+    # A dry run changes nothing, and says what it would do.
+    assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "--set", "maintenance.compact_min_files=3",
+                 "maintain", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "bronze.telemetry: compact: would be done" in out and "(dry run: nothing changes)" in out
+    assert {name: table_size(spark, resolve_table(config, name)) for name in tables} == before
+    assert not Path(resolve_table(config, MAINTENANCE_TABLE).path).exists()
+
+    steps = Maintainer(spark, config).run()
+    assert not [s for s in steps if s.outcome == "failed"], steps
+    for name in small:
+        after = table_size(spark, resolve_table(config, name))
+        assert after.files < before[name].files, (name, before[name], after)
+    for name in tables:
+        assert _checksum(spark, config, name) == contents[name], name  # the same rows, compacted
+    for version, checksum in bronze_versions.items():  # time travel: every version (7-day retention)
+        assert _checksum(spark, config, bronze.name, version) == checksum, version
+    recorded = read_table(spark, resolve_table(config, MAINTENANCE_TABLE))
+    compacted = {r["table_name"]: r for r in recorded.where("action = 'compact' AND outcome = 'done'").collect()}
+    assert set(small) <= set(compacted)
+    assert all(r["files_after"] < r["files_before"] and r["bytes_after"] > 0 for r in compacted.values())
+    for name in tables:  # from the session's defaults when made, else set by the settings step
+        props = delta_table(spark, resolve_table(config, name)).detail().first()["properties"]
+        assert props["delta.deletedFileRetentionDuration"] == "interval 604800 seconds", name
+        assert props["delta.logRetentionDuration"] == "interval 2592000 seconds", name
+    assert reconcile(spark, config, "telemetry").holds
+
+
+@pytest.mark.slow
+def test_vacuum_waits_for_a_reader_behind_and_removes_what_nothing_needs(spark, tmp_path, monkeypatch):
+    """A 1-second retention: VACUUM may remove any file a version older than a second used, but not
+    one that a streaming reader's checkpoint (gold reading silver's change feed) still needs."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data", overrides=[
+        "sources.telemetry.max_files_per_trigger=1", "maintenance.compact_min_files=2",
+        "maintenance.deleted_file_retention=1s"])
+    landing = _many_small_batches(spark, config, files=2, seed=4)
+    # More silver commits that gold has not read: its checkpoint stays behind.
+    generate_batch(TelemetryGenerator.from_config(config.generator, seed=6, fault_rate=0.0), landing, "telemetry",
+                   "m6", 6, 300, 3)
+    behind = [flow for flow in pipeline_flows(config)[0] if flow.kind != "gold"]
+    assert run_flows(spark, config, behind, ONCE) == 0
+    silver = resolve_table(config, "silver.telemetry")
+    maintainer = Maintainer(spark, config)
+    maintainer.run(["silver.telemetry"])  # settings, and compaction: silver's files become tombstones
+    time.sleep(1.5)
+    (step,) = [s for s in maintainer.run(["silver.telemetry"]) if s.action == "vacuum"]
+    assert step.outcome == "skipped" and "streaming reader" in step.detail, step
+
+    # Bronze's reader (silver) is at the newest version: its compacted files go.
+    steps = maintainer.run(["bronze.telemetry"])
+    time.sleep(1.5)
+    steps += maintainer.run(["bronze.telemetry"])
+    assert [s for s in steps if s.action == "vacuum" and s.outcome == "done" and s.files_after < s.files_before], steps
+    assert not [s for s in steps if s.action == "vacuum" and s.outcome == "skipped"], steps
+
+    # The reader behind still reads everything it needs, and then silver can be vacuumed.
+    gold = [flow for flow in pipeline_flows(config)[0] if flow.kind == "gold"]
+    assert run_flows(spark, config, gold, ONCE) == 0
+    recomputed = (read_table(spark, silver).groupBy("host", F.window("event_time", "1 minute").start.alias("minute"))
+                  .count())
+    minutes = read_table(spark, resolve_table(config, "gold.telemetry_minute"))
+    newest = minutes.agg(F.max("minute")).first()[0]
+    closed = recomputed.where(F.col("minute") <= F.lit(newest)).select("host", "minute", "count")
+    assert sorted(closed.collect()) == sorted(minutes.select("host", "minute", F.col("readings").alias("count")).collect())
+    time.sleep(1.5)
+    (step,) = [s for s in maintainer.run(["silver.telemetry"]) if s.action == "vacuum"]
+    assert step.outcome == "done" and step.files_after < step.files_before, step
+    latest = table_size(spark, silver).version
+    assert read_table(spark, silver, version=latest).count() == read_table(spark, silver).count()
+
+
+@pytest.mark.slow
+def test_ops_retention_deletes_only_rows_older_than_it(spark, config, monkeypatch):
+    from lakehouse.progress import STREAM_PROGRESS_SCHEMA, STREAM_PROGRESS_TABLE
+    from lakehouse.tables import append_to_table, create_table_if_missing
+
+    ref = resolve_table(config, STREAM_PROGRESS_TABLE)
+    create_table_if_missing(spark, ref, STREAM_PROGRESS_SCHEMA)
+    now = datetime.utcnow()
+    rows = [("q", "id", "run", i, now - timedelta(days=age), 1, 1, 1.0, None, "", "{}")
+            for i, age in enumerate([0, 1, 29, 31, 400])]
+    append_to_table(spark.createDataFrame(rows, STREAM_PROGRESS_SCHEMA), ref)
+    (step,) = [s for s in Maintainer(spark, config).run([STREAM_PROGRESS_TABLE]) if s.action == "retention"]
+    assert step.outcome == "done" and "2 rows older than 30 days" in step.detail
+    assert sorted(r["batch_id"] for r in read_table(spark, ref).collect()) == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_archive_moves_only_committed_files_and_a_kill_mid_move_loses_and_doubles_nothing(
+        spark, tmp_path, monkeypatch, subprocess_env):
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    overrides = ["sources.telemetry.after_ingest=archive", "sources.telemetry.max_files_per_trigger=2"]
+    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data", overrides=overrides)
+    landing = Path(config.landing_path("telemetry"))
+    archive = Path(config.archive_path("telemetry"))
+    landing.mkdir(parents=True)
+    generate_batch(TelemetryGenerator.from_config(config.generator, seed=2, fault_rate=0.05), landing, "telemetry",
+                   "a2", 2, 600, 6)
+    bronze_flow = [flow for flow in pipeline_flows(config)[0] if flow.id == "bronze.telemetry"]
+    assert run_flows(spark, config, bronze_flow, ONCE) == 0
+    ingested = {p.name for p in landing.glob("*.jsonl")}
+    lines = {p.name: p.read_bytes().count(b"\n") for p in landing.glob("*.jsonl")}
+    # Files landed after the run: the backlog, which maintenance must leave alone.
+    generate_batch(TelemetryGenerator.from_config(config.generator, seed=3, fault_rate=0.0), landing, "telemetry",
+                   "b3", 3, 200, 2)
+    backlog = {p.name for p in landing.glob("*.jsonl")} - ingested
+    assert len(backlog) == 2
+
+    # kill -9 in the middle of the moves (after two of them), then maintain again.
+    env = {**subprocess_env, FAILPOINTS_ENV: "maintenance.archive@2=kill"}
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    killed = subprocess.run([sys.executable, "-m", "lakehouse.cli", "--env", "test", "--data-dir",
+                             str(config.storage.data_dir), *sets, "maintain"],
+                            cwd=REPO, env=env, capture_output=True, timeout=300, start_new_session=True)
+    assert killed.returncode == -9, killed.stdout.decode()[-2000:]
+    assert len(list(archive.rglob("*.jsonl"))) == 2
+    steps = Maintainer(spark, config).run()
+    (step,) = [s for s in steps if s.action == "archive"]
+    assert step.outcome == "done", step
+    assert {p.name for p in archive.rglob("*.jsonl")} == ingested  # every ingested file, once
+    assert {p.name for p in landing.glob("*.jsonl")} == backlog  # the backlog stays
+    assert all(p.read_bytes().count(b"\n") == lines[p.name] for p in archive.rglob("*.jsonl"))
+
+    # The stream goes on: the backlog is taken in, nothing twice, nothing lost.
+    assert run_flows(spark, config, bronze_flow, ONCE) == 0
+    expected = sum(lines.values()) + sum(p.read_bytes().count(b"\n") for p in landing.glob("*.jsonl"))
+    bronze = read_table(spark, resolve_table(config, "bronze.telemetry"))
+    assert bronze.count() == expected
+    assert bronze.select("_source_file", "_source_line").distinct().count() == expected
+    Maintainer(spark, config).run()
+    assert {p.name for p in archive.rglob("*.jsonl")} == ingested | backlog
+    assert not list(landing.glob("*.jsonl"))
+
+
+@pytest.mark.slow
+def test_maintenance_in_the_run_compacts_silver_while_it_commits(spark, tmp_path, monkeypatch, capsys):
+    """The run maintains every few seconds while files keep landing; a second maintainer in the
+    same JVM that does not take the writer lock (as another application would not) races silver's
+    MERGE: whichever commit loses is redone, and no stream fails."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    overrides = ["maintenance.interval=3s", "maintenance.compact_min_files=2"]
+    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data", overrides=overrides)
+    landing = Path(config.landing_path("telemetry"))
+    landing.mkdir(parents=True)
+    generate_batch(TelemetryGenerator.from_config(config.generator, seed=12, fault_rate=0.05), landing, "telemetry",
+                   "s12", 12, 600, 2)
+    # Bronze and silver only (the pass has fewer tables to go through), silver in two files already.
+    flows = pipeline_flows(config, ["bronze.telemetry", "silver.telemetry"])[0]
+    one_file_a_batch = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data",
+                                   overrides=[*overrides, "sources.telemetry.max_files_per_trigger=1"])
+    assert run_flows(spark, one_file_a_batch, flows, ONCE) == 0
+    app = PipelineApp(spark, config, flows, {"processingTime": "1 second"})
+    lander = Lander(config, interval=1.0, lines=30, fault_rate=0.05)
+    silver = resolve_table(config, "silver.telemetry")
+    foreign = Maintainer(spark, config, out=lambda line: print(f"foreign: {line}", flush=True))
+    monkeypatch.setattr(foreign, "_rewrites_files", lambda ref: False)  # no lock: another application's view
+    foreign_steps = []
+
+    def maintain_while_it_runs() -> None:
+        lander.start()
+        _wait(lambda: sum(1 for steps in app.maintenance.passes for s in steps
+                          if s.table_name == silver.name and s.action == "compact" and s.outcome == "done") >= 1,
+              "a compaction of silver by the run", timeout=300)
+        foreign_steps.extend(s for s in foreign.run([silver.name]) if s.action == "compact")
+        lander.halt.set()
+        lander.join()
+
+    assert _run_while(app, maintain_while_it_runs) == 0
+    assert {run.state for run in app.runs.values()} <= {"stopped", "idle"}
+    assert all(run.restarts == 0 for run in app.runs.values())  # no stream failed
+    assert not [s for steps in app.maintenance.passes for s in steps if s.outcome == "failed"]
+    assert all(s.outcome in ("done", "nothing to do") for s in foreign_steps), foreign_steps
+    # Every landed line in bronze once; reconciliation exact; silver one row per key.
+    assert run_flows(spark, config, flows, ONCE) == 0
+    lines = sum(p.read_bytes().count(b"\n") for p in landing.glob("*.jsonl"))
+    assert read_table(spark, resolve_table(config, "bronze.telemetry")).count() == lines
+    report = reconcile(spark, config, "telemetry")
+    assert report.holds, report.describe()
+    rows = read_table(spark, silver)
+    assert rows.count() == rows.select("event_id").distinct().count()
+    out = capsys.readouterr().out
+    assert "maintenance: silver.telemetry: compact: done" in out
+    recorded = read_table(spark, resolve_table(config, MAINTENANCE_TABLE))
+    assert recorded.where(f"table_name = '{silver.name}' AND action = 'compact' AND outcome = 'done'").count() >= 1
+    assert os.environ.get(FAILPOINTS_ENV) is None
