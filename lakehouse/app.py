@@ -101,6 +101,8 @@ class PipelineApp:
         previous = signal.signal(signal.SIGTERM, lambda *_: self.stop("SIGTERM")) if in_main else None
         code = EXIT_OK
         try:
+            for key, value in self.config.maintenance.table_properties().items():  # tables made from now on
+                self.spark.conf.set(f"spark.databricks.delta.properties.defaults.{key.removeprefix('delta.')}", value)
             if self.maintenance is not None:  # table settings before any stream writes (lakehouse/maintenance.py)
                 Maintainer(self.spark, self.config, out=lambda line: print(f"maintenance: {line}", flush=True)).settle()
             for run in self.runs.values():

@@ -38,6 +38,7 @@ from lakehouse.tables import (
     load_from,
     read_table,
     resolve_table,
+    retry_on_conflict,
     save_to,
     start_to,
     table_exists,
@@ -134,7 +135,7 @@ def build(spark: SparkSession, config: LakehouseConfig, flow: Flow) -> BatchBuil
         .option("userMetadata", json.dumps({"gold_table": target.name, "inputs": versions}))
     )
     with writing(target):  # maintenance in this application waits (and the commit read next is this one)
-        save_to(writer, target)
+        retry_on_conflict(lambda: save_to(writer, target), 4)  # lost to another application's commit: redone
         commit = last_commit(spark, target)  # the overwrite's own metrics: no second scan to count rows
     if observed is not None:
         when = commit.timestamp.astimezone(timezone.utc)  # pyspark gives a naive local time

@@ -4,13 +4,15 @@ Maintenance (lakehouse/maintenance.py) calls :func:`clean_landing` for each file
 ``after_ingest`` is ``archive`` or ``delete``. Only the files of micro-batches the bronze
 checkpoint has committed are touched (lakehouse/checkpoints.py, :func:`committed_source_files`):
 never a file still in the backlog, and never one a redone batch would read again. A move is a
-rename: a ``kill -9`` leaves each file either in landing or in the archive, and the next pass
-moves what is left. Spark's file source remembers the paths it has taken in (its log), so a
-file gone from landing is not missed, and one left there is not read twice.
+rename (across file systems, see :func:`_move`): a ``kill -9`` leaves each file whole in landing
+or in the archive, and the next pass moves what is left. Spark's file source remembers the paths
+it has taken in (its log), so a file gone from landing is not missed, and one left there is not
+read twice. Landing names must be unique: a name used again is never read (as without clean-up).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from dataclasses import dataclass
@@ -57,10 +59,24 @@ def clean_landing(config: LakehouseConfig, bronze: Flow, dry_run: bool = False) 
 
 
 def _move(source: Path, target: Path) -> None:
-    """Move a landing file into the archive; a name already there gets a numbered one beside it."""
+    """Move a landing file into the archive (a name already there gets a numbered one beside it)
+    so that a crash leaves it whole in one place: a rename, or across file systems a copy under a
+    hidden name, then a rename, then the original removed (a crash before that leaves the file
+    in landing as well, and the next pass archives it again beside the first, whole)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     candidate, n = target, 0
     while candidate.exists():
         n += 1
         candidate = target.with_name(f"{target.name}.{n}")
-    shutil.move(str(source), str(candidate))
+    try:
+        os.rename(source, candidate)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    partial = candidate.with_name(f".{candidate.name}.partial")
+    shutil.copy2(source, partial)
+    with open(partial, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(partial, candidate)
+    source.unlink()

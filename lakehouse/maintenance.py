@@ -10,8 +10,9 @@ For each table (every table the pipeline writes, and the ``ops.*`` tables), in t
 3. ``compact``: OPTIMIZE once the table holds ``maintenance.compact_min_files`` data files (silver
    by Z-order on its keys with ``maintenance.zorder_silver``). It commits with dataChange=false:
    streaming readers and the change feed skip it.
-4. ``vacuum``: VACUUM with the table's own retention (Delta's safety check stays on), skipped
-   while a file past it is one a streaming reader's checkpoint would still read on a restart.
+4. ``vacuum``: VACUUM with the table's own retention (never a shorter RETAIN), skipped while a
+   file a streaming reader's checkpoint would still read on a restart was removed long enough
+   ago to be deleted (lakehouse/reader_holds.py).
 
 Then each files source with ``after_ingest: archive | delete`` is cleaned (lakehouse/landing_cleanup.py).
 Each step is a row of ``ops.maintenance``. A commit that loses to a concurrent one (Delta's
@@ -28,7 +29,6 @@ compaction: bronze and the ops tables are compacted while their flows write.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -36,14 +36,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from urllib.parse import unquote
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
 from lakehouse import fs
-from lakehouse.checkpoints import reader_offsets
 from lakehouse.config import LakehouseConfig, duration_seconds
 from lakehouse.errors import UsageError
 from lakehouse.formatting import duration_text, size_text
@@ -53,6 +51,7 @@ from lakehouse.landing_cleanup import clean_landing
 from lakehouse.pipeline import Pipeline
 from lakehouse.progress import STREAM_PROGRESS_TABLE
 from lakehouse.quality import QUALITY_RESULTS_TABLE
+from lakehouse.reader_holds import reader_holds
 from lakehouse.redaction import redact_text
 from lakehouse.silver_tables import SILVER_BATCHES_TABLE
 from lakehouse.tables import (
@@ -60,7 +59,6 @@ from lakehouse.tables import (
     append_to_table,
     create_table_if_missing,
     delta_table,
-    read_table,
     resolve_table,
     retry_on_conflict,
     sql_target,
@@ -217,14 +215,17 @@ class Maintainer:
             with writing(ref):
                 return action()
 
+        attempts = [1]
+
         def retrying(attempt: int, exc: BaseException) -> None:
+            attempts[0] = attempt + 1
             self.out(f"{ref.name}: a concurrent commit won ({type(exc).__name__}); retrying "
                      f"(attempt {attempt + 1} of {self.settings.max_attempts})")
 
         try:
             return retry_on_conflict(once, self.settings.max_attempts, on_retry=retrying)
         except Exception as exc:
-            exc.attempts = self.settings.max_attempts  # for the failed step's row
+            exc.attempts = attempts[0]  # for the failed step's row
             raise
 
     def _rewrites_files(self, ref: TableRef) -> bool:
@@ -300,11 +301,16 @@ class Maintainer:
             metrics = (builder.executeZOrderBy(*zorder) if zorder else builder.executeCompaction()).first()
             return metrics
 
-        _, step.attempts = self._retrying(ref, optimize, locked=self._rewrites_files(ref))
-        after = table_size(self.spark, ref)
-        step.files_after, step.bytes_after, step.version_after = after.files, after.bytes, after.version
-        if after.version == before.version:
+        metrics, step.attempts = self._retrying(ref, optimize, locked=self._rewrites_files(ref))
+        figures = metrics["metrics"] if metrics is not None else None
+        if figures is None or not figures["numFilesRemoved"]:
             step.outcome = "nothing to do"  # no bin had two files (Delta commits nothing then)
+            step.files_before = step.bytes_before = None
+            return step
+        # OPTIMIZE's own figures: appends committed meanwhile (bronze, the ops tables) do not count.
+        step.files_after = before.files - figures["numFilesRemoved"] + figures["numFilesAdded"]
+        step.bytes_after = before.bytes - figures["filesRemoved"]["totalSize"] + figures["filesAdded"]["totalSize"]
+        step.version_after = table_size(self.spark, ref).version
         return step
 
     def _zorder_keys(self, ref: TableRef) -> list[str]:
@@ -314,19 +320,22 @@ class Maintainer:
         return list(self.config.entity(flow.name).keys)
 
     def vacuum(self, ref: TableRef) -> Step | None:
-        retention = duration_text(_table_retention_seconds(self.spark, ref))
+        retention_s = _table_retention_seconds(self.spark, ref)
+        retention = duration_text(retention_s)
         doomed = [row[0] for row in self.spark.sql(f"VACUUM {sql_target(ref)} DRY RUN").collect()]
         step = Step(ref.name, "vacuum", detail=f"{len(doomed):,} unreferenced files past the retention ({retention})")
         if not doomed:
             step.outcome = "nothing to do"
             return step
-        held = {fs.canonical(path) for path in doomed} & self.reader_files(ref)
-        if held:
+        held = reader_holds(self.spark, self.pipeline, ref, retention_s)
+        if held is None or held:
             # VACUUM cannot be told to spare files, and lengthening the table's retention is a
             # metadata commit that fails every concurrent writer: the table waits for its reader.
             step.outcome = "skipped"
-            step.detail = (f"{len(held):,} of the {len(doomed):,} files past the retention ({retention}) are still "
-                           "needed by a streaming reader's checkpoint; vacuumed once it has read past them")
+            step.detail = ("a streaming reader's checkpoint starts before the oldest commit in the log"
+                           if held is None else
+                           f"{held:,} files a streaming reader's checkpoint would still read were removed longer "
+                           f"ago than the retention ({retention}) allows; vacuumed once it has read past them")
             return step
         on_disk = _files_on_disk(ref)
         if on_disk is not None:
@@ -340,35 +349,6 @@ class Maintainer:
         if on_disk is not None:
             step.files_after, step.bytes_after = _files_on_disk(ref)
         return step
-
-    def reader_files(self, ref: TableRef) -> set[str]:
-        """The table's files that its streaming readers (a silver flow reading bronze, a gold flow
-        reading silver's change feed) would read on a restart, as canonical paths: those added
-        (and change-feed files written) from the version each checkpoint starts at, and, for a
-        reader still in its first snapshot, that snapshot's files."""
-        detail = delta_table(self.spark, ref).detail().select("id", "location").first()
-        offsets = [o for flow in self.pipeline.flows.values() if flow.streaming and ref.name in flow.inputs
-                   for o in reader_offsets(self.spark, flow.checkpoint, detail["id"])]
-        if not offsets:
-            return set()
-        root = detail["location"].rstrip("/")
-        needed: set[str] = set()
-        for offset in offsets:
-            if offset.get("isStartingVersion"):
-                snapshot = read_table(self.spark, ref, version=int(offset["reservoirVersion"]))
-                needed.update(fs.canonical(path) for path in snapshot.inputFiles())
-        version = min(int(o["reservoirVersion"]) for o in offsets)
-        while True:
-            data = fs.read_bytes(self.spark, f"{root}/_delta_log/{version:020d}.json")
-            if data is None:
-                return needed
-            for line in data.decode("utf-8").splitlines():
-                action = json.loads(line) if line.strip() else {}
-                for kind in ("add", "cdc"):
-                    if kind in action:
-                        path = unquote(action[kind]["path"])
-                        needed.add(fs.canonical(path if "://" in path or path.startswith("/") else f"{root}/{path}"))
-            version += 1
 
     def clean_landing(self, source: str) -> Step:
         """Archive or delete the landing files of committed micro-batches (``after_ingest``)."""
@@ -386,7 +366,7 @@ def _table_retention_seconds(spark: SparkSession, ref: TableRef) -> float:
     seconds = 0.0
     for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]+)", value.lower().removeprefix("interval")):
         seconds += duration_seconds(f"{number} {unit}")
-    return seconds or 7 * 86400.0
+    return seconds
 
 
 def _files_on_disk(ref: TableRef) -> tuple[int, int] | None:

@@ -43,7 +43,7 @@ def score(spark, config) -> ScoreSummary:
     from mlflow.tracking import MlflowClient
     from pyspark.sql import functions as F
 
-    from lakehouse.tables import last_commit, read_table, resolve_table, save_to
+    from lakehouse.tables import last_commit, read_table, resolve_table, retry_on_conflict, save_to, writing
 
     training = config.training
     mlflow.set_tracking_uri(tracking_uri(config))
@@ -82,8 +82,9 @@ def score(spark, config) -> ScoreSummary:
     metadata = {"model": name, "model_version": str(champion.version), "inputs": {training.table: version}}
     writer = (predictions.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
               .option("userMetadata", json.dumps(metadata)))
-    save_to(writer, target)
-    commit = last_commit(spark, target)  # the overwrite's own metrics: no second scan to count rows
+    with writing(target):  # maintenance in the same application waits (and the commit read next is this one)
+        retry_on_conflict(lambda: save_to(writer, target), 4)  # lost to another application's commit: redone
+        commit = last_commit(spark, target)  # the overwrite's own metrics: no second scan to count rows
     return ScoreSummary(name, str(champion.version), f"{training.table}@v{version}",
                         int(commit.operationMetrics["numOutputRows"]), commit.version)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lakehouse.checkpoints import files_in_batch, landed_files, processed_files
+from lakehouse.checkpoints import committed_source_files, files_in_batch, landed_files, processed_files, reader_offsets
 
 
 def _source_log(checkpoint: Path, name: str, entries: list[tuple[str, int]]) -> None:
@@ -74,3 +74,44 @@ def test_batch_plans_are_made_once_and_read_back(tmp_path):
     for batch in (1, 2, 3):
         plans.plan(batch, lambda: {"cutoff": 0})
     assert sorted(p.name for p in (tmp_path / "lakehouse" / "plans").iterdir()) == ["2.json", "3.json"]
+
+
+def _offsets(checkpoint: Path, batch: int, *sources: dict) -> None:
+    folder = checkpoint / "offsets"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["v1", json.dumps({"batchWatermarkMs": 0, "batchTimestampMs": 0}), *map(json.dumps, sources)]
+    (folder / str(batch)).write_text("\n".join(lines))
+
+
+def _commit(checkpoint: Path, batch: int) -> None:
+    (checkpoint / "commits").mkdir(parents=True, exist_ok=True)
+    (checkpoint / "commits" / str(batch)).write_text("v1\n{}")
+
+
+def test_committed_source_files_leave_out_a_planned_batch_not_yet_committed(tmp_path):
+    checkpoint = tmp_path / "cp"
+    _source_log(checkpoint, "0", [("file:///l/a.jsonl", 0)])
+    _source_log(checkpoint, "1", [("file:///l/b.jsonl", 1)])
+    _source_log(checkpoint, "2", [("file:///l/c.jsonl", 2)])  # planned for batch 2, not committed
+    for batch in range(3):
+        _offsets(checkpoint, batch, {"logOffset": batch})
+    assert committed_source_files(str(checkpoint)) == set()
+    _commit(checkpoint, 0)
+    _commit(checkpoint, 1)
+    assert committed_source_files(str(checkpoint)) == {"/l/a.jsonl", "/l/b.jsonl"}
+
+
+def test_a_reader_restarts_from_its_newest_committed_batch_or_its_first_planned_one(tmp_path):
+    checkpoint, table, other = tmp_path / "cp", "table-id", "other-id"
+    _offsets(checkpoint, 0, {"reservoirId": table, "reservoirVersion": 3, "index": -1, "isStartingVersion": True},
+             {"reservoirId": other, "reservoirVersion": 9, "index": -1})
+    assert reader_offsets(None, str(checkpoint), table) == [
+        {"reservoirId": table, "reservoirVersion": 3, "index": -1, "isStartingVersion": True}]
+    _commit(checkpoint, 0)
+    _offsets(checkpoint, 1, {"reservoirId": table, "reservoirVersion": 7, "index": -1},
+             {"reservoirId": other, "reservoirVersion": 12, "index": -1})  # planned, not committed
+    assert [o["reservoirVersion"] for o in reader_offsets(None, str(checkpoint), table)] == [3]
+    _commit(checkpoint, 1)
+    assert [o["reservoirVersion"] for o in reader_offsets(None, str(checkpoint), table)] == [7]
+    assert reader_offsets(None, str(checkpoint), "not-read") == []
+    assert reader_offsets(None, str(tmp_path / "none"), table) == []
