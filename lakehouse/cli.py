@@ -363,12 +363,7 @@ def cmd_maintain(config: LakehouseConfig, args) -> int:
     from lakehouse.maintenance import Maintainer, print_steps
 
     spark = _start_spark(config)
-    maintainer = Maintainer(spark, config, dry_run=args.dry_run)
-    tables = maintainer.tables(args.table)  # an unknown name fails before anything changes
-    if not tables:
-        print("maintain: no table exists yet", flush=True)
-    else:
-        print(f"maintain: {len(tables)} table(s){' (dry run: nothing changes)' if args.dry_run else ''}", flush=True)
+    maintainer = Maintainer(spark, config, dry_run=args.dry_run, out=lambda line: print(f"maintain: {line}", flush=True))
     steps = maintainer.run(args.table)
     print_steps(steps, args.dry_run)
     return EXIT_FAILED if any(step.outcome == "failed" for step in steps) else EXIT_OK

@@ -166,7 +166,9 @@ class Maintainer:
         """One pass: every step on every table, then the landing clean-up. Returns the steps; each
         (but a dry run's) is also in ops.maintenance."""
         steps: list[Step] = []
-        for ref in self.tables(names):
+        tables = self.tables(names)  # an unknown name fails before anything changes
+        self.out(f"{len(tables)} table(s){' (dry run: nothing changes)' if self.dry_run else ''}")
+        for ref in tables:
             for name, action in (("settings", self.apply_settings), ("retention", self.trim),
                                  ("compact", self.compact), ("vacuum", self.vacuum)):
                 if name == "settings" and not self.settings_step:
