@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 """A long run of the always-on pipeline, with table maintenance on and off: does it stay healthy?
 
-    .venv/bin/python bench/soak.py [--minutes 30] [--rate 1000] [--interval 5m] [--modes on,off]
-                                   [--trigger 2s] [--env dev]
+    .venv/bin/python bench/soak.py [--minutes 30] [--rate 1000] [--interval '5 minutes'] [--modes on,off]
+                                   [--retention '10 minutes'] [--trigger 2s] [--env dev]
 
 For each mode, in a fresh data directory: `lakehouse generate --rate R --clock live` lands a file
 a second while `lakehouse run --trigger 2s` runs bronze, silver and the streaming gold table,
-with `maintenance.interval` set to ``--interval`` (on) or null (off), for ``--minutes``. Every
+with `maintenance.interval` set to ``--interval`` (on) or null (off), for ``--minutes``. With
+maintenance on, the deleted-file and log retention are ``--retention`` (10 minutes), so that
+VACUUM has something to do within the soak (ops.retention stays: the report reads the first
+minutes' batch times from ops.stream_progress). Every
 minute it samples the data files of each table's current version (from the Delta log, as
 DESCRIBE DETAIL counts them) and the bytes on disk. At the start (after a 2-minute warm-up) and
 at the end, the driver JVM's live heap: `jcmd <pid> GC.class_histogram` (which collects first)
@@ -94,19 +97,33 @@ def soak(mode: str, args, work: Path) -> dict:
     seconds = args.minutes * 60
     feed = lakehouse(args.env, data, "generate", "--rate", str(args.rate), "--duration", str(seconds + 30),
                      "--clock", "live", "--fault-rate", "0.02", "--run-id", "soak", log=log)
-    interval = args.interval if mode == "on" else "null"
-    run = lakehouse(args.env, data, "--set", f"maintenance.interval={interval}", "run", "--trigger", args.trigger,
-                    "--only", "bronze.telemetry", "silver.telemetry", "gold.telemetry_minute", log=log)
+    if mode == "on":
+        settings = [f"maintenance.interval={args.interval}", f"maintenance.deleted_file_retention={args.retention}",
+                    f"maintenance.log_retention={args.retention}"]
+    else:
+        settings = ["maintenance.interval=null"]
+    run = lakehouse(args.env, data, *(f for setting in settings for f in ("--set", setting)), "run",
+                    "--trigger", args.trigger, "--only", "bronze.telemetry", "silver.telemetry",
+                    "gold.telemetry_minute", log=log)
     started = time.monotonic()
     began = datetime.now(timezone.utc)
     samples, heap_start = [], None
-    while time.monotonic() - started < seconds:
-        at = time.monotonic() - started
-        if heap_start is None and at >= WARMUP_S:
-            heap_start = live_heap_mib(run.pid)
+
+    def sample() -> None:
         files = {name: live_files(data / "tables" / name) for name in TABLES}
-        samples.append({"minute": round(at / 60, 1), "files": files, "disk_mib": round(disk_bytes(data / "tables") / 1048576, 1)})
-        time.sleep(max(0.0, started + len(samples) * 60 - time.monotonic()))
+        samples.append({"minute": round((time.monotonic() - started) / 60, 1), "files": files,
+                        "disk_mib": round(disk_bytes(data / "tables") / 1048576, 1)})
+        if run.poll() is not None or feed.poll() is not None:
+            raise SystemExit(f"soak ({mode}): a process ended early; see {log}")
+        print(f"# {mode} minute {samples[-1]['minute']}: {samples[-1]['disk_mib']} MiB, files {files}",
+              file=sys.stderr, flush=True)
+
+    while time.monotonic() - started < seconds:
+        if heap_start is None and time.monotonic() - started >= WARMUP_S:
+            heap_start = live_heap_mib(run.pid)
+        sample()
+        time.sleep(max(0.0, min(started + seconds, started + len(samples) * 60) - time.monotonic()))
+    sample()
     heap_end = live_heap_mib(run.pid)
     ended = datetime.now(timezone.utc)
     stop(feed)
@@ -114,12 +131,12 @@ def soak(mode: str, args, work: Path) -> dict:
     return {"data": data, "samples": samples, "heap": (heap_start, heap_end), "window": (began, ended)}
 
 
-def report(mode: str, result: dict, spark) -> None:
+def report(mode: str, result: dict, spark, env: str) -> None:
     from pyspark.sql import functions as F
 
     from lakehouse.tables import read_table, resolve_table
 
-    config = load_config("dev", conf_dir=REPO / "conf", data_dir=result["data"])
+    config = load_config(env, conf_dir=REPO / "conf", data_dir=result["data"])
     began, ended = result["window"]
     first = (began + timedelta(seconds=WARMUP_S), began + timedelta(seconds=WARMUP_S + EDGE_S))
     last = (ended - timedelta(seconds=EDGE_S), ended)
@@ -141,7 +158,8 @@ def report(mode: str, result: dict, spark) -> None:
     start, end = result["heap"]
     emit("driver_live_heap_mib", round(end / start, 2) if start and end else None, maintenance=mode, start=start,
          end=end, target="<= 1.2")
-    for sample in result["samples"][:: max(1, len(result["samples"]) // 6)] + result["samples"][-1:]:
+    samples = result["samples"]
+    for sample in samples[:-1:max(1, len(samples) // 6)] + samples[-1:]:
         emit("files_per_table", sample["files"], maintenance=mode, minute=sample["minute"], disk_mib=sample["disk_mib"])
     events = read_table(spark, resolve_table(config, "bronze.telemetry")).count()
     disk = disk_bytes(result["data"] / "tables")
@@ -155,22 +173,29 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=1000, help="events/s")
     parser.add_argument("--interval", default="5 minutes", help="maintenance.interval when on")
     parser.add_argument("--modes", default="on,off", help="maintenance on, off, or both (comma-separated)")
+    parser.add_argument("--retention", default="10 minutes",
+                        help="with maintenance on: deleted-file and log retention (short, so that a "
+                             "30-minute soak reaches the steady state a week's retention reaches in weeks)")
     parser.add_argument("--trigger", default="2s")
     parser.add_argument("--env", default="dev")
     args = parser.parse_args()
     emit("environment", platform.node(), cpus=os.cpu_count(), python=platform.python_version(),
          at=datetime.now(timezone.utc).isoformat(timespec="seconds"), minutes=args.minutes, rate=args.rate,
-         interval=args.interval)
+         interval=args.interval, retention=args.retention)
     work = Path(tempfile.mkdtemp(prefix="soak-bench-"))
     try:
-        results = {mode: soak(mode, args, work) for mode in args.modes.split(",") if mode}
-        from lakehouse.session import build_session
+        for mode in (mode for mode in args.modes.split(",") if mode):
+            result = soak(mode, args, work)
+            # The analysis session runs between the soaks, never beside one.
+            from lakehouse.session import build_session
 
-        spark = build_session(load_config(args.env, conf_dir=REPO / "conf", data_dir=work / "analysis"))
-        for mode, result in results.items():
-            report(mode, result, spark)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            spark = build_session(load_config(args.env, conf_dir=REPO / "conf", data_dir=work / "analysis"))
+            report(mode, result, spark, args.env)
+            spark.stop()
+    except BaseException:
+        print(f"# soak: failed; its data and bench.log are kept in {work}", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -94,7 +94,6 @@ class PipelineApp:
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         """Start every flow and keep them running until stopped or none is left. Exit code."""
-        _quiet_expected_warnings(self.spark)
         recorder = self.recorder = ProgressRecorder(self.spark, self.config)
         self.spark.streams.addListener(recorder)
         in_main = threading.current_thread() is threading.main_thread()
@@ -344,26 +343,3 @@ def _after_current_batch(query: StreamingQuery) -> None:
 def _last_batch_id(query: StreamingQuery) -> int | None:
     progress = query.lastProgress
     return progress["batchId"] if progress else None
-
-
-def _quiet_expected_warnings(spark: SparkSession) -> None:
-    """Spark warnings that an always-on application meets as a matter of course, each with its own
-    logger set to ERROR (nothing else is quieted):
-
-    - FairSchedulableBuilder: each flow's pool is made, with equal weight, when its first job
-      arrives (no allocation file: flows come from the configuration), and Spark warns once per
-      pool that it "has not been configured", which is the intent here;
-    - Shell: a stop that interrupts a batch which had just begun (it is redone on restart) logs
-      Hadoop's interrupted file rename with a page of stack trace;
-    - ProcessingTimeExecutor: "current batch is falling behind" on every batch longer than the
-      trigger; the batch times are printed (and in ops.stream_progress) anyway.
-    """
-    try:
-        jvm = spark.sparkContext._jvm
-        error = jvm.org.apache.logging.log4j.Level.ERROR
-        for logger in ("org.apache.spark.scheduler.FairSchedulableBuilder", "org.apache.hadoop.util.Shell",
-                       "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor",  # Spark 4.1
-                       "org.apache.spark.sql.execution.streaming.ProcessingTimeExecutor"):  # Spark 3.5 (Databricks)
-            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(logger, error)
-    except Exception:  # noqa: BLE001 - Spark Connect, or another logging backend: the warnings stay
-        pass

@@ -299,19 +299,23 @@ class Maintainer:
             return step
 
         def optimize():
+            # Measured again at the start: appends (bronze, the ops tables) go on while it waits.
+            at_start = table_size(self.spark, ref)
             builder = delta_table(self.spark, ref).optimize()
-            metrics = (builder.executeZOrderBy(*zorder) if zorder else builder.executeCompaction()).first()
-            return metrics
+            return at_start, (builder.executeZOrderBy(*zorder) if zorder else builder.executeCompaction()).first()
 
-        metrics, step.attempts = self._retrying(ref, optimize, locked=self._rewrites_files(ref))
+        (at_start, metrics), step.attempts = self._retrying(ref, optimize, locked=self._rewrites_files(ref))
         figures = metrics["metrics"] if metrics is not None else None
         if figures is None or not figures["numFilesRemoved"]:
             step.outcome = "nothing to do"  # no bin had two files (Delta commits nothing then)
             step.files_before = step.bytes_before = None
             return step
-        # OPTIMIZE's own figures: appends committed meanwhile (bronze, the ops tables) do not count.
-        step.files_after = before.files - figures["numFilesRemoved"] + figures["numFilesAdded"]
-        step.bytes_after = before.bytes - figures["filesRemoved"]["totalSize"] + figures["filesAdded"]["totalSize"]
+        # OPTIMIZE's own figures, on the snapshot it read (totalConsideredFiles: every file of
+        # it); appends committed after that snapshot do not count.
+        step.files_before = figures["totalConsideredFiles"]
+        step.files_after = step.files_before - figures["numFilesRemoved"] + figures["numFilesAdded"]
+        step.bytes_before = at_start.bytes
+        step.bytes_after = at_start.bytes - figures["filesRemoved"]["totalSize"] + figures["filesAdded"]["totalSize"]
         step.version_after = table_size(self.spark, ref).version
         return step
 

@@ -151,6 +151,7 @@ def build_session(config: LakehouseConfig, app_name: str | None = None, ui: bool
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    quiet_expected_warnings(spark)
     if not launched and "spark.jars.packages" in settings:
         remember_jars(spark, spark_packages(config), config)
     if launched and not _delta_on_classpath(spark):
@@ -191,3 +192,30 @@ def start_job_session(config: LakehouseConfig, ui: bool = False) -> SparkSession
     master = "the launcher's master" if running_on_cluster_launcher() else config.spark.master or "default master"
     print(f"starting Spark ({master}, env {config.env}) ...", file=sys.stderr, flush=True)
     return build_session(config, ui=ui)
+
+
+def quiet_expected_warnings(spark: SparkSession) -> None:
+    """Spark warnings that every job (the always-on run most of all) meets as a matter of course,
+    each with its own logger set to ERROR (nothing else is quieted):
+
+    - FairSchedulableBuilder: each flow's pool is made, with equal weight, when its first job
+      arrives (no allocation file: flows come from the configuration), and Spark warns once per
+      pool that it "has not been configured", which is the intent here;
+    - Shell: a stop that interrupts a batch which had just begun (it is redone on restart) logs
+      Hadoop's interrupted file rename with a page of stack trace;
+    - ProcessingTimeExecutor: "current batch is falling behind" on every batch longer than the
+      trigger; the batch times are printed (and in ops.stream_progress) anyway;
+    - MapPartitionsRDD: "was locally checkpointed ... cannot be recomputed after unpersisting"
+      after every silver MERGE, when Delta drops the copy of the source it materialized for the
+      MERGE (merge.materializeSource), which it no longer needs.
+    """
+    try:
+        jvm = spark.sparkContext._jvm
+        error = jvm.org.apache.logging.log4j.Level.ERROR
+        for logger in ("org.apache.spark.scheduler.FairSchedulableBuilder", "org.apache.hadoop.util.Shell",
+                       "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor",  # Spark 4.1
+                       "org.apache.spark.sql.execution.streaming.ProcessingTimeExecutor",  # Spark 3.5 (Databricks)
+                       "org.apache.spark.rdd.MapPartitionsRDD"):
+            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(logger, error)
+    except Exception:  # noqa: BLE001 - Spark Connect, or another logging backend: the warnings stay
+        pass
