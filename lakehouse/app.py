@@ -281,7 +281,11 @@ class PipelineApp:
 class ScheduledMaintenance:
     """`lakehouse run`'s maintenance: a pass every ``maintenance.interval`` (the first one interval
     after the start), in a thread whose Spark jobs go to scheduler pool ``maintenance``, while
-    the streams go on. One pass at a time; a stop ends a pass after the step it is in."""
+    the streams go on. One pass at a time; a stop ends a pass after the step it is in, and
+    cancels that step's Spark jobs when it takes longer than STOP_WAIT_SECONDS (an OPTIMIZE of a
+    large table: cancelled, it commits nothing, and the files it wrote are VACUUM's)."""
+
+    STOP_WAIT_SECONDS = 30.0
 
     def __init__(self, spark: SparkSession, config: LakehouseConfig):
         self.spark, self.config = spark, config
@@ -304,6 +308,8 @@ class ScheduledMaintenance:
     def _pass(self) -> None:
         context = self.spark.sparkContext
         context.setLocalProperty("spark.scheduler.pool", MAINTENANCE_POOL)
+        # Its own job group, for stop() to cancel (without interrupting task threads mid-write).
+        context.setJobGroup(MAINTENANCE_POOL, "lakehouse table maintenance", interruptOnCancel=False)
         started = time.monotonic()
         try:
             print("maintenance: a pass over every table begins; the flows go on", flush=True)
@@ -316,14 +322,22 @@ class ScheduledMaintenance:
             first = next((line for line in str(exc).splitlines() if line.strip()), "")
             print(f"maintenance: the pass failed: {type(exc).__name__}: {redact_text(first)}", flush=True)
         finally:
-            context.setLocalProperty("spark.scheduler.pool", None)
+            for key in ("spark.scheduler.pool", "spark.jobGroup.id", "spark.job.description"):
+                context.setLocalProperty(key, None)
             self.next_at = time.monotonic() + self.every
 
     def stop(self) -> None:
-        """End a pass in progress after its current step, and wait for it."""
+        """End a pass in progress after its current step, and wait for it (cancelling the step's
+        Spark jobs after STOP_WAIT_SECONDS)."""
         self.halt.set()
+        if not self.busy:
+            return
+        print("maintenance: the pass in progress ends after its current step", flush=True)
+        self.thread.join(self.STOP_WAIT_SECONDS)
         if self.busy:
-            print("maintenance: the pass in progress ends after its current step", flush=True)
+            print(f"maintenance: its step runs longer than {self.STOP_WAIT_SECONDS:.0f}s; cancelling its Spark jobs",
+                  flush=True)
+            self.spark.sparkContext.cancelJobGroup(MAINTENANCE_POOL)
             self.thread.join()
 
 

@@ -75,7 +75,7 @@ MAINTENANCE_SCHEMA = StructType(
         StructField("started_at", TimestampType()),
         StructField("duration_s", DoubleType()),
         StructField("attempts", IntegerType()),  # 1, or more after conflicts with concurrent commits
-        StructField("outcome", StringType()),  # done | nothing to do | failed
+        StructField("outcome", StringType()),  # done | nothing to do | skipped | failed | stopped
         StructField("files_before", LongType()),  # compact: data files of the current version;
         StructField("files_after", LongType()),  # vacuum: files on disk; archive: landing files
         StructField("bytes_before", LongType()),
@@ -195,7 +195,9 @@ class Maintainer:
             step = do()
         except Exception as exc:  # noqa: BLE001 - one failed step is recorded; the others go on
             first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            step = Step(name, action, outcome="failed", detail=redact_text(f"{type(exc).__name__}: {first}")[:500])
+            # A stop cancels the step's Spark jobs after a while (lakehouse.app.ScheduledMaintenance).
+            outcome = "stopped" if self.stop.is_set() else "failed"
+            step = Step(name, action, outcome=outcome, detail=redact_text(f"{type(exc).__name__}: {first}")[:500])
             step.attempts = getattr(exc, "attempts", 1)
         if step is None:
             return None
@@ -399,6 +401,7 @@ def print_steps(steps: list[Step], dry_run: bool, prefix: str = "maintain:", str
     failed = sum(s.outcome == "failed" for s in steps)
     done = sum(s.outcome == "done" for s in steps)
     skipped = sum(s.outcome == "skipped" for s in steps)
+    stopped = sum(s.outcome == "stopped" for s in steps)
     verb = "would change something" if dry_run else "changed something"
-    print(f"{prefix} {done} step(s) {verb}, {len(steps) - done - failed - skipped} had nothing to do, "
-          f"{skipped} skipped, {failed} failed", file=stream, flush=True)
+    print(f"{prefix} {done} step(s) {verb}, {len(steps) - done - failed - skipped - stopped} had nothing to do, "
+          f"{skipped} skipped, {failed} failed" + (f", {stopped} stopped" if stopped else ""), file=stream, flush=True)

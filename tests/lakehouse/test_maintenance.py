@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.app import PipelineApp
+from lakehouse import app as app_module
+from lakehouse.app import PipelineApp, ScheduledMaintenance
 from lakehouse.cli import main
 from lakehouse.config import load_config
 from lakehouse.failpoints import FAILPOINTS_ENV
@@ -66,6 +67,33 @@ def test_retry_on_conflict_redoes_only_conflicts():
     calls.clear()
     with pytest.raises(RuntimeError, match="DELTA_CONCURRENT"):
         retry_on_conflict(conflicting_twice, 2, first_delay=0.0)  # the last conflict is raised
+
+
+def test_a_stop_cancels_a_maintenance_step_that_runs_long(spark, config, monkeypatch, capsys):
+    """The run's stop waits STOP_WAIT_SECONDS for the step in progress, then cancels its Spark
+    jobs: the pass ends, and the shared session's cores are free again."""
+    began = []
+
+    class LongPass:  # a pass whose one step is a Spark job far longer than the stop waits
+        def __init__(self, spark, *args, **kwargs):
+            self.spark = spark
+
+        def run(self):
+            began.append(time.monotonic())
+            self.spark.sparkContext.parallelize(range(2), 2).foreach(lambda _: time.sleep(300))
+            return []
+
+    monkeypatch.setattr(app_module, "Maintainer", LongPass)
+    monkeypatch.setattr(ScheduledMaintenance, "STOP_WAIT_SECONDS", 1.0)
+    scheduled = ScheduledMaintenance(spark, config)  # interval: 1 hour (conf/base)
+    scheduled.next_at = 0.0
+    scheduled.poll()
+    _wait(lambda: began and spark.sparkContext.statusTracker().getActiveJobsIds(), "the pass's job", 60)
+    scheduled.stop()
+    assert not scheduled.busy and scheduled.passes == []
+    out = capsys.readouterr().out
+    assert "cancelling its Spark jobs" in out and "maintenance: the pass failed" in out
+    assert spark.range(10).count() == 10  # the session goes on
 
 
 @pytest.mark.slow
