@@ -26,15 +26,14 @@ def local_dir(location: str) -> Path | None:
     return fs.local_path(location)
 
 
-def logged_batches(checkpoint: str, log: str) -> list[int]:
+def logged_batches(checkpoint: str, log: str, spark=None) -> list[int]:
     """Batch ids with an entry in a query's ``offsets`` (planned) or ``commits`` (done) log, in order.
 
-    Empty for a checkpoint on remote storage (only local and file: checkpoints are read here)."""
-    local = local_dir(checkpoint)
-    folder = local / log if local is not None else None
-    if folder is None or not folder.is_dir():
+    A checkpoint on remote storage is read through ``spark``'s Hadoop file system; without
+    ``spark``, it has no entries (only local and file: checkpoints are read then)."""
+    if spark is None and local_dir(checkpoint) is None:
         return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+    return sorted(int(name) for name in fs.list_names(spark, f"{checkpoint.rstrip('/')}/{log}") if name.isdigit())
 
 
 def _offsets_entry(checkpoint: str, batch_id: int, spark=None) -> list[str]:
@@ -155,19 +154,23 @@ def _source_log_batch(spark, log: str, log_batch: int) -> list[dict]:
     raise FileNotFoundError(f"{log}: no entry for source batch {log_batch}")
 
 
-def processed_files(checkpoint: str, source_index: int = 0) -> set[str]:
-    """Every landing file the query has taken in, as local paths."""
+def _source_log_files(checkpoint: str, source_index: int, up_to: int | None = None) -> set[str]:
+    """The files in a local file source's log (up to its log batch ``up_to``), as local paths."""
     local = local_dir(checkpoint)
-    if local is None:
+    log_dir = local / "sources" / str(source_index) if local is not None else None
+    if log_dir is None or not log_dir.is_dir():
         return set()
-    log_dir = local / "sources" / str(source_index)
-    if not log_dir.is_dir():
-        return set()
-    seen = set()
+    files = set()
     for path in log_dir.iterdir():
         if not path.name.startswith("."):
-            seen.update(fs.canonical(e["path"]) for e in _read_source_log(path))
-    return seen
+            files.update(fs.canonical(e["path"]) for e in _read_source_log(path)
+                         if up_to is None or e.get("batchId", up_to + 1) <= up_to)
+    return files
+
+
+def processed_files(checkpoint: str, source_index: int = 0) -> set[str]:
+    """Every landing file the query has taken in (planned, committed or not), as local paths."""
+    return _source_log_files(checkpoint, source_index)
 
 
 def committed_source_files(checkpoint: str, source_index: int = 0) -> set[str]:
@@ -175,19 +178,9 @@ def committed_source_files(checkpoint: str, source_index: int = 0) -> set[str]:
     entry of the file source's log up to the log batch its newest committed batch read to.
     (A file planned for a batch not yet committed is not among them: a restart redoes that
     batch, and reads it again.)"""
-    local = local_dir(checkpoint)
     done = logged_batches(checkpoint, "commits")
-    if local is None or not done:
-        return set()
-    end = _source_log_offset(checkpoint, done[-1], None)
-    log_dir = local / "sources" / str(source_index)
-    if end is None or not log_dir.is_dir():
-        return set()
-    files = set()
-    for path in log_dir.iterdir():
-        if not path.name.startswith("."):
-            files.update(fs.canonical(e["path"]) for e in _read_source_log(path) if e.get("batchId", end + 1) <= end)
-    return files
+    end = _source_log_offset(checkpoint, done[-1], None) if done else None
+    return set() if end is None else _source_log_files(checkpoint, source_index, up_to=end)
 
 
 def reader_offsets(spark, checkpoint: str, table_id: str) -> list[dict]:
@@ -195,10 +188,8 @@ def reader_offsets(spark, checkpoint: str, table_id: str) -> list[dict]:
     DESCRIBE DETAIL id) from: the offsets (``reservoirVersion``, ``isStartingVersion``) of its
     newest committed batch, where the next batch starts, or before any commit those of its first
     batch. Empty when the query does not read the table."""
-    root = checkpoint.rstrip("/")
-    committed = [int(name) for name in fs.list_names(spark, f"{root}/commits") if name.isdigit()]
-    planned = [int(name) for name in fs.list_names(spark, f"{root}/offsets") if name.isdigit()]
-    start = max(committed) if committed else min(planned, default=None)
+    committed = logged_batches(checkpoint, "commits", spark)
+    start = committed[-1] if committed else min(logged_batches(checkpoint, "offsets", spark), default=None)
     if start is None:
         return []
     offsets = [json.loads(line) for line in planned_source_offsets(checkpoint, start, spark) if line.strip().startswith("{")]
