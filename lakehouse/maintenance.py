@@ -346,16 +346,19 @@ class Maintainer:
                            f"ago than the retention ({retention}) allows; vacuumed once it has read past them")
             return step
         on_disk = _files_on_disk(ref)
+        sizes = {path: _size(path) for path in doomed} if on_disk is not None else {}
         if on_disk is not None:
             step.files_before, step.bytes_before = on_disk
-            step.files_after = step.files_before - len(doomed)
-            step.bytes_after = step.bytes_before - sum(_size(path) for path in doomed)
+            step.files_after, step.bytes_after = step.files_before - len(doomed), step.bytes_before - sum(sizes.values())
         if self.dry_run:
             return step
         _, step.attempts = self._retrying(ref, lambda: self.spark.sql(f"VACUUM {sql_target(ref)}").collect(),
                                           locked=False)
         if on_disk is not None:
-            step.files_after, step.bytes_after = _files_on_disk(ref)
+            # What VACUUM removed, of what it had listed (files written meanwhile do not blur the figure).
+            removed = [path for path in doomed if not fs.local_path(path).exists()]
+            step.files_after = step.files_before - len(removed)
+            step.bytes_after = step.bytes_before - sum(sizes[path] for path in removed)
         return step
 
     def clean_landing(self, source: str) -> Step:
