@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Does compacting or Z-ordering silver on its key speed up silver's MERGE? One run, three layouts.
+"""Does compacting or Z-ordering silver on its key speed up silver's MERGE? One run, four layouts.
 
     .venv/bin/python bench/zorder_merge.py [--rows 2000000] [--appends 200] [--batch 20000]
                                            [--duplicates 0.02] [--repeats 3]
@@ -9,11 +9,13 @@ time-ordered appends, keys random UUIDs (as event ids are). Three copies of it t
 MERGE batches through lakehouse.refine.merge_into_silver (silver's own MERGE, change feed on):
   (a) as written: one small file per append;
   (b) compacted: OPTIMIZE (bin-packing, what `lakehouse maintain` runs);
-  (c) Z-ordered: OPTIMIZE ZORDER BY (event_id).
+  (c) Z-ordered: OPTIMIZE ZORDER BY (event_id);
+  (d) compacted, with deletion vectors (delta.enableDeletionVectors: a MERGE marks the replaced
+      rows instead of rewriting their files).
 Each batch holds ``--batch`` rows: new keys, and a ``--duplicates`` share of keys already in
 silver, re-sent with a later event time (a resend is recent: its key is drawn from the newest 5%
-of rows). Prints one JSON line per layout: the median MERGE seconds and the files the MERGE
-rewrote, and the ratios to (b).
+of rows). Prints one JSON line per layout: the median MERGE seconds, the files each MERGE
+rewrote and the bytes it wrote, and the time ratios to (b).
 """
 
 from __future__ import annotations
@@ -107,29 +109,33 @@ def main() -> int:
         print(f"# wrote {args.rows} rows in {args.appends} appends ({time.perf_counter() - started:.0f} s)",
               file=sys.stderr, flush=True)
         configs = {"as_written": base}
-        for layout in ("compacted", "zordered"):
+        for layout in ("compacted", "zordered", "compacted_dv"):
             shutil.copytree(work / "as_written", work / layout)
             configs[layout] = load_config("dev", conf_dir=REPO / "conf", data_dir=work / layout)
             path = resolve_table(configs[layout], "silver.telemetry").path
+            if layout == "compacted_dv":
+                spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
             spark.sql(f"OPTIMIZE delta.`{path}`" + (" ZORDER BY (event_id)" if layout == "zordered" else ""))
         batches = merge_batches(spark, entity, silver.path, args, seed=7)
         figures = {}
         for layout, config in configs.items():
             ref = resolve_table(config, "silver.telemetry")
-            seconds, rewritten, files = [], [], None
+            seconds, rewritten, written = [], [], []
             for i, batch in enumerate(batches):
                 began = time.perf_counter()
                 merge_into_silver(ref, batch, entity, marker=f"bench-{i}", replay_since_ms=None)
                 seconds.append(time.perf_counter() - began)
                 metrics = spark.sql(f"DESCRIBE HISTORY delta.`{ref.path}` LIMIT 1").first()["operationMetrics"]
                 rewritten.append(int(metrics.get("numTargetFilesRemoved", 0)))
+                written.append(int(metrics.get("numTargetBytesAdded", 0)))
             files = spark.sql(f"DESCRIBE DETAIL delta.`{ref.path}`").first()["numFiles"]
             figures[layout] = statistics.median(seconds)
             print(f"# {layout}: MERGE {[round(s, 2) for s in seconds]} s", file=sys.stderr, flush=True)
             emit("merge_seconds", round(figures[layout], 2), layout=layout, files_after=files,
                  files_rewritten_per_merge=statistics.median(rewritten),
+                 mib_written_per_merge=round(statistics.median(written) / 1048576, 1),
                  runs=[round(s, 2) for s in seconds])
-        for layout in ("as_written", "zordered"):
+        for layout in ("as_written", "zordered", "compacted_dv"):
             emit("merge_time_ratio_to_compacted", round(figures[layout] / figures["compacted"], 2), layout=layout)
     finally:
         shutil.rmtree(work, ignore_errors=True)
