@@ -118,16 +118,18 @@ def soak(mode: str, args, work: Path) -> dict:
         print(f"# {mode} minute {samples[-1]['minute']}: {samples[-1]['disk_mib']} MiB, files {files}",
               file=sys.stderr, flush=True)
 
-    while time.monotonic() - started < seconds:
-        if heap_start is None and time.monotonic() - started >= WARMUP_S:
-            heap_start = live_heap_mib(run.pid)
+    try:
+        while time.monotonic() - started < seconds:
+            if heap_start is None and time.monotonic() - started >= WARMUP_S:
+                heap_start = live_heap_mib(run.pid)
+            sample()
+            time.sleep(max(0.0, min(started + seconds, started + len(samples) * 60) - time.monotonic()))
         sample()
-        time.sleep(max(0.0, min(started + seconds, started + len(samples) * 60) - time.monotonic()))
-    sample()
-    heap_end = live_heap_mib(run.pid)
-    ended = datetime.now(timezone.utc)
-    stop(feed)
-    stop(run)
+        ended = datetime.now(timezone.utc)  # before the heap's forced collection, outside the last window
+        heap_end = live_heap_mib(run.pid)
+    finally:
+        stop(feed)
+        stop(run)
     return {"data": data, "samples": samples, "heap": (heap_start, heap_end), "window": (began, ended)}
 
 

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -282,8 +283,9 @@ class ScheduledMaintenance:
     """`lakehouse run`'s maintenance: a pass every ``maintenance.interval`` (the first one interval
     after the start), in a thread whose Spark jobs go to scheduler pool ``maintenance``, while
     the streams go on. One pass at a time; a stop ends a pass after the step it is in, and
-    cancels that step's Spark jobs when it takes longer than STOP_WAIT_SECONDS (an OPTIMIZE of a
-    large table: cancelled, it commits nothing, and the files it wrote are VACUUM's)."""
+    cancels that step's Spark jobs (its job group) when it takes longer than STOP_WAIT_SECONDS
+    (an OPTIMIZE of a large table: cancelled, it commits nothing, and the files it wrote are
+    VACUUM's). A step waiting for a table's writer lock stops waiting at once."""
 
     STOP_WAIT_SECONDS = 30.0
 
@@ -294,6 +296,7 @@ class ScheduledMaintenance:
         self.halt = threading.Event()
         self.thread: threading.Thread | None = None
         self.passes: list[list[Step]] = []  # the steps of each finished pass
+        self.job_group = f"lakehouse-maintenance-{uuid.uuid4().hex[:8]}"
 
     @property
     def busy(self) -> bool:
@@ -308,12 +311,10 @@ class ScheduledMaintenance:
     def _pass(self) -> None:
         context = self.spark.sparkContext
         context.setLocalProperty("spark.scheduler.pool", MAINTENANCE_POOL)
-        # Its own job group, for stop() to cancel (without interrupting task threads mid-write).
-        context.setJobGroup(MAINTENANCE_POOL, "lakehouse table maintenance", interruptOnCancel=False)
         started = time.monotonic()
         try:
             print("maintenance: a pass over every table begins; the flows go on", flush=True)
-            steps = Maintainer(self.spark, self.config, stop=self.halt, settings_step=False,
+            steps = Maintainer(self.spark, self.config, stop=self.halt, settings_step=False, job_group=self.job_group,
                                out=lambda line: print(f"maintenance: {line}", flush=True)).run()
             self.passes.append(steps)
             print_steps(steps, dry_run=False, prefix="maintenance: pass done in "
@@ -322,8 +323,7 @@ class ScheduledMaintenance:
             first = next((line for line in str(exc).splitlines() if line.strip()), "")
             print(f"maintenance: the pass failed: {type(exc).__name__}: {redact_text(first)}", flush=True)
         finally:
-            for key in ("spark.scheduler.pool", "spark.jobGroup.id", "spark.job.description"):
-                context.setLocalProperty(key, None)
+            context.setLocalProperty("spark.scheduler.pool", None)
             self.next_at = time.monotonic() + self.every
 
     def stop(self) -> None:
@@ -337,8 +337,9 @@ class ScheduledMaintenance:
         if self.busy:
             print(f"maintenance: its step runs longer than {self.STOP_WAIT_SECONDS:.0f}s; cancelling its Spark jobs",
                   flush=True)
-            self.spark.sparkContext.cancelJobGroup(MAINTENANCE_POOL)
-            self.thread.join()
+        while self.busy:  # again each second: a step can start another job (an OPTIMIZE's next bin)
+            self.spark.sparkContext.cancelJobGroup(self.job_group)
+            self.thread.join(1.0)
 
 
 def _after_current_batch(query: StreamingQuery) -> None:

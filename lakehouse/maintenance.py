@@ -56,6 +56,7 @@ from lakehouse.redaction import redact_text
 from lakehouse.silver_tables import SILVER_BATCHES_TABLE
 from lakehouse.tables import (
     TableRef,
+    WaitStopped,
     append_to_table,
     create_table_if_missing,
     delta_table,
@@ -140,10 +141,12 @@ class Maintainer:
     """Maintains the tables of one configuration; :meth:`run` does one pass over them."""
 
     def __init__(self, spark: SparkSession, config: LakehouseConfig, dry_run: bool = False,
-                 stop: threading.Event | None = None, out=None, settings_step: bool = True):
+                 stop: threading.Event | None = None, out=None, settings_step: bool = True,
+                 job_group: str | None = None):
         self.spark, self.config, self.dry_run = spark, config, dry_run
         self.settings_step = settings_step  # False: the run applied them before its streams started
         self.stop = stop or threading.Event()  # set: the pass ends after the step it is in
+        self.job_group = job_group  # each step's Spark jobs, for a stop to cancel (not the ops row)
         self.out = out or (lambda line: print(line, flush=True))
         self.pipeline = Pipeline(config)
         self.settings = config.maintenance
@@ -191,14 +194,23 @@ class Maintainer:
     def _attempt(self, name: str, action: str, do) -> Step | None:
         """Run one step; a failure is recorded as its outcome (the other steps go on)."""
         started = time.monotonic()
+        context = self.spark.sparkContext
+        if self.job_group:
+            context.setJobGroup(self.job_group, f"lakehouse maintenance: {name}: {action}", interruptOnCancel=False)
         try:
             step = do()
         except Exception as exc:  # noqa: BLE001 - one failed step is recorded; the others go on
             first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            # A stop cancels the step's Spark jobs after a while (lakehouse.app.ScheduledMaintenance).
-            outcome = "stopped" if self.stop.is_set() else "failed"
-            step = Step(name, action, outcome=outcome, detail=redact_text(f"{type(exc).__name__}: {first}")[:500])
+            # A stop cancels the step's Spark jobs after a while (lakehouse.app.ScheduledMaintenance),
+            # or ends its wait for the writer lock.
+            stopped = self.stop.is_set() and (isinstance(exc, WaitStopped) or "cancelled" in str(exc))
+            step = Step(name, action, outcome="stopped" if stopped else "failed",
+                        detail=redact_text(f"{type(exc).__name__}: {first}")[:500])
             step.attempts = getattr(exc, "attempts", 1)
+        finally:
+            if self.job_group:
+                for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
+                    context.setLocalProperty(key, None)
         if step is None:
             return None
         step.duration_s = round(time.monotonic() - started, 3)
@@ -216,7 +228,7 @@ class Maintainer:
         def once():
             if not locked:
                 return action()
-            with writing(ref):
+            with writing(ref, stop=self.stop):
                 return action()
 
         attempts = [1]
@@ -316,7 +328,7 @@ class Maintainer:
         # it); appends committed after that snapshot do not count.
         step.files_before = figures["totalConsideredFiles"]
         step.files_after = step.files_before - figures["numFilesRemoved"] + figures["numFilesAdded"]
-        step.bytes_before = at_start.bytes
+        step.bytes_before, step.version_before = at_start.bytes, at_start.version
         step.bytes_after = at_start.bytes - figures["filesRemoved"]["totalSize"] + figures["filesAdded"]["totalSize"]
         step.version_after = table_size(self.spark, ref).version
         return step

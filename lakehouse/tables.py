@@ -200,16 +200,25 @@ _WRITERS: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _WRITERS_GUARD = threading.Lock()
 
 
+class WaitStopped(Exception):
+    """A wait for a table's writer lock given up because the caller is stopping."""
+
+
 @contextmanager
-def writing(ref: TableRef):
+def writing(ref: TableRef, stop: threading.Event | None = None):
     """Hold the table's writer lock of this application while rewriting its files (a MERGE, an
     overwrite, a compaction). Two of those at once make the later commit fail with a Delta
     conflict; inside one application (`lakehouse run`) they take turns instead. Appends need
-    no lock: they never conflict."""
+    no lock: they never conflict. With ``stop``, the wait ends with WaitStopped once it is set."""
     with _WRITERS_GUARD:
         lock = _WRITERS[ref.name]
-    with lock:
+    while not lock.acquire(timeout=0.5 if stop is not None else -1):
+        if stop.is_set():
+            raise WaitStopped(f"{ref.name}: stopped while waiting for its writer")
+    try:
         yield
+    finally:
+        lock.release()
 
 
 DELTA_CONFLICTS = (ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,

@@ -7,14 +7,15 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse import app as app_module
 from lakehouse.app import PipelineApp, ScheduledMaintenance
 from lakehouse.cli import main
 from lakehouse.config import load_config
@@ -24,7 +25,16 @@ from lakehouse.generator_runs import generate_batch
 from lakehouse.maintenance import MAINTENANCE_TABLE, Maintainer
 from lakehouse.reconcile import reconcile
 from lakehouse.runner import pipeline_flows, run_flows
-from lakehouse.tables import delta_table, is_conflict, read_table, resolve_table, retry_on_conflict, table_size
+from lakehouse.tables import (
+    WaitStopped,
+    delta_table,
+    is_conflict,
+    read_table,
+    resolve_table,
+    retry_on_conflict,
+    table_size,
+    writing,
+)
 from tests.conftest import CONF_DIR, REPO
 from tests.lakehouse.test_run import _run_while, _wait
 from tests.processes import Lander
@@ -69,30 +79,44 @@ def test_retry_on_conflict_redoes_only_conflicts():
         retry_on_conflict(conflicting_twice, 2, first_delay=0.0)  # the last conflict is raised
 
 
+def test_a_wait_for_a_writer_lock_ends_on_stop(config):
+    """Maintenance waiting for silver's lock (a MERGE holds it) gives up when the run stops."""
+    ref, stop = resolve_table(config, "silver.telemetry"), threading.Event()
+    with writing(ref):  # the MERGE
+        waiter = ThreadPoolExecutor(1).submit(lambda: writing(ref, stop=stop).__enter__())
+        time.sleep(1.0)
+        assert not waiter.done()
+        stop.set()
+        with pytest.raises(WaitStopped, match="silver.telemetry"):
+            waiter.result(timeout=10)
+    with writing(ref, stop=stop):  # a free lock is taken whatever the stop
+        pass
+
+
 def test_a_stop_cancels_a_maintenance_step_that_runs_long(spark, config, monkeypatch, capsys):
     """The run's stop waits STOP_WAIT_SECONDS for the step in progress, then cancels its Spark
-    jobs: the pass ends, and the shared session's cores are free again."""
+    jobs: the pass ends, its row says stopped, and the shared session's cores are free again."""
     began = []
 
-    class LongPass:  # a pass whose one step is a Spark job far longer than the stop waits
-        def __init__(self, spark, *args, **kwargs):
-            self.spark = spark
+    def long_retention_step(self, ref):  # a step whose Spark job runs far longer than the stop waits
+        began.append(ref.name)
+        self.spark.sparkContext.parallelize(range(2), 2).foreach(lambda _: time.sleep(300))
 
-        def run(self):
-            began.append(time.monotonic())
-            self.spark.sparkContext.parallelize(range(2), 2).foreach(lambda _: time.sleep(300))
-            return []
-
-    monkeypatch.setattr(app_module, "Maintainer", LongPass)
+    monkeypatch.setattr(Maintainer, "tables", lambda self, names=None: [resolve_table(config, "ops.freshness")])
+    monkeypatch.setattr(Maintainer, "trim", long_retention_step)
     monkeypatch.setattr(ScheduledMaintenance, "STOP_WAIT_SECONDS", 1.0)
     scheduled = ScheduledMaintenance(spark, config)  # interval: 1 hour (conf/base)
     scheduled.next_at = 0.0
     scheduled.poll()
-    _wait(lambda: began and spark.sparkContext.statusTracker().getActiveJobsIds(), "the pass's job", 60)
+    _wait(lambda: began and spark.sparkContext.statusTracker().getJobIdsForGroup(scheduled.job_group),
+          "the pass's job", 60)
     scheduled.stop()
-    assert not scheduled.busy and scheduled.passes == []
-    out = capsys.readouterr().out
-    assert "cancelling its Spark jobs" in out and "maintenance: the pass failed" in out
+    assert not scheduled.busy
+    assert "cancelling its Spark jobs" in capsys.readouterr().out
+    (steps,) = scheduled.passes
+    assert [(s.table_name, s.action, s.outcome) for s in steps] == [("ops.freshness", "retention", "stopped")]
+    rows = read_table(spark, resolve_table(config, MAINTENANCE_TABLE)).select("table_name", "action", "outcome").collect()
+    assert [tuple(row) for row in rows] == [("ops.freshness", "retention", "stopped")]
     assert spark.range(10).count() == 10  # the session goes on
 
 
