@@ -4,6 +4,7 @@ and maintenance inside the always-on run beside a live silver writer."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from lakehouse.failpoints import FAILPOINTS_ENV
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
 from lakehouse.maintenance import MAINTENANCE_TABLE, Maintainer
+from lakehouse.reader_holds import deletion_vector_path
 from lakehouse.reconcile import reconcile
 from lakehouse.runner import pipeline_flows, run_flows
 from lakehouse.tables import (
@@ -77,6 +79,21 @@ def test_retry_on_conflict_redoes_only_conflicts():
     calls.clear()
     with pytest.raises(RuntimeError, match="DELTA_CONCURRENT"):
         retry_on_conflict(conflicting_twice, 2, first_delay=0.0)  # the last conflict is raised
+
+
+def test_a_deletion_vector_file_is_found_where_delta_wrote_it(spark, tmp_path):
+    """reader_holds counts deletion vectors as files: their paths decode from the log's descriptors."""
+    table = tmp_path / "dv"
+    spark.sql(f"CREATE TABLE delta.`{table}` (id BIGINT) USING delta TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+    spark.range(1000).coalesce(1).write.format("delta").mode("append").save(str(table))
+    spark.sql(f"DELETE FROM delta.`{table}` WHERE id % 10 = 0")
+    actions = [json.loads(line) for commit in sorted((table / "_delta_log").glob("*.json"))
+               for line in commit.read_text().splitlines()]
+    vectors = [a["add"]["deletionVector"] for a in actions if a.get("add", {}).get("deletionVector")]
+    assert [v["storageType"] for v in vectors] == ["u"]
+    on_disk = {p.relative_to(table).as_posix() for p in table.rglob("deletion_vector_*.bin")}
+    assert {deletion_vector_path(v) for v in vectors} == on_disk and len(on_disk) == 1
+    assert deletion_vector_path({"storageType": "i", "pathOrInlineDv": "wi5b=000010000siXQKl0rr91000f55c8Xg0"}) is None
 
 
 def test_a_wait_for_a_writer_lock_ends_on_stop(config):
