@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Does compacting or Z-ordering silver on its key speed up silver's MERGE? One run, four layouts.
+"""Does compacting or Z-ordering silver on its key speed up silver's MERGE? One run, up to six layouts.
 
     .venv/bin/python bench/zorder_merge.py [--rows 2000000] [--appends 200] [--batch 20000]
                                            [--duplicates 0.02] [--repeats 3]
@@ -11,7 +11,9 @@ MERGE batches through lakehouse.refine.merge_into_silver (silver's own MERGE, ch
   (b) compacted: OPTIMIZE (bin-packing, what `lakehouse maintain` runs);
   (c) Z-ordered: OPTIMIZE ZORDER BY (event_id);
   (d) compacted, with deletion vectors (delta.enableDeletionVectors: a MERGE marks the replaced
-      rows instead of rewriting their files).
+      rows instead of rewriting their files);
+  (e), (f) compacted into files of at most 16 MiB (optimize.maxFileSize), without and with
+      deletion vectors.
 Each batch holds ``--batch`` rows: new keys, and a ``--duplicates`` share of keys already in
 silver, re-sent with a later event time (a resend is recent: its key is drawn from the newest 5%
 of rows). Prints one JSON line per layout: the median MERGE seconds, the files each MERGE
@@ -39,6 +41,16 @@ from lakehouse.refine import merge_into_silver  # noqa: E402
 from lakehouse.session import build_session  # noqa: E402
 from lakehouse.silver_tables import ensure_silver_tables, silver_schema  # noqa: E402
 from lakehouse.tables import resolve_table  # noqa: E402
+
+# layout -> (Z-order by the key, deletion vectors, OPTIMIZE's target file size in MiB; None: Delta's 1 GiB)
+LAYOUTS = {
+    "as_written": (False, False, None),
+    "compacted": (False, False, None),
+    "zordered": (True, False, None),
+    "compacted_dv": (False, True, None),
+    "compacted_16mib": (False, False, 16),
+    "compacted_16mib_dv": (False, True, 16),
+}
 
 
 def emit(figure: str, value, **extra) -> None:
@@ -89,6 +101,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--duplicates", type=float, default=0.02)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help=f"comma-separated, of {', '.join(LAYOUTS)}")
     args = parser.parse_args()
     emit("environment", platform.node(), python=platform.python_version(),
          at=datetime.now(timezone.utc).isoformat(timespec="seconds"), rows=args.rows, appends=args.appends,
@@ -109,13 +122,19 @@ def main() -> int:
         print(f"# wrote {args.rows} rows in {args.appends} appends ({time.perf_counter() - started:.0f} s)",
               file=sys.stderr, flush=True)
         configs = {"as_written": base}
-        for layout in ("compacted", "zordered", "compacted_dv"):
+        for layout in args.layouts.split(","):
+            if layout == "as_written":
+                continue
+            zorder, vectors, max_mib = LAYOUTS[layout]
             shutil.copytree(work / "as_written", work / layout)
             configs[layout] = load_config("dev", conf_dir=REPO / "conf", data_dir=work / layout)
             path = resolve_table(configs[layout], "silver.telemetry").path
-            if layout == "compacted_dv":
+            if vectors:
                 spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
-            spark.sql(f"OPTIMIZE delta.`{path}`" + (" ZORDER BY (event_id)" if layout == "zordered" else ""))
+            if max_mib:
+                spark.conf.set("spark.databricks.delta.optimize.maxFileSize", str(max_mib * 1048576))
+            spark.sql(f"OPTIMIZE delta.`{path}`" + (" ZORDER BY (event_id)" if zorder else ""))
+            spark.conf.unset("spark.databricks.delta.optimize.maxFileSize")
         batches = merge_batches(spark, entity, silver.path, args, seed=7)
         figures = {}
         for layout, config in configs.items():
@@ -135,7 +154,7 @@ def main() -> int:
                  files_rewritten_per_merge=statistics.median(rewritten),
                  mib_written_per_merge=round(statistics.median(written) / 1048576, 1),
                  runs=[round(s, 2) for s in seconds])
-        for layout in ("as_written", "zordered", "compacted_dv"):
+        for layout in (name for name in figures if name != "compacted" and "compacted" in figures):
             emit("merge_time_ratio_to_compacted", round(figures[layout] / figures["compacted"], 2), layout=layout)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -34,6 +34,7 @@ import re
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -312,11 +313,15 @@ class Maintainer:
             step.detail = f"{before.files:,} files, {size_text(before.bytes)}, by {how}"
             return step
 
+        # A MERGE target's files stay small: a MERGE rewrites every file one of its keys is in.
+        file_size = self.settings.silver_file_mib * 1048576 if self._merge_entity(ref) else None
+
         def optimize():
             # Measured again at the start: appends (bronze, the ops tables) go on while it waits.
             at_start = table_size(self.spark, ref)
             builder = delta_table(self.spark, ref).optimize()
-            return at_start, (builder.executeZOrderBy(*zorder) if zorder else builder.executeCompaction()).first()
+            with _session_conf(self.spark, {OPTIMIZE_MIN_FILE_SIZE: file_size, OPTIMIZE_MAX_FILE_SIZE: file_size}):
+                return at_start, (builder.executeZOrderBy(*zorder) if zorder else builder.executeCompaction()).first()
 
         (at_start, metrics), step.attempts = self._retrying(ref, optimize, locked=self._rewrites_files(ref))
         figures = metrics["metrics"] if metrics is not None else None
@@ -333,11 +338,14 @@ class Maintainer:
         step.version_after = table_size(self.spark, ref).version
         return step
 
-    def _zorder_keys(self, ref: TableRef) -> list[str]:
+    def _merge_entity(self, ref: TableRef) -> str | None:
+        """The entity whose silver MERGE writes this table (None for any other table)."""
         flow = self.pipeline.producer(ref.name)
-        if not self.settings.zorder_silver or flow is None or flow.kind != "silver" or ref.name != flow.writes[0]:
-            return []
-        return list(self.config.entity(flow.name).keys)
+        return flow.name if flow is not None and flow.kind == "silver" and ref.name == flow.writes[0] else None
+
+    def _zorder_keys(self, ref: TableRef) -> list[str]:
+        entity = self._merge_entity(ref)
+        return list(self.config.entity(entity).keys) if entity and self.settings.zorder_silver else []
 
     def vacuum(self, ref: TableRef) -> Step | None:
         retention_s = _table_retention_seconds(self.spark, ref)
@@ -380,6 +388,28 @@ class Maintainer:
                     files_before=done.present, files_after=done.left,
                     detail=f"{done.done:,} files of committed batches ({size_text(done.bytes)}) of {done.present:,} "
                            f"in {done.landing}")
+
+
+OPTIMIZE_MIN_FILE_SIZE = "spark.databricks.delta.optimize.minFileSize"  # smaller files are compacted
+OPTIMIZE_MAX_FILE_SIZE = "spark.databricks.delta.optimize.maxFileSize"  # the files it writes
+
+
+@contextmanager
+def _session_conf(spark: SparkSession, settings: dict[str, int | None]):
+    """Session settings (those not None) for the duration of one command, then as they were
+    (maintenance runs one step at a time; the streams never read these)."""
+    chosen = {key: value for key, value in settings.items() if value is not None}
+    before = {key: spark.conf.get(key, None) for key in chosen}
+    for key, value in chosen.items():
+        spark.conf.set(key, str(value))
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def _table_retention_seconds(spark: SparkSession, ref: TableRef) -> float:

@@ -37,7 +37,11 @@ class MaintenanceConfig:
     # A table is compacted (OPTIMIZE) once it holds at least this many data files.
     compact_min_files: Annotated[int, Range(low=2)] = 16
     # Silver tables are compacted with Z-order on the entity's keys (rather than plain bin-packing).
+    # Measured (bench/zorder_merge.py): no faster MERGE on random keys; off.
     zorder_silver: bool = False
+    # Silver tables are compacted into files of at most this size (MiB): each MERGE rewrites every
+    # file a key of its batch is in, so large files make each batch write more (bench/RESULTS.md).
+    silver_file_mib: Annotated[int, Range(low=1)] = 16
     # Delta table properties set on every table: how long removed data files (and change-feed
     # files) are kept for time travel, readers and VACUUM; how long the log's history is kept.
     deleted_file_retention: Duration = "7 days"

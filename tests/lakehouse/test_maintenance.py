@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType
 
+from lakehouse import fs
 from lakehouse.app import PipelineApp, ScheduledMaintenance
 from lakehouse.cli import main
 from lakehouse.config import load_config
@@ -27,6 +29,7 @@ from lakehouse.maintenance import MAINTENANCE_TABLE, Maintainer
 from lakehouse.reader_holds import deletion_vector_path
 from lakehouse.reconcile import reconcile
 from lakehouse.runner import pipeline_flows, run_flows
+from lakehouse.silver_tables import ensure_silver_tables, silver_schema
 from lakehouse.tables import (
     WaitStopped,
     delta_table,
@@ -94,6 +97,26 @@ def test_a_deletion_vector_file_is_found_where_delta_wrote_it(spark, tmp_path):
     on_disk = {p.relative_to(table).as_posix() for p in table.rglob("deletion_vector_*.bin")}
     assert {deletion_vector_path(v) for v in vectors} == on_disk and len(on_disk) == 1
     assert deletion_vector_path({"storageType": "i", "pathOrInlineDv": "wi5b=000010000siXQKl0rr91000f55c8Xg0"}) is None
+
+
+def test_silver_compacts_into_files_of_at_most_silver_file_mib(spark, tmp_path):
+    """A MERGE rewrites each file one of its keys is in: silver's compaction keeps files small."""
+    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data", overrides=["maintenance.silver_file_mib=1"])
+    ensure_silver_tables(spark, config, "telemetry")
+    ref = resolve_table(config, "silver.telemetry")
+    columns = [(F.expr("uuid()") if field.dataType == StringType() else F.lit(None)).cast(field.dataType).alias(field.name)
+               for field in silver_schema(config.entity("telemetry")).fields]
+    spark.range(30000).select(*columns).repartition(40).write.format("delta").mode("append").save(ref.path)
+    before = read_table(spark, ref)
+    total = sum(os.path.getsize(fs.local_path(f)) for f in before.inputFiles())
+    assert total > 3 * 1048576  # more than three files' worth
+
+    step = Maintainer(spark, config).compact(ref)
+    files = [os.path.getsize(fs.local_path(f)) for f in read_table(spark, ref).inputFiles()]
+    assert (step.outcome, step.files_before, step.files_after) == ("done", 40, len(files))
+    assert 3 <= len(files) < 40 and max(files) <= 1.5 * 1048576
+    assert read_table(spark, ref).count() == 30000
+    assert spark.conf.get("spark.databricks.delta.optimize.maxFileSize", None) is None  # set for the step only
 
 
 def test_a_wait_for_a_writer_lock_ends_on_stop(config):
