@@ -31,7 +31,8 @@ from pyspark.sql.streaming import StreamingQuery
 from lakehouse.config import LakehouseConfig, duration_seconds
 from lakehouse.errors import EXIT_FAILED, EXIT_OK, batch_error
 from lakehouse.maintenance import POOL as MAINTENANCE_POOL
-from lakehouse.maintenance import Maintainer, Step, print_steps
+from lakehouse.maintenance import Maintainer
+from lakehouse.maintenance_steps import Step, print_steps
 from lakehouse.pipeline import Flow, Pipeline
 from lakehouse.progress import ProgressRecorder
 from lakehouse.redaction import redact_text

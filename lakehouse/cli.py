@@ -360,7 +360,8 @@ def cmd_sql(config: LakehouseConfig, args) -> int:
 
 
 def cmd_maintain(config: LakehouseConfig, args) -> int:
-    from lakehouse.maintenance import Maintainer, print_steps
+    from lakehouse.maintenance import Maintainer
+    from lakehouse.maintenance_steps import print_steps
 
     spark = _start_spark(config)
     maintainer = Maintainer(spark, config, dry_run=args.dry_run, out=lambda line: print(f"maintain: {line}", flush=True))

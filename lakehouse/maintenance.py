@@ -8,14 +8,15 @@ For each table (every table the pipeline writes, and the ``ops.*`` tables), in t
    The accounting tables (silver_batches, ingested_files, bad_files) are kept whole:
    reconciliation and exactly-once read all of them.
 3. ``compact``: OPTIMIZE once the table holds ``maintenance.compact_min_files`` data files (silver
-   by Z-order on its keys with ``maintenance.zorder_silver``). It commits with dataChange=false:
-   streaming readers and the change feed skip it.
+   into files of at most ``maintenance.silver_file_mib``, by Z-order on its keys with
+   ``maintenance.zorder_silver``). It commits with dataChange=false: streaming readers and the
+   change feed skip it.
 4. ``vacuum``: VACUUM with the table's own retention (never a shorter RETAIN), skipped while a
    file a streaming reader's checkpoint would still read on a restart was removed long enough
    ago to be deleted (lakehouse/reader_holds.py).
 
 Then each files source with ``after_ingest: archive | delete`` is cleaned (lakehouse/landing_cleanup.py).
-Each step is a row of ``ops.maintenance``. A commit that loses to a concurrent one (Delta's
+Each step is a row of ``ops.maintenance`` (lakehouse/maintenance_steps.py). A commit that loses to a concurrent one (Delta's
 optimistic concurrency) is retried with backoff, up to ``maintenance.max_attempts``.
 
 Inside `lakehouse run` (lakehouse/app.py) a pass runs every ``maintenance.interval`` in a thread
@@ -31,16 +32,13 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import DoubleType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
 from lakehouse import fs
 from lakehouse.config import LakehouseConfig, duration_seconds
@@ -49,6 +47,7 @@ from lakehouse.formatting import duration_text, size_text
 from lakehouse.freshness import FRESHNESS_TABLE
 from lakehouse.landing import BAD_FILES_TABLE, INGESTED_FILES_TABLE
 from lakehouse.landing_cleanup import clean_landing
+from lakehouse.maintenance_steps import MAINTENANCE_SCHEMA, MAINTENANCE_TABLE, Step
 from lakehouse.pipeline import Pipeline
 from lakehouse.progress import STREAM_PROGRESS_TABLE
 from lakehouse.quality import QUALITY_RESULTS_TABLE
@@ -69,24 +68,6 @@ from lakehouse.tables import (
     writing,
 )
 
-MAINTENANCE_TABLE = "ops.maintenance"
-MAINTENANCE_SCHEMA = StructType(
-    [
-        StructField("table_name", StringType()),  # bronze.telemetry, ...; a source for "archive"/"delete"
-        StructField("action", StringType()),  # settings | retention | compact | vacuum | archive | delete
-        StructField("started_at", TimestampType()),
-        StructField("duration_s", DoubleType()),
-        StructField("attempts", IntegerType()),  # 1, or more after conflicts with concurrent commits
-        StructField("outcome", StringType()),  # done | nothing to do | skipped | failed | stopped
-        StructField("files_before", LongType()),  # compact: data files of the current version;
-        StructField("files_after", LongType()),  # vacuum: files on disk; archive: landing files
-        StructField("bytes_before", LongType()),
-        StructField("bytes_after", LongType()),
-        StructField("version_before", LongType()),
-        StructField("version_after", LongType()),
-        StructField("detail", StringType()),  # one line: what changed, or the error
-    ]
-)
 # ops tables that are logs of the run: trimmed to ops.retention by the column that dates a row
 LOG_TABLES = {
     STREAM_PROGRESS_TABLE: "batch_time",
@@ -96,46 +77,6 @@ LOG_TABLES = {
 }
 OPS_TABLES = (*LOG_TABLES, SILVER_BATCHES_TABLE, INGESTED_FILES_TABLE, BAD_FILES_TABLE)
 POOL = "maintenance"  # the run's scheduler pool for maintenance jobs
-
-
-@dataclass
-class Step:
-    """One maintenance action on one table (a row of ops.maintenance)."""
-
-    table_name: str
-    action: str
-    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-    duration_s: float = 0.0
-    attempts: int = 1
-    outcome: str = "done"
-    files_before: int | None = None
-    files_after: int | None = None
-    bytes_before: int | None = None
-    bytes_after: int | None = None
-    version_before: int | None = None
-    version_after: int | None = None
-    detail: str = ""
-
-    def row(self) -> tuple:
-        return (self.table_name, self.action, self.started_at.replace(tzinfo=None), self.duration_s, self.attempts,
-                self.outcome, self.files_before, self.files_after, self.bytes_before, self.bytes_after,
-                self.version_before, self.version_after, self.detail)
-
-    def describe(self, dry_run: bool = False) -> str:
-        """One line: ``silver.telemetry: compact: done (212 -> 3 files, 2.1 MiB -> 1.9 MiB; by bin-packing) [4.2s]``."""
-        outcome = "would be done" if dry_run and self.outcome == "done" else self.outcome
-        parts = []
-        if self.files_before is not None and self.files_after is not None:
-            sizes = f"{self.files_before:,} -> {self.files_after:,} files"
-            if self.bytes_before is not None and self.bytes_after is not None:
-                sizes += f", {size_text(self.bytes_before)} -> {size_text(self.bytes_after)}"
-            parts.append(sizes)
-        if self.detail:
-            parts.append(self.detail)
-        if self.attempts > 1:
-            parts.append(f"{self.attempts} attempts")
-        inside = f" ({'; '.join(parts)})" if parts else ""
-        return f"{self.table_name}: {self.action}: {outcome}{inside} [{self.duration_s:.1f}s]"
 
 
 class Maintainer:
@@ -439,14 +380,3 @@ def _files_on_disk(ref: TableRef) -> tuple[int, int] | None:
 def _size(path: str) -> int:
     stat = fs.stat(None, path) if fs.local_path(path) is not None else None
     return stat.size if stat is not None else 0
-
-
-def print_steps(steps: list[Step], dry_run: bool, prefix: str = "maintain:", stream=sys.stdout) -> None:
-    """One summary line of a pass."""
-    failed = sum(s.outcome == "failed" for s in steps)
-    done = sum(s.outcome == "done" for s in steps)
-    skipped = sum(s.outcome == "skipped" for s in steps)
-    stopped = sum(s.outcome == "stopped" for s in steps)
-    verb = "would change something" if dry_run else "changed something"
-    print(f"{prefix} {done} step(s) {verb}, {len(steps) - done - failed - skipped - stopped} had nothing to do, "
-          f"{skipped} skipped, {failed} failed" + (f", {stopped} stopped" if stopped else ""), file=stream, flush=True)

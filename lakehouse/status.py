@@ -21,7 +21,8 @@ from lakehouse.config import LakehouseConfig
 from lakehouse.formatting import duration_text, size_text
 from lakehouse.freshness import FRESHNESS_TABLE
 from lakehouse.landing import bad_files, changed_files
-from lakehouse.maintenance import MAINTENANCE_TABLE, Maintainer
+from lakehouse.maintenance import Maintainer
+from lakehouse.maintenance_steps import MAINTENANCE_TABLE
 from lakehouse.pipeline import Pipeline
 from lakehouse.progress import STREAM_PROGRESS_TABLE
 from lakehouse.tables import read_table, resolve_table, table_exists, table_size

@@ -25,7 +25,8 @@ from lakehouse.config import load_config
 from lakehouse.failpoints import FAILPOINTS_ENV
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
-from lakehouse.maintenance import MAINTENANCE_TABLE, Maintainer
+from lakehouse.maintenance import Maintainer
+from lakehouse.maintenance_steps import MAINTENANCE_TABLE
 from lakehouse.reader_holds import deletion_vector_path
 from lakehouse.reconcile import reconcile
 from lakehouse.runner import pipeline_flows, run_flows
