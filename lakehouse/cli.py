@@ -363,9 +363,8 @@ def cmd_maintain(config: LakehouseConfig, args) -> int:
     from lakehouse.maintenance import Maintainer
     from lakehouse.maintenance_steps import print_steps
 
-    spark = _start_spark(config)
-    maintainer = Maintainer(spark, config, dry_run=args.dry_run, out=lambda line: print(f"maintain: {line}", flush=True))
-    steps = maintainer.run(args.table)
+    steps = Maintainer(_start_spark(config), config, dry_run=args.dry_run,
+                       out=lambda line: print(f"maintain: {line}", flush=True)).run(args.table)
     print_steps(steps, args.dry_run)
     return EXIT_FAILED if any(step.outcome == "failed" for step in steps) else EXIT_OK
 
