@@ -16,8 +16,9 @@ For each table (every table the pipeline writes, and the ``ops.*`` tables), in t
    ago to be deleted (lakehouse/reader_holds.py).
 
 Then each files source with ``after_ingest: archive | delete`` is cleaned (lakehouse/landing_cleanup.py).
-Each step is a row of ``ops.maintenance`` (lakehouse/maintenance_steps.py). A commit that loses to a concurrent one (Delta's
-optimistic concurrency) is retried with backoff, up to ``maintenance.max_attempts``.
+Each step is a row of ``ops.maintenance`` (lakehouse/maintenance_steps.py). A commit that loses
+to a concurrent one (Delta's optimistic concurrency) is retried with backoff, up to
+``maintenance.max_attempts``.
 
 Inside `lakehouse run` (lakehouse/app.py) a pass runs every ``maintenance.interval`` in a thread
 of its own (scheduler pool ``maintenance``) beside the streams. Where a flow rewrites files
@@ -34,7 +35,6 @@ import os
 import re
 import threading
 import time
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 from pyspark.sql import SparkSession
@@ -62,6 +62,7 @@ from lakehouse.tables import (
     delta_table,
     resolve_table,
     retry_on_conflict,
+    session_conf,
     sql_target,
     table_exists,
     table_size,
@@ -261,7 +262,7 @@ class Maintainer:
             # Measured again at the start: appends (bronze, the ops tables) go on while it waits.
             at_start = table_size(self.spark, ref)
             builder = delta_table(self.spark, ref).optimize()
-            with _session_conf(self.spark, {OPTIMIZE_MIN_FILE_SIZE: file_size, OPTIMIZE_MAX_FILE_SIZE: file_size}):
+            with session_conf(self.spark, {OPTIMIZE_MIN_FILE_SIZE: file_size, OPTIMIZE_MAX_FILE_SIZE: file_size}):
                 return at_start, (builder.executeZOrderBy(*zorder) if zorder else builder.executeCompaction()).first()
 
         (at_start, metrics), step.attempts = self._retrying(ref, optimize, locked=self._rewrites_files(ref))
@@ -333,24 +334,6 @@ class Maintainer:
 
 OPTIMIZE_MIN_FILE_SIZE = "spark.databricks.delta.optimize.minFileSize"  # smaller files are compacted
 OPTIMIZE_MAX_FILE_SIZE = "spark.databricks.delta.optimize.maxFileSize"  # the files it writes
-
-
-@contextmanager
-def _session_conf(spark: SparkSession, settings: dict[str, int | None]):
-    """Session settings (those not None) for the duration of one command, then as they were
-    (maintenance runs one step at a time; the streams never read these)."""
-    chosen = {key: value for key, value in settings.items() if value is not None}
-    before = {key: spark.conf.get(key, None) for key in chosen}
-    for key, value in chosen.items():
-        spark.conf.set(key, str(value))
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
 
 
 def _table_retention_seconds(spark: SparkSession, ref: TableRef) -> float:

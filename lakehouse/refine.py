@@ -51,6 +51,7 @@ from lakehouse.tables import (
     read_table,
     resolve_table,
     retry_on_conflict,
+    session_conf,
     table_exists,
     writing,
 )
@@ -298,9 +299,9 @@ def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfi
         # version of a key replaces the whole row).
         rows = rows.withColumns({f.name: F.lit(None).cast(f.dataType) for f in silver.toDF().schema.fields
                                  if f.name not in rows.columns})
-    session_conf = {"spark.databricks.delta.commitInfo.userMetadata": marker}
+    settings = {"spark.databricks.delta.commitInfo.userMetadata": marker}
     if set(rows.columns) - set(silver.toDF().columns):  # new columns join silver's schema in this MERGE
-        session_conf["spark.databricks.delta.schema.autoMerge.enabled"] = "true"
+        settings["spark.databricks.delta.schema.autoMerge.enabled"] = "true"
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in entity.keys)
     newer = f"s.`{entity.event_time}` > t.`{entity.event_time}` OR t.`{entity.event_time}` IS NULL"
 
@@ -309,19 +310,14 @@ def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfi
         return silver.alias("t").merge(rows.alias("s"), condition).whenMatchedUpdateAll(condition=newer) \
             .whenNotMatchedInsertAll().execute().first()
 
-    for key, value in session_conf.items():
-        spark.conf.set(key, value)
-    try:
-        # Maintenance in the same application (lakehouse/maintenance.py) waits for the MERGE, and
-        # the MERGE for it. A compaction by another application can still win the commit: the
-        # MERGE, which committed nothing then, is redone on the new version.
-        with writing(silver_ref):
-            metrics, _ = retry_on_conflict(merge, MERGE_ATTEMPTS, on_retry=lambda attempt, exc: print(
-                f"silver.{silver_ref.table}: the MERGE met a concurrent commit ({type(exc).__name__}); "
-                f"redoing it (attempt {attempt + 1} of {MERGE_ATTEMPTS})", flush=True))
-    finally:
-        for key in session_conf:
-            spark.conf.unset(key)
+    # Maintenance in the same application (lakehouse/maintenance.py) waits for the MERGE, and
+    # the MERGE for it. A compaction by another application can still win the commit: the
+    # MERGE, which committed nothing then, is redone on the new version. The marker is set once
+    # the lock is held: a compaction of silver committing meanwhile would otherwise carry it.
+    with writing(silver_ref), session_conf(spark, settings):
+        metrics, _ = retry_on_conflict(merge, MERGE_ATTEMPTS, on_retry=lambda attempt, exc: print(
+            f"silver.{silver_ref.table}: the MERGE met a concurrent commit ({type(exc).__name__}); "
+            f"redoing it (attempt {attempt + 1} of {MERGE_ATTEMPTS})", flush=True))
     return int(metrics["num_inserted_rows"]) if metrics is not None else 0
 
 

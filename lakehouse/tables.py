@@ -200,6 +200,26 @@ _WRITERS: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _WRITERS_GUARD = threading.Lock()
 
 
+@contextmanager
+def session_conf(spark: SparkSession, settings: dict[str, object]):
+    """Session settings (those not None) for the duration of one command, then as they were.
+    They are the whole session's: only for a command whose table no other thread writes meanwhile
+    (silver's MERGE and maintenance's OPTIMIZE hold the table's writer lock; the streams never
+    read the keys set)."""
+    chosen = {key: str(value) for key, value in settings.items() if value is not None}
+    before = {key: spark.conf.get(key, None) for key in chosen}
+    for key, value in chosen.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
 class WaitStopped(Exception):
     """A wait for a table's writer lock given up because the caller is stopping."""
 
