@@ -2,13 +2,15 @@
 """A long run of the always-on pipeline, with table maintenance on and off: does it stay healthy?
 
     .venv/bin/python bench/soak.py [--minutes 30] [--rate 1000] [--interval '5 minutes'] [--modes on,off]
-                                   [--retention '10 minutes'] [--trigger 2s] [--env dev]
+                                   [--retention '10 minutes'] [--cleanup-every '10 minutes']
+                                   [--trigger 2s] [--env dev] [--keep]
 
 For each mode, in a fresh data directory: `lakehouse generate --rate R --clock live` lands a file
 a second while `lakehouse run --trigger 2s` runs bronze, silver and the streaming gold table,
 with `maintenance.interval` set to ``--interval`` (on) or null (off), for ``--minutes``. With
 maintenance on, the deleted-file and log retention are ``--retention`` (10 minutes), so that
-VACUUM has something to do within the soak (ops.retention stays: the report reads the first
+VACUUM has something to do within the soak, and the clean-up runs every ``--cleanup-every``
+(10 minutes; ops.retention stays: the report reads the first
 minutes' batch times from ops.stream_progress). Every
 minute it samples the data files of each table's current version (from the Delta log, as
 DESCRIBE DETAIL counts them) and the bytes on disk. At the start (after a 2-minute warm-up) and
@@ -99,7 +101,7 @@ def soak(mode: str, args, work: Path) -> dict:
                      "--clock", "live", "--fault-rate", "0.02", "--run-id", "soak", log=log)
     if mode == "on":
         settings = [f"maintenance.interval={args.interval}", f"maintenance.deleted_file_retention={args.retention}",
-                    f"maintenance.log_retention={args.retention}"]
+                    f"maintenance.log_retention={args.retention}", f"maintenance.cleanup_every={args.cleanup_every}"]
     else:
         settings = ["maintenance.interval=null"]
     run = lakehouse(args.env, data, *(f for setting in settings for f in ("--set", setting)), "run",
@@ -178,12 +180,16 @@ def main() -> int:
     parser.add_argument("--retention", default="10 minutes",
                         help="with maintenance on: deleted-file and log retention (short, so that a "
                              "30-minute soak reaches the steady state a week's retention reaches in weeks)")
+    parser.add_argument("--cleanup-every", default="10 minutes",
+                        help="with maintenance on: maintenance.cleanup_every (retention and VACUUM at most this often; "
+                             "shortened with --retention, as the default 1 day is to 7 days)")
     parser.add_argument("--trigger", default="2s")
     parser.add_argument("--env", default="dev")
+    parser.add_argument("--keep", action="store_true", help="keep each mode's data directory and bench.log")
     args = parser.parse_args()
     emit("environment", platform.node(), cpus=os.cpu_count(), python=platform.python_version(),
          at=datetime.now(timezone.utc).isoformat(timespec="seconds"), minutes=args.minutes, rate=args.rate,
-         interval=args.interval, retention=args.retention)
+         interval=args.interval, retention=args.retention, cleanup_every=args.cleanup_every)
     work = Path(tempfile.mkdtemp(prefix="soak-bench-"))
     try:
         for mode in (mode for mode in args.modes.split(",") if mode):
@@ -197,7 +203,10 @@ def main() -> int:
     except BaseException:
         print(f"# soak: failed; its data and bench.log are kept in {work}", file=sys.stderr)
         raise
-    shutil.rmtree(work, ignore_errors=True)
+    if args.keep:
+        print(f"# soak: data and bench.log kept in {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -283,8 +283,10 @@ class PipelineApp:
 class ScheduledMaintenance:
     """`lakehouse run`'s maintenance: a pass every ``maintenance.interval`` (the first one interval
     after the start), in a thread whose Spark jobs go to scheduler pool ``maintenance``, while
-    the streams go on. One pass at a time; a stop ends a pass after the step it is in, and
-    cancels that step's Spark jobs (its job group) when it takes longer than STOP_WAIT_SECONDS
+    the streams go on. A table's clean-up (retention, VACUUM) runs in the first pass and then at
+    most every ``maintenance.cleanup_every`` (:attr:`cleaned`). One pass at a time; a stop ends a
+    pass after the step it is in, and cancels that step's Spark jobs (its job group) when it
+    takes longer than STOP_WAIT_SECONDS
     (an OPTIMIZE of a large table: cancelled, it commits nothing, and the files it wrote are
     VACUUM's). A step waiting for a table's writer lock stops waiting at once."""
 
@@ -297,6 +299,7 @@ class ScheduledMaintenance:
         self.halt = threading.Event()
         self.thread: threading.Thread | None = None
         self.passes: list[list[Step]] = []  # the steps of each finished pass
+        self.cleaned: dict[str, float] = {}  # table -> when its clean-up last completed (Maintainer)
         self.job_group = f"lakehouse-maintenance-{uuid.uuid4().hex[:8]}"
 
     @property
@@ -316,6 +319,7 @@ class ScheduledMaintenance:
         try:
             print("maintenance: a pass over every table begins; the flows go on", flush=True)
             steps = Maintainer(self.spark, self.config, stop=self.halt, settings_step=False, job_group=self.job_group,
+                               cleaned=self.cleaned,
                                out=lambda line: print(f"maintenance: {line}", flush=True)).run()
             self.passes.append(steps)
             print_steps(steps, dry_run=False, prefix="maintenance: pass done in "

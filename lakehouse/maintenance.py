@@ -21,7 +21,11 @@ to a concurrent one (Delta's optimistic concurrency) is retried with backoff, up
 ``maintenance.max_attempts``.
 
 Inside `lakehouse run` (lakehouse/app.py) a pass runs every ``maintenance.interval`` in a thread
-of its own (scheduler pool ``maintenance``) beside the streams. Where a flow rewrites files
+of its own (scheduler pool ``maintenance``) beside the streams. Each pass compacts; the
+clean-up steps (retention, vacuum) run on a table at most every ``maintenance.cleanup_every``:
+each costs a scan of the table's log and files on every pass, on two cores 5-35 s a table
+even with nothing to delete, for files that become deletable only a retention (7 days) after
+their removal. Where a flow rewrites files
 (silver's MERGE, a batch gold table's overwrite), compaction takes that table's writer lock
 (:func:`lakehouse.tables.writing`) and so runs between two of the flow's micro-batches: a race
 would waste the compaction, or fail the MERGE, whenever a batch touched a compacted file, and a
@@ -77,6 +81,7 @@ LOG_TABLES = {
     MAINTENANCE_TABLE: "started_at",
 }
 OPS_TABLES = (*LOG_TABLES, SILVER_BATCHES_TABLE, INGESTED_FILES_TABLE, BAD_FILES_TABLE)
+CLEANUP_STEPS = ("retention", "vacuum")  # in `lakehouse run`, at most every maintenance.cleanup_every
 POOL = "maintenance"  # the run's scheduler pool for maintenance jobs
 
 
@@ -85,11 +90,14 @@ class Maintainer:
 
     def __init__(self, spark: SparkSession, config: LakehouseConfig, dry_run: bool = False,
                  stop: threading.Event | None = None, out=None, settings_step: bool = True,
-                 job_group: str | None = None):
+                 job_group: str | None = None, cleaned: dict[str, float] | None = None):
         self.spark, self.config, self.dry_run = spark, config, dry_run
         self.settings_step = settings_step  # False: the run applied them before its streams started
         self.stop = stop or threading.Event()  # set: the pass ends after the step it is in
         self.job_group = job_group  # each step's Spark jobs, for a stop to cancel (not the ops row)
+        # `lakehouse run`'s: when each table's clean-up last completed (time.monotonic()); given,
+        # the clean-up steps wait for maintenance.cleanup_every to pass (None: they always run).
+        self.cleaned = cleaned
         self.out = out or (lambda line: print(line, flush=True))
         self.pipeline = Pipeline(config)
         self.settings = config.maintenance
@@ -114,16 +122,26 @@ class Maintainer:
         steps: list[Step] = []
         tables = self.tables(names)  # an unknown name fails before anything changes
         self.out(f"{len(tables)} table(s){' (dry run: nothing changes)' if self.dry_run else ''}")
+        waiting = []  # tables whose clean-up is not due
         for ref in tables:
+            cleanup = self._cleanup_due(ref)
+            if not cleanup:
+                waiting.append(ref.name)
+            began, ran = time.monotonic(), []
             for name, action in (("settings", self.apply_settings), ("retention", self.trim),
                                  ("compact", self.compact), ("vacuum", self.vacuum)):
-                if name == "settings" and not self.settings_step:
+                if (name == "settings" and not self.settings_step) or (name in CLEANUP_STEPS and not cleanup):
                     continue
                 if self.stop.is_set():
                     break
                 step = self._attempt(ref.name, name, lambda a=action, r=ref: a(r))
                 if step is not None:
-                    steps.append(step)
+                    ran.append(step)
+            steps.extend(ran)
+            self._cleanup_done(ref, began, ran)
+        if waiting:
+            self.out(f"retention and vacuum of {len(waiting)} table(s) wait: cleaned up less than "
+                     f"maintenance.cleanup_every ({self.settings.cleanup_every}) ago")
         if landing and not names:
             for source, settings in self.config.sources.items():
                 if settings.kind == "files" and settings.after_ingest != "keep" and not self.stop.is_set():
@@ -133,6 +151,19 @@ class Maintainer:
         if steps and not self.dry_run:
             self._record(steps)
         return steps
+
+    def _cleanup_due(self, ref: TableRef) -> bool:
+        if self.cleaned is None or self.settings.cleanup_every is None or ref.name not in self.cleaned:
+            return True
+        return time.monotonic() - self.cleaned[ref.name] >= duration_seconds(self.settings.cleanup_every)
+
+    def _cleanup_done(self, ref: TableRef, began: float, steps: list[Step]) -> None:
+        """Note the table's clean-up as done when it ran whole: a skipped vacuum (a reader holds
+        files), a failed or stopped step is tried again at the next pass."""
+        if self.cleaned is None or not self._cleanup_due(ref) or self.stop.is_set():
+            return
+        if all(step.outcome in ("done", "nothing to do") for step in steps if step.action in CLEANUP_STEPS):
+            self.cleaned[ref.name] = began
 
     def _attempt(self, name: str, action: str, do) -> Step | None:
         """Run one step; a failure is recorded as its outcome (the other steps go on)."""
@@ -290,14 +321,15 @@ class Maintainer:
         return list(self.config.entity(entity).keys) if entity and self.settings.zorder_silver else []
 
     def vacuum(self, ref: TableRef) -> Step | None:
-        retention_s = _table_retention_seconds(self.spark, ref)
+        detail = delta_table(self.spark, ref).detail().select("id", "location", "properties").first()
+        retention_s = _retention_seconds(detail["properties"])
         retention = duration_text(retention_s)
         doomed = [row[0] for row in self.spark.sql(f"VACUUM {sql_target(ref)} DRY RUN").collect()]
         step = Step(ref.name, "vacuum", detail=f"{len(doomed):,} unreferenced files past the retention ({retention})")
         if not doomed:
             step.outcome = "nothing to do"
             return step
-        held = reader_holds(self.spark, self.pipeline, ref, retention_s)
+        held = reader_holds(self.spark, self.pipeline, ref, detail["id"], detail["location"], retention_s)
         if held is None or held:
             # VACUUM cannot be told to spare files, and lengthening the table's retention is a
             # metadata commit that fails every concurrent writer: the table waits for its reader.
@@ -336,10 +368,9 @@ OPTIMIZE_MIN_FILE_SIZE = "spark.databricks.delta.optimize.minFileSize"  # smalle
 OPTIMIZE_MAX_FILE_SIZE = "spark.databricks.delta.optimize.maxFileSize"  # the files it writes
 
 
-def _table_retention_seconds(spark: SparkSession, ref: TableRef) -> float:
-    """The table's delta.deletedFileRetentionDuration in seconds (Delta's default: 7 days)."""
-    value = (delta_table(spark, ref).detail().select("properties").first()["properties"] or {}).get(
-        "delta.deletedFileRetentionDuration", "interval 7 days")
+def _retention_seconds(properties: dict | None) -> float:
+    """A table's delta.deletedFileRetentionDuration (of its properties) in seconds (Delta's default: 7 days)."""
+    value = (properties or {}).get("delta.deletedFileRetentionDuration", "interval 7 days")
     seconds = 0.0
     for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]+)", value.lower().removeprefix("interval")):
         seconds += duration_seconds(f"{number} {unit}")

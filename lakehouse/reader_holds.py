@@ -18,10 +18,11 @@ from pyspark.sql import SparkSession
 from lakehouse import fs
 from lakehouse.checkpoints import reader_offsets
 from lakehouse.pipeline import Pipeline
-from lakehouse.tables import TableRef, delta_table, read_table, table_size
+from lakehouse.tables import TableRef, last_commit, read_table
 
 
-def reader_holds(spark: SparkSession, pipeline: Pipeline, ref: TableRef, retention_s: float) -> int | None:
+def reader_holds(spark: SparkSession, pipeline: Pipeline, ref: TableRef, table_id: str, location: str,
+                 retention_s: float) -> int | None:
     """How many files the table's streaming readers (a silver flow reading bronze, a gold flow
     reading silver's change feed) would read on a restart that were removed long enough ago for
     VACUUM to delete them (now or within a margin, for the time the VACUUM itself takes); None
@@ -33,13 +34,12 @@ def reader_holds(spark: SparkSession, pipeline: Pipeline, ref: TableRef, retenti
     vector files count as data files (a MERGE on a table with deletion vectors replaces a
     file's vector and keeps the file); a reader still in its first snapshot holds every removed
     vector (that snapshot's vectors are not listed here). A file added again after its removal
-    is not removed."""
-    detail = delta_table(spark, ref).detail().select("id", "location").first()
+    is not removed. ``table_id`` and ``location``: the table's, from DESCRIBE DETAIL."""
     offsets = [o for flow in pipeline.flows.values() if flow.streaming and ref.name in flow.inputs
-               for o in reader_offsets(spark, flow.checkpoint, detail["id"])]
+               for o in reader_offsets(spark, flow.checkpoint, table_id)]
     if not offsets:
         return 0
-    root = detail["location"].rstrip("/")
+    root = location.rstrip("/")
 
     def canonical(path: str) -> str:
         path = unquote(path)
@@ -58,7 +58,7 @@ def reader_holds(spark: SparkSession, pipeline: Pipeline, ref: TableRef, retenti
             starting = True
             snapshot = read_table(spark, ref, version=int(offset["reservoirVersion"]))
             needed.update(fs.canonical(path) for path in snapshot.inputFiles())
-    latest = table_size(spark, ref).version
+    latest = last_commit(spark, ref).version
     for version in range(min(int(o["reservoirVersion"]) for o in offsets), latest + 1):
         data = fs.read_bytes(spark, f"{root}/_delta_log/{version:020d}.json")
         if data is None:

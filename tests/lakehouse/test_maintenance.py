@@ -23,16 +23,18 @@ from lakehouse.app import PipelineApp, ScheduledMaintenance
 from lakehouse.cli import main
 from lakehouse.config import load_config
 from lakehouse.failpoints import FAILPOINTS_ENV
+from lakehouse.freshness import FRESHNESS_SCHEMA, FRESHNESS_TABLE
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
 from lakehouse.maintenance import Maintainer
-from lakehouse.maintenance_steps import MAINTENANCE_TABLE
+from lakehouse.maintenance_steps import MAINTENANCE_TABLE, Step
 from lakehouse.reader_holds import deletion_vector_path
 from lakehouse.reconcile import reconcile
 from lakehouse.runner import pipeline_flows, run_flows
 from lakehouse.silver_tables import ensure_silver_tables, silver_schema
 from lakehouse.tables import (
     WaitStopped,
+    create_table_if_missing,
     delta_table,
     is_conflict,
     read_table,
@@ -118,6 +120,31 @@ def test_silver_compacts_into_files_of_at_most_silver_file_mib(spark, tmp_path):
     assert 3 <= len(files) < 40 and max(files) <= 1.5 * 1048576
     assert read_table(spark, ref).count() == 30000
     assert spark.conf.get("spark.databricks.delta.optimize.maxFileSize", None) is None  # set for the step only
+
+
+def test_the_run_cleans_up_a_table_at_most_every_cleanup_every(spark, config, monkeypatch):
+    """In the run, retention and VACUUM run on a table once per maintenance.cleanup_every (compaction
+    every pass); a skipped vacuum is tried again at the next pass; `maintain` (no record) always runs them."""
+    ref = resolve_table(config, FRESHNESS_TABLE)
+    create_table_if_missing(spark, ref, FRESHNESS_SCHEMA)
+    monkeypatch.setattr(Maintainer, "tables", lambda self, names=None: [ref])
+    cleaned, lines = {}, []
+
+    def actions(cleaned, **kwargs) -> list[str]:
+        return [s.action for s in Maintainer(spark, config, cleaned=cleaned, out=lines.append, **kwargs).run()]
+
+    assert actions(cleaned) == ["retention", "compact", "vacuum"]
+    assert list(cleaned) == [ref.name]
+    assert actions(cleaned) == ["compact"]
+    assert lines[-1] == ("retention and vacuum of 1 table(s) wait: cleaned up less than "
+                         "maintenance.cleanup_every (1 day) ago")
+    cleaned[ref.name] -= 86400.0  # a day has passed
+    assert actions(cleaned) == ["retention", "compact", "vacuum"]
+    assert actions(None) == ["retention", "compact", "vacuum"]  # lakehouse maintain
+
+    monkeypatch.setattr(Maintainer, "vacuum", lambda self, r: Step(r.name, "vacuum", outcome="skipped"))
+    cleaned.clear()
+    assert actions(cleaned) == ["retention", "compact", "vacuum"] and not cleaned  # a reader held files
 
 
 def test_a_wait_for_a_writer_lock_ends_on_stop(config):
