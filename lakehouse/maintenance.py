@@ -7,10 +7,10 @@ For each table (every table the pipeline writes, and the ``ops.*`` tables), in t
 2. ``retention`` (the ops tables that are logs): rows older than ``ops.retention`` are deleted.
    The accounting tables (silver_batches, ingested_files, bad_files) are kept whole:
    reconciliation and exactly-once read all of them.
-3. ``compact``: OPTIMIZE once the table holds ``maintenance.compact_min_files`` data files (silver
-   into files of at most ``maintenance.silver_file_mib``, by Z-order on its keys with
-   ``maintenance.zorder_silver``). It commits with dataChange=false: streaming readers and the
-   change feed skip it.
+3. ``compact``: OPTIMIZE once the table holds ``maintenance.compact_min_files`` data files, into
+   files of at most ``maintenance.file_mib`` (silver: ``maintenance.silver_file_mib``, by
+   Z-order on its keys with ``maintenance.zorder_silver``). It commits with dataChange=false:
+   streaming readers and the change feed skip it.
 4. ``vacuum``: VACUUM with the table's own retention (never a shorter RETAIN), skipped while a
    file a streaming reader's checkpoint would still read on a restart was removed long enough
    ago to be deleted (lakehouse/reader_holds.py).
@@ -287,28 +287,29 @@ class Maintainer:
             return step
 
         # A MERGE target's files stay small: a MERGE rewrites every file one of its keys is in.
-        file_size = self.settings.silver_file_mib * 1048576 if self._merge_entity(ref) else None
+        # Files of the size are left alone (minFileSize), so a pass rewrites at most one file's
+        # worth of a table besides its new small files.
+        file_size = (self.settings.silver_file_mib if self._merge_entity(ref) else self.settings.file_mib) * 1048576
 
         def optimize():
-            # Measured again at the start: appends (bronze, the ops tables) go on while it waits.
-            at_start = table_size(self.spark, ref)
             builder = delta_table(self.spark, ref).optimize()
             with session_conf(self.spark, {OPTIMIZE_MIN_FILE_SIZE: file_size, OPTIMIZE_MAX_FILE_SIZE: file_size}):
-                return at_start, (builder.executeZOrderBy(*zorder) if zorder else builder.executeCompaction()).first()
+                return (builder.executeZOrderBy(*zorder) if zorder else builder.executeCompaction()).first()
 
-        (at_start, metrics), step.attempts = self._retrying(ref, optimize, locked=self._rewrites_files(ref))
+        metrics, step.attempts = self._retrying(ref, optimize, locked=self._rewrites_files(ref))
         figures = metrics["metrics"] if metrics is not None else None
         if figures is None or not figures["numFilesRemoved"]:
             step.outcome = "nothing to do"  # no bin had two files (Delta commits nothing then)
             step.files_before = step.bytes_before = None
             return step
-        # OPTIMIZE's own figures, on the snapshot it read (totalConsideredFiles: every file of
-        # it); appends committed after that snapshot do not count.
+        # Appends (bronze, the ops tables) go on meanwhile, so each before/after pair comes from
+        # one snapshot: files from the one OPTIMIZE read (totalConsideredFiles: every file of
+        # it), bytes from the table just after its commit, less what it added, plus what it removed.
         step.files_before = figures["totalConsideredFiles"]
         step.files_after = step.files_before - figures["numFilesRemoved"] + figures["numFilesAdded"]
-        step.bytes_before, step.version_before = at_start.bytes, at_start.version
-        step.bytes_after = at_start.bytes - figures["filesRemoved"]["totalSize"] + figures["filesAdded"]["totalSize"]
-        step.version_after = table_size(self.spark, ref).version
+        after = table_size(self.spark, ref)
+        step.bytes_after, step.version_after = after.bytes, after.version
+        step.bytes_before = after.bytes + figures["filesRemoved"]["totalSize"] - figures["filesAdded"]["totalSize"]
         return step
 
     def _merge_entity(self, ref: TableRef) -> str | None:

@@ -46,6 +46,10 @@ class MaintenanceConfig:
     # Silver tables are compacted into files of at most this size (MiB): each MERGE rewrites every
     # file a key of its batch is in, so large files make each batch write more (bench/RESULTS.md).
     silver_file_mib: Annotated[int, Range(low=1)] = 16
+    # Every other table is compacted into files of at most this size (MiB), and files that size
+    # are left alone: a pass rewrites at most this much of a table besides its new small files
+    # (Delta's default, 1 GiB, rewrites a whole table below 1 GiB on every pass).
+    file_mib: Annotated[int, Range(low=1)] = 128
     # Delta table properties set on every table: how long removed data files (and change-feed
     # files) are kept for time travel, readers and VACUUM; how long the log's history is kept.
     deleted_file_retention: Duration = "7 days"

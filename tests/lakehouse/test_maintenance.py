@@ -122,6 +122,29 @@ def test_silver_compacts_into_files_of_at_most_silver_file_mib(spark, tmp_path):
     assert spark.conf.get("spark.databricks.delta.optimize.maxFileSize", None) is None  # set for the step only
 
 
+def test_a_file_of_file_mib_is_left_alone_by_compaction(spark, tmp_path):
+    """Other tables compact into files of at most maintenance.file_mib, and a file that size is
+    not rewritten again: a pass rewrites only the new small files (Delta's 1 GiB default would
+    rewrite the whole table every pass)."""
+    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data", overrides=["maintenance.file_mib=1"])
+    ref = resolve_table(config, "bronze.telemetry")
+    rows = spark.range(60000).select(F.expr("uuid()").alias("value"))
+    rows.coalesce(1).write.format("delta").save(ref.path)  # one file over 1 MiB
+    (large,) = read_table(spark, ref).inputFiles()
+    assert os.path.getsize(fs.local_path(large)) > 1048576
+    rows.limit(3000).repartition(20).write.format("delta").mode("append").save(ref.path)
+
+    step = Maintainer(spark, config).compact(ref)
+    after = read_table(spark, ref).inputFiles()
+    assert (step.outcome, step.files_before) == ("done", 21)
+    assert large in after and len(after) == step.files_after < 21  # the large file kept, the small ones packed
+    def size(files) -> int:
+        return sum(os.path.getsize(fs.local_path(f)) for f in files)
+
+    assert (step.bytes_before, step.bytes_after) == (size(read_table(spark, ref, version=1).inputFiles()), size(after))
+    assert read_table(spark, ref).count() == 63000
+
+
 def test_the_run_cleans_up_a_table_at_most_every_cleanup_every(spark, config, monkeypatch):
     """In the run, retention and VACUUM run on a table once per maintenance.cleanup_every (compaction
     every pass); a skipped vacuum is tried again at the next pass; `maintain` (no record) always runs them."""
