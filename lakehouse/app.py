@@ -3,7 +3,8 @@
 Every streaming flow (each source's bronze, each entity's silver, each streaming gold table)
 runs as a concurrent query of one Spark application, each with its own checkpoint as when run
 alone (lakehouse/runner.py starts it), and in a scheduler pool of its own (named by the flow's
-id), so one busy flow cannot take every task slot from the others. A batch gold table is
+id), so one busy flow cannot take every task slot from the others; table maintenance runs in
+pool ``maintenance``, of a quarter of a flow's weight (lakehouse/session.py, scheduler_pools_file). A batch gold table is
 rebuilt when one of its inputs has a new Delta version, at most every ``gold.<table>.refresh``.
 
 A stop (SIGTERM, Ctrl-C, or :meth:`PipelineApp.stop`) lets each query finish the batch it is
@@ -30,7 +31,6 @@ from pyspark.sql.streaming import StreamingQuery
 
 from lakehouse.config import LakehouseConfig, duration_seconds
 from lakehouse.errors import EXIT_FAILED, EXIT_OK, batch_error
-from lakehouse.maintenance import POOL as MAINTENANCE_POOL
 from lakehouse.maintenance import Maintainer
 from lakehouse.maintenance_steps import Step, print_steps
 from lakehouse.pipeline import Flow, Pipeline
@@ -38,6 +38,7 @@ from lakehouse.progress import ProgressRecorder
 from lakehouse.redaction import redact_text
 from lakehouse.run_report import IntervalReport
 from lakehouse.runner import RUNNERS, announce
+from lakehouse.session import MAINTENANCE_POOL
 from lakehouse.streaming import failure_summary, print_batches
 from lakehouse.tables import last_commit, resolve_table, table_exists
 

@@ -82,7 +82,6 @@ LOG_TABLES = {
 }
 OPS_TABLES = (*LOG_TABLES, SILVER_BATCHES_TABLE, INGESTED_FILES_TABLE, BAD_FILES_TABLE)
 CLEANUP_STEPS = ("retention", "vacuum")  # in `lakehouse run`, at most every maintenance.cleanup_every
-POOL = "maintenance"  # the run's scheduler pool for maintenance jobs
 
 
 class Maintainer:
@@ -325,11 +324,16 @@ class Maintainer:
         detail = delta_table(self.spark, ref).detail().select("id", "location", "properties").first()
         retention_s = _retention_seconds(detail["properties"])
         retention = duration_text(retention_s)
-        doomed = [row[0] for row in self.spark.sql(f"VACUUM {sql_target(ref)} DRY RUN").collect()]
-        step = Step(ref.name, "vacuum", detail=f"{len(doomed):,} unreferenced files past the retention ({retention})")
-        if not doomed:
-            step.outcome = "nothing to do"
-            return step
+        step = Step(ref.name, "vacuum")
+        before = _data_files(ref)
+        if before is None or self.dry_run:
+            # What VACUUM would delete, from its own dry run. (A local table is listed instead,
+            # before and after: a dry run costs as much as the VACUUM.)
+            doomed = {fs.canonical(row[0]) for row in self.spark.sql(f"VACUUM {sql_target(ref)} DRY RUN").collect()}
+            step.detail = f"{len(doomed):,} unreferenced files past the retention ({retention})"
+            if not doomed:
+                step.outcome = "nothing to do"
+                return step
         held = reader_holds(self.spark, self.pipeline, ref, detail["id"], detail["location"], retention_s)
         if held is None or held:
             # VACUUM cannot be told to spare files, and lengthening the table's retention is a
@@ -340,20 +344,24 @@ class Maintainer:
                            f"{held:,} files a streaming reader's checkpoint would still read were removed longer "
                            f"ago than the retention ({retention}) allows; vacuumed once it has read past them")
             return step
-        on_disk = _files_on_disk(ref)
-        sizes = {path: _size(path) for path in doomed} if on_disk is not None else {}
-        if on_disk is not None:
-            step.files_before, step.bytes_before = on_disk
-            step.files_after, step.bytes_after = step.files_before - len(doomed), step.bytes_before - sum(sizes.values())
         if self.dry_run:
-            return step
-        _, step.attempts = self._retrying(ref, lambda: self.spark.sql(f"VACUUM {sql_target(ref)}").collect(),
-                                          locked=False)
-        if on_disk is not None:
-            # What VACUUM removed, of what it had listed (files written meanwhile do not blur the figure).
-            removed = [path for path in doomed if not fs.local_path(path).exists()]
+            removed = [path for path in before or {} if path in doomed]
+        else:
+            _, step.attempts = self._retrying(ref, lambda: self.spark.sql(f"VACUUM {sql_target(ref)}").collect(),
+                                              locked=False)
+            if before is None:
+                return step  # remote storage: the dry run's figure stands
+            # Only VACUUM deletes a table's files: what it removed is what was there and is gone
+            # (files written meanwhile do not count).
+            removed = [path for path in before if not os.path.exists(path)]
+            step.detail = f"{len(removed):,} unreferenced files past the retention ({retention})"
+            if not removed:
+                step.outcome = "nothing to do"
+                return step
+        if before is not None:
+            step.files_before, step.bytes_before = len(before), sum(before.values())
             step.files_after = step.files_before - len(removed)
-            step.bytes_after = step.bytes_before - sum(sizes[path] for path in removed)
+            step.bytes_after = step.bytes_before - sum(before[path] for path in removed)
         return step
 
     def clean_landing(self, source: str) -> Step:
@@ -378,20 +386,19 @@ def _retention_seconds(properties: dict | None) -> float:
     return seconds
 
 
-def _files_on_disk(ref: TableRef) -> tuple[int, int] | None:
-    """Data files (and change-feed files) under a local table's directory, and their bytes."""
+def _data_files(ref: TableRef) -> dict[str, int] | None:
+    """Path -> bytes of each data file (and change-feed file, deletion vector) under a local
+    table's directory; None for a table on remote storage."""
     if not ref.is_path or fs.local_path(ref.path) is None:
         return None
-    count = size = 0
+    files = {}
     for dirpath, dirnames, filenames in os.walk(fs.local_path(ref.path)):
         dirnames[:] = [d for d in dirnames if d != "_delta_log"]
         for name in filenames:
             if not name.startswith("."):
-                count += 1
-                size += os.stat(os.path.join(dirpath, name)).st_size
-    return count, size
-
-
-def _size(path: str) -> int:
-    stat = fs.stat(None, path) if fs.local_path(path) is not None else None
-    return stat.size if stat is not None else 0
+                path = os.path.join(dirpath, name)
+                try:
+                    files[fs.canonical(path)] = os.stat(path).st_size
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+    return files

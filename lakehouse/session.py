@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import tempfile
 from importlib.metadata import version
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from pyspark.sql import SparkSession
 
@@ -118,6 +120,7 @@ def session_settings(config: LakehouseConfig, ui: bool = False, launched: bool =
             settings["spark.jars"] = ",".join(j for j in [config.spark.conf.get("spark.jars", ""), *jars] if j)
         else:
             settings["spark.jars.packages"] = ",".join(packages)
+        settings["spark.scheduler.allocation.file"] = scheduler_pools_file(config)
         if config.catalog.kind == "path":
             settings["spark.sql.warehouse.dir"] = str((config.storage.data_dir / "spark-warehouse").absolute())
     settings.update({"spark.sql.extensions": DELTA_EXTENSION, "spark.sql.catalog.spark_catalog": DELTA_CATALOG})
@@ -127,6 +130,30 @@ def session_settings(config: LakehouseConfig, ui: bool = False, launched: bool =
     settings.update({k: v for k, v in config.spark.conf.items() if not (k == "spark.jars" and "spark.jars" in settings)})
     settings.update({key: os.environ[variable] for key, variable in config.spark.conf_env.items()})
     return settings
+
+
+MAINTENANCE_POOL = "maintenance"  # `lakehouse run`'s scheduler pool for table maintenance (lakehouse/app.py)
+FLOW_POOL_WEIGHT = 4  # a flow's pool against maintenance's (weight 1)
+
+
+def scheduler_pools_file(config: LakehouseConfig) -> str:
+    """Spark's FAIR scheduler pools for `lakehouse run` (spark.scheduler.allocation.file): one per
+    flow (the pool lakehouse/app.py runs the flow's queries in), each of weight FLOW_POOL_WEIGHT,
+    and maintenance's of weight 1. A free core goes to a flow's waiting task before
+    maintenance's, so a maintenance pass takes what the streams leave. Written under the temporary
+    directory, named by its contents."""
+    from lakehouse.pipeline import Pipeline  # the flows of the configuration
+
+    pools = [(flow_id, FLOW_POOL_WEIGHT) for flow_id in Pipeline(config).flows] + [(MAINTENANCE_POOL, 1)]
+    xml = "<?xml version=\"1.0\"?>\n<allocations>\n" + "".join(
+        f'  <pool name="{escape(name)}"><schedulingMode>FIFO</schedulingMode><weight>{weight}</weight>'
+        "<minShare>0</minShare></pool>\n" for name, weight in pools) + "</allocations>\n"
+    path = Path(tempfile.gettempdir()) / f"lakehouse-pools-{hashlib.sha256(xml.encode()).hexdigest()[:16]}.xml"
+    if not path.exists():
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(xml)
+        os.replace(temporary, path)
+    return str(path)
 
 
 def build_session(config: LakehouseConfig, app_name: str | None = None, ui: bool = False) -> SparkSession:
@@ -198,9 +225,10 @@ def quiet_expected_warnings(spark: SparkSession) -> None:
     """Spark warnings that every job (the always-on run most of all) meets as a matter of course,
     each with its own logger set to ERROR (nothing else is quieted):
 
-    - FairSchedulableBuilder: each flow's pool is made, with equal weight, when its first job
-      arrives (no allocation file: flows come from the configuration), and Spark warns once per
-      pool that it "has not been configured", which is the intent here;
+    - FairSchedulableBuilder: a pool missing from the allocation file (under spark-submit or on
+      Databricks, where the launcher fixed the settings; :func:`scheduler_pools_file` elsewhere)
+      is made, with equal weight, when its first job arrives, and Spark warns once per pool that
+      it "has not been configured", which is the intent here;
     - Shell: a stop that interrupts a batch which had just begun (it is redone on restart) logs
       Hadoop's interrupted file rename with a page of stack trace;
     - ProcessingTimeExecutor: "current batch is falling behind" on every batch longer than the

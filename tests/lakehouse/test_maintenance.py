@@ -28,9 +28,11 @@ from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
 from lakehouse.maintenance import Maintainer
 from lakehouse.maintenance_steps import MAINTENANCE_TABLE, Step
+from lakehouse.pipeline import Pipeline
 from lakehouse.reader_holds import deletion_vector_path
 from lakehouse.reconcile import reconcile
 from lakehouse.runner import pipeline_flows, run_flows
+from lakehouse.session import FLOW_POOL_WEIGHT, MAINTENANCE_POOL, scheduler_pools_file, session_settings
 from lakehouse.silver_tables import ensure_silver_tables, silver_schema
 from lakehouse.tables import (
     WaitStopped,
@@ -411,3 +413,15 @@ def test_maintenance_in_the_run_compacts_silver_while_it_commits(spark, tmp_path
     recorded = read_table(spark, resolve_table(config, MAINTENANCE_TABLE))
     assert recorded.where(f"table_name = '{silver.name}' AND action = 'compact' AND outcome = 'done'").count() >= 1
     assert os.environ.get(FAILPOINTS_ENV) is None
+
+
+def test_maintenance_gets_a_quarter_of_a_flows_share_of_the_cores(spark, config):
+    """The session's FAIR pools (spark.scheduler.allocation.file): each flow's of weight
+    FLOW_POOL_WEIGHT, maintenance's of 1, so a free core goes to a waiting flow first."""
+    scheduler = spark.sparkContext._jsc.sc()
+    pools = {flow_id: scheduler.getPoolForName(flow_id) for flow_id in Pipeline(config).flows}
+    weights = {name: pool.get().weight() for name, pool in pools.items() if pool.isDefined()}
+    assert weights == dict.fromkeys(Pipeline(config).flows, FLOW_POOL_WEIGHT)
+    assert scheduler.getPoolForName(MAINTENANCE_POOL).get().weight() == 1
+    assert FLOW_POOL_WEIGHT > 1
+    assert session_settings(config)["spark.scheduler.allocation.file"] == scheduler_pools_file(config)
