@@ -293,9 +293,10 @@ class Maintainer:
         def optimize():
             builder = delta_table(self.spark, ref).optimize()
             with session_conf(self.spark, {OPTIMIZE_MIN_FILE_SIZE: file_size, OPTIMIZE_MAX_FILE_SIZE: file_size}):
-                return (builder.executeZOrderBy(*zorder) if zorder else builder.executeCompaction()).first()
+                metrics = (builder.executeZOrderBy(*zorder) if zorder else builder.executeCompaction()).first()
+            return metrics, table_size(self.spark, ref)  # still under the writer lock, if taken
 
-        metrics, step.attempts = self._retrying(ref, optimize, locked=self._rewrites_files(ref))
+        (metrics, after), step.attempts = self._retrying(ref, optimize, locked=self._rewrites_files(ref))
         figures = metrics["metrics"] if metrics is not None else None
         if figures is None or not figures["numFilesRemoved"]:
             step.outcome = "nothing to do"  # no bin had two files (Delta commits nothing then)
@@ -303,10 +304,10 @@ class Maintainer:
             return step
         # Appends (bronze, the ops tables) go on meanwhile, so each before/after pair comes from
         # one snapshot: files from the one OPTIMIZE read (totalConsideredFiles: every file of
-        # it), bytes from the table just after its commit, less what it added, plus what it removed.
+        # it), bytes from the table right after its commit, less what it added, plus what it
+        # removed (an append committed in between counts in both).
         step.files_before = figures["totalConsideredFiles"]
         step.files_after = step.files_before - figures["numFilesRemoved"] + figures["numFilesAdded"]
-        after = table_size(self.spark, ref)
         step.bytes_after, step.version_after = after.bytes, after.version
         step.bytes_before = after.bytes + figures["filesRemoved"]["totalSize"] - figures["filesAdded"]["totalSize"]
         return step
@@ -326,15 +327,24 @@ class Maintainer:
         retention = duration_text(retention_s)
         step = Step(ref.name, "vacuum")
         before = _data_files(ref)
-        if before is None or self.dry_run:
-            # What VACUUM would delete, from its own dry run. (A local table is listed instead,
-            # before and after: a dry run costs as much as the VACUUM.)
+        doomed = None
+
+        def nothing_due() -> bool:
+            """What VACUUM would delete, from its own dry run: True when nothing."""
+            nonlocal doomed
             doomed = {fs.canonical(row[0]) for row in self.spark.sql(f"VACUUM {sql_target(ref)} DRY RUN").collect()}
             step.detail = f"{len(doomed):,} unreferenced files past the retention ({retention})"
             if not doomed:
                 step.outcome = "nothing to do"
-                return step
+            return not doomed
+
+        # A table on a path of this machine is listed before and after the VACUUM instead of a
+        # dry run first (which costs as much as the VACUUM).
+        if (before is None or self.dry_run) and nothing_due():
+            return step
         held = reader_holds(self.spark, self.pipeline, ref, detail["id"], detail["location"], retention_s)
+        if (held is None or held) and doomed is None and nothing_due():
+            return step  # a reader behind, but nothing to delete
         if held is None or held:
             # VACUUM cannot be told to spare files, and lengthening the table's retention is a
             # metadata commit that fails every concurrent writer: the table waits for its reader.
@@ -350,7 +360,7 @@ class Maintainer:
             _, step.attempts = self._retrying(ref, lambda: self.spark.sql(f"VACUUM {sql_target(ref)}").collect(),
                                               locked=False)
             if before is None:
-                return step  # remote storage: the dry run's figure stands
+                return step  # not a path on this machine: the dry run's figure stands
             # Only VACUUM deletes a table's files: what it removed is what was there and is gone
             # (files written meanwhile do not count).
             removed = [path for path in before if not os.path.exists(path)]

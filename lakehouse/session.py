@@ -9,10 +9,9 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import quoteattr
 
 from pyspark.sql import SparkSession
 
@@ -120,7 +119,9 @@ def session_settings(config: LakehouseConfig, ui: bool = False, launched: bool =
             settings["spark.jars"] = ",".join(j for j in [config.spark.conf.get("spark.jars", ""), *jars] if j)
         else:
             settings["spark.jars.packages"] = ",".join(packages)
-        settings["spark.scheduler.allocation.file"] = scheduler_pools_file(config)
+        pools = scheduler_pools_file(config)
+        if pools is not None:
+            settings["spark.scheduler.allocation.file"] = pools
         if config.catalog.kind == "path":
             settings["spark.sql.warehouse.dir"] = str((config.storage.data_dir / "spark-warehouse").absolute())
     settings.update({"spark.sql.extensions": DELTA_EXTENSION, "spark.sql.catalog.spark_catalog": DELTA_CATALOG})
@@ -136,23 +137,29 @@ MAINTENANCE_POOL = "maintenance"  # `lakehouse run`'s scheduler pool for table m
 FLOW_POOL_WEIGHT = 4  # a flow's pool against maintenance's (weight 1)
 
 
-def scheduler_pools_file(config: LakehouseConfig) -> str:
+def scheduler_pools_file(config: LakehouseConfig) -> str | None:
     """Spark's FAIR scheduler pools for `lakehouse run` (spark.scheduler.allocation.file): one per
     flow (the pool lakehouse/app.py runs the flow's queries in), each of weight FLOW_POOL_WEIGHT,
-    and maintenance's of weight 1. A free core goes to a flow's waiting task before
-    maintenance's, so a maintenance pass takes what the streams leave. Written under the temporary
-    directory, named by its contents."""
+    and maintenance's of weight 1. Spark gives a free core to the pool with the fewest running
+    tasks per weight: maintenance still gets a core when it has none running, but never a second
+    while a flow with a task running waits. Written in the user's cache directory, named by its
+    contents; None when it cannot be written (every pool then weighs the same)."""
     from lakehouse.pipeline import Pipeline  # the flows of the configuration
 
     pools = [(flow_id, FLOW_POOL_WEIGHT) for flow_id in Pipeline(config).flows] + [(MAINTENANCE_POOL, 1)]
     xml = "<?xml version=\"1.0\"?>\n<allocations>\n" + "".join(
-        f'  <pool name="{escape(name)}"><schedulingMode>FIFO</schedulingMode><weight>{weight}</weight>'
+        f"  <pool name={quoteattr(name)}><schedulingMode>FIFO</schedulingMode><weight>{weight}</weight>"
         "<minShare>0</minShare></pool>\n" for name, weight in pools) + "</allocations>\n"
-    path = Path(tempfile.gettempdir()) / f"lakehouse-pools-{hashlib.sha256(xml.encode()).hexdigest()[:16]}.xml"
-    if not path.exists():
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        temporary.write_text(xml)
-        os.replace(temporary, path)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lakehouse"
+    path = cache / f"pools-{hashlib.sha256(xml.encode()).hexdigest()[:16]}.xml"
+    try:
+        if not path.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.{os.getpid()}")
+            temporary.write_text(xml)
+            os.replace(temporary, path)
+    except OSError:
+        return None
     return str(path)
 
 

@@ -35,8 +35,9 @@ class MaintenanceConfig:
     # `lakehouse run` maintains every table this often, beside the streams; null: never in the run.
     interval: Duration | None = "1 hour"
     # In `lakehouse run`, a table's clean-up (the ops retention and VACUUM) runs at most this
-    # often; compaction runs every pass. A removed file is deleted at most deleted_file_retention
-    # + cleanup_every after its removal. null: every pass. `lakehouse maintain` always cleans up.
+    # often; compaction runs every pass. A removed file is deleted about deleted_file_retention +
+    # cleanup_every (+ up to an interval) after its removal. null: every pass. `lakehouse
+    # maintain` always cleans up.
     cleanup_every: Duration | None = "1 day"
     # A table is compacted (OPTIMIZE) once it holds at least this many data files.
     compact_min_files: Annotated[int, Range(low=2)] = 16
