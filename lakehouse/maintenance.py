@@ -137,7 +137,8 @@ class Maintainer:
                 if step is not None:
                     ran.append(step)
             steps.extend(ran)
-            self._cleanup_done(ref, began, ran)
+            if cleanup:
+                self._cleanup_done(ref, began, ran)
         if waiting:
             self.out(f"retention and vacuum of {len(waiting)} table(s) wait: cleaned up less than "
                      f"maintenance.cleanup_every ({self.settings.cleanup_every}) ago")
@@ -157,9 +158,9 @@ class Maintainer:
         return time.monotonic() - self.cleaned[ref.name] >= duration_seconds(self.settings.cleanup_every)
 
     def _cleanup_done(self, ref: TableRef, began: float, steps: list[Step]) -> None:
-        """Note the table's clean-up as done when it ran whole: a skipped vacuum (a reader holds
-        files), a failed or stopped step is tried again at the next pass."""
-        if self.cleaned is None or not self._cleanup_due(ref) or self.stop.is_set():
+        """Note the table's clean-up (due in this pass) as done when it ran whole: a skipped vacuum
+        (a reader holds files), a failed or stopped step is tried again at the next pass."""
+        if self.cleaned is None or self.stop.is_set():
             return
         if all(step.outcome in ("done", "nothing to do") for step in steps if step.action in CLEANUP_STEPS):
             self.cleaned[ref.name] = began
