@@ -8,7 +8,7 @@ like any error, the query stops without committing it), ``kill`` (the process ki
 with SIGKILL, as a crash would), ``raise-once`` (``raise`` the first time this process gets
 there, a transient failure that a restart gets past) or ``sleep:<seconds>`` (to widen a race window). Without the
 variable, :func:`failpoint` does nothing; production runs never set it. The points:
-bronze.read / bad_files / ingested_files / done (lakehouse.landing), silver.plan / quarantine /
+bronze.read / append / bad_files / ingested_files / done (lakehouse.landing), silver.plan / quarantine /
 quality / merge / stats / done (lakehouse.silver), train.promote (ml.run).
 """
 

@@ -80,6 +80,26 @@ def read_bytes(spark, location: str) -> bytes | None:
         stream.close()
 
 
+def head(spark, location: str, count: int) -> bytes | None:
+    """The file's first ``count`` bytes (fewer if it is shorter), or None when it cannot be opened."""
+    local = local_path(location)
+    if local is not None:
+        try:
+            with open(local, "rb") as fh:
+                return fh.read(count)
+        except OSError:
+            return None
+    fs, path = _hadoop(spark, location)
+    try:
+        stream = fs.open(path)
+    except Exception:  # noqa: BLE001 - gone or unreadable: the read names it
+        return None
+    try:
+        return bytes(stream.readNBytes(count))
+    finally:
+        stream.close()
+
+
 def write_atomic(spark, location: str, data: bytes) -> None:
     """Write the file so that a reader (or a crash) sees all of it or none: a temporary name, then a rename."""
     local = local_path(location)

@@ -4,12 +4,12 @@ The bronze query of a file source (lakehouse.bronze) plans each micro-batch with
 source, then reads the planned files itself, one micro-batch at a time (:func:`ingest_files`):
 
 - every planned file is looked at first: one that is gone, or larger than the source's
-  ``max_file_bytes`` (a file is read whole, so its size bounds the memory it needs; a .gz or
-  .bz2 file counts by what it decompresses to), is not read;
-- the others are read whole (compressed files decompressed by their suffix: .gz, .bz2, ...);
-  a file that cannot be read (a corrupt archive, deleted or made unreadable meanwhile) is
-  skipped by the read, not allowed to fail it, then read alone: the error it gives names it
-  (or, read now, its lines are taken);
+  ``max_file_bytes`` (a compressed file is read whole, so this bounds the memory it needs; a
+  .gz or .bz2 file counts by what it decompresses to), is not read;
+- the others are read in one pass (lakehouse/landing_lines.py: plain files by Spark's line
+  reader, compressed files, by their suffix, whole); a file that cannot be read (a corrupt
+  archive, deleted or made unreadable meanwhile) does not fail the batch: it is found and read
+  alone, and the error it gives names it (or, read now, its lines are taken);
 - their lines are appended to ``bronze.<source>``; every file read is recorded in
   ``ops.ingested_files`` (size and modification time as read, lines) and every file not read
   in ``ops.bad_files`` (with the reason). Nothing stops the stream on a bad file, and each
@@ -25,11 +25,12 @@ from __future__ import annotations
 import bz2
 import gzip
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pyspark.sql import Column, DataFrame, Observation, SparkSession
+from pyspark.sql import Column, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     LongType,
@@ -43,11 +44,13 @@ from lakehouse import fs
 from lakehouse.config import LakehouseConfig
 from lakehouse.failpoints import failpoint
 from lakehouse.freshness import measure_aggregates
+from lakehouse.landing_lines import LineRead, is_compressed, one_file_per_partition, read_error
 from lakehouse.tables import (
     TableRef,
     append_once,
     batch_marker,
     bronze_table,
+    committed,
     create_table_if_missing,
     read_table,
     resolve_table,
@@ -105,18 +108,6 @@ def spark_file_path(uri: str) -> str:
     return re.sub(r"^file:///", "file:/", uri)
 
 
-_GLOB = re.compile(r"([\\\[\]{}*?])")
-
-
-def _load_path(uri: str) -> str:
-    """A path for ``DataFrameReader.load``: the URI's path unquoted, glob characters escaped
-    (``load`` expands globs, so a file named ``x[1].jsonl`` would otherwise not be found)."""
-    readable = fs.canonical(uri)
-    if fs.local_path(uri) is not None:
-        readable = "file:" + readable
-    return _GLOB.sub(r"\\\1", readable)
-
-
 def ensure_landing_tables(spark: SparkSession, config: LakehouseConfig) -> None:
     create_table_if_missing(spark, resolve_table(config, BAD_FILES_TABLE), BAD_FILES_SCHEMA,
                             comment="Landing files a bronze query planned but could not read; see lakehouse/landing.py")
@@ -142,12 +133,12 @@ def look_at(spark: SparkSession, uris: list[str], max_file_bytes: int) -> list[L
             landed.size, landed.mtime_ms = stat.size, stat.mtime_ms
             if stat.size > max_file_bytes:
                 landed.reason = "too_large"
-                landed.detail = (f"{stat.size:,} bytes, over the source's max_file_bytes {max_file_bytes:,} "
-                                 "(a file is read whole): split it, or raise max_file_bytes")
+                landed.detail = (f"{stat.size:,} bytes, over the source's max_file_bytes {max_file_bytes:,}: "
+                                 "split it, or raise max_file_bytes")
             elif (inflated := inflated_size(uri, max_file_bytes)) is not None and inflated > max_file_bytes:
                 landed.reason = "too_large"
                 landed.detail = (f"{stat.size:,} bytes that decompress to over the source's max_file_bytes "
-                                 f"{max_file_bytes:,} (a file is read whole): split it, or raise max_file_bytes")
+                                 f"{max_file_bytes:,} (it is read whole): split it, or raise max_file_bytes")
         files.append(landed)
     return files
 
@@ -180,20 +171,6 @@ def inflated_size(uri: str, limit: int) -> int | None:
     return total
 
 
-def read_whole_files(spark: SparkSession, files: list[LandedFile], strict: bool = False) -> DataFrame:
-    """One row per readable file: ``value`` (its bytes, decompressed) and ``_metadata``.
-
-    A file that cannot be read is left out rather than failing the read (Spark's
-    ignoreCorruptFiles / ignoreMissingFiles), unless ``strict``: then the read fails with its error.
-    """
-    skip = str(not strict).lower()
-    return (
-        spark.read.format("text").option("wholetext", True)
-        .option("ignoreCorruptFiles", skip).option("ignoreMissingFiles", skip)
-        .load([_load_path(f.uri) for f in files])
-    )
-
-
 _CAUSE = re.compile(r"^(?:Caused by: )?((?:[a-z]\w*\.)+\w*(?:Exception|Error)): ?(.*)$")
 
 
@@ -220,53 +197,41 @@ def lines_in_bronze(spark: SparkSession, ref: TableRef, paths: list[str]) -> dic
     return {fs.canonical(r["_source_file"]): r["count"] for r in rows}
 
 
-def with_lines(files: DataFrame, file_path: Column, observation: Observation | None = None) -> DataFrame:
-    """One row per line of each whole-file row (``value`` holds the file's bytes, as text or binary).
-
-    Lines end at "\\n"; a "\\r" before it stays in the line, so the line is stored as received.
-    A final "\\n" ends the last line rather than starting an empty one; an empty file has no lines.
-    ``observation`` (optional) receives ``files``: per file its path (``file``) and ``lines``.
-
-    The bytes are split exactly: the file is decoded as ISO-8859-1 (one character per byte, any
-    byte valid), split on "\\n", and each line encoded back, so bytes that are not UTF-8 are
-    kept as they are. Cost matters here (every landed byte passes through): the text is split
-    once, and the empty piece after a final "\\n" is dropped from the array, not by trimming
-    the text (which walks and copies each file again). Nothing after the explode refers back to
-    the array, or the optimizer would re-split the file once per line.
-    """
-    text = F.decode(F.col("value").cast("binary"), "ISO-8859-1")
-    pieces, ends_with_newline = F.col("_pieces"), F.col("_ends_with_newline")
-    whole_lines = F.when(ends_with_newline, F.slice(pieces, 1, F.size(pieces) - 1)).otherwise(pieces)
-    split = files.select(
-        file_path.alias("_source_file"),
-        F.when(text == "", F.array().cast("array<string>")).otherwise(F.split(text, "\n", -1)).alias("_pieces"),
-        text.endswith("\n").alias("_ends_with_newline"),
-    ).select("_source_file", whole_lines.alias("_lines"))
-    if observation is not None:
-        per_file = F.struct(F.col("_source_file").alias("file"), F.size("_lines").cast("long").alias("lines"))
-        split = split.observe(observation, F.collect_list(per_file).alias("files"))
-    return (
-        split.select("_source_file", F.posexplode("_lines").alias("_position", "_line"))
-        .select(
-            F.encode("_line", "ISO-8859-1").alias("value"),
-            "_source_file",
-            (F.col("_position") + 1).cast("long").alias("_source_line"),
-            F.current_timestamp().alias("_ingested_at"),
-        )
-    )
-
-
 def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef, marker: str, name: str,
                   strict: bool = False, times: dict[str, Column] | None = None) -> tuple[dict[str, int], dict | None]:
-    """Append the lines of ``files`` to bronze in one commit: (lines per file read, by canonical
-    path; the freshness measurements of ``times`` over the lines, lakehouse/freshness.py)."""
-    observed = Observation(name)
-    lines = with_lines(read_whole_files(spark, files, strict), F.col("_metadata.file_path"), observed)
+    """Append the lines of ``files`` to bronze in one commit (lakehouse/landing_lines.py reads
+    them): (lines per file read, by canonical path; the freshness measurements of ``times`` over
+    the lines, lakehouse/freshness.py)."""
+    read = LineRead(spark, [f.uri for f in files], name, strict)
     measured = Observation(f"{name}-times") if times else None
-    lines = lines.observe(measured, *measure_aggregates(times)) if measured else lines
-    append_once(lines, bronze, marker)
-    counted = {fs.canonical(row["file"]): row["lines"] for row in observed.get["files"]}
-    return counted, (measured.get if measured is not None else None)
+    lines = read.rows.observe(measured, *measure_aggregates(times)) if measured else read.rows
+    with one_file_per_partition(spark):
+        failpoint("bronze.append")
+        append_once(lines, bronze, marker)
+    return read.counts(), (measured.get if measured is not None else None)
+
+
+def _append_batch(spark: SparkSession, todo: list[LandedFile], bronze: TableRef, marker: str, batch_id: int,
+                  times: dict[str, Column] | None) -> tuple[dict[str, int], dict | None]:
+    """:func:`_append_lines` for the batch's files. The line reader fails the whole read on a
+    plain file it cannot read (rather than keep part of it): then each plain file is read alone,
+    without writing; those that fail are bad files, named by their error, and the others are
+    appended. If every file reads alone, the failure was not a file's: it is raised."""
+    started_ms = int(time.time() * 1000)
+    try:
+        return _append_lines(spark, todo, bronze, marker, f"files-{batch_id}", times=times)
+    except Exception:
+        if committed(spark, bronze, marker, since_ms=started_ms) is not None:
+            raise  # the commit was made: a restart redoes the batch from bronze
+        failed = {id(f): error for f in todo if not is_compressed(f.uri)
+                  if (error := read_error(spark, f.uri)) is not None}
+        if not failed:
+            raise
+    for landed in todo:
+        if id(landed) in failed:
+            landed.reason, landed.detail = diagnosis(failed[id(landed)])
+    rest = [f for f in todo if f.reason is None]
+    return _append_lines(spark, rest, bronze, marker, f"files-{batch_id}-again", times=times) if rest else ({}, None)
 
 
 def ingest_files(
@@ -281,9 +246,10 @@ def ingest_files(
 ) -> tuple[list[LandedFile], dict | None]:
     """Read the batch's planned files into bronze, record each in ops.ingested_files or ops.bad_files;
     returns the files and the freshness measurements (``times``) of the lines appended.
-    The files are read together, skipping any the read cannot take; each file so skipped is
-    read again alone, strictly: the error it gives then is why it is bad, and if it reads now
-    (an object store's passing error) its lines go to bronze in a commit of their own. For a
+    The files are read together (lakehouse/landing_lines.py); a compressed file the read cannot
+    take is skipped, then read again alone, strictly: the error it gives then is why it is bad,
+    and if it reads now (an object store's passing error) its lines go to bronze in a commit of
+    their own; a plain file the read cannot take is found by :func:`_append_batch`. For a
     batch that may be redone after a crash (the first after a start; ``replay_since_ms`` says
     when it was planned), the lines each planned file already gave bronze are counted first,
     and only the files without any are read: a file read before the crash is counted from
@@ -302,8 +268,8 @@ def ingest_files(
         empty.lines = 0  # Spark's readers skip empty files; they hold no lines
     failpoint("bronze.read", batch_id)
     todo = [f for f in files if f.reason is None and f.lines is None]
-    counted, measured = _append_lines(spark, todo, bronze, marker, f"files-{batch_id}", times=times) if todo else ({}, None)
-    for landed in todo:
+    counted, measured = _append_batch(spark, todo, bronze, marker, batch_id, times) if todo else ({}, None)
+    for landed in (f for f in todo if f.reason is None):
         if fs.canonical(landed.path) in counted:
             landed.lines = counted[fs.canonical(landed.path)]
             continue

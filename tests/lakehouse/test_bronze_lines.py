@@ -1,11 +1,14 @@
-"""Splitting whole files into bronze lines: positions exact, every byte kept."""
+"""Landing files into bronze lines: positions exact, every byte kept, by either reader."""
 
 from __future__ import annotations
+
+import gzip
+from pathlib import Path
 
 from pyspark.sql import Observation
 from pyspark.sql import functions as F
 
-from lakehouse.landing import with_lines
+from lakehouse.landing_lines import LineRead, one_file_per_partition, read_whole_files, with_lines
 
 
 def test_lines_keep_bytes_and_positions(spark):
@@ -51,3 +54,36 @@ def test_text_read_whole_files_keep_their_bytes(spark, tmp_path):
     files = spark.read.format("text").option("wholetext", True).load(str(landed))
     rows = with_lines(files, F.col("_metadata.file_path")).orderBy("_source_line").collect()
     assert [bytes(r.value) for r in rows] == [b'{"a":"\xe9t\xe9"}', b"\xc3\x28"]
+
+
+TRICKY = {  # file name -> bytes: what the split above must get right, as files
+    "f1.jsonl": b'{"a":1}\n{"a":2\n\n{"a":3}\n',
+    "f2.jsonl": b"x\r\ny",
+    "f4.jsonl": b"\n",
+    "f5.jsonl": b"a\n\nb\r\n\n",
+    "f6.jsonl": "é😀\rx".encode(),
+    "f7.jsonl": b'{"a":1}\n\xff\xfe\x00{"b":2}\n\x80',
+    "bom.jsonl": b'\xef\xbb\xbf{"a":1}\n{"a":2}\n',  # Hadoop's line reader would drop the mark
+    "long.jsonl": b"".join(b"line %d\n" % i for i in range(1, 5001)),
+    "packed.jsonl.gz": gzip.compress(b"one\ntwo\n"),
+}
+
+
+def test_the_line_reader_gives_what_the_whole_file_split_gives(spark, tmp_path):
+    """Plain files by the line reader (several files to a merged partition), the byte-order-mark
+    and compressed files whole: the same rows, bytes and line numbers as splitting each file whole,
+    and the lines per file from the same pass."""
+    uris = []
+    for name, data in TRICKY.items():
+        (tmp_path / name).write_bytes(data)
+        uris.append((tmp_path / name).as_uri())
+    read = LineRead(spark, uris, "tricky")
+    with one_file_per_partition(spark):
+        rows = read.rows.select("_source_file", "_source_line", "value").collect()
+    got = sorted((Path(r[0]).name, r[1], bytes(r[2])) for r in rows)
+    reference = with_lines(read_whole_files(spark, uris), F.col("_metadata.file_path")).collect()
+    assert got == sorted((Path(r._source_file).name, r._source_line, bytes(r.value)) for r in reference)
+    assert ("bom.jsonl", 1, b'\xef\xbb\xbf{"a":1}') in got and ("long.jsonl", 5000, b"line 5000") in got
+    assert {Path(f).name: n for f, n in read.counts().items()} == {
+        "f1.jsonl": 4, "f2.jsonl": 2, "f4.jsonl": 1, "f5.jsonl": 4, "f6.jsonl": 1, "f7.jsonl": 3,
+        "bom.jsonl": 2, "long.jsonl": 5000, "packed.jsonl.gz": 2}

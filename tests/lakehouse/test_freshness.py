@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pyspark.sql import functions as F
 
+from lakehouse.bronze import EVENT_TIME_SAMPLE, freshness_times
 from lakehouse.freshness import FRESHNESS_TABLE, Measured, measure_aggregates, p95_seconds
 from lakehouse.tables import delta_table, read_table, resolve_table
 
@@ -39,6 +40,24 @@ def test_the_aggregates_skip_rows_without_a_time_and_count_the_written_ones(spar
     assert oldest == start.timestamp()
     assert start.timestamp() + 2 <= q05 <= start.timestamp() + 10 and 44 <= q50 - start.timestamp() <= 54
     assert "ingest" not in measured.times
+
+
+def test_bronze_reads_the_event_time_of_a_sample_of_lines_and_counts_every_line(spark, config):
+    """A file source's bronze reads event time from every EVENT_TIME_SAMPLE-th line of each file,
+    its first included; the row count and ingest time cover every line."""
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    stamp = start + timedelta(hours=1)
+    lines = 2 * EVENT_TIME_SAMPLE + 5
+    data = [(f'{{"event_id": "e{n}", "event_time": "{(start + timedelta(seconds=n)).isoformat()}"}}'.encode(),
+             "file:/f.jsonl", n, stamp) for n in range(lines, 0, -1)]  # line 1 holds the oldest time
+    data.append((b'{"event_id": "old", "event_time": "2025-01-01T00:00:00Z"}', "file:/f.jsonl", 2, stamp))
+    df = spark.createDataFrame(data, "value binary, _source_file string, _source_line long, _ingested_at timestamp")
+    measured = Measured.from_row(df.agg(*measure_aggregates(freshness_times(config, "telemetry"))).first(),
+                                 "bronze.telemetry", "bronze.telemetry", 0)
+    assert measured.rows == lines + 1
+    sampled = [n for n in range(1, lines + 1) if n % EVENT_TIME_SAMPLE == 1]  # 1, 17, 33
+    assert measured.times["event"][0] == (start + timedelta(seconds=sampled[0])).timestamp()  # not line 2's 2025
+    assert measured.times["ingest"][0] == stamp.timestamp()
 
 
 def _added(spark, ref, version: int):

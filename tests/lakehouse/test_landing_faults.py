@@ -156,6 +156,21 @@ def test_an_unreadable_file_is_a_bad_file(spark, config):
     assert {name for name, _ in _bronze(spark, config)} == {"fine.jsonl"}
 
 
+def test_a_failed_append_that_is_no_file_s_fault_fails_the_batch_and_blames_no_file(spark, config, monkeypatch):
+    """The line reader fails a batch's read on a file it cannot read; each file is then read alone
+    to find it. When every file reads, the failure was not a file's: the batch fails (and is
+    redone), and no file is recorded as bad."""
+    land(config, "a.jsonl", lines(reading(1), reading(2)))
+    land(config, "b.jsonl", lines(reading(3)))
+    monkeypatch.setenv(FAILPOINTS_ENV, "bronze.append=raise-once")
+    assert _ingest(spark, config) == 1
+    monkeypatch.delenv(FAILPOINTS_ENV)
+    assert _bad_files(spark, config) == {} and _bronze(spark, config) == {}
+    assert _ingest(spark, config) == 0
+    assert sorted(_bronze(spark, config)) == [("a.jsonl", 1), ("a.jsonl", 2), ("b.jsonl", 1)]
+    assert _bad_files(spark, config) == {}
+
+
 def test_a_file_changed_after_ingest_is_reported_by_status_and_reconcile(spark, config, capsys):
     appended = land(config, "grows.jsonl", lines(reading(1), reading(2)))
     land(config, "steady.jsonl", lines(reading(3)))

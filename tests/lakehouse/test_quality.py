@@ -52,7 +52,7 @@ def test_fused_results_equal_gx_results_on_the_same_rows(spark, config, tmp_path
 
     from lakehouse.generator import TelemetryGenerator
     from lakehouse.generator_runs import generate_batch
-    from lakehouse.landing import with_lines
+    from lakehouse.landing_lines import with_lines
     from lakehouse.parse import parse_records
     from lakehouse.quality import BatchValidator, rule_metric_columns, rule_results
 

@@ -6,7 +6,7 @@ from pyspark.sql import functions as F
 
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
-from lakehouse.landing import with_lines
+from lakehouse.landing_lines import with_lines
 from lakehouse.parse import parse_records
 from lakehouse.quality import load_suite, row_rules, with_rule_results
 
