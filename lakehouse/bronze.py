@@ -30,7 +30,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from lakehouse.checkpoints import batch_planned_ms, planned_files
+from lakehouse.checkpoints import batch_planned_ms, planned_files, redone_batch
 from lakehouse.config import LakehouseConfig, SourceConfig
 from lakehouse.errors import JobError, batch_query_id, raised_in_batch
 from lakehouse.freshness import Measured, observe_freshness
@@ -134,10 +134,10 @@ class FileBatchIngest:
     """The foreachBatch function of a file source's bronze query: each micro-batch's planned files
     (from the query's own file-source log) read into bronze by lakehouse.landing."""
 
-    def __init__(self, config: LakehouseConfig, flow: Flow):
+    def __init__(self, config: LakehouseConfig, flow: Flow, redone: int | None = None):
         self.config, self.source_name = config, flow.name
         self.query_name, self.checkpoint = flow.query_name, flow.checkpoint
-        self.started = False  # the first batch after a start may be one redone after a crash
+        self.redone = redone  # the batch that may be redone after a crash (checkpoints.redone_batch)
         self.times = freshness_times(config, flow.name)  # what each batch measures for ops.freshness
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
@@ -145,10 +145,9 @@ class FileBatchIngest:
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
         app_id = f"{self.query_name}-{batch_query_id(batch)}"
         uris = [entry["path"] for entry in planned_files(spark, self.checkpoint, batch_id)]
-        replay_since = None if self.started else batch_planned_ms(self.checkpoint, batch_id, spark)
+        replay_since = batch_planned_ms(self.checkpoint, batch_id, spark) if batch_id == self.redone else None
         files, times = ingest_files(spark, self.config, self.source_name, uris, app_id, batch_id, replay_since,
                                     self.times)
-        self.started = True
         measured = [] if times is None else [
             Measured.from_row(times, f"bronze.{self.source_name}", f"bronze.{self.source_name}", batch_id,
                               marker=batch_marker(app_id, batch_id))]
@@ -195,7 +194,7 @@ def start_file_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow, 
         Path(landing).mkdir(parents=True, exist_ok=True)  # files may start arriving later
     return (
         read_landing_stream(spark, source, landing).writeStream
-        .foreachBatch(raised_in_batch(FileBatchIngest(config, flow)))
+        .foreachBatch(raised_in_batch(FileBatchIngest(config, flow, redone_batch(flow.checkpoint, spark))))
         .queryName(flow.query_name)
         .option("checkpointLocation", flow.checkpoint)
         .trigger(**trigger)

@@ -36,6 +36,18 @@ def logged_batches(checkpoint: str, log: str, spark=None) -> list[int]:
     return sorted(int(name) for name in fs.list_names(spark, f"{checkpoint.rstrip('/')}/{log}") if name.isdigit())
 
 
+def redone_batch(checkpoint: str, spark=None) -> int | None:
+    """The batch a query started now on ``checkpoint`` runs again first, or None: the last planned
+    batch (``offsets``) when it has no ``commits`` entry (it may have written some of its output
+    before a crash), else none (a new checkpoint, or one whose every planned batch finished).
+    Read before the query starts; only that batch needs the replay checks (tables.append_once)."""
+    planned = logged_batches(checkpoint, "offsets", spark)
+    done = logged_batches(checkpoint, "commits", spark)
+    if planned and (not done or done[-1] < planned[-1]):
+        return planned[-1]
+    return None
+
+
 def _offsets_entry(checkpoint: str, batch_id: int, spark=None) -> list[str]:
     """The lines of ``offsets/<batch_id>``: "v1", the batch's metadata, then one line per source."""
     location = f"{checkpoint.rstrip('/')}/offsets/{batch_id}"

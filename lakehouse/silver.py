@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from lakehouse.bronze import ensure_source_bronze_table
-from lakehouse.checkpoints import BatchPlans, logged_batches, planned_source_offsets
+from lakehouse.checkpoints import BatchPlans, logged_batches, planned_source_offsets, redone_batch
 from lakehouse.config import LakehouseConfig
 from lakehouse.errors import JobError, batch_query_id, raised_in_batch
 from lakehouse.failpoints import failpoint
@@ -88,7 +88,7 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
         bronze = bronze.unionByName(other)
     plans = BatchPlans(spark, flow.checkpoint)
     newest = NewestEventTime(spark, config, entity_name)  # silver is read for it once, at the first plan
-    started = []  # the first batch after a start may be one redone after a crash
+    redone = redone_batch(flow.checkpoint, spark)  # the batch that may be redone after a crash
 
     def process(batch, batch_id: int) -> None:
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
@@ -97,10 +97,9 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
         plan = plans.plan(batch_id, lambda: plan_batch(session, config, entity_name, backfill, newest))
         failpoint("silver.plan", batch_id)
         measured, kept_newest = refine_batch(config, entity_name, rules, f"{flow.query_name}-{batch_query_id(batch)}",
-                                             batch, batch_id, plan, validator, may_be_replay=not started)
+                                             batch, batch_id, plan, validator, may_be_replay=batch_id == redone)
         newest.advance(kept_newest)
         report_batch(flow.query_name, batch_id, freshness=[measured])
-        started.append(batch_id)
 
     return (
         count_records(bronze).writeStream.foreachBatch(raised_in_batch(process))

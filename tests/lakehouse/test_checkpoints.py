@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lakehouse.checkpoints import committed_source_files, files_in_batch, landed_files, processed_files, reader_offsets
+from lakehouse.checkpoints import (
+    committed_source_files,
+    files_in_batch,
+    landed_files,
+    processed_files,
+    reader_offsets,
+    redone_batch,
+)
 
 
 def _source_log(checkpoint: Path, name: str, entries: list[tuple[str, int]]) -> None:
@@ -115,3 +122,19 @@ def test_a_reader_restarts_from_its_newest_committed_batch_or_its_first_planned_
     assert [o["reservoirVersion"] for o in reader_offsets(None, str(checkpoint), table)] == [7]
     assert reader_offsets(None, str(checkpoint), "not-read") == []
     assert reader_offsets(None, str(tmp_path / "none"), table) == []
+
+
+def test_only_a_planned_batch_without_its_commit_is_redone(tmp_path):
+    """The replay checks are for the batch a restart runs again: planned (offsets) and not done (commits)."""
+    checkpoint = tmp_path / "checkpoint"
+    assert redone_batch(str(checkpoint)) is None  # a new query
+    (checkpoint / "offsets").mkdir(parents=True)
+    (checkpoint / "commits").mkdir()
+    for batch in (0, 1, 2):
+        (checkpoint / "offsets" / str(batch)).write_text("v1\n{}\n")
+    for batch in (0, 1):
+        (checkpoint / "commits" / str(batch)).write_text("v1\n{}\n")
+    (checkpoint / "offsets" / ".2.crc").write_text("")  # Hadoop's checksum files are no batches
+    assert redone_batch(str(checkpoint)) == 2  # planned, then the crash
+    (checkpoint / "commits" / "2").write_text("v1\n{}\n")
+    assert redone_batch(str(checkpoint)) is None  # every planned batch finished
