@@ -55,8 +55,9 @@ BAD_CASES = {
         [], "test/lakehouse.yml", "generator.recods",
     ),
     "wrong type": (
-        lambda c: edit_conf(c / "base/sources/telemetry.yml", "max_files_per_trigger: 20", "max_files_per_trigger: twenty"),
-        [], "base/sources/telemetry.yml", "sources.telemetry.max_files_per_trigger",
+        lambda c: edit_conf(c / "base/sources/telemetry.yml", "max_bytes_per_trigger: 268435456",
+                            "max_bytes_per_trigger: lots"),
+        [], "base/sources/telemetry.yml", "sources.telemetry.max_bytes_per_trigger",
     ),
     "path does not exist": (
         lambda c: edit_conf(c / "base/sources/telemetry.yml", "path: null", "path: /nonexistent/landing/telemetry"),
