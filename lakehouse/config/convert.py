@@ -65,6 +65,12 @@ def split_key(dotted: str) -> list[str]:
     return result
 
 
+# Settings of which only one applies (a source's rate limit): a layer or --set that gives one a
+# value clears the other where an earlier layer set it, so overriding the default limit of one
+# kind does not also need the other nulled.
+ALTERNATIVES = {"max_files_per_trigger": "max_bytes_per_trigger", "max_bytes_per_trigger": "max_files_per_trigger"}
+
+
 class Tree:
     """Merged YAML values plus, for every key path, the file (or option) that set it."""
 
@@ -118,6 +124,11 @@ class Tree:
             node = node[part]
         node[key_path[-1]] = value
         self.origins[tuple(key_path)] = origin
+        other = ALTERNATIVES.get(key_path[-1])
+        sibling = tuple(key_path[:-1]) + (other,) if other else None
+        if value is not None and sibling and node.get(other) is not None and self.origins.get(sibling) != origin:
+            node[other] = None  # an earlier layer's alternative gives way (one file setting both is refused)
+            self.origins[sibling] = origin
 
     def origin(self, key_path: tuple[str, ...], fallback: str) -> str:
         while key_path:

@@ -33,6 +33,7 @@ def test_overlay_and_overrides_apply_in_order(tmp_path):
     assert config.spark.conf["spark.sql.shuffle.partitions"] == "7"  # --set over both
     assert config.spark.conf["spark.sql.session.timeZone"] == "UTC"  # base key kept
     assert config.sources["telemetry"].max_files_per_trigger == 3
+    assert config.sources["telemetry"].max_bytes_per_trigger is None  # base's limit of the other kind gives way
     assert config.storage.data_dir == tmp_path
     assert config.landing_path("telemetry") == f"{tmp_path}/landing/telemetry"
     assert config.checkpoint_path("bronze_telemetry") == f"{tmp_path}/checkpoints/bronze_telemetry"
@@ -157,10 +158,9 @@ BAD_CASES = {
                         "  conf_env:\n    spark.hadoop.fs.s3a.secret.key: LAKEHOUSE_TEST_UNSET_VARIABLE\n  conf:\n"),
         [], "test/lakehouse.yml", "spark.conf_env.spark.hadoop.fs.s3a.secret.key",
     ),
-    "both rate limits": (
-        lambda c: None,
-        ["--set", "sources.telemetry.max_bytes_per_trigger=1000000"],
-        "--set sources.telemetry.max_bytes_per_trigger", "sources.telemetry.max_bytes_per_trigger",
+    "both rate limits in one file": (
+        lambda c: edit_conf(c / "base/sources/telemetry.yml", "max_files_per_trigger: null", "max_files_per_trigger: 20"),
+        [], "base/sources/telemetry.yml", "sources.telemetry.max_bytes_per_trigger",
     ),
 }
 
