@@ -39,6 +39,7 @@ from lakehouse.parse import record_event_time
 from lakehouse.pipeline import Flow
 from lakehouse.progress import count_records, report_batch
 from lakehouse.tables import (
+    APPEND_ONLY_CHECKPOINTS,
     TableRef,
     batch_marker,
     bronze_table,
@@ -118,6 +119,7 @@ def ensure_bronze_table(spark: SparkSession, table: TableRef, kind: str = "files
             # File statistics for data skipping on the provenance columns only: min/max of raw
             # records would cost a pass over every value and never prune a query.
             "delta.dataSkippingStatsColumns": stats,
+            **APPEND_ONLY_CHECKPOINTS,
         },
         comment=comment,
     )

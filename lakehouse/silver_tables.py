@@ -24,7 +24,7 @@ from pyspark.sql.types import (
 
 from lakehouse.config import EntityConfig, LakehouseConfig
 from lakehouse.quality import QUALITY_RESULTS_SCHEMA, QUALITY_RESULTS_TABLE
-from lakehouse.tables import create_table_if_missing, delta_table, resolve_table, sql_target
+from lakehouse.tables import APPEND_ONLY_CHECKPOINTS, create_table_if_missing, delta_table, resolve_table, sql_target
 
 QUARANTINE_SCHEMA = StructType(
     [
@@ -85,8 +85,10 @@ def ensure_silver_tables(spark: SparkSession, config: LakehouseConfig, entity_na
         spark.sql(f"ALTER TABLE {sql_target(silver)} SET TBLPROPERTIES ({CHANGE_FEED} = true)")  # made by an older release
     create_table_if_missing(spark, resolve_table(config, f"silver.{entity_name}_quarantine"), QUARANTINE_SCHEMA,
                             comment="Rows that failed parsing or a drop expectation, with reasons")
-    create_table_if_missing(spark, resolve_table(config, SILVER_BATCHES_TABLE), SILVER_BATCHES_SCHEMA)
-    create_table_if_missing(spark, resolve_table(config, QUALITY_RESULTS_TABLE), QUALITY_RESULTS_SCHEMA)
+    create_table_if_missing(spark, resolve_table(config, SILVER_BATCHES_TABLE), SILVER_BATCHES_SCHEMA,
+                            properties=APPEND_ONLY_CHECKPOINTS)
+    create_table_if_missing(spark, resolve_table(config, QUALITY_RESULTS_TABLE), QUALITY_RESULTS_SCHEMA,
+                            properties=APPEND_ONLY_CHECKPOINTS)
 
 
 CHANGE_FEED = "delta.enableChangeDataFeed"

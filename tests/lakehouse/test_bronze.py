@@ -15,7 +15,7 @@ from lakehouse.generator_runs import generate_batch
 from lakehouse.progress import STREAM_PROGRESS_TABLE
 from lakehouse.runner import run_flow
 from lakehouse.status import collect_status
-from lakehouse.tables import bronze_table, read_table, resolve_table
+from lakehouse.tables import bronze_table, delta_table, read_table, resolve_table
 from tests.conftest import CONF_DIR
 
 pytestmark = pytest.mark.slow
@@ -54,6 +54,9 @@ def test_every_line_lands_once_and_malformed_lines_byte_for_byte(spark, config):
         with pytest.raises(json.JSONDecodeError):
             json.loads(original)
     assert bronze.where(F.col("_ingested_at").isNull()).count() == 0
+    # an append-only table checkpoints its state every 100 commits, not Delta's 10
+    properties = delta_table(spark, bronze_table(config, "telemetry")).detail().first()["properties"]
+    assert properties["delta.checkpointInterval"] == "100" and properties["delta.appendOnly"] == "true"
 
 
 def test_progress_has_one_row_per_micro_batch_and_status_shows_r_and_b(spark, config, capsys):
