@@ -4,8 +4,9 @@ Every micro-batch that commits rows to a bronze, silver or gold table measures t
 rows it writes, in the same pass that writes or counts them (no extra scan):
 
 - ``ingest``: ``_ingested_at`` (when bronze took the record in; bronze and silver);
-- ``event``: the entity's event time (silver; bronze reads just that field of each raw record,
-  from the first entity that reads the source);
+- ``event``: the entity's event time (silver; bronze reads just that field of raw records, from
+  the first entity that reads the source: a file source's from a sample of lines,
+  lakehouse.bronze.EVENT_TIME_SAMPLE);
 - ``window``: a windowed gold table's window end (``gold.<table>.window_end``).
 
 A :class:`Measured` holds, per measure, the oldest time, the 5th percentile and the median
