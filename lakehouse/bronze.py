@@ -1,15 +1,14 @@
 """Bronze: every input record, byte for byte, plus where and when it arrived.
 
 A file source (``kind: files``): Spark's file source plans which landing files each micro-batch
-takes (its checkpoint makes that exactly-once); the batch then reads them whole and splits them
-into lines here (lakehouse.landing: a file that cannot be read is recorded in ops.bad_files
-instead of stopping the stream), because Spark's line reader cannot say which line of its file
-a row was, and keeps bytes that are not UTF-8 only as U+FFFD; one row per line, its bytes as
-landed. A Kafka source (``kind: kafka``): one row per message, read by Spark's
-Kafka connector, with the key and value as raw bytes and the topic, partition, offset and Kafka
-timestamp, appended by a Delta sink. Either way the query's checkpoint (file list or Kafka
-offsets) and commits marked with the batch (lakehouse.tables.append_once; the Delta sink's own
-for Kafka) make a restart exactly-once.
+takes (its checkpoint makes that exactly-once); the batch then reads the planned files itself
+(lakehouse.landing: a file that cannot be read is recorded in ops.bad_files instead of stopping
+the stream; lakehouse.landing_lines: one row per line, its bytes as landed, with its file and
+line number, which the file source's own rows could not give). A Kafka source (``kind: kafka``):
+one row per message, read by Spark's Kafka connector, with the key and value as raw bytes and
+the topic, partition, offset and Kafka timestamp, appended by a Delta sink. Either way the
+query's checkpoint (file list or Kafka offsets) and commits marked with the batch
+(lakehouse.tables.append_once; the Delta sink's own for Kafka) make a restart exactly-once.
 Next stop for each row: ``silver.<entity>`` (lakehouse.silver).
 """
 

@@ -7,9 +7,11 @@ source, then reads the planned files itself, one micro-batch at a time (:func:`i
   ``max_file_bytes`` (a compressed file is read whole, so this bounds the memory it needs; a
   .gz or .bz2 file counts by what it decompresses to), is not read;
 - the others are read in one pass (lakehouse/landing_lines.py: plain files by Spark's line
-  reader, compressed files, by their suffix, whole); a file that cannot be read (a corrupt
-  archive, deleted or made unreadable meanwhile) does not fail the batch: it is found and read
-  alone, and the error it gives names it (or, read now, its lines are taken);
+  reader; compressed files, by their suffix, and files that start with a byte-order mark,
+  whole); a file that cannot be read (a corrupt archive, deleted or made unreadable meanwhile)
+  does not stop the stream: it is found by reading files alone, and the error it gives names it
+  (or, read now, its lines are taken); a failure that no file gives alone fails the batch
+  (redone on restart);
 - their lines are appended to ``bronze.<source>``; every file read is recorded in
   ``ops.ingested_files`` (size and modification time as read, lines) and every file not read
   in ``ops.bad_files`` (with the reason). Nothing stops the stream on a bad file, and each
@@ -44,7 +46,7 @@ from lakehouse import fs
 from lakehouse.config import LakehouseConfig
 from lakehouse.failpoints import failpoint
 from lakehouse.freshness import measure_aggregates
-from lakehouse.landing_lines import LineRead, is_compressed, one_file_per_partition, read_error
+from lakehouse.landing_lines import LineRead, must_read_whole, one_file_per_partition, read_error
 from lakehouse.tables import (
     APPEND_ONLY_CHECKPOINTS,
     TableRef,
@@ -97,6 +99,7 @@ class LandedFile:
     lines: int | None = None  # set once read
     reason: str | None = None  # set when it is a bad file
     detail: str | None = None
+    read_whole: bool = False  # compressed, or starts with a byte-order mark (landing_lines)
 
     @property
     def path(self) -> str:
@@ -123,13 +126,14 @@ def _now() -> datetime:
 
 
 def look_at(spark: SparkSession, uris: list[str], max_file_bytes: int) -> list[LandedFile]:
-    """Size and modification time of each planned file; gone or too large ones marked bad."""
+    """Size and modification time of each planned file, and whether it is read whole
+    (landing_lines.must_read_whole); gone or too large ones marked bad."""
     local = all(fs.local_path(uri) is not None for uri in uris)
-    with ThreadPoolExecutor(max_workers=1 if local else 16) as pool:  # object stores: one request each
-        stats = list(pool.map(lambda uri: fs.stat(spark, uri), uris))
+    with ThreadPoolExecutor(max_workers=1 if local else 16) as pool:  # object stores: requests in parallel
+        stats = list(pool.map(lambda uri: (fs.stat(spark, uri), must_read_whole(spark, uri)), uris))
     files = []
-    for uri, stat in zip(uris, stats, strict=True):
-        landed = LandedFile(uri)
+    for uri, (stat, whole) in zip(uris, stats, strict=True):
+        landed = LandedFile(uri, read_whole=whole)
         if stat is None:
             landed.reason, landed.detail = "missing", "deleted after it was listed, before it was read"
         else:
@@ -205,10 +209,11 @@ def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef
     """Append the lines of ``files`` to bronze in one commit (lakehouse/landing_lines.py reads
     them): (lines per file read, by canonical path; the freshness measurements of ``times`` over
     the lines, lakehouse/freshness.py)."""
-    read = LineRead(spark, [f.uri for f in files], name, strict)
+    read = LineRead(spark, [f.uri for f in files], name, strict, whole={f.uri for f in files if f.read_whole})
     measured = Observation(f"{name}-times") if times else None
     lines = read.rows.observe(measured, *measure_aggregates(times)) if measured else read.rows
     with one_file_per_partition(spark):
+        read.check_partitions()
         failpoint("bronze.append")
         append_once(lines, bronze, marker)
     return read.counts(), (measured.get if measured is not None else None)
@@ -217,17 +222,23 @@ def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef
 def _append_batch(spark: SparkSession, todo: list[LandedFile], bronze: TableRef, marker: str, batch_id: int,
                   times: dict[str, Column] | None) -> tuple[dict[str, int], dict | None]:
     """:func:`_append_lines` for the batch's files. The line reader fails the whole read on a
-    plain file it cannot read (rather than keep part of it): then each plain file is read alone,
-    without writing; those that fail are bad files, named by their error, and the others are
-    appended. If every file reads alone, the failure was not a file's: it is raised."""
+    plain file it cannot read (rather than keep part of it), and a file gone before the read is
+    planned fails any read: then each file is read alone, without writing; one that fails twice
+    is a bad file, named by its error, and the others are appended. If every file reads alone,
+    the failure was not a file's: it is raised (so is a cancelled job: the query is stopping)."""
     started_ms = int(time.time() * 1000)
     try:
         return _append_lines(spark, todo, bronze, marker, f"files-{batch_id}", times=times)
-    except Exception:
-        if committed(spark, bronze, marker, since_ms=started_ms) is not None:
-            raise  # the commit was made: a restart redoes the batch from bronze
-        failed = {id(f): error for f in todo if not is_compressed(f.uri)
-                  if (error := read_error(spark, f.uri)) is not None}
+    except Exception as exc:
+        if _cancelled(exc) or committed(spark, bronze, marker, since_ms=started_ms) is not None:
+            raise  # stopping; or the commit was made, and a restart redoes the batch from bronze
+        failed = {}
+        for landed in todo:
+            error = read_error(spark, landed.uri, landed.read_whole)
+            if error is not None and _cancelled(error):
+                raise
+            if error is not None and read_error(spark, landed.uri, landed.read_whole) is not None:
+                failed[id(landed)] = error  # twice: not an object store's passing error
         if not failed:
             raise
     for landed in todo:
@@ -235,6 +246,12 @@ def _append_batch(spark: SparkSession, todo: list[LandedFile], bronze: TableRef,
             landed.reason, landed.detail = diagnosis(failed[id(landed)])
     rest = [f for f in todo if f.reason is None]
     return _append_lines(spark, rest, bronze, marker, f"files-{batch_id}-again", times=times) if rest else ({}, None)
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """A Spark job cancelled or a thread interrupted (a query stopping), not a file's fault."""
+    text = str(exc)
+    return "InterruptedException" in text or " cancelled" in text or "JOB_CANCELLED" in text
 
 
 def ingest_files(
@@ -253,7 +270,7 @@ def ingest_files(
     take is skipped, then read again alone, strictly: the error it gives then is why it is bad,
     and if it reads now (an object store's passing error) its lines go to bronze in a commit of
     their own; a plain file the read cannot take is found by :func:`_append_batch`. For a
-    batch that may be redone after a crash (the first after a start; ``replay_since_ms`` says
+    batch that may be redone after a crash (checkpoints.redone_batch; ``replay_since_ms`` says
     when it was planned), the lines each planned file already gave bronze are counted first,
     and only the files without any are read: a file read before the crash is counted from
     bronze even if it has gone since, and none is appended twice. The ops appends are made

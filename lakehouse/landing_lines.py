@@ -25,7 +25,6 @@ How many lines each file gave comes from the same pass (:class:`LineRead`).
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
@@ -62,27 +61,26 @@ def load_path(uri: str) -> str:
 
 
 UTF8_BOM = b"\xef\xbb\xbf"
+# Merged partitions of one read at most (each costs an aggregate in the read's observation).
+MAX_MERGED_PARTITIONS = 64
 
 
 def is_compressed(uri: str) -> bool:
     return uri.lower().endswith(COMPRESSED_SUFFIXES)
 
 
-def read_whole(spark: SparkSession, uris: list[str]) -> set[str]:
-    """The files to read whole: compressed ones, and those that start with a UTF-8 byte-order
-    mark (their first three bytes are looked at: a request per file on an object store)."""
-    plain = [uri for uri in uris if not is_compressed(uri)]
-    local = all(fs.local_path(uri) is not None for uri in plain)
-    with ThreadPoolExecutor(max_workers=1 if local else 16) as pool:
-        heads = list(pool.map(lambda uri: fs.head(spark, uri, len(UTF8_BOM)), plain))
-    return ({uri for uri in uris if is_compressed(uri)}
-            | {uri for uri, head in zip(plain, heads, strict=True) if head == UTF8_BOM})
+def must_read_whole(spark: SparkSession, uri: str) -> bool:
+    """Whether a landing file is read whole: compressed, or starting with a UTF-8 byte-order mark
+    (its first three bytes are looked at: lakehouse.landing.look_at does it with the file's stat),
+    or its start could not be looked at (then the whole-file read is the safe one)."""
+    return is_compressed(uri) or fs.head(spark, uri, len(UTF8_BOM)) in (UTF8_BOM, None)
 
 
 @contextmanager
 def one_file_per_partition(spark: SparkSession):
-    """For the command that reads plain files (:func:`read_lines`), on the calling query's own
-    session: each file one input partition (the line numbers depend on it)."""
+    """Around the command that writes a :class:`LineRead`'s rows, on the calling query's own
+    session (a streaming query's batches run in a clone of its own): each file one input
+    partition, which the line numbers depend on."""
     with session_conf(spark, ONE_FILE_PER_PARTITION):
         yield
 
@@ -137,16 +135,19 @@ def with_lines(files: DataFrame, file_path: Column, observation: Observation | N
     )
 
 
-def plain_lines(spark: SparkSession, uris: list[str], observation: Observation, partitions: int,
-                strict: bool = False) -> DataFrame:
-    """The lines of plain files by Spark's line reader, in ``partitions`` partitions; needs
-    :func:`one_file_per_partition` around the command. ``observation`` receives where each file's
-    rows start (``firsts``: file, position) and where each merged partition's end (``lasts``),
-    positions in the merged partitions: :func:`plain_line_counts` turns them into lines per file.
-    A missing file is skipped (it gives no rows) unless ``strict``; any other error fails the read."""
-    read = (spark.read.format("text").option("lineSep", "\n")
+def line_reader(spark: SparkSession, uris: list[str], strict: bool = False) -> DataFrame:
+    """Spark's line reader over plain files: one row per line (``value``, raw bytes). A missing
+    file is skipped (it gives no rows) unless ``strict``; any other error fails the read."""
+    return (spark.read.format("text").option("lineSep", "\n")
             .option("ignoreMissingFiles", str(not strict).lower()).option("ignoreCorruptFiles", "false")
             .load([load_path(uri) for uri in uris]))
+
+
+def plain_lines(read: DataFrame, observation: Observation, partitions: int) -> DataFrame:
+    """Bronze rows of a :func:`line_reader` read, in ``partitions`` partitions; needs
+    :func:`one_file_per_partition` around the command. ``observation`` receives where each file's
+    rows start (``firsts``: file, position) and where each merged partition's end (``lasts``),
+    positions in the merged partitions: :func:`plain_line_counts` turns them into lines per file."""
     numbered = read.select(
         F.col("value").cast("binary").alias("value"),
         F.col("_metadata.file_path").alias("_source_file"),
@@ -167,7 +168,8 @@ def plain_lines(spark: SparkSession, uris: list[str], observation: Observation, 
 
 
 class LineCountError(RuntimeError):
-    """The line reader's rows do not add up per file (an input partition held more than one file)."""
+    """The line reader's input partitions are not one per file (checked before the write), or its
+    rows do not add up per file (after it)."""
 
 
 def plain_line_counts(metrics: dict) -> dict[str, int]:
@@ -190,20 +192,30 @@ class LineRead:
     """The rows of one read of landing files (``rows``: plain files by the line reader, compressed
     ones whole and split), and, once they have been written, the lines each file gave."""
 
-    def __init__(self, spark: SparkSession, uris: list[str], name: str, strict: bool = False):
-        whole = read_whole(spark, uris)
-        plain = [uri for uri in uris if uri not in whole]
-        whole = [uri for uri in uris if uri in whole]
+    def __init__(self, spark: SparkSession, uris: list[str], name: str, strict: bool = False,
+                 whole: set[str] | frozenset[str] = frozenset()):
+        """``whole``: files to read whole besides the compressed ones (see :func:`must_read_whole`)."""
+        plain = [uri for uri in uris if uri not in whole and not is_compressed(uri)]
+        whole = [uri for uri in uris if uri in whole or is_compressed(uri)]
         self._plain = Observation(f"{name}-lines") if plain else None
         self._whole = Observation(f"{name}-whole") if whole else None
+        self._read = line_reader(spark, plain, strict) if plain else None
+        self._files = len(plain)
         parts = []
         if plain:
-            partitions = max(1, min(len(plain), spark.sparkContext.defaultParallelism))
-            parts.append(plain_lines(spark, plain, self._plain, partitions, strict))
+            partitions = max(1, min(len(plain), spark.sparkContext.defaultParallelism, MAX_MERGED_PARTITIONS))
+            parts.append(plain_lines(self._read, self._plain, partitions))
         if whole:
             parts.append(with_lines(read_whole_files(spark, whole, strict), F.col("_metadata.file_path"),
                                     self._whole))
         self.rows = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+
+    def check_partitions(self) -> None:
+        """Inside :func:`one_file_per_partition`, before the write: the line reader's input
+        partitions are one per file (planned only, no job), or the line numbers would be wrong."""
+        if self._read is not None and (planned := self._read.rdd.getNumPartitions()) != self._files:
+            raise LineCountError(f"the line reader planned {planned} input partitions for {self._files} files, "
+                                 "not one per file: line numbers would be wrong")
 
     def counts(self) -> dict[str, int]:
         """Lines per file read, by canonical path (a file skipped by the read is not there)."""
@@ -213,11 +225,11 @@ class LineRead:
         return {fs.canonical(file): lines for file, lines in counted.items()}
 
 
-def read_error(spark: SparkSession, uri: str) -> Exception | None:
-    """The error reading one plain file alone gives (None: it reads), without writing anything."""
-    try:
-        (spark.read.format("text").option("lineSep", "\n").load(load_path(uri))
-         .write.format("noop").mode("overwrite").save())
+def read_error(spark: SparkSession, uri: str, whole: bool) -> Exception | None:
+    """The error reading one file alone, strictly, gives (None: it reads), without writing anything."""
+    try:  # a missing file fails already when the read is made
+        read = read_whole_files(spark, [uri], strict=True) if whole else line_reader(spark, [uri], strict=True)
+        read.write.format("noop").mode("overwrite").save()
     except Exception as exc:  # the error is the answer
         return exc
     return None

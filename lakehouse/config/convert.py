@@ -65,9 +65,10 @@ def split_key(dotted: str) -> list[str]:
     return result
 
 
-# Settings of which only one applies (a source's rate limit): a layer or --set that gives one a
-# value clears the other where an earlier layer set it, so overriding the default limit of one
-# kind does not also need the other nulled.
+# Settings of a source of which only one applies (its rate limit): a layer (conf/base, conf/<env>,
+# the --set options together) that gives one a value clears the other where an earlier layer set
+# it, so overriding the default limit of one kind does not also need the other nulled. One layer
+# setting both is refused by the schema.
 ALTERNATIVES = {"max_files_per_trigger": "max_bytes_per_trigger", "max_bytes_per_trigger": "max_files_per_trigger"}
 
 
@@ -77,6 +78,8 @@ class Tree:
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
         self.origins: dict[tuple[str, ...], str] = {}
+        self.layer = ""  # the layer being merged (see ALTERNATIVES)
+        self.layers: dict[tuple[str, ...], str] = {}  # key path -> the layer that set it
 
     def merge_file(self, path: Path, prefix: list[str]) -> None:
         try:
@@ -124,11 +127,13 @@ class Tree:
             node = node[part]
         node[key_path[-1]] = value
         self.origins[tuple(key_path)] = origin
-        other = ALTERNATIVES.get(key_path[-1])
-        sibling = tuple(key_path[:-1]) + (other,) if other else None
-        if value is not None and sibling and node.get(other) is not None and self.origins.get(sibling) != origin:
-            node[other] = None  # an earlier layer's alternative gives way (one file setting both is refused)
+        self.layers[tuple(key_path)] = self.layer
+        other = ALTERNATIVES.get(key_path[-1]) if len(key_path) == 3 and key_path[0] == "sources" else None
+        sibling = (*key_path[:-1], other)
+        if value is not None and other and node.get(other) is not None and self.layers.get(sibling) != self.layer:
+            node[other] = None  # an earlier layer's alternative gives way
             self.origins[sibling] = origin
+            self.layers[sibling] = self.layer
 
     def origin(self, key_path: tuple[str, ...], fallback: str) -> str:
         while key_path:

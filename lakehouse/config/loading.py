@@ -51,6 +51,7 @@ def load_config(
     base, env_dir = _layer_dirs(conf_path, env)
     tree = Tree()
     for layer in (base, env_dir):
+        tree.layer = str(layer)
         for path in sorted(layer.rglob("*.yml")) + sorted(layer.rglob("*.yaml")):
             prefix = list(path.relative_to(layer).parent.parts)
             if path.parent != layer:
@@ -58,6 +59,7 @@ def load_config(
             tree.merge_file(path, prefix)
     if data_dir is not None:
         tree.set(["storage", "data_dir"], str(data_dir), "--data-dir")
+    tree.layer = "--set"
     for item in overrides:
         _apply_override(tree, item)
     values = dict(tree.values)

@@ -138,8 +138,8 @@ class SourceConfig:
     # Rate limits per micro-batch of a file source; Spark takes one or the other, not both.
     max_files_per_trigger: PositiveInt | None = None
     max_bytes_per_trigger: PositiveInt | None = None
-    # A landing file is read whole: a larger one (its size on disk, compressed or not) is recorded
-    # in ops.bad_files as too_large instead of being loaded.
+    # A larger landing file (its size on disk, compressed or not) is recorded in ops.bad_files as
+    # too_large instead of being loaded; compressed files are read whole, so it bounds their memory.
     max_file_bytes: PositiveInt = 64 * 1024 * 1024
     # A feed of history (a backfill): its rows are never quarantined as late by the entity's
     # watermark. `lakehouse refine --backfill` does the same for one run, whatever the source.

@@ -5,10 +5,18 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import pytest
 from pyspark.sql import Observation
 from pyspark.sql import functions as F
 
-from lakehouse.landing_lines import LineRead, one_file_per_partition, read_whole_files, with_lines
+from lakehouse.landing_lines import (
+    LineCountError,
+    LineRead,
+    must_read_whole,
+    one_file_per_partition,
+    read_whole_files,
+    with_lines,
+)
 
 
 def test_lines_keep_bytes_and_positions(spark):
@@ -77,8 +85,11 @@ def test_the_line_reader_gives_what_the_whole_file_split_gives(spark, tmp_path):
     for name, data in TRICKY.items():
         (tmp_path / name).write_bytes(data)
         uris.append((tmp_path / name).as_uri())
-    read = LineRead(spark, uris, "tricky")
+    whole = {uri for uri in uris if must_read_whole(spark, uri)}
+    assert {Path(uri).name for uri in whole} == {"bom.jsonl", "packed.jsonl.gz"}
+    read = LineRead(spark, uris, "tricky", whole=whole)
     with one_file_per_partition(spark):
+        read.check_partitions()
         rows = read.rows.select("_source_file", "_source_line", "value").collect()
     got = sorted((Path(r[0]).name, r[1], bytes(r[2])) for r in rows)
     reference = with_lines(read_whole_files(spark, uris), F.col("_metadata.file_path")).collect()
@@ -87,3 +98,14 @@ def test_the_line_reader_gives_what_the_whole_file_split_gives(spark, tmp_path):
     assert {Path(f).name: n for f, n in read.counts().items()} == {
         "f1.jsonl": 4, "f2.jsonl": 2, "f4.jsonl": 1, "f5.jsonl": 4, "f6.jsonl": 1, "f7.jsonl": 3,
         "bom.jsonl": 2, "long.jsonl": 5000, "packed.jsonl.gz": 2}
+
+
+def test_the_line_reader_refuses_to_number_files_sharing_a_partition(spark, tmp_path):
+    """Without one input partition per file, Spark packs small files together and the positions
+    would not be line numbers: the check before the write says so instead."""
+    uris = []
+    for n in range(4):
+        (tmp_path / f"small-{n}.jsonl").write_bytes(b"a\nb\n")
+        uris.append((tmp_path / f"small-{n}.jsonl").as_uri())
+    with pytest.raises(LineCountError, match="not one per file"):
+        LineRead(spark, uris, "packed").check_partitions()

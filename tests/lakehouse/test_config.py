@@ -158,6 +158,11 @@ BAD_CASES = {
                         "  conf_env:\n    spark.hadoop.fs.s3a.secret.key: LAKEHOUSE_TEST_UNSET_VARIABLE\n  conf:\n"),
         [], "test/lakehouse.yml", "spark.conf_env.spark.hadoop.fs.s3a.secret.key",
     ),
+    "both rate limits in --set options": (
+        lambda c: None,
+        ["--set", "sources.telemetry.max_files_per_trigger=20", "--set", "sources.telemetry.max_bytes_per_trigger=1000000"],
+        "--set sources.telemetry.max_bytes_per_trigger", "sources.telemetry.max_bytes_per_trigger",
+    ),
     "both rate limits in one file": (
         lambda c: edit_conf(c / "base/sources/telemetry.yml", "max_files_per_trigger: null", "max_files_per_trigger: 20"),
         [], "base/sources/telemetry.yml", "sources.telemetry.max_bytes_per_trigger",
