@@ -32,7 +32,7 @@ from pyspark.sql.types import (
 from lakehouse.checkpoints import batch_planned_ms, planned_files, redone_batch
 from lakehouse.config import LakehouseConfig, SourceConfig
 from lakehouse.errors import JobError, batch_query_id, raised_in_batch
-from lakehouse.freshness import Measured, observe_freshness
+from lakehouse.freshness import Measured, observe_freshness, sampled_rows
 from lakehouse.landing import ensure_landing_tables, ingest_files
 from lakehouse.parse import record_event_time
 from lakehouse.pipeline import Flow
@@ -156,18 +156,15 @@ class FileBatchIngest:
                      bad_files=[f"{f.path}: {f.reason} ({f.detail})" for f in files if f.reason], freshness=measured)
 
 
-# A file source's bronze measures times on every EVENT_TIME_SAMPLE-th line of each file, its first
-# line included: reading the event time from every raw line (a JSON or CSV parse and a timestamp
-# cast) and the percentiles over every line tripled bronze's cost per line (bench/RESULTS.md,
-# issue 16). The event time's oldest and percentiles are then those of the sample; the ingest
-# time is one per batch, so its figures are exact, and so is the row count.
-EVENT_TIME_SAMPLE = 16
-
-
 def freshness_times(config: LakehouseConfig, source_name: str) -> dict[str, Column]:
     """What a bronze batch measures for ops.freshness (lakehouse/freshness.py): ``_ingested_at``,
-    and the event time read from raw records by the first entity that reads the source (a file
-    source: from a sample of lines, :data:`EVENT_TIME_SAMPLE`; Kafka: every message)."""
+    and the event time read from raw records by the first entity that reads the source.
+
+    A file source measures both on its sampled lines only (freshness.sampled_rows): reading the
+    event time from every raw line (a JSON or CSV parse and a timestamp cast) and the
+    percentiles over every line tripled bronze's cost per line (bench/RESULTS.md, issue 16). The
+    event time's oldest is then the sample's too; the ingest time is one per batch, so its
+    figures are exact, and so is the row count. Kafka measures every message."""
     source = config.source(source_name)
     times = {"ingest": F.col("_ingested_at")}
     reader = next((name for name, entity in config.entities.items() if source_name in entity.sources), None)
@@ -175,8 +172,8 @@ def freshness_times(config: LakehouseConfig, source_name: str) -> dict[str, Colu
         times["event"] = record_event_time(F.col("value").cast("string"), config.entity(reader), source)
     if source.kind == "kafka":
         return times
-    sampled = F.col("_source_line") % EVENT_TIME_SAMPLE == 1  # a CASE: the rest are not measured at all
-    return {measure: F.when(sampled, time) for measure, time in times.items()}
+    # A CASE: the rest are not measured at all.
+    return {measure: F.when(sampled_rows(), time) for measure, time in times.items()}
 
 
 def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dict) -> StreamingQuery:

@@ -6,7 +6,7 @@ rows it writes, in the same pass that writes or counts them (no extra scan):
 - ``ingest``: ``_ingested_at`` (when bronze took the record in; bronze and silver);
 - ``event``: the entity's event time (silver; bronze reads just that field of raw records, from
   the first entity that reads the source: a file source's from a sample of lines,
-  lakehouse.bronze.EVENT_TIME_SAMPLE);
+  :data:`ROW_SAMPLE`);
 - ``window``: a windowed gold table's window end (``gold.<table>.window_end``).
 
 A :class:`Measured` holds, per measure, the oldest time, the 5th percentile and the median
@@ -52,21 +52,38 @@ _ACCURACY = 1000  # percentile_approx: rank error about 1/1000 of the rows
 # Commit timestamps come from the storage's clock: a commit is looked for this far before the
 # driver measured its batch (a clock further off loses that batch's row, nothing else).
 COMMIT_CLOCK_MARGIN_MS = 60_000
+# Percentiles of a batch of records are those of a sample: every ROW_SAMPLE-th line of each file
+# (or offset of each Kafka partition), its first line included. percentile_approx over every row
+# cost about 1 s per measure per million rows on two cores, a third of silver's overhead over a
+# plain parse (bench/RESULTS.md, issue 16); the oldest time and the row count stay exact. A
+# file source's bronze also reads the event time from the sampled lines only
+# (lakehouse.bronze.freshness_times).
+ROW_SAMPLE = 16
 
 
-def time_aggregates(measure: str, time: Column) -> list[Column]:
+def sampled_rows() -> Column:
+    """True for the rows of a batch of records whose times the percentiles take
+    (:data:`ROW_SAMPLE`); a row without a position counts."""
+    return F.coalesce(F.col("_source_line") % ROW_SAMPLE == 1, F.lit(True))
+
+
+def time_aggregates(measure: str, time: Column, sample: Column | None = None) -> list[Column]:
     """Aggregates giving one measure's oldest time, 5th percentile and median (epoch seconds);
-    rows where ``time`` is null do not count."""
+    rows where ``time`` is null do not count, and the percentiles take only the rows where
+    ``sample`` holds (default: every row)."""
     seconds = F.unix_micros(time.cast("timestamp")) / 1e6
+    quantiles = seconds if sample is None else F.when(sample, seconds)
     return [F.min(seconds).alias(f"{measure}_oldest"),
-            F.percentile_approx(seconds, F.array(F.lit(0.05), F.lit(0.5)), F.lit(_ACCURACY)).alias(f"{measure}_q")]
+            F.percentile_approx(quantiles, F.array(F.lit(0.05), F.lit(0.5)), F.lit(_ACCURACY)).alias(f"{measure}_q")]
 
 
-def measure_aggregates(times: dict[str, Column], rows: Column | None = None) -> list[Column]:
+def measure_aggregates(times: dict[str, Column], rows: Column | None = None, sample: Column | None = None) \
+        -> list[Column]:
     """Aggregates for :meth:`Measured.from_row`: the rows written (count of ``rows``, a condition,
-    else every row) and each measure's times (``times``: measure -> time column)."""
+    else every row) and each measure's times (``times``: measure -> time column; percentiles over
+    the rows where ``sample`` holds, default all)."""
     counted = F.count(F.lit(1)) if rows is None else F.count(F.when(rows, 1))
-    return [counted.alias("fresh_rows"), *[a for m, t in times.items() for a in time_aggregates(m, t)]]
+    return [counted.alias("fresh_rows"), *[a for m, t in times.items() for a in time_aggregates(m, t, sample)]]
 
 
 def observe_freshness(df: DataFrame, times: dict[str, Column]) -> DataFrame:

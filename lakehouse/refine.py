@@ -16,14 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import MapType, StringType
 
 from lakehouse.config import EntityConfig, LakehouseConfig, duration_seconds
 from lakehouse.errors import JobError
 from lakehouse.failpoints import failpoint
-from lakehouse.freshness import Measured, measure_aggregates
+from lakehouse.freshness import Measured, measure_aggregates, sampled_rows
 from lakehouse.parse import TIMESTAMP_RANGE_MICROS, parse_records
 from lakehouse.quality import (
     FAILED_COLUMNS,
@@ -121,11 +122,18 @@ def plan_batch(spark: SparkSession, config: LakehouseConfig, entity_name: str, b
     }
 
 
-def latest_per_key(valid: DataFrame, entity: EntityConfig) -> DataFrame:
-    """One row per key: the latest event time wins; ties go to the later bronze position."""
+def newest_of_its_key(entity: EntityConfig, among: Column | None = None) -> Column:
+    """True for the row its key keeps: the latest event time wins; ties go to the later bronze
+    position. ``among``: only the rows where it holds compete (the others get False)."""
     order = [F.col(entity.event_time).desc_nulls_last(), F.col("_source_file").desc(), F.col("_source_line").desc()]
-    newest_first = Window.partitionBy(*entity.keys).orderBy(*order)
-    return valid.withColumn("_rank", F.row_number().over(newest_first)).where("_rank = 1").drop("_rank")
+    if among is None:
+        return F.row_number().over(Window.partitionBy(*entity.keys).orderBy(*order)) == 1
+    return among & (F.row_number().over(Window.partitionBy(among, *entity.keys).orderBy(*order)) == 1)
+
+
+def latest_per_key(valid: DataFrame, entity: EntityConfig) -> DataFrame:
+    """One row per key (:func:`newest_of_its_key`)."""
+    return valid.withColumn("_newest", newest_of_its_key(entity)).where("_newest").drop("_newest")
 
 
 def refine_batch(
@@ -142,8 +150,9 @@ def refine_batch(
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
     ``plan`` fixes what decisions depend on besides the rows (:func:`plan_batch`, made when the
-    batch was first planned). The parsed and checked batch is cached once; one aggregation over it
-    yields the batch's counts, the fail check and the row-level expectation results. Each write
+    batch was first planned). The parsed, checked and deduplicated batch is computed once
+    (:func:`stage_rows`); one aggregation over it yields the batch's counts, the fail check and
+    the row-level expectation results, and the writes read it. Each write
     is made once per batch (tables.append_once, marked ``app_id:batch_id``; ``may_be_replay``:
     the batch may be one redone after a crash, so writes it already made are looked for and
     skipped), and with the same plan a redone batch decides every row as before. ``validator``
@@ -156,7 +165,7 @@ def refine_batch(
     batch = _Batch(config, entity_name, batch_id, batch_marker(app_id, batch_id),
                    # the batch's writes all come after its plan, so a redone batch's history search stops there
                    plan["planned_at_us"] // 1000 if may_be_replay else None)
-    decided = decide_rows(bronze_batch, config, entity, plan, rules).persist()
+    decided = stage_rows(decide_rows(bronze_batch, config, entity, plan, rules), entity)
     try:
         counts = _count_and_check(decided, batch, rules, config.quality.validation == "fused", entity.event_time)
         results = rule_results(rules, counts, counts["records"]) if config.quality.validation == "fused" else []
@@ -174,7 +183,7 @@ def refine_batch(
                     batch.marker, batch.replay_since, merge_schema=True)
         failpoint("silver.done", batch_id)
     finally:
-        decided.unpersist()
+        release_rows(decided)
     silver = f"silver.{entity_name}"
     return Measured.from_row(counts, silver, silver, batch_id, marker=batch.marker), counts["kept_newest_us"]
 
@@ -207,6 +216,29 @@ def decide_rows(bronze_batch: DataFrame, config: LakehouseConfig, entity: Entity
     )
 
 
+def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:
+    """The decided batch with ``_newest`` (the kept row its key keeps, :func:`newest_of_its_key`),
+    computed once by the first step that reads it and kept on the executors' disks (a local
+    checkpoint, :data:`STAGE_STORAGE`) for the rest: the aggregation, the quarantine append and
+    the MERGE. Delta would otherwise materialise the MERGE's source again, as it must for a
+    source that is not a plain Delta scan (bench/RESULTS.md, issue 16). A lost block fails the
+    batch, which is then redone as a whole; :func:`release_rows` frees the blocks."""
+    kept = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0)
+    return decided.withColumn("_newest", newest_of_its_key(entity, among=kept)).localCheckpoint(
+        eager=False, storageLevel=STAGE_STORAGE)
+
+
+# Disk, as Delta's own MERGE source materialisation: a large batch stays off the executors' heap.
+STAGE_STORAGE = StorageLevel.DISK_ONLY
+
+
+def release_rows(staged: DataFrame) -> None:
+    """Free a staged batch's blocks now rather than when Spark's cleaner finds them unreferenced."""
+    plan = staged._jdf.queryExecution().analyzed()
+    if plan.getClass().getSimpleName() == "LogicalRDD":
+        plan.rdd().unpersist(False)
+
+
 def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool, event_time: str):
     """The batch's counts (and row-level expectation metrics, and the kept rows' freshness
     measurements) in one aggregation; raises ExpectationFailedError when a ``fail`` expectation
@@ -225,7 +257,7 @@ def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool
     }
     times = {"ingest": F.when(kept, F.col("_ingested_at")), "event": F.when(kept, F.col(event_time))}
     counts = decided.agg(*[column.alias(name) for name, column in aggregates.items()],
-                         *measure_aggregates(times, rows=kept)).first()
+                         *measure_aggregates(times, rows=kept, sample=sampled_rows())).first()
     if counts["failing"]:
         first = decided.where(failing).select(FAILED_COLUMNS["fail"], "_source_file", "_source_line").first()
         raise ExpectationFailedError(
@@ -265,9 +297,8 @@ def _write_outputs(decided: DataFrame, batch: _Batch, results: list) -> int:
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"silver-{entity_name}") as pool:
         appends = [pool.submit(append_results), pool.submit(append_quarantine)]
         failpoint("silver.merge", batch_id)
-        kept = decided.where(record & (F.size("_reasons") == 0))
-        inserted = merge_into_silver(resolve_table(config, f"silver.{entity_name}"), latest_per_key(kept, entity),
-                                     entity, batch.marker, batch.replay_since)
+        inserted = merge_into_silver(resolve_table(config, f"silver.{entity_name}"), decided.where("_newest"),
+                                     entity, batch.marker, batch.replay_since, materialized=True)
         for done in appends:
             done.result()  # re-raises a failed append: the batch fails and is redone
     return inserted
@@ -278,8 +309,11 @@ def _utc(micros: int | None) -> datetime | None:
 
 
 def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfig, marker: str,
-                      replay_since_ms: int | None) -> int:
+                      replay_since_ms: int | None, materialized: bool = False) -> int:
     """MERGE one row per key into silver (a seen key takes the row with the later event time).
+
+    ``materialized``: ``rows`` read a batch computed once (:func:`stage_rows`), so Delta reads
+    them as they are instead of materialising them again.
 
     Once per micro-batch, as tables.append_once: for a batch that may be redone
     (``replay_since_ms``), a MERGE already committed under ``marker`` is not run again. Returns
@@ -300,6 +334,8 @@ def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfi
         rows = rows.withColumns({f.name: F.lit(None).cast(f.dataType) for f in silver.toDF().schema.fields
                                  if f.name not in rows.columns})
     settings = {"spark.databricks.delta.commitInfo.userMetadata": marker}
+    if materialized:
+        settings.update(SOURCE_MATERIALIZED)
     if set(rows.columns) - set(silver.toDF().columns):  # new columns join silver's schema in this MERGE
         settings["spark.databricks.delta.schema.autoMerge.enabled"] = "true"
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in entity.keys)
@@ -322,6 +358,10 @@ def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfi
 
 
 MERGE_ATTEMPTS = 4
+# A MERGE whose source is already computed once (a local checkpoint) reads it as it is. Delta
+# reads a MERGE's source twice (to find the files it touches, then to write) and materialises
+# any source that is not a plain Delta scan so both reads agree; a checkpoint already does.
+SOURCE_MATERIALIZED = {"spark.databricks.delta.merge.materializeSource": "none"}
 
 
 IDENTIFIER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")

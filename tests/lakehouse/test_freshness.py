@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import EVENT_TIME_SAMPLE, freshness_times
-from lakehouse.freshness import FRESHNESS_TABLE, Measured, measure_aggregates, p95_seconds
+from lakehouse.bronze import freshness_times
+from lakehouse.freshness import FRESHNESS_TABLE, ROW_SAMPLE, Measured, measure_aggregates, p95_seconds, sampled_rows
 from lakehouse.tables import delta_table, read_table, resolve_table
 
 MS = 0.0015  # rows hold seconds to the millisecond
@@ -42,12 +42,30 @@ def test_the_aggregates_skip_rows_without_a_time_and_count_the_written_ones(spar
     assert "ingest" not in measured.times
 
 
+def test_percentiles_take_the_sampled_rows_and_the_oldest_takes_every_row(spark):
+    """Silver's measurements: percentiles over every ROW_SAMPLE-th line (and rows without a
+    position), the oldest time and the row count over every row."""
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    lines = 4 * ROW_SAMPLE
+    # Sampled lines are an hour old, the others a day, and line 2 a year.
+    age = {n: timedelta(hours=1) if n % ROW_SAMPLE == 1 else timedelta(days=365 if n == 2 else 1)
+           for n in range(1, lines + 1)}
+    unplaced = [(start - timedelta(hours=1), None)]  # no position: counted in the sample
+    df = spark.createDataFrame([(start - age[n], n) for n in age] + unplaced, "t timestamp, _source_line long")
+    row = df.agg(*measure_aggregates({"event": F.col("t")}, sample=sampled_rows())).first()
+    measured = Measured.from_row(row, "f", "silver.x", 0)
+    oldest, q05, q50 = measured.times["event"]
+    assert measured.rows == lines + 1
+    assert oldest == (start - timedelta(days=365)).timestamp()
+    assert q05 == q50 == (start - timedelta(hours=1)).timestamp()  # the five sampled rows alike
+
+
 def test_bronze_reads_the_event_time_of_a_sample_of_lines_and_counts_every_line(spark, config):
-    """A file source's bronze reads event time from every EVENT_TIME_SAMPLE-th line of each file,
+    """A file source's bronze reads event time from every ROW_SAMPLE-th line of each file,
     its first included; the row count and ingest time cover every line."""
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
     stamp = start + timedelta(hours=1)
-    lines = 2 * EVENT_TIME_SAMPLE + 5
+    lines = 2 * ROW_SAMPLE + 5
     data = [(f'{{"event_id": "e{n}", "event_time": "{(start + timedelta(seconds=n)).isoformat()}"}}'.encode(),
              "file:/f.jsonl", n, stamp) for n in range(lines, 0, -1)]  # line 1 holds the oldest time
     data.append((b'{"event_id": "old", "event_time": "2025-01-01T00:00:00Z"}', "file:/f.jsonl", 2, stamp))
@@ -55,7 +73,7 @@ def test_bronze_reads_the_event_time_of_a_sample_of_lines_and_counts_every_line(
     measured = Measured.from_row(df.agg(*measure_aggregates(freshness_times(config, "telemetry"))).first(),
                                  "bronze.telemetry", "bronze.telemetry", 0)
     assert measured.rows == lines + 1
-    sampled = [n for n in range(1, lines + 1) if n % EVENT_TIME_SAMPLE == 1]  # 1, 17, 33
+    sampled = [n for n in range(1, lines + 1) if n % ROW_SAMPLE == 1]  # 1, 17, 33
     assert measured.times["event"][0] == (start + timedelta(seconds=sampled[0])).timestamp()  # not line 2's 2025
     assert measured.times["ingest"][0] == stamp.timestamp()
 
