@@ -144,3 +144,22 @@ def list_names(spark, folder: str) -> list[str]:
     if not hadoop.exists(path):
         return []
     return sorted(status.getPath().getName() for status in hadoop.listStatus(path))
+
+
+def local_file_sizes(location: str, skip: str) -> dict[str, int] | None:
+    """Canonical path -> bytes of each file under a local directory (hidden files, and the
+    subdirectories named ``skip``, left out); None for remote storage."""
+    root = local_path(location)
+    if root is None:
+        return None
+    sizes = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != skip]
+        for name in filenames:
+            if not name.startswith("."):
+                path = os.path.join(dirpath, name)
+                try:
+                    sizes[canonical(path)] = os.stat(path).st_size
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+    return sizes

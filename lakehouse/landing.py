@@ -204,8 +204,8 @@ def lines_in_bronze(spark: SparkSession, ref: TableRef, paths: list[str]) -> dic
     return {fs.canonical(r["_source_file"]): r["count"] for r in rows}
 
 
-def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef, marker: str, name: str,
-                  strict: bool = False, times: dict[str, Column] | None = None) -> tuple[dict[str, int], dict | None]:
+def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef, marker: str, batch_id: int,
+                  name: str, strict: bool = False, times: dict[str, Column] | None = None) -> tuple[dict[str, int], dict | None]:
     """Append the lines of ``files`` to bronze in one commit (lakehouse/landing_lines.py reads
     them): (lines per file read, by canonical path; the freshness measurements of ``times`` over
     the lines, lakehouse/freshness.py)."""
@@ -214,7 +214,7 @@ def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef
     lines = read.rows.observe(measured, *measure_aggregates(times)) if measured else read.rows
     with one_file_per_partition(spark):
         read.check_partitions()
-        failpoint("bronze.append")
+        failpoint("bronze.append", batch_id)
         append_once(lines, bronze, marker)
     return read.counts(), (measured.get if measured is not None else None)
 
@@ -228,7 +228,7 @@ def _append_batch(spark: SparkSession, todo: list[LandedFile], bronze: TableRef,
     the failure was not a file's: it is raised (so is a cancelled job: the query is stopping)."""
     started_ms = int(time.time() * 1000)
     try:
-        return _append_lines(spark, todo, bronze, marker, f"files-{batch_id}", times=times)
+        return _append_lines(spark, todo, bronze, marker, batch_id, f"files-{batch_id}", times=times)
     except Exception as exc:
         if _cancelled(exc) or committed(spark, bronze, marker, since_ms=started_ms) is not None:
             raise  # stopping; or the commit was made, and a restart redoes the batch from bronze
@@ -245,7 +245,7 @@ def _append_batch(spark: SparkSession, todo: list[LandedFile], bronze: TableRef,
         if id(landed) in failed:
             landed.reason, landed.detail = diagnosis(failed[id(landed)])
     rest = [f for f in todo if f.reason is None]
-    return _append_lines(spark, rest, bronze, marker, f"files-{batch_id}-again", times=times) if rest else ({}, None)
+    return _append_lines(spark, rest, bronze, marker, batch_id, f"files-{batch_id}-again", times=times) if rest else ({}, None)
 
 
 def _cancelled(exc: BaseException) -> bool:
@@ -295,7 +295,7 @@ def ingest_files(
             continue
         failpoint("bronze.reread", batch_id)
         try:  # alone, without skipping: it fails with its own error, or gives its lines
-            again, _ = _append_lines(spark, [landed], bronze, marker, f"file-{batch_id}", strict=True)
+            again, _ = _append_lines(spark, [landed], bronze, marker, batch_id, f"file-{batch_id}", strict=True)
             landed.lines = again.get(fs.canonical(landed.path), 0)  # 0: no lines (an empty archive, say)
         except Exception as exc:  # the error is the diagnosis
             landed.reason, landed.detail = diagnosis(exc)

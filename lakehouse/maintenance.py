@@ -327,7 +327,7 @@ class Maintainer:
         retention_s = _retention_seconds(detail["properties"])
         retention = duration_text(retention_s)
         step = Step(ref.name, "vacuum")
-        before = _data_files(ref)
+        before = fs.local_file_sizes(ref.path, skip="_delta_log") if ref.is_path else None
         doomed = None
 
         def nothing_due() -> bool:
@@ -395,21 +395,3 @@ def _retention_seconds(properties: dict | None) -> float:
     for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]+)", value.lower().removeprefix("interval")):
         seconds += duration_seconds(f"{number} {unit}")
     return seconds
-
-
-def _data_files(ref: TableRef) -> dict[str, int] | None:
-    """Path -> bytes of each data file (and change-feed file, deletion vector) under a local
-    table's directory; None for a table on remote storage."""
-    if not ref.is_path or fs.local_path(ref.path) is None:
-        return None
-    files = {}
-    for dirpath, dirnames, filenames in os.walk(fs.local_path(ref.path)):
-        dirnames[:] = [d for d in dirnames if d != "_delta_log"]
-        for name in filenames:
-            if not name.startswith("."):
-                path = os.path.join(dirpath, name)
-                try:
-                    files[fs.canonical(path)] = os.stat(path).st_size
-                except FileNotFoundError:
-                    continue  # removed meanwhile
-    return files
