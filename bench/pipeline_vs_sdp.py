@@ -79,8 +79,10 @@ def delta_jars(config) -> list[str]:
         code = ("import sys; sys.path.insert(0, sys.argv[1]); from lakehouse.config import load_config; "
                 "from lakehouse.session import build_session; "
                 "build_session(load_config('dev', conf_dir=sys.argv[1] + '/conf', data_dir=sys.argv[2])).stop()")
-        subprocess.run([sys.executable, "-c", code, str(REPO), str(config.storage.data_dir)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-c", code, str(REPO), str(config.storage.data_dir)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"resolving Delta's jars failed:\n{done.stderr[-3000:]}")
         jars = resolved_jars(packages, config)
     local = [jar.removeprefix("file://").removeprefix("file:") for jar in jars or []]
     delta = [jar for jar in local if Path(jar).name.split("_", 1)[-1].startswith(("delta-spark_", "delta-storage-"))]
@@ -131,8 +133,8 @@ def run_logged(cmd: list[str], log: Path, cwd: Path, env: dict, timeout: float) 
     seconds = time.monotonic() - started
     if rc != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
-        print(f"FAILED ({rc}) after {seconds:.0f} s: {' '.join(cmd)}\n--- tail of {log} ---\n{tail}",
-              file=sys.stderr, flush=True)
+        print(f"FAILED ({rc}) after {seconds:.0f} s: {' '.join(cmd)}\n--- tail of {log} ---\n{tail}\n"
+              f"(data and logs kept in {log.parent.parent}; remove it when done)", file=sys.stderr, flush=True)
         raise SystemExit(1)
     return seconds
 
@@ -180,6 +182,8 @@ def write_sdp_project(project: Path, config, jars: list[str]) -> None:
     # then what SDP needs: Delta on the driver's classpath, a Hive catalog in Derby, Delta default.
     settings = session_settings(config)
     settings.pop("spark.jars.packages", None)
+    for key in config.spark.conf_env:  # values from the environment (secrets) stay off the disk
+        settings.pop(key, None)
     settings.update({
         "spark.jars": ",".join(jars), "spark.driver.extraClassPath": ":".join(jars),
         "spark.sql.sources.default": "delta", "spark.sql.catalogImplementation": "hive",

@@ -6,7 +6,7 @@ rows it writes, in the same pass that writes or counts them (no extra scan):
 - ``ingest``: ``_ingested_at`` (when bronze took the record in; bronze and silver);
 - ``event``: the entity's event time (silver; bronze reads just that field of raw records, from
   the first entity that reads the source: a file source's from a sample of lines,
-  :data:`ROW_SAMPLE`);
+  :data:`ROW_SAMPLE`; silver's percentiles come from that sample too, its oldest from every row);
 - ``window``: a windowed gold table's window end (``gold.<table>.window_end``).
 
 A :class:`Measured` holds, per measure, the oldest time, the 5th percentile and the median

@@ -12,6 +12,7 @@ so a batch redone after a crash decides every row as the first attempt did.
 from __future__ import annotations
 
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ from pyspark.sql.types import MapType, StringType
 from lakehouse.config import EntityConfig, LakehouseConfig, duration_seconds
 from lakehouse.errors import JobError
 from lakehouse.failpoints import failpoint
-from lakehouse.freshness import Measured, measure_aggregates, sampled_rows
+from lakehouse.freshness import Measured, measure_aggregates, sampled_rows, time_aggregates
 from lakehouse.parse import TIMESTAMP_RANGE_MICROS, parse_records
 from lakehouse.quality import (
     FAILED_COLUMNS,
@@ -128,7 +129,11 @@ def newest_of_its_key(entity: EntityConfig, among: Column | None = None) -> Colu
     order = [F.col(entity.event_time).desc_nulls_last(), F.col("_source_file").desc(), F.col("_source_line").desc()]
     if among is None:
         return F.row_number().over(Window.partitionBy(*entity.keys).orderBy(*order)) == 1
-    return among & (F.row_number().over(Window.partitionBy(among, *entity.keys).orderBy(*order)) == 1)
+    # The rows that do not compete are each a partition of their own (by bronze position): many
+    # null keys (malformed lines) would otherwise all go to one task.
+    partition = [among, *[F.when(among, F.col(k)) for k in entity.keys],
+                 *[F.when(~among, F.col(c)) for c in ("_source_file", "_source_line")]]
+    return among & (F.row_number().over(Window.partitionBy(*partition).orderBy(*order)) == 1)
 
 
 def latest_per_key(valid: DataFrame, entity: EntityConfig) -> DataFrame:
@@ -150,9 +155,9 @@ def refine_batch(
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
     ``plan`` fixes what decisions depend on besides the rows (:func:`plan_batch`, made when the
-    batch was first planned). The parsed, checked and deduplicated batch is computed once
-    (:func:`stage_rows`); one aggregation over it yields the batch's counts, the fail check and
-    the row-level expectation results, and the writes read it. Each write
+    batch was first planned). The parsed and checked batch, with the row each key keeps, is
+    computed once (:func:`stage_rows`); one aggregation over it yields the batch's counts, the
+    fail check and the row-level expectation results, and the writes read it. Each write
     is made once per batch (tables.append_once, marked ``app_id:batch_id``; ``may_be_replay``:
     the batch may be one redone after a crash, so writes it already made are looked for and
     skipped), and with the same plan a redone batch decides every row as before. ``validator``
@@ -161,10 +166,29 @@ def refine_batch(
     rows' ingest and event times, for ops.freshness (lakehouse/freshness.py), and the newest event
     time among them (microseconds; None: none kept), for the next batch's plan.
     """
+    # The batch's writes all come after its plan, so a redone batch's history search stops there.
+    replay_since = plan["planned_at_us"] // 1000
+    for attempt in range(1, STAGE_ATTEMPTS + 1):
+        batch = _Batch(config, entity_name, batch_id, batch_marker(app_id, batch_id),
+                       replay_since if may_be_replay or attempt > 1 else None)
+        try:
+            counts = _refine_staged(bronze_batch, batch, plan, rules, validator)
+            break
+        except Exception as exc:
+            if attempt == STAGE_ATTEMPTS or not LOST_STAGED_BLOCK.search(str(exc)):
+                raise
+            print(f"silver.{entity_name}: batch {batch_id} lost staged rows (an executor went away); staging it "
+                  f"again (attempt {attempt + 1} of {STAGE_ATTEMPTS})", file=sys.stderr, flush=True)
+    silver = f"silver.{entity_name}"
+    return Measured.from_row(counts, silver, silver, batch_id, marker=batch.marker), counts["kept_newest_us"]
+
+
+def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: list,
+                   validator: BatchValidator | None):
+    """One attempt of :func:`refine_batch`: stage the batch, then count, check and write it; the
+    batch's aggregated counts and measurements."""
+    config, entity_name, batch_id = batch.config, batch.entity_name, batch.batch_id
     entity = config.entity(entity_name)
-    batch = _Batch(config, entity_name, batch_id, batch_marker(app_id, batch_id),
-                   # the batch's writes all come after its plan, so a redone batch's history search stops there
-                   plan["planned_at_us"] // 1000 if may_be_replay else None)
     decided = stage_rows(decide_rows(bronze_batch, config, entity, plan, rules), entity)
     try:
         counts = _count_and_check(decided, batch, rules, config.quality.validation == "fused", entity.event_time)
@@ -184,8 +208,7 @@ def refine_batch(
         failpoint("silver.done", batch_id)
     finally:
         release_rows(decided)
-    silver = f"silver.{entity_name}"
-    return Measured.from_row(counts, silver, silver, batch_id, marker=batch.marker), counts["kept_newest_us"]
+    return counts
 
 
 @dataclass(frozen=True)
@@ -218,11 +241,16 @@ def decide_rows(bronze_batch: DataFrame, config: LakehouseConfig, entity: Entity
 
 def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:
     """The decided batch with ``_newest`` (the kept row its key keeps, :func:`newest_of_its_key`),
-    computed once by the first step that reads it and kept on the executors' disks (a local
-    checkpoint, :data:`STAGE_STORAGE`) for the rest: the aggregation, the quarantine append and
-    the MERGE. Delta would otherwise materialise the MERGE's source again, as it must for a
-    source that is not a plain Delta scan (bench/RESULTS.md, issue 16). A lost block fails the
-    batch, which is then redone as a whole; :func:`release_rows` frees the blocks."""
+    computed once and kept on the executors' disks (a local checkpoint, :data:`STAGE_STORAGE`)
+    for every step that reads it: the aggregation, the quarantine append and the MERGE. Delta
+    would otherwise materialise the MERGE's source again, as it must for a source that is not a
+    plain Delta scan (bench/RESULTS.md, issue 16). With adaptive execution the shuffle by key
+    runs here; the rest runs, and is stored, with the first step that reads it (the
+    aggregation). A block lost during that step is recomputed, which is safe only because the
+    decisions and the window's order are deterministic (the plan fixes the batch's times; bronze
+    positions are unique): keep them so. A block lost afterwards fails the read
+    (:data:`LOST_STAGED_BLOCK`), and :func:`refine_batch` stages the batch again.
+    :func:`release_rows` frees the blocks."""
     kept = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0)
     return decided.withColumn("_newest", newest_of_its_key(entity, among=kept)).localCheckpoint(
         eager=False, storageLevel=STAGE_STORAGE)
@@ -233,10 +261,23 @@ STAGE_STORAGE = StorageLevel.DISK_ONLY
 
 
 def release_rows(staged: DataFrame) -> None:
-    """Free a staged batch's blocks now rather than when Spark's cleaner finds them unreferenced."""
-    plan = staged._jdf.queryExecution().analyzed()
-    if plan.getClass().getSimpleName() == "LogicalRDD":
-        plan.rdd().unpersist(False)
+    """Free a staged batch's blocks now rather than when Spark's cleaner finds them unreferenced
+    (under Spark Connect, which has no handle on them, the server frees them with the DataFrame).
+    Never raises: it runs after the batch's own outcome, which must not be hidden."""
+    jdf = getattr(staged, "_jdf", None)
+    try:
+        plan = jdf.queryExecution().analyzed() if jdf is not None else None
+        if plan is not None and plan.getClass().getSimpleName() == "LogicalRDD":
+            plan.rdd().unpersist(False)
+    except Exception as exc:  # noqa: BLE001 - a stopping context: the cleaner frees them, or nothing is left
+        print(f"silver: could not free a staged batch's blocks ({type(exc).__name__}); Spark's cleaner will",
+              file=sys.stderr, flush=True)
+
+
+# A staged batch's block gone (an executor lost after the batch was staged): the checkpoint has no
+# lineage to recompute it from, so the batch is staged again from its bronze rows.
+LOST_STAGED_BLOCK = re.compile(r"Checkpoint block rdd_\d+_\d+ not found")
+STAGE_ATTEMPTS = 3
 
 
 def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool, event_time: str):
@@ -257,7 +298,12 @@ def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool
     }
     times = {"ingest": F.when(kept, F.col("_ingested_at")), "event": F.when(kept, F.col(event_time))}
     counts = decided.agg(*[column.alias(name) for name, column in aggregates.items()],
-                         *measure_aggregates(times, rows=kept, sample=sampled_rows())).first()
+                         *measure_aggregates(times, rows=kept, sample=sampled_rows())).first().asDict()
+    # No sampled line among the kept rows (short files, a few Kafka offsets, sampled lines all
+    # quarantined): that measure's percentiles take every kept row, in a second, rare pass.
+    unsampled = [m for m in times if counts[f"{m}_oldest"] is not None and counts[f"{m}_q"] is None]
+    if unsampled:
+        counts.update(decided.agg(*[a for m in unsampled for a in time_aggregates(m, times[m])]).first().asDict())
     if counts["failing"]:
         first = decided.where(failing).select(FAILED_COLUMNS["fail"], "_source_file", "_source_line").first()
         raise ExpectationFailedError(

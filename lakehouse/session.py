@@ -241,8 +241,8 @@ def quiet_expected_warnings(spark: SparkSession) -> None:
     - ProcessingTimeExecutor: "current batch is falling behind" on every batch longer than the
       trigger; the batch times are printed (and in ops.stream_progress) anyway;
     - MapPartitionsRDD: "was locally checkpointed ... cannot be recomputed after unpersisting"
-      after every silver MERGE, when Delta drops the copy of the source it materialized for the
-      MERGE (merge.materializeSource), which it no longer needs.
+      after every silver batch, when its staged rows (a local checkpoint) are released
+      (lakehouse.refine.release_rows), which nothing reads any more.
     """
     try:
         jvm = spark.sparkContext._jvm

@@ -1,7 +1,7 @@
 """Silver's row decisions (lakehouse.quarantine.quarantine_reasons, quarantine_error) on hand-made
 parsed rows: each reason on its own, several in their fixed order, the plan's time limits, the
 exempt sources, unexpected fields by policy, a mismatched CSV header; and which version of a key
-latest_per_key keeps."""
+silver keeps (newest_of_its_key)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from lakehouse.parse import SOURCE_COLUMN
 from lakehouse.quality import FAILED_COLUMNS
 from lakehouse.quarantine import quarantine_error, quarantine_reasons
-from lakehouse.refine import latest_per_key
+from lakehouse.refine import latest_per_key, newest_of_its_key
 
 T0 = 1_772_323_200_000_000  # 2026-03-01T00:00:00Z in microseconds
 MINUTE = 60_000_000
@@ -177,4 +177,18 @@ def test_a_composite_key_keeps_one_row_per_combination(spark, entity):
     frame = frame.withColumn(entity.event_time, F.timestamp_micros("event_us"))
     kept = sorted((r._source_file, r.tag) for r in latest_per_key(frame, two_keys).collect())
     assert kept == [("a", "a-new"), ("b", "b")]
-    assert "_rank" not in latest_per_key(frame, two_keys).columns
+    assert "_newest" not in latest_per_key(frame, two_keys).columns
+
+
+def test_only_kept_rows_compete_for_their_key(spark, entity):
+    """Silver's staged batch flags the row each key keeps among the kept rows only: a newer
+    version that is quarantined leaves the older kept one, and no quarantined row is flagged."""
+    rows = [("e1", T0 + MINUTE, "f1", 1, False, "newest, quarantined"), ("e1", T0, "f1", 2, True, "older, kept"),
+            ("e2", T0, "f1", 3, False, "only version, quarantined"),
+            (None, None, "f1", 4, False, "malformed"), (None, None, "f1", 5, False, "malformed too")]
+    frame = spark.createDataFrame(
+        rows, "event_id string, event_us long, _source_file string, _source_line long, kept boolean, tag string")
+    frame = frame.withColumn(entity.event_time, F.timestamp_micros("event_us"))
+    flagged = frame.withColumn("_newest", newest_of_its_key(entity, among=F.col("kept")))
+    assert sorted(r.tag for r in flagged.where("_newest").collect()) == ["older, kept"]
+    assert flagged.where("_newest IS NULL").count() == 0

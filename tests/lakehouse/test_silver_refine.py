@@ -9,6 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from lakehouse.cli import main
+from lakehouse.freshness import ROW_SAMPLE
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
 from lakehouse.quality import load_suite, row_rules
@@ -92,4 +93,48 @@ def test_a_replayed_batch_changes_no_table(spark, config):
     refine_batch(config, "telemetry", rules, "replay-test", bronze, 0, plan)
     assert [delta_table(spark, t).history(1).first().version for t in tables] == versions
     assert [read_table(spark, t).count() for t in tables] == rows
+    assert reconcile(spark, config, "telemetry").holds
+
+
+def test_a_batch_without_sampled_lines_still_measures_its_freshness(spark, config):
+    """Percentiles come from every 16th line; a batch holding none of those lines (short files,
+    a few Kafka offsets) takes them over every kept row instead of reporting none."""
+    _land_and_ingest(spark, config, records=200, files=2, seed=23)
+    ensure_silver_tables(spark, config, "telemetry")
+    entity = config.entity("telemetry")
+    rules = row_rules(load_suite(config.suite_path(entity.suite)))
+    bronze = read_table(spark, bronze_table(config, "telemetry")).where(F.col("_source_line") % ROW_SAMPLE != 1)
+    measured, _ = refine_batch(config, "telemetry", rules, "unsampled", bronze, 0, plan_batch(spark, config, "telemetry"))
+    kept = read_table(spark, resolve_table(config, "silver.telemetry"))
+    assert measured.rows > 0 and set(measured.times) == {"ingest", "event"}
+    oldest, q05, q50 = measured.times["event"]
+    newest = kept.agg(F.max(F.unix_micros(entity.event_time))).first()[0] / 1e6
+    assert oldest <= q05 <= q50 <= newest
+
+
+def test_a_staged_batch_whose_blocks_are_lost_is_staged_again_and_written_once(spark, config, monkeypatch, capsys):
+    """An executor lost after a batch was staged takes the staged blocks with it: the batch is
+    staged again from its bronze rows, and what the first attempt already committed is not
+    written twice."""
+    import lakehouse.refine as refine
+
+    _land_and_ingest(spark, config, records=300, files=2, seed=24)
+    ensure_silver_tables(spark, config, "telemetry")
+    entity = config.entity("telemetry")
+    rules = row_rules(load_suite(config.suite_path(entity.suite)))
+    bronze = read_table(spark, bronze_table(config, "telemetry"))
+    append_once, calls = refine.append_once, []
+
+    def lose_blocks_after_the_quarantine(df, ref, *args, **kwargs):
+        append_once(df, ref, *args, **kwargs)
+        calls.append(ref.name)
+        if ref.name.endswith("_quarantine") and calls.count(ref.name) == 1:
+            raise RuntimeError("SparkException: Checkpoint block rdd_7_1 not found! Either the executor ...")
+
+    monkeypatch.setattr(refine, "append_once", lose_blocks_after_the_quarantine)
+    refine_batch(config, "telemetry", rules, "lost-blocks", bronze, 0, plan_batch(spark, config, "telemetry"),
+                 may_be_replay=False)
+    assert "staging it again (attempt 2 of 3)" in capsys.readouterr().err
+    quarantine = read_table(spark, resolve_table(config, "silver.telemetry_quarantine"))
+    assert quarantine.count() == quarantine.select("_source_file", "_source_line").distinct().count() > 0
     assert reconcile(spark, config, "telemetry").holds
