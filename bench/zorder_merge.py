@@ -6,7 +6,7 @@
 
 A silver.telemetry table of ``--rows`` rows is written the way the stream writes it: ``--appends``
 time-ordered appends, keys random UUIDs (as event ids are). Three copies of it then take the same
-MERGE batches through lakehouse.refine.merge_into_silver (silver's own MERGE, change feed on):
+MERGE batches through lakehouse.silver_merge.merge_into_silver (silver's own MERGE, change feed on):
   (a) as written: one small file per append;
   (b) compacted: OPTIMIZE (bin-packing, what `lakehouse maintain` runs);
   (c) Z-ordered: OPTIMIZE ZORDER BY (event_id);
@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lakehouse.config import load_config  # noqa: E402
-from lakehouse.refine import merge_into_silver  # noqa: E402
 from lakehouse.session import build_session  # noqa: E402
+from lakehouse.silver_merge import merge_into_silver  # noqa: E402
 from lakehouse.silver_tables import ensure_silver_tables, silver_schema  # noqa: E402
 from lakehouse.tables import resolve_table  # noqa: E402
 
