@@ -117,12 +117,10 @@ def plan_batch(spark: SparkSession, config: LakehouseConfig, entity_name: str, b
     }
 
 
-def newest_of_its_key(entity: EntityConfig, among: Column | None = None) -> Column:
+def newest_of_its_key(entity: EntityConfig, among: Column) -> Column:
     """True for the row its key keeps: the latest event time wins; ties go to the later bronze
-    position. ``among``: only the rows where it holds compete (the others get False)."""
+    position. Only the rows where ``among`` holds compete (the others get False)."""
     order = [F.col(entity.event_time).desc_nulls_last(), F.col("_source_file").desc(), F.col("_source_line").desc()]
-    if among is None:
-        return F.row_number().over(Window.partitionBy(*entity.keys).orderBy(*order)) == 1
     # The rows that do not compete are each a partition of their own (by bronze position): many
     # null keys (malformed lines) would otherwise all go to one task.
     partition = [among, *[F.when(among, F.col(k)) for k in entity.keys],
@@ -132,7 +130,7 @@ def newest_of_its_key(entity: EntityConfig, among: Column | None = None) -> Colu
 
 def latest_per_key(valid: DataFrame, entity: EntityConfig) -> DataFrame:
     """One row per key (:func:`newest_of_its_key`)."""
-    return valid.withColumn("_newest", newest_of_its_key(entity)).where("_newest").drop("_newest")
+    return valid.withColumn("_newest", newest_of_its_key(entity, among=F.lit(True))).where("_newest").drop("_newest")
 
 
 def refine_batch(
