@@ -99,3 +99,23 @@ def test_the_overlay_alone_has_the_bundles_defaults(capsys):
     assert '"kind": "unity"' in capsys.readouterr().out
     # The laptop's overlay is untouched: the default env stays local.
     assert load_config("dev", conf_dir=CONF_DIR).catalog.kind == "path"
+
+
+# The jobs use Spark 4 APIs (F.make_valid_utf8, Column.try_cast, localCheckpoint(storageLevel=)):
+# Databricks Runtime 17.0 is the first on Spark 4 (16.4 LTS is Spark 3.5, Scala 2.12).
+SPARK_4_RUNTIME = re.compile(r"^(\d+)\.(\d+|x)\.x-(?:cpu-ml-|gpu-ml-)?scala2\.13$")
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_every_job_cluster_runs_a_spark_4_runtime(target):
+    bundle = load_bundle(REPO, target)
+    resolve = _resolver(bundle)
+    runtimes = {}
+    for job_name, _job, _task, cluster in _tasks(bundle):
+        runtimes[job_name] = resolve(cluster["spark_version"])
+    assert len(runtimes) == len(bundle.config["resources"]["jobs"])
+    for job_name, runtime in runtimes.items():
+        found = SPARK_4_RUNTIME.match(runtime)
+        assert found and int(found.group(1)) >= 17, (job_name, runtime)
+    # the GPU training cluster runs an ML runtime, the scoring one too
+    assert "-gpu-ml-" in runtimes["lakehouse_train"] and "-cpu-ml-" in runtimes["lakehouse_score"]
