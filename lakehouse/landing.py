@@ -55,6 +55,7 @@ from lakehouse.tables import (
     bronze_table,
     committed,
     create_table_if_missing,
+    local_rows,
     read_table,
     resolve_table,
     table_exists,
@@ -312,11 +313,11 @@ def _record(spark: SparkSession, config: LakehouseConfig, source_name: str, file
     writer = _writer_session(spark)
     failpoint("bronze.bad_files", batch_id)
     if bad:
-        append_once(writer.createDataFrame(bad, BAD_FILES_SCHEMA), resolve_table(config, BAD_FILES_TABLE),
+        append_once(local_rows(writer, bad, BAD_FILES_SCHEMA), resolve_table(config, BAD_FILES_TABLE),
                     batch_marker(app_id, batch_id), replay_since_ms)
     failpoint("bronze.ingested_files", batch_id)
     if good:
-        append_once(writer.createDataFrame(good, INGESTED_FILES_SCHEMA), resolve_table(config, INGESTED_FILES_TABLE),
+        append_once(local_rows(writer, good, INGESTED_FILES_SCHEMA), resolve_table(config, INGESTED_FILES_TABLE),
                     batch_marker(app_id, batch_id), replay_since_ms)
     failpoint("bronze.done", batch_id)
 

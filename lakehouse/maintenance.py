@@ -64,6 +64,7 @@ from lakehouse.tables import (
     append_to_table,
     create_table_if_missing,
     delta_table,
+    local_rows,
     resolve_table,
     retry_on_conflict,
     session_conf,
@@ -194,7 +195,7 @@ class Maintainer:
     def _record(self, steps: list[Step]) -> None:
         ref = resolve_table(self.config, MAINTENANCE_TABLE)
         create_table_if_missing(self.spark, ref, MAINTENANCE_SCHEMA, comment="One row per maintenance step")
-        append_to_table(self.spark.createDataFrame([s.row() for s in steps], MAINTENANCE_SCHEMA), ref)
+        append_to_table(local_rows(self.spark, [s.row() for s in steps], MAINTENANCE_SCHEMA), ref)
 
     def _retrying(self, ref: TableRef, action, locked: bool):
         """``action()`` retried after a conflicting commit; under the table's writer lock when

@@ -31,7 +31,7 @@ from lakehouse.config import LakehouseConfig
 from lakehouse.freshness import FRESHNESS_METRIC, Measured, append_freshness, resolve
 from lakehouse.pipeline import Pipeline
 from lakehouse.redaction import redact_text
-from lakehouse.tables import append_to_table, resolve_table
+from lakehouse.tables import append_to_table, local_rows, resolve_table
 
 STREAM_PROGRESS_TABLE = "ops.stream_progress"
 # Queries attach ``count_records`` to their output, so a batch's records are counted as written
@@ -205,7 +205,7 @@ class ProgressRecorder(StreamingQueryListener):
         if rows:
             names = STREAM_PROGRESS_SCHEMA.fieldNames()
             data = [tuple(row[name] for name in names) for row in rows]
-            append_to_table(self.spark.createDataFrame(data, STREAM_PROGRESS_SCHEMA), self.table)
+            append_to_table(local_rows(self.spark, data, STREAM_PROGRESS_SCHEMA), self.table)
         fresh, self._fresh_rows = self._fresh_rows, []
         append_freshness(self.spark, self.config, fresh)
         return len(rows)

@@ -47,6 +47,7 @@ from lakehouse.tables import (
     append_once,
     batch_marker,
     last_commit,
+    local_rows,
     read_table,
     resolve_table,
     table_exists,
@@ -195,7 +196,7 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
                   counts["bronze_rows"] - counts["records"], _utc(plan["planned_at_us"]),
                   _utc(plan["late_cutoff_us"]), _utc(plan["future_cutoff_us"]))]
         spark = bronze_batch.sparkSession
-        append_once(spark.createDataFrame(stats, SILVER_BATCHES_SCHEMA), resolve_table(config, SILVER_BATCHES_TABLE),
+        append_once(local_rows(spark, stats, SILVER_BATCHES_SCHEMA), resolve_table(config, SILVER_BATCHES_TABLE),
                     batch.marker, batch.replay_since, merge_schema=True)
         failpoint("silver.done", batch_id)
     finally:
@@ -323,7 +324,7 @@ def _write_outputs(decided: DataFrame, batch: _Batch, results: list) -> int:
         failpoint("silver.quality", batch_id)
         if results:
             rows = results_rows(entity_name, entity.suite, results, batch_id, _source_versions(spark, config, entity))
-            append_once(spark.createDataFrame(rows, QUALITY_RESULTS_SCHEMA), resolve_table(config, QUALITY_RESULTS_TABLE),
+            append_once(local_rows(spark, rows, QUALITY_RESULTS_SCHEMA), resolve_table(config, QUALITY_RESULTS_TABLE),
                         batch.marker, batch.replay_since)
 
     def append_quarantine() -> None:

@@ -14,8 +14,10 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow as pa
 from delta.exceptions import (
     ConcurrentAppendException,
     ConcurrentDeleteDeleteException,
@@ -28,6 +30,8 @@ from delta.exceptions import (
 )
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import StructType
 
 from lakehouse.config import LAYERS, LakehouseConfig
 
@@ -96,6 +100,26 @@ def start_to(writer, ref: TableRef):
 def last_commit(spark: SparkSession, ref: TableRef):
     """The table's newest commit: ``version``, ``operationMetrics`` (e.g. numOutputRows), ``userMetadata``."""
     return delta_table(spark, ref).history(1).first()
+
+
+def local_rows(spark: SparkSession, rows: list, schema: StructType) -> DataFrame:
+    """A DataFrame of a few rows made on the driver (an ops table's rows: tuples in ``schema``'s
+    order, or dicts by name), in one partition, so its append writes one file.
+
+    The rows go to the JVM as one Arrow table, not as the Python RDD ``createDataFrame`` makes of
+    a list: that one's tasks are served by a Python worker, which costs about 0.15 s an append,
+    and 0.9 s for the first (starting the worker) (bench/RESULTS.md, issue 16). A datetime
+    without a time zone means the local time, as ``createDataFrame`` takes it.
+    """
+    names = schema.fieldNames()
+    records = [_arrow_ready(row if isinstance(row, dict) else dict(zip(names, row, strict=True))) for row in rows]
+    table = pa.Table.from_pylist(records, schema=to_arrow_schema(schema))
+    return spark.createDataFrame(table, schema).coalesce(1)
+
+
+def _arrow_ready(record: dict) -> dict:
+    return {name: value.astimezone(timezone.utc) if isinstance(value, datetime) and value.tzinfo is None else value
+            for name, value in record.items()}
 
 
 def append_to_table(df: DataFrame, ref: TableRef) -> None:

@@ -23,3 +23,45 @@ def test_unity_catalog_mapping():
 def test_bad_table_names_are_refused(config, name):
     with pytest.raises(TableNameError):
         resolve_table(config, name)
+
+
+def test_local_rows_hold_what_create_data_frame_holds_in_one_partition(spark):
+    """local_rows (an Arrow table, no Python worker) and createDataFrame of the same list agree,
+    a datetime without a zone included (both take it as the local time), in any time zone."""
+    import os
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType, TimestampType
+
+    from lakehouse.tables import local_rows
+
+    schema = StructType([StructField("name", StringType()), StructField("n", LongType()),
+                         StructField("at", TimestampType()), StructField("tags", ArrayType(StringType()))])
+    rows = [("a", 1, datetime(2026, 1, 1, 12, 30), ["x"]),
+            ("b", None, datetime(2026, 7, 1, 3, 0, tzinfo=timezone(timedelta(hours=5))), []),
+            ("c", 2**40, None, None)]
+
+    def instants(df):
+        return sorted(tuple(r) for r in df.select("name", "n", F.unix_micros("at"), "tags").collect())
+
+    saved = os.environ.get("TZ")
+    try:
+        for zone in ("UTC", "America/New_York"):  # Python's local time; Spark's session zone is UTC
+            os.environ["TZ"] = zone
+            time.tzset()
+            made = local_rows(spark, rows, schema)
+            assert instants(made) == instants(spark.createDataFrame(rows, schema))
+            assert made.rdd.getNumPartitions() == 1
+    finally:
+        if saved is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
+    by_name = local_rows(spark, [{"name": "d", "n": 3, "at": None, "tags": None}], schema)
+    assert [tuple(r) for r in by_name.collect()] == [("d", 3, None, None)]
+    assert local_rows(spark, [], schema).count() == 0
+    with pytest.raises(ValueError):
+        local_rows(spark, [("too", "few")], schema)  # a row that does not fit the schema
