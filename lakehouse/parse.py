@@ -23,7 +23,7 @@ import re
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import BinaryType, MapType, StringType
+from pyspark.sql.types import BinaryType, MapType, StringType, StructType
 
 from lakehouse.config import EntityConfig, SourceConfig
 from lakehouse.quality import names_where
@@ -60,6 +60,20 @@ def bronze_records(bronze: DataFrame, source: SourceConfig) -> DataFrame:
     return bronze.select(F.col("value").cast("string").alias("value"), "_source_file", "_source_line", "_ingested_at")
 
 
+# One step of building a DataFrame from column expressions made once (see :func:`apply_stages`).
+Stage = tuple[str, object]  # ("withColumns", {name: Column}) or ("select", [Column | name, ...])
+
+
+def apply_stages(df: DataFrame, stages: list[Stage]) -> DataFrame:
+    """``df`` through ``stages``: a few calls to Spark for expressions built once. Building them
+    (thousands of calls from Python to the JVM for parse, rules and reasons) took about half a
+    second a micro-batch, so a query builds them for its first batch and keeps them
+    (lakehouse.refine.decide_rows)."""
+    for kind, columns in stages:
+        df = df.withColumns(columns) if kind == "withColumns" else df.select(*columns)
+    return df
+
+
 def parse_records(
     bronze: DataFrame, entity: EntityConfig, sources: dict[str, SourceConfig] | None = None
 ) -> DataFrame:
@@ -71,8 +85,15 @@ def parse_records(
     record, "ok" for a CSV header line that names the declared columns (skipped, not a
     record), "mismatch" for one that does not (quarantined).
     """
-    if isinstance(bronze.schema["value"].dataType, BinaryType):  # bronze's raw bytes, handed in directly
-        bronze = bronze.withColumn("value", F.col("value").cast("string"))
+    return apply_stages(bronze, parse_stages(bronze.schema, entity, sources))
+
+
+def parse_stages(schema: StructType, entity: EntityConfig, sources: dict[str, SourceConfig] | None = None) \
+        -> list[Stage]:
+    """:func:`parse_records` as stages, for bronze rows of ``schema``."""
+    stages: list[Stage] = []
+    if isinstance(schema["value"].dataType, BinaryType):  # bronze's raw bytes, handed in directly
+        stages.append(("withColumns", {"value": F.col("value").cast("string")}))
     declared = list(entity.columns)
     # A record over the size limit is not parsed at all (a poison message may be megabytes).
     size_ok = F.coalesce(F.octet_length("value") <= entity.max_record_bytes, F.lit(True))
@@ -99,11 +120,11 @@ def parse_records(
     # a lambda, only for the rare rows that have any.
     extra_keys = F.array_except(F.map_keys(raw), F.array(*[F.lit(name) for name in declared]))
     extra = F.when(F.size(extra_keys) > 0, F.to_json(F.map_filter(raw, lambda key, _: ~key.isin(declared))))
-    parsed = bronze.withColumns({RAW_FIELDS: raw_map, "_malformed": malformed, "_header": header,
-                                 "_duplicate_field": F.coalesce(duplicate, F.lit(False))})
+    stages.append(("withColumns", {RAW_FIELDS: raw_map, "_malformed": malformed, "_header": header,
+                                   "_duplicate_field": F.coalesce(duplicate, F.lit(False))}))
     no_names = F.array().cast("array<string>")
-    return parsed.select(
-        *bronze.columns,
+    stages.append(("select", [
+        *schema.fieldNames(),
         *[typed[name].alias(name) for name in declared],
         F.col("_malformed"),
         (~size_ok).alias("_too_large"),
@@ -111,7 +132,9 @@ def parse_records(
         F.when(F.col("_malformed"), no_names).otherwise(type_errors).alias("_type_errors"),
         extra.alias("_rescued"),
         F.col("_header"),
-    ).withColumn("_non_finite", non_finite)
+    ]))
+    stages.append(("withColumns", {"_non_finite": non_finite}))
+    return stages
 
 
 def record_event_time(value: Column, entity: EntityConfig, source: SourceConfig) -> Column:

@@ -129,11 +129,16 @@ def names_where(conditions: list[tuple[Column, str]]) -> Column:
 
 def with_rule_results(df: DataFrame, rules: list[RowRule]) -> DataFrame:
     """Add ``_failed_warn``, ``_failed_drop``, ``_failed_fail``: the names of the rules each row fails."""
-    return df.withColumns({
+    return df.withColumns(rule_result_columns(rules))
+
+
+def rule_result_columns(rules: list[RowRule]) -> dict[str, Column]:
+    """:func:`with_rule_results`' columns."""
+    return {
         column_name: names_where([(~F.coalesce(rule.passes(), F.lit(False)), rule.name)
                                   for rule in rules if rule.policy == policy])
         for policy, column_name in FAILED_COLUMNS.items()
-    })
+    }
 
 
 # -- per-expectation results of a micro-batch, from the same pass that decides each row -------

@@ -31,7 +31,8 @@ def quarantine_reasons(entity: EntityConfig, plan: dict | None = None) -> Column
     ``future_cutoff_us`` is ``future_event_time`` (a skewed clock: such a row would otherwise
     move the late cut-off, and gold's watermarks, into the future); one before
     ``late_cutoff_us`` is ``late``, unless the row comes from a source in ``late_exempt``
-    (a backfill). None: no time limits.
+    (a backfill). None: no time limits. A cut-off may also be a column (of microseconds; null: no
+    limit), so the expression serves every batch (lakehouse.refine.decide_rows).
     """
     reasons = F.concat(
         _reason(~F.is_valid_utf8("value"), "not_utf8"),
@@ -48,15 +49,19 @@ def quarantine_reasons(entity: EntityConfig, plan: dict | None = None) -> Column
     plan = plan or {}
     future = F.lit(False)
     if plan.get("future_cutoff_us") is not None:
-        future = F.coalesce(event_time > F.timestamp_micros(F.lit(plan["future_cutoff_us"])), F.lit(False))
+        future = F.coalesce(event_time > F.timestamp_micros(_micros(plan["future_cutoff_us"])), F.lit(False))
         reasons = F.concat(reasons, _reason(future, "future_event_time"))
     if plan.get("late_cutoff_us") is not None:
-        late = F.coalesce(event_time < F.timestamp_micros(F.lit(plan["late_cutoff_us"])), F.lit(False))
+        late = F.coalesce(event_time < F.timestamp_micros(_micros(plan["late_cutoff_us"])), F.lit(False))
         if plan.get("late_exempt"):
             late = late & ~F.coalesce(F.col(SOURCE_COLUMN).isin(plan["late_exempt"]), F.lit(False))
         reasons = F.concat(reasons, _reason(late, "late"))
     # A CSV header line is not a record: one that names other columns is quarantined for that alone.
     return F.when(F.col("_header") == "mismatch", F.array(F.lit("header_mismatch"))).otherwise(reasons)
+
+
+def _micros(cutoff: int | Column) -> Column:
+    return cutoff if isinstance(cutoff, Column) else F.lit(cutoff)
 
 
 def quarantine_error(reasons: Column) -> Column:

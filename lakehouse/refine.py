@@ -20,12 +20,13 @@ from datetime import datetime, timezone
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from lakehouse.config import EntityConfig, LakehouseConfig, duration_seconds
 from lakehouse.errors import JobError
 from lakehouse.failpoints import failpoint
 from lakehouse.freshness import Measured, measure_aggregates, sampled_rows, time_aggregates
-from lakehouse.parse import TIMESTAMP_RANGE_MICROS, parse_records
+from lakehouse.parse import TIMESTAMP_RANGE_MICROS, Stage, apply_stages, parse_stages
 from lakehouse.quality import (
     FAILED_COLUMNS,
     QUALITY_RESULTS_SCHEMA,
@@ -33,8 +34,8 @@ from lakehouse.quality import (
     BatchValidator,
     results_rows,
     rule_metric_columns,
+    rule_result_columns,
     rule_results,
-    with_rule_results,
 )
 from lakehouse.quarantine import quarantine_error, quarantine_reasons
 from lakehouse.silver_merge import merge_into_silver
@@ -144,6 +145,7 @@ def refine_batch(
     plan: dict,
     validator: BatchValidator | None = None,
     may_be_replay: bool = True,
+    decisions: dict | None = None,
 ) -> tuple[Measured, int | None]:
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
@@ -155,7 +157,8 @@ def refine_batch(
     the batch may be one redone after a crash, so writes it already made are looked for and
     skipped), and with the same plan a redone batch decides every row as before. ``validator``
     validates with GX what the fused aggregation does not (every expectation when
-    ``quality.validation`` is ``gx``). Returns what the same aggregation measured of the kept
+    ``quality.validation`` is ``gx``). ``decisions``: the query's cache for :func:`decide_rows`.
+    Returns what the same aggregation measured of the kept
     rows' ingest and event times, for ops.freshness (lakehouse/freshness.py), and the newest event
     time among them (microseconds; None: none kept), for the next batch's plan.
     """
@@ -165,7 +168,7 @@ def refine_batch(
         batch = _Batch(config, entity_name, batch_id, batch_marker(app_id, batch_id),
                        replay_since if may_be_replay or attempt > 1 else None)
         try:
-            counts = _refine_staged(bronze_batch, batch, plan, rules, validator)
+            counts = _refine_staged(bronze_batch, batch, plan, rules, validator, decisions)
             break
         except Exception as exc:
             if attempt == STAGE_ATTEMPTS or not LOST_STAGED_BLOCK.search(str(exc)):
@@ -177,12 +180,12 @@ def refine_batch(
 
 
 def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: list,
-                   validator: BatchValidator | None):
+                   validator: BatchValidator | None, decisions: dict | None):
     """One attempt of :func:`refine_batch`: stage the batch, then count, check and write it; the
     batch's aggregated counts and measurements."""
     config, entity_name, batch_id = batch.config, batch.entity_name, batch.batch_id
     entity = config.entity(entity_name)
-    decided = stage_rows(decide_rows(bronze_batch, config, entity, plan, rules), entity)
+    decided = stage_rows(decide_rows(bronze_batch, config, entity, plan, rules, decisions), entity)
     try:
         counts = _count_and_check(decided, batch, rules, config.quality.validation == "fused", entity.event_time)
         results = rule_results(rules, counts, counts["records"]) if config.quality.validation == "fused" else []
@@ -217,19 +220,46 @@ class _Batch:
 
 
 def decide_rows(bronze_batch: DataFrame, config: LakehouseConfig, entity: EntityConfig, plan: dict,
-                rules: list) -> DataFrame:
+                rules: list, cache: dict | None = None) -> DataFrame:
     """The batch parsed, checked and decided. ``_reasons``: null for a CSV header line (not a
     record), else why the row is quarantined ([] keeps it). Only what the later steps read: the
-    raw line only where the row is quarantined."""
+    raw line only where the row is quarantined.
+
+    The plan's cut-offs enter as two columns, so the expressions do not depend on the batch;
+    with a ``cache`` (one per query) they are built once per bronze schema and set of
+    late-exempt sources (lakehouse.parse.apply_stages)."""
+    batch = bronze_batch.withColumns({column: F.lit(plan.get(key)).cast("long") for key, column in CUTOFF_COLUMNS.items()})
+    late_exempt = list(plan.get("late_exempt") or [])
+    key = (batch.schema.simpleString(), tuple(late_exempt))
+    stages = cache.get(key) if cache is not None else None
+    if stages is None:
+        stages = _decision_stages(batch.schema, config, entity, late_exempt, rules)
+        if cache is not None:
+            cache[key] = stages
+    return apply_stages(batch, stages)
+
+
+# The plan's cut-offs as columns of the batch (microseconds; null: no such limit).
+CUTOFF_COLUMNS = {"future_cutoff_us": "_future_cutoff_us", "late_cutoff_us": "_late_cutoff_us"}
+
+
+def _decision_stages(schema: StructType, config: LakehouseConfig, entity: EntityConfig, late_exempt: list[str],
+                     rules: list) -> list[Stage]:
     sources = {name: config.source(name) for name in entity.sources}
-    checked = with_rule_results(parse_records(bronze_batch, entity, sources), rules)
+    limits = {key: F.col(column) for key, column in CUTOFF_COLUMNS.items()}
     reasons = F.when(F.col("_header") == "ok", F.lit(None).cast("array<string>")).otherwise(
-        quarantine_reasons(entity, plan))
-    return checked.withColumn("_reasons", reasons).select(
-        # Text that is not UTF-8 is kept with U+FFFD in its place; bronze holds the exact bytes.
-        F.when(F.size("_reasons") > 0, F.make_valid_utf8("value")).alias("value"), *silver_columns(entity), "_reasons",
-        F.when(F.size("_reasons") > 0, F.col("_non_finite")).alias("_non_finite"), *FAILED_COLUMNS.values(),
-    )
+        quarantine_reasons(entity, {**limits, "late_exempt": late_exempt}))
+    return [
+        *parse_stages(schema, entity, sources),
+        ("withColumns", rule_result_columns(rules)),
+        ("withColumns", {"_reasons": reasons}),
+        ("select", [
+            # Text that is not UTF-8 is kept with U+FFFD in its place; bronze holds the exact bytes.
+            F.when(F.size("_reasons") > 0, F.make_valid_utf8("value")).alias("value"), *silver_columns(entity),
+            "_reasons", F.when(F.size("_reasons") > 0, F.col("_non_finite")).alias("_non_finite"),
+            *FAILED_COLUMNS.values(),
+        ]),
+    ]
 
 
 def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:

@@ -89,6 +89,7 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
     plans = BatchPlans(spark, flow.checkpoint)
     newest = NewestEventTime(spark, config, entity_name)  # silver is read for it once, at the first plan
     redone = redone_batch(flow.checkpoint, spark)  # the batch that may be redone after a crash
+    decisions = {}  # decide_rows' expressions, built for the query's first batch
 
     def process(batch, batch_id: int) -> None:
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
@@ -97,7 +98,8 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
         plan = plans.plan(batch_id, lambda: plan_batch(session, config, entity_name, backfill, newest))
         failpoint("silver.plan", batch_id)
         measured, kept_newest = refine_batch(config, entity_name, rules, f"{flow.query_name}-{batch_query_id(batch)}",
-                                             batch, batch_id, plan, validator, may_be_replay=batch_id == redone)
+                                             batch, batch_id, plan, validator, may_be_replay=batch_id == redone,
+                                             decisions=decisions)
         newest.advance(kept_newest)
         report_batch(flow.query_name, batch_id, freshness=[measured])
 

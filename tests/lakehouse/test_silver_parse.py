@@ -64,3 +64,32 @@ def test_generated_faults_are_each_caught_by_parse_and_rules(spark, config, tmp_
     expected = {key: kind for key, kind in kinds.items()
                 if kind in ("malformed_json", "wrong_type", "missing_field", "out_of_range", "extra_field")}
     assert seen == expected
+
+
+def test_decisions_built_once_per_query_follow_each_batchs_plan(spark, config):
+    """A silver query builds its decision expressions for its first batch and keeps them
+    (refine.decide_rows' cache): each later batch still takes its own plan's cut-offs."""
+    from lakehouse.refine import decide_rows
+
+    entity = config.entity("telemetry")
+    rules = row_rules(load_suite(config.suite_path(entity.suite)))
+    fields = ('"host": "dc1-r01-h001", "rack": "r01", "cpu_util": 1.0, "mem_util": 1.0, "gpu_util": 1.0, '
+              '"power_w": 100.0, "fan_rpm": 1000.0, "inlet_temp_c": 20.0, "exhaust_temp_c": 30.0')
+    lines = [f'{{"event_id": "e{i}", "event_time": "2026-03-01T00:0{i}:00Z", {fields}}}' for i in range(3)]
+    bronze = spark.createDataFrame([(text, "f.jsonl", i + 1) for i, text in enumerate(lines)],
+                                   "value string, _source_file string, _source_line long").withColumn(
+        "_ingested_at", F.current_timestamp())
+    at = 1_772_323_200_000_000 + 90_000_000  # 2026-03-01T00:01:30Z: e0 and e1 are before it
+    plan = {"planned_at_us": at, "future_cutoff_us": at * 2, "late_exempt": [], "backfill": False}
+    plans = [{**plan, "late_cutoff_us": at}, {**plan, "late_cutoff_us": None},
+             {**plan, "late_cutoff_us": None, "future_cutoff_us": at}]
+    cache = {}
+
+    def reasons(decided):
+        return {r._source_line: r._reasons for r in decided.select("_source_line", "_reasons").collect()}
+
+    seen = [reasons(decide_rows(bronze, config, entity, p, rules, cache)) for p in plans]
+    assert seen == [{1: ["late"], 2: ["late"], 3: []}, {1: [], 2: [], 3: []},
+                    {1: [], 2: [], 3: ["future_event_time"]}]
+    assert len(cache) == 1  # one bronze schema, the same late-exempt sources
+    assert seen == [reasons(decide_rows(bronze, config, entity, p, rules)) for p in plans]  # as built afresh
