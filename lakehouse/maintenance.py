@@ -256,7 +256,7 @@ class Maintainer:
         if column is None or self.config.ops.retention is None:
             return None
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=duration_seconds(self.config.ops.retention))
-        old = F.col(column) < F.lit(cutoff.replace(tzinfo=None))
+        old = F.col(column) < F.lit(cutoff)
         table = delta_table(self.spark, ref)
         before = table_size(self.spark, ref)
         expired = table.toDF().where(old).count()

@@ -51,7 +51,7 @@ class Step:
     detail: str = ""
 
     def row(self) -> tuple:
-        return (self.table_name, self.action, self.started_at.replace(tzinfo=None), self.duration_s, self.attempts,
+        return (self.table_name, self.action, self.started_at, self.duration_s, self.attempts,
                 self.outcome, self.files_before, self.files_after, self.bytes_before, self.bytes_after,
                 self.version_before, self.version_after, self.detail)
 

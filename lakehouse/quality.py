@@ -186,7 +186,7 @@ def rule_results(rules: list[RowRule], metrics, element_count: int) -> list[dict
 
 def results_rows(entity: str, suite_name: str, results: list[dict], batch_id: int, source_versions: str) -> list[tuple]:
     """QUALITY_RESULTS_SCHEMA rows."""
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(timezone.utc)
     return [(entity, suite_name, r["expectation"], r["policy"], r["success"], r["element_count"],
              r["unexpected_count"], batch_id, source_versions, now) for r in results]
 

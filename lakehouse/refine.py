@@ -195,7 +195,7 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
         failpoint("silver.stats", batch_id)
         valid_rows = counts["records"] - counts["quarantined"]
         stats = [(entity_name, batch_id, counts["bronze_rows"], counts["quarantined"], inserted, valid_rows - inserted,
-                  counts["warnings"], datetime.now(timezone.utc).replace(tzinfo=None),
+                  counts["warnings"], datetime.now(timezone.utc),
                   counts["bronze_rows"] - counts["records"], _utc(plan["planned_at_us"]),
                   _utc(plan["late_cutoff_us"]), _utc(plan["future_cutoff_us"]))]
         spark = bronze_batch.sparkSession

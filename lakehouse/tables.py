@@ -31,7 +31,7 @@ from delta.exceptions import (
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import StructType
+from pyspark.sql.types import StructType, _make_type_verifier
 
 from lakehouse.config import LAYERS, LakehouseConfig
 
@@ -108,11 +108,18 @@ def local_rows(spark: SparkSession, rows: list, schema: StructType) -> DataFrame
 
     The rows go to the JVM as one Arrow table, not as the Python RDD ``createDataFrame`` makes of
     a list: that one's tasks are served by a Python worker, which costs about 0.15 s an append,
-    and 0.9 s for the first (starting the worker) (bench/RESULTS.md, issue 16). A datetime
-    without a time zone means the local time, as ``createDataFrame`` takes it.
+    and 0.9 s for the first (starting the worker) (bench/RESULTS.md, issue 16). Each row is checked
+    against ``schema`` as ``createDataFrame`` checks it (a float in a long field is a TypeError,
+    not cut down). A datetime without a time zone means the local time, as ``createDataFrame``
+    takes it (top-level fields only: pass UTC times with their zone).
     """
     names = schema.fieldNames()
-    records = [_arrow_ready(row if isinstance(row, dict) else dict(zip(names, row, strict=True))) for row in rows]
+    check = _make_type_verifier(schema)
+    records = []
+    for row in rows:
+        record = row if isinstance(row, dict) else dict(zip(names, row, strict=True))
+        check(record)
+        records.append(_arrow_ready(record))
     table = pa.Table.from_pylist(records, schema=to_arrow_schema(schema))
     return spark.createDataFrame(table, schema).coalesce(1)
 

@@ -65,3 +65,6 @@ def test_local_rows_hold_what_create_data_frame_holds_in_one_partition(spark):
     assert local_rows(spark, [], schema).count() == 0
     with pytest.raises(ValueError):
         local_rows(spark, [("too", "few")], schema)  # a row that does not fit the schema
+    for wrong in [("e", 1.5, None, None), ("e", 1, 1_767_225_600, None), ("e", 1, None, "x")]:
+        with pytest.raises(TypeError):  # as createDataFrame refuses them; pyarrow alone would convert them
+            local_rows(spark, [wrong], schema)
