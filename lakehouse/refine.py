@@ -130,11 +130,6 @@ def newest_of_its_key(entity: EntityConfig, among: Column) -> Column:
     return among & (F.row_number().over(Window.partitionBy(*partition).orderBy(*order)) == 1)
 
 
-def latest_per_key(valid: DataFrame, entity: EntityConfig) -> DataFrame:
-    """One row per key (:func:`newest_of_its_key`)."""
-    return valid.withColumn("_newest", newest_of_its_key(entity, among=F.lit(True))).where("_newest").drop("_newest")
-
-
 def refine_batch(
     config: LakehouseConfig,
     entity_name: str,

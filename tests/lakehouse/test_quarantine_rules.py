@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from lakehouse.parse import SOURCE_COLUMN
 from lakehouse.quality import FAILED_COLUMNS
 from lakehouse.quarantine import quarantine_error, quarantine_reasons
-from lakehouse.refine import latest_per_key, newest_of_its_key
+from lakehouse.refine import newest_of_its_key
 
 T0 = 1_772_323_200_000_000  # 2026-03-01T00:00:00Z in microseconds
 MINUTE = 60_000_000
@@ -147,10 +147,15 @@ def test_a_mismatched_header_is_the_only_reason(spark, entity):
 # -- one row per key ------------------------------------------------------------------------
 
 
+def _one_per_key(frame, entity):
+    """The rows newest_of_its_key keeps when every row competes."""
+    return frame.withColumn("_newest", newest_of_its_key(entity, among=F.lit(True))).where("_newest").drop("_newest")
+
+
 def _latest(spark, entity, rows: list[tuple]) -> dict:
     frame = spark.createDataFrame(rows, "event_id string, event_us long, _source_file string, _source_line long, tag string")
     frame = frame.withColumn(entity.event_time, F.timestamp_micros("event_us"))
-    return {r.event_id: r.tag for r in latest_per_key(frame, entity).collect()}
+    return {r.event_id: r.tag for r in _one_per_key(frame, entity).collect()}
 
 
 def test_the_latest_event_time_wins_whatever_the_bronze_position(spark, entity):
@@ -175,9 +180,9 @@ def test_a_composite_key_keeps_one_row_per_combination(spark, entity):
     rows = [("e1", T0, "a", 1, "a-old"), ("e1", T0 + 1, "a", 2, "a-new"), ("e1", T0, "b", 1, "b")]
     frame = spark.createDataFrame(rows, "event_id string, event_us long, _source_file string, _source_line long, tag string")
     frame = frame.withColumn(entity.event_time, F.timestamp_micros("event_us"))
-    kept = sorted((r._source_file, r.tag) for r in latest_per_key(frame, two_keys).collect())
+    kept = sorted((r._source_file, r.tag) for r in _one_per_key(frame, two_keys).collect())
     assert kept == [("a", "a-new"), ("b", "b")]
-    assert "_newest" not in latest_per_key(frame, two_keys).columns
+    assert "_newest" not in _one_per_key(frame, two_keys).columns
 
 
 def test_only_kept_rows_compete_for_their_key(spark, entity):
