@@ -157,23 +157,23 @@ class FileBatchIngest:
 
 
 def freshness_times(config: LakehouseConfig, source_name: str) -> dict[str, Column]:
-    """What a bronze batch measures for ops.freshness (lakehouse/freshness.py): ``_ingested_at``,
-    and the event time read from raw records by the first entity that reads the source.
+    """What a bronze batch measures for ops.freshness (lakehouse/freshness.py), besides its rows:
+    the event time read from raw records by the first entity that reads the source, and, from a
+    Kafka source, ``_ingested_at``.
 
-    A file source measures both on its sampled lines only (freshness.sampled_rows): reading the
-    event time from every raw line (a JSON or CSV parse and a timestamp cast) and the
-    percentiles over every line tripled bronze's cost per line (bench/RESULTS.md, issue 16). The
-    event time's oldest is then the sample's too; the ingest time is one per batch, so its
-    figures are exact, and so is the row count. Kafka measures every message."""
+    A file source reads the event time from its sampled lines only (freshness.sampled_rows; null
+    on the others): reading it from every raw line (a JSON or CSV parse and a timestamp cast)
+    and the percentiles over every line tripled bronze's cost per line (bench/RESULTS.md, issue
+    16). The event time's oldest is then the sample's too. Its ingest time is one per batch, a
+    literal of the batch's read, measured exactly without reading rows (landing._append_lines).
+    Kafka measures every message."""
     source = config.source(source_name)
-    times = {"ingest": F.col("_ingested_at")}
+    times = {"ingest": F.col("_ingested_at")} if source.kind == "kafka" else {}
     reader = next((name for name, entity in config.entities.items() if source_name in entity.sources), None)
     if reader is not None:
-        times["event"] = record_event_time(F.col("value").cast("string"), config.entity(reader), source)
-    if source.kind == "kafka":
-        return times
-    # A CASE: the rest are not measured at all.
-    return {measure: F.when(sampled_rows(), time) for measure, time in times.items()}
+        event = record_event_time(F.col("value").cast("string"), config.entity(reader), source)
+        times["event"] = event if source.kind == "kafka" else F.when(sampled_rows(), event)
+    return times
 
 
 def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dict) -> StreamingQuery:

@@ -21,6 +21,7 @@ resolves and appends them with its progress rows, a batch gold build appends its
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -68,20 +69,47 @@ def sampled_rows() -> Column:
 
 
 def time_aggregates(measure: str, time: Column, sample: Column | None = None) -> list[Column]:
-    """Aggregates giving one measure's oldest time, 5th percentile and median (epoch seconds);
-    rows where ``time`` is null do not count, and the percentiles take only the rows where
-    ``sample`` holds (default: every row)."""
+    """Aggregates giving one measure's oldest time (epoch seconds; rows where ``time`` is null do
+    not count) and its percentiles: over every row by ``percentile_approx``, or, with ``sample``,
+    exactly over the rows where it holds, whose times are collected (``<measure>_sample``;
+    :meth:`Measured.from_row` takes the percentiles). Collecting a sample of a sixteenth of the
+    rows cost a fifth of ``percentile_approx`` over that sample (bench/RESULTS.md, issue 16)."""
     seconds = F.unix_micros(time.cast("timestamp")) / 1e6
-    quantiles = seconds if sample is None else F.when(sample, seconds)
-    return [F.min(seconds).alias(f"{measure}_oldest"),
-            F.percentile_approx(quantiles, F.array(F.lit(0.05), F.lit(0.5)), F.lit(_ACCURACY)).alias(f"{measure}_q")]
+    if sample is None:
+        return [F.min(seconds).alias(f"{measure}_oldest"),
+                F.percentile_approx(seconds, F.array(F.lit(0.05), F.lit(0.5)), F.lit(_ACCURACY)).alias(f"{measure}_q")]
+    return [F.min(seconds).alias(f"{measure}_oldest"), F.collect_list(F.when(sample, seconds)).alias(f"{measure}_sample")]
+
+
+def sampled_time_aggregates(measure: str, time: Column) -> list[Column]:
+    """The aggregates of a measure whose ``time`` is read on the sampled rows only (null on the
+    others: bronze reads the event time from a sample of raw lines): their times, collected;
+    its oldest is then the sample's."""
+    return [F.collect_list(F.unix_micros(time.cast("timestamp")) / 1e6).alias(f"{measure}_sample")]
+
+
+def constant_time(measure: str, at: datetime) -> dict[str, object]:
+    """The measurements of a time every row shares (a file bronze batch's ``_ingested_at``): exact,
+    without reading the rows."""
+    seconds = at.timestamp()
+    return {f"{measure}_oldest": seconds, f"{measure}_q": [seconds, seconds]}
+
+
+def sample_quantiles(times: list[float]) -> tuple[float, float, float] | None:
+    """(oldest, 5th percentile, median) of collected times: the smallest time with at least that
+    share of the times at or below it, as ``percentile_approx`` answers; None when empty."""
+    if not times:
+        return None
+    ordered = sorted(times)
+    at = [ordered[max(0, math.ceil(share * len(ordered)) - 1)] for share in (0.05, 0.5)]
+    return ordered[0], at[0], at[1]
 
 
 def measure_aggregates(times: dict[str, Column], rows: Column | None = None, sample: Column | None = None) \
         -> list[Column]:
     """Aggregates for :meth:`Measured.from_row`: the rows written (count of ``rows``, a condition,
     else every row) and each measure's times (``times``: measure -> time column; percentiles over
-    the rows where ``sample`` holds, default all)."""
+    the rows where ``sample`` holds, default all: :func:`time_aggregates`)."""
     counted = F.count(F.lit(1)) if rows is None else F.count(F.when(rows, 1))
     return [counted.alias("fresh_rows"), *[a for m, t in times.items() for a in time_aggregates(m, t, sample)]]
 
@@ -112,8 +140,11 @@ class Measured:
         times = {}
         for measure in MEASURES:
             oldest, quantiles = values.get(f"{measure}_oldest"), values.get(f"{measure}_q")
+            sampled = sample_quantiles(values.get(f"{measure}_sample") or [])
             if oldest is not None and quantiles:
                 times[measure] = (float(oldest), float(quantiles[0]), float(quantiles[1]))
+            elif sampled is not None:  # the oldest of every row where it was taken, else the sample's
+                times[measure] = (sampled[0] if oldest is None else min(float(oldest), sampled[0]), *sampled[1:])
         return cls(flow, table, batch_id, int(values.get("fresh_rows") or 0), times, **commit)
 
     def row(self, version: int, commit_time: datetime) -> tuple:

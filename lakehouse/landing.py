@@ -45,7 +45,7 @@ from pyspark.sql.types import (
 from lakehouse import fs
 from lakehouse.config import LakehouseConfig
 from lakehouse.failpoints import failpoint
-from lakehouse.freshness import measure_aggregates
+from lakehouse.freshness import constant_time, sampled_time_aggregates
 from lakehouse.landing_lines import LineRead, must_read_whole, one_file_per_partition, read_error
 from lakehouse.tables import (
     APPEND_ONLY_CHECKPOINTS,
@@ -208,16 +208,24 @@ def lines_in_bronze(spark: SparkSession, ref: TableRef, paths: list[str]) -> dic
 def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef, marker: str, batch_id: int,
                   name: str, strict: bool = False, times: dict[str, Column] | None = None) -> tuple[dict[str, int], dict | None]:
     """Append the lines of ``files`` to bronze in one commit (lakehouse/landing_lines.py reads
-    them): (lines per file read, by canonical path; the freshness measurements of ``times`` over
-    the lines, lakehouse/freshness.py)."""
-    read = LineRead(spark, [f.uri for f in files], name, strict, whole={f.uri for f in files if f.read_whole})
+    them): (lines per file read, by canonical path; with ``times``, the commit's freshness
+    measurements, lakehouse/freshness.py: the rows, the ingest time every row shares, and each
+    of ``times``, read on sampled lines only)."""
+    ingested_at = _now()
+    read = LineRead(spark, [f.uri for f in files], name, strict, whole={f.uri for f in files if f.read_whole},
+                    ingested_at=ingested_at)
     measured = Observation(f"{name}-times") if times else None
-    lines = read.rows.observe(measured, *measure_aggregates(times)) if measured else read.rows
+    lines = (read.rows.observe(measured, *[a for m, t in times.items() for a in sampled_time_aggregates(m, t)])
+             if measured else read.rows)
     with one_file_per_partition(spark):
         read.check_partitions()
         failpoint("bronze.append", batch_id)
         append_once(lines, bronze, marker)
-    return read.counts(), (measured.get if measured is not None else None)
+    counts = read.counts()
+    if times is None:
+        return counts, None
+    return counts, {**(measured.get if measured is not None else {}), "fresh_rows": sum(counts.values()),
+                    **constant_time("ingest", ingested_at)}
 
 
 def _append_batch(spark: SparkSession, todo: list[LandedFile], bronze: TableRef, marker: str, batch_id: int,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
+from datetime import datetime
 
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
@@ -99,7 +100,14 @@ def read_whole_files(spark: SparkSession, uris: list[str], strict: bool = False)
     )
 
 
-def with_lines(files: DataFrame, file_path: Column, observation: Observation | None = None) -> DataFrame:
+def ingest_time(at: datetime | None) -> Column:
+    """``_ingested_at``: the batch's time, one for every row of a read (given: a literal, which the
+    batch's freshness measurement then takes exactly; else the write's ``current_timestamp``)."""
+    return F.current_timestamp() if at is None else F.lit(at).cast("timestamp")
+
+
+def with_lines(files: DataFrame, file_path: Column, observation: Observation | None = None,
+               ingested_at: datetime | None = None) -> DataFrame:
     """One row per line of each whole-file row (``value`` holds the file's bytes, as text or binary).
 
     Lines end at "\\n"; a "\\r" before it stays in the line, so the line is stored as received.
@@ -130,7 +138,7 @@ def with_lines(files: DataFrame, file_path: Column, observation: Observation | N
             F.encode("_line", "ISO-8859-1").alias("value"),
             "_source_file",
             (F.col("_position") + 1).cast("long").alias("_source_line"),
-            F.current_timestamp().alias("_ingested_at"),
+            ingest_time(ingested_at).alias("_ingested_at"),
         )
     )
 
@@ -143,7 +151,8 @@ def line_reader(spark: SparkSession, uris: list[str], strict: bool = False) -> D
             .load([load_path(uri) for uri in uris]))
 
 
-def plain_lines(read: DataFrame, observation: Observation, partitions: int) -> DataFrame:
+def plain_lines(read: DataFrame, observation: Observation, partitions: int,
+                ingested_at: datetime | None = None) -> DataFrame:
     """Bronze rows of a :func:`line_reader` read, in ``partitions`` partitions; needs
     :func:`one_file_per_partition` around the command. ``observation`` receives where each file's
     rows start (``firsts``: file, position) and where each merged partition's end (``lasts``),
@@ -152,7 +161,7 @@ def plain_lines(read: DataFrame, observation: Observation, partitions: int) -> D
         F.col("value").cast("binary").alias("value"),
         F.col("_metadata.file_path").alias("_source_file"),
         (F.monotonically_increasing_id().bitwiseAND(_ROW_MASK) + 1).alias("_source_line"),
-        F.current_timestamp().alias("_ingested_at"),
+        ingest_time(ingested_at).alias("_ingested_at"),
     )
     # The position after merging, counted anew in each merged partition: files follow one another
     # there, so a file's lines run from its first row to the next file's first row.
@@ -193,8 +202,9 @@ class LineRead:
     ones whole and split), and, once they have been written, the lines each file gave."""
 
     def __init__(self, spark: SparkSession, uris: list[str], name: str, strict: bool = False,
-                 whole: set[str] | frozenset[str] = frozenset()):
-        """``whole``: files to read whole besides the compressed ones (see :func:`must_read_whole`)."""
+                 whole: set[str] | frozenset[str] = frozenset(), ingested_at: datetime | None = None):
+        """``whole``: files to read whole besides the compressed ones (see :func:`must_read_whole`);
+        ``ingested_at``: every row's ``_ingested_at`` (default: the write's time)."""
         plain = [uri for uri in uris if uri not in whole and not is_compressed(uri)]
         whole = [uri for uri in uris if uri in whole or is_compressed(uri)]
         self._plain = Observation(f"{name}-lines") if plain else None
@@ -204,10 +214,10 @@ class LineRead:
         parts = []
         if plain:
             partitions = max(1, min(len(plain), spark.sparkContext.defaultParallelism, MAX_MERGED_PARTITIONS))
-            parts.append(plain_lines(self._read, self._plain, partitions))
+            parts.append(plain_lines(self._read, self._plain, partitions, ingested_at))
         if whole:
             parts.append(with_lines(read_whole_files(spark, whole, strict), F.col("_metadata.file_path"),
-                                    self._whole))
+                                    self._whole, ingested_at))
         self.rows = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
 
     def check_partitions(self) -> None:

@@ -319,7 +319,7 @@ def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool
                          *measure_aggregates(times, rows=kept, sample=sampled_rows())).first().asDict()
     # No sampled line among the kept rows (short files, a few Kafka offsets, sampled lines all
     # quarantined): that measure's percentiles take every kept row, in a second, rare pass.
-    unsampled = [m for m in times if counts[f"{m}_oldest"] is not None and counts[f"{m}_q"] is None]
+    unsampled = [m for m in times if counts[f"{m}_oldest"] is not None and not counts[f"{m}_sample"]]
     if unsampled:
         counts.update(decided.agg(*[a for m in unsampled for a in time_aggregates(m, times[m])]).first().asDict())
     if counts["failing"]:

@@ -9,7 +9,17 @@ import pytest
 from pyspark.sql import functions as F
 
 from lakehouse.bronze import freshness_times
-from lakehouse.freshness import FRESHNESS_TABLE, ROW_SAMPLE, Measured, measure_aggregates, p95_seconds, sampled_rows
+from lakehouse.freshness import (
+    FRESHNESS_TABLE,
+    ROW_SAMPLE,
+    Measured,
+    constant_time,
+    measure_aggregates,
+    p95_seconds,
+    sample_quantiles,
+    sampled_rows,
+    sampled_time_aggregates,
+)
 from lakehouse.tables import delta_table, read_table, resolve_table
 
 MS = 0.0015  # rows hold seconds to the millisecond
@@ -60,22 +70,36 @@ def test_percentiles_take_the_sampled_rows_and_the_oldest_takes_every_row(spark)
     assert q05 == q50 == (start - timedelta(hours=1)).timestamp()  # the five sampled rows alike
 
 
-def test_bronze_reads_the_event_time_of_a_sample_of_lines_and_counts_every_line(spark, config):
+def test_bronze_reads_the_event_time_of_a_sample_of_lines_and_takes_the_batch_time_exactly(spark, config):
     """A file source's bronze reads event time from every ROW_SAMPLE-th line of each file,
-    its first included; the row count and ingest time cover every line."""
+    its first included (the oldest is the sample's); its ingest time is the batch's, one literal
+    for every row, measured without reading them."""
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    stamp = start + timedelta(hours=1)
     lines = 2 * ROW_SAMPLE + 5
     data = [(f'{{"event_id": "e{n}", "event_time": "{(start + timedelta(seconds=n)).isoformat()}"}}'.encode(),
-             "file:/f.jsonl", n, stamp) for n in range(lines, 0, -1)]  # line 1 holds the oldest time
-    data.append((b'{"event_id": "old", "event_time": "2025-01-01T00:00:00Z"}', "file:/f.jsonl", 2, stamp))
-    df = spark.createDataFrame(data, "value binary, _source_file string, _source_line long, _ingested_at timestamp")
-    measured = Measured.from_row(df.agg(*measure_aggregates(freshness_times(config, "telemetry"))).first(),
+             "file:/f.jsonl", n) for n in range(lines, 0, -1)]  # line 1 holds the oldest time
+    data.append((b'{"event_id": "old", "event_time": "2025-01-01T00:00:00Z"}', "file:/f.jsonl", 2))
+    df = spark.createDataFrame(data, "value binary, _source_file string, _source_line long")
+    times = freshness_times(config, "telemetry")
+    assert set(times) == {"event"}
+    row = df.agg(*[a for m, t in times.items() for a in sampled_time_aggregates(m, t)]).first()
+    stamp = start + timedelta(hours=1, microseconds=250)
+    measured = Measured.from_row({**row.asDict(), "fresh_rows": lines + 1, **constant_time("ingest", stamp)},
                                  "bronze.telemetry", "bronze.telemetry", 0)
-    assert measured.rows == lines + 1
-    sampled = [n for n in range(1, lines + 1) if n % ROW_SAMPLE == 1]  # 1, 17, 33
-    assert measured.times["event"][0] == (start + timedelta(seconds=sampled[0])).timestamp()  # not line 2's 2025
-    assert measured.times["ingest"][0] == stamp.timestamp()
+    sampled = [(start + timedelta(seconds=n)).timestamp() for n in range(1, lines + 1) if n % ROW_SAMPLE == 1]
+    assert len(sampled) == 3 and sorted(row["event_sample"]) == sampled  # lines 1, 17, 33; not line 2's 2025
+    assert measured.times["event"] == (sampled[0], sampled[0], sampled[1])
+    assert measured.times["ingest"] == (stamp.timestamp(),) * 3 and measured.rows == lines + 1
+
+
+def test_sample_quantiles_are_those_percentile_approx_gives(spark):
+    """The percentiles of a collected sample match Spark's percentile_approx on the same values
+    (its rank rule: the smallest value with at least that share at or below it)."""
+    for values in ([5.0], [3.0, 1.0], [float(v) for v in range(1, 21)], [float(v * v % 37) for v in range(1, 101)]):
+        df = spark.createDataFrame([(v,) for v in values], "s double")
+        approx = df.agg(F.percentile_approx("s", F.array(F.lit(0.05), F.lit(0.5)), F.lit(10_000))).first()[0]
+        assert sample_quantiles(values) == (min(values), *approx), values
+    assert sample_quantiles([]) is None
 
 
 def _added(spark, ref, version: int):
