@@ -34,9 +34,10 @@ from lakehouse.config import LakehouseConfig, SourceConfig
 from lakehouse.errors import JobError, batch_query_id, raised_in_batch
 from lakehouse.freshness import Measured, observe_freshness, sampled_rows
 from lakehouse.landing import ensure_landing_tables, ingest_files
+from lakehouse.landing_journal import IngestedJournal
 from lakehouse.parse import record_event_time
 from lakehouse.pipeline import Flow
-from lakehouse.progress import count_records, report_batch
+from lakehouse.progress import count_records, on_flush, report_batch
 from lakehouse.tables import (
     APPEND_ONLY_CHECKPOINTS,
     TableRef,
@@ -148,7 +149,7 @@ class FileBatchIngest:
         uris = [entry["path"] for entry in planned_files(spark, self.checkpoint, batch_id)]
         replay_since = batch_planned_ms(self.checkpoint, batch_id, spark) if batch_id == self.redone else None
         files, times = ingest_files(spark, self.config, self.source_name, uris, app_id, batch_id, replay_since,
-                                    self.times)
+                                    self.checkpoint, self.times)
         measured = [] if times is None else [
             Measured.from_row(times, f"bronze.{self.source_name}", f"bronze.{self.source_name}", batch_id,
                               marker=batch_marker(app_id, batch_id))]
@@ -188,6 +189,8 @@ def start_file_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow, 
     source = config.source(flow.name)
     ensure_source_bronze_table(spark, config, flow.name)
     ensure_landing_tables(spark, config)
+    # The batches' ops.ingested_files rows, appended whenever the progress recorder flushes.
+    on_flush(flow.query_name, IngestedJournal(spark, config, flow.name, flow.checkpoint).append)
     landing = config.landing_path(flow.name)
     if "://" not in landing:
         Path(landing).mkdir(parents=True, exist_ok=True)  # files may start arriving later

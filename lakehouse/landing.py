@@ -13,9 +13,10 @@ source, then reads the planned files itself, one micro-batch at a time (:func:`i
   (or, read now, its lines are taken); a failure that no file gives alone fails the batch
   (redone on restart);
 - their lines are appended to ``bronze.<source>``; every file read is recorded in
-  ``ops.ingested_files`` (size and modification time as read, lines) and every file not read
-  in ``ops.bad_files`` (with the reason). Nothing stops the stream on a bad file, and each
-  landed file is in exactly one of the two tables.
+  ``ops.ingested_files`` (size and modification time as read, lines: kept in the checkpoint
+  and appended with other batches' off the batch's path, lakehouse/landing_journal.py) and
+  every file not read in ``ops.bad_files`` (with the reason). Nothing stops the stream on a bad
+  file, and each landed file ends up in exactly one of the two tables.
 
 Landing files must be immutable: a file is taken in once, by its path. :func:`changed_files`
 finds files whose size or modification time differs from what was read (lines appended after
@@ -46,6 +47,7 @@ from lakehouse import fs
 from lakehouse.config import LakehouseConfig
 from lakehouse.failpoints import failpoint
 from lakehouse.freshness import constant_time, sampled_time_aggregates
+from lakehouse.landing_journal import INGESTED_FILES_SCHEMA, INGESTED_FILES_TABLE, journal
 from lakehouse.landing_lines import LineRead, must_read_whole, one_file_per_partition, read_error
 from lakehouse.tables import (
     APPEND_ONLY_CHECKPOINTS,
@@ -71,19 +73,6 @@ BAD_FILES_SCHEMA = StructType(
         StructField("detail", StringType()),  # one line: the error, or the size limit
         StructField("batch_id", LongType()),
         StructField("recorded_at", TimestampType()),
-    ]
-)
-
-INGESTED_FILES_TABLE = "ops.ingested_files"
-INGESTED_FILES_SCHEMA = StructType(
-    [
-        StructField("source", StringType()),
-        StructField("path", StringType()),  # as bronze names files (_source_file)
-        StructField("size", LongType()),  # bytes on disk when read (compressed size for .gz etc.)
-        StructField("modification_time", TimestampType()),
-        StructField("lines", LongType()),  # rows it gave bronze
-        StructField("batch_id", LongType()),
-        StructField("ingested_at", TimestampType()),
     ]
 )
 
@@ -271,9 +260,11 @@ def ingest_files(
     app_id: str,
     batch_id: int,
     replay_since_ms: int | None,
+    checkpoint: str,
     times: dict[str, Column] | None = None,
 ) -> tuple[list[LandedFile], dict | None]:
-    """Read the batch's planned files into bronze, record each in ops.ingested_files or ops.bad_files;
+    """Read the batch's planned files into bronze, record each in ops.ingested_files (journaled in
+    the query's ``checkpoint``, landing_journal) or ops.bad_files;
     returns the files and the freshness measurements (``times``) of the lines appended.
     The files are read together (lakehouse/landing_lines.py); a compressed file the read cannot
     take is skipped, then read again alone, strictly: the error it gives then is why it is bad,
@@ -308,12 +299,12 @@ def ingest_files(
             landed.lines = again.get(fs.canonical(landed.path), 0)  # 0: no lines (an empty archive, say)
         except Exception as exc:  # the error is the diagnosis
             landed.reason, landed.detail = diagnosis(exc)
-    _record(spark, config, source_name, files, app_id, batch_id, replay_since_ms)
+    _record(spark, config, source_name, files, app_id, batch_id, replay_since_ms, checkpoint)
     return files, measured
 
 
 def _record(spark: SparkSession, config: LakehouseConfig, source_name: str, files: list[LandedFile],
-            app_id: str, batch_id: int, replay_since_ms: int | None) -> None:
+            app_id: str, batch_id: int, replay_since_ms: int | None, checkpoint: str) -> None:
     now = _now()
     bad = [(source_name, f.path, f.size, f.reason, f.detail, batch_id, now) for f in files if f.reason]
     good = [(source_name, f.path, f.size, _timestamp(f.mtime_ms), f.lines, batch_id, now)
@@ -324,9 +315,7 @@ def _record(spark: SparkSession, config: LakehouseConfig, source_name: str, file
         append_once(local_rows(writer, bad, BAD_FILES_SCHEMA), resolve_table(config, BAD_FILES_TABLE),
                     batch_marker(app_id, batch_id), replay_since_ms)
     failpoint("bronze.ingested_files", batch_id)
-    if good:
-        append_once(local_rows(writer, good, INGESTED_FILES_SCHEMA), resolve_table(config, INGESTED_FILES_TABLE),
-                    batch_marker(app_id, batch_id), replay_since_ms)
+    journal(spark, checkpoint, batch_id, good)
     failpoint("bronze.done", batch_id)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+from collections.abc import Callable
 from datetime import datetime
 
 from pyspark.sql import DataFrame, SparkSession
@@ -69,6 +70,17 @@ def report_batch(query_name: str, batch_id: int, records: int | None = None, bad
     this process) reported."""
     entry = {"records": records, "notes": [f"skipped bad file {b}" for b in bad_files], "freshness": list(freshness)}
     _reported[(query_name, batch_id)] = entry
+
+
+# What a query leaves to the recorder's flushes (query name -> action(session)), run after its
+# progress rows: a file source's bronze query appends the ops.ingested_files rows its batches
+# journaled (lakehouse/landing_journal.py). Set when the query starts.
+_flush_actions: dict[str, Callable[[SparkSession], object]] = {}
+
+
+def on_flush(query_name: str, action: Callable[[SparkSession], object]) -> None:
+    """Run ``action`` with each flush of the recorder watching ``query_name`` (and its last)."""
+    _flush_actions[query_name] = action
 
 
 def count_records(df: DataFrame) -> DataFrame:
@@ -208,4 +220,7 @@ class ProgressRecorder(StreamingQueryListener):
             append_to_table(local_rows(self.spark, data, STREAM_PROGRESS_SCHEMA), self.table)
         fresh, self._fresh_rows = self._fresh_rows, []
         append_freshness(self.spark, self.config, fresh)
+        for query_name in self.checkpoints:
+            if query_name in _flush_actions:
+                _flush_actions[query_name](self.spark)
         return len(rows)

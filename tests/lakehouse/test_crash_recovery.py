@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.tables import bronze_table, read_table
+from lakehouse.landing import INGESTED_FILES_TABLE
+from lakehouse.tables import bronze_table, read_table, resolve_table
 from tests.processes import Lander, start_job
 from tests.processes import batches as _batches
 from tests.processes import kill_9 as _kill_9
@@ -69,6 +70,11 @@ def test_kill_9_at_three_moments_then_restart_gives_exactly_once(spark, config, 
     assert len(keys) == len(set(keys)), "duplicate (file, line) rows in bronze"
     assert set(keys) == expected
     assert len(lander.manifest.files) > 10
+    # Each file read is in ops.ingested_files once, with its lines: rows journaled by batches that
+    # committed before a kill were appended by a later run (lakehouse/landing_journal.py).
+    ingested = read_table(spark, resolve_table(config, INGESTED_FILES_TABLE)).collect()
+    assert sorted((Path(r.path).name, r.lines) for r in ingested) == sorted(
+        (f["file"], f["lines"]) for f in lander.manifest.files)
 
 
 def test_sigterm_stops_a_continuous_ingest_cleanly(config, subprocess_env):
