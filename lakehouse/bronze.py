@@ -41,6 +41,7 @@ from lakehouse.progress import count_records, on_flush, report_batch
 from lakehouse.tables import (
     APPEND_ONLY_CHECKPOINTS,
     TableRef,
+    at_once,
     batch_marker,
     bronze_table,
     create_table_if_missing,
@@ -187,8 +188,7 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
 def start_file_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dict) -> StreamingQuery:
     """Start the bronze query for a file source."""
     source = config.source(flow.name)
-    ensure_source_bronze_table(spark, config, flow.name)
-    ensure_landing_tables(spark, config)
+    at_once(lambda: ensure_source_bronze_table(spark, config, flow.name), lambda: ensure_landing_tables(spark, config))
     # The batches' ops.ingested_files rows, appended whenever the progress recorder flushes.
     on_flush(flow.query_name, IngestedJournal(spark, config, flow.name, flow.checkpoint).append)
     landing = config.landing_path(flow.name)

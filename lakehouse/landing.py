@@ -53,6 +53,7 @@ from lakehouse.tables import (
     APPEND_ONLY_CHECKPOINTS,
     TableRef,
     append_once,
+    at_once,
     batch_marker,
     bronze_table,
     committed,
@@ -103,12 +104,15 @@ def spark_file_path(uri: str) -> str:
 
 
 def ensure_landing_tables(spark: SparkSession, config: LakehouseConfig) -> None:
-    create_table_if_missing(
-        spark, resolve_table(config, BAD_FILES_TABLE), BAD_FILES_SCHEMA, properties=APPEND_ONLY_CHECKPOINTS,
-        comment="Landing files a bronze query planned but could not read; see lakehouse/landing.py")
-    create_table_if_missing(
-        spark, resolve_table(config, INGESTED_FILES_TABLE), INGESTED_FILES_SCHEMA, properties=APPEND_ONLY_CHECKPOINTS,
-        comment="Landing files read into bronze, with size and mtime as read; see lakehouse/landing.py")
+    at_once(
+        lambda: create_table_if_missing(
+            spark, resolve_table(config, BAD_FILES_TABLE), BAD_FILES_SCHEMA, properties=APPEND_ONLY_CHECKPOINTS,
+            comment="Landing files a bronze query planned but could not read; see lakehouse/landing.py"),
+        lambda: create_table_if_missing(
+            spark, resolve_table(config, INGESTED_FILES_TABLE), INGESTED_FILES_SCHEMA,
+            properties=APPEND_ONLY_CHECKPOINTS,
+            comment="Landing files read into bronze, with size and mtime as read; see lakehouse/landing.py"),
+    )
 
 
 def _now() -> datetime:

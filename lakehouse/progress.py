@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -32,7 +33,7 @@ from lakehouse.config import LakehouseConfig
 from lakehouse.freshness import FRESHNESS_METRIC, Measured, append_freshness, resolve
 from lakehouse.pipeline import Pipeline
 from lakehouse.redaction import redact_text
-from lakehouse.tables import append_to_table, local_rows, resolve_table
+from lakehouse.tables import append_to_table, at_once, local_rows, resolve_table
 
 STREAM_PROGRESS_TABLE = "ops.stream_progress"
 # Queries attach ``count_records`` to their output, so a batch's records are counted as written
@@ -211,16 +212,20 @@ class ProgressRecorder(StreamingQueryListener):
     def flush(self) -> int:
         """Append the progress rows drained so far to ``ops.stream_progress`` and the freshness rows
         to ``ops.freshness`` (rows queued since the last drain wait for the next: whoever prints
-        them drains them first); returns how many progress rows."""
-        self._resolve()
+        them drains them first), and run the watched queries' flush actions; returns how many
+        progress rows. The appends go to different tables and run at once: each is mostly a
+        commit's round trips, which a query's last flush would otherwise pay one after another."""
         rows, self._buffer = self._buffer, []
+        steps = [self._append_freshness, *[partial(_flush_actions[name], self.spark)
+                                           for name in self.checkpoints if name in _flush_actions]]
         if rows:
             names = STREAM_PROGRESS_SCHEMA.fieldNames()
             data = [tuple(row[name] for name in names) for row in rows]
-            append_to_table(local_rows(self.spark, data, STREAM_PROGRESS_SCHEMA), self.table)
+            steps.append(lambda: append_to_table(local_rows(self.spark, data, STREAM_PROGRESS_SCHEMA), self.table))
+        at_once(*steps)
+        return len(rows)
+
+    def _append_freshness(self) -> None:
+        self._resolve()
         fresh, self._fresh_rows = self._fresh_rows, []
         append_freshness(self.spark, self.config, fresh)
-        for query_name in self.checkpoints:
-            if query_name in _flush_actions:
-                _flush_actions[query_name](self.spark)
-        return len(rows)

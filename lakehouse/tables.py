@@ -12,6 +12,8 @@ import re
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -309,6 +311,16 @@ def delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
 # bench/RESULTS.md, issue 16). Appends never need that state, and streaming readers follow the
 # commits themselves; a reader starting cold replays at most this many commits.
 APPEND_ONLY_CHECKPOINTS = {"delta.checkpointInterval": "100"}
+
+
+def at_once(*steps: Callable[[], object]) -> list:
+    """Run independent steps (commits to different tables, say) in threads at once; their results,
+    in order; the first error raised. A Delta commit is mostly the driver's round trips to the
+    log, so a few of them take little longer together than one."""
+    if len(steps) <= 1:
+        return [step() for step in steps]
+    with ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="at-once") as pool:
+        return [done.result() for done in [pool.submit(step) for step in steps]]
 
 
 def create_table_if_missing(spark: SparkSession, ref: TableRef, schema, properties: dict | None = None,
