@@ -10,6 +10,8 @@ Next stop: the gold tables that read silver (lakehouse.gold).
 
 from __future__ import annotations
 
+from functools import partial
+
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
@@ -26,7 +28,7 @@ from lakehouse.quality import ROW_LEVEL, BatchValidator, load_suite, row_rules
 from lakehouse.refine import NewestEventTime, plan_batch, refine_batch
 from lakehouse.silver_tables import ensure_silver_tables
 from lakehouse.suites import checked_suite
-from lakehouse.tables import load_from
+from lakehouse.tables import at_once, load_from
 
 
 class CheckpointSourcesChanged(JobError):
@@ -68,16 +70,16 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
 
     ``backfill``: batches planned by this run judge no row late (``lakehouse refine --backfill``)."""
     entity_name, entity = flow.name, config.entity(flow.name)
-    ensure_silver_tables(spark, config, entity_name)
+    # A source that has not been ingested yet is an empty table: the query's set of sources (and
+    # so its checkpoint) stays the same when that source's first records arrive.
+    _, *bronze_refs = at_once(lambda: ensure_silver_tables(spark, config, entity_name),
+                              *[partial(ensure_source_bronze_table, spark, config, source) for source in entity.sources])
     checked = checked_suite(config.suite_path(entity.suite))  # read once for the rules and the validator
     rules = row_rules(checked)
     validator = batch_validator(config, entity_name, rules, checked)
     check_checkpoint_sources(flow.checkpoint, entity_name, entity.sources)
     streams = []
-    for source in entity.sources:
-        # A source that has not been ingested yet is an empty table: the query's set of sources
-        # (and so its checkpoint) stays the same when that source's first records arrive.
-        ref = ensure_source_bronze_table(spark, config, source)
+    for source, ref in zip(entity.sources, bronze_refs, strict=True):
         reader = spark.readStream.format("delta")
         if entity.max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", entity.max_files_per_trigger)

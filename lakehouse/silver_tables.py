@@ -24,7 +24,14 @@ from pyspark.sql.types import (
 
 from lakehouse.config import EntityConfig, LakehouseConfig
 from lakehouse.quality import QUALITY_RESULTS_SCHEMA, QUALITY_RESULTS_TABLE
-from lakehouse.tables import APPEND_ONLY_CHECKPOINTS, create_table_if_missing, delta_table, resolve_table, sql_target
+from lakehouse.tables import (
+    APPEND_ONLY_CHECKPOINTS,
+    at_once,
+    create_table_if_missing,
+    delta_table,
+    resolve_table,
+    sql_target,
+)
 
 QUARANTINE_SCHEMA = StructType(
     [
@@ -76,19 +83,27 @@ def silver_schema(entity: EntityConfig) -> StructType:
 
 
 def ensure_silver_tables(spark: SparkSession, config: LakehouseConfig, entity_name: str) -> None:
+    """Create the entity's silver and quarantine tables and the silver ops tables if missing (at once)."""
     entity = config.entity(entity_name)
     silver = resolve_table(config, f"silver.{entity_name}")
-    # The change feed lets streaming gold tables read silver's new rows although MERGE rewrites files.
-    create_table_if_missing(spark, silver, silver_schema(entity), properties={CHANGE_FEED: "true"},
-                            comment="Typed, validated, one row per key; see lakehouse/silver.py")
-    if delta_table(spark, silver).detail().first()["properties"].get(CHANGE_FEED) != "true":
-        spark.sql(f"ALTER TABLE {sql_target(silver)} SET TBLPROPERTIES ({CHANGE_FEED} = true)")  # made by an older release
-    create_table_if_missing(spark, resolve_table(config, f"silver.{entity_name}_quarantine"), QUARANTINE_SCHEMA,
-                            comment="Rows that failed parsing or a drop expectation, with reasons")
-    create_table_if_missing(spark, resolve_table(config, SILVER_BATCHES_TABLE), SILVER_BATCHES_SCHEMA,
-                            properties=APPEND_ONLY_CHECKPOINTS)
-    create_table_if_missing(spark, resolve_table(config, QUALITY_RESULTS_TABLE), QUALITY_RESULTS_SCHEMA,
-                            properties=APPEND_ONLY_CHECKPOINTS)
+
+    def ensure_silver() -> None:
+        # The change feed lets streaming gold tables read silver's new rows although MERGE rewrites files.
+        create_table_if_missing(spark, silver, silver_schema(entity), properties={CHANGE_FEED: "true"},
+                                comment="Typed, validated, one row per key; see lakehouse/silver.py")
+        if delta_table(spark, silver).detail().first()["properties"].get(CHANGE_FEED) != "true":
+            spark.sql(f"ALTER TABLE {sql_target(silver)} SET TBLPROPERTIES ({CHANGE_FEED} = true)")  # an older release's
+
+    at_once(
+        ensure_silver,
+        lambda: create_table_if_missing(spark, resolve_table(config, f"silver.{entity_name}_quarantine"),
+                                        QUARANTINE_SCHEMA,
+                                        comment="Rows that failed parsing or a drop expectation, with reasons"),
+        lambda: create_table_if_missing(spark, resolve_table(config, SILVER_BATCHES_TABLE), SILVER_BATCHES_SCHEMA,
+                                        properties=APPEND_ONLY_CHECKPOINTS),
+        lambda: create_table_if_missing(spark, resolve_table(config, QUALITY_RESULTS_TABLE), QUALITY_RESULTS_SCHEMA,
+                                        properties=APPEND_ONLY_CHECKPOINTS),
+    )
 
 
 CHANGE_FEED = "delta.enableChangeDataFeed"
