@@ -186,7 +186,7 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
         results = rule_results(rules, counts, counts["records"]) if config.quality.validation == "fused" else []
         if validator is not None:
             results += validator.validate(decided.where(F.col("_reasons").isNotNull()).select(*entity.columns))
-        inserted = _write_outputs(decided, batch, results)
+        inserted = _write_outputs(decided, batch, results, counts["quarantined"])
         failpoint("silver.stats", batch_id)
         valid_rows = counts["records"] - counts["quarantined"]
         stats = [(entity_name, batch_id, counts["bronze_rows"], counts["quarantined"], inserted, valid_rows - inserted,
@@ -332,9 +332,10 @@ def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool
     return counts
 
 
-def _write_outputs(decided: DataFrame, batch: _Batch, results: list) -> int:
-    """MERGE the kept rows into silver, append the quarantined rows and the expectation results;
-    returns the keys inserted. Each write is idempotent on its own, so any may be redone."""
+def _write_outputs(decided: DataFrame, batch: _Batch, results: list, quarantined: int) -> int:
+    """MERGE the kept rows into silver, append the quarantined rows (a batch without any makes no
+    quarantine commit) and the expectation results; returns the keys inserted. Each write is
+    idempotent on its own, so any may be redone."""
     config, entity_name, batch_id = batch.config, batch.entity_name, batch.batch_id
     entity = config.entity(entity_name)
     spark = decided.sparkSession
@@ -354,8 +355,9 @@ def _write_outputs(decided: DataFrame, batch: _Batch, results: list) -> int:
 
     def append_quarantine() -> None:
         failpoint("silver.quarantine", batch_id)
-        append_once(quarantine, resolve_table(config, f"silver.{entity_name}_quarantine"), batch.marker,
-                    batch.replay_since)
+        if quarantined:
+            append_once(quarantine, resolve_table(config, f"silver.{entity_name}_quarantine"), batch.marker,
+                        batch.replay_since)
 
     # The two appends are small and mostly wait on Delta's commit protocol: they run beside the MERGE.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"silver-{entity_name}") as pool:

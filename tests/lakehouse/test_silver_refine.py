@@ -18,6 +18,7 @@ from lakehouse.refine import plan_batch, refine_batch
 from lakehouse.runner import run_flow
 from lakehouse.silver_tables import SILVER_BATCHES_TABLE, ensure_silver_tables
 from lakehouse.tables import bronze_table, delta_table, read_table, resolve_table
+from tests.faults import land, lines, reading
 
 pytestmark = pytest.mark.slow
 
@@ -138,3 +139,21 @@ def test_a_staged_batch_whose_blocks_are_lost_is_staged_again_and_written_once(s
     quarantine = read_table(spark, resolve_table(config, "silver.telemetry_quarantine"))
     assert quarantine.count() == quarantine.select("_source_file", "_source_line").distinct().count() > 0
     assert reconcile(spark, config, "telemetry").holds
+
+
+def test_a_batch_without_quarantined_rows_makes_no_quarantine_commit(spark, config):
+    """Clean batches (the always-on common case) skip the quarantine's commit; one with a bad line
+    appends it."""
+    land(config, "clean.jsonl", lines(reading(1), reading(2)))
+    assert run_flow(spark, config, "bronze.telemetry", {"availableNow": True}) == 0
+    assert run_flow(spark, config, "silver.telemetry", {"availableNow": True}) == 0
+    quarantine = resolve_table(config, "silver.telemetry_quarantine")
+
+    def writes() -> int:
+        return sum(c["operation"] == "WRITE" for c in delta_table(spark, quarantine).history().collect())
+
+    assert writes() == 0 and read_table(spark, resolve_table(config, "silver.telemetry")).count() == 2
+    land(config, "bad.jsonl", lines(reading(3), b"{not json"))
+    assert run_flow(spark, config, "bronze.telemetry", {"availableNow": True}) == 0
+    assert run_flow(spark, config, "silver.telemetry", {"availableNow": True}) == 0
+    assert writes() == 1 and read_table(spark, quarantine).count() == 1
