@@ -310,10 +310,11 @@ def cmd_status(config: LakehouseConfig, args) -> int:
         format_growth,
         format_status,
     )
+    from lakehouse.table_reader import open_reader
 
-    spark = _start_spark(config)
-    statuses, freshness = collect_status(spark, config), collect_freshness(spark, config)
-    growth = collect_growth(spark, config)
+    reader = open_reader(config, args.engine, lambda: _start_spark(config))
+    statuses, freshness = collect_status(reader, config), collect_freshness(reader, config)
+    growth = collect_growth(reader, config)
     if args.json:
         print(json.dumps({"queries": [s.as_dict() for s in statuses],
                           "freshness": [t.as_dict() for t in freshness],
@@ -330,6 +331,10 @@ def cmd_sql(config: LakehouseConfig, args) -> int:
     from lakehouse.sql_plans import parsed_plan, writing_node
     from lakehouse.tables import register_local_tables
 
+    if args.engine == "duckdb":
+        if args.write:
+            raise UsageError("sql: --engine duckdb is read-only; writes go through Spark (drop --engine)")
+        return _sql_duckdb(config, args)
     spark = _start_spark(config)
     if not args.write:
         try:
@@ -354,6 +359,35 @@ def cmd_sql(config: LakehouseConfig, args) -> int:
             print(json.dumps(row.asDict(recursive=True), default=str))
     else:
         print(format_rows(df.columns, rows))
+    if truncated:
+        print(f"(first {args.limit} rows shown; use --limit)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _sql_duckdb(config: LakehouseConfig, args) -> int:
+    """`lakehouse sql --engine duckdb`: the query in DuckDB over every table by its name, no JVM."""
+    import duckdb
+
+    from lakehouse.formatting import format_rows
+    from lakehouse.table_reader import DirectReader, ReaderError
+
+    reader = DirectReader(config)
+    try:
+        reader.register_all()
+        result = reader.db.sql(args.query)
+        if result is None:  # a statement, not a query (DuckDB's own settings, a CREATE VIEW, ...)
+            raise UsageError("sql: --engine duckdb runs queries only (SELECT, DESCRIBE, SHOW, EXPLAIN)")
+        columns, rows = result.columns, result.limit(args.limit + 1).fetchall()
+    except (duckdb.Error, ReaderError) as exc:
+        print(f"lakehouse: sql failed: {redact_text(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    truncated = len(rows) > args.limit
+    rows = rows[: args.limit]
+    if args.json:
+        for row in rows:
+            print(json.dumps(dict(zip(columns, row, strict=True)), default=str))
+    else:
+        print(format_rows(columns, rows))
     if truncated:
         print(f"(first {args.limit} rows shown; use --limit)", file=sys.stderr)
     return EXIT_OK

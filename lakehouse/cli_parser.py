@@ -145,15 +145,22 @@ def _tool_commands(command) -> None:
     status = command("status", "per query: last batch, records, R, S, B and the landed-but-unprocessed backlog; "
                                "per table: freshness, files, bytes and the time since its last maintenance")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--engine", choices=["auto", "duckdb", "spark"], default="auto",
+                        help="how the tables are read: duckdb (delta-rs and DuckDB, no JVM: about a second), spark "
+                             "(a Spark session: any catalog), or auto (default): duckdb for tables at paths, else spark")
 
     sql = command("sql", "run a Spark SQL query over the tables by their names (bronze.telemetry, "
-                         "ops.stream_progress, ...); read-only unless --write")
+                         "ops.stream_progress, ...); read-only unless --write; --engine duckdb answers "
+                         "read-only queries in DuckDB's SQL without starting Spark")
     sql.add_argument("query", help='e.g. "SELECT count(*) FROM bronze.telemetry"; also DESCRIBE, SHOW and EXPLAIN')
     sql.add_argument("--write", action="store_true",
                      help="also run statements that change tables or the catalog (DELETE, UPDATE, MERGE, INSERT, "
                           "ALTER, DROP, OPTIMIZE, VACUUM, ...); without it they are refused before they run")
     sql.add_argument("--json", action="store_true", help="print one JSON object per row")
     sql.add_argument("--limit", type=int, default=1000, help="print at most this many rows (default 1000)")
+    sql.add_argument("--engine", choices=["spark", "duckdb"], default="spark",
+                     help="spark (default): full Spark SQL; duckdb: DuckDB's SQL over the same table names, read "
+                          "with delta-rs (no JVM, tables at paths only, read-only)")
 
     demo = command("demo", "generate data, run bronze, silver and gold, train and score; print a summary and the "
                            "reconciliation; then run the pipeline always-on under a live feed and print each "

@@ -40,6 +40,7 @@ from lakehouse.runner import run_flow, run_flows
 from lakehouse.session import start_job_session
 from lakehouse.status import collect_status, format_freshness_summary, format_status, freshness_summary
 from lakehouse.streaming import trigger_for
+from lakehouse.table_reader import SparkReader
 from lakehouse.tables import bronze_table, read_table, resolve_table
 
 
@@ -117,7 +118,7 @@ def _demo(config: LakehouseConfig, source_name: str, spark: SparkSession, live: 
         code = _always_on(spark, config, source_name, *live)
         if code != EXIT_OK:
             return code
-    print("\n" + format_status(collect_status(spark, config)))
+    print("\n" + format_status(collect_status(SparkReader(spark, config), config)))
     _print_next_steps(config, source_name, kafka, entities, gold_flows, summary)
     return EXIT_OK if ok else EXIT_FAILED
 

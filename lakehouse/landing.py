@@ -29,6 +29,7 @@ import bz2
 import gzip
 import re
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -167,7 +168,7 @@ def inflated_size(uri: str, limit: int) -> int | None:
                 if not chunk:
                     break
                 total += len(chunk)
-    except (OSError, EOFError, ValueError):
+    except (OSError, EOFError, ValueError, zlib.error):  # zlib.error: a broken deflate stream
         return None
     return total
 
@@ -365,22 +366,22 @@ class ChangedFile:
     mtime_now: datetime | None
 
 
-def changed_files(spark: SparkSession, config: LakehouseConfig, source_name: str) -> list[ChangedFile]:
+def changed_files(reader, source_name: str) -> list[ChangedFile]:
     """Ingested files whose size or modification time differs now from when they were read
-    (files deleted or moved away since are not reported)."""
-    ref = resolve_table(config, INGESTED_FILES_TABLE)
-    if not table_exists(spark, ref):
+    (files deleted or moved away since are not reported). ``reader``: a lakehouse.table_reader
+    reader (Spark's, or the direct one)."""
+    if not reader.exists(INGESTED_FILES_TABLE):
         return []
-    rows = (read_table(spark, ref).where(F.col("source") == source_name)
-            .select("path", "size", "modification_time").collect())
+    rows = [row for row in reader.rows("SELECT source, path, size, modification_time FROM {t}", INGESTED_FILES_TABLE)
+            if row["source"] == source_name]
     local = all(fs.local_path(row["path"]) is not None for row in rows)
     with ThreadPoolExecutor(max_workers=1 if local else 16) as pool:  # object stores: one request each
-        stats = list(pool.map(lambda row: fs.stat(spark, fs.canonical(row["path"])), rows))
+        stats = list(pool.map(lambda row: reader.stat(fs.canonical(row["path"])), rows))
     changed = []
     for row, stat in zip(rows, stats, strict=True):
         if stat is None:
             continue  # moved away or deleted after ingest
-        read_at = row["modification_time"]  # a naive local time, as pyspark returns timestamps
+        read_at = row["modification_time"]  # aware UTC (the readers' rows)
         mtime_read = None if read_at is None else round(read_at.timestamp() * 1000)
         if stat.size != row["size"] or stat.mtime_ms != mtime_read:
             changed.append(ChangedFile(row["path"], row["size"], stat.size, _timestamp(mtime_read),

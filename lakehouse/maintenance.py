@@ -85,6 +85,13 @@ OPS_TABLES = (*LOG_TABLES, SILVER_BATCHES_TABLE, INGESTED_FILES_TABLE, BAD_FILES
 CLEANUP_STEPS = ("retention", "vacuum")  # in `lakehouse run`, at most every maintenance.cleanup_every
 
 
+def maintained_tables(config: LakehouseConfig) -> list[str]:
+    """Every table the pipeline writes (inputs first), then the ops tables: the tables maintenance
+    keeps and `lakehouse status` sizes, whether they exist yet or not."""
+    return list(dict.fromkeys([table for flow in Pipeline(config).inputs_first() for table in flow.writes]
+                              + list(OPS_TABLES)))
+
+
 class Maintainer:
     """Maintains the tables of one configuration; :meth:`run` does one pass over them."""
 
@@ -106,7 +113,7 @@ class Maintainer:
     def tables(self, names: list[str] | None = None) -> list[TableRef]:
         """The tables to maintain: ``names``, or every table the pipeline writes and every ops table,
         those that exist."""
-        known = [table for flow in self.pipeline.inputs_first() for table in flow.writes] + list(OPS_TABLES)
+        known = maintained_tables(self.config)
         if names:
             unknown = [name for name in names if name not in known]
             if unknown:

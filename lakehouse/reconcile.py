@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from lakehouse.config import LakehouseConfig
 from lakehouse.landing import INGESTED_FILES_TABLE, bad_files, changed_files
 from lakehouse.silver_tables import SILVER_BATCHES_TABLE
+from lakehouse.table_reader import SparkReader
 from lakehouse.tables import read_table, resolve_table, table_exists
 
 
@@ -99,7 +100,7 @@ def reconcile(spark: SparkSession, config: LakehouseConfig, source: str) -> Reco
                 F.count("*").alias("files"), F.sum("lines").alias("lines")).first()
             landed[name] = (files["files"], files["lines"] or 0, rows)
             bad += bad_files(spark, config, name)
-            changed += changed_files(spark, config, name)
+            changed += changed_files(SparkReader(spark, config), name)
     refined = silver_rows = quarantined = duplicates = skipped = 0
     batches_ref = resolve_table(config, SILVER_BATCHES_TABLE)
     for entity in entities:

@@ -15,6 +15,7 @@ from lakehouse.generator_runs import generate_batch
 from lakehouse.progress import STREAM_PROGRESS_TABLE
 from lakehouse.runner import run_flow
 from lakehouse.status import collect_status
+from lakehouse.table_reader import SparkReader
 from lakehouse.tables import bronze_table, delta_table, read_table, resolve_table
 from tests.conftest import CONF_DIR
 
@@ -73,7 +74,7 @@ def test_progress_has_one_row_per_micro_batch_and_status_shows_r_and_b(spark, co
     assert sum(r.num_input_rows for r in progress) == 1200
     assert all(r.num_input_files == 2 and r.records_per_second > 0 for r in progress)
 
-    (status,) = collect_status(spark, limited)
+    (status,) = collect_status(SparkReader(spark, limited), limited)
     assert status.query_name == "bronze_telemetry"
     assert status.last_batch_id == commits[-1]
     assert status.per_channel == pytest.approx(status.records_per_second / 2)
@@ -86,7 +87,7 @@ def test_progress_has_one_row_per_micro_batch_and_status_shows_r_and_b(spark, co
 
     # a newly landed file shows as backlog until the next run takes it in
     _land(limited, records=10, files=1, fault_rate=0.0, run_id="late")
-    (status,) = collect_status(spark, limited)
+    (status,) = collect_status(SparkReader(spark, limited), limited)
     assert status.backlog_files == 1
 
 

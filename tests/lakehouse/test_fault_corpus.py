@@ -24,6 +24,7 @@ from lakehouse.reconcile import reconcile
 from lakehouse.runner import run_flow, run_flows
 from lakehouse.silver_tables import SILVER_BATCHES_TABLE
 from lakehouse.status import collect_status
+from lakehouse.table_reader import SparkReader
 from lakehouse.tables import bronze_table, read_table, resolve_table
 from tests.conftest import CONF_DIR
 from tests.faults import land, lines, reading
@@ -100,7 +101,7 @@ def test_the_fault_corpus_lands_exactly(spark, tmp_path, monkeypatch, capsys):
     for name, reason in bad.items():
         assert f"{name}: {reason}" in out
     assert "valid.jsonl" in out.split("WARNING", 1)[1]
-    status = next(s for s in collect_status(spark, config) if s.query_name == "bronze_telemetry")
+    status = next(s for s in collect_status(SparkReader(spark, config), config) if s.query_name == "bronze_telemetry")
     assert status.bad_files == len(bad) and status.backlog_files == 0
 
     assert run_flows(spark, config, [f"gold.{name}" for name in config.gold], ONCE) == 0

@@ -212,6 +212,7 @@ def test_poison_messages_land_in_bronze_and_are_quarantined_with_reasons(spark, 
 
 def test_status_shows_partitions_and_consumer_lag(spark, tmp_path, broker):
     from lakehouse.status import collect_status, format_status
+    from lakehouse.table_reader import SparkReader
 
     topic = "lag"
     config, _ = kafka_config(tmp_path, broker, topic)
@@ -225,7 +226,7 @@ def test_status_shows_partitions_and_consumer_lag(spark, tmp_path, broker):
         publisher.send(value)
     publisher.flush()
 
-    status = {s.query_name: s for s in collect_status(spark, config)}[f"bronze_{SOURCE}"]
+    status = {s.query_name: s for s in collect_status(SparkReader(spark, config), config)}[f"bronze_{SOURCE}"]
     assert status.input_rows == 90
     assert status.channels == 3  # S: the topic's partitions
     assert status.consumer_lag == 7
