@@ -190,7 +190,7 @@ def start_file_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow, 
     source = config.source(flow.name)
     at_once(lambda: ensure_source_bronze_table(spark, config, flow.name), lambda: ensure_landing_tables(spark, config))
     # The batches' ops.ingested_files rows, appended whenever the progress recorder flushes.
-    on_flush(flow.query_name, IngestedJournal(spark, config, flow.name, flow.checkpoint).append)
+    on_flush(flow.query_name, IngestedJournal(spark, config, flow.name, flow.checkpoint).flush)
     landing = config.landing_path(flow.name)
     if "://" not in landing:
         Path(landing).mkdir(parents=True, exist_ok=True)  # files may start arriving later

@@ -278,8 +278,9 @@ def ingest_files(
     batch that may be redone after a crash (checkpoints.redone_batch; ``replay_since_ms`` says
     when it was planned), the lines each planned file already gave bronze are counted first,
     and only the files without any are read: a file read before the crash is counted from
-    bronze even if it has gone since, and none is appended twice. The ops appends are made
-    once per batch (tables.append_once, marked ``app_id:batch_id``).
+    bronze even if it has gone since, and none is appended twice. ops.bad_files is appended
+    once per batch (tables.append_once, marked ``app_id:batch_id``); the ops.ingested_files rows
+    are journaled in the checkpoint.
     """
     source = config.source(source_name)
     bronze = bronze_table(config, source_name)
@@ -320,7 +321,11 @@ def _record(spark: SparkSession, config: LakehouseConfig, source_name: str, file
         append_once(local_rows(writer, bad, BAD_FILES_SCHEMA), resolve_table(config, BAD_FILES_TABLE),
                     batch_marker(app_id, batch_id), replay_since_ms)
     failpoint("bronze.ingested_files", batch_id)
-    journal(spark, checkpoint, batch_id, good)
+    # A redone batch whose rows a release before the journal appended to the table itself (in a
+    # commit marked as the bad files' are) is not journaled again.
+    if replay_since_ms is None or committed(writer, resolve_table(config, INGESTED_FILES_TABLE),
+                                            batch_marker(app_id, batch_id), replay_since_ms) is None:
+        journal(spark, checkpoint, batch_id, good)
     failpoint("bronze.done", batch_id)
 
 

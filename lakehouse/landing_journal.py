@@ -22,6 +22,7 @@ Exactly once:
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime, timedelta, timezone
 
 from pyspark.sql import SparkSession
@@ -31,6 +32,7 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType, Tim
 from lakehouse import fs
 from lakehouse.checkpoints import logged_batches
 from lakehouse.config import LakehouseConfig
+from lakehouse.redaction import redact_text
 from lakehouse.tables import append_to_table, local_rows, read_table, resolve_table, table_exists
 
 INGESTED_FILES_TABLE = "ops.ingested_files"
@@ -97,24 +99,48 @@ class IngestedJournal:
         # Rows left by a crash may be in the table already: the first append looks.
         self.recovering = bool(journaled_batches(spark, checkpoint))
 
-    def append(self, spark: SparkSession) -> int:
-        """Append the rows of every journaled batch the checkpoint has committed, in one commit,
-        and delete their files; returns the rows appended."""
+    def _due(self, spark: SparkSession) -> tuple[list[int], list[tuple]]:
+        """The journaled batches the checkpoint has committed, and their rows."""
         waiting = journaled_batches(spark, self.checkpoint)
         committed = logged_batches(self.checkpoint, "commits", spark) if waiting else []
         batches = [b for b in waiting if committed and b <= committed[-1]]
+        return batches, [row for batch_id in batches for row in _read(spark, self.checkpoint, batch_id)]
+
+    def append(self, spark: SparkSession) -> int:
+        """Append the rows of every journaled batch the checkpoint has committed, in one commit,
+        and delete their files; returns the rows appended. Until every file is deleted, the next
+        append looks in the table first (a failed deletion would otherwise append its rows again)."""
+        batches, rows = self._due(spark)
         if not batches:
             return 0
-        rows = [row for batch_id in batches for row in _read(spark, self.checkpoint, batch_id)]
         ref = resolve_table(self.config, INGESTED_FILES_TABLE)
-        if self.recovering:
+        self.recovering, recovering = True, self.recovering
+        if recovering:
             rows = self._not_in(spark, ref, rows)
         if rows:
             append_to_table(local_rows(spark, rows, INGESTED_FILES_SCHEMA), ref)
-        self.recovering = False
         for batch_id in batches:
             fs.delete(spark, f"{_folder(self.checkpoint)}/{batch_id}.json")
+        self.recovering = False
         return len(rows)
+
+    def flush(self, spark: SparkSession) -> int:
+        """:meth:`append` as the progress recorder's flush action: a failure is printed, not
+        raised (the streams go on; the rows wait in the checkpoint for the next flush)."""
+        try:
+            return self.append(spark)
+        except Exception as exc:  # noqa: BLE001 - observability rows: the next flush tries again
+            print(f"lakehouse: {INGESTED_FILES_TABLE} not appended for source {self.source_name} (its rows wait in "
+                  f"the checkpoint; the next flush retries): {type(exc).__name__}: "
+                  f"{redact_text(str(exc).splitlines()[0] if str(exc) else '')}",
+                  file=sys.stderr, flush=True)
+            return 0
+
+    def waiting(self, spark: SparkSession) -> list[tuple]:
+        """Rows of committed batches that wait in the checkpoint and are not in the table yet
+        (read-only: `lakehouse reconcile` counts them with the table's)."""
+        _, rows = self._due(spark)
+        return self._not_in(spark, resolve_table(self.config, INGESTED_FILES_TABLE), rows)
 
     def _not_in(self, spark: SparkSession, ref, rows: list[tuple]) -> list[tuple]:
         """The rows the table does not hold yet (same source, batch, path and ingest time)."""

@@ -73,9 +73,10 @@ def report_batch(query_name: str, batch_id: int, records: int | None = None, bad
     _reported[(query_name, batch_id)] = entry
 
 
-# What a query leaves to the recorder's flushes (query name -> action(session)), run after its
-# progress rows: a file source's bronze query appends the ops.ingested_files rows its batches
-# journaled (lakehouse/landing_journal.py). Set when the query starts.
+# What a query leaves to the recorder's flushes (query name -> action(session)), run at once with
+# the progress and freshness appends: a file source's bronze query appends the ops.ingested_files
+# rows its batches journaled (lakehouse/landing_journal.py). Set when the query starts; an action
+# prints its own failures (the streams go on).
 _flush_actions: dict[str, Callable[[SparkSession], object]] = {}
 
 

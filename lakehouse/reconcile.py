@@ -14,6 +14,8 @@ from pyspark.sql import functions as F
 
 from lakehouse.config import LakehouseConfig
 from lakehouse.landing import INGESTED_FILES_TABLE, bad_files, changed_files
+from lakehouse.landing_journal import INGESTED_FILES_SCHEMA, IngestedJournal
+from lakehouse.pipeline import Pipeline
 from lakehouse.silver_tables import SILVER_BATCHES_TABLE
 from lakehouse.table_reader import SparkReader
 from lakehouse.tables import read_table, resolve_table, table_exists
@@ -98,7 +100,12 @@ def reconcile(spark: SparkSession, config: LakehouseConfig, source: str) -> Reco
         if config.source(name).kind == "files" and table_exists(spark, ingested_ref):
             files = read_table(spark, ingested_ref).where(F.col("source") == name).agg(
                 F.count("*").alias("files"), F.sum("lines").alias("lines")).first()
-            landed[name] = (files["files"], files["lines"] or 0, rows)
+            # Files of committed batches whose rows still wait in the checkpoint (appended at the
+            # recorder's next flush, or the query's next start after a crash): bronze has their lines.
+            waiting = IngestedJournal(spark, config, name, Pipeline(config).bronze(name).checkpoint).waiting(spark)
+            lines_at = INGESTED_FILES_SCHEMA.fieldNames().index("lines")
+            landed[name] = (files["files"] + len(waiting),
+                            (files["lines"] or 0) + sum(row[lines_at] or 0 for row in waiting), rows)
             bad += bad_files(spark, config, name)
             changed += changed_files(SparkReader(spark, config), name)
     refined = silver_rows = quarantined = duplicates = skipped = 0

@@ -100,3 +100,69 @@ def test_a_reset_checkpoints_rows_are_not_taken_for_those_of_its_earlier_batches
     assert run_flow(spark, config, "bronze.telemetry", ONCE) == 0
     rows = read_table(spark, resolve_table(config, INGESTED_FILES_TABLE)).collect()
     assert [(Path(r.path).name, r.lines, r.batch_id) for r in rows] == [("old.jsonl", 1, 0)] * 2
+
+
+def test_a_failed_deletion_neither_stops_the_stream_nor_appends_its_rows_twice(spark, one_file_per_batch, monkeypatch,
+                                                                               capsys):
+    config = one_file_per_batch
+    checkpoint = config.checkpoint_path("bronze_telemetry")
+    recorder = IngestedJournal(spark, config, "telemetry", checkpoint)  # started with nothing journaled
+    land(config, "a.jsonl", lines(reading(1)))
+    land(config, "b.jsonl", lines(reading(2), reading(3)))
+    with monkeypatch.context() as patched:
+        _unflushed(patched)
+        assert run_flow(spark, config, "bronze.telemetry", ONCE) == 0
+
+    def fails(spark, location):
+        raise OSError(f"passing storage error deleting {location}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("lakehouse.landing_journal.fs.delete", fails)
+        assert recorder.flush(spark) == 0  # printed, not raised: the streams go on
+    assert "ops.ingested_files not appended for source telemetry" in capsys.readouterr().err
+    assert journaled_batches(spark, checkpoint) == [0, 1]  # appended, but still here
+    assert recorder.append(spark) == 0  # the next flush finds them in the table
+    assert _ingested(spark, config) == [("a.jsonl", 1), ("b.jsonl", 2)]
+    assert journaled_batches(spark, checkpoint) == []
+
+
+def test_reconcile_counts_the_files_whose_rows_wait_in_the_checkpoint(spark, one_file_per_batch, monkeypatch):
+    from lakehouse.reconcile import reconcile
+
+    config = one_file_per_batch
+    land(config, "a.jsonl", lines(reading(1)))
+    land(config, "b.jsonl", lines(reading(2), reading(3)))
+    assert run_flow(spark, config, "bronze.telemetry", ONCE) == 0
+    land(config, "c.jsonl", lines(reading(4), reading(5), reading(6)))
+    with monkeypatch.context() as patched:
+        _unflushed(patched)  # c.jsonl's row waits in the checkpoint, as after a kill -9
+        assert run_flow(spark, config, "bronze.telemetry", ONCE) == 0
+    assert len(_ingested(spark, config)) == 2
+    assert reconcile(spark, config, "telemetry").landed == {"telemetry": (3, 6, 6)}
+
+
+def test_a_redone_batch_an_earlier_release_recorded_in_the_table_is_not_journaled(spark, one_file_per_batch,
+                                                                                    monkeypatch):
+    """Before the journal, a batch appended its ops.ingested_files rows itself, in a commit marked
+    with the batch: a crash before the checkpoint's commit, then an upgrade, redoes that batch."""
+    import json as json_
+
+    from lakehouse.failpoints import FAILPOINTS_ENV
+    from lakehouse.landing_journal import INGESTED_FILES_SCHEMA, _read
+    from lakehouse.tables import append_once, batch_marker, local_rows
+
+    config = one_file_per_batch
+    checkpoint = config.checkpoint_path("bronze_telemetry")
+    land(config, "a.jsonl", lines(reading(1), reading(2)))
+    monkeypatch.setenv(FAILPOINTS_ENV, "bronze.done@0")  # journaled, then the batch fails: not committed
+    assert run_flow(spark, config, "bronze.telemetry", ONCE) == 1
+    monkeypatch.delenv(FAILPOINTS_ENV)
+    rows = _read(spark, checkpoint, 0)
+    query_id = json_.loads(Path(checkpoint, "metadata").read_text())["id"]
+    marker = batch_marker(f"bronze_telemetry-{query_id}", 0)
+    assert append_once(local_rows(spark, rows, INGESTED_FILES_SCHEMA),
+                       resolve_table(config, INGESTED_FILES_TABLE), marker)  # as the earlier release did
+    Path(checkpoint, "lakehouse", "ingested", "0.json").unlink()
+    assert run_flow(spark, config, "bronze.telemetry", ONCE) == 0
+    assert _ingested(spark, config) == [("a.jsonl", 2)]
+    assert journaled_batches(spark, checkpoint) == []
