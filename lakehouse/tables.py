@@ -9,6 +9,7 @@ Databricks (``catalog.kind: unity``) the Unity Catalog table ``<catalog>.<schema
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -34,8 +35,10 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType, _make_type_verifier
+from pyspark.util import inheritable_thread_target
 
 from lakehouse.config import LAYERS, LakehouseConfig
+from lakehouse.redaction import redact_text
 
 _PART = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -315,12 +318,21 @@ APPEND_ONLY_CHECKPOINTS = {"delta.checkpointInterval": "100"}
 
 def at_once(*steps: Callable[[], object]) -> list:
     """Run independent steps (commits to different tables, say) in threads at once; their results,
-    in order; the first error raised. A Delta commit is mostly the driver's round trips to the
-    log, so a few of them take little longer together than one."""
+    in order. A Delta commit is mostly the driver's round trips to the log, so a few of them take
+    little longer together than one. Each thread's Spark jobs carry the caller's local properties
+    (its scheduler pool and job group: `lakehouse run` cancels a flow's jobs by their group). The
+    first error is raised once every step has ended; any others are printed."""
     if len(steps) <= 1:
         return [step() for step in steps]
     with ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="at-once") as pool:
-        return [done.result() for done in [pool.submit(step) for step in steps]]
+        futures = [pool.submit(inheritable_thread_target(step)) for step in steps]
+    errors = [future.exception() for future in futures if future.exception() is not None]
+    for extra in errors[1:]:
+        print(f"lakehouse: a step run beside another that failed failed too: {type(extra).__name__}: "
+              f"{redact_text(str(extra).splitlines()[0] if str(extra) else '')}", file=sys.stderr, flush=True)
+    if errors:
+        raise errors[0]
+    return [future.result() for future in futures]
 
 
 def create_table_if_missing(spark: SparkSession, ref: TableRef, schema, properties: dict | None = None,

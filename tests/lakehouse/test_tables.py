@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from lakehouse.config import load_config
-from lakehouse.tables import TableNameError, resolve_table
+from lakehouse.tables import TableNameError, at_once, resolve_table
 from tests.conftest import CONF_DIR
 
 
@@ -68,3 +68,21 @@ def test_local_rows_hold_what_create_data_frame_holds_in_one_partition(spark):
     for wrong in [("e", 1.5, None, None), ("e", 1, 1_767_225_600, None), ("e", 1, None, "x")]:
         with pytest.raises(TypeError):  # as createDataFrame refuses them; pyarrow alone would convert them
             local_rows(spark, [wrong], schema)
+
+
+def _raise(exc: Exception):
+    raise exc
+
+
+def test_at_once_keeps_the_callers_pool_and_raises_the_first_error_once_every_step_ended(spark, capsys):
+    context = spark.sparkContext
+    context.setLocalProperty("spark.scheduler.pool", "pool-of-the-caller")
+    try:
+        assert at_once(lambda: context.getLocalProperty("spark.scheduler.pool"), lambda: 2) == ["pool-of-the-caller", 2]
+    finally:
+        context.setLocalProperty("spark.scheduler.pool", None)
+    finished = []
+    with pytest.raises(ValueError, match="first"):
+        at_once(lambda: _raise(ValueError("first")), lambda: finished.append("ran"), lambda: _raise(KeyError("second")))
+    assert finished == ["ran"]
+    assert "KeyError" in capsys.readouterr().err
