@@ -37,6 +37,7 @@ from lakehouse.pipeline import Flow, Pipeline
 from lakehouse.progress import ProgressRecorder
 from lakehouse.redaction import redact_text
 from lakehouse.run_report import IntervalReport
+from lakehouse.run_state import PUBLISH_SECONDS, publish
 from lakehouse.runner import RUNNERS, announce
 from lakehouse.session import MAINTENANCE_POOL
 from lakehouse.streaming import failure_summary, print_batches
@@ -135,12 +136,13 @@ class PipelineApp:
             self._print_progress(recorder, final=True)
             recorder.flush()
             self.spark.streams.removeListener(recorder)
+            self.publish_state(stopped=True)
         return code
 
     def _supervise(self, recorder: ProgressRecorder) -> int:
         """The loop: until stopped or no flow is left, mark ended queries, restart what is due,
         rebuild batch tables, retrain, maintain, print and record progress. Its exit code so far."""
-        code, flushed = EXIT_OK, time.monotonic()
+        code, flushed, published = EXIT_OK, time.monotonic(), 0.0
         while not self._stop.is_set() and self._live():
             try:
                 self._stop.wait(POLL_SECONDS)
@@ -157,7 +159,15 @@ class PipelineApp:
             if time.monotonic() - flushed >= self.config.streaming.progress_flush_seconds:
                 recorder.flush()
                 flushed = time.monotonic()
+            if time.monotonic() - published >= PUBLISH_SECONDS:
+                self.publish_state()
+                published = time.monotonic()
         return code
+
+    def publish_state(self, stopped: bool = False) -> None:
+        """Each flow's state and last error for `lakehouse ui` (lakehouse/run_state.py)."""
+        publish(self.config, {flow_id: {"state": run.state, "error": run.error, "restarts": run.restarts}
+                              for flow_id, run in self.runs.items()}, stopped)
 
     def _print_progress(self, recorder: ProgressRecorder, final: bool = False) -> None:
         """A line per finished batch; on a terminal, a line per flow once per interval instead."""

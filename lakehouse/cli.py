@@ -393,6 +393,19 @@ def _sql_duckdb(config: LakehouseConfig, args) -> int:
     return EXIT_OK
 
 
+def cmd_ui(config: LakehouseConfig, args) -> int:
+    from lakehouse.table_reader import direct_reads_possible
+    from lakehouse.ui import serve
+
+    why_not = direct_reads_possible(config)
+    if why_not is not None:
+        raise UsageError(f"ui: reads the tables without Spark, which it cannot here: {why_not}")
+    if args.refresh <= 0 or not 0 < args.port < 65536:
+        raise UsageError("ui needs --refresh > 0 and a --port between 1 and 65535")
+    serve(config, args.port, args.refresh, args.mlflow_url)
+    return EXIT_OK
+
+
 def cmd_maintain(config: LakehouseConfig, args) -> int:
     from lakehouse.maintenance import Maintainer
     from lakehouse.maintenance_steps import print_steps
@@ -424,6 +437,7 @@ COMMANDS = {
     "quality": cmd_quality,
     "status": cmd_status,
     "sql": cmd_sql,
+    "ui": cmd_ui,
     "maintain": cmd_maintain,
     "demo": cmd_demo,
     "config": cmd_config,

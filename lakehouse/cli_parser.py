@@ -128,7 +128,7 @@ def _ml_commands(command) -> None:
 
 
 def _tool_commands(command) -> None:
-    """Checking and looking: bundle, reconcile, quality, status, sql, demo, config."""
+    """Checking and looking: bundle, reconcile, quality, status, sql, ui, demo, config."""
     bundle = command("bundle", "Databricks Asset Bundle: 'check' validates databricks.yml offline (schema + the CLI's checks)")
     bundle.add_argument("action", choices=["check"], help="check: load databricks.yml as the CLI does and validate it")
     bundle.add_argument("-t", "--target", help="bundle target (default: the one marked default)")
@@ -161,6 +161,14 @@ def _tool_commands(command) -> None:
     sql.add_argument("--engine", choices=["spark", "duckdb"], default="spark",
                      help="spark (default): full Spark SQL; duckdb: DuckDB's SQL over the same table names, read "
                           "with delta-rs (no JVM, tables at paths only, read-only)")
+
+    ui = command("ui", "the operations page on 127.0.0.1: the flow graph with each table's version, rows, "
+                       "freshness and state; per flow R, B, batch time, backlog and freshness over time; quality "
+                       "and quarantine reasons; training runs and the champion (no JVM; refreshes itself)")
+    ui.add_argument("--port", type=int, default=8050, help="port on 127.0.0.1 (default 8050)")
+    ui.add_argument("--refresh", type=float, default=5.0, help="seconds between refreshes of the page (default 5)")
+    ui.add_argument("--mlflow-url", help="the MLflow UI to link runs to, e.g. http://127.0.0.1:5000 (default: the "
+                                         "tracking server's address when the store is one, else no links)")
 
     demo = command("demo", "generate data, run bronze, silver and gold, train and score; print a summary and the "
                            "reconciliation; then run the pipeline always-on under a live feed and print each "

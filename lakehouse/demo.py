@@ -264,6 +264,10 @@ def _print_next_steps(config: LakehouseConfig, source_name: str, kafka: bool, en
     for flow in gold_flows:
         print(f"  {prefix} sql \"SELECT * FROM {flow.id} LIMIT 5\"")
     print(f"  {prefix} status")
+    counted = f"silver.{entities[0]}" if entities else f"bronze.{source_name}"
+    print(f"  {prefix} sql --engine duckdb \"SELECT count(*) FROM {counted}\"   # no JVM: answers in about a second")
+    mlflow_url = " --mlflow-url http://127.0.0.1:5000" if summary is not None else ""
+    print(f"  {prefix} ui{mlflow_url}   # the operations page: then open http://127.0.0.1:8050")
     if summary is not None:
         mlflow = ".venv/bin/mlflow" if Path(".venv/bin/mlflow").exists() else "mlflow"
         print(f"  {mlflow} ui --backend-store-uri {redact_text(summary.tracking_uri)}   # then open http://127.0.0.1:5000")

@@ -86,3 +86,27 @@ def subprocess_env() -> dict:
     env.pop("LAKEHOUSE_ENV", None)
     env.pop("MLFLOW_TRACKING_URI", None)  # each job's store is the one of its --data-dir
     return env
+
+
+TRAINED_EPOCHS = 12
+
+
+@pytest.fixture(scope="session")
+def trained(spark, tmp_path_factory):
+    """A feature table from 15,000 generated readings, and one local training run on it (its
+    champion): (config, the run's summary). Shared by the training tests and the operations page's."""
+    from lakehouse.generator import TelemetryGenerator
+    from lakehouse.generator_runs import generate_batch
+    from lakehouse.runner import run_flow, run_flows
+    from ml.run import run_training
+
+    once = {"availableNow": True}
+    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path_factory.mktemp("training") / "data")
+    landing = Path(config.landing_path("telemetry"))
+    landing.mkdir(parents=True)
+    generate_batch(TelemetryGenerator.from_config(config.generator, seed=11), landing, "telemetry", "t", 11, 15000, 4)
+    assert run_flow(spark, config, "bronze.telemetry", once) == 0
+    assert run_flow(spark, config, "silver.telemetry", once) == 0
+    assert run_flows(spark, config, [f"gold.{name}" for name in config.gold], once) == 0
+    local = run_training(spark, config, "local", 1, gpu=False, force=False, epochs=TRAINED_EPOCHS)
+    return config, local

@@ -18,6 +18,7 @@ from lakehouse.failpoints import FAILPOINTS_ENV
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
 from lakehouse.reconcile import reconcile
+from lakehouse.run_state import read_state
 from lakehouse.runner import pipeline_flows, run_flows
 from lakehouse.tables import last_commit, read_table, resolve_table, table_exists
 from tests.conftest import CONF_DIR
@@ -149,6 +150,8 @@ def test_the_always_on_application_keeps_every_table_fresh_until_stopped(spark, 
 
     def feed() -> None:
         _wait(lambda: _count(spark, config, "gold.telemetry_features") > 0, "the first feature build")
+        published = read_state(config)  # for `lakehouse ui` (lakehouse/run_state.py)
+        assert published["live"] and published["flows"]["bronze.telemetry"]["state"] == "running", published
         generate_batch(generator, landing, "telemetry", "b9", 9, 900, 2)  # files landing while it runs
         _wait(lambda: _count(spark, config, "bronze.telemetry") == _lines(landing), "the new files in bronze")
         minute = resolve_table(config, "gold.telemetry_minute")
@@ -159,6 +162,9 @@ def test_the_always_on_application_keeps_every_table_fresh_until_stopped(spark, 
     assert {run.state for run in app.runs.values()} == {"stopped"} | ({"idle"} & {r.state for r in app.runs.values()})
     assert not spark.streams.active  # every query stopped
     assert app.runs["silver.telemetry"].restarts == 1 and app.runs["bronze.telemetry"].restarts == 0
+    published = read_state(config)
+    assert not published["live"] and published["stopped"] and published["flows"]["silver.telemetry"]["restarts"] == 1
+    assert {flow["state"] for flow in published["flows"].values()} <= {"stopped", "idle"}
     restarts = [line for line in capsys.readouterr().out.splitlines() if "restarting from its checkpoint" in line]
     assert len(restarts) == 1 and restarts[0].startswith("silver.telemetry: failed (") and "silver.merge" in restarts[0]
     report = reconcile(spark, config, "telemetry")

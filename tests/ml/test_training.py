@@ -11,32 +11,13 @@ from pathlib import Path
 import pytest
 
 from lakehouse.cli import main
-from lakehouse.config import load_config
-from lakehouse.generator import TelemetryGenerator
-from lakehouse.generator_runs import generate_batch
-from lakehouse.runner import run_flow, run_flows
 from lakehouse.tables import read_table, resolve_table
 from ml.run import run_training
 from ml.tracking import CHAMPION, tracking_uri
-from tests.conftest import CONF_DIR
+from tests.conftest import TRAINED_EPOCHS as EPOCHS
 
 pytestmark = pytest.mark.slow
 ONCE = {"availableNow": True}
-EPOCHS = 12
-
-
-@pytest.fixture(scope="module")
-def trained(spark, tmp_path_factory):
-    """A feature table from 15,000 generated readings, and one local training run on it."""
-    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path_factory.mktemp("training") / "data")
-    landing = Path(config.landing_path("telemetry"))
-    landing.mkdir(parents=True)
-    generate_batch(TelemetryGenerator.from_config(config.generator, seed=11), landing, "telemetry", "t", 11, 15000, 4)
-    assert run_flow(spark, config, "bronze.telemetry", ONCE) == 0
-    assert run_flow(spark, config, "silver.telemetry", ONCE) == 0
-    assert run_flows(spark, config, [f"gold.{name}" for name in config.gold], ONCE) == 0
-    local = run_training(spark, config, "local", 1, gpu=False, force=False, epochs=EPOCHS)
-    return config, local
 
 
 def test_the_model_learns_and_the_run_is_tracked(trained):
