@@ -13,10 +13,10 @@ UTC ``datetime``. So lakehouse/status.py gives the same figures through either r
   session takes 15-60 s. Path tables only (``catalog.kind: path``, local landing directories).
 
 Table features: delta-rs reads every feature our tables use (appendOnly, invariants,
-changeDataFeed; checkpoints every ``delta.checkpointInterval`` commits; statistics columns).
-Keep new tables readable by it: a reader feature that delta-rs cannot read (checked at open, in
-:meth:`DirectReader.table`) fails with the table's name and the features it needs, and
-``--engine spark`` still reads it. The README lists the features we avoid.
+changeDataFeed; checkpoints every ``delta.checkpointInterval`` commits; statistics columns), and
+deletion vectors (a table Databricks made, say) through its own query engine. A reader feature it
+cannot read fails with the table's name, and ``--engine spark`` still reads it. The README lists
+the features we avoid.
 """
 
 from __future__ import annotations
@@ -134,11 +134,7 @@ class DirectReader:
         """The DuckDB name of the table's rows (registered on first use: a lazy scan of its files)."""
         view = "t_" + name.replace(".", "__")
         if view not in self._views:
-            try:
-                dataset = self.table(name).to_pyarrow_dataset()
-            except Exception as exc:  # noqa: BLE001 - e.g. a reader feature delta-rs does not support
-                raise ReaderError(f"{name}: delta-rs cannot read the table's files: {exc}") from exc
-            self.db.register(view, dataset)
+            self.db.register(view, self._scan(name))
             self._views.add(view)
         return view
 
@@ -149,6 +145,21 @@ class DirectReader:
         if local_path(location) is None:
             raise ReaderError(f"{location}: the direct reader reads local files only; use --engine spark")
         return stat(None, location)
+
+    def _scan(self, name: str):
+        """The table's rows for DuckDB: a lazy Arrow dataset over its files; for a table with
+        deletion vectors (which the dataset cannot apply), the rows delta-rs' own engine reads,
+        whole, in memory."""
+        table = self.table(name)
+        try:
+            if "deletionVectors" not in (table.protocol().reader_features or []):
+                return table.to_pyarrow_dataset()
+            import pyarrow as pa
+            from deltalake import QueryBuilder
+
+            return pa.table(QueryBuilder().register("t", table).execute("SELECT * FROM t").read_all())
+        except Exception as exc:  # noqa: BLE001 - e.g. a reader feature delta-rs does not support
+            raise ReaderError(f"{name}: delta-rs cannot read the table's files: {exc}") from exc
 
     def rows(self, sql: str, table: str) -> list[dict]:
         result = self.db.sql(sql.format(t=self.view(table))).to_arrow_table()

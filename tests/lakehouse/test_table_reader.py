@@ -148,3 +148,17 @@ def test_the_direct_reader_refuses_what_it_cannot_read(config, tmp_path):
     (log / "00000000000000000000.json").write_text("not a Delta log\n")
     with pytest.raises(ReaderError, match="ops.freshness"):
         DirectReader(config).size("ops.freshness")
+
+
+def test_a_table_with_deletion_vectors_reads_as_spark_reads_it(spark, config):
+    """Not a feature our tables use, but one Databricks turns on by default: the direct reader
+    applies the vectors (through delta-rs' own engine) instead of returning deleted rows."""
+    ref = resolve_table(config, "gold.with_deletions")
+    spark.range(0, 200).selectExpr("id", "id % 7 AS bucket").write.format("delta") \
+        .option("delta.enableDeletionVectors", "true").save(ref.path)
+    spark.sql(f"DELETE FROM delta.`{ref.path}` WHERE bucket = 3")
+    direct = DirectReader(config)
+    assert "deletionVectors" in direct.table(ref.name).protocol().reader_features
+    rows = direct.rows("SELECT count(*) AS n, sum(id) AS total FROM {t}", ref.name)
+    expected = spark.read.format("delta").load(ref.path).selectExpr("count(*) AS n", "sum(id) AS total").first()
+    assert rows == [{"n": expected["n"], "total": expected["total"]}] and expected["n"] < 200
