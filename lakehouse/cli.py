@@ -1,6 +1,6 @@
 """The ``lakehouse`` command: one front door for every job.
 
-    lakehouse [--env ENV] [--conf-dir DIR] [--data-dir DIR] [--set key.path=value ...] COMMAND ...
+    lakehouse [--env ENV] [--conf-dir DIR] [--data-dir DIR] [--set key.path=value ...] [--verbose] COMMAND ...
 
 Exit codes: 0 done, 1 the job failed (or a check did not hold), 2 bad configuration or usage,
 3 training refused by the quality gate.
@@ -10,9 +10,11 @@ The configuration is loaded and validated before anything touches the disk or st
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
+from lakehouse.cli_look import cmd_sql, cmd_status, cmd_ui
 from lakehouse.cli_parser import build_parser
 from lakehouse.config import LakehouseConfig, check_duration, load_config
 from lakehouse.errors import (
@@ -22,13 +24,16 @@ from lakehouse.errors import (
     LakehouseError,
     UsageError,
 )
-from lakehouse.redaction import install_log_redaction, redact_text, redact_tree
+from lakehouse.jvm_output import VERBOSE_ENV
+from lakehouse.redaction import error_summary, install_log_redaction, redact_text, redact_tree
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     install_log_redaction()
+    if args.verbose:  # read where the JVM starts (lakehouse/jvm_output.py), also by the jobs this one starts
+        os.environ[VERBOSE_ENV] = "1"
     try:
         config = load_config(
             env=args.env,
@@ -67,13 +72,6 @@ def _report(exc: LakehouseError, command: str) -> int:
 
 
 # -- commands -------------------------------------------------------------------------------
-
-
-def error_summary(exc: BaseException, lines: int = 1) -> str:
-    """The first ``lines`` non-empty lines of an error's message, redacted (a Spark message may
-    start with a blank line: its first line alone can be empty)."""
-    text = [line.rstrip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-    return redact_text("\n".join(text[:lines]))
 
 
 def cmd_config(config: LakehouseConfig, args) -> int:
@@ -298,111 +296,6 @@ def cmd_quality(config: LakehouseConfig, args) -> int:
         print("lakehouse: no validation results yet: run `lakehouse refine` first", file=sys.stderr)
         return EXIT_FAILED
     print(f"Data Docs: {index}")
-    return EXIT_OK
-
-
-def cmd_status(config: LakehouseConfig, args) -> int:
-    from lakehouse.status import (
-        collect_freshness,
-        collect_growth,
-        collect_status,
-        format_freshness,
-        format_growth,
-        format_status,
-    )
-    from lakehouse.table_reader import open_reader
-
-    reader = open_reader(config, args.engine, lambda: _start_spark(config))
-    statuses, freshness = collect_status(reader, config), collect_freshness(reader, config)
-    growth = collect_growth(reader, config)
-    if args.json:
-        print(json.dumps({"queries": [s.as_dict() for s in statuses],
-                          "freshness": [t.as_dict() for t in freshness],
-                          "tables": [t.as_dict() for t in growth]}, indent=2))
-    else:
-        print(format_status(statuses) + "\n\n" + format_freshness(freshness) + "\n\n" + format_growth(growth))
-    return EXIT_OK
-
-
-def cmd_sql(config: LakehouseConfig, args) -> int:
-    from pyspark.errors import PySparkException
-
-    from lakehouse.formatting import format_rows
-    from lakehouse.sql_plans import parsed_plan, writing_node
-    from lakehouse.tables import register_local_tables
-
-    if args.engine == "duckdb":
-        if args.write:
-            raise UsageError("sql: --engine duckdb is read-only; writes go through Spark (drop --engine)")
-        return _sql_duckdb(config, args)
-    spark = _start_spark(config)
-    if not args.write:
-        try:
-            writes = writing_node(parsed_plan(spark, args.query))
-        except ValueError as exc:  # it does not parse: Spark's message, caret and all
-            print(f"lakehouse: sql failed: {redact_text(str(exc))}", file=sys.stderr)
-            return EXIT_FAILED
-        if writes:
-            raise UsageError(f"sql: refused: the statement is not a query (Spark parses it as {writes}); "
-                             "`lakehouse sql` is read-only unless given --write")
-    register_local_tables(spark, config)
-    try:
-        df = spark.sql(args.query)
-        rows = df.limit(args.limit + 1).collect()
-    except PySparkException as exc:  # Spark's whole message: what is wrong, and where
-        print(f"lakehouse: sql failed: {error_summary(exc, lines=20)}", file=sys.stderr)
-        return EXIT_FAILED
-    truncated = len(rows) > args.limit
-    rows = rows[: args.limit]
-    if args.json:
-        for row in rows:
-            print(json.dumps(row.asDict(recursive=True), default=str))
-    else:
-        print(format_rows(df.columns, rows))
-    if truncated:
-        print(f"(first {args.limit} rows shown; use --limit)", file=sys.stderr)
-    return EXIT_OK
-
-
-def _sql_duckdb(config: LakehouseConfig, args) -> int:
-    """`lakehouse sql --engine duckdb`: the query in DuckDB over every table by its name, no JVM."""
-    import duckdb
-
-    from lakehouse.formatting import format_rows
-    from lakehouse.table_reader import DirectReader, ReaderError
-
-    reader = DirectReader(config)
-    try:
-        reader.register_all()
-        result = reader.db.sql(args.query)
-        if result is None:  # a statement, not a query (DuckDB's own settings, a CREATE VIEW, ...)
-            raise UsageError("sql: --engine duckdb runs queries only (SELECT, DESCRIBE, SHOW, EXPLAIN)")
-        columns, rows = result.columns, result.limit(args.limit + 1).fetchall()
-    except (duckdb.Error, ReaderError) as exc:
-        print(f"lakehouse: sql failed: {redact_text(str(exc))}", file=sys.stderr)
-        return EXIT_FAILED
-    truncated = len(rows) > args.limit
-    rows = rows[: args.limit]
-    if args.json:
-        for row in rows:
-            print(json.dumps(dict(zip(columns, row, strict=True)), default=str))
-    else:
-        print(format_rows(columns, rows))
-    if truncated:
-        print(f"(first {args.limit} rows shown; use --limit)", file=sys.stderr)
-    return EXIT_OK
-
-
-def cmd_ui(config: LakehouseConfig, args) -> int:
-    from lakehouse.table_reader import direct_reads_possible
-    from lakehouse.ui import serve
-
-    why_not = direct_reads_possible(config)
-    if why_not is not None:
-        raise UsageError(f"ui: reads the tables without Spark, which it cannot here: {why_not}")
-    if args.refresh <= 0 or not 0 < args.port < 65536:
-        raise UsageError("ui needs --refresh > 0 and a --port between 1 and 65535")
-    serve(config, args.port, args.refresh, args.mlflow_url)
     return EXIT_OK
 
 

@@ -1,6 +1,6 @@
 """The ``lakehouse`` command line: every command, its options and their help.
 
-    lakehouse [--env ENV] [--conf-dir DIR] [--data-dir DIR] [--set key.path=value ...] COMMAND ...
+    lakehouse [--env ENV] [--conf-dir DIR] [--data-dir DIR] [--set key.path=value ...] [--verbose] COMMAND ...
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         metavar="KEY.PATH=VALUE",
         help="override one configuration value (repeatable), e.g. --set sources.telemetry.max_files_per_trigger=5",
     )
+    group.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                       help="show all the Spark JVM prints (dependency resolution, start-up notices, warnings); by "
+                            "default only the project's own lines and errors (or $LAKEHOUSE_VERBOSE=1)")
 
 
 def _trigger_options(parser: argparse.ArgumentParser, what: str) -> None:
@@ -59,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_commands(command)
     _ml_commands(command)
     _tool_commands(command)
+    _look_commands(command)
     return parser
 
 
@@ -128,7 +132,7 @@ def _ml_commands(command) -> None:
 
 
 def _tool_commands(command) -> None:
-    """Checking and looking: bundle, reconcile, quality, status, sql, ui, demo, config."""
+    """Checking: bundle, reconcile, quality, demo, config (looking: :func:`_look_commands`)."""
     bundle = command("bundle", "Databricks Asset Bundle: 'check' validates databricks.yml offline (schema + the CLI's checks)")
     bundle.add_argument("action", choices=["check"], help="check: load databricks.yml as the CLI does and validate it")
     bundle.add_argument("-t", "--target", help="bundle target (default: the one marked default)")
@@ -142,6 +146,29 @@ def _tool_commands(command) -> None:
     quality = command("quality", "data quality: 'docs' builds Great Expectations Data Docs from ops.quality_results")
     quality.add_argument("action", choices=["docs"], help="docs: build the GX Data Docs site and print its index.html")
 
+    demo = command("demo", "generate data, run bronze, silver and gold, train and score; print a summary and the "
+                           "reconciliation; then run the pipeline always-on under a live feed and print each "
+                           "table's freshness, on embedded defaults")
+    demo.add_argument("--source", default="telemetry", help="source to run the demo for")
+    demo.add_argument("--run-seconds", type=float, default=60.0,
+                      help="how long the always-on step runs `lakehouse run` under a live feed (0: skip it; default 60)")
+    demo.add_argument("--rate", type=float, default=200.0,
+                      help="records per second of the always-on step's live feed (default 200)")
+
+    maintain = command("maintain", "table maintenance: Delta retention settings, ops-table retention, compaction "
+                                   "(OPTIMIZE), VACUUM that keeps what streaming readers still need, and landing "
+                                   "clean-up (sources.<s>.after_ingest); each step recorded in ops.maintenance")
+    maintain.add_argument("--table", action="append", metavar="TABLE",
+                          help="maintain only this table, e.g. silver.telemetry (repeatable; default: every table, "
+                               "and the landing directories)")
+    maintain.add_argument("--dry-run", action="store_true",
+                          help="change nothing: print what each step would do (files, bytes, versions)")
+
+    command("config", "print the resolved configuration (after overlays and --set) as JSON")
+
+
+def _look_commands(command) -> None:
+    """Looking at the pipeline: status, sql, ui (lakehouse/cli_look.py)."""
     status = command("status", "per query: last batch, records, R, S, B and the landed-but-unprocessed backlog; "
                                "per table: freshness, files, bytes and the time since its last maintenance")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -169,23 +196,3 @@ def _tool_commands(command) -> None:
     ui.add_argument("--refresh", type=float, default=5.0, help="seconds between refreshes of the page (default 5)")
     ui.add_argument("--mlflow-url", help="the MLflow UI to link runs to, e.g. http://127.0.0.1:5000 (default: the "
                                          "tracking server's address when the store is one, else no links)")
-
-    demo = command("demo", "generate data, run bronze, silver and gold, train and score; print a summary and the "
-                           "reconciliation; then run the pipeline always-on under a live feed and print each "
-                           "table's freshness, on embedded defaults")
-    demo.add_argument("--source", default="telemetry", help="source to run the demo for")
-    demo.add_argument("--run-seconds", type=float, default=60.0,
-                      help="how long the always-on step runs `lakehouse run` under a live feed (0: skip it; default 60)")
-    demo.add_argument("--rate", type=float, default=200.0,
-                      help="records per second of the always-on step's live feed (default 200)")
-
-    maintain = command("maintain", "table maintenance: Delta retention settings, ops-table retention, compaction "
-                                   "(OPTIMIZE), VACUUM that keeps what streaming readers still need, and landing "
-                                   "clean-up (sources.<s>.after_ingest); each step recorded in ops.maintenance")
-    maintain.add_argument("--table", action="append", metavar="TABLE",
-                          help="maintain only this table, e.g. silver.telemetry (repeatable; default: every table, "
-                               "and the landing directories)")
-    maintain.add_argument("--dry-run", action="store_true",
-                          help="change nothing: print what each step would do (files, bytes, versions)")
-
-    command("config", "print the resolved configuration (after overlays and --set) as JSON")

@@ -157,3 +157,10 @@ def install_log_redaction() -> None:
 # Its default, (?i)secret|password|token|access[.]key, misses account keys, SAS and private keys.
 SPARK_REDACTION_REGEX = (r"(?i)secret|password|passwd|token|credential|access[.]?key|account[.]key|private[.]?key"
                          r"|api[.]?key|[.]sas[.]")
+
+
+def error_summary(exc: BaseException, lines: int = 1) -> str:
+    """The first ``lines`` non-empty lines of an error's message, redacted (a Spark message may
+    start with a blank line: its first line alone can be empty)."""
+    text = [line.rstrip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    return redact_text("\n".join(text[:lines]))

@@ -17,6 +17,7 @@ from pyspark.sql import SparkSession
 
 from lakehouse.config import LakehouseConfig
 from lakehouse.errors import JobError
+from lakehouse.jvm_output import launch_gateway, verbose
 from lakehouse.redaction import SPARK_REDACTION_REGEX
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
@@ -183,8 +184,10 @@ def build_session(config: LakehouseConfig, app_name: str | None = None, ui: bool
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in settings.items():
         builder = builder.config(key, value)
+    if not launched and not verbose():
+        _start_quiet_jvm(builder)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    spark.sparkContext.setLogLevel("WARN" if verbose() else "ERROR")
     quiet_expected_warnings(spark)
     if not launched and "spark.jars.packages" in settings:
         remember_jars(spark, spark_packages(config), config)
@@ -194,6 +197,19 @@ def build_session(config: LakehouseConfig, app_name: str | None = None, ui: bool
             f"'--packages {','.join(spark_packages(config))}' to spark-submit"
         )
     return spark
+
+
+def _start_quiet_jvm(builder) -> None:
+    """Start the JVM, with the builder's settings, with its output filtered (lakehouse/jvm_output.py);
+    the session the builder then makes uses it."""
+    from pyspark import SparkConf, SparkContext
+
+    if SparkContext._gateway is not None:  # a JVM is up already (an earlier session's)
+        return
+    conf = SparkConf(loadDefaults=False)
+    for key, value in builder._options.items():
+        conf.set(key, value)
+    SparkContext._ensure_initialized(gateway=launch_gateway(conf), conf=conf)
 
 
 def _delta_on_classpath(spark: SparkSession) -> bool:

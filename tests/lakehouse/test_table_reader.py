@@ -113,7 +113,7 @@ def test_status_gives_the_same_figures_through_either_reader(spark, pipeline_dat
 @pytest.mark.slow
 def test_status_and_sql_answer_without_starting_spark(pipeline_data, capsys, monkeypatch):
     config = pipeline_data
-    monkeypatch.setattr("lakehouse.cli._start_spark", lambda *a, **k: pytest.fail("started Spark"))
+    monkeypatch.setattr("lakehouse.cli_look.start_spark", lambda *a, **k: pytest.fail("started Spark"))
     data = ["--env", "test", "--data-dir", str(config.storage.data_dir)]
     capsys.readouterr()
     assert main([*data, "status", "--json"]) == 0
