@@ -12,6 +12,7 @@ Row-level semantics follow GX's: a null value passes every expectation except
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -279,21 +280,38 @@ def build_data_docs(spark, config) -> Path | None:
     for (entity, batch_id), batch_rows in by_batch.items():
         if entity not in suites:
             continue  # results of an entity no longer configured
-        validation = _validation_result(suites[entity], entity, batch_id, batch_rows)
-        validated_at = batch_rows[0]["validated_at"].replace(tzinfo=timezone.utc)
+        validated_at = batch_rows[0]["validated_at"].astimezone(timezone.utc)  # pyspark: a naive local time
+        run = RunIdentifier(run_name=f"silver_{entity} batch {batch_id}", run_time=validated_at)
+        validation = _validation_result(suites[entity], entity, batch_id, batch_rows, run)
         key = ValidationResultIdentifier(
             expectation_suite_identifier=ExpectationSuiteIdentifier(name=suites[entity].name),
-            run_id=RunIdentifier(run_name=f"silver_{entity} batch {batch_id}", run_time=validated_at),
-            batch_identifier=f"{entity}-batch-{batch_id}",
+            run_id=run, batch_identifier=f"{entity}-batch-{batch_id}",
         )
         context.validation_results_store.set(key, validation)
     sites = context.build_data_docs()
-    index = next(iter(sites.values()))
-    return Path(index.removeprefix("file://"))
+    index = Path(next(iter(sites.values())).removeprefix("file://"))
+    _render_offline(index.parent)
+    return index
 
 
-def _validation_result(suite, entity: str, batch_id: int, batch_rows: list):
-    """One micro-batch's stored result rows as GX's suite validation result."""
+def _render_offline(site: Path) -> None:
+    """Point the site's pages at local copies of what they load (lakehouse/data_docs_assets.py)."""
+    from lakehouse.data_docs_assets import fetch_assets, localize_site
+
+    try:
+        assets = fetch_assets(out=lambda line: print(line, file=sys.stderr, flush=True))
+    except Exception as exc:  # noqa: BLE001 - offline without the cache: the pages still work online
+        print(f"lakehouse: Data Docs keep their CDN scripts (they need internet to render): the assets could not "
+              f"be fetched ({type(exc).__name__}: {exc}); `make install` fetches them", file=sys.stderr, flush=True)
+        return
+    left = localize_site(site, assets)
+    if left:
+        print(f"lakehouse: Data Docs still load from outside: {', '.join(left)}", file=sys.stderr, flush=True)
+
+
+def _validation_result(suite, entity: str, batch_id: int, batch_rows: list, run):
+    """One micro-batch's stored result rows as GX's suite validation result (``run``: its
+    RunIdentifier, the page's run name and time)."""
     from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
@@ -323,5 +341,10 @@ def _validation_result(suite, entity: str, batch_id: int, batch_rows: list):
             "unsuccessful_expectations": len(results) - passed,
             "success_percent": 100.0 * passed / len(results) if results else 100.0,
         },
-        meta={"entity": entity, "batch_id": batch_id, "source_versions": batch_rows[0]["source_versions"]},
+        meta={"entity": entity, "batch_id": batch_id, "source_versions": batch_rows[0]["source_versions"],
+              # What GX's page shows as its Info: version, run name and time, and the batch.
+              "great_expectations_version": _gx().__version__, "run_id": run.to_json_dict(),
+              "validation_time": run.run_time.isoformat(),
+              "batch_spec": {"data_asset_name": f"silver.{entity}", "batch_id": batch_id,
+                             "bronze_versions": batch_rows[0]["source_versions"]}},
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import urllib.request
@@ -127,3 +128,55 @@ def test_the_operations_page_shows_the_pipeline_in_a_real_browser(spark, trained
         driver.quit()
         server.shutdown()
     assert os.path.getsize(ARTIFACTS / "operations_page.png") > 20_000
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_data_docs_render_with_the_network_off(spark, trained):
+    """The GX site's pages load their scripts, styles and fonts from the site itself: opened in
+    headless Chromium whose every outside request fails, the index lists the suite's validations,
+    and a validation page names its run, time, batch and GX version."""
+    import great_expectations
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from lakehouse.quality import build_data_docs
+
+    config, _ = trained
+    index = build_data_docs(spark, config)
+    pages = sorted(index.parent.rglob("*.html"))
+    for page in pages:
+        text = page.read_text()
+        assert not re.search(r'<(?:script|link|img)\b[^>]*(?:src|href)="https?://', text), page
+    batches = {r["batch_id"] for r in read_table(spark, resolve_table(config, "ops.quality_results")).collect()}
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1200",
+                 "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>"):  # no way out
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    try:
+        driver.get(index.as_uri())
+        wait = WebDriverWait(driver, 60)
+        # The validations' rows, drawn by bootstrap-table from the page's data.
+        wanted = [f"telemetry-batch-{b}" for b in sorted(batches)]
+        wait.until(lambda d: all(name in d.find_element(By.TAG_NAME, "body").text for name in wanted))
+        driver.save_screenshot(str(ARTIFACTS / "data_docs_index_offline.png"))
+        assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+        row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "table tbody tr") if wanted[0] in r.text)
+        row.click()  # a row opens its validation page
+        page_text = "return document.body.textContent.replace(/\\s+/g, ' ')"  # the Info table starts folded
+        wait.until(lambda d: "Run Name" in d.execute_script(page_text))
+        body = driver.execute_script(page_text)
+        assert "__none__" not in body and "silver_telemetry batch" in body and great_expectations.__version__ in body
+        bootstrap = driver.execute_script("return getComputedStyle(document.body).fontFamily")
+        assert "apple-system" in bootstrap or "Segoe UI" in bootstrap  # Bootstrap's stylesheet applies
+        driver.save_screenshot(str(ARTIFACTS / "data_docs_validation_offline.png"))
+        assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
