@@ -46,7 +46,6 @@ def cmd_status(config: LakehouseConfig, args) -> int:
 def cmd_sql(config: LakehouseConfig, args) -> int:
     from pyspark.errors import PySparkException
 
-    from lakehouse.formatting import format_rows
     from lakehouse.sql_plans import parsed_plan, writing_node
     from lakehouse.tables import register_local_tables
 
@@ -71,14 +70,20 @@ def cmd_sql(config: LakehouseConfig, args) -> int:
     except PySparkException as exc:  # Spark's whole message: what is wrong, and where
         print(f"lakehouse: sql failed: {error_summary(exc, lines=20)}", file=sys.stderr)
         return EXIT_FAILED
-    truncated = len(rows) > args.limit
-    rows = rows[: args.limit]
+    return _print_rows(df.columns, [row.asDict(recursive=True) for row in rows], args)
+
+
+def _print_rows(columns: list[str], records: list[dict], args) -> int:
+    """At most --limit of a query's rows (it fetched one more, to know), as a table or JSON lines."""
+    from lakehouse.formatting import format_rows
+
+    shown = records[: args.limit]
     if args.json:
-        for row in rows:
-            print(json.dumps(row.asDict(recursive=True), default=str))
+        for record in shown:
+            print(json.dumps(record, default=str))
     else:
-        print(format_rows(df.columns, rows))
-    if truncated:
+        print(format_rows(columns, [list(record.values()) for record in shown]))
+    if len(records) > args.limit:
         print(f"(first {args.limit} rows shown; use --limit)", file=sys.stderr)
     return EXIT_OK
 
@@ -87,7 +92,6 @@ def _sql_duckdb(config: LakehouseConfig, args) -> int:
     """`lakehouse sql --engine duckdb`: the query in DuckDB over every table by its name, no JVM."""
     import duckdb
 
-    from lakehouse.formatting import format_rows
     from lakehouse.table_reader import DirectReader, ReaderError
 
     reader = DirectReader(config)
@@ -100,16 +104,7 @@ def _sql_duckdb(config: LakehouseConfig, args) -> int:
     except (duckdb.Error, ReaderError) as exc:
         print(f"lakehouse: sql failed: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
-    truncated = len(rows) > args.limit
-    rows = rows[: args.limit]
-    if args.json:
-        for row in rows:
-            print(json.dumps(dict(zip(columns, row, strict=True)), default=str))
-    else:
-        print(format_rows(columns, rows))
-    if truncated:
-        print(f"(first {args.limit} rows shown; use --limit)", file=sys.stderr)
-    return EXIT_OK
+    return _print_rows(columns, [dict(zip(columns, row, strict=True)) for row in rows], args)
 
 
 def cmd_ui(config: LakehouseConfig, args) -> int:

@@ -105,6 +105,7 @@ class DirectReader:
         self.db.execute("SET enable_external_access = false")
         self.db.execute("SET autoinstall_known_extensions = false")
         self.db.execute("SET autoload_known_extensions = false")
+        self.db.execute("SET lock_configuration = true")  # no query can turn these back
         self._tables: dict[str, object] = {}
         self._views: set[str] = set()
 
