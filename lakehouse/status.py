@@ -183,6 +183,7 @@ class TableGrowth:
 
     table_name: str
     version: int
+    rows: int
     files: int
     bytes: int
     last_maintenance: str | None  # UTC, from ops.maintenance
@@ -193,7 +194,7 @@ class TableGrowth:
 
 
 def collect_growth(reader, config: LakehouseConfig) -> list[TableGrowth]:
-    """Every existing table's files and bytes, and the time since its last maintenance step."""
+    """Every existing table's rows, files and bytes, and the time since its last maintenance step."""
     maintained = last_maintenance(reader)
     now = datetime.now(timezone.utc)
     found = []
@@ -202,7 +203,7 @@ def collect_growth(reader, config: LakehouseConfig) -> list[TableGrowth]:
             continue
         size = reader.size(name)
         at = maintained.get(name)
-        found.append(TableGrowth(name, size.version, size.files, size.bytes,
+        found.append(TableGrowth(name, size.version, reader.count(name), size.files, size.bytes,
                                  None if at is None else _utc_text(at),
                                  None if at is None else round((now - at).total_seconds(), 1)))
     return found
@@ -220,8 +221,8 @@ def last_maintenance(reader) -> dict[str, datetime]:
 def format_growth(tables: list[TableGrowth]) -> str:
     if not tables:
         return "tables: none yet"
-    headers = ["table", "version", "files", "size", "last maintenance (UTC)", "since"]
-    table = [headers] + [[t.table_name, str(t.version), f"{t.files:,}", size_text(t.bytes),
+    headers = ["table", "version", "rows", "files", "size", "last maintenance (UTC)", "since"]
+    table = [headers] + [[t.table_name, str(t.version), f"{t.rows:,}", f"{t.files:,}", size_text(t.bytes),
                           t.last_maintenance or "never", duration_text(t.since_maintenance_s)] for t in tables]
     return ("tables (data files of the current version; `lakehouse maintain` compacts, trims and vacuums):\n"
             + _columns(table))

@@ -73,6 +73,12 @@ class SparkReader:
 
         return table_size(self.spark, self.ref(name))
 
+    def count(self, name: str) -> int:
+        """The table's rows (Delta answers a bare count from its files' statistics)."""
+        from lakehouse.tables import read_table
+
+        return read_table(self.spark, self.ref(name)).count()
+
     def stat(self, location: str):
         """A file's size and modification time (fs.FileStat), or None when it does not exist."""
         from lakehouse.fs import stat
@@ -130,6 +136,16 @@ class DirectReader:
         table = self.table(name)
         files = table.get_add_actions(flatten=True).column("size_bytes").to_pylist()
         return TableSize(table.version(), len(files), sum(files))
+
+    def count(self, name: str) -> int:
+        """The table's rows: the sum of its files' record counts in the log, without reading them
+        (files without statistics, or deletion vectors: counted by a scan)."""
+        table = self.table(name)
+        actions = table.get_add_actions(flatten=True)
+        counts = actions.column("num_records").to_pylist() if "num_records" in actions.schema.names else [None]
+        if None not in counts and "deletionVectors" not in (table.protocol().reader_features or []):
+            return sum(counts)
+        return self.rows("SELECT count(*) AS n FROM {t}", name)[0]["n"]
 
     def view(self, name: str) -> str:
         """The DuckDB name of the table's rows (registered on first use: a lazy scan of its files)."""

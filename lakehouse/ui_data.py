@@ -99,9 +99,7 @@ def graph(reader, config: LakehouseConfig, state: dict, freshness: dict[str, lis
 def _table_figures(reader, table: str, freshness: dict[str, list[dict]]) -> dict:
     if not reader.exists(table):
         return {"version": None, "rows": None, "last_commit": None, "age_s": None}
-    actions = reader.table(table).get_add_actions(flatten=True)
-    counts = actions.column("num_records").to_pylist() if "num_records" in actions.schema.names else [None]
-    rows = sum(counts) if None not in counts else reader.table(table).to_pyarrow_dataset().count_rows()
+    rows = reader.count(table)
     newest = (freshness.get(table) or [None])[-1]
     committed = newest["commit_time"] if newest else None
     return {"version": reader.table(table).version(), "rows": rows, "last_commit": _iso(committed),
