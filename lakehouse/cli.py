@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lakehouse.cli_look import cmd_sql, cmd_status, cmd_ui
 from lakehouse.cli_parser import build_parser
-from lakehouse.config import LakehouseConfig, check_duration, load_config
+from lakehouse.config import SCENARIO_ENV, LakehouseConfig, check_duration, load_config
 from lakehouse.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -37,10 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(
             env=args.env,
+            scenario=args.scenario,
             conf_dir=args.conf_dir,
             data_dir=args.data_dir,
             overrides=args.overrides or (),
         )
+        # The jobs this command starts (spark-submit, workers) load the same scenario.
+        os.environ[SCENARIO_ENV] = config.scenario
         if getattr(args, "source", None) is not None:
             config.source(args.source)  # an unknown source or entity is a configuration error too
         if getattr(args, "entity", None) is not None:
@@ -82,6 +85,7 @@ def cmd_config(config: LakehouseConfig, args) -> int:
 
 
 def cmd_generate(config: LakehouseConfig, args) -> int:
+    from lakehouse.chat_generator import ChatGenerator
     from lakehouse.generator import RUN_ID, TelemetryGenerator
     from lakehouse.generator_runs import (
         generate_batch,
@@ -89,9 +93,11 @@ def cmd_generate(config: LakehouseConfig, args) -> int:
         print_manifest,
     )
 
+    GENERATORS = {"telemetry": TelemetryGenerator, "chat": ChatGenerator}  # noqa: N806 - SourceConfig.generator
     kafka_sources = [name for name, source in config.sources.items() if source.kind == "kafka"]
     if args.source is None:
-        args.source = kafka_sources[0] if args.sink == "kafka" and kafka_sources else "telemetry"
+        file_sources = [name for name, source in config.sources.items() if source.kind == "files"]
+        args.source = kafka_sources[0] if args.sink == "kafka" and kafka_sources else (file_sources or ["telemetry"])[0]
         config.source(args.source)
     sink = args.sink or config.source(args.source).kind
     if sink == "kafka" and config.source(args.source).kind != "kafka":
@@ -111,7 +117,7 @@ def cmd_generate(config: LakehouseConfig, args) -> int:
     if not RUN_ID.match(run_id):  # it names files: nothing that leaves the landing directory
         raise UsageError(f"--run-id {run_id!r}: a run id is a plain name (letters, digits, '.', '_', '-'; "
                          "no '/' or '..'), since it names files in the landing directory")
-    generator = TelemetryGenerator.from_config(g, seed=seed, fault_rate=fault_rate)
+    generator = GENERATORS[config.source(args.source).generator].from_config(g, seed=seed, fault_rate=fault_rate)
     generator.live = (args.clock or ("live" if args.rate else "simulated")) == "live"
     landing_dir = Path(landing)
     landing_dir.mkdir(parents=True, exist_ok=True)
@@ -278,6 +284,23 @@ def cmd_bundle(config: LakehouseConfig, args) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_corpus(config: LakehouseConfig, args) -> int:
+    from lakehouse.corpus import convert
+
+    source = args.source or next((name for name, s in config.sources.items() if s.generator == "chat"), None)
+    if source is None or config.source(source).kind != "files":
+        raise UsageError("corpus needs a files source for chat messages (--scenario chat has one: chat)")
+    landing = Path(config.landing_path(source))
+    if "://" in str(config.landing_path(source)):
+        raise UsageError(f"corpus writes local files only; landing path is {config.landing_path(source)}")
+    languages = None if args.languages == "all" else [name.strip() for name in args.languages.split(",") if name.strip()]
+    print(f"converting the chatterbot corpus into chat messages in {landing}", flush=True)
+    manifest = convert(landing, source, languages, args.start, progress=lambda line: print(line, flush=True))
+    print(f"{manifest.total_lines:,} messages in {len(manifest.files)} files; manifest: "
+          f"{landing / '_manifests' / 'chatterbot.json'}")
+    return EXIT_OK
+
+
 def cmd_reconcile(config: LakehouseConfig, args) -> int:
     from lakehouse.reconcile import reconcile
 
@@ -319,6 +342,7 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
 
 COMMANDS = {
     "generate": cmd_generate,
+    "corpus": cmd_corpus,
     "ingest": cmd_ingest,
     "refine": cmd_refine,
     "gold": cmd_gold,

@@ -1,6 +1,6 @@
 """The ``lakehouse`` command line: every command, its options and their help.
 
-    lakehouse [--env ENV] [--conf-dir DIR] [--data-dir DIR] [--set key.path=value ...] [--verbose] COMMAND ...
+    lakehouse [--env ENV] [--scenario NAME] [--conf-dir DIR] [--data-dir DIR] [--set key.path=value ...] [--verbose] COMMAND ...
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
     group = parser.add_argument_group("global options")
     group.add_argument("--env", default=default, help="configuration overlay: conf/<env>/ (default: dev, or $LAKEHOUSE_ENV)")
+    group.add_argument("--scenario", default=default,
+                       help="which feeds and tables: telemetry (the base configuration) or a directory of "
+                            "conf/scenarios/, e.g. chat (default: telemetry, or $LAKEHOUSE_SCENARIO)")
     group.add_argument("--conf-dir", default=default, help="configuration directory (default: ./conf, or $LAKEHOUSE_CONF_DIR)")
     group.add_argument("--data-dir", default=default, help="where tables, checkpoints and landing files live (storage.data_dir)")
     group.add_argument(
@@ -68,10 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _pipeline_commands(command) -> None:
     """generate, and the flows: ingest (bronze), refine (silver), gold."""
-    gen = command("generate", "write telemetry JSON-lines files (with injected faults) into a landing directory, "
-                              "or publish them to a Kafka topic")
-    gen.add_argument("--source", help="source whose landing directory (or topic) receives the records "
-                                      "(default: telemetry; with --sink kafka the first Kafka source)")
+    gen = command("generate", "write generated JSON-lines records (telemetry or chat messages, by the source's "
+                              "generator; with injected faults) into a landing directory, or publish them to Kafka")
+    gen.add_argument("--source", help="source whose landing directory (or topic) receives the records (default: "
+                                      "the first files source, telemetry in the base configuration; with --sink "
+                                      "kafka the first Kafka source)")
     gen.add_argument("--sink", choices=["files", "kafka"], help="files or kafka (default: by the source's kind)")
     gen.add_argument("--topic", help="--sink kafka: the topic (default: the source's first topic); created with "
                                      "kafka.partitions partitions if missing")
@@ -139,6 +143,16 @@ def _tool_commands(command) -> None:
     bundle.add_argument("--all-targets", action="store_true", help="check every target")
     bundle.add_argument("--schema", help="the CLI's bundle JSON schema (default: $LAKEHOUSE_BUNDLE_SCHEMA)")
     bundle.add_argument("--dir", default=".", help="the bundle's directory (default: .)")
+
+    corpus = command("corpus", "convert a real text corpus (the chatterbot-corpus package's dialogues) into chat "
+                               "messages in a landing directory (the chat scenario's source)")
+    corpus.add_argument("name", choices=["chatterbot"], help="the corpus")
+    corpus.add_argument("--source", help="the chat source to land it in (default: the first source whose generator "
+                                         "is chat)")
+    corpus.add_argument("--languages", default="english",
+                        help="comma-separated corpus languages (english, spanish, ...), or all (default: english)")
+    corpus.add_argument("--start", default="2026-01-01T00:00:00Z",
+                        help="the first message's timestamp; the next ones follow a second apart")
 
     rec = command("reconcile", "check bronze rows = silver rows + quarantined rows + duplicates; exit 1 when not")
     rec.add_argument("--source", required=True, help="configured source name")

@@ -9,7 +9,7 @@ with SIGKILL, as a crash would), ``raise-once`` (``raise`` the first time this p
 there, a transient failure that a restart gets past) or ``sleep:<seconds>`` (to widen a race window). Without the
 variable, :func:`failpoint` does nothing; production runs never set it. The points:
 bronze.read / append / bad_files / ingested_files / done (lakehouse.landing), silver.plan / quarantine /
-quality / merge / stats / done (lakehouse.silver), train.promote (ml.run).
+quality / merge / stats / done (lakehouse.silver), gold.build (lakehouse.gold, a batch table), train.promote (ml.run).
 """
 
 from __future__ import annotations

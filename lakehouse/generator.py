@@ -60,10 +60,13 @@ LATE_BY = timedelta(hours=3)
 
 @dataclass
 class GeneratedLine:
-    text: str
-    kind: str  # "valid" or one of LINE_FAULTS
-    event_id: str | None
+    text: str | bytes  # bytes: a line that is not valid UTF-8 (the chat feed's invalid_utf8)
+    kind: str  # "valid" or one of the generator's LINE_FAULTS
+    event_id: str | None  # what identifies the record (telemetry: event_id; chat: conversation/turn)
     detail: str = ""
+
+    def data(self) -> bytes:
+        return self.text.encode("utf-8") if isinstance(self.text, str) else self.text
 
 
 @dataclass
@@ -81,6 +84,8 @@ class _Host:
 
 class TelemetryGenerator:
     """Deterministic for a given seed: the same arguments give the same lines, byte for byte."""
+
+    LINE_FAULTS = LINE_FAULTS
 
     def __init__(
         self,

@@ -43,6 +43,8 @@ class Manifest:
     sink: str = "files"
     topic: str | None = None
     partitions: dict[int, dict] = field(default_factory=dict)  # {"messages", "first_offset", "last_offset"}
+    # The generator's line-level fault kinds (each generator's LINE_FAULTS).
+    line_faults: tuple[str, ...] = LINE_FAULTS
 
     def __post_init__(self) -> None:
         if not RUN_ID.match(self.run_id):
@@ -54,14 +56,14 @@ class Manifest:
 
     def fault_counts(self) -> dict[str, int]:
         counts = Counter(f["kind"] for f in self.faults)
-        kinds = LINE_FAULTS + (MESSAGE_FAULTS if self.sink == "kafka" else FILE_FAULTS)
+        kinds = tuple(self.line_faults) + (MESSAGE_FAULTS if self.sink == "kafka" else FILE_FAULTS)
         return {kind: counts.get(kind, 0) for kind in kinds}
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["total_lines"] = self.total_lines
         data["valid_lines"] = self.total_lines - sum(
-            1 for f in self.faults if f["kind"] in LINE_FAULTS + MESSAGE_FAULTS
+            1 for f in self.faults if f["kind"] in tuple(self.line_faults) + MESSAGE_FAULTS
         )
         data["partitions"] = {str(p): stats for p, stats in sorted(self.partitions.items())}
         data["fault_counts"] = self.fault_counts()
@@ -74,11 +76,11 @@ class Manifest:
         return path
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
+    with open(tmp, "wb") as fh:
+        fh.write(text.encode("utf-8") if isinstance(text, str) else text)
     os.replace(tmp, path)
 
 
@@ -91,9 +93,8 @@ def write_file(
 ) -> Path:
     """Write one landing file of ``lines`` generated lines and record it in ``manifest``."""
     generated = [generator.next_line() for _ in range(lines)]
-    text = "".join(line.text + "\n" for line in generated)
     path = landing_dir / name
-    _atomic_write(path, text)
+    _atomic_write(path, b"".join(line.data() + b"\n" for line in generated))
     manifest.files.append({"file": name, "lines": lines})
     for number, line in enumerate(generated, start=1):
         if line.kind != "valid":
@@ -126,7 +127,7 @@ def generate_batch(
     """Write ``records`` lines over ``files`` files (plus injected empty files) and a manifest."""
     if files > records:
         raise ValueError(f"files ({files}) cannot exceed records ({records})")
-    manifest = Manifest(source, run_id, seed, generator.fault_rate)
+    manifest = Manifest(source, run_id, seed, generator.fault_rate, line_faults=generator.LINE_FAULTS)
     empty_files = max(1, round(files * generator.fault_rate)) if generator.fault_rate > 0 else 0
     empty_at = set(generator.rng.sample(range(files), min(empty_files, files)))
     per_file, extra = divmod(records, files)
@@ -155,7 +156,7 @@ def generate_continuous(
 ) -> Manifest:
     """Land a file every ``file_seconds`` holding ``rate * file_seconds`` lines, for ``duration``
     seconds (0: until SIGINT/SIGTERM, or ``stop`` is set). The manifest is rewritten after every file."""
-    manifest = Manifest(source, run_id, seed, generator.fault_rate)
+    manifest = Manifest(source, run_id, seed, generator.fault_rate, line_faults=generator.LINE_FAULTS)
     lines_per_file = max(1, round(rate * file_seconds))
 
     def land_one(index: int) -> None:
@@ -201,7 +202,7 @@ def publish_messages(generator: TelemetryGenerator, manifest: Manifest, publishe
     ``empty_message``, one message with an empty value; wait for the broker's acknowledgements
     and record every message's partition and offset in ``manifest``."""
     generated = [generator.next_line() for _ in range(count)]
-    sent = [(publisher.send(line.text.encode("utf-8"), line.event_id.encode() if line.event_id else None), line)
+    sent = [(publisher.send(line.data(), line.event_id.encode() if line.event_id else None), line)
             for line in generated]
     if empty_message:
         sent.append((publisher.send(b""), GeneratedLine("", "empty_message", None)))
@@ -220,7 +221,8 @@ def publish_messages(generator: TelemetryGenerator, manifest: Manifest, publishe
 def publish_batch(generator: TelemetryGenerator, publisher, landing_dir: Path, source: str, run_id: str,
                   seed: int, records: int, progress=None) -> Manifest:
     """Publish ``records`` generated messages (plus injected empty ones) and write the manifest."""
-    manifest = Manifest(source, run_id, seed, generator.fault_rate, sink="kafka", topic=publisher.topic)
+    manifest = Manifest(source, run_id, seed, generator.fault_rate, sink="kafka", topic=publisher.topic,
+                        line_faults=generator.LINE_FAULTS)
     chunk = 5000
     chunks = -(-records // chunk)  # ceil
     # As many empty messages as generate_batch writes empty files for as many files as chunks.
@@ -242,7 +244,8 @@ def publish_continuous(generator: TelemetryGenerator, publisher, landing_dir: Pa
                        progress=None, stop: threading.Event | None = None) -> Manifest:
     """Publish ``rate`` messages a second, a chunk every ``chunk_seconds``, for ``duration`` seconds
     (0: until SIGINT/SIGTERM). The manifest is rewritten after every chunk."""
-    manifest = Manifest(source, run_id, seed, generator.fault_rate, sink="kafka", topic=publisher.topic)
+    manifest = Manifest(source, run_id, seed, generator.fault_rate, sink="kafka", topic=publisher.topic,
+                        line_faults=generator.LINE_FAULTS)
     per_chunk = max(1, round(rate * chunk_seconds))
 
     def publish_one(index: int) -> None:

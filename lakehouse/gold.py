@@ -29,6 +29,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from lakehouse.config import ConfigError, LakehouseConfig, spark_interval, view_name
 from lakehouse.errors import JobError
+from lakehouse.failpoints import failpoint
 from lakehouse.freshness import Measured, append_freshness, measure_aggregates, observe_freshness
 from lakehouse.pipeline import Flow
 from lakehouse.progress import count_records
@@ -118,12 +119,18 @@ def build(spark: SparkSession, config: LakehouseConfig, flow: Flow) -> BatchBuil
     """Recompute a batch gold table from its inputs' current versions; one overwrite commit."""
     name = flow.name
     gold = config.gold_table(name)
-    versions = {}
+    versions, frames = {}, {}
     for ref in _require_inputs(spark, config, name):
         version = last_commit(spark, ref).version
-        read_table(spark, ref, version=version).createOrReplaceTempView(view_name(ref.name))
+        frames[ref.name] = read_table(spark, ref, version=version)
+        frames[ref.name].createOrReplaceTempView(view_name(ref.name))
         versions[ref.name] = version
-    result = spark.sql(gold.sql)
+    if gold.transform is not None:
+        from lakehouse.preflight import transform_function
+
+        result = transform_function(config, name)(spark, frames, **gold.options)
+    else:
+        result = spark.sql(gold.sql)
     target = resolve_table(config, f"gold.{name}")
     observed = Observation(f"freshness-{name}") if gold.window_end else None
     if observed is not None:
@@ -134,6 +141,7 @@ def build(spark: SparkSession, config: LakehouseConfig, flow: Flow) -> BatchBuil
         .option("overwriteSchema", "true")  # the SQL may have changed since the last build
         .option("userMetadata", json.dumps({"gold_table": target.name, "inputs": versions}))
     )
+    failpoint("gold.build")  # the rows are planned, nothing written (tests/lakehouse/test_chat_gold.py)
     with writing(target):  # maintenance in this application waits (and the commit read next is this one)
         retry_on_conflict(lambda: save_to(writer, target), 4)  # lost to another application's commit: redone
         commit = last_commit(spark, target)  # the overwrite's own metrics: no second scan to count rows
@@ -180,6 +188,7 @@ def describe(config: LakehouseConfig, flow: Flow) -> list[str]:
     """What the flow reads and writes, for its first progress line."""
     gold = config.gold_table(flow.name)
     if not flow.streaming:
-        return [f"batch rebuild from {', '.join(gold.inputs)}"]
+        how = f" by {gold.transform}" if gold.transform else ""
+        return [f"batch rebuild from {', '.join(gold.inputs)}{how}"]
     return [f"{', '.join(gold.inputs)} -> gold.{flow.name} (streaming, watermark {gold.watermark.column} "
             f"{gold.watermark.delay}; checkpoint {flow.checkpoint})"]

@@ -12,8 +12,6 @@ CLI prints on one line (exit 2). lakehouse/config/ checks everything else when i
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pyspark.sql import SparkSession
 
 from lakehouse.config import ConfigError, LakehouseConfig, view_name
@@ -22,17 +20,34 @@ from lakehouse.suites import read_suite_file, regexes
 
 
 def conf_file(config: LakehouseConfig, section: str, name: str) -> str:
-    """The file that defines ``<section>/<name>.yml``: the environment's, else the base one."""
-    for layer in (config.env, "base"):
-        path = Path(config.conf_dir) / layer / section / f"{name}.yml"
-        if path.is_file():
-            return str(path)
-    return str(Path(config.conf_dir) / "base" / section / f"{name}.yml")
+    """The file that defines ``<section>/<name>.yml`` (LakehouseConfig.conf_file)."""
+    return str(config.conf_file(f"{section}/{name}.yml"))
+
+
+def transform_function(config: LakehouseConfig, name: str):
+    """The function a gold table's ``transform`` names; a ConfigError naming the key when it
+    cannot be imported or is not a function."""
+    import importlib
+
+    spec = config.gold_table(name).transform
+    module_name, _, function_name = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(conf_file(config, "gold", name), f"gold.{name}.transform",
+                          f"cannot load {spec}: {exc}") from None
+    if not callable(function):
+        raise ConfigError(conf_file(config, "gold", name), f"gold.{name}.transform", f"{spec} is not a function")
+    return function
 
 
 def check_gold_sql(spark: SparkSession, config: LakehouseConfig, names: list[str]) -> None:
+    """Each gold table's SQL is a query over its inputs alone; a transform names a function."""
     for name in names:
         gold = config.gold_table(name)
+        if gold.transform is not None:
+            transform_function(config, name)
+            continue
         origin, key = conf_file(config, "gold", name), f"gold.{name}.sql"
         try:
             plan = parsed_plan(spark, gold.sql)

@@ -85,22 +85,28 @@ def _predicate(kind: str, kwargs: dict) -> Column:
     column = F.col(kwargs["column"])
     if kind == "expect_column_values_to_not_be_null":
         return column.isNotNull()
+    if kind == "expect_column_value_lengths_to_be_between":
+        return _between(F.char_length(column), kwargs)
     if kind == "expect_column_values_to_be_between":
-        low, high = kwargs.get("min_value"), kwargs.get("max_value")
-        checks = []
-        if low is not None:
-            checks.append(column > low if kwargs.get("strict_min") else column >= low)
-        if high is not None:
-            checks.append(column < high if kwargs.get("strict_max") else column <= high)
-        ok = F.lit(True)
-        for check in checks:
-            ok = ok & check
-        return column.isNull() | ok
+        return _between(column, kwargs)
     if kind == "expect_column_values_to_be_in_set":
         return column.isNull() | column.isin(list(kwargs["value_set"]))
     if kind == "expect_column_values_to_match_regex":
         return column.isNull() | column.rlike(kwargs["regex"])
+    if kind == "expect_column_values_to_not_match_regex":
+        return column.isNull() | ~column.rlike(kwargs["regex"])
     raise ValueError(f"{kind} is not a row-level expectation")
+
+
+def _between(column: Column, kwargs: dict) -> Column:
+    """GX's between: bounds inclusive unless ``strict_min``/``strict_max``; a null passes."""
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    ok = F.lit(True)
+    if low is not None:
+        ok = ok & (column > low if kwargs.get("strict_min") else column >= low)
+    if high is not None:
+        ok = ok & (column < high if kwargs.get("strict_max") else column <= high)
+    return column.isNull() | ok
 
 
 def row_rules(suite) -> list[RowRule]:

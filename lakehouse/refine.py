@@ -53,6 +53,7 @@ from lakehouse.tables import (
     resolve_table,
     table_exists,
 )
+from lakehouse.text_prep import mark_text_duplicates, masked, prepare_stages
 
 
 class ExpectationFailedError(JobError):
@@ -180,7 +181,12 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
     batch's aggregated counts and measurements."""
     config, entity_name, batch_id = batch.config, batch.entity_name, batch.batch_id
     entity = config.entity(entity_name)
-    decided = stage_rows(decide_rows(bronze_batch, config, entity, plan, rules, decisions), entity)
+    decided = decide_rows(bronze_batch, config, entity, plan, rules, decisions)
+    if entity.text is not None and entity.text.dedupe is not None:
+        silver = read_table(bronze_batch.sparkSession, resolve_table(config, f"silver.{entity_name}"))
+        decided = mark_text_duplicates(decided, entity, silver)
+        decided = decided.withColumn("value", F.when(F.size("_reasons") > 0, F.col("value")))
+    decided = stage_rows(decided, entity)
     try:
         counts = _count_and_check(decided, batch, rules, config.quality.validation == "fused", entity.event_time)
         results = rule_results(rules, counts, counts["records"]) if config.quality.validation == "fused" else []
@@ -246,15 +252,28 @@ def _decision_stages(schema: StructType, config: LakehouseConfig, entity: Entity
         quarantine_reasons(entity, {**limits, "late_exempt": late_exempt}))
     return [
         *parse_stages(schema, entity, sources),
+        *prepare_stages(entity),
         ("withColumns", rule_result_columns(rules)),
         ("withColumns", {"_reasons": reasons}),
         ("select", [
-            # Text that is not UTF-8 is kept with U+FFFD in its place; bronze holds the exact bytes.
-            F.when(F.size("_reasons") > 0, F.make_valid_utf8("value")).alias("value"), *silver_columns(entity),
+            # Text that is not UTF-8 is kept with U+FFFD in its place, masked as the entity's text
+            # is (lakehouse.text_prep); bronze holds the exact bytes.
+            F.when(_may_be_quarantined(entity), masked(F.make_valid_utf8("value"), entity)).alias("value"),
+            *silver_columns(entity),
             "_reasons", F.when(F.size("_reasons") > 0, F.col("_non_finite")).alias("_non_finite"),
             *FAILED_COLUMNS.values(),
         ]),
     ]
+
+
+def _may_be_quarantined(entity: EntityConfig) -> Column:
+    """Rows that keep their raw record past the decision: the quarantined ones, and where exact
+    text duplicates are looked for (lakehouse.text_prep.mark_text_duplicates), the kept ones that
+    may turn out to be duplicates (:func:`_refine_staged` drops it from the rest afterwards)."""
+    quarantined = F.size("_reasons") > 0
+    if entity.text is None or entity.text.dedupe is None:
+        return quarantined
+    return quarantined | F.col(f"{entity.text.dedupe.column}_hash").isNotNull()
 
 
 def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:

@@ -16,6 +16,7 @@ from pyspark.sql.types import (
     DoubleType,
     IntegerType,
     LongType,
+    MapType,
     StringType,
     StructField,
     StructType,
@@ -67,12 +68,22 @@ SILVER_BATCHES_SCHEMA = StructType(
 
 
 def silver_columns(entity: EntityConfig) -> list[str]:
-    return [*entity.columns, "_rescued", "_source_file", "_source_line", "_ingested_at"]
+    return [*entity.columns, *entity.prepared_columns, "_rescued", "_source_file", "_source_line", "_ingested_at"]
+
+
+def prepared_fields(entity: EntityConfig) -> list[StructField]:
+    """The columns silver adds to the declared ones (EntityConfig.prepared_columns; lakehouse/text_prep.py)."""
+    types = {name: _spark_type(derived.type) for name, derived in entity.derived.items()}
+    types["masked_counts"] = MapType(StringType(), LongType())  # placeholder name -> matches masked in the row
+    if entity.text is not None and entity.text.dedupe is not None:
+        types[f"{entity.text.dedupe.column}_hash"] = StringType()  # SHA-256 of the text as matched, hex
+    return [StructField(name, types[name]) for name in entity.prepared_columns]
 
 
 def silver_schema(entity: EntityConfig) -> StructType:
     return StructType(
         [StructField(name, _spark_type(kind)) for name, kind in entity.columns.items()]
+        + prepared_fields(entity)
         + [
             StructField("_rescued", StringType()),  # unexpected fields, as a JSON object
             StructField("_source_file", StringType()),

@@ -26,7 +26,11 @@ ROW_LEVEL = (
     "expect_column_values_to_be_between",
     "expect_column_values_to_be_in_set",
     "expect_column_values_to_match_regex",
+    "expect_column_values_to_not_match_regex",
+    "expect_column_value_lengths_to_be_between",  # in characters, as GX counts them
 )
+REGEX_KINDS = ("expect_column_values_to_match_regex", "expect_column_values_to_not_match_regex")
+BOUNDED_KINDS = ("expect_column_values_to_be_between", "expect_column_value_lengths_to_be_between")
 
 # Columns of every silver table besides the entity's declared ones (lakehouse/silver_tables.py).
 SILVER_METADATA_COLUMNS = ("_rescued", "_source_file", "_source_line", "_ingested_at")
@@ -72,7 +76,7 @@ def regexes(data: dict) -> list[tuple[str, str]]:
     """(key, pattern) of every regex a suite's row-level rules will run."""
     found = []
     for index, expectation in enumerate(data.get("expectations") or []):
-        if isinstance(expectation, dict) and expectation.get("type") == "expect_column_values_to_match_regex":
+        if isinstance(expectation, dict) and expectation.get("type") in REGEX_KINDS:
             pattern = (expectation.get("kwargs") or {}).get("regex")
             if isinstance(pattern, str):
                 found.append((f"expectations[{index}].kwargs.regex", pattern))
@@ -136,7 +140,7 @@ def _row_rule_problems(kind: str, kwargs: dict) -> list[tuple[str, str]]:
     mostly = kwargs.get("mostly")
     if mostly is not None and not (_number(mostly) and 0.0 <= mostly <= 1.0):
         problems.append(("mostly", f"must be a number from 0 to 1, got {mostly!r}"))
-    if kind == "expect_column_values_to_be_between":
+    if kind in BOUNDED_KINDS:
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         for name, value in (("min_value", low), ("max_value", high)):
             if value is not None and not (_number(value) and math.isfinite(value)):
@@ -149,7 +153,7 @@ def _row_rule_problems(kind: str, kwargs: dict) -> list[tuple[str, str]]:
         values = kwargs.get("value_set")
         if not isinstance(values, list) or not values:
             problems.append(("value_set", f"must be a non-empty list, got {values!r}"))
-    elif kind == "expect_column_values_to_match_regex":
+    elif kind in REGEX_KINDS:
         if not isinstance(kwargs.get("regex"), str) or not kwargs.get("regex"):
             problems.append(("regex", f"must be a non-empty string, got {kwargs.get('regex')!r}"))
     return problems

@@ -316,6 +316,19 @@ def delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
 APPEND_ONLY_CHECKPOINTS = {"delta.checkpointInterval": "100"}
 
 
+def _session() -> SparkSession | None:
+    """The thread's active session, else the application's default one (a streaming query's
+    foreachBatch runs in a thread with none active)."""
+    try:
+        return SparkSession.active()
+    except Exception:  # noqa: BLE001 - no session at all: the steps need none from here
+        return None
+
+
+def _unchanged(step):
+    return step
+
+
 def at_once(*steps: Callable[[], object]) -> list:
     """Run independent steps (commits to different tables, say) in threads at once; their results,
     in order. A Delta commit is mostly the driver's round trips to the log, so a few of them take
@@ -324,8 +337,13 @@ def at_once(*steps: Callable[[], object]) -> list:
     first error is raised once every step has ended; any others are printed."""
     if len(steps) <= 1:
         return [step() for step in steps]
+    # With the session named, its job tags are inherited too (and pyspark does not warn that they are not).
+    session = _session()
+    inherit = inheritable_thread_target(session) if session is not None else inheritable_thread_target
+    if inherit is session:  # threads not pinned to JVM threads: nothing to inherit
+        inherit = _unchanged
     with ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="at-once") as pool:
-        futures = [pool.submit(inheritable_thread_target(step)) for step in steps]
+        futures = [pool.submit(inherit(step)) for step in steps]
     errors = [future.exception() for future in futures if future.exception() is not None]
     for extra in errors[1:]:
         print(f"lakehouse: a step run beside another that failed failed too: {type(extra).__name__}: "

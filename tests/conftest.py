@@ -110,3 +110,22 @@ def trained(spark, tmp_path_factory):
     assert run_flows(spark, config, [f"gold.{name}" for name in config.gold], once) == 0
     local = run_training(spark, config, "local", 1, gpu=False, force=False, epochs=TRAINED_EPOCHS)
     return config, local
+
+
+@pytest.fixture(scope="session")
+def chat_refined(spark, tmp_path_factory):
+    """3,000 generated chat messages (a fifth of them faulty) through bronze and silver:
+    (config, the generator's manifest). Shared by the chat scenario's silver and gold tests."""
+    from lakehouse.chat_generator import ChatGenerator
+    from lakehouse.generator_runs import generate_batch
+    from lakehouse.runner import run_flow
+
+    once = {"availableNow": True}
+    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path_factory.mktemp("chat") / "data", scenario="chat")
+    landing = Path(config.landing_path("chat"))
+    landing.mkdir(parents=True)
+    generator = ChatGenerator.from_config(config.generator, seed=13, fault_rate=0.2)
+    manifest = generate_batch(generator, landing, "chat", "c13", 13, 3000, 2)
+    assert run_flow(spark, config, "bronze.chat", once) == 0
+    assert run_flow(spark, config, "silver.chat", once) == 0
+    return config, manifest

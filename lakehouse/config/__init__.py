@@ -1,6 +1,8 @@
-"""The configuration: ``conf/base/`` overlaid by ``conf/<env>/``, then command-line overrides.
+"""The configuration: ``conf/base/`` overlaid by ``conf/scenarios/<scenario>/`` and ``conf/<env>/``,
+then command-line overrides.
 
 - lakehouse/config/schema.py: the typed configuration (one frozen dataclass per section);
+- lakehouse/config/entities.py: a silver entity's section (columns, keys, text preparation);
 - lakehouse/config/values.py: value constraints and durations;
 - lakehouse/config/convert.py: the merged YAML tree and its conversion to the dataclasses;
 - lakehouse/config/loading.py: :func:`load_config`, which also checks what spans sections.
@@ -8,10 +10,13 @@
 Everything a caller needs is importable from ``lakehouse.config``.
 """
 
+from lakehouse.config.entities import DerivedColumn, EntityConfig, TextDedupeConfig, TextPrepConfig
 from lakehouse.config.loading import (
     CONF_DIR_ENV,
     DEFAULT_ENV,
+    DEFAULT_SCENARIO,
     ENV_ENV,
+    SCENARIO_ENV,
     default_conf_dir,
     load_config,
 )
@@ -20,7 +25,6 @@ from lakehouse.config.schema import (
     LAYERS,
     CatalogConfig,
     CsvOptions,
-    EntityConfig,
     GeneratorConfig,
     GoldTableConfig,
     KafkaOptions,
@@ -42,7 +46,8 @@ from lakehouse.config.values import check_duration, duration_seconds, spark_inte
 from lakehouse.errors import ConfigError
 
 __all__ = [
-    "CONF_DIR_ENV", "DEFAULT_ENV", "ENV_ENV", "KAFKA_BOOTSTRAP_ENV", "LAYERS", "CatalogConfig", "ConfigError",
+    "CONF_DIR_ENV", "DEFAULT_ENV", "DEFAULT_SCENARIO", "ENV_ENV", "SCENARIO_ENV", "KAFKA_BOOTSTRAP_ENV",
+    "LAYERS", "CatalogConfig", "ConfigError", "DerivedColumn", "TextDedupeConfig", "TextPrepConfig",
     "CsvOptions", "EntityConfig", "GeneratorConfig", "GoldTableConfig", "KafkaOptions", "LakehouseConfig",
     "MaintenanceConfig", "ModelConfig", "OpsConfig", "QualityConfig", "RetrainConfig", "SourceConfig", "SparkConfig",
     "StorageConfig", "StreamingConfig",

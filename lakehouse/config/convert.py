@@ -80,6 +80,8 @@ class Tree:
         self.origins: dict[tuple[str, ...], str] = {}
         self.layer = ""  # the layer being merged (see ALTERNATIVES)
         self.layers: dict[tuple[str, ...], str] = {}  # key path -> the layer that set it
+        # Top-level sections later files may not create, only tune (see :meth:`close_absent`).
+        self.absent: set[str] = set()
 
     def merge_file(self, path: Path, prefix: list[str]) -> None:
         try:
@@ -93,6 +95,10 @@ class Tree:
             return
         if not isinstance(data, dict):
             raise ConfigError(str(path), ".".join(prefix) or "(root)", "expected a mapping")
+        if prefix and prefix[0] in self.absent:
+            return
+        if not prefix:
+            data = {key: value for key, value in data.items() if key not in self.absent}
         self._merge(prefix, data, str(path))
 
     def _merge(self, path: list[str], data: dict, origin: str) -> None:
@@ -134,6 +140,19 @@ class Tree:
             node[other] = None  # an earlier layer's alternative gives way
             self.origins[sibling] = origin
             self.layers[sibling] = self.layer
+
+    def replace(self, keys: typing.Iterable[str]) -> None:
+        """Forget what earlier layers set under these top-level keys (a scenario's layer)."""
+        for key in keys:
+            self.values.pop(key, None)
+            for table in (self.origins, self.layers):
+                for path in [path for path in table if path[0] == key]:
+                    del table[path]
+
+    def close_absent(self, keys: typing.Iterable[str]) -> None:
+        """Of ``keys``, those no layer has set so far are left out of the files merged from now on
+        (a scenario without training: the env's training settings tune nothing)."""
+        self.absent = {key for key in keys if key not in self.values}
 
     def origin(self, key_path: tuple[str, ...], fallback: str) -> str:
         while key_path:
@@ -198,6 +217,8 @@ def convert(value: Any, hint: Any, path: tuple[str, ...], tree: Tree, fallback: 
             fail("must not be empty")
         non_none = [opt for opt in options if opt is not type(None)]
         return convert(value, non_none[0], path, tree, fallback)
+    if hint is Any:  # free-form (a gold transform's options): plain YAML values, taken as they are
+        return value
     if value is None:
         fail("missing a value")
     if dataclasses.is_dataclass(hint):

@@ -1,4 +1,5 @@
-"""Typed configuration: ``conf/base/`` overlaid by ``conf/<env>/``, then command-line overrides.
+"""Typed configuration: ``conf/base/`` overlaid by ``conf/scenarios/<scenario>/`` (when one is
+chosen), then ``conf/<env>/``, then command-line overrides.
 
 Every ``*.yml`` file directly in a layer directory is merged at the root; a file in a
 sub-directory is merged under the key named by its path, so ``conf/base/sources/telemetry.yml``
@@ -7,6 +8,9 @@ holds the mapping found at ``sources.telemetry``. Later layers override earlier 
 The merged tree is converted once into the frozen dataclasses of lakehouse/config/schema.py. Any problem (unknown key,
 missing key, wrong type, a path that must exist and does not) raises :class:`ConfigError`, which
 names the file that set (or should have set) the key; the CLI prints it on one line and exits 2.
+A scenario (``--scenario chat``) is another set of feeds and tables on the same platform: its
+layer replaces the base's :data:`SCENARIO_KEYS` whole (what it does not set is empty: the chat
+scenario runs no telemetry flow); everything else overlays key by key as an env does.
 Loading has no side effects: nothing is created on disk until a valid configuration exists.
 """
 
@@ -28,6 +32,11 @@ from lakehouse.suites import read_suite_file, suite_problems
 CONF_DIR_ENV = "LAKEHOUSE_CONF_DIR"
 ENV_ENV = "LAKEHOUSE_ENV"
 DEFAULT_ENV = "dev"
+SCENARIO_ENV = "LAKEHOUSE_SCENARIO"
+DEFAULT_SCENARIO = "telemetry"  # the base configuration alone
+# What a scenario's layer replaces rather than overlays (lakehouse/config/schema.py's sections).
+SCENARIO_KEYS = ("sources", "entities", "gold", "training")
+NOT_ENVS = ("base", "scenarios")  # directories of conf/ that are not an --env
 
 
 def default_conf_dir() -> Path:
@@ -44,19 +53,26 @@ def load_config(
     conf_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
     overrides: typing.Sequence[str] = (),
+    scenario: str | None = None,
 ) -> LakehouseConfig:
-    """Load ``conf_dir/base`` + ``conf_dir/<env>`` + ``--data-dir`` + ``--set`` overrides."""
+    """Load ``conf_dir/base`` + ``conf_dir/scenarios/<scenario>`` + ``conf_dir/<env>`` +
+    ``--data-dir`` + ``--set`` overrides."""
     env = env or os.environ.get(ENV_ENV) or DEFAULT_ENV
+    scenario = scenario or os.environ.get(SCENARIO_ENV) or DEFAULT_SCENARIO
     conf_path = Path(conf_dir) if conf_dir is not None else default_conf_dir()
     base, env_dir = _layer_dirs(conf_path, env)
+    scenario_dir = _scenario_dir(conf_path, scenario)
     tree = Tree()
-    for layer in (base, env_dir):
+    for layer in (base, scenario_dir, env_dir):
+        if layer is None:
+            continue
         tree.layer = str(layer)
-        for path in sorted(layer.rglob("*.yml")) + sorted(layer.rglob("*.yaml")):
-            prefix = list(path.relative_to(layer).parent.parts)
-            if path.parent != layer:
-                prefix.append(path.stem)
-            tree.merge_file(path, prefix)
+        if layer == scenario_dir:
+            tree.replace(SCENARIO_KEYS)
+        if layer == env_dir and scenario_dir is not None:
+            tree.close_absent(SCENARIO_KEYS)  # the env tunes the scenario's sections, adds none
+        for path in _layer_files(layer):
+            tree.merge_file(path, _key_prefix(layer, path))
     if data_dir is not None:
         tree.set(["storage", "data_dir"], str(data_dir), "--data-dir")
     tree.layer = "--set"
@@ -64,8 +80,10 @@ def load_config(
         _apply_override(tree, item)
     values = dict(tree.values)
     values["env"] = env
+    values["scenario"] = scenario
     values["conf_dir"] = str(conf_path)
     tree.origins[("env",)] = "--env"
+    tree.origins[("scenario",)] = "--scenario"
     tree.origins[("conf_dir",)] = "--conf-dir"
     config = convert(values, LakehouseConfig, (), tree, str(base))
     _check_entities(config, tree, str(base))
@@ -87,10 +105,36 @@ def _layer_dirs(conf_path: Path, env: str) -> tuple[Path, Path]:
     if not base.is_dir():
         raise ConfigError(str(base), "base", "the base configuration directory is missing")
     env_dir = conf_path / env
-    if not env_dir.is_dir():
-        envs = sorted(p.name for p in conf_path.iterdir() if p.is_dir() and p.name != "base")
+    if not env_dir.is_dir() or env in NOT_ENVS:
+        envs = sorted(p.name for p in conf_path.iterdir() if p.is_dir() and p.name not in NOT_ENVS)
         raise ConfigError(str(env_dir), "--env", f"no such environment '{env}' (have: {', '.join(envs)})")
     return base, env_dir
+
+
+def _scenario_dir(conf_path: Path, scenario: str) -> Path | None:
+    """``conf/scenarios/<scenario>`` (None for the default scenario, which is the base alone)."""
+    if scenario == DEFAULT_SCENARIO:
+        return None
+    root = conf_path / "scenarios"
+    layer = root / scenario
+    if "/" in scenario or scenario.startswith(".") or not layer.is_dir():
+        have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        raise ConfigError(str(layer), "--scenario",
+                          f"no such scenario '{scenario}' (have: {', '.join([DEFAULT_SCENARIO, *have])})")
+    return layer
+
+
+def _layer_files(layer: Path) -> list[Path]:
+    return sorted(layer.rglob("*.yml")) + sorted(layer.rglob("*.yaml"))
+
+
+def _key_prefix(layer: Path, path: Path) -> list[str]:
+    """Where a file's mapping goes: ``sources/telemetry.yml`` -> ``sources.telemetry``; a file
+    directly in the layer -> the root."""
+    prefix = list(path.relative_to(layer).parent.parts)
+    if path.parent != layer:
+        prefix.append(path.stem)
+    return prefix
 
 
 def _apply_override(tree: Tree, item: str) -> None:
@@ -117,7 +161,7 @@ def _check_entities(config: LakehouseConfig, tree: Tree, base: str) -> None:
             raise ConfigError(tree.origin(("entities", name, "suite"), base), f"entities.{name}.suite",
                               f"no suite file {suite}")
         try:
-            problems = suite_problems(read_suite_file(suite), set(entity.columns))
+            problems = suite_problems(read_suite_file(suite), {*entity.columns, *entity.prepared_columns})
         except ValueError as exc:
             raise ConfigError(str(suite), "(file)", str(exc)) from None
         for key, message in problems[:1]:

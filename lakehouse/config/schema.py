@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+from lakehouse.config.entities import EntityConfig
 from lakehouse.config.running import MaintenanceConfig, OpsConfig, RunConfig, StreamingConfig
 from lakehouse.config.values import (
     ENV_VAR,
@@ -149,6 +150,9 @@ class SourceConfig:
     # as bad) is in the checkpoint: keep it, archive it (move it under archive_path), or delete it.
     after_ingest: Literal["keep", "archive", "delete"] = "keep"
     archive_path: str | None = None  # default <data_dir>/archive/<source>; never inside the landing path
+    # What `lakehouse generate --source <this>` writes: telemetry readings (lakehouse/generator.py)
+    # or chat messages (lakehouse/chat_generator.py).
+    generator: Literal["telemetry", "chat"] = "telemetry"
 
     def problems(self) -> list[tuple[str, str]]:
         if self.max_files_per_trigger and self.max_bytes_per_trigger:
@@ -161,47 +165,6 @@ class SourceConfig:
             return [("csv.header", "a Kafka message has no header line: set csv.header to false")]
         return []
 
-
-ColumnType = Literal["string", "double", "long", "int", "boolean", "timestamp", "date"]
-
-
-@dataclass(frozen=True)
-class EntityConfig:
-    """A silver entity: the typed record parsed from its sources' bronze rows."""
-
-    sources: list[Identifier]  # bronze.<source> tables it reads
-    columns: dict[Identifier, ColumnType]  # the declared schema, in order
-    keys: list[Identifier]  # deduplication key
-    event_time: Identifier  # which version of a key is the latest
-    suite: Identifier  # expectations/<suite>.json under the env or base conf dir
-    # How late an event may arrive: a row whose event time is older than the newest event time
-    # in silver before its micro-batch, minus this, goes to quarantine with reason "late".
-    watermark: Duration = "1 hour"
-    # An event time later than the micro-batch's processing time plus this goes to quarantine as
-    # "future_event_time" (clock skew): it never moves the late cut-off or a gold watermark.
-    max_future: Duration = "1 hour"
-    # Double columns that may hold NaN or +-Infinity; in any other, a non-finite value is
-    # quarantined as "not_finite".
-    allow_non_finite: list[Identifier] = field(default_factory=list)
-    # Fields the schema does not declare. rescue: kept as JSON in _rescued; evolve: each becomes a
-    # new string column of silver (Delta schema evolution); quarantine: the row is quarantined.
-    unexpected_fields: Literal["rescue", "evolve", "quarantine"] = "rescue"
-    max_files_per_trigger: PositiveInt | None = None  # rate limit on the bronze Delta files per batch
-    # A record (line or message) longer than this many bytes is quarantined as "too_large", unparsed.
-    max_record_bytes: PositiveInt = 262_144
-
-    def problems(self) -> list[tuple[str, str]]:
-        for name in (*self.keys, self.event_time):
-            if name not in self.columns:
-                return [("keys" if name in self.keys else "event_time", f"'{name}' is not a declared column")]
-        if self.columns[self.event_time] not in ("timestamp", "date"):
-            return [("event_time", f"'{self.event_time}' is a {self.columns[self.event_time]} column, not a timestamp")]
-        for name in self.allow_non_finite:
-            if self.columns.get(name) != "double":
-                return [("allow_non_finite", f"'{name}' is not a declared double column")]
-        if not self.keys:
-            return [("keys", "at least one key column is required")]
-        return []
 
 
 TableName = Annotated[str, Pattern(r"^(bronze|silver|gold|ops)\.[a-z][a-z0-9_]{0,62}$",
@@ -226,7 +189,12 @@ class GoldTableConfig:
 
     mode: Literal["streaming", "batch"]
     inputs: list[TableName]
-    sql: str
+    sql: str | None = None
+    # batch only, instead of sql: "package.module:function", called as function(spark, inputs,
+    # **options) with the inputs' DataFrames by table name (at the versions read), returning the
+    # table's rows (lakehouse/text_dedup.py's near_duplicates, for the chat scenario).
+    transform: Annotated[str, Pattern(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", "package.module:function")] | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # the transform's keyword arguments
     watermark: WatermarkConfig | None = None  # streaming only
     # batch only: `lakehouse run` rebuilds the table when an input's Delta version has changed,
     # at most this often
@@ -244,6 +212,12 @@ class GoldTableConfig:
             return [("watermark", "a streaming gold table needs a watermark (column and delay)")]
         if self.mode == "batch" and self.watermark is not None:
             return [("watermark", "only streaming gold tables take a watermark")]
+        if (self.sql is None) == (self.transform is None):
+            return [("sql", "give the table's sql or its transform (one of the two)")]
+        if self.transform is not None and self.mode != "batch":
+            return [("transform", "only a batch gold table takes a transform")]
+        if self.options and self.transform is None:
+            return [("options", "options are a transform's arguments: this table has none")]
         return []
 
 
@@ -346,6 +320,7 @@ class LakehouseConfig:
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
     training: TrainingConfig | None = None
+    scenario: str = "telemetry"  # --scenario: conf/scenarios/<name>/ over the base (lakehouse/config/loading.py)
 
     def source(self, name: str) -> SourceConfig:
         return self._named("sources", self.sources, name)
@@ -363,13 +338,23 @@ class LakehouseConfig:
             raise ConfigError(str(self.conf_dir), f"{section}.{name}", f"no such {kind} (configured: {known})")
         return items[name]
 
+    @property
+    def conf_layers(self) -> list[Path]:
+        """The configuration's layer directories, the one that wins first: env, scenario, base."""
+        scenario = [] if self.scenario == "telemetry" else [Path("scenarios") / self.scenario]
+        return [self.conf_dir / layer for layer in (Path(self.env), *scenario, Path("base"))]
+
+    def conf_file(self, relative: str) -> Path:
+        """A file under the layer that defines it (the env's, else the scenario's, else the base's);
+        the base's path when none does."""
+        for layer in self.conf_layers:
+            if (layer / relative).is_file():
+                return layer / relative
+        return self.conf_dir / "base" / relative
+
     def suite_path(self, suite: str) -> Path:
-        """``expectations/<suite>.json`` from the environment's conf dir, else the base one."""
-        for layer in (self.env, "base"):
-            candidate = self.conf_dir / layer / "expectations" / f"{suite}.json"
-            if candidate.is_file():
-                return candidate
-        return self.conf_dir / "base" / "expectations" / f"{suite}.json"
+        """``expectations/<suite>.json`` of the layer that defines it."""
+        return self.conf_file(f"expectations/{suite}.json")
 
     @property
     def landing_root(self) -> str:

@@ -13,13 +13,17 @@ from lakehouse.config import ConfigError, load_config
 from tests.conftest import CONF_DIR, edit_conf
 
 
-def test_every_environment_loads():
-    envs = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "base")
+def test_every_environment_loads_with_every_scenario():
+    envs = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("base", "scenarios"))
     assert envs == ["databricks", "dev", "prod", "test"]
     for env in envs:
         config = load_config(env, conf_dir=CONF_DIR)
         assert config.env == env
         assert "telemetry" in config.sources
+        chat = load_config(env, conf_dir=CONF_DIR, scenario="chat")
+        assert (chat.env, list(chat.sources)) == (env, ["chat"])
+    with pytest.raises(ConfigError, match="no such environment 'scenarios'"):
+        load_config("scenarios", conf_dir=CONF_DIR)
 
 
 def test_overlay_and_overrides_apply_in_order(tmp_path):

@@ -62,6 +62,13 @@ def test_fused_results_equal_gx_results_on_the_same_rows(spark, config, tmp_path
     suite_json["expectations"][11]["kwargs"]["mostly"] = 0.99  # between(cpu_util)
     suite_json["expectations"].append({"type": "expect_column_values_to_be_in_set", "meta": {"policy": "warn"},
                                        "kwargs": {"column": "rack", "value_set": ["r01", "r02", "r03"], "mostly": 0.5}})
+    # The kinds a text feed adds (the chat scenario): regex exclusion and string lengths.
+    suite_json["expectations"] += [
+        {"type": "expect_column_values_to_not_match_regex", "meta": {"policy": "warn"},
+         "kwargs": {"column": "host", "regex": "h00[0-4]$", "mostly": 0.5}},
+        {"type": "expect_column_value_lengths_to_be_between", "meta": {"policy": "warn"},
+         "kwargs": {"column": "host", "min_value": 1, "max_value": 11}},
+    ]
     assert suite_json["expectations"][6]["kwargs"] == {"column": "gpu_util"}
     suite_json["expectations"][6]["kwargs"]["mostly"] = 0.2  # not_null(gpu_util)
     path = tmp_path / "suite.json"

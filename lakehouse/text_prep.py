@@ -1,0 +1,128 @@
+"""Silver's preparation of free text, for an entity with a ``text:`` section (the chat scenario's
+messages): what runs between the parse (lakehouse.parse) and the suite's row rules
+(lakehouse.quality), so the rules judge, and silver keeps, the prepared text.
+
+For each of ``text.columns``, in this order:
+1. Unicode normalisation (NFC by default), with Arrow's ``utf8_normalize`` in a Python worker
+   (Spark has no SQL function for it);
+2. control characters (``\\p{Cc}`` other than tab and newline) removed, and the text trimmed of
+   leading and trailing white space, so whitespace-only text is empty;
+3. each ``text.mask`` pattern, in order, replaced by ``<NAME>``; ``masked_counts`` counts the
+   matches per name over all the columns.
+Then the ``derived`` columns (SQL over the prepared row), and, with ``text.dedupe``, the hash of
+the text as matched (lower case, runs of white space as one space) in ``<column>_hash``.
+
+The raw record a quarantined row keeps, and rescued fields, are masked with the same patterns
+(:func:`masked`), so unmasked text never leaves bronze. :func:`mark_text_duplicates` quarantines
+exact duplicates (``duplicate_text``) once the batch is decided (lakehouse/refine.py).
+Next stop for a record: the row rules, then silver.<entity> or its quarantine.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from lakehouse.config import EntityConfig
+from lakehouse.parse import Stage
+from lakehouse.silver_tables import SPARK_TYPES
+
+# C0 and C1 control characters except tab and newline (Java regex, as Spark runs it).
+CONTROL = r"[\p{Cc}&&[^\t\n]]"
+# White space at either end (\s alone is ASCII in Java; \p{Z} adds the Unicode spaces).
+EDGE_SPACE = r"^[\s\p{Z}]+|[\s\p{Z}]+$"
+INNER_SPACE = r"[\s\p{Z}]+"
+DUPLICATE_TEXT = "duplicate_text"  # the quarantine reason
+
+
+def prepare_stages(entity: EntityConfig) -> list[Stage]:
+    """The stages that prepare a parsed batch's text (module doc); none for an entity without
+    ``text:`` or ``derived:``."""
+    stages: list[Stage] = []
+    text = entity.text
+    if text is not None:
+        stages.append(("withColumns", {name: _cleaned(F.col(name), text.normalize, text.strip_control)
+                                       for name in text.columns}))
+        for mask_name, pattern in text.mask.items():
+            # One stage per pattern, so its count sees the text the earlier patterns left.
+            stages.append(("withColumns", {
+                _count_column(mask_name): sum((F.regexp_count(F.col(c), F.lit(pattern)) for c in text.columns),
+                                              F.lit(0)),
+                **{c: F.regexp_replace(F.col(c), pattern, f"<{mask_name}>") for c in text.columns},
+            }))
+        if text.mask:
+            counts = [item for name in text.mask for item in (F.lit(name), F.col(_count_column(name)).cast("long"))]
+            # (The count columns go with the batch's final select, lakehouse/refine.py.)
+            stages.append(("withColumns", {"masked_counts": F.when(_parsed(), F.create_map(*counts)),
+                                           "_rescued": masked(F.col("_rescued"), entity)}))
+    if entity.derived:
+        stages.append(("withColumns", {name: F.expr(derived.sql).cast(SPARK_TYPES[derived.type])
+                                       for name, derived in entity.derived.items()}))
+    if text is not None and text.dedupe is not None:
+        column = text.dedupe.column
+        matched = F.lower(F.regexp_replace(F.col(column), INNER_SPACE, " "))
+        stages.append(("withColumns", {f"{column}_hash": F.when(
+            F.char_length(matched) >= text.dedupe.min_chars, F.sha2(matched, 256))}))
+    return stages
+
+
+def masked(value: Column, entity: EntityConfig) -> Column:
+    """``value`` (raw text) with every mask pattern of the entity replaced by its placeholder."""
+    if entity.text is None:
+        return value
+    for name, pattern in entity.text.mask.items():
+        value = F.regexp_replace(value, pattern, f"<{name}>")
+    return value
+
+
+def mark_text_duplicates(decided: DataFrame, entity: EntityConfig, silver: DataFrame) -> DataFrame:
+    """Add ``duplicate_text`` to the reasons of each kept row whose text hash an earlier row has
+    under another key: an earlier kept row of the batch (by event time, then bronze position),
+    or a row already in ``silver``. A row of the same key with the same text is a re-send, which
+    the key's deduplication handles. Deterministic for a redone batch: silver's own copy of a
+    row, from an attempt that committed its MERGE, has the row's key."""
+    hash_column = f"{entity.text.dedupe.column}_hash"
+    key = F.struct(*[F.col(k) for k in entity.keys])
+    kept = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0) & F.col(hash_column).isNotNull()
+    # Rows that do not compete are partitions of their own (by bronze position), as in refine.newest_of_its_key.
+    partition = [kept, F.when(kept, F.col(hash_column)),
+                 *[F.when(~kept, F.col(c)) for c in ("_source_file", "_source_line")]]
+    order = [F.col(entity.event_time).asc_nulls_last(), F.col("_source_file"), F.col("_source_line")]
+    first_key = F.first(key).over(Window.partitionBy(*partition).orderBy(*order))
+    seen = (silver.where(F.col(hash_column).isNotNull())
+            .groupBy(F.col(hash_column).alias("_seen_hash"))
+            .agg(F.min(key).alias("_seen_low"), F.max(key).alias("_seen_high")))
+    joined = decided.join(seen, decided[hash_column] == seen["_seen_hash"], "left")
+    earlier = (F.col("_seen_low").isNotNull() & ((F.col("_seen_low") != key) | (F.col("_seen_high") != key))) \
+        | (first_key != key)
+    duplicate = kept & F.coalesce(earlier, F.lit(False))
+    return joined.withColumn("_reasons", F.when(duplicate, F.concat(F.col("_reasons"), F.array(F.lit(DUPLICATE_TEXT))))
+                             .otherwise(F.col("_reasons"))).drop("_seen_hash", "_seen_low", "_seen_high")
+
+
+def _cleaned(value: Column, form: str, strip_control: bool) -> Column:
+    if form != "none":
+        value = _normalizer(form)(value)
+    if strip_control:
+        value = F.regexp_replace(value, CONTROL, "")
+    return F.regexp_replace(value, EDGE_SPACE, "")
+
+
+def _normalizer(form: str):
+    """A vectorised UDF: the strings in Unicode normal form ``form`` (Arrow's utf8_normalize)."""
+    import pyarrow.compute as pc
+
+    @F.arrow_udf("string")
+    def normalize(values):
+        return pc.utf8_normalize(values, form=form)
+
+    return normalize
+
+
+def _count_column(name: str) -> str:
+    return f"_masked_{name}"
+
+
+def _parsed() -> Column:
+    """Rows the parse gave fields (a malformed line has no text to count in)."""
+    return ~F.col("_malformed")

@@ -1,0 +1,124 @@
+"""Gold for the chat scenario: near duplicates by MinHash-LSH (planted pairs found at the recall
+the LSH settings promise, every removal a true near duplicate, its nearest kept message
+recorded), conversation documents, the byte-level token table; a build killed half-way."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+from pyspark.sql import functions as F
+
+from lakehouse.failpoints import FAILPOINTS_ENV
+from lakehouse.runner import run_flow
+from lakehouse.tables import read_table, resolve_table, table_exists
+from lakehouse.text_tokens import BOS, EOS
+from tests.lakehouse.test_chat_silver import _all_text
+from tests.processes import start_job
+
+ONCE = {"availableNow": True}
+
+
+def _matched(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def _jaccard(a: str, b: str, size: int = 5) -> float:
+    left = {a[i:i + size] for i in range(len(a) - size + 1)}
+    right = {b[i:i + size] for i in range(len(b) - size + 1)}
+    return len(left & right) / len(left | right)
+
+
+def _found_probability(similarity: float, bands: int, rows: int, threshold: float) -> float:
+    """The chance that LSH keeps a pair of this true similarity: a candidate (one band agrees),
+    and the estimate over bands * rows hash functions reaches the threshold (binomial)."""
+    n = bands * rows
+    candidate = 1 - (1 - similarity ** rows) ** bands
+    need = math.ceil(threshold * n - 1e-9)
+    estimate = sum(math.comb(n, k) * similarity ** k * (1 - similarity) ** (n - k) for k in range(need, n + 1))
+    return candidate * estimate
+
+
+@pytest.mark.slow
+def test_near_duplicates_documents_and_tokens(spark, chat_refined, subprocess_env):
+    config, manifest = chat_refined
+
+    # killed once the near duplicates are found and before they are written: nothing is written
+    job = start_job(config, {**subprocess_env, FAILPOINTS_ENV: "gold.build=kill"}, "gold.log",
+                    "--scenario", "chat", "gold", "--table", "chat_near_duplicates")
+    assert job.wait(timeout=600) == -9
+    assert not table_exists(spark, resolve_table(config, "gold.chat_near_duplicates"))
+    for name in ("chat_near_duplicates", "chat_documents", "chat_tokens"):
+        assert run_flow(spark, config, f"gold.{name}", ONCE) == 0, name
+
+    options = config.gold_table("chat_near_duplicates").options
+    silver = {(r.conversation_id, r.turn): r.text for r in read_table(spark, resolve_table(config, "silver.chat")).collect()}
+    near = read_table(spark, resolve_table(config, "gold.chat_near_duplicates")).collect()
+    removed = {(r.conversation_id, r.turn): (r.kept_conversation_id, r.kept_turn) for r in near}
+    assert len(removed) == len(near) > 0
+    for gone, kept in removed.items():  # the nearest kept message is kept, and truly similar
+        assert gone in silver and kept in silver and kept not in removed
+        assert _jaccard(_matched(silver[gone]), _matched(silver[kept])) >= options["threshold"] - 0.1
+
+    # the planted pairs: found as often as the settings promise
+    planted = []
+    for fault in (f for f in manifest.faults if f["kind"] == "near_duplicate"):
+        copy, original = (fault["event_id"].rsplit("/", 1), fault["detail"].rsplit("/", 1))
+        copy, original = (copy[0], int(copy[1])), (original[0], int(original[1]))
+        if copy in silver and original in silver:
+            planted.append((copy, _jaccard(_matched(silver[copy]), _matched(silver[original]))))
+    assert len(planted) >= 30
+    expected = sum(_found_probability(s, options["bands"], options["rows"], options["threshold"])
+                   for _, s in planted) / len(planted)
+    recall = sum(copy in removed for copy, _ in planted) / len(planted)
+    assert expected > 0.9 and recall >= expected - 0.1, (recall, expected)
+
+    # a rebuild after the crash gives the same rows (deterministic: nothing lost or doubled)
+    assert run_flow(spark, config, "gold.chat_near_duplicates", ONCE) == 0
+    again = read_table(spark, resolve_table(config, "gold.chat_near_duplicates")).collect()
+    assert sorted(again) == sorted(near)
+
+    # documents: each conversation's kept messages in turn order, with role markers
+    documents = {r.conversation_id: r for r in read_table(spark, resolve_table(config, "gold.chat_documents")).collect()}
+    kept = {}
+    for (conversation, turn), text in sorted(silver.items()):
+        if (conversation, turn) not in removed:
+            kept.setdefault(conversation, []).append(text)
+    assert set(documents) == set(kept)
+    some = next(iter(kept))
+    assert documents[some].messages == len(kept[some])
+    assert [line.split("|> ", 1)[1] for line in documents[some].document.split("\n<|")] == kept[some]
+
+    # tokens: the bytes of each document between BOS and EOS, sequences overlapping by one token
+    tokens = read_table(spark, resolve_table(config, "gold.chat_tokens"))
+    per_conversation = tokens.groupBy("conversation_id").agg(
+        F.array_sort(F.collect_list(F.struct("sequence", "tokens"))).alias("parts"),
+        F.countDistinct("shard").alias("shards"), F.countDistinct("heldout").alias("splits")).collect()
+    assert len(per_conversation) == len(documents)
+    for row in per_conversation:
+        assert row.shards == 1 and row.splits == 1
+        joined = list(row.parts[0].tokens)
+        for part in row.parts[1:]:
+            assert part.tokens[0] == joined[-1]
+            joined += part.tokens[1:]
+        assert joined == [BOS, *documents[row.conversation_id].document.encode("utf-8"), EOS]
+    assert tokens.agg(F.max(F.size("tokens"))).first()[0] == config.gold_table("chat_tokens").options["seq_len"] + 1
+    assert 0 < tokens.where("heldout").select("conversation_id").distinct().count() < len(documents)
+
+    # no planted PII string in any gold table
+    pii = [f["detail"] for f in manifest.faults if f["kind"].startswith("pii_")]
+    rows = _all_text(read_table(spark, resolve_table(config, "gold.chat_documents")))
+    assert pii and not [value for value in pii if any(value in row for row in rows)]
+
+
+def test_resolve_keeps_the_earliest_and_records_the_nearest_kept():
+    from lakehouse.text_dedup import resolve
+
+    def pair(a, b, similarity):
+        return {"_a": (a,), "_b": (b,), "_order_a": a, "_order_b": b, "_similarity": similarity}
+
+    # 1 ~ 2 ~ 3, 1 !~ 3: 2 goes (nearest kept 1); 3 stays, for its only similar message is gone.
+    # 4 is similar to both 1 (0.8) and 3 (0.9): it goes, with 3 as its nearest kept message.
+    removed = resolve([pair(1, 2, 0.9), pair(2, 3, 0.8), pair(1, 4, 0.8), pair(3, 4, 0.9)])
+    assert removed == {(2,): ((1,), 0.9), (4,): ((3,), 0.9)}
