@@ -3,32 +3,34 @@ scenario's ``gold.chat_near_duplicates`` (a batch gold table's ``transform``, la
 
 1. Each text of at least ``min_chars`` characters (lower case, white space collapsed) becomes
    the set of its ``shingle``-character substrings, hashed; its signature is the minimum of
-   ``bands * rows`` random hash functions over that set (numpy, in a vectorised Arrow UDF).
-   The share of equal signature positions of two texts estimates their Jaccard similarity.
-2. The signature is cut into ``bands`` bands of ``rows`` values; texts that agree on a whole
-   band are candidates (a pair of similarity s is one with probability 1 - (1 - s^rows)^bands).
-3. A candidate pair is kept when its estimated similarity is at least ``threshold``.
+   ``bands * rows`` random hash functions over that set (numpy, in a vectorised Arrow UDF),
+   cut into ``bands`` bands of ``rows`` values, each band hashed to one number.
+2. Texts that agree on a whole band are candidates: a pair of Jaccard similarity s is one with
+   probability 1 - (1 - s^rows)^bands (a join on the band hashes, not a comparison of all pairs).
+3. A candidate pair is kept when the Jaccard similarity of the two shingle sets, computed
+   exactly, is at least ``threshold``.
 4. In ``order`` (the earliest first), a text similar to an earlier text that stays is removed,
    and that text recorded as its nearest kept one (the most similar; ties to the earliest).
    Step 4 runs on the driver over the pairs of step 3, whose number grows with the near
    duplicates, not with the table.
 
-One row per removed text: its key, the kept text's key (``kept_<key>``) and the estimated
-similarity. Deterministic for the same rows and ``seed``, so a rebuild after a crash gives the
-same table. Next stop: gold.chat_documents leaves these messages out.
+One row per removed text: its key, the kept text's key (``kept_<key>``) and their similarity.
+Deterministic for the same rows and ``seed``, so a rebuild after a crash gives the same table.
+Next stop: gold.chat_documents leaves these messages out.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StructField, StructType
 
 
-def near_duplicates(spark: SparkSession, inputs: dict[str, DataFrame], *, input: str | None = None, key: list[str], order: str,
-                    column: str = "text", shingle: int = 5, bands: int = 16, rows: int = 8,
-                    threshold: float = 0.7, min_chars: int = 80, seed: int = 1) -> DataFrame:
+def near_duplicates(spark: SparkSession, inputs: dict[str, DataFrame], *, input: str | None = None,
+                    key: list[str], order: str, column: str = "text", shingle: int = 5, bands: int = 16,
+                    rows: int = 8, threshold: float = 0.7, min_chars: int = 80, seed: int = 1) -> DataFrame:
     """The removed texts of ``inputs[input]`` (module doc), with their nearest kept text."""
     if shingle < 1 or bands < 1 or rows < 1 or not 0.0 < threshold <= 1.0:
         raise ValueError("near_duplicates needs shingle, bands, rows >= 1 and 0 < threshold <= 1")
@@ -36,18 +38,20 @@ def near_duplicates(spark: SparkSession, inputs: dict[str, DataFrame], *, input:
     matched = F.lower(F.regexp_replace(F.col(column), r"[\s\p{Z}]+", " "))
     keyed = texts.where(F.char_length(matched) >= min_chars).select(
         F.struct(*[F.col(k) for k in key]).alias("_key"), F.col(order).alias("_order"), matched.alias("_text"))
-    signed = keyed.select("_key", "_order", signatures(shingle, bands * rows, seed)("_text").alias("_sig"))
-    signed = signed.localCheckpoint()  # read by the band join twice, and computed once
-    banded = signed.select("_key", F.posexplode(_band_hashes(F.col("_sig"), bands, rows)).alias("_band", "_hash"))
-    left, right = banded.alias("a"), banded.alias("b")
-    candidates = (left.join(right, (F.col("a._band") == F.col("b._band")) & (F.col("a._hash") == F.col("b._hash"))
-                            & (F.col("a._key") < F.col("b._key")))
+    # Computed once, kept on disk (40 longs a text), read by both sides of the band join.
+    banded = keyed.select("_key", band_hashes(shingle, bands, rows, seed)("_text").alias("_bands")) \
+        .localCheckpoint(storageLevel=StorageLevel.DISK_ONLY)
+    exploded = banded.select("_key", F.posexplode("_bands").alias("_band", "_hash"))
+    left, right = exploded.alias("a"), exploded.alias("b")
+    candidates = (left.hint("merge").join(right, (F.col("a._band") == F.col("b._band"))
+                                          & (F.col("a._hash") == F.col("b._hash")) & (F.col("a._key") < F.col("b._key")))
                   .select(F.col("a._key").alias("_a"), F.col("b._key").alias("_b")).distinct())
-    sig_a = signed.select(F.col("_key").alias("_a"), F.col("_order").alias("_order_a"), F.col("_sig").alias("_sig_a"))
-    sig_b = signed.select(F.col("_key").alias("_b"), F.col("_order").alias("_order_b"), F.col("_sig").alias("_sig_b"))
-    scored = candidates.join(sig_a, "_a").join(sig_b, "_b").select(
-        "_a", "_b", "_order_a", "_order_b", _agreement(F.col("_sig_a"), F.col("_sig_b")).alias("_similarity"))
+    side = {s: keyed.select(F.col("_key").alias(f"_{s}"), F.col("_order").alias(f"_order_{s}"),
+                            F.col("_text").alias(f"_text_{s}")) for s in ("a", "b")}
+    scored = candidates.join(side["a"], "_a").join(side["b"], "_b").select(
+        "_a", "_b", "_order_a", "_order_b", jaccard(shingle)("_text_a", "_text_b").alias("_similarity"))
     pairs = scored.where(F.col("_similarity") >= threshold).collect()
+    banded.unpersist()
     removed = resolve(pairs)
     key_type = texts.select(F.struct(*[F.col(k) for k in key])).schema[0].dataType
     schema = StructType([*key_type.fields, *[StructField(f"kept_{f.name}", f.dataType) for f in key_type.fields],
@@ -76,26 +80,50 @@ def _sortable(value):
     return (value is None, value)
 
 
-def signatures(shingle: int, permutations: int, seed: int):
-    """An Arrow UDF: each text's MinHash signature (``permutations`` 32-bit values, as longs)."""
+def band_hashes(shingle: int, bands: int, rows: int, seed: int):
+    """An Arrow UDF: each text's MinHash signature (``bands * rows`` values) cut into ``bands``
+    bands, each hashed to one long."""
     import pyarrow as pa
 
     rng = np.random.default_rng(seed)
-    a = rng.integers(0, 1 << 64, size=permutations, dtype=np.uint64, endpoint=False) | np.uint64(1)
-    b = rng.integers(0, 1 << 64, size=permutations, dtype=np.uint64, endpoint=False)
+    a = rng.integers(0, 1 << 64, size=bands * rows, dtype=np.uint64, endpoint=False) | np.uint64(1)
+    b = rng.integers(0, 1 << 64, size=bands * rows, dtype=np.uint64, endpoint=False)
+    mix = rng.integers(0, 1 << 64, size=rows, dtype=np.uint64, endpoint=False) | np.uint64(1)
 
     @F.arrow_udf("array<long>")
-    def sign(texts):
-        out = [minhash(text, shingle, a, b).tolist() for text in texts.to_pylist()]
+    def band(texts):
+        out = [((minhash(text, shingle, a, b).reshape(bands, rows).astype(np.uint64) * mix).sum(axis=1))
+               .view(np.int64).tolist() for text in texts.to_pylist()]
         return pa.array(out, type=pa.list_(pa.int64()))
 
-    return sign
+    return band
 
 
-def minhash(text: str, shingle: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The signature of one text: for each (a, b), min over its shingles h of the top 32 bits of
-    (a*h + b) mod 2^64 (multiply-shift hashing, a odd); h is a polynomial hash of the shingle's
-    code points."""
+def jaccard(shingle: int):
+    """An Arrow UDF: the Jaccard similarity of two texts' sets of hashed shingles."""
+    import pyarrow as pa
+
+    @F.arrow_udf("double")
+    def similarity(left, right):
+        out, seen = [], {}  # a text is in many pairs: its shingles hashed once per batch
+
+        def hashed(text):
+            if text not in seen:
+                seen[text] = shingle_hashes(text, shingle)
+            return seen[text]
+
+        for x, y in zip(left.to_pylist(), right.to_pylist(), strict=True):
+            hx, hy = hashed(x), hashed(y)
+            shared = len(np.intersect1d(hx, hy, assume_unique=True))
+            out.append(shared / (len(hx) + len(hy) - shared))
+        return pa.array(out, type=pa.float64())
+
+    return similarity
+
+
+def shingle_hashes(text: str, shingle: int) -> np.ndarray:
+    """The distinct 64-bit polynomial hashes of a text's ``shingle``-code-point substrings (a
+    text shorter than one shingle: the text padded with zeros, one shingle)."""
     points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     if len(points) < shingle:
         points = np.concatenate([points, np.zeros(shingle - len(points), dtype=np.uint64)])
@@ -103,15 +131,11 @@ def minhash(text: str, shingle: int, a: np.ndarray, b: np.ndarray) -> np.ndarray
     h = np.zeros(count, dtype=np.uint64)
     for offset in range(shingle):  # overflow wraps: a hash modulo 2^64
         h = h * np.uint64(1_000_003) + points[offset:offset + count]
-    h = np.unique(h)
-    return ((a[:, None] * h[None, :] + b[:, None]) >> np.uint64(32)).min(axis=1).astype(np.int64)
+    return np.unique(h)
 
 
-def _band_hashes(signature, bands: int, rows: int):
-    return F.array(*[F.xxhash64(F.slice(signature, band * rows + 1, rows)) for band in range(bands)])
-
-
-def _agreement(left, right):
-    """The share of positions where two signatures agree: their estimated Jaccard similarity."""
-    equal = F.zip_with(left, right, lambda x, y: F.when(x == y, 1).otherwise(0))
-    return F.aggregate(equal, F.lit(0), lambda acc, x: acc + x) / F.size(left)
+def minhash(text: str, shingle: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The signature of one text: for each (a, b), min over its shingle hashes h of the top 32
+    bits of (a*h + b) mod 2^64 (multiply-shift hashing, a odd)."""
+    h = shingle_hashes(text, shingle)
+    return ((a[:, None] * h[None, :] + b[:, None]) >> np.uint64(32)).min(axis=1)

@@ -4,7 +4,6 @@ recorded), conversation documents, the byte-level token table; a build killed ha
 
 from __future__ import annotations
 
-import math
 import re
 
 import pytest
@@ -30,14 +29,10 @@ def _jaccard(a: str, b: str, size: int = 5) -> float:
     return len(left & right) / len(left | right)
 
 
-def _found_probability(similarity: float, bands: int, rows: int, threshold: float) -> float:
-    """The chance that LSH keeps a pair of this true similarity: a candidate (one band agrees),
-    and the estimate over bands * rows hash functions reaches the threshold (binomial)."""
-    n = bands * rows
-    candidate = 1 - (1 - similarity ** rows) ** bands
-    need = math.ceil(threshold * n - 1e-9)
-    estimate = sum(math.comb(n, k) * similarity ** k * (1 - similarity) ** (n - k) for k in range(need, n + 1))
-    return candidate * estimate
+def _found_probability(similarity: float, bands: int, rows: int) -> float:
+    """The chance that LSH makes a pair of this Jaccard similarity a candidate (one band of its
+    signatures agrees); a candidate at or above the threshold is then kept for sure."""
+    return 1 - (1 - similarity ** rows) ** bands
 
 
 @pytest.mark.slow
@@ -59,7 +54,7 @@ def test_near_duplicates_documents_and_tokens(spark, chat_refined, subprocess_en
     assert len(removed) == len(near) > 0
     for gone, kept in removed.items():  # the nearest kept message is kept, and truly similar
         assert gone in silver and kept in silver and kept not in removed
-        assert _jaccard(_matched(silver[gone]), _matched(silver[kept])) >= options["threshold"] - 0.1
+        assert _jaccard(_matched(silver[gone]), _matched(silver[kept])) >= options["threshold"] - 0.01
 
     # the planted pairs: found as often as the settings promise
     planted = []
@@ -69,7 +64,7 @@ def test_near_duplicates_documents_and_tokens(spark, chat_refined, subprocess_en
         if copy in silver and original in silver:
             planted.append((copy, _jaccard(_matched(silver[copy]), _matched(silver[original]))))
     assert len(planted) >= 30
-    expected = sum(_found_probability(s, options["bands"], options["rows"], options["threshold"])
+    expected = sum(_found_probability(s, options["bands"], options["rows"]) if s >= options["threshold"] else 0.0
                    for _, s in planted) / len(planted)
     recall = sum(copy in removed for copy, _ in planted) / len(planted)
     assert expected > 0.9 and recall >= expected - 0.1, (recall, expected)
