@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lakehouse.cli_look import cmd_sql, cmd_status, cmd_ui
 from lakehouse.cli_parser import build_parser
-from lakehouse.config import SCENARIO_ENV, LakehouseConfig, check_duration, load_config
+from lakehouse.config import LakehouseConfig, check_duration, load_config
 from lakehouse.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -42,8 +42,6 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=args.data_dir,
             overrides=args.overrides or (),
         )
-        # The jobs this command starts (spark-submit, workers) load the same scenario.
-        os.environ[SCENARIO_ENV] = config.scenario
         if getattr(args, "source", None) is not None:
             config.source(args.source)  # an unknown source or entity is a configuration error too
         if getattr(args, "entity", None) is not None:

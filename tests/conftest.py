@@ -18,6 +18,15 @@ CONF_DIR = REPO / "conf"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _the_default_scenario():
+    """Tests name a scenario where they want one: a $LAKEHOUSE_SCENARIO of the shell running
+    them (the README exports it for the chat scenario) would change every other test's tables."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("LAKEHOUSE_SCENARIO", raising=False)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _spark_jvm_in_a_session_of_its_own():
     """The shared session's JVM in a session (so a process group) of its own. pyspark starts it in
     the test run's group, where a SIGTERM or SIGHUP sent to the group (a time limit's `kill 0`, a
@@ -84,6 +93,7 @@ def subprocess_env() -> dict:
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     env["LAKEHOUSE_CONF_DIR"] = str(CONF_DIR)
     env.pop("LAKEHOUSE_ENV", None)
+    env.pop("LAKEHOUSE_SCENARIO", None)
     env.pop("MLFLOW_TRACKING_URI", None)  # each job's store is the one of its --data-dir
     return env
 
