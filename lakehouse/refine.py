@@ -191,7 +191,8 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
         counts = _count_and_check(decided, batch, rules, config.quality.validation == "fused", entity.event_time)
         results = rule_results(rules, counts, counts["records"]) if config.quality.validation == "fused" else []
         if validator is not None:
-            results += validator.validate(decided.where(F.col("_reasons").isNotNull()).select(*entity.columns))
+            checked = decided.where(F.col("_reasons").isNotNull())
+            results += validator.validate(checked.select(*entity.columns, *entity.prepared_columns))
         inserted = _write_outputs(decided, batch, results, counts["quarantined"])
         failpoint("silver.stats", batch_id)
         valid_rows = counts["records"] - counts["quarantined"]
@@ -224,7 +225,7 @@ def decide_rows(bronze_batch: DataFrame, config: LakehouseConfig, entity: Entity
                 rules: list, cache: dict | None = None) -> DataFrame:
     """The batch parsed, checked and decided. ``_reasons``: null for a CSV header line (not a
     record), else why the row is quarantined ([] keeps it). Only what the later steps read: the
-    raw line only where the row is quarantined.
+    raw line only where the row is quarantined (or, with exact text dedupe, may turn out a duplicate).
 
     The plan's cut-offs enter as two columns, so the expressions do not depend on the batch;
     with a ``cache`` (one per query) they are built once per bronze schema and set of

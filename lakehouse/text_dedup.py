@@ -38,7 +38,7 @@ def near_duplicates(spark: SparkSession, inputs: dict[str, DataFrame], *, input:
     matched = F.lower(F.regexp_replace(F.col(column), r"[\s\p{Z}]+", " "))
     keyed = texts.where(F.char_length(matched) >= min_chars).select(
         F.struct(*[F.col(k) for k in key]).alias("_key"), F.col(order).alias("_order"), matched.alias("_text"))
-    # Computed once, kept on disk (40 longs a text), read by both sides of the band join.
+    # Computed once, kept on disk (one long a band), read by both sides of the band join.
     banded = keyed.select("_key", band_hashes(shingle, bands, rows, seed)("_text").alias("_bands")) \
         .localCheckpoint(storageLevel=StorageLevel.DISK_ONLY)
     exploded = banded.select("_key", F.posexplode("_bands").alias("_band", "_hash"))
