@@ -53,7 +53,7 @@ from lakehouse.tables import (
     resolve_table,
     table_exists,
 )
-from lakehouse.text_prep import mark_text_duplicates, masked, prepare_stages
+from lakehouse.text_prep import mark_text_duplicates, masked, may_be_quarantined, prepare_stages
 
 
 class ExpectationFailedError(JobError):
@@ -259,22 +259,12 @@ def _decision_stages(schema: StructType, config: LakehouseConfig, entity: Entity
         ("select", [
             # Text that is not UTF-8 is kept with U+FFFD in its place, masked as the entity's text
             # is (lakehouse.text_prep); bronze holds the exact bytes.
-            F.when(_may_be_quarantined(entity), masked(F.make_valid_utf8("value"), entity)).alias("value"),
+            F.when(may_be_quarantined(entity), masked(F.make_valid_utf8("value"), entity)).alias("value"),
             *silver_columns(entity),
             "_reasons", F.when(F.size("_reasons") > 0, F.col("_non_finite")).alias("_non_finite"),
             *FAILED_COLUMNS.values(),
         ]),
     ]
-
-
-def _may_be_quarantined(entity: EntityConfig) -> Column:
-    """Rows that keep their raw record past the decision: the quarantined ones, and where exact
-    text duplicates are looked for (lakehouse.text_prep.mark_text_duplicates), the kept ones that
-    may turn out to be duplicates (:func:`_refine_staged` drops it from the rest afterwards)."""
-    quarantined = F.size("_reasons") > 0
-    if entity.text is None or entity.text.dedupe is None:
-        return quarantined
-    return quarantined | F.col(f"{entity.text.dedupe.column}_hash").isNotNull()
 
 
 def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:

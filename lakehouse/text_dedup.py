@@ -27,6 +27,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StructField, StructType
 
+from lakehouse.text_prep import matched_text
+
 
 def near_duplicates(spark: SparkSession, inputs: dict[str, DataFrame], *, input: str | None = None,
                     key: list[str], order: str, column: str = "text", shingle: int = 5, bands: int = 16,
@@ -35,7 +37,7 @@ def near_duplicates(spark: SparkSession, inputs: dict[str, DataFrame], *, input:
     if shingle < 1 or bands < 1 or rows < 1 or not 0.0 < threshold <= 1.0:
         raise ValueError("near_duplicates needs shingle, bands, rows >= 1 and 0 < threshold <= 1")
     texts = inputs[input] if input else next(iter(inputs.values()))  # default: the one input
-    matched = F.lower(F.regexp_replace(F.col(column), r"[\s\p{Z}]+", " "))
+    matched = matched_text(F.col(column))
     keyed = texts.where(F.char_length(matched) >= min_chars).select(
         F.struct(*[F.col(k) for k in key]).alias("_key"), F.col(order).alias("_order"), matched.alias("_text"))
     # Computed once, kept on disk (one long a band), read by both sides of the band join.

@@ -60,10 +60,26 @@ def prepare_stages(entity: EntityConfig) -> list[Stage]:
                                        for name, derived in entity.derived.items()}))
     if text is not None and text.dedupe is not None:
         column = text.dedupe.column
-        matched = F.lower(F.regexp_replace(F.col(column), INNER_SPACE, " "))
+        matched = matched_text(F.col(column))
         stages.append(("withColumns", {f"{column}_hash": F.when(
             F.char_length(matched) >= text.dedupe.min_chars, F.sha2(matched, 256))}))
     return stages
+
+
+def matched_text(text: Column) -> Column:
+    """Text as the dedupes compare it: lower case, each run of white space one space (silver
+    has trimmed it). The exact dedupe hashes it; lakehouse/text_dedup.py shingles it."""
+    return F.lower(F.regexp_replace(text, INNER_SPACE, " "))
+
+
+def may_be_quarantined(entity: EntityConfig) -> Column:
+    """Rows of a decided batch that keep their raw record: the quarantined ones, and where exact
+    duplicates are looked for, the kept ones that may turn out duplicates
+    (:func:`mark_text_duplicates`; lakehouse/refine.py drops the record from the rest afterwards)."""
+    quarantined = F.size("_reasons") > 0
+    if entity.text is None or entity.text.dedupe is None:
+        return quarantined
+    return quarantined | F.col(f"{entity.text.dedupe.column}_hash").isNotNull()
 
 
 def masked(value: Column, entity: EntityConfig) -> Column:
