@@ -235,8 +235,11 @@ def cmd_train(config: LakehouseConfig, args) -> int:
     from ml.run import run_training
 
     num_proc = args.num_proc or (1 if args.backend == "local" else 2)
+    if args.resume and (args.version is not None or args.epochs):
+        raise UsageError("--resume goes on with the run's own table version and epochs: drop --version and --epochs")
     spark = _start_spark(config)
-    summary = run_training(spark, config, args.backend, num_proc, args.gpu, args.force, args.version, args.epochs)
+    summary = run_training(spark, config, args.backend, num_proc, args.gpu, args.force, args.version, args.epochs,
+                           resume=args.resume)
     print("\n".join(summary.describe()))
     print(f"browse: mlflow ui --backend-store-uri {redact_text(summary.tracking_uri)}")
     return EXIT_OK
@@ -247,6 +250,8 @@ def cmd_score(config: LakehouseConfig, args) -> int:
 
     if config.training is None:
         raise UsageError("no training section in the configuration (conf/<env>/training.yml)")
+    if config.training.task != "regression":
+        raise UsageError(f"scoring writes the regression model's predictions; training.task is {config.training.task}")
     spark = _start_spark(config)
     summary = score(spark, config)
     print(f"gold.predictions: version {summary.table_version}, {summary.rows:,} rows from {summary.input} "

@@ -131,6 +131,8 @@ def _ml_commands(command) -> None:
     train.add_argument("--force", action="store_true", help="train even when the input's quality is below the gate")
     train.add_argument("--version", type=int, help="the feature table's Delta version (default: the latest)")
     train.add_argument("--epochs", type=int, help="override training.epochs")
+    train.add_argument("--resume", metavar="RUN_ID", help="go on with a causal_lm run that stopped half-way, from its "
+                       "last checkpoint (same table version, same --num-proc)")
 
     command("score", "score the feature table with the registered model's champion into gold.predictions")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pyspark.sql import SparkSession
 
 from lakehouse.config import ConfigError, LakehouseConfig, view_name
+from lakehouse.config.values import load_import_name
 from lakehouse.sql_plans import parsed_plan, relations_read, writing_node
 from lakehouse.suites import read_suite_file, regexes
 
@@ -27,12 +28,9 @@ def conf_file(config: LakehouseConfig, section: str, name: str) -> str:
 def transform_function(config: LakehouseConfig, name: str):
     """The function a gold table's ``transform`` names; a ConfigError naming the key when it
     cannot be imported or is not a function."""
-    import importlib
-
     spec = config.gold_table(name).transform
-    module_name, _, function_name = spec.partition(":")
     try:
-        function = getattr(importlib.import_module(module_name), function_name)
+        function = load_import_name(spec)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(conf_file(config, "gold", name), f"gold.{name}.transform",
                           f"cannot load {spec}: {exc}") from None

@@ -7,13 +7,15 @@ sequences of at most ``seq_len`` + 1 tokens, each sharing its first token with t
 one's last, so every next-token pair is in exactly one sequence. A conversation's sequences all go
 to one ``shard`` (``shards`` of them, by a hash of the conversation id) and carry whether the
 conversation is held out for evaluation (``heldout``: the same hash, so a conversation is never in
-both). Training (ml/) reads the table at a pinned Delta version.
+both). Training (ml/lm.py, ml/lm_train.py) reads the table at a pinned Delta version.
 """
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # ml/ reads the token ids below in processes that may have no Spark
+    from pyspark.sql import DataFrame, SparkSession
 
 BOS, EOS, PAD = 256, 257, 258
 VOCAB_SIZE = 259  # bytes, then BOS, EOS, PAD
@@ -24,6 +26,8 @@ def byte_tokens(spark: SparkSession, inputs: dict[str, DataFrame], *, input: str
                 heldout_fraction: float = 0.1) -> DataFrame:
     """One row per training sequence (module doc): key, ``sequence`` (its index in the document),
     ``shard``, ``heldout``, ``tokens`` (array<int>)."""
+    from pyspark.sql import functions as F
+
     if seq_len < 2 or shards < 1 or not 0.0 <= heldout_fraction < 1.0:
         raise ValueError("byte_tokens needs seq_len >= 2, shards >= 1 and 0 <= heldout_fraction < 1")
     documents = inputs[input] if input else next(iter(inputs.values()))  # default: the one input

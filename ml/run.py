@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from lakehouse.errors import EXIT_CONFIG, EXIT_QUALITY, LakehouseError
 from lakehouse.pipeline import TRAIN, Pipeline
 from ml.data import Snapshot, count_unusable, pin_snapshot
-from ml.tracking import RunSummary, log_run
+from ml.resume import checkpoint_dir, end_run, resume_point
+from ml.tracking import RunSummary, log_run, open_run
 from ml.train import TrainResult, TrainSpec, train_process
 
 BACKENDS = ("local", "horovod", "torch-distributor")
@@ -144,12 +145,56 @@ def run_backend(spark, spec: TrainSpec, backend: str, num_proc: int) -> TrainRes
 
 
 def run_training(spark, config, backend: str, num_proc: int, gpu: bool, force: bool,
-                 version: int | None = None, epochs: int | None = None) -> RunSummary:
+                 version: int | None = None, epochs: int | None = None, resume: str | None = None) -> RunSummary:
+    """Train once (module doc); ``resume``: the id of a causal_lm run that stopped half-way, which
+    then goes on from its checkpoint on the table version it started on."""
     training = config.training
     if training is None:
         raise BackendError("no training section in the configuration (conf/<env>/training.yml)")
     check_backend(spark, backend, num_proc, gpu)
-    # the entities the feature table is built from, through gold tables' declared inputs
+    if training.task == "causal_lm":
+        from ml.lm import check_code
+
+        problem = check_code(training.lm)
+        if problem:
+            raise BackendError(problem)
+    resumed = resume_point(config, resume) if resume else None
+    if resumed and resumed.processes != num_proc:
+        raise BackendError(f"run {resume} trained with {resumed.processes} processes: resume it with as many "
+                           f"(--num-proc {resumed.processes})")
+    pass_rate = quality_gate(spark, config, force) if resumed is None else None
+    snapshot: Snapshot = pin_snapshot(spark, config, training.table, resumed.version if resumed else version)
+    if training.task == "regression":
+        check_rows(spark, config, snapshot, force)
+    print(f"training {training.task} on {snapshot.table}@v{snapshot.version} ({snapshot.rows:,} rows, "
+          f"{len(snapshot.files)} files) with {backend} x{num_proc}{' on GPU' if gpu else ''}", flush=True)
+    spec = TrainSpec(
+        snapshot=snapshot, features=list(training.features), label=training.label or "",
+        split_key=list(training.split_key), validation_fraction=training.validation_fraction,
+        hidden=list(training.model.hidden), dropout=training.model.dropout, optimizer=training.optimizer,
+        learning_rate=training.learning_rate, batch_size=training.batch_size,
+        epochs=resumed.epochs if resumed else (epochs or training.epochs), seed=training.seed,
+        log_every_steps=training.log_every_steps, backend=backend, gpu=gpu, task=training.task, lm=training.lm,
+    )
+    run_id = resumed.run_id if resumed else open_run(config, spec, backend, num_proc, pass_rate)
+    spec.checkpoint_dir, spec.resume = str(checkpoint_dir(config, run_id)), resumed is not None
+    if resumed:
+        print(f"resuming run {run_id} from step {resumed.step}", flush=True)
+    try:
+        result = run_backend(spark, spec, backend, num_proc)
+    except BaseException:
+        end_run(config, run_id, "FAILED")  # resumable from its last checkpoint (causal_lm)
+        raise
+    for epoch in result.epochs:
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in epoch.items() if k not in ("epoch", "step"))
+        print(f"  epoch {epoch['epoch'] + 1}/{spec.epochs} (step {epoch['step']}): {figures}", flush=True)
+    return log_run(config, spec, result, backend, run_id)
+
+
+def quality_gate(spark, config, force: bool) -> float | None:
+    """The silver pass rate of the entities the training table is built from (through the gold
+    tables' declared inputs); TrainingRefused below training.min_quality_pass_rate."""
+    training = config.training
     entities = sorted(flow.name for flow in Pipeline(config).upstream(TRAIN) if flow.kind == "silver")
     pass_rate = quality_pass_rate(spark, config, entities, training.quality_window_batches)
     if pass_rate is not None and pass_rate < training.min_quality_pass_rate and not force:
@@ -157,21 +202,4 @@ def run_training(spark, config, backend: str, num_proc: int, gpu: bool, force: b
             f"the last {training.quality_window_batches} silver batches of {', '.join(entities)} kept "
             f"{pass_rate:.1%} of their records, below training.min_quality_pass_rate "
             f"{training.min_quality_pass_rate:.1%}: fix the feed, or pass --force")
-    snapshot: Snapshot = pin_snapshot(spark, config, training.table, version)
-    check_rows(spark, config, snapshot, force)
-    print(f"training on {snapshot.table}@v{snapshot.version} ({snapshot.rows:,} rows, {len(snapshot.files)} files)"
-          f" with {backend} x{num_proc}{' on GPU' if gpu else ''}", flush=True)
-    spec = TrainSpec(
-        snapshot=snapshot, features=list(training.features), label=training.label,
-        split_key=list(training.split_key), validation_fraction=training.validation_fraction,
-        hidden=list(training.model.hidden), dropout=training.model.dropout, optimizer=training.optimizer,
-        learning_rate=training.learning_rate, batch_size=training.batch_size,
-        epochs=epochs or training.epochs, seed=training.seed, log_every_steps=training.log_every_steps,
-        backend=backend, gpu=gpu,
-    )
-    result = run_backend(spark, spec, backend, num_proc)
-    for epoch in result.epochs:
-        print(f"  epoch {epoch['epoch'] + 1}/{spec.epochs}: val_rmse {epoch['val_rmse']:.3f}, "
-              f"val_mae {epoch['val_mae']:.3f}", flush=True)
-    return log_run(config, spec, result, backend, pass_rate)
-
+    return pass_rate

@@ -1,9 +1,12 @@
 """Tracking a training run in MLflow: where runs go, what a run logs, and the champion.
 
-A run logs its parameters, the loss curve and validation metrics, the input tables' versions and
-the silver quality it was trained on, and the model (weights and architecture, no pickle); the
-registered version takes the alias ``champion`` when it beats the current champion's validation
-RMSE (:func:`promote`, a compare-and-set under :func:`promotion_lock`). ml/run.py calls it.
+A run is opened before training (:func:`open_run`: its parameters, the input tables' versions and
+the silver quality it was trained on), so a run killed half-way keeps its id for `--resume`.
+After training, :func:`log_run` adds the loss curve and validation metrics and the model (weights
+and architecture, no pickle); the registered version takes the alias ``champion`` when it beats
+the current champion's validation RMSE, or held-out perplexity for the causal_lm task
+(:func:`promote`, a compare-and-set under :func:`promotion_lock`). ml/run.py calls them; the
+causal_lm task's own parts are in ml/lm_tracking.py.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -41,16 +44,22 @@ class RunSummary:
     samples_per_s: float
     not_champion_because: str | None = None  # why the champion alias did not move to this version
     refused_rows: int = 0  # feature rows not finite in float32: not trained on
+    task: str = "regression"
+    figures: dict = field(default_factory=dict)  # causal_lm: baseline perplexities, tokens/s (TrainResult)
 
     def describe(self) -> list[str]:
         """The run in a few lines, as `lakehouse train` and the demo print them."""
-        final = self.final
-        lines = [
-            f"run {self.run_id} in experiment {self.experiment}",
-            f"validation RMSE {final.get('val_rmse', float('nan')):.3f} W (predicting the mean: "
-            f"{self.baseline_rmse:.3f} W), MAE {final.get('val_mae', float('nan')):.3f} W, "
-            f"{self.samples_per_s:,.0f} samples/s",
-        ]
+        final, figures = self.final, self.figures
+        lines = [f"run {self.run_id} in experiment {self.experiment}"]
+        if self.task == "causal_lm":
+            lines.append(f"held-out perplexity {final.get('val_perplexity', float('nan')):.2f} (untrained: "
+                         f"{figures.get('untrained_perplexity', float('nan')):.2f}, unigram: "
+                         f"{figures.get('unigram_perplexity', float('nan')):.2f}), "
+                         f"{figures.get('tokens_per_s', 0.0):,.0f} tokens/s")
+        else:
+            lines.append(f"validation RMSE {final.get('val_rmse', float('nan')):.3f} W (predicting the mean: "
+                         f"{self.baseline_rmse:.3f} W), MAE {final.get('val_mae', float('nan')):.3f} W, "
+                         f"{self.samples_per_s:,.0f} samples/s")
         if self.refused_rows:
             lines.append(f"{self.refused_rows:,} rows not trained on: a feature or the label is not finite in float32")
         lines.append(f"registered {self.registered_model} version {self.model_version}"
@@ -106,54 +115,90 @@ def git_commit() -> str:
         return "unknown"
 
 
-def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, pass_rate: float | None) -> RunSummary:
-    quiet_mlflow()  # no usage reports from jobs
+def _experiment(config) -> tuple[str, str]:
+    """(tracking URI, experiment name) of the configuration, both made current in mlflow."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    from ml.model import MLPRegressor
-
-    training = config.training
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
-    experiment = training.experiment.replace("{env}", config.env)
+    experiment = config.training.experiment.replace("{env}", config.env)
     if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(experiment) is None:
         # A local store keeps the models beside its database, not in ./mlruns of whatever directory
         # the job started in.
         artifacts = (Path(config.storage.data_dir) / "mlflow-artifacts" / experiment).absolute().as_uri()
         mlflow.create_experiment(experiment, artifact_location=artifacts)
     mlflow.set_experiment(experiment)
-    model = MLPRegressor(len(spec.features), spec.hidden, spec.dropout)
-    model.load_state_dict(result.state_dict)
-    model.eval()
+    return uri, experiment
+
+
+def open_run(config, spec: TrainSpec, backend: str, processes: int, pass_rate: float | None) -> str:
+    """Create the run before training starts (so a run killed half-way can be resumed by its id):
+    its parameters and lineage tags. Returns the run id."""
+    quiet_mlflow()  # no usage reports from jobs
+    import mlflow
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    _, experiment = _experiment(config)
     snapshot = spec.snapshot
     inputs = {snapshot.table: snapshot.version, **snapshot.inputs}
-    client = MlflowClient()
-    with mlflow.start_run(run_name=f"{backend}-x{result.processes}-{snapshot.table}@v{snapshot.version}") as run:
-        mlflow.log_params(redact_tree({
-            "learning_rate": spec.learning_rate, "batch_size": spec.batch_size, "epochs": spec.epochs,
-            "processes": result.processes, "backend": backend, "optimizer": spec.optimizer,
-            "model_shape": f"{len(spec.features)}->{'->'.join(map(str, spec.hidden))}->1", "seed": spec.seed,
-            "features": ",".join(spec.features), "label": spec.label, "gpu": spec.gpu,
-            "train_rows": result.train_rows, "validation_rows": result.validation_rows,
-        }))
-        mlflow.set_tags({
-            "git_commit": git_commit(),
+    params = {"learning_rate": spec.learning_rate, "batch_size": spec.batch_size, "epochs": spec.epochs,
+              "processes": processes, "backend": backend, "optimizer": spec.optimizer, "seed": spec.seed,
+              "gpu": spec.gpu, "task": spec.task}
+    if spec.task == "causal_lm":
+        from ml.lm_tracking import lm_params
+
+        params.update(lm_params(spec))
+    else:
+        params.update({"model_shape": f"{len(spec.features)}->{'->'.join(map(str, spec.hidden))}->1",
+                       "features": ",".join(spec.features), "label": spec.label})
+    tags = {"git_commit": git_commit(),
             "input_tables": ",".join(f"{name}@v{version}" for name, version in inputs.items()),
             "training_table": snapshot.table, "training_table_version": str(snapshot.version),
-            "silver_quality_pass_rate": "unknown" if pass_rate is None else f"{pass_rate:.4f}",
-        })
-        _log_metrics(client, run.info.run_id, result)
-        info = _log_model(model, spec)
+            "silver_quality_pass_rate": "unknown" if pass_rate is None else f"{pass_rate:.4f}"}
+    client = MlflowClient()
+    run = client.create_run(mlflow.get_experiment_by_name(experiment).experiment_id, tags=tags,
+                            run_name=f"{backend}-x{processes}-{snapshot.table}@v{snapshot.version}")
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in redact_tree(params).items()])
+    return run.info.run_id  # RUNNING until log_run ends it (or the process dies: --resume)
+
+
+def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, run_id: str) -> RunSummary:
+    """After training: the run's curves and figures, the model; register it, and make it the
+    champion when it beats the current one (lower validation RMSE, or held-out perplexity)."""
+    quiet_mlflow()
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    training = config.training
+    uri, experiment = _experiment(config)
+    client = MlflowClient()
+    with mlflow.start_run(run_id=run_id) as run:
+        mlflow.log_params({"train_rows": result.train_rows, "validation_rows": result.validation_rows})
+        if spec.task == "causal_lm":
+            from ml.lm_tracking import log_lm
+
+            info, metric = log_lm(client, run_id, spec, result), "val_perplexity"
+        else:
+            _log_metrics(client, run_id, result)
+            info, metric = _log_model(_regression_model(spec, result), spec), "val_rmse"
     version = mlflow.register_model(info.model_uri, training.registered_model)
     final = result.epochs[-1] if result.epochs else {}
     refused = promote(config, client, uri, training.registered_model, version.version,
-                      final.get("val_rmse", float("nan")), result.validation_rows)
+                      final.get(metric, float("nan")), result.validation_rows, metric=metric)
     if refused:
         client.set_model_version_tag(training.registered_model, version.version, "not_champion_because", refused)
     return RunSummary(training.registered_model, run.info.run_id, experiment, uri, version.version,
                       refused is None, final, result.baseline_rmse, result.samples_per_s, refused,
-                      result.refused_rows)
+                      result.refused_rows, spec.task, dict(result.figures))
+
+
+def _regression_model(spec: TrainSpec, result: TrainResult):
+    from ml.model import MLPRegressor
+
+    model = MLPRegressor(len(spec.features), spec.hidden, spec.dropout)
+    model.load_state_dict(result.state_dict)
+    return model.eval()
 
 
 def _log_metrics(client, run_id: str, result: TrainResult) -> None:
@@ -229,27 +274,31 @@ def _local_store(uri: str) -> Path | None:
     return None
 
 
-def promote(config, client, uri: str, name: str, version: str, val_rmse: float, validation_rows: int) -> str | None:
+METRIC_NAMES = {"val_rmse": "validation RMSE", "val_perplexity": "held-out perplexity"}  # lower is better
+
+
+def promote(config, client, uri: str, name: str, version: str, value: float, validation_rows: int,
+            metric: str = "val_rmse") -> str | None:
     """Make ``version`` the champion when it may be one (validation rows, a finite metric) and
-    beats the current champion's val_rmse: a compare-and-set under :func:`promotion_lock`.
-    Returns None when it did, else why not."""
+    beats the current champion's ``metric`` (lower wins): a compare-and-set under
+    :func:`promotion_lock`. Returns None when it did, else why not."""
     if validation_rows == 0:
         return "it had no validation rows"
-    if not math.isfinite(val_rmse):
-        return f"its validation RMSE is {val_rmse} (not finite)"
+    if not math.isfinite(value):
+        return f"its {METRIC_NAMES[metric]} is {value} (not finite)"
     with promotion_lock(config, uri, name):
-        return _promote_if_better(client, name, version, val_rmse)
+        return _promote_if_better(client, name, version, value, metric)
 
 
-def _promote_if_better(client, name: str, version: str, val_rmse: float) -> str | None:
+def _promote_if_better(client, name: str, version: str, value: float, metric: str) -> str | None:
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except Exception:  # no champion yet (MLflow raises when the alias is not set)
         current = None
     failpoint("train.promote")
     if current is not None:
-        best = client.get_run(current.run_id).data.metrics.get("val_rmse", float("nan"))
-        if math.isfinite(best) and val_rmse >= best:  # a champion with no finite metric is replaced
-            return f"the champion (version {current.version}) has a lower validation RMSE, {best:.4f}"
+        best = client.get_run(current.run_id).data.metrics.get(metric, float("nan"))
+        if math.isfinite(best) and value >= best:  # a champion with no finite metric is replaced
+            return f"the champion (version {current.version}) has a lower {METRIC_NAMES[metric]}, {best:.4f}"
     client.set_registered_model_alias(name, CHAMPION, version)
     return None

@@ -1,6 +1,7 @@
 """The train function every backend runs, once per process.
 
-``train_process(spec)`` reads this process's shard of the pinned feature table, fits the
+``train_process(spec)`` runs the configured task: ``causal_lm`` in ml/lm_train.py, and here the
+``regression`` task, which reads this process's shard of the pinned feature table, fits the
 scaling on the training rows of all processes (sums exchanged with the backend), trains the
 MLP with the squared-error loss, and evaluates on the validation rows of all processes after
 each epoch. Every process takes the same number of steps per epoch (the smallest shard's), as
@@ -12,60 +13,25 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ml.data import Snapshot, read_shard, usable_rows, validation_mask
+from ml.data import read_shard, usable_rows, validation_mask
 from ml.dist import make_comm
 from ml.model import MLPRegressor
-
-
-@dataclass
-class TrainSpec:
-    """Everything a training process needs; picklable, sent to every process."""
-
-    snapshot: Snapshot
-    features: list[str]
-    label: str
-    split_key: list[str]
-    validation_fraction: float
-    hidden: list[int]
-    dropout: float
-    optimizer: str
-    learning_rate: float
-    batch_size: int
-    epochs: int
-    seed: int
-    log_every_steps: int
-    backend: str = "local"
-    gpu: bool = False
-
-
-@dataclass
-class TrainResult:
-    """What rank 0 hands back to the driver."""
-
-    processes: int
-    train_rows: int
-    validation_rows: int
-    baseline_rmse: float  # predicting the training mean for every validation row
-    refused_rows: int = 0  # not finite in float32 (ml.data.usable_rows), over all processes
-    unlabelled_rows: int = 0  # no label
-    steps: list[int] = field(default_factory=list)  # global step of each logged training loss
-    train_loss: list[float] = field(default_factory=list)  # mean squared error in label-std units
-    epochs: list[dict] = field(default_factory=list)  # per epoch: val_loss, val_rmse, val_mae
-    samples_per_s: float = 0.0  # training samples over all processes per second of training
-    state_dict: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from ml.spec import TrainResult, TrainSpec
 
 
 def train_process(spec: TrainSpec) -> TrainResult | None:
+    """The train function every backend runs in each of its processes."""
     comm = make_comm(spec.backend, spec.gpu)
     try:
+        if spec.task == "causal_lm":
+            from ml.lm_train import train_lm
+
+            return train_lm(spec, comm, _device(spec, comm))
         return _train(spec, comm)
     finally:
         comm.close()

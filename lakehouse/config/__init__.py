@@ -30,25 +30,23 @@ from lakehouse.config.schema import (
     KafkaOptions,
     LakehouseConfig,
     MaintenanceConfig,
-    ModelConfig,
     OpsConfig,
     QualityConfig,
-    RetrainConfig,
     SourceConfig,
     SparkConfig,
     StorageConfig,
     StreamingConfig,
-    TrainingConfig,
     WatermarkConfig,
     view_name,
 )
+from lakehouse.config.training import LanguageModelConfig, ModelConfig, RetrainConfig, TrainingConfig
 from lakehouse.config.values import check_duration, duration_seconds, spark_interval
 from lakehouse.errors import ConfigError
 
 __all__ = [
     "CONF_DIR_ENV", "DEFAULT_ENV", "DEFAULT_SCENARIO", "ENV_ENV", "SCENARIO_ENV", "KAFKA_BOOTSTRAP_ENV",
     "LAYERS", "CatalogConfig", "ConfigError", "DerivedColumn", "TextDedupeConfig", "TextPrepConfig",
-    "CsvOptions", "EntityConfig", "GeneratorConfig", "GoldTableConfig", "KafkaOptions", "LakehouseConfig",
+    "CsvOptions", "EntityConfig", "GeneratorConfig", "GoldTableConfig", "KafkaOptions", "LakehouseConfig", "LanguageModelConfig",
     "MaintenanceConfig", "ModelConfig", "OpsConfig", "QualityConfig", "RetrainConfig", "SourceConfig", "SparkConfig",
     "StorageConfig", "StreamingConfig",
     "TrainingConfig", "WatermarkConfig", "check_duration", "default_conf_dir", "duration_seconds", "load_config",

@@ -15,14 +15,17 @@ from typing import Annotated, Any, Literal
 
 from lakehouse.config.entities import EntityConfig
 from lakehouse.config.running import MaintenanceConfig, OpsConfig, RunConfig, StreamingConfig
+from lakehouse.config.training import TrainingConfig
 from lakehouse.config.values import (
     ENV_VAR,
     Duration,
     Identifier,
+    ImportName,
     MustExist,
     Pattern,
     PositiveInt,
     Range,
+    TableName,
 )
 from lakehouse.errors import ConfigError
 
@@ -167,10 +170,6 @@ class SourceConfig:
 
 
 
-TableName = Annotated[str, Pattern(r"^(bronze|silver|gold|ops)\.[a-z][a-z0-9_]{0,62}$",
-                                   "a table name such as silver.telemetry")]
-
-
 @dataclass(frozen=True)
 class WatermarkConfig:
     column: Identifier  # the input's event-time column
@@ -193,7 +192,7 @@ class GoldTableConfig:
     # batch only, instead of sql: "package.module:function", called as function(spark, inputs,
     # **options) with the inputs' DataFrames by table name (at the versions read), returning the
     # table's rows (lakehouse/text_dedup.py's near_duplicates, for the chat scenario).
-    transform: Annotated[str, Pattern(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", "package.module:function")] | None = None
+    transform: ImportName | None = None
     options: dict[str, Any] = field(default_factory=dict)  # the transform's keyword arguments
     watermark: WatermarkConfig | None = None  # streaming only
     # batch only: `lakehouse run` rebuilds the table when an input's Delta version has changed,
@@ -224,71 +223,6 @@ class GoldTableConfig:
 def view_name(table: str) -> str:
     """The name a gold table's SQL uses for an input table: silver.telemetry -> silver_telemetry."""
     return table.replace(".", "_")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    hidden: list[PositiveInt] = field(default_factory=lambda: [64, 32])  # MLP hidden layer widths
-    dropout: Annotated[float, Range(0.0, 0.9)] = 0.0
-
-
-@dataclass(frozen=True)
-class RetrainConfig:
-    """`lakehouse run` retraining on its own (ml/retrain.py); off unless ``enabled``."""
-
-    enabled: bool = False
-    # Retrain when the training table has gained at least this many rows since the version the
-    # champion was trained on (no champion yet: since empty) ...
-    min_new_rows: PositiveInt | None = 5000
-    every: Duration | None = None  # ... or when this long has passed since the champion's run started
-    check_every: Duration = "1 minute"  # how often the run looks
-    backend: Literal["local", "horovod", "torch-distributor"] = "local"
-    num_proc: PositiveInt = 1
-
-    def problems(self) -> list[tuple[str, str]]:
-        if self.enabled and self.min_new_rows is None and self.every is None:
-            return [("min_new_rows", "set min_new_rows or every (or both) to say when to retrain")]
-        if self.backend == "local" and self.num_proc != 1:
-            return [("num_proc", "the local backend runs one process")]
-        return []
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Training on a gold feature table (ml/): data, model, optimiser, tracking, gate."""
-
-    table: TableName  # the feature table, read at a pinned Delta version
-    features: list[Identifier]
-    label: Identifier
-    split_key: list[Identifier]  # rows go to validation by a hash of these columns (deterministic)
-    registered_model: Annotated[str, Pattern(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$", "a model name")]
-    validation_fraction: Annotated[float, Range(0.01, 0.9)] = 0.2
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optimizer: Literal["sgd", "adam"] = "adam"
-    learning_rate: Annotated[float, Range(low=1e-7)] = 0.003
-    batch_size: PositiveInt = 128  # per process
-    epochs: PositiveInt = 20
-    seed: int = 7
-    log_every_steps: PositiveInt = 10  # training loss (averaged over processes) every N steps
-    # MLflow: tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<data_dir>/mlflow.db);
-    # experiment name, "{env}" replaced by the environment.
-    tracking_uri: str | None = None
-    experiment: str = "lakehouse-{env}"
-    # Quality gate: refuse (exit 3) when the share of rows the entity's last silver batches kept
-    # is below this (unless --force).
-    min_quality_pass_rate: Annotated[float, Range(0.0, 1.0)] = 0.9
-    quality_window_batches: PositiveInt = 20
-    # Rows whose features or label are not finite (NaN, +-Infinity, or beyond float32, the
-    # model's precision) are refused; above this share of the table the run stops (exit 3).
-    max_refused_fraction: Annotated[float, Range(0.0, 1.0)] = 0.01
-    retrain: RetrainConfig = field(default_factory=RetrainConfig)  # in `lakehouse run`
-
-    def problems(self) -> list[tuple[str, str]]:
-        if self.label in self.features:
-            return [("label", f"'{self.label}' is also a feature")]
-        if not self.features:
-            return [("features", "at least one feature column is required")]
-        return []
 
 
 @dataclass(frozen=True)

@@ -72,9 +72,21 @@ def spark_interval(text: str) -> str:
 Identifier = Annotated[str, IDENTIFIER]
 Duration = Annotated[str, DURATION]
 PositiveInt = Annotated[int, Range(low=1)]
+TableName = Annotated[str, Pattern(r"^(bronze|silver|gold|ops)\.[a-z][a-z0-9_]{0,62}$",
+                                   "a table name such as silver.telemetry")]
+ImportName = Annotated[str, Pattern(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", "package.module:function")]  # code to load
 
 URI_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # A password in a URI's user info (scheme://user:password@host).
 URI_WITH_PASSWORD = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^@\s]*:[^@\s]*@")  # up to the last '@'
 
 ENV_VAR = Pattern(r"^[A-Za-z_][A-Za-z0-9_]*$", "an environment variable name", echo=False)
+
+
+def load_import_name(name: str):
+    """The object an ImportName names ("package.module:attribute"); ImportError or AttributeError
+    when it cannot be loaded. The callers say which configuration key named it."""
+    import importlib
+
+    module_name, _, attribute = name.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
