@@ -83,6 +83,6 @@ def _log_model(model, spec: TrainSpec):
         save_lm_files(model, spec.lm, files)
         return mlflow.pyfunc.log_model(
             name="model", loader_module="ml.lm", data_path=str(files),
-            signature=infer_signature(example, pd.Series(["text"], name="generated")),
+            signature=infer_signature(example, pd.Series(["text"], name="generated")), input_example=example,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
         )
