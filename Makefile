@@ -6,7 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # make demo SOURCE=kafka: the same flow from a Kafka topic (a local broker is started and stopped)
-SOURCE ?= telemetry
+# make demo SCENARIO=chat: the chat scenario (conf/scenarios/chat/): text curated for a language model
+SCENARIO ?= telemetry
+SOURCE ?=
 DEMO_SOURCE := $(if $(filter kafka,$(SOURCE)),telemetry_kafka,$(SOURCE))
 PYTEST_ARGS ?=
 
@@ -28,7 +30,7 @@ $(STAMP): setup.cfg pyproject.toml scripts/build_horovod.sh lakehouse/data_docs_
 	@touch $(STAMP)
 
 demo: install
-	$(BIN)/lakehouse demo --source $(DEMO_SOURCE)
+	$(BIN)/lakehouse --scenario $(SCENARIO) demo $(if $(DEMO_SOURCE),--source $(DEMO_SOURCE))
 
 # The linter first (pyproject.toml configures it), then every test.
 test: install lint

@@ -83,15 +83,9 @@ def cmd_config(config: LakehouseConfig, args) -> int:
 
 
 def cmd_generate(config: LakehouseConfig, args) -> int:
-    from lakehouse.chat_generator import ChatGenerator
-    from lakehouse.generator import RUN_ID, TelemetryGenerator
-    from lakehouse.generator_runs import (
-        generate_batch,
-        generate_continuous,
-        print_manifest,
-    )
+    from lakehouse.generator import RUN_ID
+    from lakehouse.generator_runs import generate_batch, generate_continuous, generator_for, print_manifest
 
-    GENERATORS = {"telemetry": TelemetryGenerator, "chat": ChatGenerator}  # noqa: N806 - SourceConfig.generator
     kafka_sources = [name for name, source in config.sources.items() if source.kind == "kafka"]
     if args.source is None:
         file_sources = [name for name, source in config.sources.items() if source.kind == "files"]
@@ -115,7 +109,7 @@ def cmd_generate(config: LakehouseConfig, args) -> int:
     if not RUN_ID.match(run_id):  # it names files: nothing that leaves the landing directory
         raise UsageError(f"--run-id {run_id!r}: a run id is a plain name (letters, digits, '.', '_', '-'; "
                          "no '/' or '..'), since it names files in the landing directory")
-    generator = GENERATORS[config.source(args.source).generator].from_config(g, seed=seed, fault_rate=fault_rate)
+    generator = generator_for(config, args.source, seed=seed, fault_rate=fault_rate)
     generator.live = (args.clock or ("live" if args.rate else "simulated")) == "live"
     landing_dir = Path(landing)
     landing_dir.mkdir(parents=True, exist_ok=True)
@@ -340,7 +334,10 @@ def cmd_demo(config: LakehouseConfig, args) -> int:
 
     if args.run_seconds < 0 or args.rate <= 0:
         raise UsageError("demo needs --run-seconds >= 0 and --rate > 0")
-    return run_demo(config, args.source, args.run_seconds, args.rate)
+    source = args.source or next((name for name, s in config.sources.items() if s.kind == "files"), None)
+    if source is None:
+        raise UsageError("demo: no files source in this configuration: name one with --source")
+    return run_demo(config, source, args.run_seconds, args.rate)
 
 
 COMMANDS = {

@@ -165,7 +165,8 @@ def _tool_commands(command) -> None:
     demo = command("demo", "generate data, run bronze, silver and gold, train and score; print a summary and the "
                            "reconciliation; then run the pipeline always-on under a live feed and print each "
                            "table's freshness, on embedded defaults")
-    demo.add_argument("--source", default="telemetry", help="source to run the demo for")
+    demo.add_argument("--source", help="source to run the demo for (default: the scenario's first files source: "
+                                       "telemetry, or chat with --scenario chat)")
     demo.add_argument("--run-seconds", type=float, default=60.0,
                       help="how long the always-on step runs `lakehouse run` under a live feed (0: skip it; default 60)")
     demo.add_argument("--rate", type=float, default=200.0,

@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse.config import LakehouseConfig
+from lakehouse.config import DEFAULT_SCENARIO, LakehouseConfig
 from lakehouse.errors import EXIT_FAILED, EXIT_OK
 from lakehouse.formatting import format_rows
-from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import (
     Manifest,
     generate_batch,
     generate_continuous,
+    generator_for,
     print_manifest,
     publish_batch,
     publish_continuous,
@@ -142,14 +141,18 @@ def _generate(config: LakehouseConfig, source_name: str) -> tuple[Manifest, str]
     landing_dir.mkdir(parents=True, exist_ok=True)
     # Recent history: the readings end now, so the live feed of the always-on step follows them
     # (and a later demo's data is not hours older than silver's newest, which would be late).
-    span = timedelta(seconds=g.records * g.interval_seconds / g.hosts)
+    span = generator_for(config, source_name).step * g.records  # each generator's event-time step per line
     start = (datetime.now(timezone.utc) - span).isoformat(timespec="seconds")
-    generator = TelemetryGenerator.from_config(replace(g, start_time=start), seed=seed)
+    generator = generator_for(config, source_name, seed=seed, start_time=start)
     if publisher:
         manifest = publish_batch(generator, publisher, landing_dir, source_name, run_id, seed, g.records)
     else:
         manifest = generate_batch(generator, landing_dir, source_name, run_id, seed, g.records, g.files)
     print_manifest(manifest, landing_dir)
+    if config.source(source_name).generator == "chat" and not publisher:
+        from lakehouse.demo_chat import land_corpus
+
+        land_corpus(landing_dir, source_name)
     return manifest, run_id
 
 
@@ -163,7 +166,7 @@ def _always_on(spark: SparkSession, config: LakehouseConfig, source_name: str, s
     flows = [bronze] + [flow for flow in pipeline.downstream(bronze) if flow.kind in ("silver", "gold")]
     print(f"\n== 7. always on: `lakehouse run --trigger 2s` for {seconds:.0f}s while a live feed (event time = now) "
           f"lands {rate:g} records/s")
-    generator = TelemetryGenerator.from_config(config.generator, seed=config.generator.seed + 1000)
+    generator = generator_for(config, source_name, seed=config.generator.seed + 1000)
     generator.live = True
     run_id = "live-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     landing, stop = Path(config.landing_path(source_name)), threading.Event()
@@ -224,11 +227,20 @@ def _show_silver(spark: SparkSession, config: LakehouseConfig, entity: str) -> N
     print(f"silver.{entity}_quarantine by first reason:")
     for row in quarantine.groupBy(F.col("reasons")[0].alias("reason")).count().orderBy(F.desc("count")).collect():
         print(f"  {row['count']:>6,}  {row['reason']}")
+    if config.entity(entity).text is not None:
+        from lakehouse.demo_chat import show_text_prep
+
+        show_text_prep(spark, config, entity)
 
 
 def _show_gold(spark: SparkSession, config: LakehouseConfig, gold_flows: list[Flow]) -> None:
     for flow in gold_flows:
         print(f"{flow.id}: {read_table(spark, resolve_table(config, flow.id)).count():,} rows")
+    if any(config.gold_table(flow.name).transform for flow in gold_flows):
+        from lakehouse.demo_chat import show_text_gold
+
+        show_text_gold(spark, config, gold_flows)  # token arrays are no rows to read
+        return
     last = read_table(spark, resolve_table(config, gold_flows[-1].id))
     print(f"a few rows of {gold_flows[-1].id}:")
     print(format_rows(last.columns, last.orderBy(*last.columns[:3]).limit(5).collect()))
@@ -239,6 +251,10 @@ def _train_and_score(spark: SparkSession, config: LakehouseConfig):
     from ml.score import score
 
     print(f"\n== 6. train: a short local run on {config.training.table}, tracked in MLflow")
+    if config.training.task == "causal_lm":
+        from lakehouse.demo_chat import train_language_model
+
+        return train_language_model(spark, config)
     summary = run_training(spark, config, "local", 1, gpu=False, force=False)
     print("\n".join(summary.describe()))
     scored = score(spark, config)
@@ -251,7 +267,8 @@ def _print_next_steps(config: LakehouseConfig, source_name: str, kafka: bool, en
     from lakehouse.redaction import redact_text
 
     command = ".venv/bin/lakehouse" if Path(".venv/bin/lakehouse").exists() else "lakehouse"
-    prefix = command + (f" --data-dir {config.storage.data_dir}" if config.storage.data_dir != Path("data") else "")
+    prefix = command + (f" --scenario {config.scenario}" if config.scenario != DEFAULT_SCENARIO else "")
+    prefix += f" --data-dir {config.storage.data_dir}" if config.storage.data_dir != Path("data") else ""
     print("\nnext:")
     if kafka:
         print(f"  {prefix} sql \"SELECT partition, offset, CAST(value AS STRING) AS value FROM bronze.{source_name} "

@@ -266,3 +266,17 @@ def print_manifest(manifest: Manifest, landing_dir: Path) -> None:
     faults = ", ".join(f"{kind} {n}" for kind, n in manifest.fault_counts().items())
     print(f"injected: {faults}")
     print(f"manifest: {landing_dir / '_manifests' / (manifest.run_id + '.json')}")
+
+
+def generator_for(config, source_name: str, seed: int | None = None, fault_rate: float | None = None,
+                  start_time: str | None = None):
+    """The generator a source's ``generator`` names (telemetry readings or chat messages), with the
+    configured clock and settings; seed, fault rate and start time may be overridden."""
+    from dataclasses import replace
+
+    from lakehouse.chat_generator import ChatGenerator
+    from lakehouse.generator import TelemetryGenerator
+
+    kinds = {"telemetry": TelemetryGenerator, "chat": ChatGenerator}
+    settings = config.generator if start_time is None else replace(config.generator, start_time=start_time)
+    return kinds[config.source(source_name).generator].from_config(settings, seed=seed, fault_rate=fault_rate)

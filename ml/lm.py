@@ -153,10 +153,12 @@ def decode(ids) -> str:
 @torch.no_grad()
 def generate(model: nn.Module, prompt: str, new_tokens: int, seq_len: int, temperature: float = 0.8,
              seed: int = 0) -> str:
-    """The prompt's continuation, sampled (seeded: the same text for the same model and prompt)."""
+    """The prompt's continuation (without the prompt), sampled (seeded: the same text for the same
+    model and prompt)."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     ids = encode(prompt)
+    start = len(ids)
     for _ in range(new_tokens):
         logits = model(torch.tensor([ids[-seq_len:]]))[0, -1].float()
         probabilities = torch.softmax(logits / temperature, dim=-1)
@@ -164,7 +166,7 @@ def generate(model: nn.Module, prompt: str, new_tokens: int, seq_len: int, tempe
         if token == EOS:
             break
         ids.append(token)
-    return decode(ids[1:])
+    return decode(ids[start:])
 
 
 # -- the model's files: weights and architecture (no pickle; as ml/model.py for regression) -

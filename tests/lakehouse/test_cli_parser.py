@@ -109,7 +109,7 @@ def test_actions_of_bundle_and_quality_are_checked(capsys):
     assert "invalid choice" in _usage_error(capsys, "bundle", "deploy")
     assert _parse("quality", "docs").action == "docs"
     assert "invalid choice" in _usage_error(capsys, "quality", "report")
-    assert _parse("demo").source == "telemetry" and _parse("reconcile", "--source", "x").source == "x"
+    assert _parse("demo").source is None and _parse("reconcile", "--source", "x").source == "x"
 
 
 @pytest.mark.parametrize("argv", [[], ["launch"], ["--env"], ["config", "--bogus"], ["--once", "ingest"]])
