@@ -3,7 +3,9 @@ any table, checkpoint or directory.
 
 - A gold table's SQL must parse (Spark's own parser) and read only the views of its declared
   inputs (and its own CTEs).
-- A suite's regexes must compile as the Java regular expressions Spark's ``rlike`` runs.
+- A suite's regexes, and an entity's text masks, must compile as Java regular expressions (what
+  Spark's ``rlike`` and ``regexp_replace`` run); an entity's derived columns must parse.
+- A gold table's ``transform`` must load and take its ``options``.
 - An entity's declared column types must match the silver table that already exists.
 
 Each problem raises :class:`~lakehouse.config.ConfigError` naming the file and the key, which the
@@ -12,11 +14,13 @@ CLI prints on one line (exit 2). lakehouse/config/ checks everything else when i
 
 from __future__ import annotations
 
+import inspect
+
 from pyspark.sql import SparkSession
 
 from lakehouse.config import ConfigError, LakehouseConfig, view_name
 from lakehouse.config.values import load_import_name
-from lakehouse.sql_plans import parsed_plan, relations_read, writing_node
+from lakehouse.sql_plans import parsed_expression, parsed_plan, relations_read, writing_node
 from lakehouse.suites import read_suite_file, regexes
 
 
@@ -36,6 +40,13 @@ def transform_function(config: LakehouseConfig, name: str):
                           f"cannot load {spec}: {exc}") from None
     if not callable(function):
         raise ConfigError(conf_file(config, "gold", name), f"gold.{name}.transform", f"{spec} is not a function")
+    try:  # called as fn(spark, frames_by_table, **options) (lakehouse/gold.py)
+        inspect.signature(function).bind(None, {}, **config.gold_table(name).options)
+    except TypeError as exc:
+        raise ConfigError(conf_file(config, "gold", name), f"gold.{name}.options",
+                          f"{spec} does not take these options: {exc}") from None
+    except ValueError:
+        pass  # no signature to check (a builtin): the build says
     return function
 
 
@@ -62,6 +73,10 @@ def check_gold_sql(spark: SparkSession, config: LakehouseConfig, names: list[str
                                            f"by its view name: {', '.join(sorted(views))}); declare it in inputs")
 
 
+def _jvm_error(exc) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "invalid")
+
+
 def check_suite_regexes(spark: SparkSession, config: LakehouseConfig, entity_name: str) -> None:
     from py4j.protocol import Py4JJavaError
     from pyspark.errors import PySparkException
@@ -72,9 +87,30 @@ def check_suite_regexes(spark: SparkSession, config: LakehouseConfig, entity_nam
         try:
             pattern.compile(regex)
         except (Py4JJavaError, PySparkException) as exc:  # PatternSyntaxException, as pyspark raises it
-            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "invalid")
             raise ConfigError(str(path), key, f"{regex!r} is not a Java regular expression (what Spark's rlike "
-                                              f"runs): {reason}") from None
+                                              f"runs): {_jvm_error(exc)}") from None
+
+
+def check_text_prep(spark: SparkSession, config: LakehouseConfig, entity_name: str) -> None:
+    """The entity's text masks are Java regular expressions and its derived columns parse as
+    Spark SQL expressions (lakehouse/text_prep.py runs them on every row)."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    entity, origin = config.entity(entity_name), conf_file(config, "entities", entity_name)
+    pattern = spark._jvm.java.util.regex.Pattern
+    for name, regex in (entity.text.mask.items() if entity.text else ()):
+        try:
+            pattern.compile(regex)
+        except (Py4JJavaError, PySparkException) as exc:
+            raise ConfigError(origin, f"entities.{entity_name}.text.mask.{name}",
+                              f"{regex!r} is not a Java regular expression: {_jvm_error(exc)}") from None
+    for name, derived in entity.derived.items():
+        try:
+            parsed_expression(spark, derived.sql)  # resolved against the row when silver runs
+        except ValueError as exc:
+            raise ConfigError(origin, f"entities.{entity_name}.derived.{name}.sql",
+                              f"does not parse: {str(exc).splitlines()[0]}") from None
 
 
 def check_silver_columns(spark: SparkSession, config: LakehouseConfig, entity_name: str) -> None:
@@ -98,4 +134,5 @@ def check_silver_columns(spark: SparkSession, config: LakehouseConfig, entity_na
 
 def check_entity(spark: SparkSession, config: LakehouseConfig, entity_name: str) -> None:
     check_suite_regexes(spark, config, entity_name)
+    check_text_prep(spark, config, entity_name)
     check_silver_columns(spark, config, entity_name)

@@ -34,6 +34,17 @@ def parsed_plan(spark: SparkSession, sql: str):
         raise ValueError(_java_message(exc)) from None
 
 
+def parsed_expression(spark: SparkSession, sql: str):
+    """Spark's parsed (unresolved) expression; ValueError with Spark's message when it does not parse."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    try:
+        return spark._jsparkSession.sessionState().sqlParser().parseExpression(sql)
+    except (Py4JJavaError, PySparkException) as exc:
+        raise ValueError(_java_message(exc)) from None
+
+
 def plan_nodes(plan) -> list:
     """Every node of a parsed plan: children, CTE definitions and subqueries in expressions."""
     nodes, stack = [], [plan]

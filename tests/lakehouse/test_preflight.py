@@ -44,6 +44,21 @@ CASES = {
         ["refine", "--entity", "telemetry", "--once"], "base/expectations/telemetry.json",
         "expectations[1].kwargs.regex", "Java regular expression",
     ),
+    "a text mask Java cannot compile": (
+        lambda c: edit_conf(c / "scenarios/chat/entities/chat.yml", "EMAIL: '(?<!", "EMAIL: '((?<!"),
+        ["--scenario", "chat", "refine", "--entity", "chat", "--once"], "scenarios/chat/entities/chat.yml",
+        "entities.chat.text.mask.EMAIL", "Java regular expression",
+    ),
+    "a derived column that does not parse": (
+        lambda c: edit_conf(c / "scenarios/chat/entities/chat.yml", "sql: char_length(text)", "sql: char_length(text"),
+        ["--scenario", "chat", "refine", "--entity", "chat", "--once"], "scenarios/chat/entities/chat.yml",
+        "entities.chat.derived.text_chars.sql", "does not parse",
+    ),
+    "a transform option the function does not take": (
+        lambda c: edit_conf(c / "scenarios/chat/gold/chat_tokens.yml", "seq_len: 256", "seq_length: 256"),
+        ["--scenario", "chat", "gold", "--table", "chat_tokens", "--once"], "scenarios/chat/gold/chat_tokens.yml",
+        "gold.chat_tokens.options", "seq_length",
+    ),
 }
 
 
