@@ -71,7 +71,7 @@ def convert(landing_dir: Path, source: str, languages: list[str] | None = None,
         clock = datetime.fromisoformat(start.replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(f"--start {start!r} is not an ISO 8601 time such as 2026-01-01T00:00:00Z") from None
-    clock = clock.astimezone(timezone.utc) if clock.tzinfo else clock.replace(tzinfo=timezone.utc)
+    first = clock.astimezone(timezone.utc) if clock.tzinfo else clock.replace(tzinfo=timezone.utc)
     manifest = Manifest(source, RUN_ID, 0, 0.0, line_faults=())
     written = landing_dir / "_manifests" / f"{RUN_ID}.json"
     if written.is_file():  # languages landed by an earlier run stay in the manifest
@@ -79,7 +79,9 @@ def convert(landing_dir: Path, source: str, languages: list[str] | None = None,
         manifest.files += [f for f in json.loads(written.read_text())["files"] if f["file"] not in converted]
     for language in languages or available:
         found, single = dialogues(root / language)
-        lines = []
+        # Each language's clock starts at --start: its file's bytes do not depend on which other
+        # languages are converted with it (english alone, then all, lands english once).
+        clock, lines = first, []
         for index, (category, turns) in enumerate(found):
             conversation = f"chatterbot-{language}-{category}-{index:05d}"
             for turn, text in enumerate(turns, start=1):

@@ -93,7 +93,7 @@ def test_text_preparation_settings_are_checked(conf_copy):
 
 def test_the_chatterbot_corpus_becomes_chat_messages(tmp_path, capsys):
     from lakehouse.cli import main
-    from lakehouse.corpus import corpus_dir, dialogues
+    from lakehouse.corpus import LANGUAGE_TAGS, corpus_dir, dialogues
 
     data = tmp_path / "data"
     args = ["--env", "test", "--scenario", "chat", "--data-dir", str(data), "corpus", "chatterbot"]
@@ -115,6 +115,9 @@ def test_the_chatterbot_corpus_becomes_chat_messages(tmp_path, capsys):
     manifest = json.loads((landing / "_manifests" / "chatterbot.json").read_text())
     assert {f["file"] for f in manifest["files"]} == {"chatterbot-english.jsonl", "chatterbot-ukrainian.jsonl"}
     assert manifest["total_lines"] == len(english) + len(ukrainian.splitlines())
+    assert main([*args, "--languages", "all"]) == 0  # each language's clock is its own: english is left alone
+    assert (landing / "chatterbot-english.jsonl").read_bytes() == before
+    assert len(json.loads((landing / "_manifests" / "chatterbot.json").read_text())["files"]) == len(LANGUAGE_TAGS)
     assert main([*args, "--start", "2025-01-01T00:00:00Z"]) == 2  # other bytes: refused
     assert "landed files must not change" in capsys.readouterr().err
     assert (landing / "chatterbot-english.jsonl").read_bytes() == before
