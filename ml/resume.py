@@ -2,8 +2,8 @@
 stopped run resumes from.
 
 A run is created in MLflow before it trains (ml/tracking.py open_run) and its rank 0 saves a
-checkpoint every ``training.lm.checkpoint_every_steps`` into ``<data_dir>/training-checkpoints/
-<run id>/`` (ml/lm_train.py). A run that did not finish (killed: still RUNNING; or FAILED) is
+checkpoint every ``training.lm.checkpoint_every_steps`` into :func:`checkpoint_dir`
+(ml/lm_train.py). A run that did not finish (killed: still RUNNING; or FAILED) is
 resumed in the same MLflow run, on the table version it started on, with as many processes, from
 that checkpoint's step: the step count and the loss curve go on where they stopped.
 """
@@ -36,7 +36,14 @@ class ResumePoint:
 
 
 def checkpoint_dir(config, run_id: str) -> Path:
-    return (Path(config.storage.data_dir) / CHECKPOINTS / run_id).absolute()
+    """``<checkpoint root>/training/<run id>``: beside the streaming queries' checkpoints, on storage
+    every training process sees (a Unity Catalog volume on Databricks). A root given as a URI
+    (s3://...) takes no file calls: then ``<data_dir>/training-checkpoints/<run id>``, which only
+    processes on the driver's machine share."""
+    root = config.checkpoint_root
+    if "://" in root or root.startswith("dbfs:"):
+        return (Path(config.storage.data_dir) / CHECKPOINTS / run_id).absolute()
+    return (Path(root) / "training" / run_id).absolute()
 
 
 def resume_point(config, run_id: str) -> ResumePoint:
