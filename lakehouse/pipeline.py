@@ -68,7 +68,7 @@ class Pipeline:
         for name, gold in config.gold.items():
             add("gold", name, gold.inputs, [f"gold.{name}"], streaming=gold.mode == "streaming")
         if config.training is not None:
-            model, table = config.training.registered_model, config.training.table
+            model, table = config.training.model_name, config.training.table
             add(TRAIN, model, [table], [], streaming=False, flow_id=TRAIN)
             add(SCORE, model, [table], [PREDICTIONS_TABLE], streaming=False, flow_id=SCORE, after=(TRAIN,))
         # A flow reads the flows that write its input tables (ops tables: no edge, every flow appends to them).

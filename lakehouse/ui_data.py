@@ -242,7 +242,7 @@ def training(config: LakehouseConfig, mlflow_ui: str | None) -> dict:
         runs = [] if experiment is None else client.search_runs([experiment.experiment_id], max_results=RUNS_SHOWN,
                                                                 order_by=["attributes.start_time DESC"])
         try:
-            champion = client.get_model_version_by_alias(config.training.registered_model, CHAMPION)
+            champion = client.get_model_version_by_alias(config.training.model_name, CHAMPION)
         except MlflowException:
             champion = None
         shown = []
@@ -259,9 +259,9 @@ def training(config: LakehouseConfig, mlflow_ui: str | None) -> dict:
         best = None
         if champion is not None:
             tags = client.get_run(champion.run_id).data
-            best = {"model": config.training.registered_model, "version": champion.version, "run_id": champion.run_id,
+            best = {"model": config.training.model_name, "version": champion.version, "run_id": champion.run_id,
                     "inputs": tags.tags.get("input_tables"), "val_rmse": tags.metrics.get("val_rmse"),
-                    "link": f"{ui}/#/models/{config.training.registered_model}/versions/{champion.version}" if ui else None}
+                    "link": f"{ui}/#/models/{config.training.model_name}/versions/{champion.version}" if ui else None}
         return {"runs": shown, "champion": best, "mlflow_ui": ui}
     except MlflowException as exc:
         return {"runs": [], "champion": None, "note": f"the tracking store cannot be read: {str(exc).splitlines()[0]}"}

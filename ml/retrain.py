@@ -57,7 +57,7 @@ def current_champion(config: LakehouseConfig) -> Champion:
 
     client = MlflowClient(tracking_uri(config))
     try:
-        model = client.get_model_version_by_alias(config.training.registered_model, CHAMPION)
+        model = client.get_model_version_by_alias(config.training.model_name, CHAMPION)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return Champion(None, None)  # no such model, or no version holds the alias

@@ -47,7 +47,7 @@ def score(spark, config) -> ScoreSummary:
 
     training = config.training
     mlflow.set_tracking_uri(tracking_uri(config))
-    name = training.registered_model
+    name = training.model_name
     client = MlflowClient()
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)

@@ -182,13 +182,13 @@ def log_run(config, spec: TrainSpec, result: TrainResult, backend: str, run_id: 
         else:
             _log_metrics(client, run_id, result)
             info, metric = _log_model(_regression_model(spec, result), spec), "val_rmse"
-    version = mlflow.register_model(info.model_uri, training.registered_model)
+    version = mlflow.register_model(info.model_uri, training.model_name)
     final = result.epochs[-1] if result.epochs else {}
-    refused = promote(config, client, uri, training.registered_model, version.version,
+    refused = promote(config, client, uri, training.model_name, version.version,
                       final.get(metric, float("nan")), result.validation_rows, metric=metric)
     if refused:
-        client.set_model_version_tag(training.registered_model, version.version, "not_champion_because", refused)
-    return RunSummary(training.registered_model, run.info.run_id, experiment, uri, version.version,
+        client.set_model_version_tag(training.model_name, version.version, "not_champion_because", refused)
+    return RunSummary(training.model_name, run.info.run_id, experiment, uri, version.version,
                       refused is None, final, result.baseline_rmse, result.samples_per_s, refused,
                       result.refused_rows, spec.task, dict(result.figures))
 

@@ -107,6 +107,15 @@ class TrainingConfig:
     # model's precision) are refused; above this share of the table the run stops (exit 3).
     max_refused_fraction: Annotated[float, Range(0.0, 1.0)] = 0.01
     retrain: RetrainConfig = field(default_factory=RetrainConfig)  # in `lakehouse run`
+    # Where the registry keeps models when names are qualified (Unity Catalog: "<catalog>.<schema>");
+    # the model is then registered as "<registry_schema>.<registered_model>" (:attr:`model_name`).
+    registry_schema: Annotated[str, Pattern(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
+                                            "catalog.schema")] | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The registered model's full name (what MLflow's registry is asked for)."""
+        return f"{self.registry_schema}.{self.registered_model}" if self.registry_schema else self.registered_model
 
     def problems(self) -> list[tuple[str, str]]:
         if self.task != "regression":

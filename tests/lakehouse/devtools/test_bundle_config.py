@@ -46,7 +46,7 @@ def test_every_task_loads_the_databricks_overlay_with_the_targets_values(target)
     bundle = load_bundle(REPO, target)
     resolve = _resolver(bundle)
     var = {name: resolve(f"${{var.{name}}}") for name in bundle.config["variables"]}
-    commands = set()
+    commands, scenarios = set(), set()
     for job_name, job, task, cluster in _tasks(bundle):
         # One task type: the wheel's console script (spark_jobs/ is for spark-submit).
         assert set(task) & {"python_wheel_task", "spark_python_task", "notebook_task"} == {"python_wheel_task"}
@@ -62,8 +62,10 @@ def test_every_task_loads_the_databricks_overlay_with_the_targets_values(target)
         # The overlay says what every target shares; the task passes only what differs by target.
         keys = {item.partition("=")[0] for item in args.overrides}
         assert keys <= {"catalog.name", "catalog.schemas", "storage.landing_dir", "storage.checkpoint_dir",
-                        "training.experiment", "training.registered_model"}, (job_name, keys)
-        config = load_config(args.env, conf_dir=CONF_DIR, data_dir=args.data_dir, overrides=args.overrides)
+                        "training.experiment", "training.registry_schema"}, (job_name, keys)
+        config = load_config(args.env, conf_dir=CONF_DIR, data_dir=args.data_dir, overrides=args.overrides,
+                             scenario=args.scenario)
+        scenarios.add(config.scenario)
 
         assert config.catalog.kind == "unity" and config.spark.master is None
         assert config.catalog.name == var["catalog"] == ("prod" if target == "prod" else "main")
@@ -72,9 +74,11 @@ def test_every_task_loads_the_databricks_overlay_with_the_targets_values(target)
         assert config.checkpoint_root == var["checkpoint_root"] and config.checkpoint_root.startswith("/Volumes/")
         assert config.training.tracking_uri == "databricks"
         if args.command in ("train", "score"):  # Unity Catalog's registry: <catalog>.<schema>.<model>
-            assert config.training.registered_model == f"{var['catalog']}.{var['schema']}_gold.telemetry_power"
+            model = "chat_lm" if config.scenario == "chat" else "telemetry_power"
+            assert config.training.model_name == f"{var['catalog']}.{var['schema']}_gold.{model}"
         if args.command == "train":
-            assert config.training.experiment == var["experiment_name"] == f"/Shared/lakehouse-{target}"
+            suffix = "-chat" if config.scenario == "chat" else ""  # each scenario's runs in an experiment of its own
+            assert config.training.experiment == var["experiment_name"] + suffix == f"/Shared/lakehouse-{target}{suffix}"
             assert resolve(cluster["spark_env_vars"]["LAKEHOUSE_GIT_COMMIT"]) == COMMIT
         if job_name == "lakehouse_ingest":  # the file-arrival trigger watches where the job reads
             assert resolve(job["trigger"]["file_arrival"]["url"]) == config.landing_path("telemetry") + "/"
@@ -82,6 +86,7 @@ def test_every_task_loads_the_databricks_overlay_with_the_targets_values(target)
             assert not args.once and args.trigger and job["continuous"] == {"pause_status": "PAUSED"}
             assert job["max_concurrent_runs"] == 1 and "schedule" not in job and "trigger" not in job
     assert commands == {"ingest", "refine", "gold", "train", "score", "run", "maintain"}
+    assert scenarios == {"telemetry", "chat"}
 
 
 def test_the_overlay_alone_has_the_bundles_defaults(capsys):
@@ -94,7 +99,9 @@ def test_the_overlay_alone_has_the_bundles_defaults(capsys):
     assert config.catalog.schemas == {layer: f"{defaults['schema']}_{layer}" for layer in LAYERS}
     assert config.landing_root == defaults["landing_path"]
     assert config.checkpoint_root == defaults["checkpoint_root"]
-    assert config.training.registered_model == f"{defaults['catalog']}.{defaults['schema']}_gold.telemetry_power"
+    assert config.training.model_name == f"{defaults['catalog']}.{defaults['schema']}_gold.telemetry_power"
+    chat = load_config("databricks", conf_dir=CONF_DIR, scenario="chat")
+    assert chat.training.model_name == f"{defaults['catalog']}.{defaults['schema']}_gold.chat_lm"
     assert main(["--env", "databricks", "--conf-dir", str(CONF_DIR), "config"]) == 0
     assert '"kind": "unity"' in capsys.readouterr().out
     # The laptop's overlay is untouched: the default env stays local.
