@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -42,6 +42,7 @@ from lakehouse.silver_merge import merge_into_silver
 from lakehouse.silver_tables import (
     SILVER_BATCHES_SCHEMA,
     SILVER_BATCHES_TABLE,
+    newest_of_its_key,
     silver_columns,
 )
 from lakehouse.tables import (
@@ -98,6 +99,8 @@ def plan_batch(spark: SparkSession, config: LakehouseConfig, entity_name: str, b
       batches committed, so the rows of one batch are never late relative to each other. None
       while silver is empty, and for a backfill run (``--backfill``).
     - ``late_exempt``: the entity's sources configured as backfills (``sources.<s>.backfill``).
+    - ``silver_version`` (an entity with ``text.dedupe``): silver's version, which the batch's exact
+      duplicates are looked up in (None: no silver yet).
     Times are microseconds since the epoch (UTC), so no local clock or Python datetime is involved.
     ``newest``: the running query's tracker of silver's newest event time (default: read silver).
     """
@@ -111,24 +114,17 @@ def plan_batch(spark: SparkSession, config: LakehouseConfig, entity_name: str, b
     if newest is not None and not backfill:
         late_cutoff = max(min(newest, future_cutoff) - int(duration_seconds(entity.watermark) * 1_000_000),
                           TIMESTAMP_RANGE_MICROS[0])
-    return {
+    plan = {
         "planned_at_us": planned_at,
         "future_cutoff_us": future_cutoff,
         "late_cutoff_us": late_cutoff,
         "late_exempt": sorted(s for s in entity.sources if config.source(s).backfill),
         "backfill": backfill,
     }
-
-
-def newest_of_its_key(entity: EntityConfig, among: Column) -> Column:
-    """True for the row its key keeps: the latest event time wins; ties go to the later bronze
-    position. Only the rows where ``among`` holds compete (the others get False)."""
-    order = [F.col(entity.event_time).desc_nulls_last(), F.col("_source_file").desc(), F.col("_source_line").desc()]
-    # The rows that do not compete are each a partition of their own (by bronze position): many
-    # null keys (malformed lines) would otherwise all go to one task.
-    partition = [among, *[F.when(among, F.col(k)) for k in entity.keys],
-                 *[F.when(~among, F.col(c)) for c in ("_source_file", "_source_line")]]
-    return among & (F.row_number().over(Window.partitionBy(*partition).orderBy(*order)) == 1)
+    if entity.text is not None and entity.text.dedupe is not None:  # exact duplicates are looked up in silver
+        ref = resolve_table(config, f"silver.{entity_name}")
+        plan["silver_version"] = last_commit(spark, ref).version if table_exists(spark, ref) else None
+    return plan
 
 
 def refine_batch(
@@ -183,8 +179,7 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
     entity = config.entity(entity_name)
     decided = decide_rows(bronze_batch, config, entity, plan, rules, decisions)
     if entity.text is not None and entity.text.dedupe is not None:
-        silver = read_table(bronze_batch.sparkSession, resolve_table(config, f"silver.{entity_name}"))
-        decided = mark_text_duplicates(decided, entity, silver)
+        decided = mark_text_duplicates(decided, entity, _silver_as_planned(bronze_batch.sparkSession, batch, plan))
         decided = decided.withColumn("value", F.when(F.size("_reasons") > 0, F.col("value")))
     decided = stage_rows(decided, entity)
     try:
@@ -219,6 +214,17 @@ class _Batch:
     batch_id: int
     marker: str
     replay_since: int | None
+
+
+def _silver_as_planned(spark: SparkSession, batch: _Batch, plan: dict) -> DataFrame | None:
+    """Silver as it was when the batch was first planned (None: there was no silver), so a batch
+    redone after its MERGE committed does not see its own rows (a plan from before the version
+    was recorded: the latest)."""
+    ref = resolve_table(batch.config, f"silver.{batch.entity_name}")
+    if "silver_version" not in plan:
+        return read_table(spark, ref) if table_exists(spark, ref) else None
+    version = plan["silver_version"]
+    return None if version is None else read_table(spark, ref, version=version)
 
 
 def decide_rows(bronze_batch: DataFrame, config: LakehouseConfig, entity: EntityConfig, plan: dict,

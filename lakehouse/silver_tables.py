@@ -8,7 +8,8 @@ expectation results (lakehouse.quality). A micro-batch writes them in lakehouse/
 
 from __future__ import annotations
 
-from pyspark.sql import SparkSession
+from pyspark.sql import Column, SparkSession, Window
+from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
     BooleanType,
@@ -133,3 +134,13 @@ SPARK_TYPES = {
 def _spark_type(kind: str):
     return SPARK_TYPES[kind]  # the config only admits these names (config.ColumnType)
 
+
+def newest_of_its_key(entity: EntityConfig, among: Column) -> Column:
+    """True for the row its key keeps: the latest event time wins; ties go to the later bronze
+    position. Only the rows where ``among`` holds compete (the others get False)."""
+    order = [F.col(entity.event_time).desc_nulls_last(), F.col("_source_file").desc(), F.col("_source_line").desc()]
+    # The rows that do not compete are each a partition of their own (by bronze position): many
+    # null keys (malformed lines) would otherwise all go to one task.
+    partition = [among, *[F.when(among, F.col(k)) for k in entity.keys],
+                 *[F.when(~among, F.col(c)) for c in ("_source_file", "_source_line")]]
+    return among & (F.row_number().over(Window.partitionBy(*partition).orderBy(*order)) == 1)

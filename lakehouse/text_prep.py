@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from lakehouse.config import EntityConfig
 from lakehouse.parse import Stage
-from lakehouse.silver_tables import SPARK_TYPES
+from lakehouse.silver_tables import SPARK_TYPES, newest_of_its_key
 
 # C0 and C1 control characters except tab and newline (Java regex, as Spark runs it).
 CONTROL = r"[\p{Cc}&&[^\t\n]]"
@@ -91,29 +91,36 @@ def masked(value: Column, entity: EntityConfig) -> Column:
     return value
 
 
-def mark_text_duplicates(decided: DataFrame, entity: EntityConfig, silver: DataFrame) -> DataFrame:
+def mark_text_duplicates(decided: DataFrame, entity: EntityConfig, silver: DataFrame | None) -> DataFrame:
     """Add ``duplicate_text`` to the reasons of each kept row whose text hash an earlier row has
     under another key: an earlier kept row of the batch (by event time, then bronze position),
-    or a row already in ``silver``. A row of the same key with the same text is a re-send, which
-    the key's deduplication handles. Deterministic for a redone batch: silver's own copy of a
-    row, from an attempt that committed its MERGE, has the row's key."""
+    or a row already in ``silver`` (None: no silver yet). A row of the same key with the same text
+    is a re-send, which the key's deduplication handles; an older version of a key that the batch
+    sends again (superseded: silver keeps the newest) claims no text. ``silver`` is read at the
+    version the batch's plan recorded, so a redone batch decides as its first attempt did."""
     hash_column = f"{entity.text.dedupe.column}_hash"
     key = F.struct(*[F.col(k) for k in entity.keys])
-    kept = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0) & F.col(hash_column).isNotNull()
-    # Rows that do not compete are partitions of their own (by bronze position), as in refine.newest_of_its_key.
+    candidate = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0) & F.col(hash_column).isNotNull()
+    decided = decided.withColumn("_claims", newest_of_its_key(entity, among=candidate))
+    kept = F.col("_claims")
+    # Rows that do not compete are partitions of their own (by bronze position), as in newest_of_its_key.
     partition = [kept, F.when(kept, F.col(hash_column)),
                  *[F.when(~kept, F.col(c)) for c in ("_source_file", "_source_line")]]
     order = [F.col(entity.event_time).asc_nulls_last(), F.col("_source_file"), F.col("_source_line")]
     first_key = F.first(key).over(Window.partitionBy(*partition).orderBy(*order))
-    seen = (silver.where(F.col(hash_column).isNotNull())
-            .groupBy(F.col(hash_column).alias("_seen_hash"))
-            .agg(F.min(key).alias("_seen_low"), F.max(key).alias("_seen_high")))
-    joined = decided.join(seen, decided[hash_column] == seen["_seen_hash"], "left")
+    if silver is None:
+        key_type = decided.select(key).schema[0].dataType
+        joined = decided.withColumns({"_seen_low": F.lit(None).cast(key_type), "_seen_high": F.lit(None).cast(key_type)})
+    else:
+        seen = (silver.where(F.col(hash_column).isNotNull())
+                .groupBy(F.col(hash_column).alias("_seen_hash"))
+                .agg(F.min(key).alias("_seen_low"), F.max(key).alias("_seen_high")))
+        joined = decided.join(seen, decided[hash_column] == seen["_seen_hash"], "left")
     earlier = (F.col("_seen_low").isNotNull() & ((F.col("_seen_low") != key) | (F.col("_seen_high") != key))) \
         | (first_key != key)
     duplicate = kept & F.coalesce(earlier, F.lit(False))
     return joined.withColumn("_reasons", F.when(duplicate, F.concat(F.col("_reasons"), F.array(F.lit(DUPLICATE_TEXT))))
-                             .otherwise(F.col("_reasons"))).drop("_seen_hash", "_seen_low", "_seen_high")
+                             .otherwise(F.col("_reasons"))).drop("_seen_hash", "_seen_low", "_seen_high", "_claims")
 
 
 def _cleaned(value: Column, form: str, strip_control: bool) -> Column:

@@ -105,11 +105,18 @@ def test_duplicates_across_batches_and_re_sends(spark, chat_config):
         message("c3", 4, "Hi"),  # short texts are never duplicates
         message("c4", 1, long_text.replace("Oslo", "Lima"), "2025-12-31T00:00:00Z"),
         message("c5", 1, long_text.replace("Oslo", "Lima"), "2026-01-02T00:00:00Z"),  # c4's text, later
+        # c6 first says what c7 says, then says something else: its first text is superseded and
+        # makes no duplicate of c7's (silver keeps c6's second text and c7's)
+        message("c6", 1, long_text.replace("Oslo", "Rome"), "2025-12-30T00:00:00Z"),
+        message("c7", 1, long_text.replace("Oslo", "Rome"), "2026-01-01T00:00:00Z"),
+        message("c6", 1, long_text.replace("Oslo", "Kyiv"), "2026-01-03T00:00:00Z"),
     ]) + "\n")
     assert run_flow(spark, chat_config, "bronze.chat", {"availableNow": True}) == 0
     assert run_flow(spark, chat_config, "silver.chat", {"availableNow": True}) == 0
     silver = {(r.conversation_id, r.turn) for r in read_table(spark, resolve_table(chat_config, "silver.chat")).collect()}
-    assert silver == {("c1", 1), ("c1", 2), ("c3", 4), ("c4", 1)}
+    assert silver == {("c1", 1), ("c1", 2), ("c3", 4), ("c4", 1), ("c6", 1), ("c7", 1)}
+    c6 = read_table(spark, resolve_table(chat_config, "silver.chat")).where("conversation_id = 'c6'").first()
+    assert "Kyiv" in c6.text
     quarantine = read_table(spark, resolve_table(chat_config, "silver.chat_quarantine"))
     assert sorted((r._source_line, r.reasons) for r in quarantine.collect()) == [(2, ["duplicate_text"]),
                                                                                   (5, ["duplicate_text"])]
