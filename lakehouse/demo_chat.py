@@ -67,7 +67,7 @@ def train_language_model(spark: SparkSession, config: LakehouseConfig):
     print("\n".join(summary.describe()))
     figures = summary.figures
     print(f"held-out perplexity: {figures.get('untrained_perplexity', float('nan')):.2f} before training, "
-          f"{summary.final.get('val_perplexity', float('nan')):.2f} after {steps} steps "
+          f"{summary.final.get('val_perplexity', float('nan')):.2f} after {summary.final.get('step', steps)} steps "
           f"(a unigram model: {figures.get('unigram_perplexity', float('nan')):.2f})")
     _print_sample(summary, SAMPLES_FILE)
     return summary

@@ -5,8 +5,11 @@ scenario's ``gold.chat_near_duplicates`` (a batch gold table's ``transform``, la
    the set of its ``shingle``-character substrings, hashed; its signature is the minimum of
    ``bands * rows`` random hash functions over that set (numpy, in a vectorised Arrow UDF),
    cut into ``bands`` bands of ``rows`` values, each band hashed to one number.
-2. Texts that agree on a whole band are candidates: a pair of Jaccard similarity s is one with
-   probability 1 - (1 - s^rows)^bands (a join on the band hashes, not a comparison of all pairs).
+2. Texts that agree on a whole band share a bucket: a pair of Jaccard similarity s shares one
+   with probability 1 - (1 - s^rows)^bands. In each bucket, in ``order``, a text is a candidate
+   with the bucket's earliest text and with the text just before it: a star and a chain, so
+   candidates grow with the texts, not with the square of a bucket's size (a bucket of a
+   thousand near-identical texts gives two thousand candidates, not half a million).
 3. A candidate pair is kept when the Jaccard similarity of the two shingle sets, computed
    exactly, is at least ``threshold``.
 4. In ``order`` (the earliest first), a text similar to an earlier text that stays is removed,
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StructField, StructType
 
@@ -41,13 +44,19 @@ def near_duplicates(spark: SparkSession, inputs: dict[str, DataFrame], *, input:
     keyed = texts.where(F.char_length(matched) >= min_chars).select(
         F.struct(*[F.col(k) for k in key]).alias("_key"), F.col(order).alias("_order"), matched.alias("_text"))
     # Computed once, kept on disk (one long a band), read by both sides of the band join.
-    banded = keyed.select("_key", band_hashes(shingle, bands, rows, seed)("_text").alias("_bands")) \
+    banded = keyed.select("_key", "_order", band_hashes(shingle, bands, rows, seed)("_text").alias("_bands")) \
         .localCheckpoint(storageLevel=StorageLevel.DISK_ONLY)
-    exploded = banded.select("_key", F.posexplode("_bands").alias("_band", "_hash"))
-    left, right = exploded.alias("a"), exploded.alias("b")
-    candidates = (left.hint("merge").join(right, (F.col("a._band") == F.col("b._band"))
-                                          & (F.col("a._hash") == F.col("b._hash")) & (F.col("a._key") < F.col("b._key")))
-                  .select(F.col("a._key").alias("_a"), F.col("b._key").alias("_b")).distinct())
+    exploded = banded.select("_key", "_order", F.posexplode("_bands").alias("_band", "_hash"))
+    # In each band bucket (the texts that agree on one band), in order: each text is a candidate
+    # with the bucket's earliest text and with the one just before it (a star and a chain:
+    # candidates grow with the texts, not with the square of a bucket's size).
+    bucket = Window.partitionBy("_band", "_hash").orderBy(F.col("_order").asc_nulls_last(), "_key")
+    linked = exploded.select("_key", F.first("_key").over(bucket).alias("_first"),
+                             F.lag("_key").over(bucket).alias("_previous"))
+    candidates = (linked.select(F.explode(F.array_distinct(F.array("_first", "_previous"))).alias("_other"), "_key")
+                  .where(F.col("_other").isNotNull() & (F.col("_other") != F.col("_key")))
+                  .select(F.least("_other", "_key").alias("_a"), F.greatest("_other", "_key").alias("_b"))
+                  .distinct())
     side = {s: keyed.select(F.col("_key").alias(f"_{s}"), F.col("_order").alias(f"_order_{s}"),
                             F.col("_text").alias(f"_text_{s}")) for s in ("a", "b")}
     scored = candidates.join(side["a"], "_a").join(side["b"], "_b").select(

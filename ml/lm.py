@@ -206,7 +206,7 @@ class PyfuncLanguageModel:
 
     def predict(self, data, params=None):
         prompts = list(data["prompt"]) if hasattr(data, "columns") else list(data)
-        new_tokens = int((params or {}).get("new_tokens", 80))
+        new_tokens = int((params or {}).get("new_tokens", self.lm.sample_tokens))
         return [generate(self.model, str(prompt), new_tokens, self.lm.seq_len) for prompt in prompts]
 
 

@@ -61,6 +61,8 @@ def log_lm(client, run_id: str, spec: TrainSpec, result: TrainResult):
         if name in result.figures:
             metrics.append(Metric(name, float(result.figures[name]), now, 0))
     metrics.append(Metric("samples_per_s", result.samples_per_s, now, 0))
+    logged = set(client.get_run(run_id).data.metrics)  # by an attempt whose logging failed half-way: not twice
+    metrics = [m for m in metrics if m.key not in logged]
     for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
     model = trained_model(spec, result)
@@ -83,6 +85,7 @@ def _log_model(model, spec: TrainSpec):
         save_lm_files(model, spec.lm, files)
         return mlflow.pyfunc.log_model(
             name="model", loader_module="ml.lm", data_path=str(files),
-            signature=infer_signature(example, pd.Series(["text"], name="generated")), input_example=example,
+            signature=infer_signature(example, pd.Series(["text"], name="generated"),
+                                      params={"new_tokens": spec.lm.sample_tokens}), input_example=example,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
         )

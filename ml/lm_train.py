@@ -27,9 +27,7 @@ import torch
 from lakehouse.failpoints import failpoint
 from ml.data import read_shard
 from ml.lm import batch_function, build_model, lm_loss, token_matrix
-from ml.spec import TrainResult
-
-CHECKPOINT_FILE = "checkpoint.pt"
+from ml.spec import CHECKPOINT_FILE, TrainResult, resume_settings
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -55,13 +53,20 @@ def train_lm(spec, comm, device: torch.device):
     counts = total([len(train_set), len(heldout_set)])
     per_rank = np.zeros(comm.size)
     per_rank[comm.rank] = len(train_set)
-    steps_per_epoch = max(1, int(total(per_rank).min()) // spec.batch_size)
+    fewest = int(total(per_rank).min())
+    if fewest == 0:
+        raise RuntimeError(f"{spec.snapshot.table}@v{spec.snapshot.version}: a training process has no rows to train "
+                           f"on ({int(counts[0]):,} training rows over {comm.size} processes)")
+    steps_per_epoch = max(1, fewest // spec.batch_size)
 
     model = build_model(lm).to(device)
     optimizer_class = torch.optim.AdamW if spec.optimizer == "adam" else torch.optim.SGD
     optimizer = optimizer_class(model.parameters(), lr=spec.learning_rate)
     result = TrainResult(comm.size, int(counts[0]), int(counts[1]), float("nan"))
     start_step = _restore(spec, model, optimizer, result, device)
+    agreed = total([start_step, 1])
+    if agreed[0] != start_step * agreed[1]:  # a stale copy of the file somewhere: the ranks would part ways
+        raise RuntimeError(f"the training processes read different checkpoints from {spec.checkpoint_dir}")
     trained, optimizer = comm.prepare(model, optimizer)
 
     def evaluate() -> dict:
@@ -89,6 +94,7 @@ class _Loop:
         self.train_set, self.batch_fn, self.device = train_set, batch_fn, device
         self.steps_per_epoch, self.total = steps_per_epoch, total
         lm = spec.lm
+        self.window, self.saving = [], 0.0  # training losses since the last point; seconds spent saving
         self.last_step = spec.epochs * steps_per_epoch
         if lm.max_steps is not None:
             self.last_step = min(self.last_step, lm.max_steps)
@@ -113,47 +119,74 @@ class _Loop:
         return loss.item(), int((targets != lm.pad_id).sum())
 
     def run(self, step: int, result, evaluate) -> None:
-        spec, window, tokens, rows_trained, seconds = self.spec, [], 0, 0, 0.0
+        spec, tokens, rows_trained, seconds = self.spec, 0, 0, 0.0
         while step < self.last_step:
             epoch, first = divmod(step, self.steps_per_epoch)
             self.trained.train()
-            started = time.perf_counter()
+            started, self.saving = time.perf_counter(), 0.0
             for rows in self.batches(epoch, first):
                 loss, scored = self.step(rows)
                 step, tokens, rows_trained = step + 1, tokens + scored, rows_trained + len(rows)
-                window.append(loss)
+                self.window.append(loss)
                 if step % spec.log_every_steps == 0 or step == self.last_step:
-                    mean = self.total([sum(window), len(window)])
-                    if self.comm.rank == 0:
-                        result.steps.append(step)
-                        result.train_loss.append(float(mean[0] / mean[1]))
-                    window = []
+                    self.log(step, result)
                 if step == self.last_step or step % self.steps_per_epoch == 0:
                     break
                 if step % spec.lm.checkpoint_every_steps == 0:
                     self.checkpoint(step, result)
-            seconds += time.perf_counter() - started
+            seconds += time.perf_counter() - started - self.saving
             metrics = evaluate()
             if self.comm.rank == 0:
                 result.epochs.append({"epoch": epoch, "step": step, **metrics})
             self.checkpoint(step, result)
         figures = self.total([tokens, rows_trained, seconds])
-        busy = max(figures[2] / self.comm.size, 1e-9)  # seconds in steps, per process
-        result.figures["tokens_per_s"] = float(figures[0] / busy)
-        result.samples_per_s = float(figures[1] / busy)
+        if figures[2] > 0:  # steps were taken here (a run resumed at its last step takes none)
+            busy = figures[2] / self.comm.size  # seconds in steps, per process
+            result.figures["tokens_per_s"] = float(figures[0] / busy)
+            result.samples_per_s = float(figures[1] / busy)
+
+    def log(self, step: int, result) -> None:
+        """The mean training loss since the last point, over all processes (a collective)."""
+        mean = self.total([sum(self.window), len(self.window)])
+        if self.comm.rank == 0 and mean[1]:
+            result.steps.append(step)
+            result.train_loss.append(float(mean[0] / mean[1]))
+        self.window = []
 
     def checkpoint(self, step: int, result) -> None:
-        """Rank 0 saves the run so far (atomically: a crash leaves the previous one)."""
+        """Rank 0 saves the run so far (atomically: a crash leaves the previous one). The loss
+        since the last point is logged first, so a resumed run's curve is an unbroken run's.
+        Every process learns whether the save worked (a collective), so none waits on a rank 0
+        that failed."""
+        started = time.perf_counter()
+        self.log(step, result)
+        failed = None
         if self.comm.rank == 0 and self.spec.checkpoint_dir:
-            state = {"step": step, "processes": self.comm.size, "model": self.model.state_dict(),
-                     "optimizer": self.optimizer.state_dict(),
+            state = {"step": step, "processes": self.comm.size, "settings": resume_settings(self.spec),
+                     "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "history": {"steps": result.steps, "train_loss": result.train_loss, "epochs": result.epochs,
                                  "figures": result.figures}}
-            path = os.path.join(self.spec.checkpoint_dir, CHECKPOINT_FILE)
-            os.makedirs(self.spec.checkpoint_dir, exist_ok=True)
-            torch.save(state, path + ".tmp")
-            os.replace(path + ".tmp", path)
+            try:
+                save_checkpoint(state, self.spec.checkpoint_dir)
+            except OSError as exc:
+                failed = exc
+        if self.total([1.0 if failed else 0.0])[0]:
+            raise failed or RuntimeError(f"rank 0 could not save the checkpoint of step {step}")
+        self.saving += time.perf_counter() - started
         failpoint("train.checkpoint", step)
+
+
+def save_checkpoint(state: dict, directory: str) -> None:
+    """``state`` as ``<directory>/checkpoint.pt``: written to a file of this process's own, flushed
+    to disk, then renamed over the previous one."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    scratch = f"{path}.{os.getpid()}.tmp"
+    with open(scratch, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(scratch, path)
 
 
 def _restore(spec, model, optimizer, result, device) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lakehouse.errors import EXIT_CONFIG, LakehouseError
+from ml.spec import CHECKPOINT_FILE, resume_settings
 
 CHECKPOINTS = "training-checkpoints"
 
@@ -33,6 +34,17 @@ class ResumePoint:
     epochs: int  # as the run was started with
     step: int  # the checkpoint's
     processes: int
+    settings: dict  # resume_settings of the run as it started
+
+
+def check_same_settings(point: ResumePoint, spec) -> None:
+    """ResumeError naming each setting that differs from the run's own."""
+    now = resume_settings(spec)
+    changed = [f"training.{key} was {point.settings[key]!r}, is {now.get(key)!r}"
+               for key in sorted(point.settings) if now.get(key) != point.settings[key]]
+    if changed:
+        raise ResumeError(f"run {point.run_id} started with other settings ({'; '.join(changed)}): resume it with "
+                          "the same (--set) or start a new run")
 
 
 def checkpoint_dir(config, run_id: str) -> Path:
@@ -50,7 +62,6 @@ def resume_point(config, run_id: str) -> ResumePoint:
     """What ``run_id`` resumes from; ResumeError when it cannot be."""
     import torch
 
-    from ml.lm_train import CHECKPOINT_FILE
     from ml.tracking import quiet_mlflow, tracking_uri
 
     quiet_mlflow()
@@ -72,7 +83,7 @@ def resume_point(config, run_id: str) -> ResumePoint:
         raise ResumeError(f"run {run_id} saved no checkpoint ({path}): start a new run")
     state = torch.load(path, map_location="cpu", weights_only=True)
     return ResumePoint(run_id, int(tags["training_table_version"]), int(params["epochs"]), int(state["step"]),
-                       int(state["processes"]))
+                       int(state["processes"]), dict(state.get("settings", {})))
 
 
 def end_run(config, run_id: str, status: str) -> None:

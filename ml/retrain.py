@@ -155,7 +155,7 @@ class Retrainer:
             for line in summary.describe():
                 print(f"train: {line}", flush=True)
             outcome = f"version {summary.model_version}" + (" promoted" if summary.champion else " not promoted")
-            if summary.champion:
+            if summary.champion and self.config.training.task == "regression":  # a language model scores nothing
                 scored = score(self.spark, self.config)
                 print(f"score: gold.predictions version {scored.table_version}, {scored.rows:,} rows by "
                       f"{scored.model} version {scored.model_version}", flush=True)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from lakehouse.errors import EXIT_CONFIG, EXIT_QUALITY, LakehouseError
 from lakehouse.pipeline import TRAIN, Pipeline
 from ml.data import Snapshot, count_unusable, pin_snapshot
-from ml.resume import checkpoint_dir, end_run, resume_point
+from ml.resume import check_same_settings, checkpoint_dir, end_run, resume_point
 from ml.tracking import RunSummary, log_run, open_run
 from ml.train import TrainResult, TrainSpec, train_process
 
@@ -176,6 +176,8 @@ def run_training(spark, config, backend: str, num_proc: int, gpu: bool, force: b
         epochs=resumed.epochs if resumed else (epochs or training.epochs), seed=training.seed,
         log_every_steps=training.log_every_steps, backend=backend, gpu=gpu, task=training.task, lm=training.lm,
     )
+    if resumed:
+        check_same_settings(resumed, spec)
     run_id = resumed.run_id if resumed else open_run(config, spec, backend, num_proc, pass_rate)
     spec.checkpoint_dir, spec.resume = str(checkpoint_dir(config, run_id)), resumed is not None
     if resumed:

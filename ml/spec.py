@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
 from ml.data import Snapshot
+
+CHECKPOINT_FILE = "checkpoint.pt"  # a causal_lm run's, in its checkpoint directory (ml/resume.py)
 
 
 @dataclass
@@ -53,3 +55,15 @@ class TrainResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def resume_settings(spec) -> dict:
+    """What a resumed run must share with the run it goes on with (the batches, steps and model
+    depend on them): the optimiser's, the batch size, the seed, the epochs, and training.lm but
+    for what only the samples and the GPU's autocast read."""
+    lm = asdict(spec.lm) if is_dataclass(spec.lm) else dict(vars(spec.lm))
+    for name in ("sample_prompts", "sample_tokens", "bf16"):
+        lm.pop(name, None)
+    return {"optimizer": spec.optimizer, "learning_rate": spec.learning_rate, "batch_size": spec.batch_size,
+            "seed": spec.seed, "epochs": spec.epochs, "log_every_steps": spec.log_every_steps,
+            **{f"lm.{name}": value for name, value in lm.items()}}

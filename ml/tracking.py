@@ -156,8 +156,11 @@ def open_run(config, spec: TrainSpec, backend: str, processes: int, pass_rate: f
             "input_tables": ",".join(f"{name}@v{version}" for name, version in inputs.items()),
             "training_table": snapshot.table, "training_table_version": str(snapshot.version),
             "silver_quality_pass_rate": "unknown" if pass_rate is None else f"{pass_rate:.4f}"}
+    from mlflow.tracking.context.registry import resolve_tags
+
     client = MlflowClient()
-    run = client.create_run(mlflow.get_experiment_by_name(experiment).experiment_id, tags=tags,
+    # with MLflow's own context tags (user, source, a Databricks job's), as mlflow.start_run adds them
+    run = client.create_run(mlflow.get_experiment_by_name(experiment).experiment_id, tags=resolve_tags(tags),
                             run_name=f"{backend}-x{processes}-{snapshot.table}@v{snapshot.version}")
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in redact_tree(params).items()])
     return run.info.run_id  # RUNNING until log_run ends it (or the process dies: --resume)

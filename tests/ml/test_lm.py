@@ -108,20 +108,41 @@ def test_unusable_code_is_named_before_training(lm, message):
     assert message in check_code(LanguageModelConfig(**lm))
 
 
-def test_a_resumed_run_takes_the_steps_an_unbroken_run_takes(snapshot, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", [40, 33])  # mid-epoch; an epoch's end, between two points of the curve
+def test_a_resumed_run_takes_the_steps_an_unbroken_run_takes(snapshot, tmp_path, monkeypatch, stop):
     unbroken = train_process(_spec(snapshot, tmp_path / "a"))
     spec = _spec(snapshot, tmp_path / "b")
-    monkeypatch.setenv(FAILPOINTS_ENV, "train.checkpoint@40")  # stops right after the checkpoint of step 40
+    monkeypatch.setenv(FAILPOINTS_ENV, f"train.checkpoint@{stop}")  # stops right after that step's checkpoint
     with pytest.raises(FailpointError):
         train_process(spec)
     monkeypatch.delenv(FAILPOINTS_ENV)
     resumed = train_process(dataclasses.replace(spec, resume=True))
-    assert resumed.figures["resumed_from_step"] == 40
-    assert resumed.steps == unbroken.steps == list(range(5, 66, 5)) + [66]
+    assert resumed.figures["resumed_from_step"] == stop
+    # a point every 5 steps, and one at each checkpoint (20, 40, 60: on the way; 33, 66: the epochs' ends)
+    assert resumed.steps == unbroken.steps == sorted({*range(5, 66, 5), 33, 66})
     assert resumed.train_loss == pytest.approx(unbroken.train_loss, rel=1e-5)
     assert len(resumed.epochs) == len(unbroken.epochs) == 2
     for theirs, ours in zip(unbroken.epochs, resumed.epochs, strict=True):
         assert ours == pytest.approx(theirs, rel=1e-5)
+
+
+def test_a_resume_with_other_settings_is_refused_by_name(snapshot, tmp_path, monkeypatch):
+    from ml.resume import ResumeError, ResumePoint, check_same_settings
+    from ml.spec import resume_settings
+
+    spec = _spec(snapshot, tmp_path)
+    point = ResumePoint("run-1", 0, 2, 40, 1, resume_settings(spec))
+    check_same_settings(point, dataclasses.replace(spec, lm=dataclasses.replace(spec.lm, sample_tokens=5)))
+    changed = dataclasses.replace(spec, batch_size=32, lm=dataclasses.replace(spec.lm, max_steps=150))
+    with pytest.raises(ResumeError, match=r"training.batch_size was 16, is 32; training.lm.max_steps was None, is 150"):
+        check_same_settings(point, changed)
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run(snapshot, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with pytest.raises(OSError):
+        train_process(dataclasses.replace(_spec(snapshot, tmp_path), checkpoint_dir=str(blocker)))
 
 
 def test_bf16_autocast_runs_a_training_step_on_cpu():

@@ -74,7 +74,7 @@ def test_the_model_learns_and_the_run_is_tracked(chat_lm):
     champion = client.get_model_version_by_alias(config.training.registered_model, CHAMPION)
     generated = mlflow.pyfunc.load_model(f"models:/{config.training.registered_model}@{CHAMPION}").predict(
         __import__("pandas").DataFrame({"prompt": ["<|user|> "]}), params={"new_tokens": 12})
-    assert champion.run_id == local.run_id and isinstance(generated[0], str)
+    assert champion.run_id == local.run_id and isinstance(generated[0], str) and len(generated[0].encode()) <= 12
 
 
 def test_horovod_and_torch_distributor_reach_the_local_perplexity(spark, chat_lm):
