@@ -286,7 +286,9 @@ def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:
     (:data:`LOST_STAGED_BLOCK`), and :func:`refine_batch` stages the batch again.
     :func:`release_rows` frees the blocks."""
     kept = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0)
-    return decided.withColumn("_newest", newest_of_its_key(entity, among=kept)).localCheckpoint(
+    if "_claims" in decided.columns:  # exact duplicates were marked: only each key's claimant may enter silver
+        kept = kept & F.col("_claims")
+    return decided.withColumn("_newest", newest_of_its_key(entity, among=kept)).drop("_claims").localCheckpoint(
         eager=False, storageLevel=STAGE_STORAGE)
 
 

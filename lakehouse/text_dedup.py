@@ -14,8 +14,8 @@ scenario's ``gold.chat_near_duplicates`` (a batch gold table's ``transform``, la
    compared (on the generated feed at 200,000 messages, 39,569 near duplicates found where
    comparing all pairs of a bucket found 43,003; bench/RESULTS.md).
 3. A candidate pair is kept when the Jaccard similarity of the two shingle sets, computed
-   exactly, is at least ``threshold`` (each Python worker keeps the shingle hashes of the texts
-   it has seen, up to ``JACCARD_CACHE``: a text is in many pairs).
+   exactly, is at least ``threshold`` (each task keeps the shingle hashes of the texts it has
+   seen, least recently used out past ``JACCARD_CACHE_BYTES``: a text is in many pairs).
 4. In ``order`` (the earliest first), a text similar to an earlier text that stays is removed,
    and that text recorded as its nearest kept one (the most similar of its kept pairs; ties to
    the earliest).
@@ -115,7 +115,7 @@ def band_hashes(shingle: int, bands: int, rows: int, seed: int):
     return band
 
 
-JACCARD_CACHE = 200_000  # texts whose shingle hashes a Python worker keeps (about 1 KiB each)
+JACCARD_CACHE_BYTES = 256 << 20  # shingle hashes a task keeps (about 1 KiB a chat message)
 
 
 def jaccard(shingle: int):
@@ -124,14 +124,18 @@ def jaccard(shingle: int):
 
     import pyarrow as pa
 
-    seen: OrderedDict = OrderedDict()  # in each Python worker, across its batches: a text is in many pairs
+    seen: OrderedDict = OrderedDict()  # in each task, across its Arrow batches: a text is in many pairs
+    held = [0]  # bytes of shingle hashes in seen
 
     def hashed(text):
         found = seen.get(text)
-        if found is None:
-            found = seen[text] = shingle_hashes(text, shingle)
-            if len(seen) > JACCARD_CACHE:
-                seen.popitem(last=False)  # the oldest first (the pairs come sorted by one side)
+        if found is not None:
+            seen.move_to_end(text)  # least recently used goes first
+            return found
+        found = seen[text] = shingle_hashes(text, shingle)
+        held[0] += found.nbytes
+        while held[0] > JACCARD_CACHE_BYTES:
+            held[0] -= seen.popitem(last=False)[1].nbytes
         return found
 
     @F.arrow_udf("double")

@@ -95,14 +95,19 @@ def mark_text_duplicates(decided: DataFrame, entity: EntityConfig, silver: DataF
     """Add ``duplicate_text`` to the reasons of each kept row whose text hash an earlier row has
     under another key: an earlier kept row of the batch (by event time, then bronze position),
     or a row already in ``silver`` (None: no silver yet). A row of the same key with the same text
-    is a re-send, which the key's deduplication handles; an older version of a key that the batch
-    sends again (superseded: silver keeps the newest) claims no text. ``silver`` is read at the
-    version the batch's plan recorded, so a redone batch decides as its first attempt did."""
+    is a re-send, which the key's deduplication handles. Only the newest valid version of a key
+    claims its text (``_claims``); an older version is superseded, and stays so even when the
+    newest is a duplicate (nothing of that key enters silver from this batch, and its older text
+    was never checked). Not covered: an older version of a key whose newer one silver already
+    holds still claims its text. ``silver`` is read at the version the batch's plan recorded, so
+    a redone batch decides as its first attempt did."""
     hash_column = f"{entity.text.dedupe.column}_hash"
     key = F.struct(*[F.col(k) for k in entity.keys])
-    candidate = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0) & F.col(hash_column).isNotNull()
-    decided = decided.withColumn("_claims", newest_of_its_key(entity, among=candidate))
-    kept = F.col("_claims")
+    valid = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0)
+    # The newest valid version of each key is the one silver would keep (refine.stage_rows keeps
+    # only it, ``_claims``); only it claims its text, and only a text long enough to have a hash.
+    decided = decided.withColumn("_claims", newest_of_its_key(entity, among=valid))
+    kept = F.col("_claims") & F.col(hash_column).isNotNull()
     # Rows that do not compete are partitions of their own (by bronze position), as in newest_of_its_key.
     partition = [kept, F.when(kept, F.col(hash_column)),
                  *[F.when(~kept, F.col(c)) for c in ("_source_file", "_source_line")]]
@@ -120,7 +125,7 @@ def mark_text_duplicates(decided: DataFrame, entity: EntityConfig, silver: DataF
         | (first_key != key)
     duplicate = kept & F.coalesce(earlier, F.lit(False))
     return joined.withColumn("_reasons", F.when(duplicate, F.concat(F.col("_reasons"), F.array(F.lit(DUPLICATE_TEXT))))
-                             .otherwise(F.col("_reasons"))).drop("_seen_hash", "_seen_low", "_seen_high", "_claims")
+                             .otherwise(F.col("_reasons"))).drop("_seen_hash", "_seen_low", "_seen_high")
 
 
 def _cleaned(value: Column, form: str, strip_control: bool) -> Column:

@@ -61,8 +61,10 @@ def log_lm(client, run_id: str, spec: TrainSpec, result: TrainResult):
         if name in result.figures:
             metrics.append(Metric(name, float(result.figures[name]), now, 0))
     metrics.append(Metric("samples_per_s", result.samples_per_s, now, 0))
-    logged = set(client.get_run(run_id).data.metrics)  # by an attempt whose logging failed half-way: not twice
-    metrics = [m for m in metrics if m.key not in logged]
+    # what an attempt whose logging failed half-way logged: not twice
+    logged = {(key, m.step) for key in client.get_run(run_id).data.metrics
+              for m in client.get_metric_history(run_id, key)}
+    metrics = [m for m in metrics if (m.key, m.step) not in logged]
     for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
     model = trained_model(spec, result)

@@ -64,8 +64,9 @@ def train_lm(spec, comm, device: torch.device):
     optimizer = optimizer_class(model.parameters(), lr=spec.learning_rate)
     result = TrainResult(comm.size, int(counts[0]), int(counts[1]), float("nan"))
     start_step = _restore(spec, model, optimizer, result, device)
-    agreed = total([start_step, 1])
-    if agreed[0] != start_step * agreed[1]:  # a stale copy of the file somewhere: the ranks would part ways
+    steps = np.zeros(comm.size)
+    steps[comm.rank] = start_step
+    if len(set(total(steps).tolist())) != 1:  # a stale copy of the file somewhere: the ranks would part ways
         raise RuntimeError(f"the training processes read different checkpoints from {spec.checkpoint_dir}")
     trained, optimizer = comm.prepare(model, optimizer)
 
@@ -168,7 +169,7 @@ class _Loop:
                                  "figures": result.figures}}
             try:
                 save_checkpoint(state, self.spec.checkpoint_dir)
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever it is, every process must hear of it
                 failed = exc
         if self.total([1.0 if failed else 0.0])[0]:
             raise failed or RuntimeError(f"rank 0 could not save the checkpoint of step {step}")

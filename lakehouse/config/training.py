@@ -118,6 +118,9 @@ class TrainingConfig:
         return f"{self.registry_schema}.{self.registered_model}" if self.registry_schema else self.registered_model
 
     def problems(self) -> list[tuple[str, str]]:
+        if self.registry_schema and "." in self.registered_model:
+            return [("registered_model", f"is qualified by registry_schema {self.registry_schema}: give the model's "
+                                         "own name, without dots")]
         if self.task != "regression":
             return []
         if self.label is None:

@@ -110,6 +110,10 @@ def test_duplicates_across_batches_and_re_sends(spark, chat_config):
         message("c6", 1, long_text.replace("Oslo", "Rome"), "2025-12-30T00:00:00Z"),
         message("c7", 1, long_text.replace("Oslo", "Rome"), "2026-01-01T00:00:00Z"),
         message("c6", 1, long_text.replace("Oslo", "Kyiv"), "2026-01-03T00:00:00Z"),
+        # c8 first says something new, then repeats c4's text: its newest message is a duplicate,
+        # and its first is superseded by it (never checked): nothing of c8 enters silver
+        message("c8", 1, long_text.replace("Oslo", "Bern"), "2025-12-29T00:00:00Z"),
+        message("c8", 1, long_text.replace("Oslo", "Lima"), "2026-01-04T00:00:00Z"),
     ]) + "\n")
     assert run_flow(spark, chat_config, "bronze.chat", {"availableNow": True}) == 0
     assert run_flow(spark, chat_config, "silver.chat", {"availableNow": True}) == 0
@@ -118,9 +122,9 @@ def test_duplicates_across_batches_and_re_sends(spark, chat_config):
     c6 = read_table(spark, resolve_table(chat_config, "silver.chat")).where("conversation_id = 'c6'").first()
     assert "Kyiv" in c6.text
     quarantine = read_table(spark, resolve_table(chat_config, "silver.chat_quarantine"))
-    assert sorted((r._source_line, r.reasons) for r in quarantine.collect()) == [(2, ["duplicate_text"]),
-                                                                                  (5, ["duplicate_text"])]
-    assert all(json.loads(r.value)["conversation_id"] in ("c2", "c5") for r in quarantine.collect())
+    assert sorted((r._source_line, r.reasons) for r in quarantine.collect()) == [
+        (2, ["duplicate_text"]), (5, ["duplicate_text"]), (10, ["duplicate_text"])]
+    assert all(json.loads(r.value)["conversation_id"] in ("c2", "c5", "c8") for r in quarantine.collect())
     assert reconcile(spark, chat_config, "chat").holds
 
 

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from lakehouse.cli import build_parser, main
-from lakehouse.config import load_config
+from lakehouse.config import ConfigError, load_config
 from lakehouse.devtools.bundle_check import load_bundle
 from tests.conftest import CONF_DIR, REPO
 
@@ -102,6 +102,8 @@ def test_the_overlay_alone_has_the_bundles_defaults(capsys):
     assert config.training.model_name == f"{defaults['catalog']}.{defaults['schema']}_gold.telemetry_power"
     chat = load_config("databricks", conf_dir=CONF_DIR, scenario="chat")
     assert chat.training.model_name == f"{defaults['catalog']}.{defaults['schema']}_gold.chat_lm"
+    with pytest.raises(ConfigError, match="without dots"):  # a three-part name of old: not qualified twice
+        load_config("databricks", conf_dir=CONF_DIR, overrides=["training.registered_model=main.x.telemetry_power"])
     assert main(["--env", "databricks", "--conf-dir", str(CONF_DIR), "config"]) == 0
     assert '"kind": "unity"' in capsys.readouterr().out
     # The laptop's overlay is untouched: the default env stays local.
