@@ -108,9 +108,17 @@ def test_unusable_code_is_named_before_training(lm, message):
     assert message in check_code(LanguageModelConfig(**lm))
 
 
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    """One run of the token table from start to end, without a stop."""
+    path = tmp_path_factory.mktemp("unbroken")
+    snapshot = _token_table(path / "tokens.parquet")
+    return snapshot, train_process(_spec(snapshot, path))
+
+
 @pytest.mark.parametrize("stop", [40, 33])  # mid-epoch; an epoch's end, between two points of the curve
-def test_a_resumed_run_takes_the_steps_an_unbroken_run_takes(snapshot, tmp_path, monkeypatch, stop):
-    unbroken = train_process(_spec(snapshot, tmp_path / "a"))
+def test_a_resumed_run_takes_the_steps_an_unbroken_run_takes(tmp_path, monkeypatch, stop, unbroken):
+    snapshot, unbroken = unbroken
     spec = _spec(snapshot, tmp_path / "b")
     monkeypatch.setenv(FAILPOINTS_ENV, f"train.checkpoint@{stop}")  # stops right after that step's checkpoint
     with pytest.raises(FailpointError):

@@ -79,14 +79,14 @@ def test_spark_submit_without_delta_jar_says_what_to_add(config, subprocess_env)
 
 
 def test_demo_runs_end_to_end(spark, config, capsys):
-    assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "demo", "--run-seconds", "25"]) == 0
+    assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "demo", "--run-seconds", "12"]) == 0
     out = capsys.readouterr().out
     assert "every line landed exactly once: yes" in out
     assert "reconciled: every bronze row" in out
     bronze = read_table(spark, bronze_table(config, "telemetry"))
     assert bronze.where(F.col("_source_file").contains("-demo-")).count() == config.generator.records
     # 7. always on: the live feed's lines reached bronze, and each table's freshness was printed
-    assert "== 7. always on: `lakehouse run --trigger 2s` for 25s" in out
+    assert "== 7. always on: `lakehouse run --trigger 2s` for 12s" in out
     assert bronze.where(F.col("_source_file").contains("-live-")).count() > 0
     summary = out.split("freshness measured at each commit", 1)[1]
     assert re.search(r"^bronze\.telemetry +\d+ +[\d,]+ +[\d.]+s / [\d.]+s", summary, re.M), summary
@@ -102,7 +102,7 @@ def test_demo_runs_end_to_end(spark, config, capsys):
 def test_demo_from_kafka_starts_and_stops_its_own_broker(spark, config, capsys):
     data = config.storage.data_dir
     argv = ["--env", "test", "--data-dir", str(data), "--set", "generator.records=3000", "demo", "--source", "telemetry_kafka",
-            "--run-seconds", "15"]
+            "--run-seconds", "10"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     summary = out.split("freshness measured at each commit", 1)[1]  # the live feed published to the topic
