@@ -54,7 +54,7 @@ from lakehouse.tables import (
     resolve_table,
     table_exists,
 )
-from lakehouse.text_prep import mark_text_duplicates, masked, may_be_quarantined, prepare_stages
+from lakehouse.text_prep import mark_text_duplicates, masked, may_be_quarantined, prepare_stages, silver_as_planned
 
 
 class ExpectationFailedError(JobError):
@@ -179,7 +179,7 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
     entity = config.entity(entity_name)
     decided = decide_rows(bronze_batch, config, entity, plan, rules, decisions)
     if entity.text is not None and entity.text.dedupe is not None:
-        decided = mark_text_duplicates(decided, entity, _silver_as_planned(bronze_batch.sparkSession, batch, plan))
+        decided = mark_text_duplicates(decided, entity, silver_as_planned(bronze_batch.sparkSession, config, entity_name, plan))
         decided = decided.withColumn("value", F.when(F.size("_reasons") > 0, F.col("value")))
     decided = stage_rows(decided, entity)
     try:
@@ -214,17 +214,6 @@ class _Batch:
     batch_id: int
     marker: str
     replay_since: int | None
-
-
-def _silver_as_planned(spark: SparkSession, batch: _Batch, plan: dict) -> DataFrame | None:
-    """Silver as it was when the batch was first planned (None: there was no silver), so a batch
-    redone after its MERGE committed does not see its own rows (a plan from before the version
-    was recorded: the latest)."""
-    ref = resolve_table(batch.config, f"silver.{batch.entity_name}")
-    if "silver_version" not in plan:
-        return read_table(spark, ref) if table_exists(spark, ref) else None
-    version = plan["silver_version"]
-    return None if version is None else read_table(spark, ref, version=version)
 
 
 def decide_rows(bronze_batch: DataFrame, config: LakehouseConfig, entity: EntityConfig, plan: dict,

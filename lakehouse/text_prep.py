@@ -91,6 +91,19 @@ def masked(value: Column, entity: EntityConfig) -> Column:
     return value
 
 
+def silver_as_planned(spark, config, entity_name: str, plan: dict) -> DataFrame | None:
+    """Silver as it was when the batch was first planned (None: there was no silver), so a batch
+    redone after its MERGE committed does not see its own rows (a plan from before the version
+    was recorded: the latest). What :func:`mark_text_duplicates` looks duplicates up in."""
+    from lakehouse.tables import read_table, resolve_table, table_exists
+
+    ref = resolve_table(config, f"silver.{entity_name}")
+    if "silver_version" not in plan:
+        return read_table(spark, ref) if table_exists(spark, ref) else None
+    version = plan["silver_version"]
+    return None if version is None else read_table(spark, ref, version=version)
+
+
 def mark_text_duplicates(decided: DataFrame, entity: EntityConfig, silver: DataFrame | None) -> DataFrame:
     """Add ``duplicate_text`` to the reasons of each kept row whose text hash an earlier row has
     under another key: an earlier kept row of the batch (by event time, then bronze position),
