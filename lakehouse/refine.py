@@ -38,6 +38,7 @@ from lakehouse.quality import (
     rule_results,
 )
 from lakehouse.quarantine import quarantine_error, quarantine_reasons
+from lakehouse.session import release_checkpoint
 from lakehouse.silver_merge import merge_into_silver
 from lakehouse.silver_tables import (
     SILVER_BATCHES_SCHEMA,
@@ -200,7 +201,7 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
                     batch.marker, batch.replay_since, merge_schema=True)
         failpoint("silver.done", batch_id)
     finally:
-        release_rows(decided)
+        release_checkpoint(decided, "silver: a staged batch")
     return counts
 
 
@@ -273,7 +274,7 @@ def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:
     decisions and the window's order are deterministic (the plan fixes the batch's times; bronze
     positions are unique): keep them so. A block lost afterwards fails the read
     (:data:`LOST_STAGED_BLOCK`), and :func:`refine_batch` stages the batch again.
-    :func:`release_rows` frees the blocks."""
+    lakehouse.session.release_checkpoint frees the blocks."""
     kept = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0)
     if "_claims" in decided.columns:  # exact duplicates were marked: only each key's claimant may enter silver
         kept = kept & F.col("_claims")
@@ -283,20 +284,6 @@ def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:
 
 # Disk, as Delta's own MERGE source materialisation: a large batch stays off the executors' heap.
 STAGE_STORAGE = StorageLevel.DISK_ONLY
-
-
-def release_rows(staged: DataFrame) -> None:
-    """Free a staged batch's blocks now rather than when Spark's cleaner finds them unreferenced
-    (under Spark Connect, which has no handle on them, the server frees them with the DataFrame).
-    Never raises: it runs after the batch's own outcome, which must not be hidden."""
-    jdf = getattr(staged, "_jdf", None)
-    try:
-        plan = jdf.queryExecution().analyzed() if jdf is not None else None
-        if plan is not None and plan.getClass().getSimpleName() == "LogicalRDD":
-            plan.rdd().unpersist(False)
-    except Exception as exc:  # noqa: BLE001 - a stopping context: the cleaner frees them, or nothing is left
-        print(f"silver: could not free a staged batch's blocks ({type(exc).__name__}); Spark's cleaner will",
-              file=sys.stderr, flush=True)
 
 
 # A staged batch's block gone (an executor lost after the batch was staged): the checkpoint has no

@@ -13,7 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from lakehouse.config import LakehouseConfig
 from lakehouse.errors import JobError
@@ -258,7 +258,7 @@ def quiet_expected_warnings(spark: SparkSession) -> None:
       trigger; the batch times are printed (and in ops.stream_progress) anyway;
     - MapPartitionsRDD: "was locally checkpointed ... cannot be recomputed after unpersisting"
       after every silver batch, when its staged rows (a local checkpoint) are released
-      (lakehouse.refine.release_rows), which nothing reads any more.
+      (:func:`release_checkpoint`), which nothing reads any more.
     """
     try:
         jvm = spark.sparkContext._jvm
@@ -270,3 +270,18 @@ def quiet_expected_warnings(spark: SparkSession) -> None:
             jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(logger, error)
     except Exception:  # noqa: BLE001 - Spark Connect, or another logging backend: the warnings stay
         pass
+
+
+def release_checkpoint(frame: DataFrame, what: str) -> None:
+    """Free the blocks of a local checkpoint (``frame.localCheckpoint()``) now rather than when
+    Spark's cleaner finds them unreferenced (under Spark Connect, which has no handle on them,
+    the server frees them with the DataFrame). Never raises: it runs after the work's own
+    outcome, which must not be hidden; ``what`` names the rows in the one-line notice."""
+    jdf = getattr(frame, "_jdf", None)
+    try:
+        plan = jdf.queryExecution().analyzed() if jdf is not None else None
+        if plan is not None and plan.getClass().getSimpleName() == "LogicalRDD":
+            plan.rdd().unpersist(False)
+    except Exception as exc:  # noqa: BLE001 - a stopping context: the cleaner frees them, or nothing is left
+        print(f"{what}: could not free its blocks ({type(exc).__name__}); Spark's cleaner will",
+              file=sys.stderr, flush=True)

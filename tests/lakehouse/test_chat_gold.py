@@ -110,10 +110,52 @@ def test_near_duplicates_documents_and_tokens(spark, chat_refined, subprocess_en
 def test_resolve_keeps_the_earliest_and_records_the_nearest_kept():
     from lakehouse.text_dedup import resolve
 
-    def pair(a, b, similarity):
-        return {"_a": (a,), "_b": (b,), "_order_a": a, "_order_b": b, "_similarity": similarity}
+    def pair(a, b, similarity, order_b=None):
+        return {"_key_a": (a,), "_key_b": (b,), "_id_a": 10 * a, "_id_b": 10 * b, "_order_a": a,
+                "_order_b": b if order_b is None else order_b, "_similarity": similarity}
 
     # 1 ~ 2 ~ 3, 1 !~ 3: 2 goes (nearest kept 1); 3 stays, for its only similar message is gone.
     # 4 is similar to both 1 (0.8) and 3 (0.9): it goes, with 3 as its nearest kept message.
     removed = resolve([pair(1, 2, 0.9), pair(2, 3, 0.8), pair(1, 4, 0.8), pair(3, 4, 0.9)])
     assert removed == {(2,): ((1,), 0.9), (4,): ((3,), 0.9)}
+    # Equal times: the smaller id is the earlier (5 before 6), and stays.
+    assert resolve([pair(6, 5, 0.9, order_b=6)]) == {(6,): ((5,), 0.9)}
+    # Two keys of one id stop the build, naming the remedy.
+    clash = {**pair(7, 8, 0.9), "_id_b": 70}
+    with pytest.raises(ValueError, match="another seed"):
+        resolve([clash])
+
+
+def test_shingle_sets_signatures_and_similarity_match_plain_python():
+    """The vectorised steps, on a batch of texts with the edges (empty, shorter than a shingle,
+    characters outside the BMP, repeats), against plain Python sets of substrings."""
+    import random
+
+    import numpy as np
+
+    from lakehouse.text_dedup import set_similarity, shingle_sets, signatures
+
+    rng = random.Random(5)
+    words = ["router", "restart", "order", "thanks", "é", "\U0001f600", "ab"]
+    texts = ["", "ab", "abcd", "abcde", "aaaaaaaaaa", "\U0001f600 x \U0001f600 y"] + [
+        " ".join(rng.choice(words) for _ in range(rng.randrange(1, 30))) for _ in range(300)]
+
+    def substrings(text):
+        text = text + "\0" * (5 - len(text)) if len(text) < 5 else text
+        return {text[i:i + 5] for i in range(len(text) - 4)}
+
+    sets = shingle_sets(texts, 5)
+    assert [len(s) for s in sets] == [len(substrings(t)) for t in texts]
+    pairs = [(rng.randrange(len(texts)), rng.randrange(len(texts))) for _ in range(2000)]
+    got = set_similarity([sets[i] for i, _ in pairs], [sets[j] for _, j in pairs])
+    want = [len(substrings(texts[i]) & substrings(texts[j])) / len(substrings(texts[i]) | substrings(texts[j]))
+            for i, j in pairs]
+    assert np.allclose(got, want)
+
+    # A text's signature does not depend on the batch it is in, and equal sets sign alike.
+    a = np.arange(1, 2 * 40, 2, dtype=np.uint32) * np.uint32(2654435761)
+    b = np.arange(40, dtype=np.uint32) * np.uint32(40503)
+    batch = signatures(texts, 5, a, b)
+    assert batch.shape == (len(texts), 40)
+    assert all((signatures([texts[i]], 5, a, b)[0] == batch[i]).all() for i in range(0, len(texts), 37))
+    assert (signatures(["abcdeabcde"], 5, a, b) == signatures(["abcdeabcdeabcde"], 5, a, b)).all()
