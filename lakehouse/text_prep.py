@@ -83,12 +83,45 @@ def may_be_quarantined(entity: EntityConfig) -> Column:
 
 
 def masked(value: Column, entity: EntityConfig) -> Column:
-    """``value`` (raw text) with every mask pattern of the entity replaced by its placeholder."""
+    """``value`` (a raw record, or rescued fields as JSON) with every mask pattern of the entity
+    replaced by its placeholder. The masks see the record as silver's text preparation would
+    leave its strings (:func:`readable`), so PII escaped inside JSON (``ana\\u0040example.com``)
+    or split by control characters is masked in the quarantine as it is in silver."""
     if entity.text is None:
         return value
+    value = F.when(value.rlike(NOT_PLAIN), readable(value)).otherwise(value)
     for name, pattern in entity.text.mask.items():
         value = F.regexp_replace(value, pattern, f"<{name}>")
     return value
+
+
+# A record with a JSON escape other than \n, \t, \" or \\ (or a control character in it): made
+# readable before it is masked. (An escaped backslash before a "u" matches too, harmlessly.)
+NOT_PLAIN = r"\\[ubfr]|[\p{Cc}&&[^\t\n]]"
+ESCAPED_BACKSLASH = "\u0001"  # stands for an escaped backslash while the rest is read
+# Control characters as JSON escapes: those silver's preparation removes (all but tab and newline).
+ESCAPED_CONTROL = r"\\u00(?:0[0-8bBcCdDeEfF]|1[0-9a-fA-F]|7[fF]|[89][0-9a-fA-F])|\\[bfr]"
+
+
+def readable(value: Column) -> Column:
+    """A raw JSON record as its parsed strings read after silver's text preparation, in place:
+    control characters removed (as they are and as ``\\u`` or short escapes), every other
+    ``\\uXXXX`` escape written as its character, except a quote, a backslash, tab, newline and
+    UTF-16 surrogates (which stay escaped); an escaped backslash stays escaped. A record that
+    is not JSON only loses its control characters."""
+    value = F.regexp_replace(F.regexp_replace(value, CONTROL, ""), r"\\\\", ESCAPED_BACKSLASH)
+    value = F.regexp_replace(value, ESCAPED_CONTROL, "")
+
+    def unescaped(part: Column, index: Column) -> Column:
+        digits = F.substring(part, 1, 4)
+        code = F.when(digits.rlike("^[0-9a-fA-F]{4}$"), F.conv(digits, 16, 10).cast("int"))
+        plain = (code >= 0x20) & ~code.isin(0x22, 0x5C) & ~code.between(0xD800, 0xDFFF)
+        return (F.when(index == 0, part)
+                .when(plain, F.concat(F.decode(F.unhex(digits), "UTF-16BE"), F.substring(part, 5, 1 << 30)))
+                .otherwise(F.concat(F.lit("\\u"), part)))
+
+    value = F.array_join(F.transform(F.split(value, r"\\u"), unescaped), "")
+    return F.regexp_replace(value, ESCAPED_BACKSLASH, r"\\\\")
 
 
 def silver_as_planned(spark, config, entity_name: str, plan: dict) -> DataFrame | None:

@@ -145,6 +145,42 @@ def test_masks_catch_the_usual_forms_and_leave_other_numbers(spark, chat_config)
         assert got[text] == (expected or text), text
 
 
+def test_a_quarantined_records_pii_is_masked_through_json_escapes_and_control_characters(spark, chat_config):
+    """What silver masks in a message's text is masked in its raw record too: PII written with
+    JSON escapes or split by control characters (escaped, or raw in a line that is not JSON);
+    an escaped backslash stays as it was."""
+    entity = chat_config.entity("chat")
+    raw = {
+        r'{"text": "mail ana\u0040example.com or 192\u002e168.10.254", "turn": "x"}':
+            r'{"text": "mail <EMAIL> or <IPV4>", "turn": "x"}',
+        r'{"text": "card 4111\u00011111 1111 1111, b\u0007ob@example.org\r"}': r'{"text": "card <CARD>, <EMAIL>"}',
+        '{"text": "not json: jo\x01e@example.com': '{"text": "not json: <EMAIL>',
+        r'{"text": "C:\\u0040x \\\u0041 \ud83d\ude00 \u00e9 \" \n"}': r'{"text": "C:\\u0040x \\A \ud83d\ude00 é \" \n"}',
+        r'{"text": "plain ana@example.com"}': r'{"text": "plain <EMAIL>"}',
+    }
+    frame = spark.createDataFrame([(line,) for line in raw], "value string")
+    got = {row[0]: row[1] for row in frame.select("value", masked(F.col("value"), entity)).collect()}
+    assert got == raw
+
+
+def test_quarantine_holds_no_escaped_pii(spark, chat_config):
+    """End to end: quarantined lines (a bad turn, a line that is not JSON) with escaped PII reach
+    silver.chat_quarantine masked."""
+    landing = Path(chat_config.landing_path("chat"))
+    landing.mkdir(parents=True, exist_ok=True)
+    (landing / "escaped.jsonl").write_bytes(
+        b'{"conversation_id": "e1", "turn": "one", "role": "user", "text": "ana\\u0040example.com, '
+        b'4111\\u00011111\\u00201111 1111", "timestamp": "2026-01-01T00:00:00Z"}\n'
+        b'{"conversation_id": "e2", "turn": 1, "text": "call jo\x01e@example.com\n')
+    assert run_flow(spark, chat_config, "bronze.chat", {"availableNow": True}) == 0
+    assert run_flow(spark, chat_config, "silver.chat", {"availableNow": True}) == 0
+    values = [r.value for r in read_table(spark, resolve_table(chat_config, "silver.chat_quarantine")).collect()]
+    assert len(values) == 2
+    assert not [v for v in values if "example.com" in v or "1111" in v or "u0040" in v]
+    assert sum(v.count("<EMAIL>") for v in values) == 2 and sum(v.count("<CARD>") for v in values) == 1
+    assert reconcile(spark, chat_config, "chat").holds
+
+
 @pytest.mark.slow
 def test_kill_9_after_silvers_merge_then_restart_decides_every_message_as_before(spark, tmp_path, subprocess_env,
                                                                                  chat_refined):
