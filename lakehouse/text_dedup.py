@@ -12,12 +12,12 @@ scenario's ``gold.chat_near_duplicates`` (a batch gold table's ``transform``, la
    candidates grow with the texts, not with the square of a bucket's size (a bucket of a
    thousand near-identical texts gives two thousand candidates, not half a million). The price:
    a similar pair that is never earliest-and-member nor neighbours in any shared bucket is not
-   compared (on the generated feed at 200,000 messages, 39,569 near duplicates found where
-   comparing all pairs of a bucket found 43,003; bench/RESULTS.md).
+   compared (on the generated feed at 200,000 messages, about 92% of the near duplicates that
+   comparing all pairs of a bucket finds; bench/RESULTS.md).
 3. A candidate pair is kept when the Jaccard similarity of the two shingle sets, computed
    exactly (:func:`set_similarity`), is at least ``threshold`` (each Python worker keeps the
    sets of the texts it has seen: a text is in many pairs).
-4. In ``order`` (the earliest first; of equal times, by a hash of the key), a text similar to an
+4. In ``order`` (the earliest first; of equal times, by key), a text similar to an
    earlier text that stays is removed, and that text recorded as its nearest kept one (the most
    similar of its kept pairs; ties to the earliest).
    Step 4 runs on the driver over the pairs of step 3, whose number grows with the near
@@ -37,7 +37,6 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StructField, StructType
 
-from lakehouse.session import release_checkpoint
 from lakehouse.text_prep import matched_text
 
 
@@ -51,15 +50,13 @@ def near_duplicates(spark: SparkSession, inputs: dict[str, DataFrame], *, input:
     matched = matched_text(F.col(column))
     # Each text is known by a 64-bit hash of its key (``_id``) through the shuffles: a long sorts,
     # joins and moves faster than the key itself (bench/RESULTS.md). The texts as matched are
-    # computed once and kept on disk, for the signatures and both sides of the pairs.
+    # computed once and kept on disk (their lineage kept: a lost block is computed again), for
+    # the signatures and both sides of the pairs.
     keyed = texts.where(F.char_length(matched) >= min_chars).select(
         F.xxhash64(F.lit(seed), *[F.col(k) for k in key]).alias("_id"), F.struct(*[F.col(k) for k in key]).alias("_key"),
-        F.col(order).alias("_order"), matched.alias("_text")).localCheckpoint(storageLevel=StorageLevel.DISK_ONLY)
-    banded = None
+        F.col(order).alias("_order"), matched.alias("_text")).persist(StorageLevel.DISK_ONLY)
     try:
-        # The band buckets of each text (one long a band), also kept: the window reads them.
-        banded = keyed.select("_id", "_order", band_hashes(shingle, bands, rows, seed)("_text").alias("_buckets")) \
-            .localCheckpoint(storageLevel=StorageLevel.DISK_ONLY)
+        banded = keyed.select("_id", "_order", band_hashes(shingle, bands, rows, seed)("_text").alias("_buckets"))
         side = {s: keyed.select(*[F.col(c).alias(f"{c}_{s}") for c in ("_id", "_key", "_order", "_text")])
                 for s in ("a", "b")}
         scored = candidate_pairs(banded).join(side["a"], F.col("_a") == F.col("_id_a")) \
@@ -68,9 +65,7 @@ def near_duplicates(spark: SparkSession, inputs: dict[str, DataFrame], *, input:
                               jaccard(shingle)("_text_a", "_text_b").alias("_similarity")) \
             .where(F.col("_similarity") >= threshold).collect()
     finally:
-        for kept_rows in (banded, keyed):
-            if kept_rows is not None:
-                release_checkpoint(kept_rows, "gold: near duplicates")
+        keyed.unpersist()
     removed = resolve(pairs, seed)
     key_type = texts.select(F.struct(*[F.col(k) for k in key])).schema[0].dataType
     schema = StructType([*key_type.fields, *[StructField(f"kept_{f.name}", f.dataType) for f in key_type.fields],
@@ -97,7 +92,7 @@ def candidate_pairs(banded: DataFrame) -> DataFrame:
 def resolve(pairs, seed: int = 1) -> dict[tuple, tuple[tuple, float]]:
     """Step 4 of the module doc: removed key -> (nearest kept key, similarity), from the rows of
     the pairs kept in step 3 (``_key_a``, ``_id_a``, ``_order_a``, the same of ``b``, and
-    ``_similarity``). Texts are ranked by (order, id). Two keys of one id in the pairs (about one
+    ``_similarity``). Texts are ranked by (order, key). Two keys of one id in the pairs (about one
     chance in 10^9 at 200,000 texts) stop the build: another ``seed`` gives them different ids."""
     rank, similar, keys = {}, {}, {}
     for pair in pairs:
@@ -106,7 +101,7 @@ def resolve(pairs, seed: int = 1) -> dict[tuple, tuple[tuple, float]]:
             if keys.setdefault(ident, key) != key:
                 raise ValueError(f"near_duplicates: keys {keys[ident]} and {key} have one id under seed {seed}; "
                                  "set another seed in the table's options")
-            rank[key] = (_sortable(pair[f"_order_{side}"]), ident)
+            rank[key] = (_sortable(pair[f"_order_{side}"]), key)
             similar.setdefault(key, []).append((tuple(pair[f"_key_{other}"]), pair["_similarity"]))
     removed: dict[tuple, tuple[tuple, float]] = {}
     for text in sorted(rank, key=rank.get):
@@ -196,44 +191,56 @@ class _SetCache:
 
 SET_BITS = 44  # a shingle set holds the top 44 bits of each 64-bit hash; the bits above: which text
 SET_MASK = np.uint64((1 << SET_BITS) - 1)
-SET_BATCH = 1 << (64 - SET_BITS - 1)  # texts (or pairs) packed at once
+SET_ITEMS = 1 << (64 - SET_BITS)  # texts (or pairs) tagged at once: the 20 bits above the values
+SET_VALUES = 1 << 22  # about as many values at once (32 MiB of them), however long the texts
 
 
 def shingle_sets(texts: list[str], shingle: int) -> list[np.ndarray]:
     """Each text's set of shingle hashes, sorted: the distinct top ``SET_BITS`` bits of the
-    64-bit polynomial hashes of its ``shingle``-code-point substrings (a text shorter than one
-    shingle: the text padded with zeros, one shingle). Two shingles of a pair of chat messages
-    share those bits by chance about once in 10^9 pairs. Made for many texts at once: one
-    sort of every hash tagged with its text."""
+    64-bit hashes of its ``shingle``-code-point substrings (:func:`shingle_runs`). Two shingles
+    of a pair of 100-character messages share those bits by chance about once in 10^9 pairs
+    (of 4,000-character ones, once in 10^6). Made for many texts at once: one sort of every
+    hash tagged with its text. Each set is an array of its own (the cache drops them one by one)."""
     out: list[np.ndarray] = []
-    for begin in range(0, len(texts), SET_BATCH):
-        part = texts[begin:begin + SET_BATCH]
+    for begin, end in _spans(np.array([len(text) for text in texts], dtype=np.int64)):
+        part = texts[begin:end]
         hashes, firsts, ends = shingle_runs(part, shingle)
         owner = np.repeat(np.arange(len(part), dtype=np.uint64), ends - firsts)
         packed = np.sort((owner << np.uint64(SET_BITS)) | (hashes >> np.uint64(64 - SET_BITS)))
         packed = packed[np.concatenate([[True], packed[1:] != packed[:-1]])]  # np.unique: slower here
         bounds = np.searchsorted(packed >> np.uint64(SET_BITS), np.arange(len(part) + 1, dtype=np.uint64))
         values = packed & SET_MASK
-        out.extend(values[bounds[i]:bounds[i + 1]] for i in range(len(part)))
+        out.extend(values[bounds[i]:bounds[i + 1]].copy() for i in range(len(part)))
     return out
 
 
 def set_similarity(lefts: list[np.ndarray], rights: list[np.ndarray]) -> np.ndarray:
     """The Jaccard similarity of each pair of shingle sets (each sorted, as :func:`shingle_sets`
-    makes them), for all pairs at once: each pair's values tagged with the pair and the two
+    makes them), for many pairs at once: each pair's values tagged with the pair and the two
     sides merged; a value in both sides of a pair is one tagged value found twice."""
     out = np.empty(len(lefts), dtype=np.float64)
-    for begin in range(0, len(lefts), SET_BATCH):
-        left, right = lefts[begin:begin + SET_BATCH], rights[begin:begin + SET_BATCH]
-        sizes = [np.array([len(v) for v in side], dtype=np.int64) for side in (left, right)]
-        pair = np.arange(len(left), dtype=np.uint64)
-        tagged = [np.concatenate(side) | (np.repeat(pair, size) << np.uint64(SET_BITS)) if len(side) else
-                  np.zeros(0, dtype=np.uint64) for side, size in zip((left, right), sizes, strict=True)]
+    sizes = [np.array([len(v) for v in side], dtype=np.int64) for side in (lefts, rights)]
+    for begin, end in _spans(sizes[0] + sizes[1]):
+        pair = np.arange(end - begin, dtype=np.uint64)
+        tagged = [np.concatenate(side[begin:end]) | (np.repeat(pair, size[begin:end]) << np.uint64(SET_BITS))
+                  for side, size in zip((lefts, rights), sizes, strict=True)]
         merged = np.sort(np.concatenate(tagged))
         twice = merged[1:][merged[1:] == merged[:-1]] >> np.uint64(SET_BITS)
-        shared = np.bincount(twice.astype(np.int64), minlength=len(left))
-        out[begin:begin + len(left)] = shared / (sizes[0] + sizes[1] - shared)
+        shared = np.bincount(twice.astype(np.int64), minlength=end - begin)
+        out[begin:end] = shared / (sizes[0][begin:end] + sizes[1][begin:end] - shared)
     return out
+
+
+def _spans(sizes: np.ndarray):
+    """(begin, end) of runs of consecutive items, each of at most ``SET_ITEMS`` items and, past
+    its first item, at most ``SET_VALUES`` values by ``sizes``."""
+    ends = np.cumsum(sizes)
+    begin = 0
+    while begin < len(sizes):
+        until = int(np.searchsorted(ends, (ends[begin - 1] if begin else 0) + SET_VALUES, side="right"))
+        end = min(max(until, begin + 1), begin + SET_ITEMS)
+        yield begin, end
+        begin = end
 
 
 SHINGLE_BASE = np.uint64(1_000_003)
@@ -263,7 +270,7 @@ def shingle_runs(texts: list[str], shingle: int) -> tuple[np.ndarray, np.ndarray
     return hashes, ends - (lengths - shingle + 1), ends
 
 
-SIGNATURE_CHUNK = 1 << 20  # hash values computed at once: 4 MiB of uint32, within a core's L2 cache
+SIGNATURE_CHUNK = 1 << 20  # hash values computed at once: 4 MiB of uint32 (the fastest of 2^15..2^24 here)
 
 
 def signatures(texts: list[str], shingle: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -84,44 +84,64 @@ def may_be_quarantined(entity: EntityConfig) -> Column:
 
 def masked(value: Column, entity: EntityConfig) -> Column:
     """``value`` (a raw record, or rescued fields as JSON) with every mask pattern of the entity
-    replaced by its placeholder. The masks see the record as silver's text preparation would
-    leave its strings (:func:`readable`), so PII escaped inside JSON (``ana\\u0040example.com``)
-    or split by control characters is masked in the quarantine as it is in silver."""
+    replaced by its placeholder. A record with a backslash or a control character is masked as
+    silver's text preparation would leave its strings (:func:`readable`), so PII written with
+    JSON escapes (``ana\\u0040example.com``), split by control characters, or next to an escaped
+    newline or emoji is masked in the quarantine as it is in silver; that record is kept as read
+    (the escapes of characters written out, control characters removed)."""
     if entity.text is None:
         return value
-    value = F.when(value.rlike(NOT_PLAIN), readable(value)).otherwise(value)
-    for name, pattern in entity.text.mask.items():
-        value = F.regexp_replace(value, pattern, f"<{name}>")
-    return value
+
+    def masks(text: Column) -> Column:
+        for name, pattern in entity.text.mask.items():
+            text = F.regexp_replace(text, pattern, f"<{name}>")
+        return text
+
+    read = masks(readable(value))
+    for stand_in, escape in KEPT_ESCAPES.items():
+        read = F.regexp_replace(read, stand_in, escape)
+    return F.when(value.rlike(NOT_PLAIN), read).otherwise(masks(value))
 
 
-# A record with a JSON escape other than \n, \t, \" or \\ (or a control character in it): made
-# readable before it is masked. (An escaped backslash before a "u" matches too, harmlessly.)
-NOT_PLAIN = r"\\[ubfr]|[\p{Cc}&&[^\t\n]]"
-ESCAPED_BACKSLASH = "\u0001"  # stands for an escaped backslash while the rest is read
-# Control characters as JSON escapes: those silver's preparation removes (all but tab and newline).
-ESCAPED_CONTROL = r"\\u00(?:0[0-8bBcCdDeEfF]|1[0-9a-fA-F]|7[fF]|[89][0-9a-fA-F])|\\[bfr]"
+# A record the masks read through readable(): a backslash, or a control character (\p{Cc} but
+# tab and newline, as one plain class: cheaper than CONTROL's intersection on every row).
+NOT_PLAIN = r"[\\\u0000-\u0008\u000b-\u001f\u007f-\u009f]"
+# The escapes that stay escaped: while the masks read a record, each is one control character
+# (as a newline or a quote is, to a mask's edges), and Java replacement text afterwards.
+PAIR = "\u0005"
+KEPT_ESCAPES = {"\u0001": r"\\\\", "\u0002": r"\\n", "\u0003": r"\\t", "\u0004": r'\\"'}
+# Escapes as read: control characters (those silver's preparation removes: all but tab and
+# newline) removed; newline, tab and quote as their stand-ins; a UTF-16 surrogate pair as
+# PAIR and its 8 digits (written out below), a surrogate alone as U+FFFD.
+READ_ESCAPES = [
+    (r"\\u00(?:0[0-8bBcCdDeEfF]|1[0-9a-fA-F]|7[fF]|[89][0-9a-fA-F])|\\[bfr]", ""),
+    (r"\\n|\\u000[aA]", "\u0002"), (r"\\t|\\u0009", "\u0003"), (r'\\"|\\u0022', "\u0004"),
+    (r"\\u005[cC]", "\u0001"), (r"\\/", "/"),
+    (r"\\u(d[89abAB][0-9a-fA-F]{2})\\u(d[c-fC-F][0-9a-fA-F]{2})", PAIR + "$1$2"),
+    (r"\\ud[89a-fA-F][0-9a-fA-F]{2}", "\ufffd"),
+]
 
 
 def readable(value: Column) -> Column:
-    """A raw JSON record as its parsed strings read after silver's text preparation, in place:
-    control characters removed (as they are and as ``\\u`` or short escapes), every other
-    ``\\uXXXX`` escape written as its character, except a quote, a backslash, tab, newline and
-    UTF-16 surrogates (which stay escaped); an escaped backslash stays escaped. A record that
-    is not JSON only loses its control characters."""
-    value = F.regexp_replace(F.regexp_replace(value, CONTROL, ""), r"\\\\", ESCAPED_BACKSLASH)
-    value = F.regexp_replace(value, ESCAPED_CONTROL, "")
+    """A raw record as its JSON strings read after silver's text preparation, in place: control
+    characters removed (raw, and as escapes), every ``\\uXXXX`` escape written as its character
+    (a surrogate pair as one), and the escapes that stay (backslash, newline, tab, quote) as
+    the stand-ins of ``KEPT_ESCAPES``. The same for a line that is not JSON."""
+    value = F.regexp_replace(F.regexp_replace(value, CONTROL, ""), r"\\\\", "\u0001")  # an escaped backslash
+    for pattern, replacement in READ_ESCAPES:
+        value = F.regexp_replace(value, pattern, replacement)
 
-    def unescaped(part: Column, index: Column) -> Column:
-        digits = F.substring(part, 1, 4)
-        code = F.when(digits.rlike("^[0-9a-fA-F]{4}$"), F.conv(digits, 16, 10).cast("int"))
-        plain = (code >= 0x20) & ~code.isin(0x22, 0x5C) & ~code.between(0xD800, 0xDFFF)
-        return (F.when(index == 0, part)
-                .when(plain, F.concat(F.decode(F.unhex(digits), "UTF-16BE"), F.substring(part, 5, 1 << 30)))
-                .otherwise(F.concat(F.lit("\\u"), part)))
+    def written_out(part: Column, index: Column) -> Column:
+        return (F.when(F.startswith(part, F.lit(PAIR)),
+                       F.concat(F.decode(F.unhex(F.substring(part, 2, 8)), "UTF-16BE"), F.substring(part, 10, 1 << 30)))
+                .when(index == 0, part)
+                .when(F.substring(part, 2, 4).rlike("^[0-9a-fA-F]{4}$"),
+                      F.concat(F.decode(F.unhex(F.substring(part, 2, 4)), "UTF-16BE"), F.substring(part, 6, 1 << 30)))
+                .otherwise(F.concat(F.lit("\\"), part)))
 
-    value = F.array_join(F.transform(F.split(value, r"\\u"), unescaped), "")
-    return F.regexp_replace(value, ESCAPED_BACKSLASH, r"\\\\")
+    # Each part after the first starts at a "u" that followed a backslash, or at PAIR.
+    escaped = F.array_join(F.transform(F.split(value, f"\\\\(?=u)|(?={PAIR})"), written_out), "")
+    return F.when(value.rlike(f"\\\\u|{PAIR}"), escaped).otherwise(value)
 
 
 def silver_as_planned(spark, config, entity_name: str, plan: dict) -> DataFrame | None:

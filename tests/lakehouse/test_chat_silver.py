@@ -147,17 +147,24 @@ def test_masks_catch_the_usual_forms_and_leave_other_numbers(spark, chat_config)
 
 def test_a_quarantined_records_pii_is_masked_through_json_escapes_and_control_characters(spark, chat_config):
     """What silver masks in a message's text is masked in its raw record too: PII written with
-    JSON escapes or split by control characters (escaped, or raw in a line that is not JSON);
-    an escaped backslash stays as it was."""
+    JSON escapes, split by control characters (escaped, or raw in a line that is not JSON), or
+    next to an escape that stays (newline, tab, quote) or an escaped emoji; an escaped backslash
+    stays as it was."""
     entity = chat_config.entity("chat")
     raw = {
         r'{"text": "mail ana\u0040example.com or 192\u002e168.10.254", "turn": "x"}':
             r'{"text": "mail <EMAIL> or <IPV4>", "turn": "x"}',
         r'{"text": "card 4111\u00011111 1111 1111, b\u0007ob@example.org\r"}': r'{"text": "card <CARD>, <EMAIL>"}',
         '{"text": "not json: jo\x01e@example.com': '{"text": "not json: <EMAIL>',
-        r'{"text": "C:\\u0040x \\\u0041 \ud83d\ude00 \u00e9 \" \n"}': r'{"text": "C:\\u0040x \\A \ud83d\ude00 é \" \n"}',
+        r'{"text": "C:\\u0040x \\\u0041 \ud83d\ude00 \u00e9 \" \n \ud83d \uZZ"}':
+            r'{"text": "C:\\u0040x \\A {EMOJI} é \" \n {LONE} \uZZ"}',
+        # next to an escape that stays escaped, or an emoji (escaped, as json.dumps writes it)
+        r'{"text": "call me:\n555-123-4567, \ud83d\ude00555-123-4567\t\"ana@example.com\""}':
+            r'{"text": "call me:\n<PHONE>, {EMOJI}<PHONE>\t\"<EMAIL>\""}',
         r'{"text": "plain ana@example.com"}': r'{"text": "plain <EMAIL>"}',
     }
+    # (expected: an escaped emoji written out, a lone surrogate as U+FFFD)
+    raw = {line: read.replace("{EMOJI}", "\U0001f600").replace("{LONE}", "\ufffd") for line, read in raw.items()}
     frame = spark.createDataFrame([(line,) for line in raw], "value string")
     got = {row[0]: row[1] for row in frame.select("value", masked(F.col("value"), entity)).collect()}
     assert got == raw
