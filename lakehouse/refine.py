@@ -11,7 +11,6 @@ so a batch redone after a crash decides every row as the first attempt did.
 
 from __future__ import annotations
 
-import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from lakehouse.quality import (
     rule_results,
 )
 from lakehouse.quarantine import quarantine_error, quarantine_reasons
-from lakehouse.session import release_checkpoint
+from lakehouse.session import LOST_CHECKPOINT_BLOCK, release_checkpoint
 from lakehouse.silver_merge import merge_into_silver
 from lakehouse.silver_tables import (
     SILVER_BATCHES_SCHEMA,
@@ -164,7 +163,7 @@ def refine_batch(
             counts = _refine_staged(bronze_batch, batch, plan, rules, validator, decisions)
             break
         except Exception as exc:
-            if attempt == STAGE_ATTEMPTS or not LOST_STAGED_BLOCK.search(str(exc)):
+            if attempt == STAGE_ATTEMPTS or not LOST_CHECKPOINT_BLOCK.search(str(exc)):
                 raise
             print(f"silver.{entity_name}: batch {batch_id} lost staged rows (an executor went away); staging it "
                   f"again (attempt {attempt + 1} of {STAGE_ATTEMPTS})", file=sys.stderr, flush=True)
@@ -273,7 +272,7 @@ def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:
     aggregation). A block lost during that step is recomputed, which is safe only because the
     decisions and the window's order are deterministic (the plan fixes the batch's times; bronze
     positions are unique): keep them so. A block lost afterwards fails the read
-    (:data:`LOST_STAGED_BLOCK`), and :func:`refine_batch` stages the batch again.
+    (lakehouse.session.LOST_CHECKPOINT_BLOCK), and :func:`refine_batch` stages the batch again.
     lakehouse.session.release_checkpoint frees the blocks."""
     kept = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0)
     if "_claims" in decided.columns:  # exact duplicates were marked: only each key's claimant may enter silver
@@ -286,9 +285,8 @@ def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:
 STAGE_STORAGE = StorageLevel.DISK_ONLY
 
 
-# A staged batch's block gone (an executor lost after the batch was staged): the checkpoint has no
-# lineage to recompute it from, so the batch is staged again from its bronze rows.
-LOST_STAGED_BLOCK = re.compile(r"Checkpoint block rdd_\d+_\d+ not found")
+# A staged batch's block gone (lakehouse.session.LOST_CHECKPOINT_BLOCK): the batch is staged again
+# from its bronze rows.
 STAGE_ATTEMPTS = 3
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -270,6 +271,11 @@ def quiet_expected_warnings(spark: SparkSession) -> None:
             jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(logger, error)
     except Exception:  # noqa: BLE001 - Spark Connect, or another logging backend: the warnings stay
         pass
+
+
+# A local checkpoint's block gone (an executor lost after the rows were kept): a local checkpoint
+# has no lineage to compute it again from, so the work that made it is redone.
+LOST_CHECKPOINT_BLOCK = re.compile(r"Checkpoint block rdd_\d+_\d+ not found")
 
 
 def release_checkpoint(frame: DataFrame, what: str) -> None:

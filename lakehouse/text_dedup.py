@@ -31,12 +31,15 @@ same table. Next stop: gold.chat_documents leaves these messages out.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StructField, StructType
 
+from lakehouse.session import LOST_CHECKPOINT_BLOCK, release_checkpoint
 from lakehouse.text_prep import matched_text
 
 
@@ -47,31 +50,55 @@ def near_duplicates(spark: SparkSession, inputs: dict[str, DataFrame], *, input:
     if shingle < 1 or bands < 1 or rows < 1 or not 0.0 < threshold <= 1.0:
         raise ValueError("near_duplicates needs shingle, bands, rows >= 1 and 0 < threshold <= 1")
     texts = inputs[input] if input else next(iter(inputs.values()))  # default: the one input
-    matched = matched_text(F.col(column))
-    # Each text is known by a 64-bit hash of its key (``_id``) through the shuffles: a long sorts,
-    # joins and moves faster than the key itself (bench/RESULTS.md). The texts as matched are
-    # computed once and kept on disk (their lineage kept: a lost block is computed again), for
-    # the signatures and both sides of the pairs.
-    keyed = texts.where(F.char_length(matched) >= min_chars).select(
-        F.xxhash64(F.lit(seed), *[F.col(k) for k in key]).alias("_id"), F.struct(*[F.col(k) for k in key]).alias("_key"),
-        F.col(order).alias("_order"), matched.alias("_text")).persist(StorageLevel.DISK_ONLY)
-    try:
-        banded = keyed.select("_id", "_order", band_hashes(shingle, bands, rows, seed)("_text").alias("_buckets"))
-        side = {s: keyed.select(*[F.col(c).alias(f"{c}_{s}") for c in ("_id", "_key", "_order", "_text")])
-                for s in ("a", "b")}
-        scored = candidate_pairs(banded).join(side["a"], F.col("_a") == F.col("_id_a")) \
-            .join(side["b"], F.col("_b") == F.col("_id_b"))
-        pairs = scored.select("_key_a", "_key_b", "_order_a", "_order_b", "_id_a", "_id_b",
-                              jaccard(shingle)("_text_a", "_text_b").alias("_similarity")) \
-            .where(F.col("_similarity") >= threshold).collect()
-    finally:
-        keyed.unpersist()
+    for attempt in range(1, BUILD_ATTEMPTS + 1):
+        try:
+            pairs = similar_pairs(texts, key, order, column, shingle, bands, rows, threshold, min_chars, seed)
+            break
+        except Exception as exc:
+            if attempt == BUILD_ATTEMPTS or not LOST_CHECKPOINT_BLOCK.search(str(exc)):
+                raise
+            print(f"near_duplicates: kept rows lost (an executor went away); computing them again (attempt "
+                  f"{attempt + 1} of {BUILD_ATTEMPTS})", file=sys.stderr, flush=True)
     removed = resolve(pairs, seed)
     key_type = texts.select(F.struct(*[F.col(k) for k in key])).schema[0].dataType
     schema = StructType([*key_type.fields, *[StructField(f"kept_{f.name}", f.dataType) for f in key_type.fields],
                          StructField("similarity", DoubleType())])
     rows_out = [(*gone, *kept, similarity) for gone, (kept, similarity) in sorted(removed.items())]
     return spark.createDataFrame(rows_out, schema)
+
+
+BUILD_ATTEMPTS = 3
+
+
+def similar_pairs(texts: DataFrame, key: list[str], order: str, column: str, shingle: int, bands: int, rows: int,
+                  threshold: float, min_chars: int, seed: int) -> list:
+    """Steps 1-3 of the module doc: the rows of the pairs of texts at least ``threshold`` similar
+    (what :func:`resolve` takes). The texts as matched and their buckets are kept on the
+    executors' disks while it runs (local checkpoints, without lineage: faster here than
+    ``persist``, bench/RESULTS.md); a block of them lost fails it, and :func:`near_duplicates`
+    runs it again."""
+    matched = matched_text(F.col(column))
+    # Each text is known by a 64-bit hash of its key (``_id``) through the shuffles: a long sorts,
+    # joins and moves faster than the key itself. The texts as matched are computed once, for
+    # the signatures and both sides of the pairs.
+    keyed = texts.where(F.char_length(matched) >= min_chars).select(
+        F.xxhash64(F.lit(seed), *[F.col(k) for k in key]).alias("_id"), F.struct(*[F.col(k) for k in key]).alias("_key"),
+        F.col(order).alias("_order"), matched.alias("_text")).localCheckpoint(storageLevel=StorageLevel.DISK_ONLY)
+    banded = None
+    try:
+        banded = keyed.select("_id", "_order", band_hashes(shingle, bands, rows, seed)("_text").alias("_buckets")) \
+            .localCheckpoint(storageLevel=StorageLevel.DISK_ONLY)
+        side = {s: keyed.select(*[F.col(c).alias(f"{c}_{s}") for c in ("_id", "_key", "_order", "_text")])
+                for s in ("a", "b")}
+        scored = candidate_pairs(banded).join(side["a"], F.col("_a") == F.col("_id_a")) \
+            .join(side["b"], F.col("_b") == F.col("_id_b"))
+        return scored.select("_key_a", "_key_b", "_order_a", "_order_b", "_id_a", "_id_b",
+                             jaccard(shingle)("_text_a", "_text_b").alias("_similarity")) \
+            .where(F.col("_similarity") >= threshold).collect()
+    finally:
+        for kept_rows in (banded, keyed):
+            if kept_rows is not None:
+                release_checkpoint(kept_rows, "near_duplicates")
 
 
 def candidate_pairs(banded: DataFrame) -> DataFrame:

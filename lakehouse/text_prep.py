@@ -164,15 +164,21 @@ def mark_text_duplicates(decided: DataFrame, entity: EntityConfig, silver: DataF
     is a re-send, which the key's deduplication handles. Only the newest valid version of a key
     claims its text (``_claims``); an older version is superseded, and stays so even when the
     newest is a duplicate (nothing of that key enters silver from this batch, and its older text
-    was never checked). Not covered: an older version of a key whose newer one silver already
-    holds still claims its text. ``silver`` is read at the version the batch's plan recorded, so
-    a redone batch decides as its first attempt did."""
+    was never checked). A version no newer than the one ``silver`` holds for its key (a
+    backfill) claims nothing either: silver's MERGE takes only a newer one. ``silver`` is read at
+    the version the batch's plan recorded, so a redone batch decides as its first attempt did."""
     hash_column = f"{entity.text.dedupe.column}_hash"
     key = F.struct(*[F.col(k) for k in entity.keys])
     valid = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0)
     # The newest valid version of each key is the one silver would keep (refine.stage_rows keeps
     # only it, ``_claims``); only it claims its text, and only a text long enough to have a hash.
-    decided = decided.withColumn("_claims", newest_of_its_key(entity, among=valid))
+    stale = F.lit(False)
+    if silver is not None:
+        held = silver.select(F.struct(*[F.col(k) for k in entity.keys]).alias("_held_key"),
+                             F.col(entity.event_time).alias("_held_time"))
+        decided = decided.join(held, key == F.col("_held_key"), "left").drop("_held_key")
+        stale = F.col("_held_time").isNotNull() & ~F.coalesce(F.col(entity.event_time) > F.col("_held_time"), F.lit(False))
+    decided = decided.withColumn("_claims", newest_of_its_key(entity, among=valid) & ~stale).drop("_held_time")
     kept = F.col("_claims") & F.col(hash_column).isNotNull()
     # Rows that do not compete are partitions of their own (by bronze position), as in newest_of_its_key.
     partition = [kept, F.when(kept, F.col(hash_column)),

@@ -159,3 +159,29 @@ def test_shingle_sets_signatures_and_similarity_match_plain_python():
     assert batch.shape == (len(texts), 40)
     assert all((signatures([texts[i]], 5, a, b)[0] == batch[i]).all() for i in range(0, len(texts), 37))
     assert (signatures(["abcdeabcde"], 5, a, b) == signatures(["abcdeabcdeabcde"], 5, a, b)).all()
+
+
+def test_a_lost_block_of_kept_rows_runs_the_pairs_again(spark, monkeypatch):
+    """The texts and buckets are local checkpoints (no lineage): a block lost with an executor
+    fails the pairs' job, which the build runs again; any other failure stops it."""
+    import lakehouse.text_dedup as text_dedup
+
+    texts = spark.createDataFrame([("c1", 1, "hello", "2026-01-01")], "conversation_id string, turn int, text string, "
+                                  "timestamp string")
+    calls = []
+
+    def flaky(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("org.apache.spark.SparkException: Checkpoint block rdd_12_0 not found! Either ...")
+        return [{"_key_a": ("c0", 1), "_key_b": ("c1", 1), "_id_a": 1, "_id_b": 2, "_order_a": "2025",
+                 "_order_b": "2026", "_similarity": 0.9}]
+
+    monkeypatch.setattr(text_dedup, "similar_pairs", flaky)
+    options = {"key": ["conversation_id", "turn"], "order": "timestamp"}
+    removed = text_dedup.near_duplicates(spark, {"silver.chat": texts}, **options).collect()
+    assert len(calls) == 2 and [tuple(r) for r in removed] == [("c1", 1, "c0", 1, 0.9)]
+
+    monkeypatch.setattr(text_dedup, "similar_pairs", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        text_dedup.near_duplicates(spark, {"silver.chat": texts}, **options)

@@ -127,6 +127,19 @@ def test_duplicates_across_batches_and_re_sends(spark, chat_config):
     assert all(json.loads(r.value)["conversation_id"] in ("c2", "c5", "c8") for r in quarantine.collect())
     assert reconcile(spark, chat_config, "chat").holds
 
+    # A backfill: an older version of c4 (silver holds a newer one, so it changes nothing there)
+    # claims no text, and c9's later message with that text is kept, not a duplicate.
+    (landing / "c.jsonl").write_text("\n".join([
+        message("c4", 1, long_text.replace("Oslo", "Riga"), "2025-12-01T00:00:00Z"),
+        message("c9", 1, long_text.replace("Oslo", "Riga"), "2026-02-01T00:00:00Z"),
+    ]) + "\n")
+    assert run_flow(spark, chat_config, "bronze.chat", {"availableNow": True}) == 0
+    assert run_flow(spark, chat_config, "silver.chat", {"availableNow": True}) == 0
+    silver = {(r.conversation_id, r.turn): r.text for r in read_table(spark, resolve_table(chat_config, "silver.chat")).collect()}
+    assert ("c9", 1) in silver and "Lima" in silver[("c4", 1)]
+    assert read_table(spark, resolve_table(chat_config, "silver.chat_quarantine")).count() == 3
+    assert reconcile(spark, chat_config, "chat").holds
+
 
 def test_masks_catch_the_usual_forms_and_leave_other_numbers(spark, chat_config):
     entity = chat_config.entity("chat")
