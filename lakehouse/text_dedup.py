@@ -63,7 +63,8 @@ def near_duplicates(spark: SparkSession, inputs: dict[str, DataFrame], *, input:
     key_type = texts.select(F.struct(*[F.col(k) for k in key])).schema[0].dataType
     schema = StructType([*key_type.fields, *[StructField(f"kept_{f.name}", f.dataType) for f in key_type.fields],
                          StructField("similarity", DoubleType())])
-    rows_out = [(*gone, *kept, similarity) for gone, (kept, similarity) in sorted(removed.items())]
+    rows_out = [(*gone, *kept, similarity) for gone, (kept, similarity)
+                in sorted(removed.items(), key=lambda item: _sortable_key(item[0]))]
     return spark.createDataFrame(rows_out, schema)
 
 
@@ -128,7 +129,7 @@ def resolve(pairs, seed: int = 1) -> dict[tuple, tuple[tuple, float]]:
             if keys.setdefault(ident, key) != key:
                 raise ValueError(f"near_duplicates: keys {keys[ident]} and {key} have one id under seed {seed}; "
                                  "set another seed in the table's options")
-            rank[key] = (_sortable(pair[f"_order_{side}"]), key)
+            rank[key] = (_sortable(pair[f"_order_{side}"]), _sortable_key(key))
             similar.setdefault(key, []).append((tuple(pair[f"_key_{other}"]), pair["_similarity"]))
     removed: dict[tuple, tuple[tuple, float]] = {}
     for text in sorted(rank, key=rank.get):
@@ -140,6 +141,10 @@ def resolve(pairs, seed: int = 1) -> dict[tuple, tuple[tuple, float]]:
 
 def _sortable(value):
     return (value is None, value)
+
+
+def _sortable_key(key: tuple) -> tuple:
+    return tuple(_sortable(part) for part in key)  # a key may have null parts
 
 
 def band_hashes(shingle: int, bands: int, rows: int, seed: int):

@@ -112,13 +112,14 @@ PAIR = "\u0005"
 KEPT_ESCAPES = {"\u0001": r"\\\\", "\u0002": r"\\n", "\u0003": r"\\t", "\u0004": r'\\"'}
 # Escapes as read: control characters (those silver's preparation removes: all but tab and
 # newline) removed; newline, tab and quote as their stand-ins; a UTF-16 surrogate pair as
-# PAIR and its 8 digits (written out below), a surrogate alone as U+FFFD.
+# PAIR and its 8 digits (written out below), a surrogate alone as U+FFFD (silver has "?" there:
+# to a mask, both are edges).
 READ_ESCAPES = [
     (r"\\u00(?:0[0-8bBcCdDeEfF]|1[0-9a-fA-F]|7[fF]|[89][0-9a-fA-F])|\\[bfr]", ""),
     (r"\\n|\\u000[aA]", "\u0002"), (r"\\t|\\u0009", "\u0003"), (r'\\"|\\u0022', "\u0004"),
     (r"\\u005[cC]", "\u0001"), (r"\\/", "/"),
-    (r"\\u(d[89abAB][0-9a-fA-F]{2})\\u(d[c-fC-F][0-9a-fA-F]{2})", PAIR + "$1$2"),
-    (r"\\ud[89a-fA-F][0-9a-fA-F]{2}", "\ufffd"),
+    (r"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})", PAIR + "$1$2"),
+    (r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}", "\ufffd"),
 ]
 
 
@@ -135,7 +136,7 @@ def readable(value: Column) -> Column:
         return (F.when(F.startswith(part, F.lit(PAIR)),
                        F.concat(F.decode(F.unhex(F.substring(part, 2, 8)), "UTF-16BE"), F.substring(part, 10, 1 << 30)))
                 .when(index == 0, part)
-                .when(F.substring(part, 2, 4).rlike("^[0-9a-fA-F]{4}$"),
+                .when(F.substring(part, 2, 4).rlike("^(?![dD][89a-fA-F])[0-9a-fA-F]{4}$"),  # never a surrogate
                       F.concat(F.decode(F.unhex(F.substring(part, 2, 4)), "UTF-16BE"), F.substring(part, 6, 1 << 30)))
                 .otherwise(F.concat(F.lit("\\"), part)))
 

@@ -120,6 +120,9 @@ def test_resolve_keeps_the_earliest_and_records_the_nearest_kept():
     assert removed == {(2,): ((1,), 0.9), (4,): ((3,), 0.9)}
     # Equal times: the smaller id is the earlier (5 before 6), and stays.
     assert resolve([pair(6, 5, 0.9, order_b=6)]) == {(6,): ((5,), 0.9)}
+    # A key with a null part ranks after the same key with a value (nulls last), not a failed sort.
+    nulls = {**pair(8, 9, 0.9, order_b=8), "_key_a": ("x", None), "_key_b": ("x", 1)}
+    assert resolve([nulls]) == {("x", None): (("x", 1), 0.9)}
     # Two keys of one id stop the build, naming the remedy.
     clash = {**pair(7, 8, 0.9), "_id_b": 70}
     with pytest.raises(ValueError, match="another seed"):

@@ -174,6 +174,7 @@ def test_a_quarantined_records_pii_is_masked_through_json_escapes_and_control_ch
         # next to an escape that stays escaped, or an emoji (escaped, as json.dumps writes it)
         r'{"text": "call me:\n555-123-4567, \ud83d\ude00555-123-4567\t\"ana@example.com\""}':
             r'{"text": "call me:\n<PHONE>, {EMOJI}<PHONE>\t\"<EMAIL>\""}',
+        r'{"text": "upper case \uD83D\uDE00 \ud83d\uDE00 \uDE00"}': r'{"text": "upper case {EMOJI} {EMOJI} {LONE}"}',
         r'{"text": "plain ana@example.com"}': r'{"text": "plain <EMAIL>"}',
     }
     # (expected: an escaped emoji written out, a lone surrogate as U+FFFD)

@@ -6,6 +6,7 @@ checkpoint is resumed by `lakehouse train --resume` and its step count and loss 
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -81,13 +82,17 @@ def test_the_model_learns_and_the_run_is_tracked(chat_lm):
 
 def test_horovod_and_torch_distributor_reach_the_local_perplexity(spark, chat_lm):
     """Two processes of 8 sequences take the local run's steps of 16 (one shard each, so other
-    batches): the held-out perplexity is within 10% of the local run's."""
+    batches, in another order): the held-out loss (nats per token) is within 5% of the local
+    run's, a perplexity within a factor of about 1.15 (at about 18, well below the unigram
+    model's 35), and below the unigram model's."""
     config, local = chat_lm
     half = load_config("test", conf_dir=CONF_DIR, data_dir=config.storage.data_dir,
                        overrides=[*SMALL, "training.batch_size=8"], scenario="chat")
+    local_loss = math.log(local.final["val_perplexity"])
     for backend in ("horovod", "torch-distributor"):
         summary = run_training(spark, half, backend, 2, gpu=False, force=False)
-        assert summary.final["val_perplexity"] == pytest.approx(local.final["val_perplexity"], rel=0.10), backend
+        assert math.log(summary.final["val_perplexity"]) == pytest.approx(local_loss, rel=0.05), backend
+        assert summary.final["val_perplexity"] < local.figures["unigram_perplexity"], backend
 
 
 def test_a_run_killed_at_a_checkpoint_resumes_where_it_stopped(spark, chat_lm, subprocess_env, capsys):
