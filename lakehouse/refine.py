@@ -11,7 +11,6 @@ so a batch redone after a crash decides every row as the first attempt did.
 
 from __future__ import annotations
 
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,7 +36,7 @@ from lakehouse.quality import (
     rule_results,
 )
 from lakehouse.quarantine import quarantine_error, quarantine_reasons
-from lakehouse.session import LOST_CHECKPOINT_BLOCK, release_checkpoint
+from lakehouse.session import redo_on_lost_checkpoint, release_checkpoint
 from lakehouse.silver_merge import merge_into_silver
 from lakehouse.silver_tables import (
     SILVER_BATCHES_SCHEMA,
@@ -156,17 +155,13 @@ def refine_batch(
     """
     # The batch's writes all come after its plan, so a redone batch's history search stops there.
     replay_since = plan["planned_at_us"] // 1000
-    for attempt in range(1, STAGE_ATTEMPTS + 1):
+
+    def attempt(number: int):
         batch = _Batch(config, entity_name, batch_id, batch_marker(app_id, batch_id),
-                       replay_since if may_be_replay or attempt > 1 else None)
-        try:
-            counts = _refine_staged(bronze_batch, batch, plan, rules, validator, decisions)
-            break
-        except Exception as exc:
-            if attempt == STAGE_ATTEMPTS or not LOST_CHECKPOINT_BLOCK.search(str(exc)):
-                raise
-            print(f"silver.{entity_name}: batch {batch_id} lost staged rows (an executor went away); staging it "
-                  f"again (attempt {attempt + 1} of {STAGE_ATTEMPTS})", file=sys.stderr, flush=True)
+                       replay_since if may_be_replay or number > 1 else None)
+        return batch, _refine_staged(bronze_batch, batch, plan, rules, validator, decisions)
+
+    batch, counts = redo_on_lost_checkpoint(attempt, STAGE_ATTEMPTS, f"silver.{entity_name}: batch {batch_id}")
     silver = f"silver.{entity_name}"
     return Measured.from_row(counts, silver, silver, batch_id, marker=batch.marker), counts["kept_newest_us"]
 

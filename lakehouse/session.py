@@ -278,6 +278,20 @@ def quiet_expected_warnings(spark: SparkSession) -> None:
 LOST_CHECKPOINT_BLOCK = re.compile(r"Checkpoint block rdd_\d+_\d+ not found")
 
 
+
+def redo_on_lost_checkpoint(work, attempts: int, what: str):
+    """``work(attempt)`` (attempt 1, 2, ...), done again while it fails for a lost block of a
+    local checkpoint it made (:data:`LOST_CHECKPOINT_BLOCK`), at most ``attempts`` times in
+    all; its result. Any other failure, or the last, is raised. ``what`` is said before a redo."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return work(attempt)
+        except Exception as exc:
+            if attempt == attempts or not LOST_CHECKPOINT_BLOCK.search(str(exc)):
+                raise
+            print(f"{what}: kept rows lost (an executor went away); doing it again (attempt {attempt + 1} of "
+                  f"{attempts})", file=sys.stderr, flush=True)
+
 def release_checkpoint(frame: DataFrame, what: str) -> None:
     """Free the blocks of a local checkpoint (``frame.localCheckpoint()``) now rather than when
     Spark's cleaner finds them unreferenced (under Spark Connect, which has no handle on them,

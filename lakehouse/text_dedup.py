@@ -31,15 +31,13 @@ same table. Next stop: gold.chat_documents leaves these messages out.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StructField, StructType
 
-from lakehouse.session import LOST_CHECKPOINT_BLOCK, release_checkpoint
+from lakehouse.session import redo_on_lost_checkpoint, release_checkpoint
 from lakehouse.text_prep import matched_text
 
 
@@ -50,15 +48,9 @@ def near_duplicates(spark: SparkSession, inputs: dict[str, DataFrame], *, input:
     if shingle < 1 or bands < 1 or rows < 1 or not 0.0 < threshold <= 1.0:
         raise ValueError("near_duplicates needs shingle, bands, rows >= 1 and 0 < threshold <= 1")
     texts = inputs[input] if input else next(iter(inputs.values()))  # default: the one input
-    for attempt in range(1, BUILD_ATTEMPTS + 1):
-        try:
-            pairs = similar_pairs(texts, key, order, column, shingle, bands, rows, threshold, min_chars, seed)
-            break
-        except Exception as exc:
-            if attempt == BUILD_ATTEMPTS or not LOST_CHECKPOINT_BLOCK.search(str(exc)):
-                raise
-            print(f"near_duplicates: kept rows lost (an executor went away); computing them again (attempt "
-                  f"{attempt + 1} of {BUILD_ATTEMPTS})", file=sys.stderr, flush=True)
+    pairs = redo_on_lost_checkpoint(
+        lambda attempt: similar_pairs(texts, key, order, column, shingle, bands, rows, threshold, min_chars, seed),
+        BUILD_ATTEMPTS, "near_duplicates")
     removed = resolve(pairs, seed)
     key_type = texts.select(F.struct(*[F.col(k) for k in key])).schema[0].dataType
     schema = StructType([*key_type.fields, *[StructField(f"kept_{f.name}", f.dataType) for f in key_type.fields],

@@ -164,7 +164,7 @@ def test_shingle_sets_signatures_and_similarity_match_plain_python():
     assert (signatures(["abcdeabcde"], 5, a, b) == signatures(["abcdeabcdeabcde"], 5, a, b)).all()
 
 
-def test_a_lost_block_of_kept_rows_runs_the_pairs_again(spark, monkeypatch):
+def test_a_lost_block_of_kept_rows_runs_the_pairs_again(spark, monkeypatch, capsys):
     """The texts and buckets are local checkpoints (no lineage): a block lost with an executor
     fails the pairs' job, which the build runs again; any other failure stops it."""
     import lakehouse.text_dedup as text_dedup
@@ -184,6 +184,8 @@ def test_a_lost_block_of_kept_rows_runs_the_pairs_again(spark, monkeypatch):
     options = {"key": ["conversation_id", "turn"], "order": "timestamp"}
     removed = text_dedup.near_duplicates(spark, {"silver.chat": texts}, **options).collect()
     assert len(calls) == 2 and [tuple(r) for r in removed] == [("c1", 1, "c0", 1, 0.9)]
+    assert "near_duplicates: kept rows lost (an executor went away); doing it again (attempt 2 of 3)" in \
+        capsys.readouterr().err
 
     monkeypatch.setattr(text_dedup, "similar_pairs", lambda *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):

@@ -135,7 +135,7 @@ def test_a_staged_batch_whose_blocks_are_lost_is_staged_again_and_written_once(s
     monkeypatch.setattr(refine, "append_once", lose_blocks_after_the_quarantine)
     refine_batch(config, "telemetry", rules, "lost-blocks", bronze, 0, plan_batch(spark, config, "telemetry"),
                  may_be_replay=False)
-    assert "staging it again (attempt 2 of 3)" in capsys.readouterr().err
+    assert "batch 0: kept rows lost (an executor went away); doing it again (attempt 2 of 3)" in capsys.readouterr().err
     quarantine = read_table(spark, resolve_table(config, "silver.telemetry_quarantine"))
     assert quarantine.count() == quarantine.select("_source_file", "_source_line").distinct().count() > 0
     assert reconcile(spark, config, "telemetry").holds
