@@ -267,7 +267,8 @@ def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:
     aggregation). A block lost during that step is recomputed, which is safe only because the
     decisions and the window's order are deterministic (the plan fixes the batch's times; bronze
     positions are unique): keep them so. A block lost afterwards fails the read
-    (lakehouse.session.LOST_CHECKPOINT_BLOCK), and :func:`refine_batch` stages the batch again.
+    (lakehouse.session.LOST_CHECKPOINT_BLOCK), and :func:`refine_batch` stages the batch again
+    (lakehouse.session.redo_on_lost_checkpoint).
     lakehouse.session.release_checkpoint frees the blocks."""
     kept = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0)
     if "_claims" in decided.columns:  # exact duplicates were marked: only each key's claimant may enter silver
@@ -280,9 +281,7 @@ def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:
 STAGE_STORAGE = StorageLevel.DISK_ONLY
 
 
-# A staged batch's block gone (lakehouse.session.LOST_CHECKPOINT_BLOCK): the batch is staged again
-# from its bronze rows.
-STAGE_ATTEMPTS = 3
+STAGE_ATTEMPTS = 3  # stagings of a batch whose staged blocks are lost (redo_on_lost_checkpoint)
 
 
 def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool, event_time: str):
