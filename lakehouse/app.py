@@ -25,6 +25,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
@@ -32,7 +33,7 @@ from pyspark.sql.streaming import StreamingQuery
 from lakehouse.config import LakehouseConfig, duration_seconds
 from lakehouse.errors import EXIT_FAILED, EXIT_OK, batch_error
 from lakehouse.maintenance import Maintainer
-from lakehouse.maintenance_steps import Step, print_steps
+from lakehouse.maintenance_steps import Step, print_steps, recent_cleanups
 from lakehouse.pipeline import Flow, Pipeline
 from lakehouse.progress import ProgressRecorder
 from lakehouse.redaction import redact_text
@@ -294,8 +295,9 @@ class PipelineApp:
 class ScheduledMaintenance:
     """`lakehouse run`'s maintenance: a pass every ``maintenance.interval`` (the first one interval
     after the start), in a thread whose Spark jobs go to scheduler pool ``maintenance``, while
-    the streams go on. A table's clean-up (retention, VACUUM) runs in the first pass and then at
-    most every ``maintenance.cleanup_every`` (:attr:`cleaned`). One pass at a time; a stop ends a
+    the streams go on. A table's clean-up (retention, VACUUM) runs at most every
+    ``maintenance.cleanup_every`` (:attr:`cleaned`): in the first pass, unless ops.maintenance
+    shows one done within that time (a restarted run). One pass at a time; a stop ends a
     pass after the step it is in, and cancels that step's Spark jobs (its job group) when it
     takes longer than STOP_WAIT_SECONDS
     (an OPTIMIZE of a large table: cancelled, it commits nothing, and the files it wrote are
@@ -310,7 +312,7 @@ class ScheduledMaintenance:
         self.halt = threading.Event()
         self.thread: threading.Thread | None = None
         self.passes: list[list[Step]] = []  # the steps of each finished pass
-        self.cleaned: dict[str, float] = {}  # table -> when its clean-up last completed (Maintainer)
+        self.cleaned: dict[str, float] | None = None  # table -> when its clean-up last completed (Maintainer)
         self.job_group = f"lakehouse-maintenance-{uuid.uuid4().hex[:8]}"
 
     @property
@@ -329,6 +331,8 @@ class ScheduledMaintenance:
         started = time.monotonic()
         try:
             print("maintenance: a pass over every table begins; the flows go on", flush=True)
+            if self.cleaned is None:
+                self.cleaned = self._cleaned_before()
             steps = Maintainer(self.spark, self.config, stop=self.halt, settings_step=False, job_group=self.job_group,
                                cleaned=self.cleaned,
                                out=lambda line: print(f"maintenance: {line}", flush=True)).run()
@@ -341,6 +345,20 @@ class ScheduledMaintenance:
         finally:
             context.setLocalProperty("spark.scheduler.pool", None)
             self.next_at = time.monotonic() + self.every
+
+    def _cleaned_before(self) -> dict[str, float]:
+        """The clean-ups ops.maintenance shows within maintenance.cleanup_every, on the monotonic clock."""
+        every = self.config.maintenance.cleanup_every
+        if every is None:
+            return {}
+        now, wall = time.monotonic(), datetime.now(timezone.utc)
+        try:
+            done = recent_cleanups(self.spark, self.config, duration_seconds(every))
+        except Exception as exc:  # noqa: BLE001 - an unreadable record means clean-up is due
+            print(f"maintenance: ops.maintenance unreadable ({type(exc).__name__}); every table's clean-up is due",
+                  flush=True)
+            return {}
+        return {name: now - max(0.0, (wall - at).total_seconds()) for name, at in done.items()}
 
     def stop(self) -> None:
         """End a pass in progress after its current step, and wait for it (cancelling the step's

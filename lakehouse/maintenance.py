@@ -51,7 +51,7 @@ from lakehouse.formatting import duration_text, size_text
 from lakehouse.freshness import FRESHNESS_TABLE
 from lakehouse.landing import BAD_FILES_TABLE, INGESTED_FILES_TABLE
 from lakehouse.landing_cleanup import clean_landing
-from lakehouse.maintenance_steps import MAINTENANCE_SCHEMA, MAINTENANCE_TABLE, Step
+from lakehouse.maintenance_steps import CLEANUP_STEPS, MAINTENANCE_SCHEMA, MAINTENANCE_TABLE, OK_OUTCOMES, Step
 from lakehouse.pipeline import Pipeline
 from lakehouse.progress import STREAM_PROGRESS_TABLE
 from lakehouse.quality import QUALITY_RESULTS_TABLE
@@ -82,7 +82,6 @@ LOG_TABLES = {
     MAINTENANCE_TABLE: "started_at",
 }
 OPS_TABLES = (*LOG_TABLES, SILVER_BATCHES_TABLE, INGESTED_FILES_TABLE, BAD_FILES_TABLE)
-CLEANUP_STEPS = ("retention", "vacuum")  # in `lakehouse run`, at most every maintenance.cleanup_every
 
 
 def maintained_tables(config: LakehouseConfig) -> list[str]:
@@ -170,7 +169,7 @@ class Maintainer:
         (a reader holds files), a failed or stopped step is tried again at the next pass."""
         if self.cleaned is None or self.stop.is_set():
             return
-        if all(step.outcome in ("done", "nothing to do") for step in steps if step.action in CLEANUP_STEPS):
+        if all(step.outcome in OK_OUTCOMES for step in steps if step.action in CLEANUP_STEPS):
             self.cleaned[ref.name] = began
 
     def _attempt(self, name: str, action: str, do) -> Step | None:

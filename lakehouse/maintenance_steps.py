@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
 from lakehouse.formatting import size_text
+from lakehouse.tables import read_table, resolve_table, table_exists
 
 MAINTENANCE_TABLE = "ops.maintenance"
+CLEANUP_STEPS = ("retention", "vacuum")  # in `lakehouse run`, at most every maintenance.cleanup_every
+OK_OUTCOMES = ("done", "nothing to do")
 MAINTENANCE_SCHEMA = StructType(
     [
         StructField("table_name", StringType()),  # bronze.telemetry, ...; a source for "archive"/"delete"
@@ -81,3 +86,25 @@ def print_steps(steps: list[Step], dry_run: bool, prefix: str = "maintain:", str
     verb = "would change something" if dry_run else "changed something"
     print(f"{prefix} {done} step(s) {verb}, {len(steps) - done - failed - skipped - stopped} had nothing to do, "
           f"{skipped} skipped, {failed} failed" + (f", {stopped} stopped" if stopped else ""), file=stream, flush=True)
+
+
+def recent_cleanups(spark: SparkSession, config, within_s: float) -> dict[str, datetime]:
+    """When each table's clean-up last ran whole (aware UTC), of those less than ``within_s`` ago,
+    from ops.maintenance: a vacuum that was done or had nothing to do, its pass's retention step
+    (the row before it) likewise, and no failed, skipped or stopped clean-up step since. A
+    restarted `lakehouse run` does not clean such a table up again at once."""
+    ref = resolve_table(config, MAINTENANCE_TABLE)
+    if not table_exists(spark, ref):
+        return {}
+    since = datetime.now(timezone.utc) - timedelta(seconds=within_s)
+    rows = (read_table(spark, ref).where(F.col("action").isin(*CLEANUP_STEPS) & (F.col("started_at") >= since))
+            .select("table_name", "action", "outcome", "started_at").orderBy("started_at").collect())
+    cleaned, before = {}, {}
+    for row in rows:
+        previous, before[row.table_name] = before.get(row.table_name), row
+        if row.outcome not in OK_OUTCOMES:
+            cleaned.pop(row.table_name, None)
+        elif row.action == "vacuum" and (previous is None or previous.action == "vacuum"
+                                         or previous.outcome in OK_OUTCOMES):
+            cleaned[row.table_name] = row.started_at.astimezone(timezone.utc)  # pyspark: a naive local time
+    return cleaned

@@ -27,7 +27,7 @@ from lakehouse.failpoints import FAILPOINTS_ENV
 from lakehouse.freshness import FRESHNESS_SCHEMA, FRESHNESS_TABLE
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
-from lakehouse.maintenance import Maintainer
+from lakehouse.maintenance import Maintainer, maintained_tables
 from lakehouse.maintenance_steps import MAINTENANCE_TABLE, Step
 from lakehouse.pipeline import Pipeline
 from lakehouse.reader_holds import deletion_vector_path
@@ -167,6 +167,10 @@ def test_the_run_cleans_up_a_table_at_most_every_cleanup_every(spark, config, mo
     cleaned[ref.name] -= 86400.0  # a day has passed
     assert actions(cleaned) == ["retention", "compact", "vacuum"]
     assert actions(None) == ["retention", "compact", "vacuum"]  # lakehouse maintain
+    # A restarted run reads the last clean-up from ops.maintenance: not due again at once.
+    restarted = ScheduledMaintenance(spark, config)._cleaned_before()
+    assert list(restarted) == [ref.name] and 0 <= time.monotonic() - restarted[ref.name] < 600
+    assert actions(restarted) == ["compact"]
 
     # A reader whose checkpoint is older than the log, with nothing to delete: nothing to do, clean.
     monkeypatch.setattr("lakehouse.maintenance.reader_holds", lambda *args: None)
@@ -175,6 +179,7 @@ def test_the_run_cleans_up_a_table_at_most_every_cleanup_every(spark, config, mo
     monkeypatch.setattr(Maintainer, "vacuum", lambda self, r: Step(r.name, "vacuum", outcome="skipped"))
     cleaned.clear()
     assert actions(cleaned) == ["retention", "compact", "vacuum"] and not cleaned  # a reader held files
+    assert ScheduledMaintenance(spark, config)._cleaned_before() == {}  # due again after a restart too
 
 
 def test_a_wait_for_a_writer_lock_ends_on_stop(config):
@@ -386,6 +391,9 @@ def test_maintenance_in_the_run_compacts_silver_while_it_commits(spark, tmp_path
                                    overrides=[*overrides, "sources.telemetry.max_files_per_trigger=1"])
     assert run_flows(spark, one_file_a_batch, flows, ONCE) == 0
     app = PipelineApp(spark, config, flows, {"processingTime": "1 second"})
+    # Every table cleaned up just now (as a restarted run finds in ops.maintenance): the passes
+    # compact only. Clean-up in the run: test_the_run_cleans_up_a_table_at_most_every_cleanup_every.
+    app.maintenance.cleaned = dict.fromkeys(maintained_tables(config), time.monotonic())
     lander = Lander(config, interval=1.0, lines=30, fault_rate=0.05)
     silver = resolve_table(config, "silver.telemetry")
     foreign = Maintainer(spark, config, out=lambda line: print(f"foreign: {line}", flush=True))
