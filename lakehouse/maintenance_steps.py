@@ -97,8 +97,11 @@ def recent_cleanups(spark: SparkSession, config, within_s: float) -> dict[str, d
     if not table_exists(spark, ref):
         return {}
     since = datetime.now(timezone.utc) - timedelta(seconds=within_s)
-    rows = (read_table(spark, ref).where(F.col("action").isin(*CLEANUP_STEPS) & (F.col("started_at") >= since))
-            .select("table_name", "action", "outcome", "started_at").orderBy("started_at").collect())
+    # An hour more than asked: the retention step of a pass whose vacuum is just inside the window.
+    rows = (read_table(spark, ref)
+            .where(F.col("action").isin(*CLEANUP_STEPS) & (F.col("started_at") >= since - timedelta(hours=1)))
+            .select("table_name", "action", "outcome", "started_at")
+            .orderBy("started_at", "action").collect())  # a tie: retention before vacuum, as a pass runs them
     cleaned, before = {}, {}
     for row in rows:
         previous, before[row.table_name] = before.get(row.table_name), row
@@ -106,5 +109,6 @@ def recent_cleanups(spark: SparkSession, config, within_s: float) -> dict[str, d
             cleaned.pop(row.table_name, None)
         elif row.action == "vacuum" and (previous is None or previous.action == "vacuum"
                                          or previous.outcome in OK_OUTCOMES):
-            cleaned[row.table_name] = row.started_at.astimezone(timezone.utc)  # pyspark: a naive local time
-    return cleaned
+            began = previous if previous is not None and previous.action == "retention" else row  # the pass's clean-up
+            cleaned[row.table_name] = began.started_at.astimezone(timezone.utc)  # pyspark: a naive local time
+    return {name: at for name, at in cleaned.items() if at >= since}

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -28,7 +28,7 @@ from lakehouse.freshness import FRESHNESS_SCHEMA, FRESHNESS_TABLE
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
 from lakehouse.maintenance import Maintainer, maintained_tables
-from lakehouse.maintenance_steps import MAINTENANCE_TABLE, Step
+from lakehouse.maintenance_steps import MAINTENANCE_TABLE, Step, recent_cleanups
 from lakehouse.pipeline import Pipeline
 from lakehouse.reader_holds import deletion_vector_path
 from lakehouse.reconcile import reconcile
@@ -180,6 +180,33 @@ def test_the_run_cleans_up_a_table_at_most_every_cleanup_every(spark, config, mo
     cleaned.clear()
     assert actions(cleaned) == ["retention", "compact", "vacuum"] and not cleaned  # a reader held files
     assert ScheduledMaintenance(spark, config)._cleaned_before() == {}  # due again after a restart too
+
+
+def test_a_restart_finds_each_whole_clean_up_in_ops_maintenance(spark, config):
+    """recent_cleanups reads the rows a pass records: a table's clean-up counts from its retention
+    step when that and the vacuum after it succeeded and nothing failed since; in any time zone."""
+    zone = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Tokyo"  # pyspark hands back naive local times
+    time.tzset()
+    try:
+        now = datetime.now(timezone.utc)
+        at = lambda minutes: now - timedelta(minutes=minutes)  # noqa: E731
+        Maintainer(spark, config)._record([
+            Step("a", "retention", at(10)), Step("a", "compact", at(9.5)), Step("a", "vacuum", at(9)),
+            Step("b", "retention", at(8), outcome="failed"), Step("b", "vacuum", at(7)),
+            Step("c", "vacuum", at(6), outcome="nothing to do"),  # no retention step (not an ops log)
+            Step("d", "retention", at(20)), Step("d", "vacuum", at(19)), Step("d", "vacuum", at(5), outcome="skipped"),
+            Step("e", "retention", at(3000)), Step("e", "vacuum", at(2999)),  # two days ago
+            Step("f", "vacuum", at(3)), Step("f", "retention", at(3)),  # one instant: retention first
+            Step("g", "retention", at(1445)), Step("g", "vacuum", at(1435)),  # its pass began over a day ago
+        ])
+        assert recent_cleanups(spark, config, 86400.0) == {"a": at(10), "c": at(6), "f": at(3)}
+    finally:
+        if zone is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = zone
+        time.tzset()
 
 
 def test_a_wait_for_a_writer_lock_ends_on_stop(config):
