@@ -1,6 +1,7 @@
 """What one maintenance step did: a :class:`Step`, one row of ``ops.maintenance`` and one line
 on the terminal; :func:`print_steps` sums up a pass. lakehouse/maintenance.py makes the steps;
-`lakehouse status` reads the table back (the time since each table's last maintenance)."""
+`lakehouse status` reads the table back (the time since each table's last maintenance), and a
+restarted `lakehouse run` its last whole clean-up of each table (:func:`recent_cleanups`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
+from lakehouse.config import LakehouseConfig
 from lakehouse.formatting import size_text
 from lakehouse.tables import read_table, resolve_table, table_exists
 
@@ -88,7 +90,7 @@ def print_steps(steps: list[Step], dry_run: bool, prefix: str = "maintain:", str
           f"{skipped} skipped, {failed} failed" + (f", {stopped} stopped" if stopped else ""), file=stream, flush=True)
 
 
-def recent_cleanups(spark: SparkSession, config, within_s: float) -> dict[str, datetime]:
+def recent_cleanups(spark: SparkSession, config: LakehouseConfig, within_s: float) -> dict[str, datetime]:
     """When each table's clean-up last ran whole (aware UTC), of those less than ``within_s`` ago,
     from ops.maintenance: a vacuum that was done or had nothing to do, its pass's retention step
     (the row before it) likewise, and no failed, skipped or stopped clean-up step since. A
