@@ -24,6 +24,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from lakehouse.fs import user_cache
+
 REGISTRY = "https://registry.npmjs.org"
 
 
@@ -103,7 +105,7 @@ _GX_LOGO = re.compile(r"^https://great-expectations-web-assets\.s3\.[^/]+\.amazo
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lakehouse" / "data-docs-assets"
+    return user_cache("data-docs-assets")
 
 
 def fetch_assets(out=print) -> Path:

@@ -7,8 +7,10 @@ works against a laptop's disk and object storage.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -18,6 +20,27 @@ from urllib.parse import unquote, urlparse
 class FileStat:
     size: int
     mtime_ms: int  # modification time, milliseconds since the epoch
+
+
+def user_cache(*parts: str) -> Path:
+    """A path in this user's cache directory for the project: $XDG_CACHE_HOME/lakehouse, or
+    ~/.cache/lakehouse (resolved jars, the Kafka broker's jars, Data Docs assets, Horovod wheels)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "lakehouse", *parts)
+
+
+@contextmanager
+def one_at_a_time(lock: Path):
+    """Hold an exclusive lock on the file ``lock`` (made if missing) for the block: processes of
+    this machine that fill one cache take turns. Without a writable directory there is no lock."""
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def local_path(location: str) -> Path | None:

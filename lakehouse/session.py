@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import sys
+from contextlib import nullcontext
 from importlib.metadata import version
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -18,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from lakehouse.config import LakehouseConfig
 from lakehouse.errors import JobError
+from lakehouse.fs import one_at_a_time, user_cache
 from lakehouse.jvm_output import launch_gateway, verbose
 from lakehouse.redaction import SPARK_REDACTION_REGEX
 
@@ -53,8 +55,7 @@ def _jars_record(packages: list[str], config: LakehouseConfig) -> Path:
     and Ivy settings, in the user's cache directory)."""
     ivy = [config.spark.conf.get(key, "") for key in ("spark.jars.ivy", "spark.jars.ivySettings", "spark.jars.repositories")]
     key = hashlib.sha256("\n".join([*packages, *ivy]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "lakehouse" / f"jars-{key}.txt"
+    return user_cache(f"jars-{key}.txt")
 
 
 def resolved_jars(packages: list[str], config: LakehouseConfig) -> list[str] | None:
@@ -81,6 +82,14 @@ def remember_jars(spark: SparkSession, packages: list[str], config: LakehouseCon
         os.replace(temporary, record)
     except OSError:
         pass
+
+
+def _one_resolution_at_a_time():
+    """This user's Ivy lock, held while a session resolves packages. Two processes resolving into
+    one Ivy cache at once (two jobs started together on a fresh machine, a parallel test run) can
+    write the same download at once and leave a broken jar: Ivy does not lock its cache. The
+    second then finds the jars the first recorded (:func:`resolved_jars`)."""
+    return one_at_a_time(user_cache("ivy-resolution.lock"))
 
 
 def running_on_cluster_launcher() -> bool:
@@ -152,7 +161,7 @@ def scheduler_pools_file(config: LakehouseConfig) -> str | None:
     xml = "<?xml version=\"1.0\"?>\n<allocations>\n" + "".join(
         f"  <pool name={quoteattr(name)}><schedulingMode>FIFO</schedulingMode><weight>{weight}</weight>"
         "<minShare>0</minShare></pool>\n" for name, weight in pools) + "</allocations>\n"
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lakehouse"
+    cache = user_cache()
     path = cache / f"pools-{hashlib.sha256(xml.encode()).hexdigest()[:16]}.xml"
     try:
         if not path.exists():
@@ -166,14 +175,21 @@ def scheduler_pools_file(config: LakehouseConfig) -> str | None:
 
 
 def build_session(config: LakehouseConfig, app_name: str | None = None, ui: bool = False) -> SparkSession:
-    """The session for a job, with :func:`session_settings`."""
+    """The session for a job, with :func:`session_settings`. A session that must resolve its
+    packages with Ivy waits for any other process of this user doing so (:func:`_one_resolution_at_a_time`)."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
 
-    builder = SparkSession.builder.appName(app_name or config.spark.app_name)
     launched = running_on_cluster_launcher()
-    settings = session_settings(config, ui, launched)
+    resolving = not launched and resolved_jars(spark_packages(config), config) is None
+    with _one_resolution_at_a_time() if resolving else nullcontext():
+        return _new_session(config, app_name, ui, launched)
+
+
+def _new_session(config: LakehouseConfig, app_name: str | None, ui: bool, launched: bool) -> SparkSession:
+    builder = SparkSession.builder.appName(app_name or config.spark.app_name)
+    settings = session_settings(config, ui, launched)  # a resolution that ran meanwhile gave the jars
     if not launched:
         if settings.get("spark.driver.bindAddress") == LOOPBACK:
             # The UI binds to $SPARK_LOCAL_IP (all interfaces when unset), read when the JVM starts.

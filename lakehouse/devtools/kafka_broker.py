@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from lakehouse.errors import JobError
+from lakehouse.fs import one_at_a_time, user_cache
 from lakehouse.processes import start_time, started_process, still_running, write_pid_file
 
 DEFAULT_VERSION = "4.1.1"
@@ -46,22 +47,29 @@ def free_port() -> int:
 
 
 def broker_jars(version: str) -> Path:
-    """The broker's jars with their dependencies, resolved from Maven Central once."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lakehouse" / f"kafka-{version}" / "libs"
+    """The broker's jars with their dependencies, resolved from Maven Central once (one process at
+    a time: two brokers started together on a fresh machine would copy into one folder)."""
+    cache = user_cache(f"kafka-{version}", "libs")
     complete = cache.parent / "resolved"  # written after a whole resolution, so a partial one is redone
     if complete.is_file():
         return cache
     if shutil.which("mvn") is None:
         raise BrokerError("Maven (mvn) is needed once to fetch the Kafka broker's jars: apt-get install maven")
+    with one_at_a_time(cache.parent / "resolving.lock"):
+        if not complete.is_file():  # not resolved by the process this one waited for
+            _resolve_broker_jars(version, cache)
+            complete.write_text(f"org.apache.kafka:kafka_2.13:{version}\n")
+    return cache
+
+
+def _resolve_broker_jars(version: str, into: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "pom.xml").write_text(POM.format(version=version))
         print(f"resolving org.apache.kafka:kafka_2.13:{version} from Maven Central (once)", flush=True)
-        result = subprocess.run(["mvn", "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={cache}",
+        result = subprocess.run(["mvn", "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={into}",
                                  "-DincludeScope=runtime"], cwd=tmp, capture_output=True, text=True)
     if result.returncode != 0:
         raise BrokerError(f"Maven could not resolve the Kafka broker jars:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    complete.write_text(f"org.apache.kafka:kafka_2.13:{version}\n")
-    return cache
 
 
 class BrokerError(JobError):
