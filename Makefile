@@ -20,12 +20,13 @@ check-java:
 	@scripts/check_java.sh
 
 # Re-installs only when the pinned dependencies change.
-$(STAMP): setup.cfg pyproject.toml scripts/build_horovod.sh lakehouse/data_docs_assets.py | check-java
+$(STAMP): setup.cfg pyproject.toml scripts/build_horovod.sh lakehouse/data_docs_assets.py lakehouse/jvm_archive.py | check-java
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=68" wheel
 	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
 	scripts/build_horovod.sh $(BIN)/python
 	$(BIN)/python -m lakehouse.data_docs_assets
+	$(BIN)/python -m lakehouse.jvm_archive
 	$(BIN)/python -m pip check
 	@touch $(STAMP)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import sys
 from contextlib import nullcontext
 from importlib.metadata import version
+from importlib.util import find_spec
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -141,7 +143,42 @@ def session_settings(config: LakehouseConfig, ui: bool = False, launched: bool =
                      for key, value in config.maintenance.table_properties().items()})
     settings.update({k: v for k, v in config.spark.conf.items() if not (k == "spark.jars" and "spark.jars" in settings)})
     settings.update({key: os.environ[variable] for key, variable in config.spark.conf_env.items()})
+    if not launched:  # the driver JVM this process starts
+        settings[DRIVER_OPTIONS] = with_class_archive(settings.get(DRIVER_OPTIONS, ""))
     return settings
+
+
+DRIVER_OPTIONS = "spark.driver.extraJavaOptions"
+CDS_QUIET = "-Xlog:cds=off -Xlog:cds+dynamic=off"  # no warning when the JVM finds the archive stale
+CDS_CHOSEN_ALREADY = ("-Xshare", "-XX:SharedArchiveFile", "-XX:ArchiveClassesAtExit")
+
+
+def class_archive() -> Path:
+    """Where this environment's driver class archive is (lakehouse/jvm_archive.py makes it): one
+    per Java installation and pyspark installation (its jars are the JVM's class path, which the
+    archive must match) and Delta version, in the user's cache directory."""
+    key = hashlib.sha256("\n".join(class_archive_sources()).encode()).hexdigest()[:16]
+    return user_cache("jvm", f"driver-{key}.jsa")
+
+
+def class_archive_sources() -> list[str]:
+    """What a class archive is made for: the java binary, pyspark's folder and versions."""
+    home = os.environ.get("JAVA_HOME")
+    java = os.path.realpath((home and shutil.which("java", path=str(Path(home) / "bin"))) or shutil.which("java") or "java")
+    pyspark_dir = str(Path(find_spec("pyspark").origin).parent)
+    return [java, pyspark_dir, version("pyspark"), version("delta-spark")]
+
+
+def with_class_archive(options: str) -> str:
+    """The driver's JVM options, with ``-XX:SharedArchiveFile`` when the class archive exists.
+    The JVM checks the archive itself (its Java build, its class path, each jar's size and time)
+    and runs without it where it does not match, silently (:data:`CDS_QUIET`): a stale archive
+    costs the saving, never a failure. Options that choose about class sharing themselves
+    (:data:`CDS_CHOSEN_ALREADY`) are left as they are."""
+    archive = class_archive()
+    if any(flag in options for flag in CDS_CHOSEN_ALREADY) or not archive.is_file():
+        return options
+    return f"{options} -XX:SharedArchiveFile={archive} {CDS_QUIET}".strip()
 
 
 MAINTENANCE_POOL = "maintenance"  # `lakehouse run`'s scheduler pool for table maintenance (lakehouse/app.py)
