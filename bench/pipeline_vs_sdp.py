@@ -42,9 +42,10 @@ sys.path.insert(0, str(REPO))
 from pyspark.sql import functions as F  # noqa: E402
 
 from lakehouse.config import load_config  # noqa: E402
+from lakehouse.fs import user_cache  # noqa: E402
 from lakehouse.generator import TelemetryGenerator  # noqa: E402
 from lakehouse.generator_runs import generate_batch  # noqa: E402
-from lakehouse.session import build_session, resolved_jars, session_settings, spark_packages  # noqa: E402
+from lakehouse.session import DRIVER_OPTIONS, build_session, resolved_jars, session_settings, spark_packages  # noqa: E402
 from lakehouse.tables import read_table, resolve_table  # noqa: E402
 
 FLOWS = ["bronze.telemetry", "silver.telemetry", "gold.telemetry_minute"]
@@ -61,10 +62,6 @@ def emit(figure: str, value, **extra) -> None:
 
 def config_for(data_dir: Path, overrides: list[str]):
     return load_config("dev", conf_dir=REPO / "conf", data_dir=data_dir, overrides=overrides)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lakehouse"
 
 
 # -- one-time setup: Delta's jars and SDP's Python deps ------------------------------------------
@@ -96,7 +93,7 @@ def sdp_pydeps() -> Path:
     would conflict with the venv's protobuf users), installed there on first use."""
     version = f"py{sys.version_info.major}{sys.version_info.minor}"
     pins = hashlib.sha256(" ".join(SDP_PYDEPS).encode()).hexdigest()[:12]
-    target = cache_dir() / f"sdp-pydeps-{version}-{pins}"
+    target = user_cache(f"sdp-pydeps-{version}-{pins}")
     if (target / ".complete").is_file():
         return target
     print(f"installing spark-pipelines' Python deps into {target} ...", file=sys.stderr, flush=True)
@@ -182,6 +179,9 @@ def write_sdp_project(project: Path, config, jars: list[str]) -> None:
     # then what SDP needs: Delta on the driver's classpath, a Hive catalog in Derby, Delta default.
     settings = session_settings(config)
     settings.pop("spark.jars.packages", None)
+    # The JVM options as configured: our driver's class archive (lakehouse/jvm_archive.py) is not
+    # what a user's SDP pipeline would start with.
+    settings[DRIVER_OPTIONS] = config.spark.conf.get(DRIVER_OPTIONS, "")
     for key in config.spark.conf_env:  # values from the environment (secrets) stay off the disk
         settings.pop(key, None)
     settings.update({

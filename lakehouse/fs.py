@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,18 +30,30 @@ def user_cache(*parts: str) -> Path:
 
 
 @contextmanager
-def one_at_a_time(lock: Path):
+def one_at_a_time(lock: Path, waiting: str = ""):
     """Hold an exclusive lock on the file ``lock`` (made if missing) for the block: processes of
-    this machine that fill one cache take turns. Without a writable directory there is no lock."""
+    this machine that fill one cache take turns. One that must wait prints ``waiting`` (when
+    given) to stderr first. Where the lock cannot be had (no writable folder, a file system
+    without locks) the block runs unlocked."""
+    handle = None
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(f"{waiting} (lock: {lock})", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
     except OSError:
+        if handle is not None:
+            handle.close()
+        handle = None
+    try:
         yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
-        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
 
 
 def local_path(location: str) -> Path | None:

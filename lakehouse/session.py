@@ -91,7 +91,7 @@ def _one_resolution_at_a_time():
     one Ivy cache at once (two jobs started together on a fresh machine, a parallel test run) can
     write the same download at once and leave a broken jar: Ivy does not lock its cache. The
     second then finds the jars the first recorded (:func:`resolved_jars`)."""
-    return one_at_a_time(user_cache("ivy-resolution.lock"))
+    return one_at_a_time(user_cache("ivy-resolution.lock"), "waiting for another process resolving Spark's packages")
 
 
 def running_on_cluster_launcher() -> bool:
@@ -150,33 +150,44 @@ def session_settings(config: LakehouseConfig, ui: bool = False, launched: bool =
 
 DRIVER_OPTIONS = "spark.driver.extraJavaOptions"
 CDS_QUIET = "-Xlog:cds=off -Xlog:cds+dynamic=off"  # no warning when the JVM finds the archive stale
-CDS_CHOSEN_ALREADY = ("-Xshare", "-XX:SharedArchiveFile", "-XX:ArchiveClassesAtExit")
+# Options by which the configuration chooses about class sharing itself.
+CDS_CHOSEN_ALREADY = ("-Xshare", "-XX:SharedArchiveFile", "-XX:ArchiveClassesAtExit", "-XX:-UseSharedSpaces",
+                      "-XX:SharedClassListFile", "-XX:DumpLoadedClassList")
 
 
 def class_archive() -> Path:
-    """Where this environment's driver class archive is (lakehouse/jvm_archive.py makes it): one
-    per Java installation and pyspark installation (its jars are the JVM's class path, which the
-    archive must match) and Delta version, in the user's cache directory."""
+    """Where this environment's driver class archive is (lakehouse/jvm_archive.py makes it), in
+    the user's cache directory: named by :func:`class_archive_sources`, so a new Java build or
+    a reinstalled pyspark names a new one."""
     key = hashlib.sha256("\n".join(class_archive_sources()).encode()).hexdigest()[:16]
     return user_cache("jvm", f"driver-{key}.jsa")
 
 
 def class_archive_sources() -> list[str]:
-    """What a class archive is made for: the java binary, pyspark's folder and versions."""
+    """What a class archive is made for: the Java installation (its path and its build, from its
+    ``release`` file), pyspark's folder (its jars are the JVM's class path, which the archive must
+    match) with the time its jars were installed, and the pyspark and Delta versions."""
     home = os.environ.get("JAVA_HOME")
-    java = os.path.realpath((home and shutil.which("java", path=str(Path(home) / "bin"))) or shutil.which("java") or "java")
-    pyspark_dir = str(Path(find_spec("pyspark").origin).parent)
-    return [java, pyspark_dir, version("pyspark"), version("delta-spark")]
+    java = Path(os.path.realpath((home and shutil.which("java", path=str(Path(home) / "bin"))) or shutil.which("java") or "java"))
+    release = java.parent.parent / "release"
+    build = release.read_text(errors="replace") if release.is_file() else ""
+    pyspark_dir = Path(find_spec("pyspark").origin).parent
+    jars = pyspark_dir / "jars"
+    installed = str(jars.stat().st_mtime_ns) if jars.is_dir() else ""
+    return [str(java), str(pyspark_dir), version("pyspark"), version("delta-spark"), installed,
+            hashlib.sha256(build.encode()).hexdigest()[:16]]
 
 
 def with_class_archive(options: str) -> str:
     """The driver's JVM options, with ``-XX:SharedArchiveFile`` when the class archive exists.
     The JVM checks the archive itself (its Java build, its class path, each jar's size and time)
     and runs without it where it does not match, silently (:data:`CDS_QUIET`): a stale archive
-    costs the saving, never a failure. Options that choose about class sharing themselves
-    (:data:`CDS_CHOSEN_ALREADY`) are left as they are."""
+    costs the saving, never a failure. Left as they are: options that choose about class sharing
+    themselves (:data:`CDS_CHOSEN_ALREADY`), and an archive path with a space (Spark splits the
+    options on spaces)."""
     archive = class_archive()
-    if any(flag in options for flag in CDS_CHOSEN_ALREADY) or not archive.is_file():
+    chosen = any(token.startswith(CDS_CHOSEN_ALREADY) for token in options.split())
+    if chosen or not archive.is_file() or any(c.isspace() for c in str(archive)):
         return options
     return f"{options} -XX:SharedArchiveFile={archive} {CDS_QUIET}".strip()
 

@@ -55,7 +55,7 @@ def broker_jars(version: str) -> Path:
         return cache
     if shutil.which("mvn") is None:
         raise BrokerError("Maven (mvn) is needed once to fetch the Kafka broker's jars: apt-get install maven")
-    with one_at_a_time(cache.parent / "resolving.lock"):
+    with one_at_a_time(cache.parent / "resolving.lock", "waiting for another process resolving the Kafka broker's jars"):
         if not complete.is_file():  # not resolved by the process this one waited for
             _resolve_broker_jars(version, cache)
             complete.write_text(f"org.apache.kafka:kafka_2.13:{version}\n")

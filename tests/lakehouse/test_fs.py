@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from lakehouse.fs import one_at_a_time
 print("waiting", flush=True)
-with one_at_a_time(Path(sys.argv[1])):
+with one_at_a_time(Path(sys.argv[1]), "another holds it"):
     print("holding", flush=True)
 """
 
@@ -27,8 +27,10 @@ def test_the_cache_is_under_xdg_cache_home_when_set(tmp_path, monkeypatch):
 def test_a_second_process_takes_the_lock_only_once_the_first_lets_go(tmp_path):
     lock = tmp_path / "made" / "by-the-lock" / "resolving.lock"  # its folders are made too
     with one_at_a_time(lock):
-        waiter = subprocess.Popen([sys.executable, "-c", WAITER, str(lock)], stdout=subprocess.PIPE, text=True)
+        waiter = subprocess.Popen([sys.executable, "-c", WAITER, str(lock)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
         assert waiter.stdout.readline() == "waiting\n"
+        assert waiter.stderr.readline() == f"another holds it (lock: {lock})\n"  # said once it must wait
         try:
             waiter.wait(timeout=3)
         except subprocess.TimeoutExpired:
@@ -47,3 +49,8 @@ def test_without_a_writable_folder_the_block_runs_unlocked(tmp_path):
     with one_at_a_time(blocker / "resolving.lock"):  # its folder would be a file
         ran.append(True)
     assert ran == [True]
+    try:  # an error inside the block comes out as itself, not as raised while handling the OSError
+        with one_at_a_time(blocker / "resolving.lock"):
+            raise KeyError("mine")
+    except KeyError as exc:
+        assert exc.__context__ is None
