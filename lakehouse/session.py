@@ -185,7 +185,10 @@ def with_class_archive(options: str) -> str:
     costs the saving, never a failure. Left as they are: options that choose about class sharing
     themselves (:data:`CDS_CHOSEN_ALREADY`), and an archive path with a space (Spark splits the
     options on spaces)."""
-    archive = class_archive()
+    try:
+        archive = class_archive()
+    except OSError:  # the Java or pyspark installation unreadable: no archive, the job still starts
+        return options
     chosen = any(token.startswith(CDS_CHOSEN_ALREADY) for token in options.split())
     if chosen or not archive.is_file() or any(c.isspace() for c in str(archive)):
         return options
