@@ -27,6 +27,7 @@ from lakehouse.config import load_config
 from lakehouse.fs import one_at_a_time
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
+from lakehouse.processes import start_time, still_running
 from lakehouse.runner import run_flow, run_flows
 from lakehouse.session import DRIVER_OPTIONS, build_session, class_archive, class_archive_sources
 
@@ -80,18 +81,9 @@ def _remove_orphans(current: Path) -> None:
         except OSError:
             continue  # another process removed it first
     for partial in current.parent.glob(".driver-*.jsa.*"):
-        if not _running(partial.suffix.lstrip(".")):
+        pid = partial.suffix.lstrip(".")
+        if pid.isdigit() and not still_running(int(pid), start_time(int(pid))):
             partial.unlink(missing_ok=True)
-
-
-def _running(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _run_and_dump(partial: Path) -> None:
