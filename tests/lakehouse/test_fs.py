@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from lakehouse.fs import one_at_a_time, user_cache
 
 WAITER = """
@@ -49,8 +51,7 @@ def test_without_a_writable_folder_the_block_runs_unlocked(tmp_path):
     with one_at_a_time(blocker / "resolving.lock"):  # its folder would be a file
         ran.append(True)
     assert ran == [True]
-    try:  # an error inside the block comes out as itself, not as raised while handling the OSError
-        with one_at_a_time(blocker / "resolving.lock"):
-            raise KeyError("mine")
-    except KeyError as exc:
-        assert exc.__context__ is None
+    # an error inside the block comes out as itself, not as raised while handling the OSError
+    with pytest.raises(KeyError) as raised, one_at_a_time(blocker / "resolving.lock"):
+        raise KeyError("mine")
+    assert raised.value.__context__ is None
