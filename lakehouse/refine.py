@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -148,7 +148,8 @@ def refine_batch(
     the batch may be one redone after a crash, so writes it already made are looked for and
     skipped), and with the same plan a redone batch decides every row as before. ``validator``
     validates with GX what the fused aggregation does not (every expectation when
-    ``quality.validation`` is ``gx``). ``decisions``: the query's cache for :func:`decide_rows`.
+    ``quality.validation`` is ``gx``). ``decisions``: the query's cache of the expressions
+    :func:`decide_rows` and the batch's aggregation build.
     Returns what the same aggregation measured of the kept
     rows' ingest and event times, for ops.freshness (lakehouse/freshness.py), and the newest event
     time among them (microseconds; None: none kept), for the next batch's plan.
@@ -178,10 +179,11 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
         decided = decided.withColumn("value", F.when(F.size("_reasons") > 0, F.col("value")))
     decided = stage_rows(decided, entity)
     try:
-        counts = _count_and_check(decided, batch, rules, config.quality.validation == "fused", entity.event_time)
+        counts = _count_and_check(decided, batch, rules, config.quality.validation == "fused", entity.event_time,
+                                  decisions)
         results = rule_results(rules, counts, counts["records"]) if config.quality.validation == "fused" else []
         if validator is not None:
-            checked = decided.where(F.col("_reasons").isNotNull())
+            checked = decided.where(_record())
             results += validator.validate(checked.select(*entity.columns, *entity.prepared_columns))
         inserted = _write_outputs(decided, batch, results, counts["quarantined"])
         failpoint("silver.stats", batch_id)
@@ -270,7 +272,7 @@ def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:
     (lakehouse.session.LOST_CHECKPOINT_BLOCK), and :func:`refine_batch` stages the batch again
     (lakehouse.session.redo_on_lost_checkpoint).
     lakehouse.session.release_checkpoint frees the blocks."""
-    kept = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0)
+    kept = _kept()
     if "_claims" in decided.columns:  # exact duplicates were marked: only each key's claimant may enter silver
         kept = kept & F.col("_claims")
     return decided.withColumn("_newest", newest_of_its_key(entity, among=kept)).drop("_claims").localCheckpoint(
@@ -284,38 +286,69 @@ STAGE_STORAGE = StorageLevel.DISK_ONLY
 STAGE_ATTEMPTS = 3  # stagings of a batch whose staged blocks are lost (redo_on_lost_checkpoint)
 
 
-def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool, event_time: str):
+def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool, event_time: str,
+                     cache: dict | None = None):
     """The batch's counts (and row-level expectation metrics, and the kept rows' freshness
     measurements) in one aggregation; raises ExpectationFailedError when a ``fail`` expectation
-    does not hold on some row."""
-    record = F.col("_reasons").isNotNull()
-    kept = record & (F.size("_reasons") == 0)
-    failing = record & (F.size(FAILED_COLUMNS["fail"]) > 0)
-    aggregates = {
-        "bronze_rows": F.count(F.lit(1)),
-        "records": F.count(F.when(record, 1)),
-        "quarantined": F.count(F.when(record & (F.size("_reasons") > 0), 1)),
-        "warnings": F.count(F.when(kept & (F.size(FAILED_COLUMNS["warn"]) > 0), 1)),
-        "failing": F.count(F.when(failing, 1)),
-        "kept_newest_us": F.max(F.when(kept, F.unix_micros(F.col(event_time).cast("timestamp")))),
-        **(rule_metric_columns(rules, where=record) if fused else {}),
-    }
-    times = {"ingest": F.when(kept, F.col("_ingested_at")), "event": F.when(kept, F.col(event_time))}
-    counts = decided.agg(*[column.alias(name) for name, column in aggregates.items()],
-                         *measure_aggregates(times, rows=kept, sample=sampled_rows())).first().asDict()
+    does not hold on some row. ``cache``: the query's, which keeps the aggregation's expressions
+    (:func:`_count_columns`) from its first batch on."""
+    key = ("counts", fused, event_time)
+    columns = cache.get(key) if cache is not None else None
+    if columns is None:
+        columns = _count_columns(rules, fused, event_time)
+        if cache is not None:
+            cache[key] = columns
+    counts = decided.agg(*columns).first().asDict()
+    times = _kept_times(event_time)
     # No sampled line among the kept rows (short files, a few Kafka offsets, sampled lines all
     # quarantined): that measure's percentiles take every kept row, in a second, rare pass.
     unsampled = [m for m in times if counts[f"{m}_oldest"] is not None and not counts[f"{m}_sample"]]
     if unsampled:
         counts.update(decided.agg(*[a for m in unsampled for a in time_aggregates(m, times[m])]).first().asDict())
     if counts["failing"]:
-        first = decided.where(failing).select(FAILED_COLUMNS["fail"], "_source_file", "_source_line").first()
+        first = decided.where(_failing()).select(FAILED_COLUMNS["fail"], "_source_file", "_source_line").first()
         raise ExpectationFailedError(
             f"batch {batch.batch_id} of silver.{batch.entity_name}: expectation {', '.join(first[0])} failed "
             f"(policy fail) on {counts['failing']} row(s), first at {first[1]} line {first[2]}; "
             "nothing was committed, the batch is redone after a fix"
         )
     return counts
+
+
+def _count_columns(rules: list, fused: bool, event_time: str) -> list[Column]:
+    """:func:`_count_and_check`'s aggregation: a few hundred calls into the JVM to build, about
+    0.15 s a micro-batch when built for each (bench/RESULTS.md, issue 16)."""
+    record, kept = _record(), _kept()
+    aggregates = {
+        "bronze_rows": F.count(F.lit(1)),
+        "records": F.count(F.when(record, 1)),
+        "quarantined": F.count(F.when(record & (F.size("_reasons") > 0), 1)),
+        "warnings": F.count(F.when(kept & (F.size(FAILED_COLUMNS["warn"]) > 0), 1)),
+        "failing": F.count(F.when(_failing(), 1)),
+        "kept_newest_us": F.max(F.when(kept, F.unix_micros(F.col(event_time).cast("timestamp")))),
+        **(rule_metric_columns(rules, where=record) if fused else {}),
+    }
+    return [*[column.alias(name) for name, column in aggregates.items()],
+            *measure_aggregates(_kept_times(event_time), rows=kept, sample=sampled_rows())]
+
+
+# Rows of a decided batch: records (not CSV header lines), the records kept, and the records a
+# ``fail`` expectation does not hold on.
+def _record() -> Column:
+    return F.col("_reasons").isNotNull()
+
+
+def _kept() -> Column:
+    return _record() & (F.size("_reasons") == 0)
+
+
+def _failing() -> Column:
+    return _record() & (F.size(FAILED_COLUMNS["fail"]) > 0)
+
+
+def _kept_times(event_time: str) -> dict[str, Column]:
+    """The kept rows' ingest and event times, for ops.freshness (lakehouse/freshness.py)."""
+    return {"ingest": F.when(_kept(), F.col("_ingested_at")), "event": F.when(_kept(), F.col(event_time))}
 
 
 def _write_outputs(decided: DataFrame, batch: _Batch, results: list, quarantined: int) -> int:
@@ -325,8 +358,7 @@ def _write_outputs(decided: DataFrame, batch: _Batch, results: list, quarantined
     config, entity_name, batch_id = batch.config, batch.entity_name, batch.batch_id
     entity = config.entity(entity_name)
     spark = decided.sparkSession
-    record = F.col("_reasons").isNotNull()
-    quarantine = decided.where(record & (F.size("_reasons") > 0)).select(
+    quarantine = decided.where(_record() & (F.size("_reasons") > 0)).select(
         "value", "_source_file", "_source_line", F.col("_reasons").alias("reasons"),
         quarantine_error(F.col("_reasons")).alias("error"), F.lit(batch_id).cast("long").alias("batch_id"),
         F.current_timestamp().alias("_quarantined_at"),

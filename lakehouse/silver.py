@@ -91,7 +91,7 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
     plans = BatchPlans(spark, flow.checkpoint)
     newest = NewestEventTime(spark, config, entity_name)  # silver is read for it once, at the first plan
     redone = redone_batch(flow.checkpoint, spark)  # the batch that may be redone after a crash
-    decisions = {}  # decide_rows' expressions, built for the query's first batch
+    decisions = {}  # the expressions refine builds (decisions, counts), built for the query's first batch
 
     def process(batch, batch_id: int) -> None:
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
