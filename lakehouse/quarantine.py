@@ -68,3 +68,19 @@ def quarantine_error(reasons: Column) -> Column:
     """The quarantine's one readable line: the reasons, and which columns were not finite."""
     non_finite = F.when(F.size("_non_finite") > 0, F.concat(F.lit("not finite: "), F.array_join("_non_finite", ", ")))
     return F.concat_ws("; ", F.array_join(reasons, "; "), non_finite)
+
+
+# The rows of a decided batch (its ``_reasons``: null for a CSV header line, [] for a kept record).
+def is_record() -> Column:
+    """A record, not a CSV header line."""
+    return F.col("_reasons").isNotNull()
+
+
+def is_kept() -> Column:
+    """A record kept: no reason to quarantine it."""
+    return is_record() & (F.size("_reasons") == 0)
+
+
+def is_failing() -> Column:
+    """A record a ``fail`` expectation does not hold on (the batch is not committed)."""
+    return is_record() & (F.size(FAILED_COLUMNS["fail"]) > 0)

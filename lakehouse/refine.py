@@ -2,7 +2,7 @@
 
 Each micro-batch is parsed (lakehouse.parse), checked by the entity's row rules
 (lakehouse.quality), and each row decided: kept, or quarantined with its reasons
-(lakehouse.quarantine). Kept rows are deduplicated and MERGEd into ``silver.<entity>``; the
+(lakehouse.quarantine). Kept rows are deduplicated and written into ``silver.<entity>`` (lakehouse.silver_merge); the
 batch's counts go to ``ops.silver_batches`` and its expectation results to
 ``ops.quality_results``. What a decision depends on besides the batch itself (its processing
 time, the late cut-off) is fixed in the batch's plan (:func:`plan_batch`) before the first write,
@@ -35,8 +35,9 @@ from lakehouse.quality import (
     rule_result_columns,
     rule_results,
 )
-from lakehouse.quarantine import quarantine_error, quarantine_reasons
+from lakehouse.quarantine import is_failing, is_kept, is_record, quarantine_error, quarantine_reasons
 from lakehouse.session import redo_on_lost_checkpoint, release_checkpoint
+from lakehouse.silver_keys import SilverKeyIndex
 from lakehouse.silver_merge import merge_into_silver
 from lakehouse.silver_tables import (
     SILVER_BATCHES_SCHEMA,
@@ -137,6 +138,7 @@ def refine_batch(
     validator: BatchValidator | None = None,
     may_be_replay: bool = True,
     decisions: dict | None = None,
+    key_index: SilverKeyIndex | None = None,
 ) -> tuple[Measured, int | None]:
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
@@ -149,7 +151,8 @@ def refine_batch(
     skipped), and with the same plan a redone batch decides every row as before. ``validator``
     validates with GX what the fused aggregation does not (every expectation when
     ``quality.validation`` is ``gx``). ``decisions``: the query's cache of the expressions
-    :func:`decide_rows` and the batch's aggregation build.
+    :func:`decide_rows` and the batch's aggregation build. ``key_index``: the query's index of
+    silver's keys, which lets a batch of new keys be appended (lakehouse/silver_keys.py).
     Returns what the same aggregation measured of the kept
     rows' ingest and event times, for ops.freshness (lakehouse/freshness.py), and the newest event
     time among them (microseconds; None: none kept), for the next batch's plan.
@@ -160,7 +163,7 @@ def refine_batch(
     def attempt(number: int):
         batch = _Batch(config, entity_name, batch_id, batch_marker(app_id, batch_id),
                        replay_since if may_be_replay or number > 1 else None)
-        return batch, _refine_staged(bronze_batch, batch, plan, rules, validator, decisions)
+        return batch, _refine_staged(bronze_batch, batch, plan, rules, validator, decisions, key_index)
 
     batch, counts = redo_on_lost_checkpoint(attempt, STAGE_ATTEMPTS, f"silver.{entity_name}: batch {batch_id}")
     silver = f"silver.{entity_name}"
@@ -168,7 +171,7 @@ def refine_batch(
 
 
 def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: list,
-                   validator: BatchValidator | None, decisions: dict | None):
+                   validator: BatchValidator | None, decisions: dict | None, key_index: SilverKeyIndex | None):
     """One attempt of :func:`refine_batch`: stage the batch, then count, check and write it; the
     batch's aggregated counts and measurements."""
     config, entity_name, batch_id = batch.config, batch.entity_name, batch.batch_id
@@ -183,9 +186,9 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
                                   decisions)
         results = rule_results(rules, counts, counts["records"]) if config.quality.validation == "fused" else []
         if validator is not None:
-            checked = decided.where(_record())
+            checked = decided.where(is_record())
             results += validator.validate(checked.select(*entity.columns, *entity.prepared_columns))
-        inserted = _write_outputs(decided, batch, results, counts["quarantined"])
+        inserted = _write_outputs(decided, batch, results, counts["quarantined"], key_index)
         failpoint("silver.stats", batch_id)
         valid_rows = counts["records"] - counts["quarantined"]
         stats = [(entity_name, batch_id, counts["bronze_rows"], counts["quarantined"], inserted, valid_rows - inserted,
@@ -224,13 +227,18 @@ def decide_rows(bronze_batch: DataFrame, config: LakehouseConfig, entity: Entity
     late-exempt sources (lakehouse.parse.apply_stages)."""
     batch = bronze_batch.withColumns({column: F.lit(plan.get(key)).cast("long") for key, column in CUTOFF_COLUMNS.items()})
     late_exempt = list(plan.get("late_exempt") or [])
-    key = (batch.schema.simpleString(), tuple(late_exempt))
-    stages = cache.get(key) if cache is not None else None
-    if stages is None:
-        stages = _decision_stages(batch.schema, config, entity, late_exempt, rules)
-        if cache is not None:
-            cache[key] = stages
+    stages = _cached(cache, (batch.schema.simpleString(), tuple(late_exempt)),
+                     lambda: _decision_stages(batch.schema, config, entity, late_exempt, rules))
     return apply_stages(batch, stages)
+
+
+def _cached(cache: dict | None, key: tuple, build):
+    """``build()``, kept in the query's ``cache`` under ``key`` (None: no cache, built each time)."""
+    if cache is None:
+        return build()
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
 
 
 # The plan's cut-offs as columns of the batch (microseconds; null: no such limit).
@@ -272,7 +280,7 @@ def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:
     (lakehouse.session.LOST_CHECKPOINT_BLOCK), and :func:`refine_batch` stages the batch again
     (lakehouse.session.redo_on_lost_checkpoint).
     lakehouse.session.release_checkpoint frees the blocks."""
-    kept = _kept()
+    kept = is_kept()
     if "_claims" in decided.columns:  # exact duplicates were marked: only each key's claimant may enter silver
         kept = kept & F.col("_claims")
     return decided.withColumn("_newest", newest_of_its_key(entity, among=kept)).drop("_claims").localCheckpoint(
@@ -292,12 +300,7 @@ def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool
     measurements) in one aggregation; raises ExpectationFailedError when a ``fail`` expectation
     does not hold on some row. ``cache``: the query's, which keeps the aggregation's expressions
     (:func:`_count_columns`) from its first batch on."""
-    key = ("counts", fused, event_time)
-    columns = cache.get(key) if cache is not None else None
-    if columns is None:
-        columns = _count_columns(rules, fused, event_time)
-        if cache is not None:
-            cache[key] = columns
+    columns = _cached(cache, ("counts", fused, event_time), lambda: _count_columns(rules, fused, event_time))
     counts = decided.agg(*columns).first().asDict()
     times = _kept_times(event_time)
     # No sampled line among the kept rows (short files, a few Kafka offsets, sampled lines all
@@ -306,7 +309,7 @@ def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool
     if unsampled:
         counts.update(decided.agg(*[a for m in unsampled for a in time_aggregates(m, times[m])]).first().asDict())
     if counts["failing"]:
-        first = decided.where(_failing()).select(FAILED_COLUMNS["fail"], "_source_file", "_source_line").first()
+        first = decided.where(is_failing()).select(FAILED_COLUMNS["fail"], "_source_file", "_source_line").first()
         raise ExpectationFailedError(
             f"batch {batch.batch_id} of silver.{batch.entity_name}: expectation {', '.join(first[0])} failed "
             f"(policy fail) on {counts['failing']} row(s), first at {first[1]} line {first[2]}; "
@@ -318,13 +321,13 @@ def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool
 def _count_columns(rules: list, fused: bool, event_time: str) -> list[Column]:
     """:func:`_count_and_check`'s aggregation: a few hundred calls into the JVM to build, about
     0.15 s a micro-batch when built for each (bench/RESULTS.md, issue 16)."""
-    record, kept = _record(), _kept()
+    record, kept = is_record(), is_kept()
     aggregates = {
         "bronze_rows": F.count(F.lit(1)),
         "records": F.count(F.when(record, 1)),
         "quarantined": F.count(F.when(record & (F.size("_reasons") > 0), 1)),
         "warnings": F.count(F.when(kept & (F.size(FAILED_COLUMNS["warn"]) > 0), 1)),
-        "failing": F.count(F.when(_failing(), 1)),
+        "failing": F.count(F.when(is_failing(), 1)),
         "kept_newest_us": F.max(F.when(kept, F.unix_micros(F.col(event_time).cast("timestamp")))),
         **(rule_metric_columns(rules, where=record) if fused else {}),
     }
@@ -332,33 +335,20 @@ def _count_columns(rules: list, fused: bool, event_time: str) -> list[Column]:
             *measure_aggregates(_kept_times(event_time), rows=kept, sample=sampled_rows())]
 
 
-# Rows of a decided batch: records (not CSV header lines), the records kept, and the records a
-# ``fail`` expectation does not hold on.
-def _record() -> Column:
-    return F.col("_reasons").isNotNull()
-
-
-def _kept() -> Column:
-    return _record() & (F.size("_reasons") == 0)
-
-
-def _failing() -> Column:
-    return _record() & (F.size(FAILED_COLUMNS["fail"]) > 0)
-
-
 def _kept_times(event_time: str) -> dict[str, Column]:
     """The kept rows' ingest and event times, for ops.freshness (lakehouse/freshness.py)."""
-    return {"ingest": F.when(_kept(), F.col("_ingested_at")), "event": F.when(_kept(), F.col(event_time))}
+    return {"ingest": F.when(is_kept(), F.col("_ingested_at")), "event": F.when(is_kept(), F.col(event_time))}
 
 
-def _write_outputs(decided: DataFrame, batch: _Batch, results: list, quarantined: int) -> int:
+def _write_outputs(decided: DataFrame, batch: _Batch, results: list, quarantined: int,
+                   key_index: SilverKeyIndex | None = None) -> int:
     """MERGE the kept rows into silver, append the quarantined rows (a batch without any makes no
     quarantine commit) and the expectation results; returns the keys inserted. Each write is
     idempotent on its own, so any may be redone."""
     config, entity_name, batch_id = batch.config, batch.entity_name, batch.batch_id
     entity = config.entity(entity_name)
     spark = decided.sparkSession
-    quarantine = decided.where(_record() & (F.size("_reasons") > 0)).select(
+    quarantine = decided.where(is_record() & (F.size("_reasons") > 0)).select(
         "value", "_source_file", "_source_line", F.col("_reasons").alias("reasons"),
         quarantine_error(F.col("_reasons")).alias("error"), F.lit(batch_id).cast("long").alias("batch_id"),
         F.current_timestamp().alias("_quarantined_at"),
@@ -382,7 +372,7 @@ def _write_outputs(decided: DataFrame, batch: _Batch, results: list, quarantined
         appends = [pool.submit(append_results), pool.submit(append_quarantine)]
         failpoint("silver.merge", batch_id)
         inserted = merge_into_silver(resolve_table(config, f"silver.{entity_name}"), decided.where("_newest"),
-                                     entity, batch.marker, batch.replay_since, materialized=True)
+                                     entity, batch.marker, batch.replay_since, materialized=True, index=key_index)
         for done in appends:
             done.result()  # re-raises a failed append: the batch fails and is redone
     return inserted

@@ -2,7 +2,8 @@
 
 The silver flow of an entity streams its sources' bronze tables, as one union, through
 lakehouse.refine's per-batch step (foreachBatch): parse, quarantine rules (lakehouse.quarantine),
-expectations, dedupe and MERGE into ``silver.<entity>`` (tables: lakehouse.silver_tables).
+expectations, dedupe, and the write into ``silver.<entity>`` (lakehouse.silver_merge: an append, or a
+MERGE where a batch updates a key silver holds; tables: lakehouse.silver_tables).
 :func:`start` wires the stream; lakehouse/runner.py runs it. `lakehouse reconcile` checks that
 nothing was lost (lakehouse.reconcile).
 Next stop: the gold tables that read silver (lakehouse.gold).
@@ -26,9 +27,10 @@ from lakehouse.pipeline import Flow
 from lakehouse.progress import count_records, report_batch
 from lakehouse.quality import ROW_LEVEL, BatchValidator, load_suite, row_rules
 from lakehouse.refine import NewestEventTime, plan_batch, refine_batch
+from lakehouse.silver_keys import SilverKeyIndex
 from lakehouse.silver_tables import ensure_silver_tables
 from lakehouse.suites import checked_suite
-from lakehouse.tables import at_once, load_from
+from lakehouse.tables import at_once, load_from, resolve_table
 
 
 class CheckpointSourcesChanged(JobError):
@@ -92,6 +94,9 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
     newest = NewestEventTime(spark, config, entity_name)  # silver is read for it once, at the first plan
     redone = redone_batch(flow.checkpoint, spark)  # the batch that may be redone after a crash
     decisions = {}  # the expressions refine builds (decisions, counts), built for the query's first batch
+    # Silver's keys, built at the first batch (none where the entity's key_index_max_keys is 0).
+    key_index = SilverKeyIndex(spark, resolve_table(config, f"silver.{entity_name}"), entity,
+                               entity.key_index_max_keys) if entity.key_index_max_keys else None
 
     def process(batch, batch_id: int) -> None:
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
@@ -101,7 +106,7 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
         failpoint("silver.plan", batch_id)
         measured, kept_newest = refine_batch(config, entity_name, rules, f"{flow.query_name}-{batch_query_id(batch)}",
                                              batch, batch_id, plan, validator, may_be_replay=batch_id == redone,
-                                             decisions=decisions)
+                                             decisions=decisions, key_index=key_index)
         newest.advance(kept_newest)
         report_batch(flow.query_name, batch_id, freshness=[measured])
 

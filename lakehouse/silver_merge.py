@@ -1,6 +1,7 @@
-"""Silver's MERGE: one row per key of a refined micro-batch into ``silver.<entity>``, once per
+"""Silver's write: one row per key of a refined micro-batch into ``silver.<entity>``, once per
 batch (lakehouse/refine.py stages the batch and calls it), with the rescued fields given columns
-of their own under ``unexpected_fields: evolve``.
+of their own under ``unexpected_fields: evolve``. A Delta MERGE, or, when the query's key index
+(lakehouse/silver_keys.py) shows the batch updates no key silver holds, an append.
 Next stop: the gold tables that read silver's change feed (lakehouse.gold).
 """
 
@@ -10,30 +11,44 @@ import re
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import MapType, StringType
+from pyspark.sql.types import LongType, MapType, StringType, StructField, StructType
 
 from lakehouse.config import EntityConfig
+from lakehouse.silver_keys import NO_TIME, SilverKeyIndex, collect_keys, key_columns
 from lakehouse.silver_tables import silver_columns
-from lakehouse.tables import TableRef, committed, delta_table, retry_on_conflict, session_conf, writing
+from lakehouse.tables import (
+    TableRef,
+    append_once,
+    committed,
+    delta_table,
+    local_rows,
+    retry_on_conflict,
+    session_conf,
+    writing,
+)
 
 
 def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfig, marker: str,
-                      replay_since_ms: int | None, materialized: bool = False) -> int:
+                      replay_since_ms: int | None, materialized: bool = False,
+                      index: SilverKeyIndex | None = None) -> int:
     """MERGE one row per key into silver (a seen key takes the row with the later event time).
 
     ``materialized``: ``rows`` read a batch computed once (lakehouse.refine.stage_rows), so Delta reads
-    them as they are instead of materialising them again.
+    them as they are instead of materialising them again. ``index``: the query's index of silver's
+    keys (lakehouse/silver_keys.py); a batch that brings no newer version of a key silver holds is
+    appended instead (:func:`_append_new_keys`), with the same outcome.
 
     Once per micro-batch, as tables.append_once: for a batch that may be redone
-    (``replay_since_ms``), a MERGE already committed under ``marker`` is not run again. Returns
-    the keys it inserted, from the MERGE's own metrics (a redone batch gets the figure of the
-    MERGE that committed before the crash).
+    (``replay_since_ms``), a MERGE or append already committed under ``marker`` is not run again.
+    Returns the keys it inserted, from the commit's own metrics (a redone batch gets the figure of
+    the commit made before the crash).
     """
     spark = rows.sparkSession
     if replay_since_ms is not None:
         done = committed(spark, silver_ref, marker, replay_since_ms)
         if done is not None:
-            return int(done["operationMetrics"].get("numTargetRowsInserted", 0))
+            metrics = done["operationMetrics"]
+            return int(metrics.get("numTargetRowsInserted", metrics.get("numOutputRows", 0)))
     silver = delta_table(spark, silver_ref)
     rows = rows.select(*silver_columns(entity))
     if entity.unexpected_fields == "evolve":
@@ -45,8 +60,15 @@ def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfi
     settings = {"spark.databricks.delta.commitInfo.userMetadata": marker}
     if materialized:
         settings.update(SOURCE_MATERIALIZED)
-    if set(rows.columns) - set(silver.toDF().columns):  # new columns join silver's schema in this MERGE
+    new_columns = bool(set(rows.columns) - set(silver.toDF().columns))
+    if new_columns:  # new columns join silver's schema in this MERGE
         settings["spark.databricks.delta.schema.autoMerge.enabled"] = "true"
+    keys = None
+    if index is not None and index.ready(marker):
+        keys = collect_keys(rows, entity)
+        appended = _append_new_keys(silver_ref, rows, entity, marker, index, keys, new_columns)
+        if appended is not None:
+            return appended
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in entity.keys)
     newer = f"s.`{entity.event_time}` > t.`{entity.event_time}` OR t.`{entity.event_time}` IS NULL"
 
@@ -63,7 +85,34 @@ def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfi
         metrics, _ = retry_on_conflict(merge, MERGE_ATTEMPTS, on_retry=lambda attempt, exc: print(
             f"silver.{silver_ref.table}: the MERGE met a concurrent commit ({type(exc).__name__}); "
             f"redoing it (attempt {attempt + 1} of {MERGE_ATTEMPTS})", flush=True))
+    if keys is not None:
+        index.add(*keys)
     return int(metrics["num_inserted_rows"]) if metrics is not None else 0
+
+
+def _append_new_keys(silver_ref: TableRef, rows: DataFrame, entity: EntityConfig, marker: str,
+                     index: SilverKeyIndex, keys: tuple, new_columns: bool) -> int | None:
+    """Append the rows whose key silver does not hold, leaving out those whose key it holds with an
+    event time theirs is not newer than, as the MERGE would; the rows appended. None (nothing
+    written): some row is a newer version of a key silver holds, which only the MERGE can update."""
+    h1, h2, times = keys
+    held, held_times = index.lookup(h1, h2)
+    if (held & ((held_times == NO_TIME) | (times > held_times))).any():
+        return None
+    if held.all():  # nothing new (or no row): no commit, as a MERGE that changes nothing makes none
+        return 0
+    if held.any():
+        spark = rows.sparkSession
+        resent = local_rows(spark, list(zip(h1[held].tolist(), h2[held].tolist(), strict=True)), HASH_SCHEMA)
+        hashes = key_columns(entity)[:2]
+        rows = rows.select("*", *hashes)
+        rows = rows.join(F.broadcast(resent), ["_h1", "_h2"], "left_anti").drop("_h1", "_h2")
+    append_once(rows, silver_ref, marker, merge_schema=new_columns)
+    index.add(h1[~held], h2[~held], times[~held])
+    return int((~held).sum())
+
+
+HASH_SCHEMA = StructType([StructField("_h1", LongType(), False), StructField("_h2", LongType(), False)])
 
 
 MERGE_ATTEMPTS = 4

@@ -79,6 +79,10 @@ class EntityConfig:
     max_files_per_trigger: PositiveInt | None = None  # rate limit on the bronze Delta files per batch
     # A record (line or message) longer than this many bytes is quarantined as "too_large", unparsed.
     max_record_bytes: PositiveInt = 262_144
+    # Silver's query keeps an index of silver's keys in its driver (24 bytes a key), so a batch of
+    # new keys is appended instead of MERGEd (lakehouse/silver_keys.py); past this many keys it
+    # drops the index and MERGEs every batch. 0: no index.
+    key_index_max_keys: Annotated[int, Range(low=0)] = 5_000_000
     text: TextPrepConfig | None = None  # free-text preparation (lakehouse/text_prep.py)
     # Columns silver computes from the prepared row (after text:), in order. Silver keeps them,
     # and the suite checks them like declared columns.

@@ -1,0 +1,154 @@
+"""Silver's key index: the keys ``silver.<entity>`` holds and the newest event time written for
+each, kept in the driver by silver's query, so a micro-batch goes through Delta's MERGE only when
+it holds a newer version of a key silver already has (lakehouse/silver_merge.py).
+
+Why: a MERGE costs a micro-batch about 2.3 s on two cores whatever its size. Delta rebuilds
+silver's state from its log for every new version, then joins the batch's keys with the key
+column of every silver file, so the cost also grows with the table. An append of the same rows
+costs a quarter of that and does not grow (bench/RESULTS.md, issue 16). With the index, each row
+of a batch (one per key) is one of:
+  - a key silver does not hold: appended, as the MERGE would insert it;
+  - a key silver holds with an event time the row's is not newer than: left out, as the MERGE's
+    update condition would leave it (a resend: the common duplicate);
+  - a key silver holds with an older event time, or none: the whole batch goes through the MERGE.
+Keys are compared by a 128-bit hash (two xxhash64 of the key columns). A collision would leave a
+new row out, so it must be out of reach: about n^2 / 2^129 for n keys.
+
+The index is built when the query's first batch needs it, from silver as of one version, and
+grows with each batch the query writes. A commit that is not this query's and may add or change
+rows (anything but a compaction, a vacuum or a property change) makes it build again. Past the
+entity's ``key_index_max_keys`` (24 bytes a key in the driver) the query drops it and MERGEs every
+batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse.config import EntityConfig
+from lakehouse.tables import TableRef, history_pages, last_commit, read_table
+
+# Commits that change no row, whoever makes them: the index stays as it is.
+ROWS_UNCHANGED = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES"})
+NO_TIME = np.iinfo(np.int64).min  # a null event time, below every time
+_SALT = "lakehouse-silver-keys"  # makes the second hash another function of the key
+
+
+def key_columns(entity: EntityConfig) -> list[Column]:
+    """``_h1``, ``_h2`` (the key's hash) and ``_t`` (the event time, microseconds) of a silver row."""
+    keys = [F.col(f"`{name}`") for name in entity.keys]
+    # xxhash64 skips a null value, so (a, null) would hash as (null, a): which parts are null is hashed too.
+    parts = [*[key.isNull() for key in keys], *keys]
+    return [F.xxhash64(*parts).alias("_h1"), F.xxhash64(F.lit(_SALT), *parts).alias("_h2"),
+            F.unix_micros(F.col(f"`{entity.event_time}`").cast("timestamp")).alias("_t")]
+
+
+def collect_keys(rows: DataFrame, entity: EntityConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows' key hashes and event times as arrays (one pass, Arrow to the driver)."""
+    table = rows.select(*key_columns(entity)).toArrow()
+    return (table.column("_h1").to_numpy(), table.column("_h2").to_numpy(),
+            table.column("_t").fill_null(NO_TIME).to_numpy())
+
+
+class SilverKeyIndex:
+    """One query's index of silver's keys (see the module's docstring)."""
+
+    def __init__(self, spark: SparkSession, ref: TableRef, entity: EntityConfig, max_keys: int):
+        self.spark, self.ref, self.entity, self.max_keys = spark, ref, entity, max_keys
+        self.version: int | None = None  # silver's version the index covers (None: not built)
+        self.dropped = False  # over max_keys: the query MERGEs every batch
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    @property
+    def size(self) -> int:
+        """Entries held: each key once, but until the chunks are merged, once per chunk holding it."""
+        return sum(len(chunk[0]) for chunk in self._chunks)
+
+    def ready(self, own_marker: str) -> bool:
+        """Whether the index covers silver as it is now (built or caught up first); False once dropped.
+        ``own_marker``: a marker of this query's commits (``<app id>:<batch>``)."""
+        if self.dropped:
+            return False
+        if self.version is None or self._changed_by_others(own_marker.rpartition(":")[0] + ":"):
+            self._build()
+        return not self.dropped
+
+    def lookup(self, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each key: whether silver holds it, and the newest event time written for it (NO_TIME: none)."""
+        found = np.zeros(len(h1), dtype=bool)
+        times = np.full(len(h1), NO_TIME, dtype=np.int64)
+        for chunk in self._chunks:
+            in_chunk, chunk_times = _lookup(chunk, h1, h2)
+            found |= in_chunk
+            times = np.maximum(times, chunk_times)
+        return found, times
+
+    def add(self, h1: np.ndarray, h2: np.ndarray, times: np.ndarray, version_seen: bool = False) -> None:
+        """Keys a commit of this query wrote (a key already held keeps the newer of its times)."""
+        if self.dropped or not len(h1):
+            return
+        self._chunks.append(_sorted_unique(h1, h2, times))
+        if self.size > self.max_keys:
+            self._drop()
+        elif len(self._chunks) > _MAX_CHUNKS:
+            self._chunks = [_sorted_unique(*(np.concatenate(parts) for parts in zip(*self._chunks, strict=True)))]
+
+    def _build(self) -> None:
+        version = last_commit(self.spark, self.ref).version
+        silver = read_table(self.spark, self.ref, version)
+        if silver.count() > self.max_keys:
+            self._drop()
+            return
+        self._chunks = [_sorted_unique(*collect_keys(silver, self.entity))]
+        self.version = version
+
+    def _drop(self) -> None:
+        name = self.ref.name if self.ref is not None else "silver"
+        print(f"{name}: more than {self.max_keys:,} keys; every micro-batch is MERGEd from now on", flush=True)
+        self.dropped, self._chunks, self.version = True, [], None
+
+    def _changed_by_others(self, own_prefix: str) -> bool:
+        """Whether a commit since the covered version may have changed rows and is not this query's."""
+        newest = self.version
+        for page in history_pages(self.spark, self.ref, ("version", "operation", "userMetadata")):
+            later = [row for row in page if row["version"] > self.version]
+            for row in later:
+                ours = (row["userMetadata"] or "").startswith(own_prefix)
+                if not ours and row["operation"] not in ROWS_UNCHANGED:
+                    return True
+                newest = max(newest, row["version"])
+            if len(later) < len(page):
+                break
+        self.version = newest
+        return False
+
+
+_MAX_CHUNKS = 16  # a batch's keys are a chunk of their own until this many, then all are merged
+
+
+def _sorted_unique(h1: np.ndarray, h2: np.ndarray, times: np.ndarray):
+    """The keys sorted by hash, each once, with its newest time."""
+    order = np.lexsort((times, h2, h1))
+    h1, h2, times = h1[order], h2[order], times[order]
+    last = np.ones(len(h1), dtype=bool)
+    last[:-1] = (h1[1:] != h1[:-1]) | (h2[1:] != h2[:-1])
+    return h1[last], h2[last], times[last]
+
+
+def _lookup(chunk, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keys1, keys2, key_times = chunk
+    low = np.searchsorted(keys1, h1, side="left")
+    high = np.searchsorted(keys1, h1, side="right")
+    found = np.zeros(len(h1), dtype=bool)
+    times = np.full(len(h1), NO_TIME, dtype=np.int64)
+    single = (high - low) == 1  # a first hash held once: the second decides
+    at = low[single]
+    found[single] = keys2[at] == h2[single]
+    times[single] = np.where(found[single], key_times[at], NO_TIME)
+    for i in np.nonzero(high - low > 1)[0]:  # a first hash shared by several keys: rare
+        match = keys2[low[i]:high[i]] == h2[i]
+        if match.any():
+            found[i], times[i] = True, key_times[low[i]:high[i]][match].max()
+    return found, times
