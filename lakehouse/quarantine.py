@@ -81,6 +81,11 @@ def is_kept() -> Column:
     return is_record() & (F.size("_reasons") == 0)
 
 
+def is_quarantined() -> Column:
+    """A record with a reason to quarantine it."""
+    return is_record() & (F.size("_reasons") > 0)
+
+
 def is_failing() -> Column:
     """A record a ``fail`` expectation does not hold on (the batch is not committed)."""
     return is_record() & (F.size(FAILED_COLUMNS["fail"]) > 0)

@@ -35,7 +35,14 @@ from lakehouse.quality import (
     rule_result_columns,
     rule_results,
 )
-from lakehouse.quarantine import is_failing, is_kept, is_record, quarantine_error, quarantine_reasons
+from lakehouse.quarantine import (
+    is_failing,
+    is_kept,
+    is_quarantined,
+    is_record,
+    quarantine_error,
+    quarantine_reasons,
+)
 from lakehouse.session import redo_on_lost_checkpoint, release_checkpoint
 from lakehouse.silver_keys import SilverKeyIndex
 from lakehouse.silver_merge import merge_into_silver
@@ -325,7 +332,7 @@ def _count_columns(rules: list, fused: bool, event_time: str) -> list[Column]:
     aggregates = {
         "bronze_rows": F.count(F.lit(1)),
         "records": F.count(F.when(record, 1)),
-        "quarantined": F.count(F.when(record & (F.size("_reasons") > 0), 1)),
+        "quarantined": F.count(F.when(is_quarantined(), 1)),
         "warnings": F.count(F.when(kept & (F.size(FAILED_COLUMNS["warn"]) > 0), 1)),
         "failing": F.count(F.when(is_failing(), 1)),
         "kept_newest_us": F.max(F.when(kept, F.unix_micros(F.col(event_time).cast("timestamp")))),
@@ -342,13 +349,13 @@ def _kept_times(event_time: str) -> dict[str, Column]:
 
 def _write_outputs(decided: DataFrame, batch: _Batch, results: list, quarantined: int,
                    key_index: SilverKeyIndex | None = None) -> int:
-    """MERGE the kept rows into silver, append the quarantined rows (a batch without any makes no
+    """Write the kept rows into silver (lakehouse.silver_merge), append the quarantined rows (a batch without any makes no
     quarantine commit) and the expectation results; returns the keys inserted. Each write is
     idempotent on its own, so any may be redone."""
     config, entity_name, batch_id = batch.config, batch.entity_name, batch.batch_id
     entity = config.entity(entity_name)
     spark = decided.sparkSession
-    quarantine = decided.where(is_record() & (F.size("_reasons") > 0)).select(
+    quarantine = decided.where(is_quarantined()).select(
         "value", "_source_file", "_source_line", F.col("_reasons").alias("reasons"),
         quarantine_error(F.col("_reasons")).alias("error"), F.lit(batch_id).cast("long").alias("batch_id"),
         F.current_timestamp().alias("_quarantined_at"),

@@ -15,10 +15,13 @@ Keys are compared by a 128-bit hash (two xxhash64 of the key columns). A collisi
 new row out, so it must be out of reach: about n^2 / 2^129 for n keys.
 
 The index is built when the query's first batch needs it, from silver as of one version, and
-grows with each batch the query writes. A commit that is not this query's and may add or change
-rows (anything but a compaction, a vacuum or a property change) makes it build again. Past the
-entity's ``key_index_max_keys`` (24 bytes a key in the driver) the query drops it and MERGEs every
-batch.
+grows with each batch the query writes. Before each batch, a commit since then that is not this
+query's and may add or change rows (anything but a compaction, a vacuum or a property change), or
+a commit the log no longer holds, makes it build again. Silver has one writer, its query (as
+lakehouse.refine.NewestEventTime also assumes): a row written by another between that check and
+the batch's append would not be seen by it. Past the entity's ``key_index_max_keys`` (24 bytes a
+key once built; a build holds a few times that for a moment) the query drops the index and MERGEs
+every batch.
 """
 
 from __future__ import annotations
@@ -28,28 +31,28 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse.config import EntityConfig
-from lakehouse.tables import TableRef, history_pages, last_commit, read_table
+from lakehouse.tables import ROWS_UNCHANGED, TableRef, history_pages, last_commit, read_table
 
-# Commits that change no row, whoever makes them: the index stays as it is.
-ROWS_UNCHANGED = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES"})
 NO_TIME = np.iinfo(np.int64).min  # a null event time, below every time
 _SALT = "lakehouse-silver-keys"  # makes the second hash another function of the key
 
 
 def key_columns(entity: EntityConfig) -> list[Column]:
-    """``_h1``, ``_h2`` (the key's hash) and ``_t`` (the event time, microseconds) of a silver row."""
+    """:data:`H1`, :data:`H2` (the key's hash) and :data:`TIME` (the event time, microseconds) of a silver row."""
     keys = [F.col(f"`{name}`") for name in entity.keys]
     # xxhash64 skips a null value, so (a, null) would hash as (null, a): which parts are null is hashed too.
     parts = [*[key.isNull() for key in keys], *keys]
-    return [F.xxhash64(*parts).alias("_h1"), F.xxhash64(F.lit(_SALT), *parts).alias("_h2"),
-            F.unix_micros(F.col(f"`{entity.event_time}`").cast("timestamp")).alias("_t")]
+    return [F.xxhash64(*parts).alias(H1), F.xxhash64(F.lit(_SALT), *parts).alias(H2),
+            F.unix_micros(F.col(f"`{entity.event_time}`").cast("timestamp")).alias(TIME)]
+
+
+H1, H2, TIME = "__silver_key_h1", "__silver_key_h2", "__silver_key_time"  # apart from any column's name
 
 
 def collect_keys(rows: DataFrame, entity: EntityConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The rows' key hashes and event times as arrays (one pass, Arrow to the driver)."""
     table = rows.select(*key_columns(entity)).toArrow()
-    return (table.column("_h1").to_numpy(), table.column("_h2").to_numpy(),
-            table.column("_t").fill_null(NO_TIME).to_numpy())
+    return table.column(H1).to_numpy(), table.column(H2).to_numpy(), table.column(TIME).fill_null(NO_TIME).to_numpy()
 
 
 class SilverKeyIndex:
@@ -110,18 +113,19 @@ class SilverKeyIndex:
         self.dropped, self._chunks, self.version = True, [], None
 
     def _changed_by_others(self, own_prefix: str) -> bool:
-        """Whether a commit since the covered version may have changed rows and is not this query's."""
-        newest = self.version
+        """Whether a commit since the covered version may have changed rows and is not this query's,
+        or is missing from the history (the log's clean-up removed it)."""
+        later = []
         for page in history_pages(self.spark, self.ref, ("version", "operation", "userMetadata")):
             later = [row for row in page if row["version"] > self.version]
-            for row in later:
-                ours = (row["userMetadata"] or "").startswith(own_prefix)
-                if not ours and row["operation"] not in ROWS_UNCHANGED:
-                    return True
-                newest = max(newest, row["version"])
             if len(later) < len(page):
                 break
-        self.version = newest
+        if sorted(row["version"] for row in later) != list(range(self.version + 1, self.version + 1 + len(later))):
+            return True
+        if any(not (row["userMetadata"] or "").startswith(own_prefix) and row["operation"] not in ROWS_UNCHANGED
+               for row in later):
+            return True
+        self.version += len(later)
         return False
 
 

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, MapType, StringType, StructField, StructType
 
 from lakehouse.config import EntityConfig
-from lakehouse.silver_keys import NO_TIME, SilverKeyIndex, collect_keys, key_columns
+from lakehouse.silver_keys import H1, H2, NO_TIME, SilverKeyIndex, collect_keys, key_columns
 from lakehouse.silver_tables import silver_columns
 from lakehouse.tables import (
     TableRef,
@@ -94,7 +94,11 @@ def _append_new_keys(silver_ref: TableRef, rows: DataFrame, entity: EntityConfig
                      index: SilverKeyIndex, keys: tuple, new_columns: bool) -> int | None:
     """Append the rows whose key silver does not hold, leaving out those whose key it holds with an
     event time theirs is not newer than, as the MERGE would; the rows appended. None (nothing
-    written): some row is a newer version of a key silver holds, which only the MERGE can update."""
+    written): some row is a newer version of a key silver holds, which only the MERGE can update,
+    or the batch brings new columns (``unexpected_fields: evolve``), which the MERGE adds as it
+    always did, whether or not a row of the batch is written."""
+    if new_columns:
+        return None
     h1, h2, times = keys
     held, held_times = index.lookup(h1, h2)
     if (held & ((held_times == NO_TIME) | (times > held_times))).any():
@@ -106,13 +110,13 @@ def _append_new_keys(silver_ref: TableRef, rows: DataFrame, entity: EntityConfig
         resent = local_rows(spark, list(zip(h1[held].tolist(), h2[held].tolist(), strict=True)), HASH_SCHEMA)
         hashes = key_columns(entity)[:2]
         rows = rows.select("*", *hashes)
-        rows = rows.join(F.broadcast(resent), ["_h1", "_h2"], "left_anti").drop("_h1", "_h2")
-    append_once(rows, silver_ref, marker, merge_schema=new_columns)
+        rows = rows.join(F.broadcast(resent), [H1, H2], "left_anti").drop(H1, H2)
+    append_once(rows, silver_ref, marker)
     index.add(h1[~held], h2[~held], times[~held])
     return int((~held).sum())
 
 
-HASH_SCHEMA = StructType([StructField("_h1", LongType(), False), StructField("_h2", LongType(), False)])
+HASH_SCHEMA = StructType([StructField(H1, LongType(), False), StructField(H2, LongType(), False)])
 
 
 MERGE_ATTEMPTS = 4

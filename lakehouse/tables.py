@@ -174,15 +174,22 @@ def oldest_ms(page: list) -> float:
     return min((row["timestamp"].timestamp() * 1000 for row in page), default=0.0)  # naive local times
 
 
+# Delta operations that change no row, whoever runs them (maintenance: lakehouse/maintenance.py).
+ROWS_UNCHANGED = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES"})
+
+
 def committed(spark: SparkSession, ref: TableRef, marker: str, since_ms: int | None = None):
     """The table's commit whose userMetadata is ``marker`` (``version``, ``operationMetrics``), or None.
+    A maintenance commit made while a write had set the marker for the session (a VACUUM beside
+    silver's MERGE) carries it too, and is not the write's: it is passed over.
 
     History is read newest first, in growing pages, until a page reaches commits older than
     ``since_ms`` (when the batch that would have made the commit was planned; None: no bound,
     the whole history), so a table other queries also append to is searched only as far back
     as that batch."""
-    for page in history_pages(spark, ref, ("version", "timestamp", "userMetadata", "operationMetrics")):
-        found = next((row for row in page if row["userMetadata"] == marker), None)
+    for page in history_pages(spark, ref, ("version", "timestamp", "userMetadata", "operationMetrics", "operation")):
+        found = next((row for row in page if row["userMetadata"] == marker and row["operation"] not in ROWS_UNCHANGED),
+                     None)
         if found is not None:
             return found
         if since_ms is not None and oldest_ms(page) < since_ms - CLOCK_MARGIN_MS:

@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 
 from lakehouse.config import EntityConfig
 from lakehouse.parse import Stage
+from lakehouse.quarantine import is_kept
 from lakehouse.silver_tables import SPARK_TYPES, newest_of_its_key
 
 # C0 and C1 control characters except tab and newline (Java regex, as Spark runs it).
@@ -170,7 +171,7 @@ def mark_text_duplicates(decided: DataFrame, entity: EntityConfig, silver: DataF
     the version the batch's plan recorded, so a redone batch decides as its first attempt did."""
     hash_column = f"{entity.text.dedupe.column}_hash"
     key = F.struct(*[F.col(k) for k in entity.keys])
-    valid = F.col("_reasons").isNotNull() & (F.size("_reasons") == 0)
+    valid = is_kept()
     # The newest valid version of each key is the one silver would keep (refine.stage_rows keeps
     # only it, ``_claims``); only it claims its text, and only a text long enough to have a hash.
     stale = F.lit(False)

@@ -83,14 +83,22 @@ def test_silver_through_the_index_is_silver_through_the_merge(spark, tmp_path):
         [(3, 0)],                                     # only a resend: nothing to write
         [(32, 1)],                                    # a time for a key held without one: the MERGE
     ]
-    operations = []
+    commits = []
     for number, readings in enumerate(batches):
         inserted = [merge_into_silver(ref, _rows(spark, entity, readings), entity, f"q-1:{number}", None,
                                       index=index if side == 0 else None) for side, ref in enumerate(refs)]
         assert inserted[0] == inserted[1], (number, inserted)
         assert _silver(spark, refs[0]) == _silver(spark, refs[1]), number
-        operations.append(delta_table(spark, refs[0]).history(1).first()["operation"])
-    assert operations == ["WRITE", "WRITE", "MERGE", "WRITE", "WRITE", "MERGE"]  # batch 4 made no commit
+        last = delta_table(spark, refs[0]).history(1).first()
+        commits.append(last["operation"] if last["userMetadata"] == f"q-1:{number}" else None)
+    assert commits == ["WRITE", "WRITE", "MERGE", "WRITE", None, "MERGE"]  # batch 4: nothing to write, no commit
+
+    # A batch redone after a crash finds its append by its marker: the same figure, no second commit.
+    version = delta_table(spark, refs[0]).history(1).first()["version"]
+    assert merge_into_silver(refs[0], _rows(spark, entity, [(3, 0), (50, 0)]), entity, "q-1:5a", None, index=index) == 1
+    assert merge_into_silver(refs[0], _rows(spark, entity, [(3, 0), (50, 0)]), entity, "q-1:5a", 0, index=index) == 1
+    assert delta_table(spark, refs[0]).history(1).first()["version"] == version + 1
+    merge_into_silver(refs[1], _rows(spark, entity, [(3, 0), (50, 0)]), entity, "q-1:5a", None)
     assert _silver(spark, refs[0])["e1"][1] == 5.0 and _silver(spark, refs[0])["e2"][1] == 0.0
 
     # Another writer's rows: the index builds again before the next batch, so a resend of one of
@@ -102,17 +110,17 @@ def test_silver_through_the_index_is_silver_through_the_merge(spark, tmp_path):
         for ref in refs:
             _rows(spark, entity, [(40, 0)]).write.format("delta").mode("append").save(ref.path)
             spark.sql(f"OPTIMIZE {sql_target(ref)}")
-        assert index.ready("q-1:6") and len(builds) == 1
+        assert index.ready("q-1:6") and len(builds) == 1  # the other writer's append
         for side, ref in enumerate(refs):
             merge_into_silver(ref, _rows(spark, entity, [(40, 0), (41, 0)]), entity, "q-1:6", None,
                               index=index if side == 0 else None)
         assert _silver(spark, refs[0]) == _silver(spark, refs[1])
         for ref in refs:
             spark.sql(f"OPTIMIZE {sql_target(ref)}")
-        assert index.ready("q-1:7") and len(builds) == 1
+        assert index.ready("q-1:7") and len(builds) == 1  # a compaction only
     finally:
         SilverKeyIndex._build = build
-    assert len(_silver(spark, refs[0])) == 30  # keys 0-24, 30-32, 40-41
+    assert len(_silver(spark, refs[0])) == 31  # keys 0-24, 30-32, 40-41, 50
 
 
 def test_keys_with_nulls_in_different_places_hash_apart(spark):
