@@ -309,11 +309,11 @@ def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool
     (:func:`_count_columns`) from its first batch on."""
     columns = _cached(cache, ("counts", fused, event_time), lambda: _count_columns(rules, fused, event_time))
     counts = decided.agg(*columns).first().asDict()
-    times = _kept_times(event_time)
     # No sampled line among the kept rows (short files, a few Kafka offsets, sampled lines all
     # quarantined): that measure's percentiles take every kept row, in a second, rare pass.
-    unsampled = [m for m in times if counts[f"{m}_oldest"] is not None and not counts[f"{m}_sample"]]
+    unsampled = [m for m in ("ingest", "event") if counts[f"{m}_oldest"] is not None and not counts[f"{m}_sample"]]
     if unsampled:
+        times = _kept_times(event_time)
         counts.update(decided.agg(*[a for m in unsampled for a in time_aggregates(m, times[m])]).first().asDict())
     if counts["failing"]:
         first = decided.where(is_failing()).select(FAILED_COLUMNS["fail"], "_source_file", "_source_line").first()

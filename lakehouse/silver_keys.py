@@ -88,7 +88,7 @@ class SilverKeyIndex:
             times = np.maximum(times, chunk_times)
         return found, times
 
-    def add(self, h1: np.ndarray, h2: np.ndarray, times: np.ndarray, version_seen: bool = False) -> None:
+    def add(self, h1: np.ndarray, h2: np.ndarray, times: np.ndarray) -> None:
         """Keys a commit of this query wrote (a key already held keeps the newer of its times)."""
         if self.dropped or not len(h1):
             return
