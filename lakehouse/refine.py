@@ -2,9 +2,9 @@
 
 Each micro-batch is parsed (lakehouse.parse), checked by the entity's row rules
 (lakehouse.quality), and each row decided: kept, or quarantined with its reasons
-(lakehouse.quarantine). Kept rows are deduplicated and written into ``silver.<entity>`` (lakehouse.silver_merge); the
-batch's counts go to ``ops.silver_batches`` and its expectation results to
-``ops.quality_results``. What a decision depends on besides the batch itself (its processing
+(lakehouse.quarantine). Kept rows are deduplicated (lakehouse.silver_dedupe) and written into
+``silver.<entity>`` (lakehouse.silver_merge); the batch's counts go to ``ops.silver_batches``
+and its expectation results to ``ops.quality_results``. What a decision depends on besides the batch itself (its processing
 time, the late cut-off) is fixed in the batch's plan (:func:`plan_batch`) before the first write,
 so a batch redone after a crash decides every row as the first attempt did.
 """
@@ -44,12 +44,12 @@ from lakehouse.quarantine import (
     quarantine_reasons,
 )
 from lakehouse.session import redo_on_lost_checkpoint, release_checkpoint
+from lakehouse.silver_dedupe import newest_per_key
 from lakehouse.silver_keys import SilverKeyIndex
 from lakehouse.silver_merge import merge_into_silver
 from lakehouse.silver_tables import (
     SILVER_BATCHES_SCHEMA,
     SILVER_BATCHES_TABLE,
-    newest_of_its_key,
     silver_columns,
 )
 from lakehouse.tables import (
@@ -150,18 +150,17 @@ def refine_batch(
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
     ``plan`` fixes what decisions depend on besides the rows (:func:`plan_batch`, made when the
-    batch was first planned). The parsed and checked batch, with the row each key keeps, is
-    computed once (:func:`stage_rows`); one aggregation over it yields the batch's counts, the
-    fail check and the row-level expectation results, and the writes read it. Each write
-    is made once per batch (tables.append_once, marked ``app_id:batch_id``; ``may_be_replay``:
-    the batch may be one redone after a crash, so writes it already made are looked for and
-    skipped), and with the same plan a redone batch decides every row as before. ``validator``
-    validates with GX what the fused aggregation does not (every expectation when
-    ``quality.validation`` is ``gx``). ``decisions``: the query's cache of the expressions
-    :func:`decide_rows` and the batch's aggregation build. ``key_index``: the query's index of
-    silver's keys, which lets a batch of new keys be appended (lakehouse/silver_keys.py).
-    Returns what the same aggregation measured of the kept
-    rows' ingest and event times, for ops.freshness (lakehouse/freshness.py), and the newest event
+    batch was first planned). The parsed and checked batch is computed once (:func:`stage_rows`);
+    one aggregation over it yields the batch's counts, the fail check and the row-level
+    expectation results, and the writes read it. Each write is made once per batch
+    (tables.append_once, marked ``app_id:batch_id``; ``may_be_replay``: the batch may be one
+    redone after a crash, so writes it already made are looked for and skipped), and with the
+    same plan a redone batch decides every row as before. ``validator`` validates with GX what
+    the fused aggregation does not (every expectation when ``quality.validation`` is ``gx``).
+    ``decisions``: the query's cache of the expressions :func:`decide_rows` and the batch's
+    aggregation build. ``key_index``: the query's index of silver's keys, which lets a batch of
+    new keys be appended (lakehouse/silver_keys.py). Returns what the same aggregation measured
+    of the kept rows' ingest and event times, for ops.freshness (lakehouse/freshness.py), and the newest event
     time among them (microseconds; None: none kept), for the next batch's plan.
     """
     # The batch's writes all come after its plan, so a redone batch's history search stops there.
@@ -187,7 +186,7 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
     if entity.text is not None and entity.text.dedupe is not None:
         decided = mark_text_duplicates(decided, entity, silver_as_planned(bronze_batch.sparkSession, config, entity_name, plan))
         decided = decided.withColumn("value", F.when(F.size("_reasons") > 0, F.col("value")))
-    decided = stage_rows(decided, entity)
+    decided = stage_rows(decided)
     try:
         counts = _count_and_check(decided, batch, rules, config.quality.validation == "fused", entity.event_time,
                                   decisions)
@@ -195,7 +194,7 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
         if validator is not None:
             checked = decided.where(is_record())
             results += validator.validate(checked.select(*entity.columns, *entity.prepared_columns))
-        inserted = _write_outputs(decided, batch, results, counts["quarantined"], key_index)
+        inserted = _write_outputs(decided, batch, results, counts, key_index)
         failpoint("silver.stats", batch_id)
         valid_rows = counts["records"] - counts["quarantined"]
         stats = [(entity_name, batch_id, counts["bronze_rows"], counts["quarantined"], inserted, valid_rows - inserted,
@@ -274,23 +273,22 @@ def _decision_stages(schema: StructType, config: LakehouseConfig, entity: Entity
     ]
 
 
-def stage_rows(decided: DataFrame, entity: EntityConfig) -> DataFrame:
-    """The decided batch with ``_newest`` (the kept row its key keeps, :func:`newest_of_its_key`),
-    computed once and kept on the executors' disks (a local checkpoint, :data:`STAGE_STORAGE`)
-    for every step that reads it: the aggregation, the quarantine append and the MERGE. Delta
-    would otherwise materialise the MERGE's source again, as it must for a source that is not a
-    plain Delta scan (bench/RESULTS.md, issue 16). With adaptive execution the shuffle by key
-    runs here; the rest runs, and is stored, with the first step that reads it (the
-    aggregation). A block lost during that step is recomputed, which is safe only because the
-    decisions and the window's order are deterministic (the plan fixes the batch's times; bronze
-    positions are unique): keep them so. A block lost afterwards fails the read
-    (lakehouse.session.LOST_CHECKPOINT_BLOCK), and :func:`refine_batch` stages the batch again
-    (lakehouse.session.redo_on_lost_checkpoint).
+def stage_rows(decided: DataFrame) -> DataFrame:
+    """The decided batch with ``_competes`` (kept, and for silver to keep one row per key of:
+    lakehouse.silver_dedupe), computed once and kept on the executors' disks (a local
+    checkpoint, :data:`STAGE_STORAGE`) for every step that reads it: the aggregation, the
+    quarantine append, the dedupe and the MERGE. Delta would otherwise materialise the MERGE's
+    source again, as it must for a source that is not a plain Delta scan (bench/RESULTS.md, issue
+    16). It is computed, and stored, by the first step that reads it (the aggregation). A block
+    lost during that step is recomputed, which is safe only because the decisions are
+    deterministic (the plan fixes the batch's times): keep them so. A block lost afterwards fails
+    the read (lakehouse.session.LOST_CHECKPOINT_BLOCK), and :func:`refine_batch` stages the batch
+    again (lakehouse.session.redo_on_lost_checkpoint).
     lakehouse.session.release_checkpoint frees the blocks."""
-    kept = is_kept()
+    competes = is_kept()
     if "_claims" in decided.columns:  # exact duplicates were marked: only each key's claimant may enter silver
-        kept = kept & F.col("_claims")
-    return decided.withColumn("_newest", newest_of_its_key(entity, among=kept)).drop("_claims").localCheckpoint(
+        competes = competes & F.col("_claims")
+    return decided.withColumn("_competes", competes).drop("_claims").localCheckpoint(
         eager=False, storageLevel=STAGE_STORAGE)
 
 
@@ -347,11 +345,12 @@ def _kept_times(event_time: str) -> dict[str, Column]:
     return {"ingest": F.when(is_kept(), F.col("_ingested_at")), "event": F.when(is_kept(), F.col(event_time))}
 
 
-def _write_outputs(decided: DataFrame, batch: _Batch, results: list, quarantined: int,
+def _write_outputs(decided: DataFrame, batch: _Batch, results: list, counts: dict,
                    key_index: SilverKeyIndex | None = None) -> int:
-    """Write the kept rows into silver (lakehouse.silver_merge), append the quarantined rows (a batch without any makes no
-    quarantine commit) and the expectation results; returns the keys inserted. Each write is
-    idempotent on its own, so any may be redone."""
+    """Write the row each key keeps into silver (lakehouse.silver_dedupe, lakehouse.silver_merge),
+    append the quarantined rows (a batch without any makes no quarantine commit) and the
+    expectation results; returns the keys inserted. Each write is idempotent on its own, so any
+    may be redone. ``counts``: the batch's (:func:`_count_and_check`)."""
     config, entity_name, batch_id = batch.config, batch.entity_name, batch.batch_id
     entity = config.entity(entity_name)
     spark = decided.sparkSession
@@ -370,16 +369,18 @@ def _write_outputs(decided: DataFrame, batch: _Batch, results: list, quarantined
 
     def append_quarantine() -> None:
         failpoint("silver.quarantine", batch_id)
-        if quarantined:
+        if counts["quarantined"]:
             append_once(quarantine, resolve_table(config, f"silver.{entity_name}_quarantine"), batch.marker,
                         batch.replay_since)
 
     # The two appends are small and mostly wait on Delta's commit protocol: they run beside the MERGE.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"silver-{entity_name}") as pool:
         appends = [pool.submit(append_results), pool.submit(append_quarantine)]
+        rows, keys = newest_per_key(decided.where("_competes"), entity, entity.key_index_max_keys,
+                                    rows_at_most=counts["records"] - counts["quarantined"])
         failpoint("silver.merge", batch_id)
-        inserted = merge_into_silver(resolve_table(config, f"silver.{entity_name}"), decided.where("_newest"),
-                                     entity, batch.marker, batch.replay_since, materialized=True, index=key_index)
+        inserted = merge_into_silver(resolve_table(config, f"silver.{entity_name}"), rows, entity, batch.marker,
+                                     batch.replay_since, materialized=True, index=key_index, keys=keys)
         for done in appends:
             done.result()  # re-raises a failed append: the batch fails and is redone
     return inserted

@@ -27,8 +27,10 @@ every batch.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import LongType, StructField, StructType
 
 from lakehouse.config import EntityConfig
 from lakehouse.tables import ROWS_UNCHANGED, TableRef, history_pages, last_commit, read_table
@@ -92,11 +94,11 @@ class SilverKeyIndex:
         """Keys a commit of this query wrote (a key already held keeps the newer of its times)."""
         if self.dropped or not len(h1):
             return
-        self._chunks.append(_sorted_unique(h1, h2, times))
+        self._chunks.append(unique_keys(h1, h2, times)[0])
         if self.size > self.max_keys:
             self._drop()
         elif len(self._chunks) > _MAX_CHUNKS:
-            self._chunks = [_sorted_unique(*(np.concatenate(parts) for parts in zip(*self._chunks, strict=True)))]
+            self._chunks = [unique_keys(*(np.concatenate(parts) for parts in zip(*self._chunks, strict=True)))[0]]
 
     def _build(self) -> None:
         version = last_commit(self.spark, self.ref).version
@@ -104,7 +106,7 @@ class SilverKeyIndex:
         if silver.count() > self.max_keys:
             self._drop()
             return
-        self._chunks = [_sorted_unique(*collect_keys(silver, self.entity))]
+        self._chunks = [unique_keys(*collect_keys(silver, self.entity))[0]]
         self.version = version
 
     def _drop(self) -> None:
@@ -132,13 +134,24 @@ class SilverKeyIndex:
 _MAX_CHUNKS = 16  # a batch's keys are a chunk of their own until this many, then all are merged
 
 
-def _sorted_unique(h1: np.ndarray, h2: np.ndarray, times: np.ndarray):
-    """The keys sorted by hash, each once, with its newest time."""
+def unique_keys(h1: np.ndarray, h2: np.ndarray, times: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray],
+                                                                           np.ndarray]:
+    """The keys sorted by hash, each once, with its newest time; and how many entries each had."""
     order = np.lexsort((times, h2, h1))
     h1, h2, times = h1[order], h2[order], times[order]
     last = np.ones(len(h1), dtype=bool)
     last[:-1] = (h1[1:] != h1[:-1]) | (h2[1:] != h2[:-1])
-    return h1[last], h2[last], times[last]
+    ends = np.flatnonzero(last)
+    return (h1[last], h2[last], times[last]), np.diff(ends, prepend=-1)
+
+
+def hash_frame(spark: SparkSession, h1: np.ndarray, h2: np.ndarray) -> DataFrame:
+    """Key hashes as a DataFrame of :data:`HASH_SCHEMA` (through Arrow: no row-by-row conversion)."""
+    table = pa.table({H1: pa.array(h1, pa.int64()), H2: pa.array(h2, pa.int64())})
+    return spark.createDataFrame(table, HASH_SCHEMA)
+
+
+HASH_SCHEMA = StructType([StructField(H1, LongType(), False), StructField(H2, LongType(), False)])
 
 
 def _lookup(chunk, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

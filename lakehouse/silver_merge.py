@@ -11,17 +11,16 @@ import re
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, MapType, StringType, StructField, StructType
+from pyspark.sql.types import MapType, StringType
 
 from lakehouse.config import EntityConfig
-from lakehouse.silver_keys import H1, H2, NO_TIME, SilverKeyIndex, collect_keys, key_columns
+from lakehouse.silver_keys import H1, H2, NO_TIME, SilverKeyIndex, collect_keys, hash_frame, key_columns
 from lakehouse.silver_tables import silver_columns
 from lakehouse.tables import (
     TableRef,
     append_once,
     committed,
     delta_table,
-    local_rows,
     retry_on_conflict,
     session_conf,
     writing,
@@ -30,13 +29,15 @@ from lakehouse.tables import (
 
 def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfig, marker: str,
                       replay_since_ms: int | None, materialized: bool = False,
-                      index: SilverKeyIndex | None = None) -> int:
+                      index: SilverKeyIndex | None = None, keys: tuple | None = None) -> int:
     """MERGE one row per key into silver (a seen key takes the row with the later event time).
 
     ``materialized``: ``rows`` read a batch computed once (lakehouse.refine.stage_rows), so Delta reads
     them as they are instead of materialising them again. ``index``: the query's index of silver's
     keys (lakehouse/silver_keys.py); a batch that brings no newer version of a key silver holds is
-    appended instead (:func:`_append_new_keys`), with the same outcome.
+    appended instead (:func:`_append_new_keys`), with the same outcome. ``keys``: the rows' key
+    hashes and event times as lakehouse.silver_dedupe found them (one entry per row), or None to
+    collect them here when the index needs them.
 
     Once per micro-batch, as tables.append_once: for a batch that may be redone
     (``replay_since_ms``), a MERGE or append already committed under ``marker`` is not run again.
@@ -63,9 +64,8 @@ def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfi
     new_columns = bool(set(rows.columns) - set(silver.toDF().columns))
     if new_columns:  # new columns join silver's schema in this MERGE
         settings["spark.databricks.delta.schema.autoMerge.enabled"] = "true"
-    keys = None
     if index is not None and index.ready(marker):
-        keys = collect_keys(rows, entity)
+        keys = keys if keys is not None else collect_keys(rows, entity)
         appended = _append_new_keys(silver_ref, rows, entity, marker, index, keys, new_columns)
         if appended is not None:
             return appended
@@ -85,7 +85,7 @@ def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfi
         metrics, _ = retry_on_conflict(merge, MERGE_ATTEMPTS, on_retry=lambda attempt, exc: print(
             f"silver.{silver_ref.table}: the MERGE met a concurrent commit ({type(exc).__name__}); "
             f"redoing it (attempt {attempt + 1} of {MERGE_ATTEMPTS})", flush=True))
-    if keys is not None:
+    if index is not None and keys is not None:
         index.add(*keys)
     return int(metrics["num_inserted_rows"]) if metrics is not None else 0
 
@@ -106,17 +106,13 @@ def _append_new_keys(silver_ref: TableRef, rows: DataFrame, entity: EntityConfig
     if held.all():  # nothing new (or no row): no commit, as a MERGE that changes nothing makes none
         return 0
     if held.any():
-        spark = rows.sparkSession
-        resent = local_rows(spark, list(zip(h1[held].tolist(), h2[held].tolist(), strict=True)), HASH_SCHEMA)
+        resent = hash_frame(rows.sparkSession, h1[held], h2[held])
         hashes = key_columns(entity)[:2]
         rows = rows.select("*", *hashes)
         rows = rows.join(F.broadcast(resent), [H1, H2], "left_anti").drop(H1, H2)
     append_once(rows, silver_ref, marker)
     index.add(h1[~held], h2[~held], times[~held])
     return int((~held).sum())
-
-
-HASH_SCHEMA = StructType([StructField(H1, LongType(), False), StructField(H2, LongType(), False)])
 
 
 MERGE_ATTEMPTS = 4

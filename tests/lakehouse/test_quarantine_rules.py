@@ -1,7 +1,7 @@
 """Silver's row decisions (lakehouse.quarantine.quarantine_reasons, quarantine_error) on hand-made
 parsed rows: each reason on its own, several in their fixed order, the plan's time limits, the
 exempt sources, unexpected fields by policy, a mismatched CSV header; and which version of a key
-silver keeps (newest_of_its_key)."""
+silver keeps (newest_of_its_key, and lakehouse.silver_dedupe's way to the same rows)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from dataclasses import replace
 import pytest
 from pyspark.sql import functions as F
 
+from lakehouse import silver_dedupe, silver_keys
 from lakehouse.parse import SOURCE_COLUMN
 from lakehouse.quality import FAILED_COLUMNS
 from lakehouse.quarantine import quarantine_error, quarantine_reasons
-from lakehouse.refine import newest_of_its_key
+from lakehouse.silver_tables import newest_of_its_key
 
 T0 = 1_772_323_200_000_000  # 2026-03-01T00:00:00Z in microseconds
 MINUTE = 60_000_000
@@ -147,42 +148,72 @@ def test_a_mismatched_header_is_the_only_reason(spark, entity):
 # -- one row per key ------------------------------------------------------------------------
 
 
-def _one_per_key(frame, entity):
-    """The rows newest_of_its_key keeps when every row competes."""
-    return frame.withColumn("_newest", newest_of_its_key(entity, among=F.lit(True))).where("_newest").drop("_newest")
+# The ways silver finds the row each key keeps: the window over every row; silver_dedupe's hashes
+# (a window over the repeated keys' rows only); the same with every key's hash colliding (every
+# row is sorted, by its key columns); and silver_dedupe over its row limit (a window over all).
+DEDUPES = ["window", "hashes", "colliding hashes", "over the row limit"]
 
 
-def _latest(spark, entity, rows: list[tuple]) -> dict:
+@pytest.fixture(params=DEDUPES)
+def dedupe(request, monkeypatch):
+    if request.param == "colliding hashes":
+        real = silver_keys.key_columns
+
+        def colliding(entity):
+            h1, h2, time = real(entity)
+            return [F.lit(7).cast("long").alias(silver_keys.H1), F.lit(7).cast("long").alias(silver_keys.H2), time]
+
+        monkeypatch.setattr(silver_keys, "key_columns", colliding)
+        monkeypatch.setattr(silver_dedupe, "key_columns", colliding)
+    return request.param
+
+
+def _one_per_key(frame, entity, how: str = "window"):
+    """The rows silver keeps of ``frame`` when every row competes, found ``how`` (:data:`DEDUPES`)."""
+    if how == "window":
+        return frame.withColumn("_newest", newest_of_its_key(entity, among=F.lit(True))).where("_newest").drop("_newest")
+    rows, keys = silver_dedupe.newest_per_key(frame, entity, max_rows=0 if how == "over the row limit" else 1000,
+                                              rows_at_most=frame.count())
+    assert (keys is None) == (how == "over the row limit")
+    if how == "hashes":  # one entry per key, with the newest event time of its rows (the index's)
+        times = frame.groupBy(*entity.keys).agg(F.max(F.unix_micros(F.col(entity.event_time))).alias("t"))
+        assert sorted(keys[2].tolist()) == sorted(silver_keys.NO_TIME if r.t is None else r.t for r in times.collect())
+    return rows
+
+
+def _latest(spark, entity, rows: list[tuple], how: str = "window") -> dict:
     frame = spark.createDataFrame(rows, "event_id string, event_us long, _source_file string, _source_line long, tag string")
     frame = frame.withColumn(entity.event_time, F.timestamp_micros("event_us"))
-    return {r.event_id: r.tag for r in _one_per_key(frame, entity).collect()}
+    kept = _one_per_key(frame, entity, how).collect()
+    assert len(kept) == len({r.event_id for r in kept})
+    return {r.event_id: r.tag for r in kept}
 
 
-def test_the_latest_event_time_wins_whatever_the_bronze_position(spark, entity):
+def test_the_latest_event_time_wins_whatever_the_bronze_position(spark, entity, dedupe):
     rows = [("e1", T0 + MINUTE, "f1", 1, "newest"), ("e1", T0, "f9", 99, "older, later in bronze"),
             ("e2", None, "f9", 9, "no time"), ("e2", T0, "f1", 1, "has a time"),
             ("e3", T0, "f1", 1, "only version")]
-    assert _latest(spark, entity, rows) == {"e1": "newest", "e2": "has a time", "e3": "only version"}
+    assert _latest(spark, entity, rows, dedupe) == {"e1": "newest", "e2": "has a time", "e3": "only version"}
 
 
-def test_ties_go_to_the_later_bronze_position(spark, entity):
+def test_ties_go_to_the_later_bronze_position(spark, entity, dedupe):
     rows = [("e1", T0, "f1", 5, "f1:5"), ("e1", T0, "f2", 1, "f2:1"),  # a later file
             ("e2", T0, "f1", 5, "f1:5"), ("e2", T0, "f1", 7, "f1:7"),  # a later line of one file
             ("e3", None, "f1", 2, "f1:2"), ("e3", None, "f1", 3, "f1:3"),  # no times: position alone
             # Files compare as text: f10 sorts before f9; lines compare as numbers: 10 after 9.
             ("e4", T0, "f10", 1, "f10"), ("e4", T0, "f9", 1, "f9"),
             ("e5", T0, "f1", 9, "line 9"), ("e5", T0, "f1", 10, "line 10")]
-    assert _latest(spark, entity, rows) == {"e1": "f2:1", "e2": "f1:7", "e3": "f1:3", "e4": "f9", "e5": "line 10"}
+    assert _latest(spark, entity, rows, dedupe) == {"e1": "f2:1", "e2": "f1:7", "e3": "f1:3", "e4": "f9", "e5": "line 10"}
 
 
-def test_a_composite_key_keeps_one_row_per_combination(spark, entity):
+def test_a_composite_key_keeps_one_row_per_combination(spark, entity, dedupe):
     two_keys = replace(entity, keys=["event_id", "_source_file"])
     rows = [("e1", T0, "a", 1, "a-old"), ("e1", T0 + 1, "a", 2, "a-new"), ("e1", T0, "b", 1, "b")]
     frame = spark.createDataFrame(rows, "event_id string, event_us long, _source_file string, _source_line long, tag string")
     frame = frame.withColumn(entity.event_time, F.timestamp_micros("event_us"))
-    kept = sorted((r._source_file, r.tag) for r in _one_per_key(frame, two_keys).collect())
+    kept = sorted((r._source_file, r.tag) for r in _one_per_key(frame, two_keys, dedupe).collect())
     assert kept == [("a", "a-new"), ("b", "b")]
-    assert "_newest" not in _one_per_key(frame, two_keys).columns
+    assert _one_per_key(frame, two_keys, dedupe).columns == frame.columns
 
 
 def test_only_kept_rows_compete_for_their_key(spark, entity):
