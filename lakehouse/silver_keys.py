@@ -142,7 +142,8 @@ def unique_keys(h1: np.ndarray, h2: np.ndarray, times: np.ndarray) -> tuple[tupl
     # only the entries sharing a first hash (the same key, rarely a collision) are then sorted by
     # all three, in the places they hold.
     order = np.argsort(h1)
-    shared = np.flatnonzero(h1[order][1:] == h1[order][:-1])
+    first = h1[order]
+    shared = np.flatnonzero(first[1:] == first[:-1])
     if len(shared):
         at = np.union1d(shared, shared + 1)
         some = order[at]

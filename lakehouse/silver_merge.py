@@ -32,12 +32,13 @@ def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfi
                       index: SilverKeyIndex | None = None, keys: tuple | None = None) -> int:
     """MERGE one row per key into silver (a seen key takes the row with the later event time).
 
-    ``materialized``: ``rows`` read a batch computed once (lakehouse.refine.stage_rows), so Delta reads
-    them as they are instead of materialising them again. ``index``: the query's index of silver's
+    ``materialized``: ``rows`` read a batch computed once (lakehouse.refine.stage_rows) and are
+    the same on every read (lakehouse.silver_dedupe), so Delta reads them as they are instead of
+    materialising them again. ``index``: the query's index of silver's
     keys (lakehouse/silver_keys.py); a batch that brings no newer version of a key silver holds is
     appended instead (:func:`_append_new_keys`), with the same outcome. ``keys``: the rows' key
-    hashes and event times as lakehouse.silver_dedupe found them (one entry per row), or None to
-    collect them here when the index needs them.
+    hashes and newest event times as lakehouse.silver_dedupe found them (one entry per key), or
+    None to collect them here when the index needs them.
 
     Once per micro-batch, as tables.append_once: for a batch that may be redone
     (``replay_since_ms``), a MERGE or append already committed under ``marker`` is not run again.
@@ -116,9 +117,11 @@ def _append_new_keys(silver_ref: TableRef, rows: DataFrame, entity: EntityConfig
 
 
 MERGE_ATTEMPTS = 4
-# A MERGE whose source is already computed once (a local checkpoint) reads it as it is. Delta
+# A MERGE whose source reads a batch computed once (a local checkpoint) reads it as it is. Delta
 # reads a MERGE's source twice (to find the files it touches, then to write) and materialises
-# any source that is not a plain Delta scan so both reads agree; a checkpoint already does.
+# any source that is not a plain Delta scan so both reads agree. Over a checkpoint they agree
+# already: the dedupe's window over repeated keys, recomputed on each read, orders by bronze
+# position, which is unique (lakehouse.silver_dedupe).
 SOURCE_MATERIALIZED = {"spark.databricks.delta.merge.materializeSource": "none"}
 
 

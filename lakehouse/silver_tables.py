@@ -8,7 +8,7 @@ expectation results (lakehouse.quality). A micro-batch writes them in lakehouse/
 
 from __future__ import annotations
 
-from pyspark.sql import Column, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
@@ -144,3 +144,9 @@ def newest_of_its_key(entity: EntityConfig, among: Column) -> Column:
     partition = [among, *[F.when(among, F.col(k)) for k in entity.keys],
                  *[F.when(~among, F.col(c)) for c in ("_source_file", "_source_line")]]
     return among & (F.row_number().over(Window.partitionBy(*partition).orderBy(*order)) == 1)
+
+
+def newest_rows(rows: DataFrame, entity: EntityConfig) -> DataFrame:
+    """The row each key keeps (:func:`newest_of_its_key`, every row competing): a window over the
+    rows sorted by key, a shuffle of them all."""
+    return rows.withColumn("_newest", newest_of_its_key(entity, among=F.lit(True))).where("_newest").drop("_newest")

@@ -172,8 +172,8 @@ def mark_text_duplicates(decided: DataFrame, entity: EntityConfig, silver: DataF
     hash_column = f"{entity.text.dedupe.column}_hash"
     key = F.struct(*[F.col(k) for k in entity.keys])
     valid = is_kept()
-    # The newest valid version of each key is the one silver would keep (refine.stage_rows keeps
-    # only it, ``_claims``); only it claims its text, and only a text long enough to have a hash.
+    # The newest valid version of each key is the one silver would keep (only it competes for
+    # silver, ``_claims``: lakehouse.silver_dedupe); only it claims its text, and only a text long enough to have a hash.
     stale = F.lit(False)
     if silver is not None:
         held = silver.select(F.struct(*[F.col(k) for k in entity.keys]).alias("_held_key"),

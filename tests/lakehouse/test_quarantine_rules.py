@@ -14,7 +14,7 @@ from lakehouse import silver_dedupe, silver_keys
 from lakehouse.parse import SOURCE_COLUMN
 from lakehouse.quality import FAILED_COLUMNS
 from lakehouse.quarantine import quarantine_error, quarantine_reasons
-from lakehouse.silver_tables import newest_of_its_key
+from lakehouse.silver_tables import newest_of_its_key, newest_rows
 
 T0 = 1_772_323_200_000_000  # 2026-03-01T00:00:00Z in microseconds
 MINUTE = 60_000_000
@@ -171,13 +171,14 @@ def dedupe(request, monkeypatch):
 def _one_per_key(frame, entity, how: str = "window"):
     """The rows silver keeps of ``frame`` when every row competes, found ``how`` (:data:`DEDUPES`)."""
     if how == "window":
-        return frame.withColumn("_newest", newest_of_its_key(entity, among=F.lit(True))).where("_newest").drop("_newest")
+        return newest_rows(frame, entity)
     rows, keys = silver_dedupe.newest_per_key(frame, entity, max_rows=0 if how == "over the row limit" else 1000,
                                               rows_at_most=frame.count())
     assert (keys is None) == (how == "over the row limit")
-    if how == "hashes":  # one entry per key, with the newest event time of its rows (the index's)
-        times = frame.groupBy(*entity.keys).agg(F.max(F.unix_micros(F.col(entity.event_time))).alias("t"))
-        assert sorted(keys[2].tolist()) == sorted(silver_keys.NO_TIME if r.t is None else r.t for r in times.collect())
+    if how == "hashes":  # one entry per key: its hash and the newest event time of its rows (the index's)
+        h1, h2, times = silver_keys.collect_keys(frame.groupBy(*entity.keys).agg(
+            F.max(entity.event_time).alias(entity.event_time)), entity)
+        assert sorted(zip(*keys, strict=True)) == sorted(zip(h1.tolist(), h2.tolist(), times.tolist(), strict=True))
     return rows
 
 
@@ -217,7 +218,7 @@ def test_a_composite_key_keeps_one_row_per_combination(spark, entity, dedupe):
 
 
 def test_only_kept_rows_compete_for_their_key(spark, entity):
-    """Silver's staged batch flags the row each key keeps among the kept rows only: a newer
+    """newest_of_its_key among some rows (text dedupe's claim, lakehouse.text_prep): a newer
     version that is quarantined leaves the older kept one, and no quarantined row is flagged."""
     rows = [("e1", T0 + MINUTE, "f1", 1, False, "newest, quarantined"), ("e1", T0, "f1", 2, True, "older, kept"),
             ("e2", T0, "f1", 3, False, "only version, quarantined"),

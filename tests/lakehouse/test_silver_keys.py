@@ -43,11 +43,15 @@ def test_chunks_merged_past_the_limit_keep_each_keys_newest_time(monkeypatch):
 
 
 def test_unique_keys_gives_each_key_once_with_its_newest_time_and_its_count():
-    """Against a dictionary, on random keys with repeats, keys sharing a first hash, and no times."""
+    """Against a dictionary, on random keys: most with a first hash of their own, some sharing one
+    with other keys, some repeated, some without a time; and on no keys at all."""
     rng = np.random.default_rng(16)
-    h1 = rng.integers(-50, 50, 2_000, dtype=np.int64)  # many keys share a first hash
+    h1 = np.concatenate([rng.integers(-2**62, 2**62, 1_500, dtype=np.int64),  # first hashes of their own
+                         rng.integers(-50, 50, 500, dtype=np.int64)])  # shared by several keys
     h2 = rng.integers(0, 30, 2_000, dtype=np.int64)
     times = np.where(rng.random(2_000) < 0.1, NO_TIME, rng.integers(0, 1_000, 2_000, dtype=np.int64))
+    order = rng.permutation(2_000)
+    h1, h2, times = h1[order], h2[order], times[order]
     expected = {}
     for key in zip(h1.tolist(), h2.tolist(), times.tolist(), strict=True):
         newest, count = expected.get(key[:2], (NO_TIME, 0))
@@ -55,6 +59,10 @@ def test_unique_keys_gives_each_key_once_with_its_newest_time_and_its_count():
     (k1, k2, newest), counts = silver_keys.unique_keys(h1, h2, times)
     assert list(zip(k1.tolist(), k2.tolist(), strict=True)) == sorted(expected)
     assert [(t, c) for t, c in zip(newest.tolist(), counts.tolist(), strict=True)] == [expected[k] for k in sorted(expected)]
+    assert 1 in counts and (counts > 1).any()
+    none = np.array([], dtype=np.int64)
+    (k1, k2, newest), counts = silver_keys.unique_keys(none, none, none)
+    assert len(k1) == len(k2) == len(newest) == len(counts) == 0
 
 
 def test_an_index_past_its_bound_is_dropped():
