@@ -32,18 +32,16 @@ def merge_into_silver(silver_ref: TableRef, rows: DataFrame, entity: EntityConfi
                       index: SilverKeyIndex | None = None, keys: tuple | None = None) -> int:
     """MERGE one row per key into silver (a seen key takes the row with the later event time).
 
-    ``materialized``: ``rows`` read a batch computed once (lakehouse.refine.stage_rows) and are
-    the same on every read (lakehouse.silver_dedupe), so Delta reads them as they are instead of
-    materialising them again. ``index``: the query's index of silver's
-    keys (lakehouse/silver_keys.py); a batch that brings no newer version of a key silver holds is
-    appended instead (:func:`_append_new_keys`), with the same outcome. ``keys``: the rows' key
-    hashes and newest event times as lakehouse.silver_dedupe found them (one entry per key), or
-    None to collect them here when the index needs them.
+    ``materialized``: ``rows`` read a batch computed once (lakehouse.refine.stage_rows) and are the
+    same on every read (lakehouse.silver_dedupe), so Delta does not materialise them again.
+    ``index``: the query's index of silver's keys (lakehouse/silver_keys.py); a batch that brings no
+    newer version of a key silver holds is appended instead (:func:`_append_new_keys`), with the
+    same outcome. ``keys``: its key hashes and newest event times, one entry per key
+    (lakehouse.silver_dedupe), or None to collect them here when the index needs them.
 
-    Once per micro-batch, as tables.append_once: for a batch that may be redone
-    (``replay_since_ms``), a MERGE or append already committed under ``marker`` is not run again.
-    Returns the keys it inserted, from the commit's own metrics (a redone batch gets the figure of
-    the commit made before the crash).
+    Once per micro-batch, as tables.append_once: for a batch that may be redone (``replay_since_ms``),
+    a MERGE or append already committed under ``marker`` is not run again. Returns the keys it
+    inserted, from the commit's own metrics (a redone batch gets the figure of the commit before the crash).
     """
     spark = rows.sparkSession
     if replay_since_ms is not None:
