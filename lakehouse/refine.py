@@ -4,9 +4,9 @@ Each micro-batch is parsed (lakehouse.parse), checked by the entity's row rules
 (lakehouse.quality), and each row decided: kept, or quarantined with its reasons
 (lakehouse.quarantine). Kept rows are deduplicated (lakehouse.silver_dedupe) and written into
 ``silver.<entity>`` (lakehouse.silver_merge); the batch's counts go to ``ops.silver_batches``
-and its expectation results to ``ops.quality_results``. What a decision depends on besides the batch itself (its processing
-time, the late cut-off) is fixed in the batch's plan (:func:`plan_batch`) before the first write,
-so a batch redone after a crash decides every row as the first attempt did.
+and its expectation results to ``ops.quality_results``. What a decision depends on besides the
+batch itself (its processing time, the late cut-off) is fixed in the batch's plan
+(:func:`plan_batch`) before the first write, so a redone batch decides as its first attempt did.
 """
 
 from __future__ import annotations
@@ -160,8 +160,8 @@ def refine_batch(
     ``decisions``: the query's cache of the expressions :func:`decide_rows` and the batch's
     aggregation build. ``key_index``: the query's index of silver's keys, which lets a batch of
     new keys be appended (lakehouse/silver_keys.py). Returns what the same aggregation measured
-    of the kept rows' ingest and event times, for ops.freshness (lakehouse/freshness.py), and the newest event
-    time among them (microseconds; None: none kept), for the next batch's plan.
+    of the kept rows' ingest and event times, for ops.freshness (lakehouse/freshness.py), and
+    the newest event time among them (microseconds; None: none kept), for the next batch's plan.
     """
     # The batch's writes all come after its plan, so a redone batch's history search stops there.
     replay_since = plan["planned_at_us"] // 1000
