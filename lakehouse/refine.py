@@ -6,7 +6,7 @@ Each micro-batch is parsed (lakehouse.parse), checked by the entity's row rules
 ``silver.<entity>`` (lakehouse.silver_merge); the batch's counts go to ``ops.silver_batches``
 and its expectation results to ``ops.quality_results``. What a decision depends on besides the
 batch itself (its processing time, the late cut-off) is fixed in the batch's plan
-(:func:`plan_batch`) before the first write, so a redone batch decides as its first attempt did.
+(lakehouse.batch_plan) before the first write, so a redone batch decides as its first attempt did.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from lakehouse.config import EntityConfig, LakehouseConfig, duration_seconds
+from lakehouse.batch_plan import late_exempt
+from lakehouse.config import EntityConfig, LakehouseConfig
 from lakehouse.errors import JobError
 from lakehouse.failpoints import failpoint
 from lakehouse.freshness import Measured, measure_aggregates, sampled_rows, time_aggregates
-from lakehouse.parse import TIMESTAMP_RANGE_MICROS, Stage, apply_stages, parse_stages
+from lakehouse.parse import Stage, apply_stages, parse_stages
 from lakehouse.quality import (
     FAILED_COLUMNS,
     QUALITY_RESULTS_SCHEMA,
@@ -57,7 +58,6 @@ from lakehouse.tables import (
     batch_marker,
     last_commit,
     local_rows,
-    read_table,
     resolve_table,
     table_exists,
 )
@@ -66,72 +66,6 @@ from lakehouse.text_prep import mark_text_duplicates, masked, may_be_quarantined
 
 class ExpectationFailedError(JobError):
     """A ``fail`` expectation did not hold: the batch is not committed and will be redone."""
-
-
-class NewestEventTime:
-    """Silver's newest event time (microseconds) before the next batch, for the late cut-off: read
-    from the table once, when the query starts, then advanced by each batch's kept rows. Silver
-    has one writer (its query) and its MERGE keeps the latest version of each key, so this is
-    max(event_time) over silver without a scan of the whole table on every batch (a scan that
-    grows with the table: seconds per batch after weeks of running)."""
-
-    _UNREAD = object()
-
-    def __init__(self, spark: SparkSession, config: LakehouseConfig, entity_name: str):
-        self.spark, self.config, self.entity_name = spark, config, entity_name
-        self._value = self._UNREAD
-
-    def value(self) -> int | None:
-        if self._value is self._UNREAD:
-            entity = self.config.entity(self.entity_name)
-            silver = read_table(self.spark, resolve_table(self.config, f"silver.{self.entity_name}"))
-            self._value = silver.agg(F.max(F.col(entity.event_time)).alias("newest")).select(
-                F.unix_micros(F.col("newest").cast("timestamp"))).first()[0]
-        return self._value
-
-    def advance(self, kept_newest: int | None) -> None:
-        """After a batch: the newest event time among the rows it kept (None: it kept none)."""
-        current = self.value()
-        if kept_newest is not None:
-            self._value = kept_newest if current is None else max(current, kept_newest)
-
-
-def plan_batch(spark: SparkSession, config: LakehouseConfig, entity_name: str, backfill: bool = False,
-               newest: NewestEventTime | None = None) -> dict:
-    """What the batch's decisions depend on besides its rows, fixed when it is first planned.
-
-    - ``planned_at_us``: the batch's processing time; ``future_cutoff_us`` = that + ``max_future``.
-    - ``late_cutoff_us``: silver's newest event time before the batch (never later than the
-      future cut-off) minus the entity's watermark, as Spark's watermarks come from what earlier
-      batches committed, so the rows of one batch are never late relative to each other. None
-      while silver is empty, and for a backfill run (``--backfill``).
-    - ``late_exempt``: the entity's sources configured as backfills (``sources.<s>.backfill``).
-    - ``silver_version`` (an entity with ``text.dedupe``): silver's version, which the batch's exact
-      duplicates are looked up in (None: no silver yet).
-    Times are microseconds since the epoch (UTC), so no local clock or Python datetime is involved.
-    ``newest``: the running query's tracker of silver's newest event time (default: read silver).
-    """
-    entity = config.entity(entity_name)
-    planned_at = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
-    # Clamped to the timestamps a row can hold (1900-9999), so a huge max_future is no crash.
-    future_cutoff = min(planned_at + int(duration_seconds(entity.max_future) * 1_000_000),
-                        TIMESTAMP_RANGE_MICROS[1] - 1)
-    newest = (newest or NewestEventTime(spark, config, entity_name)).value()
-    late_cutoff = None
-    if newest is not None and not backfill:
-        late_cutoff = max(min(newest, future_cutoff) - int(duration_seconds(entity.watermark) * 1_000_000),
-                          TIMESTAMP_RANGE_MICROS[0])
-    plan = {
-        "planned_at_us": planned_at,
-        "future_cutoff_us": future_cutoff,
-        "late_cutoff_us": late_cutoff,
-        "late_exempt": sorted(s for s in entity.sources if config.source(s).backfill),
-        "backfill": backfill,
-    }
-    if entity.text is not None and entity.text.dedupe is not None:  # exact duplicates are looked up in silver
-        ref = resolve_table(config, f"silver.{entity_name}")
-        plan["silver_version"] = last_commit(spark, ref).version if table_exists(spark, ref) else None
-    return plan
 
 
 def refine_batch(
@@ -149,7 +83,7 @@ def refine_batch(
 ) -> tuple[Measured, int | None]:
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
-    ``plan`` fixes what decisions depend on besides the rows (:func:`plan_batch`, made when the
+    ``plan`` fixes what decisions depend on besides the rows (lakehouse.batch_plan.plan_batch, made when the
     batch was first planned). The parsed and checked batch is computed once (:func:`stage_rows`);
     one aggregation over it yields the batch's counts, the fail check and the row-level
     expectation results, and the writes read it. Each write is made once per batch
@@ -232,10 +166,23 @@ def decide_rows(bronze_batch: DataFrame, config: LakehouseConfig, entity: Entity
     with a ``cache`` (one per query) they are built once per bronze schema and set of
     late-exempt sources (lakehouse.parse.apply_stages)."""
     batch = bronze_batch.withColumns({column: F.lit(plan.get(key)).cast("long") for key, column in CUTOFF_COLUMNS.items()})
-    late_exempt = list(plan.get("late_exempt") or [])
-    stages = _cached(cache, (batch.schema.simpleString(), tuple(late_exempt)),
-                     lambda: _decision_stages(batch.schema, config, entity, late_exempt, rules))
-    return apply_stages(batch, stages)
+    return apply_stages(batch, _decisions(batch.schema, config, entity, list(plan.get("late_exempt") or []), rules, cache))
+
+
+def prepare_decisions(stream: DataFrame, config: LakehouseConfig, entity_name: str, rules: list, cache: dict) -> None:
+    """Build into the query's ``cache`` what its first batch's :func:`decide_rows` and
+    :func:`_count_and_check` would (about 0.8 s of calls into the JVM), for batches of the
+    query's ``stream`` of bronze rows, while the query starts (lakehouse/silver.py)."""
+    entity = config.entity(entity_name)
+    batch = stream.withColumns({column: F.lit(None).cast("long") for column in CUTOFF_COLUMNS.values()})
+    _decisions(batch.schema, config, entity, late_exempt(config, entity_name), rules, cache)
+    _count_columns_of(cache, rules, config.quality.validation == "fused", entity.event_time)
+
+
+def _decisions(schema: StructType, config: LakehouseConfig, entity: EntityConfig, exempt: list[str], rules: list,
+               cache: dict | None) -> list[Stage]:
+    return _cached(cache, (schema.simpleString(), tuple(exempt)),
+                   lambda: _decision_stages(schema, config, entity, exempt, rules))
 
 
 def _cached(cache: dict | None, key: tuple, build):
@@ -305,8 +252,7 @@ def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool
     measurements) in one aggregation; raises ExpectationFailedError when a ``fail`` expectation
     does not hold on some row. ``cache``: the query's, which keeps the aggregation's expressions
     (:func:`_count_columns`) from its first batch on."""
-    columns = _cached(cache, ("counts", fused, event_time), lambda: _count_columns(rules, fused, event_time))
-    counts = decided.agg(*columns).first().asDict()
+    counts = decided.agg(*_count_columns_of(cache, rules, fused, event_time)).first().asDict()
     # No sampled line among the kept rows (short files, a few Kafka offsets, sampled lines all
     # quarantined): that measure's percentiles take every kept row, in a second, rare pass.
     unsampled = [m for m in ("ingest", "event") if counts[f"{m}_oldest"] is not None and not counts[f"{m}_sample"]]
@@ -321,6 +267,10 @@ def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool
             "nothing was committed, the batch is redone after a fix"
         )
     return counts
+
+
+def _count_columns_of(cache: dict | None, rules: list, fused: bool, event_time: str) -> list[Column]:
+    return _cached(cache, ("counts", fused, event_time), lambda: _count_columns(rules, fused, event_time))
 
 
 def _count_columns(rules: list, fused: bool, event_time: str) -> list[Column]:

@@ -18,7 +18,7 @@ The index is built when the query's first batch needs it, from silver as of one 
 grows with each batch the query writes. Before each batch, a commit since then that is not this
 query's and may add or change rows (anything but a compaction, a vacuum or a property change), or
 a commit the log no longer holds, makes it build again. Silver has one writer, its query (as
-lakehouse.refine.NewestEventTime also assumes): a row written by another between that check and
+lakehouse.batch_plan.NewestEventTime also assumes): a row written by another between that check and
 the batch's append would not be seen by it. Past the entity's ``key_index_max_keys`` (24 bytes a
 key once built; a build holds a few times that for a moment) the query drops the index and MERGEs
 every batch.
@@ -77,7 +77,7 @@ class SilverKeyIndex:
         if self.dropped:
             return False
         if self.version is None or self._changed_by_others(own_marker.rpartition(":")[0] + ":"):
-            self._build()
+            self.build()
         return not self.dropped
 
     def lookup(self, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +100,8 @@ class SilverKeyIndex:
         elif len(self._chunks) > _MAX_CHUNKS:
             self._chunks = [unique_keys(*(np.concatenate(parts) for parts in zip(*self._chunks, strict=True)))[0]]
 
-    def _build(self) -> None:
+    def build(self) -> None:
+        """Read silver's keys as its latest version holds them (or drop the index: over ``max_keys``)."""
         version = last_commit(self.spark, self.ref).version
         silver = read_table(self.spark, self.ref, version)
         rows = silver.count()

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -332,8 +332,16 @@ def _session() -> SparkSession | None:
         return None
 
 
-def _unchanged(step):
-    return step
+def _inheriting():
+    """A wrapper that runs a step in another thread with this thread's local properties (its
+    scheduler pool and job group: `lakehouse run` cancels a flow's jobs by their group); made in
+    the thread whose properties are to be carried."""
+    # With the session named, its job tags are inherited too (and pyspark does not warn that they are not).
+    session = _session()
+    inherit = inheritable_thread_target(session) if session is not None else inheritable_thread_target
+    if inherit is session:  # threads not pinned to JVM threads: nothing to inherit
+        return lambda step: step
+    return inherit
 
 
 def at_once(*steps: Callable[[], object]) -> list:
@@ -344,11 +352,7 @@ def at_once(*steps: Callable[[], object]) -> list:
     first error is raised once every step has ended; any others are printed."""
     if len(steps) <= 1:
         return [step() for step in steps]
-    # With the session named, its job tags are inherited too (and pyspark does not warn that they are not).
-    session = _session()
-    inherit = inheritable_thread_target(session) if session is not None else inheritable_thread_target
-    if inherit is session:  # threads not pinned to JVM threads: nothing to inherit
-        inherit = _unchanged
+    inherit = _inheriting()
     with ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="at-once") as pool:
         futures = [pool.submit(inherit(step)) for step in steps]
     errors = [future.exception() for future in futures if future.exception() is not None]
@@ -358,6 +362,21 @@ def at_once(*steps: Callable[[], object]) -> list:
     if errors:
         raise errors[0]
     return [future.result() for future in futures]
+
+
+def in_background(step: Callable[[], object], name: str) -> Future:
+    """Start ``step`` in a thread of its own (a daemon, named ``name``) with this thread's local
+    properties, as :func:`at_once` runs its steps; its future, which holds its result or error."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(step())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+            future.set_exception(exc)
+
+    threading.Thread(target=_inheriting()(run), name=name, daemon=True).start()
+    return future
 
 
 def create_table_if_missing(spark: SparkSession, ref: TableRef, schema, properties: dict | None = None,

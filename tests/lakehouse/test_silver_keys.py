@@ -127,8 +127,8 @@ def test_silver_through_the_index_is_silver_through_the_merge(spark, tmp_path):
     # Another writer's rows: the index builds again before the next batch, so a resend of one of
     # them is left out, not appended twice. A compaction changes no row: no build.
     builds = []
-    build = SilverKeyIndex._build
-    SilverKeyIndex._build = lambda self: (builds.append(1), build(self))
+    build = SilverKeyIndex.build
+    SilverKeyIndex.build = lambda self: (builds.append(1), build(self))
     try:
         for ref in refs:
             _rows(spark, entity, [(40, 0)]).write.format("delta").mode("append").save(ref.path)
@@ -142,7 +142,7 @@ def test_silver_through_the_index_is_silver_through_the_merge(spark, tmp_path):
             spark.sql(f"OPTIMIZE {sql_target(ref)}")
         assert index.ready("q-1:7") and len(builds) == 1  # a compaction only
     finally:
-        SilverKeyIndex._build = build
+        SilverKeyIndex.build = build
     assert len(_silver(spark, refs[0])) == 31  # keys 0-24, 30-32, 40-41, 50
 
 

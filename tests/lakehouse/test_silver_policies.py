@@ -111,8 +111,9 @@ def test_late_rows_quarantined_and_new_fields_evolve_the_schema(spark, tmp_path)
 def test_evolved_columns_across_batches(spark, tmp_path):
     """A field evolves a column; a later version of the key without it holds null there; a name
     that is not an identifier stays rescued."""
+    from lakehouse.batch_plan import plan_batch
     from lakehouse.quality import load_suite, row_rules
-    from lakehouse.refine import plan_batch, refine_batch
+    from lakehouse.refine import refine_batch
     from lakehouse.silver_tables import ensure_silver_tables
 
     config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data",

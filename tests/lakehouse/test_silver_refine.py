@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from lakehouse.batch_plan import plan_batch
 from lakehouse.cli import main
 from lakehouse.freshness import ROW_SAMPLE
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
 from lakehouse.quality import load_suite, row_rules
 from lakehouse.reconcile import reconcile
-from lakehouse.refine import plan_batch, refine_batch
+from lakehouse.refine import refine_batch
 from lakehouse.runner import run_flow
 from lakehouse.silver_tables import SILVER_BATCHES_TABLE, ensure_silver_tables
 from lakehouse.tables import bronze_table, delta_table, read_table, resolve_table
