@@ -11,9 +11,10 @@ batch itself (its processing time, the late cut-off) is fixed in the batch's pla
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -56,6 +57,7 @@ from lakehouse.silver_tables import (
 from lakehouse.tables import (
     append_once,
     batch_marker,
+    in_background,
     last_commit,
     local_rows,
     resolve_table,
@@ -121,6 +123,10 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
         decided = mark_text_duplicates(decided, entity, silver_as_planned(bronze_batch.sparkSession, config, entity_name, plan))
         decided = decided.withColumn("value", F.when(F.size("_reasons") > 0, F.col("value")))
     decided = stage_rows(decided)
+    # Looked up beside the batch's aggregation (two history reads, which would otherwise share the
+    # two cores with the writes that follow it).
+    versions = in_background(partial(_source_versions, bronze_batch.sparkSession, config, entity),
+                             f"silver-{entity_name}-versions")
     try:
         counts = _count_and_check(decided, batch, rules, config.quality.validation == "fused", entity.event_time,
                                   decisions)
@@ -128,7 +134,7 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
         if validator is not None:
             checked = decided.where(is_record())
             results += validator.validate(checked.select(*entity.columns, *entity.prepared_columns))
-        inserted = _write_outputs(decided, batch, results, counts, key_index)
+        inserted = _write_outputs(decided, batch, results, counts, key_index, versions)
         failpoint("silver.stats", batch_id)
         valid_rows = counts["records"] - counts["quarantined"]
         stats = [(entity_name, batch_id, counts["bronze_rows"], counts["quarantined"], inserted, valid_rows - inserted,
@@ -296,11 +302,12 @@ def _kept_times(event_time: str) -> dict[str, Column]:
 
 
 def _write_outputs(decided: DataFrame, batch: _Batch, results: list, counts: dict,
-                   key_index: SilverKeyIndex | None = None) -> int:
+                   key_index: SilverKeyIndex | None, versions: Future) -> int:
     """Write the row each key keeps into silver (lakehouse.silver_dedupe, lakehouse.silver_merge),
     append the quarantined rows (a batch without any makes no quarantine commit) and the
     expectation results; returns the keys inserted. Each write is idempotent on its own, so any
-    may be redone. ``counts``: the batch's (:func:`_count_and_check`)."""
+    may be redone. ``counts``: the batch's (:func:`_count_and_check`); ``versions``: its
+    :func:`_source_versions`."""
     config, entity_name, batch_id = batch.config, batch.entity_name, batch.batch_id
     entity = config.entity(entity_name)
     spark = decided.sparkSession
@@ -313,7 +320,7 @@ def _write_outputs(decided: DataFrame, batch: _Batch, results: list, counts: dic
     def append_results() -> None:
         failpoint("silver.quality", batch_id)
         if results:
-            rows = results_rows(entity_name, entity.suite, results, batch_id, _source_versions(spark, config, entity))
+            rows = results_rows(entity_name, entity.suite, results, batch_id, versions.result())
             append_once(local_rows(spark, rows, QUALITY_RESULTS_SCHEMA), resolve_table(config, QUALITY_RESULTS_TABLE),
                         batch.marker, batch.replay_since)
 
@@ -341,7 +348,7 @@ def _utc(micros: int | None) -> datetime | None:
 
 
 def _source_versions(spark: SparkSession, config: LakehouseConfig, entity: EntityConfig) -> str:
-    """The bronze tables' latest Delta versions when the batch was validated."""
+    """The bronze tables' latest Delta versions as the batch's validation starts."""
     versions = []
     for source in entity.sources:
         ref = resolve_table(config, f"bronze.{source}")
