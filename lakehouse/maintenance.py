@@ -70,6 +70,7 @@ from lakehouse.tables import (
     session_conf,
     sql_target,
     table_exists,
+    table_properties,
     table_size,
     writing,
 )
@@ -245,7 +246,7 @@ class Maintainer:
 
     def apply_settings(self, ref: TableRef) -> Step | None:
         wanted = self.settings.table_properties()
-        current = delta_table(self.spark, ref).detail().select("properties").first()["properties"] or {}
+        current = table_properties(self.spark, ref)
         changes = {key: value for key, value in wanted.items() if current.get(key) != value}
         if not changes:
             return None
@@ -369,8 +370,7 @@ class Maintainer:
                                               locked=False)
             if before is None:
                 return step  # not a path on this machine: the dry run's figure stands
-            # Only VACUUM deletes a table's files: what it removed is what was there and is gone
-            # (files written meanwhile do not count).
+            # Only VACUUM deletes a table's files: what it removed is what was there and is gone (new ones aside).
             removed = [path for path in before if not os.path.exists(path)]
             step.detail = f"{len(removed):,} unreferenced files past the retention ({retention})"
             if not removed:

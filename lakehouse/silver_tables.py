@@ -30,9 +30,9 @@ from lakehouse.tables import (
     APPEND_ONLY_CHECKPOINTS,
     at_once,
     create_table_if_missing,
-    delta_table,
     resolve_table,
     sql_target,
+    table_properties,
 )
 
 QUARANTINE_SCHEMA = StructType(
@@ -103,7 +103,7 @@ def ensure_silver_tables(spark: SparkSession, config: LakehouseConfig, entity_na
         # The change feed lets streaming gold tables read silver's new rows although MERGE rewrites files.
         create_table_if_missing(spark, silver, silver_schema(entity), properties={CHANGE_FEED: "true"},
                                 comment="Typed, validated, one row per key; see lakehouse/silver.py")
-        if delta_table(spark, silver).detail().first()["properties"].get(CHANGE_FEED) != "true":
+        if table_properties(spark, silver).get(CHANGE_FEED) != "true":
             spark.sql(f"ALTER TABLE {sql_target(silver)} SET TBLPROPERTIES ({CHANGE_FEED} = true)")  # an older release's
 
     at_once(

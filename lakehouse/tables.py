@@ -233,6 +233,12 @@ class TableSize:
     bytes: int
 
 
+def table_properties(spark: SparkSession, ref: TableRef) -> dict[str, str]:
+    """The table's properties, from its metadata alone (DESCRIBE DETAIL also sums its files, a
+    Spark job over the table's state: 0.8 s against 0.04 s on a new table)."""
+    return {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {sql_target(ref)}").collect()}
+
+
 def table_size(spark: SparkSession, ref: TableRef) -> TableSize:
     """The current version's data files and bytes (DESCRIBE DETAIL: read from the log, no data scan)."""
     detail = delta_table(spark, ref).detail().select("numFiles", "sizeInBytes").first()

@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 
 from lakehouse.config import load_config
-from lakehouse.tables import TableNameError, at_once, resolve_table
+from lakehouse.silver_tables import CHANGE_FEED, ensure_silver_tables, silver_schema
+from lakehouse.tables import (
+    TableNameError,
+    at_once,
+    create_table_if_missing,
+    in_background,
+    resolve_table,
+    table_properties,
+)
 from tests.conftest import CONF_DIR
 
 
@@ -86,3 +94,25 @@ def test_at_once_keeps_the_callers_pool_and_raises_the_first_error_once_every_st
         at_once(lambda: _raise(ValueError("first")), lambda: finished.append("ran"), lambda: _raise(KeyError("second")))
     assert finished == ["ran"]
     assert "KeyError" in capsys.readouterr().err
+
+
+def test_in_background_keeps_the_callers_pool_and_hands_back_its_result_or_error(spark):
+    context = spark.sparkContext
+    context.setLocalProperty("spark.scheduler.pool", "pool-of-the-caller")
+    try:
+        pool = in_background(lambda: context.getLocalProperty("spark.scheduler.pool"), "test-pool")
+    finally:
+        context.setLocalProperty("spark.scheduler.pool", None)
+    assert pool.result(timeout=60) == "pool-of-the-caller"
+    with pytest.raises(ValueError, match="in the thread"):
+        in_background(lambda: _raise(ValueError("in the thread")), "test-error").result(timeout=60)
+
+
+def test_a_silver_made_without_the_change_feed_gets_it(spark, config):
+    """An older release made silver without the change feed gold's streams read: it is turned on."""
+    silver = resolve_table(config, "silver.telemetry")
+    create_table_if_missing(spark, silver, silver_schema(config.entity("telemetry")))
+    assert table_properties(spark, silver).get(CHANGE_FEED) is None
+    ensure_silver_tables(spark, config, "telemetry")
+    assert table_properties(spark, silver)[CHANGE_FEED] == "true"
+    assert table_properties(spark, resolve_table(config, "silver.telemetry_quarantine")).get(CHANGE_FEED) is None
