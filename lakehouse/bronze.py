@@ -41,7 +41,6 @@ from lakehouse.progress import count_records, on_flush, report_batch
 from lakehouse.tables import (
     APPEND_ONLY_CHECKPOINTS,
     TableRef,
-    at_once,
     batch_marker,
     bronze_table,
     create_table_if_missing,
@@ -49,6 +48,7 @@ from lakehouse.tables import (
     start_to,
     table_exists,
 )
+from lakehouse.threads import at_once
 
 BRONZE_FILE_SCHEMA = StructType(
     [

@@ -54,7 +54,6 @@ from lakehouse.tables import (
     APPEND_ONLY_CHECKPOINTS,
     TableRef,
     append_once,
-    at_once,
     batch_marker,
     bronze_table,
     committed,
@@ -64,6 +63,7 @@ from lakehouse.tables import (
     resolve_table,
     table_exists,
 )
+from lakehouse.threads import at_once
 
 BAD_FILES_TABLE = "ops.bad_files"
 BAD_FILES_SCHEMA = StructType(

@@ -67,8 +67,8 @@ Stage = tuple[str, object]  # ("withColumns", {name: Column}) or ("select", [Col
 def apply_stages(df: DataFrame, stages: list[Stage]) -> DataFrame:
     """``df`` through ``stages``: a few calls to Spark for expressions built once. Building them
     (thousands of calls from Python to the JVM for parse, rules and reasons) took about half a
-    second a micro-batch, so a query builds them for its first batch and keeps them
-    (lakehouse.refine.decide_rows)."""
+    second a micro-batch, so a query builds them as it starts and keeps them
+    (lakehouse.refine.prepare_decisions, decide_rows)."""
     for kind, columns in stages:
         df = df.withColumns(columns) if kind == "withColumns" else df.select(*columns)
     return df

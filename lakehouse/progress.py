@@ -33,7 +33,8 @@ from lakehouse.config import LakehouseConfig
 from lakehouse.freshness import FRESHNESS_METRIC, Measured, append_freshness, resolve
 from lakehouse.pipeline import Pipeline
 from lakehouse.redaction import redact_text
-from lakehouse.tables import append_to_table, at_once, local_rows, resolve_table
+from lakehouse.tables import append_to_table, local_rows, resolve_table
+from lakehouse.threads import at_once
 
 STREAM_PROGRESS_TABLE = "ops.stream_progress"
 # Queries attach ``count_records`` to their output, so a batch's records are counted as written

@@ -27,7 +27,7 @@ def _reason(condition: Column, name: str) -> Column:
 def quarantine_reasons(entity: EntityConfig, plan: dict | None = None) -> Column:
     """Why a checked row goes to quarantine; an empty array keeps it.
 
-    ``plan`` (see :func:`plan_batch`) fixes the batch's time limits: an event time after
+    ``plan`` (see lakehouse.batch_plan.plan_batch) fixes the batch's time limits: an event time after
     ``future_cutoff_us`` is ``future_event_time`` (a skewed clock: such a row would otherwise
     move the late cut-off, and gold's watermarks, into the future); one before
     ``late_cutoff_us`` is ``late``, unless the row comes from a source in ``late_exempt``

@@ -57,13 +57,13 @@ from lakehouse.silver_tables import (
 from lakehouse.tables import (
     append_once,
     batch_marker,
-    in_background,
     last_commit,
     local_rows,
     resolve_table,
     table_exists,
 )
 from lakehouse.text_prep import mark_text_duplicates, masked, may_be_quarantined, prepare_stages, silver_as_planned
+from lakehouse.threads import in_background
 
 
 class ExpectationFailedError(JobError):
@@ -123,10 +123,11 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
         decided = mark_text_duplicates(decided, entity, silver_as_planned(bronze_batch.sparkSession, config, entity_name, plan))
         decided = decided.withColumn("value", F.when(F.size("_reasons") > 0, F.col("value")))
     decided = stage_rows(decided)
-    # Looked up beside the batch's aggregation (two history reads, which would otherwise share the
-    # two cores with the writes that follow it).
+    # For the expectation results, looked up beside the batch's aggregation (a history read per
+    # bronze table, which would otherwise share the cores with the writes after it). A batch that
+    # fails its check leaves the lookup to end on its own.
     versions = in_background(partial(_source_versions, bronze_batch.sparkSession, config, entity),
-                             f"silver-{entity_name}-versions")
+                             f"silver-{entity_name}-versions") if validator is not None or rules else None
     try:
         counts = _count_and_check(decided, batch, rules, config.quality.validation == "fused", entity.event_time,
                                   decisions)
@@ -204,12 +205,12 @@ def _cached(cache: dict | None, key: tuple, build):
 CUTOFF_COLUMNS = {"future_cutoff_us": "_future_cutoff_us", "late_cutoff_us": "_late_cutoff_us"}
 
 
-def _decision_stages(schema: StructType, config: LakehouseConfig, entity: EntityConfig, late_exempt: list[str],
+def _decision_stages(schema: StructType, config: LakehouseConfig, entity: EntityConfig, exempt: list[str],
                      rules: list) -> list[Stage]:
     sources = {name: config.source(name) for name in entity.sources}
     limits = {key: F.col(column) for key, column in CUTOFF_COLUMNS.items()}
     reasons = F.when(F.col("_header") == "ok", F.lit(None).cast("array<string>")).otherwise(
-        quarantine_reasons(entity, {**limits, "late_exempt": late_exempt}))
+        quarantine_reasons(entity, {**limits, "late_exempt": exempt}))
     return [
         *parse_stages(schema, entity, sources),
         *prepare_stages(entity),
@@ -257,7 +258,7 @@ def _count_and_check(decided: DataFrame, batch: _Batch, rules: list, fused: bool
     """The batch's counts (and row-level expectation metrics, and the kept rows' freshness
     measurements) in one aggregation; raises ExpectationFailedError when a ``fail`` expectation
     does not hold on some row. ``cache``: the query's, which keeps the aggregation's expressions
-    (:func:`_count_columns`) from its first batch on."""
+    (:func:`_count_columns`) from its start on."""
     counts = decided.agg(*_count_columns_of(cache, rules, fused, event_time)).first().asDict()
     # No sampled line among the kept rows (short files, a few Kafka offsets, sampled lines all
     # quarantined): that measure's percentiles take every kept row, in a second, rare pass.
@@ -302,12 +303,12 @@ def _kept_times(event_time: str) -> dict[str, Column]:
 
 
 def _write_outputs(decided: DataFrame, batch: _Batch, results: list, counts: dict,
-                   key_index: SilverKeyIndex | None, versions: Future) -> int:
+                   key_index: SilverKeyIndex | None, versions: Future | None) -> int:
     """Write the row each key keeps into silver (lakehouse.silver_dedupe, lakehouse.silver_merge),
     append the quarantined rows (a batch without any makes no quarantine commit) and the
     expectation results; returns the keys inserted. Each write is idempotent on its own, so any
     may be redone. ``counts``: the batch's (:func:`_count_and_check`); ``versions``: its
-    :func:`_source_versions`."""
+    :func:`_source_versions` (None: the batch has no expectation results)."""
     config, entity_name, batch_id = batch.config, batch.entity_name, batch.batch_id
     entity = config.entity(entity_name)
     spark = decided.sparkSession
@@ -320,7 +321,8 @@ def _write_outputs(decided: DataFrame, batch: _Batch, results: list, counts: dic
     def append_results() -> None:
         failpoint("silver.quality", batch_id)
         if results:
-            rows = results_rows(entity_name, entity.suite, results, batch_id, versions.result())
+            looked_up = versions.result() if versions is not None else _source_versions(spark, config, entity)
+            rows = results_rows(entity_name, entity.suite, results, batch_id, looked_up)
             append_once(local_rows(spark, rows, QUALITY_RESULTS_SCHEMA), resolve_table(config, QUALITY_RESULTS_TABLE),
                         batch.marker, batch.replay_since)
 

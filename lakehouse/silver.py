@@ -31,7 +31,8 @@ from lakehouse.refine import prepare_decisions, refine_batch
 from lakehouse.silver_keys import SilverKeyIndex
 from lakehouse.silver_tables import ensure_silver_tables
 from lakehouse.suites import checked_suite
-from lakehouse.tables import at_once, in_background, load_from, resolve_table
+from lakehouse.tables import load_from, resolve_table
+from lakehouse.threads import at_once, in_background
 
 
 class CheckpointSourcesChanged(JobError):
@@ -82,19 +83,21 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
     check_checkpoint_sources(flow.checkpoint, entity_name, entity.sources)
     bronze = _bronze_stream(spark, config, entity_name, bronze_refs)
     plans = BatchPlans(spark, flow.checkpoint)
-    newest = NewestEventTime(spark, config, entity_name)  # silver is read for it once, as the query starts
+    newest = NewestEventTime(spark, config, entity_name)  # silver is read for it once, at the first plan
     redone = redone_batch(flow.checkpoint, spark)  # the batch that may be redone after a crash
     decisions = {}  # the expressions refine builds (decisions, counts), built as the query starts
-    # Silver's keys, read as the query starts (none where the entity's key_index_max_keys is 0).
+    # Silver's keys, read at the first batch (none where the entity's key_index_max_keys is 0).
     key_index = SilverKeyIndex(spark, resolve_table(config, f"silver.{entity_name}"), entity,
                                entity.key_index_max_keys) if entity.key_index_max_keys else None
 
-    # Made while the query starts (its sources' snapshots and offsets: about 1.5 s on two cores).
-    prepared = in_background(partial(_prepare, spark, config, entity_name, bronze, rules, decisions, newest, key_index),
+    # Made while the query starts its sources (their snapshots and offsets: about 1.5 s on two cores).
+    prepared = in_background(partial(_prepare, spark, config, entity_name, bronze, rules, decisions),
                              f"silver-{entity_name}-start")
 
     def process(batch, batch_id: int) -> None:
         prepared.result()  # re-raises what failed there: the batch fails
+        if key_index is not None:
+            key_index.read_in_background()  # the query's first batch reads silver's keys beside its parse
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
         session = batch.sparkSession
         # A batch redone after a crash takes the plan its first attempt recorded.
@@ -138,15 +141,11 @@ def _bronze_stream(spark: SparkSession, config: LakehouseConfig, entity_name: st
 
 
 def _prepare(spark: SparkSession, config: LakehouseConfig, entity_name: str, bronze: DataFrame, rules: list,
-             decisions: dict, newest: NewestEventTime, key_index: SilverKeyIndex | None) -> None:
-    """What a silver query's first batch needs besides its rows, made while the query starts, so the
-    batch waits for less: silver's tables, then what is read from silver (its newest event time,
-    its key index), and beside them the expressions the batch's decisions are built of."""
-    def read_silver() -> None:
-        ensure_silver_tables(spark, config, entity_name)
-        at_once(newest.value, *([key_index.build] if key_index is not None else []))
-
-    at_once(read_silver, partial(prepare_decisions, bronze, config, entity_name, rules, decisions))
+             decisions: dict) -> None:
+    """Silver's tables, and the expressions the batches' decisions are built of: made while the
+    query starts, so its first batch waits for less."""
+    at_once(partial(ensure_silver_tables, spark, config, entity_name),
+            partial(prepare_decisions, bronze, config, entity_name, rules, decisions))
 
 
 def describe(config: LakehouseConfig, flow: Flow, backfill: bool = False) -> list[str]:

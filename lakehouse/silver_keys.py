@@ -14,7 +14,7 @@ of a batch (one per key) is one of:
 Keys are compared by a 128-bit hash (two xxhash64 of the key columns). A collision would leave a
 new row out, so it must be out of reach: about n^2 / 2^129 for n keys.
 
-The index is built when the query's first batch needs it, from silver as of one version, and
+The index is built at the query's first batch (beside its parse), from silver as of one version, and
 grows with each batch the query writes. Before each batch, a commit since then that is not this
 query's and may add or change rows (anything but a compaction, a vacuum or a property change), or
 a commit the log no longer holds, makes it build again. Silver has one writer, its query (as
@@ -26,6 +26,8 @@ every batch.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -34,6 +36,7 @@ from pyspark.sql.types import LongType, StructField, StructType
 
 from lakehouse.config import EntityConfig
 from lakehouse.tables import ROWS_UNCHANGED, TableRef, history_pages, last_commit, read_table
+from lakehouse.threads import in_background
 
 NO_TIME = np.iinfo(np.int64).min  # a null event time, below every time
 _SALT = "lakehouse-silver-keys"  # makes the second hash another function of the key
@@ -65,6 +68,7 @@ class SilverKeyIndex:
         self.version: int | None = None  # silver's version the index covers (None: not built)
         self.dropped = False  # over max_keys: the query MERGEs every batch
         self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._reading: Future | None = None  # a build in a thread (read_in_background)
 
     @property
     def size(self) -> int:
@@ -74,6 +78,9 @@ class SilverKeyIndex:
     def ready(self, own_marker: str) -> bool:
         """Whether the index covers silver as it is now (built or caught up first); False once dropped.
         ``own_marker``: a marker of this query's commits (``<app id>:<batch>``)."""
+        if self._reading is not None:
+            reading, self._reading = self._reading, None
+            reading.result()  # re-raises what failed there
         if self.dropped:
             return False
         if self.version is None or self._changed_by_others(own_marker.rpartition(":")[0] + ":"):
@@ -99,6 +106,12 @@ class SilverKeyIndex:
             self._drop()
         elif len(self._chunks) > _MAX_CHUNKS:
             self._chunks = [unique_keys(*(np.concatenate(parts) for parts in zip(*self._chunks, strict=True)))[0]]
+
+    def read_in_background(self) -> None:
+        """Start reading silver's keys in a thread, when the index has none yet (a query's first
+        batch: its parse runs meanwhile); :meth:`ready` waits for them."""
+        if self.version is None and not self.dropped and self._reading is None:
+            self._reading = in_background(self.build, "silver-key-index")
 
     def build(self) -> None:
         """Read silver's keys as its latest version holds them (or drop the index: over ``max_keys``)."""

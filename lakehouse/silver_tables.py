@@ -28,12 +28,12 @@ from lakehouse.config import EntityConfig, LakehouseConfig
 from lakehouse.quality import QUALITY_RESULTS_SCHEMA, QUALITY_RESULTS_TABLE
 from lakehouse.tables import (
     APPEND_ONLY_CHECKPOINTS,
-    at_once,
     create_table_if_missing,
     resolve_table,
     sql_target,
     table_properties,
 )
+from lakehouse.threads import at_once
 
 QUARANTINE_SCHEMA = StructType(
     [

@@ -9,12 +9,9 @@ Databricks (``catalog.kind: unity``) the Unity Catalog table ``<catalog>.<schema
 from __future__ import annotations
 
 import re
-import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,10 +32,8 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType, _make_type_verifier
-from pyspark.util import inheritable_thread_target
 
 from lakehouse.config import LAYERS, LakehouseConfig
-from lakehouse.redaction import redact_text
 
 _PART = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -327,62 +322,6 @@ def delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
 # bench/RESULTS.md, issue 16). Appends never need that state, and streaming readers follow the
 # commits themselves; a reader starting cold replays at most this many commits.
 APPEND_ONLY_CHECKPOINTS = {"delta.checkpointInterval": "100"}
-
-
-def _session() -> SparkSession | None:
-    """The thread's active session, else the application's default one (a streaming query's
-    foreachBatch runs in a thread with none active)."""
-    try:
-        return SparkSession.active()
-    except Exception:  # noqa: BLE001 - no session at all: the steps need none from here
-        return None
-
-
-def _inheriting():
-    """A wrapper that runs a step in another thread with this thread's local properties (its
-    scheduler pool and job group: `lakehouse run` cancels a flow's jobs by their group); made in
-    the thread whose properties are to be carried."""
-    # With the session named, its job tags are inherited too (and pyspark does not warn that they are not).
-    session = _session()
-    inherit = inheritable_thread_target(session) if session is not None else inheritable_thread_target
-    if inherit is session:  # threads not pinned to JVM threads: nothing to inherit
-        return lambda step: step
-    return inherit
-
-
-def at_once(*steps: Callable[[], object]) -> list:
-    """Run independent steps (commits to different tables, say) in threads at once; their results,
-    in order. A Delta commit is mostly the driver's round trips to the log, so a few of them take
-    little longer together than one. Each thread's Spark jobs carry the caller's local properties
-    (its scheduler pool and job group: `lakehouse run` cancels a flow's jobs by their group). The
-    first error is raised once every step has ended; any others are printed."""
-    if len(steps) <= 1:
-        return [step() for step in steps]
-    inherit = _inheriting()
-    with ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="at-once") as pool:
-        futures = [pool.submit(inherit(step)) for step in steps]
-    errors = [future.exception() for future in futures if future.exception() is not None]
-    for extra in errors[1:]:
-        print(f"lakehouse: a step run beside another that failed failed too: {type(extra).__name__}: "
-              f"{redact_text(str(extra).splitlines()[0] if str(extra) else '')}", file=sys.stderr, flush=True)
-    if errors:
-        raise errors[0]
-    return [future.result() for future in futures]
-
-
-def in_background(step: Callable[[], object], name: str) -> Future:
-    """Start ``step`` in a thread of its own (a daemon, named ``name``) with this thread's local
-    properties, as :func:`at_once` runs its steps; its future, which holds its result or error."""
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(step())
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
-            future.set_exception(exc)
-
-    threading.Thread(target=_inheriting()(run), name=name, daemon=True).start()
-    return future
 
 
 def create_table_if_missing(spark: SparkSession, ref: TableRef, schema, properties: dict | None = None,

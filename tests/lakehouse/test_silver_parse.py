@@ -93,3 +93,33 @@ def test_decisions_built_once_per_query_follow_each_batchs_plan(spark, config):
                     {1: [], 2: [], 3: ["future_event_time"]}]
     assert len(cache) == 1  # one bronze schema, the same late-exempt sources
     assert seen == [reasons(decide_rows(bronze, config, entity, p, rules)) for p in plans]  # as built afresh
+
+
+def test_the_expressions_built_as_the_query_starts_are_the_ones_its_batches_take(spark, config):
+    """lakehouse.silver builds the decisions from the query's stream before any batch
+    (refine.prepare_decisions); a batch of the same bronze tables finds them in the cache."""
+    from functools import partial
+
+    from lakehouse.batch_plan import plan_batch
+    from lakehouse.bronze import ensure_source_bronze_table
+    from lakehouse.parse import SOURCE_COLUMN, bronze_records
+    from lakehouse.refine import decide_rows, prepare_decisions
+    from lakehouse.silver import _bronze_stream
+    from lakehouse.silver_tables import ensure_silver_tables
+    from lakehouse.threads import at_once
+
+    entity = config.entity("telemetry")
+    rules = row_rules(load_suite(config.suite_path(entity.suite)))
+    refs = at_once(*[partial(ensure_source_bronze_table, spark, config, source) for source in entity.sources])
+    ensure_silver_tables(spark, config, "telemetry")
+    cache = {}
+    prepare_decisions(_bronze_stream(spark, config, "telemetry", refs), config, "telemetry", rules, cache)
+    built = dict(cache)
+    assert len(built) == 2  # the decisions, and the batch's aggregation
+    batches = [bronze_records(spark.read.format("delta").load(ref.path), config.source(source))
+               .withColumn(SOURCE_COLUMN, F.lit(source)) for source, ref in zip(entity.sources, refs, strict=True)]
+    batch = batches[0]
+    for other in batches[1:]:
+        batch = batch.unionByName(other)
+    decide_rows(batch, config, entity, plan_batch(spark, config, "telemetry"), rules, cache)
+    assert cache == built  # nothing built again: the batch's key is the stream's

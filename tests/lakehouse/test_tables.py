@@ -6,12 +6,11 @@ from lakehouse.config import load_config
 from lakehouse.silver_tables import CHANGE_FEED, ensure_silver_tables, silver_schema
 from lakehouse.tables import (
     TableNameError,
-    at_once,
     create_table_if_missing,
-    in_background,
     resolve_table,
     table_properties,
 )
+from lakehouse.threads import at_once, in_background
 from tests.conftest import CONF_DIR
 
 
