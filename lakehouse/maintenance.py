@@ -370,7 +370,7 @@ class Maintainer:
                                               locked=False)
             if before is None:
                 return step  # not a path on this machine: the dry run's figure stands
-            # Only VACUUM deletes a table's files: what it removed is what was there and is gone (new ones aside).
+            # Only VACUUM deletes a table's files: what it removed was there and is gone (files written meanwhile aside).
             removed = [path for path in before if not os.path.exists(path)]
             step.detail = f"{len(removed):,} unreferenced files past the retention ({retention})"
             if not removed:

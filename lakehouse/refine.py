@@ -85,8 +85,8 @@ def refine_batch(
 ) -> tuple[Measured, int | None]:
     """Parse, check, quarantine, deduplicate and upsert one micro-batch of bronze rows.
 
-    ``plan`` fixes what decisions depend on besides the rows (lakehouse.batch_plan.plan_batch, made when the
-    batch was first planned). The parsed and checked batch is computed once (:func:`stage_rows`);
+    ``plan`` fixes what decisions depend on besides the rows (lakehouse.batch_plan.plan_batch,
+    made when the batch was first planned). The parsed and checked batch is computed once (:func:`stage_rows`);
     one aggregation over it yields the batch's counts, the fail check and the row-level
     expectation results, and the writes read it. Each write is made once per batch
     (tables.append_once, marked ``app_id:batch_id``; ``may_be_replay``: the batch may be one

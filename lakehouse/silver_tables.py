@@ -59,8 +59,9 @@ SILVER_BATCHES_SCHEMA = StructType(
         StructField("warnings", LongType()),  # rows kept with a failed warn expectation
         StructField("recorded_at", TimestampType()),
         StructField("skipped", LongType()),  # CSV header lines: not records, in no other table
-        # The batch's plan (lakehouse.batch_plan.plan_batch): when it was first planned, and the event-time limits
-        # it judged rows by (older than late_cutoff: late; newer than future_cutoff: future_event_time).
+        # The batch's plan (lakehouse.batch_plan.plan_batch): when it was first planned, and the
+        # event-time limits it judged rows by (older than late_cutoff: late; newer than
+        # future_cutoff: future_event_time).
         StructField("planned_at", TimestampType()),
         StructField("late_cutoff", TimestampType()),
         StructField("future_cutoff", TimestampType()),
