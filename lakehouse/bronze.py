@@ -14,6 +14,7 @@ Next stop for each row: ``silver.<entity>`` (lakehouse.silver).
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -32,7 +33,7 @@ from pyspark.sql.types import (
 from lakehouse.checkpoints import batch_planned_ms, planned_files, redone_batch
 from lakehouse.config import LakehouseConfig, SourceConfig
 from lakehouse.errors import JobError, batch_query_id, raised_in_batch
-from lakehouse.freshness import Measured, observe_freshness, sampled_rows
+from lakehouse.freshness import Measured, observe_freshness
 from lakehouse.landing import ensure_landing_tables, ingest_files
 from lakehouse.landing_journal import IngestedJournal
 from lakehouse.parse import record_event_time
@@ -48,7 +49,7 @@ from lakehouse.tables import (
     start_to,
     table_exists,
 )
-from lakehouse.threads import at_once
+from lakehouse.threads import at_once, in_background
 
 BRONZE_FILE_SCHEMA = StructType(
     [
@@ -137,13 +138,17 @@ class FileBatchIngest:
     """The foreachBatch function of a file source's bronze query: each micro-batch's planned files
     (from the query's own file-source log) read into bronze by lakehouse.landing."""
 
-    def __init__(self, config: LakehouseConfig, flow: Flow, redone: int | None = None):
+    def __init__(self, config: LakehouseConfig, flow: Flow, redone: int | None = None,
+                 tables: Future | None = None):
         self.config, self.source_name = config, flow.name
         self.query_name, self.checkpoint = flow.query_name, flow.checkpoint
         self.redone = redone  # the batch that may be redone after a crash (checkpoints.redone_batch)
         self.times = freshness_times(config, flow.name)  # what each batch measures for ops.freshness
+        self.tables = tables  # the tables' creation, begun beside the query's start (start_file_ingest)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        if self.tables is not None:
+            self.tables.result()  # re-raises what failed there: the batch fails
         spark = batch.sparkSession
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
         app_id = f"{self.query_name}-{batch_query_id(batch)}"
@@ -163,18 +168,18 @@ def freshness_times(config: LakehouseConfig, source_name: str) -> dict[str, Colu
     the event time read from raw records by the first entity that reads the source, and, from a
     Kafka source, ``_ingested_at``.
 
-    A file source reads the event time from its sampled lines only (freshness.sampled_rows; null
-    on the others): reading it from every raw line (a JSON or CSV parse and a timestamp cast)
-    and the percentiles over every line tripled bronze's cost per line (bench/RESULTS.md, issue
-    16). The event time's oldest is then the sample's too. Its ingest time is one per batch, a
-    literal of the batch's read, measured exactly without reading rows (landing._append_lines).
-    Kafka measures every message."""
+    A file source's batch reads the event time from a sample of its lines only
+    (lakehouse.landing applies freshness.sampled_time_aggregates, every
+    freshness.bronze_sample_every-th line): reading it from every raw line (a JSON or CSV parse
+    and a timestamp cast) and the percentiles over every line tripled bronze's cost per line
+    (bench/RESULTS.md, issue 16). The event time's oldest is then the sample's too. Its ingest
+    time is one per batch, a literal of the batch's read, measured exactly without reading rows
+    (landing._append_lines). Kafka measures every message."""
     source = config.source(source_name)
     times = {"ingest": F.col("_ingested_at")} if source.kind == "kafka" else {}
     reader = next((name for name, entity in config.entities.items() if source_name in entity.sources), None)
     if reader is not None:
-        event = record_event_time(F.col("value").cast("string"), config.entity(reader), source)
-        times["event"] = event if source.kind == "kafka" else F.when(sampled_rows(), event)
+        times["event"] = record_event_time(F.col("value").cast("string"), config.entity(reader), source)
     return times
 
 
@@ -186,22 +191,30 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
 
 
 def start_file_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dict) -> StreamingQuery:
-    """Start the bronze query for a file source."""
+    """Start the bronze query for a file source. Its tables are made (a new table: about 0.4 s on
+    two cores) while the query starts; its first batch waits for them, and so does the return."""
     source = config.source(flow.name)
-    at_once(lambda: ensure_source_bronze_table(spark, config, flow.name), lambda: ensure_landing_tables(spark, config))
+    tables = in_background(lambda: at_once(lambda: ensure_source_bronze_table(spark, config, flow.name),
+                                           lambda: ensure_landing_tables(spark, config)), f"bronze-{flow.name}-start")
     # The batches' ops.ingested_files rows, appended whenever the progress recorder flushes.
     on_flush(flow.query_name, IngestedJournal(spark, config, flow.name, flow.checkpoint).flush)
     landing = config.landing_path(flow.name)
     if "://" not in landing:
         Path(landing).mkdir(parents=True, exist_ok=True)  # files may start arriving later
-    return (
+    query = (
         read_landing_stream(spark, source, landing).writeStream
-        .foreachBatch(raised_in_batch(FileBatchIngest(config, flow, redone_batch(flow.checkpoint, spark))))
+        .foreachBatch(raised_in_batch(FileBatchIngest(config, flow, redone_batch(flow.checkpoint, spark), tables)))
         .queryName(flow.query_name)
         .option("checkpointLocation", flow.checkpoint)
         .trigger(**trigger)
         .start()
     )
+    try:  # the tables exist once the flow has started, whether or not a batch comes
+        tables.result()
+    except BaseException:
+        query.stop()
+        raise
+    return query
 
 
 def start_kafka_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dict) -> StreamingQuery:

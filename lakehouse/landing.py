@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pyspark.sql import Column, Observation, SparkSession
+from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     LongType,
@@ -47,7 +47,7 @@ from pyspark.sql.types import (
 from lakehouse import fs
 from lakehouse.config import LakehouseConfig
 from lakehouse.failpoints import failpoint
-from lakehouse.freshness import constant_time, sampled_time_aggregates
+from lakehouse.freshness import bronze_sample_every, constant_time, sampled_time_aggregates
 from lakehouse.landing_journal import INGESTED_FILES_SCHEMA, INGESTED_FILES_TABLE, journal
 from lakehouse.landing_lines import LineRead, must_read_whole, one_file_per_partition, read_error
 from lakehouse.tables import (
@@ -204,22 +204,21 @@ def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef
     """Append the lines of ``files`` to bronze in one commit (lakehouse/landing_lines.py reads
     them): (lines per file read, by canonical path; with ``times``, the commit's freshness
     measurements, lakehouse/freshness.py: the rows, the ingest time every row shares, and each
-    of ``times``, read on sampled lines only)."""
+    of ``times``, read on sampled lines only: more sparsely in a larger batch,
+    freshness.bronze_sample_every)."""
     ingested_at = _now()
+    every = bronze_sample_every(sum(f.size or 0 for f in files))
+    aggregates = [a for m, t in (times or {}).items() for a in sampled_time_aggregates(m, t, every)]
     read = LineRead(spark, [f.uri for f in files], name, strict, whole={f.uri for f in files if f.read_whole},
-                    ingested_at=ingested_at)
-    measured = Observation(f"{name}-times") if times else None
-    lines = (read.rows.observe(measured, *[a for m, t in times.items() for a in sampled_time_aggregates(m, t)])
-             if measured else read.rows)
+                    ingested_at=ingested_at, also=aggregates)
     with one_file_per_partition(spark):
         read.check_partitions()
         failpoint("bronze.append", batch_id)
-        append_once(lines, bronze, marker)
+        append_once(read.rows, bronze, marker)
     counts = read.counts()
     if times is None:
         return counts, None
-    return counts, {**(measured.get if measured is not None else {}), "fresh_rows": sum(counts.values()),
-                    **constant_time("ingest", ingested_at)}
+    return counts, {**read.observed(), "fresh_rows": sum(counts.values()), **constant_time("ingest", ingested_at)}
 
 
 def _append_batch(spark: SparkSession, todo: list[LandedFile], bronze: TableRef, marker: str, batch_id: int,

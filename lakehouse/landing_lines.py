@@ -25,6 +25,7 @@ How many lines each file gave comes from the same pass (:class:`LineRead`).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -152,11 +153,13 @@ def line_reader(spark: SparkSession, uris: list[str], strict: bool = False) -> D
 
 
 def plain_lines(read: DataFrame, observation: Observation, partitions: int,
-                ingested_at: datetime | None = None) -> DataFrame:
+                ingested_at: datetime | None = None, also: Sequence[Column] = ()) -> DataFrame:
     """Bronze rows of a :func:`line_reader` read, in ``partitions`` partitions; needs
     :func:`one_file_per_partition` around the command. ``observation`` receives where each file's
     rows start (``firsts``: file, position) and where each merged partition's end (``lasts``),
-    positions in the merged partitions: :func:`plain_line_counts` turns them into lines per file."""
+    positions in the merged partitions: :func:`plain_line_counts` turns them into lines per file;
+    and the aggregates ``also`` over the bronze rows (each observation is a step every row passes
+    through: one costs less than two)."""
     numbered = read.select(
         F.col("value").cast("binary").alias("value"),
         F.col("_metadata.file_path").alias("_source_file"),
@@ -173,6 +176,7 @@ def plain_lines(read: DataFrame, observation: Observation, partitions: int,
         F.collect_list(F.when(F.col("_source_line") == 1, first)).alias("firsts"),
         F.array(*[F.max(F.when(partition == p, F.col("_at"))) for p in range(partitions)]).alias("lasts"),
         F.count(F.lit(1)).alias("rows"),
+        *also,
     ).drop("_at")
 
 
@@ -202,23 +206,37 @@ class LineRead:
     ones whole and split), and, once they have been written, the lines each file gave."""
 
     def __init__(self, spark: SparkSession, uris: list[str], name: str, strict: bool = False,
-                 whole: set[str] | frozenset[str] = frozenset(), ingested_at: datetime | None = None):
+                 whole: set[str] | frozenset[str] = frozenset(), ingested_at: datetime | None = None,
+                 also: Sequence[Column] = ()):
         """``whole``: files to read whole besides the compressed ones (see :func:`must_read_whole`);
-        ``ingested_at``: every row's ``_ingested_at`` (default: the write's time)."""
+        ``ingested_at``: every row's ``_ingested_at`` (default: the write's time); ``also``:
+        aggregates observed over the rows (:meth:`observed`), in the line counts' observation
+        when every file is read by the line reader."""
         plain = [uri for uri in uris if uri not in whole and not is_compressed(uri)]
         whole = [uri for uri in uris if uri in whole or is_compressed(uri)]
         self._plain = Observation(f"{name}-lines") if plain else None
         self._whole = Observation(f"{name}-whole") if whole else None
         self._read = line_reader(spark, plain, strict) if plain else None
         self._files = len(plain)
+        self._also_with_lines = bool(also) and not whole
         parts = []
         if plain:
             partitions = max(1, min(len(plain), spark.sparkContext.defaultParallelism, MAX_MERGED_PARTITIONS))
-            parts.append(plain_lines(self._read, self._plain, partitions, ingested_at))
+            parts.append(plain_lines(self._read, self._plain, partitions, ingested_at,
+                                     also if self._also_with_lines else ()))
         if whole:
             parts.append(with_lines(read_whole_files(spark, whole, strict), F.col("_metadata.file_path"),
                                     self._whole, ingested_at))
         self.rows = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+        self._also = Observation(f"{name}-also") if also and not self._also_with_lines else None
+        if self._also is not None:
+            self.rows = self.rows.observe(self._also, *also)
+
+    def observed(self) -> dict:
+        """The ``also`` aggregates' values, by alias, once the rows have been written."""
+        if self._also_with_lines:
+            return {k: v for k, v in self._plain.get.items() if k not in ("firsts", "lasts", "rows")}
+        return self._also.get if self._also is not None else {}
 
     def check_partitions(self) -> None:
         """Inside :func:`one_file_per_partition`, before the write: the line reader's input

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from lakehouse.bronze import BronzeSchemaError
 from lakehouse.cli import main
 from lakehouse.config import load_config
 from lakehouse.generator import TelemetryGenerator
@@ -100,6 +101,21 @@ def test_sql_command_reads_tables_by_name(spark, config, capsys):
     assert code == 0
     assert json.loads(capsys.readouterr().out.strip()) == {"n": 200}
     assert main(["--env", "test", "--data-dir", str(config.storage.data_dir), "sql", "SELECT * FROM bronze.nope"]) == 1
+
+
+def test_a_bronze_table_of_an_older_layout_stops_the_ingest_before_any_line_lands(spark, config):
+    """A bronze table holding ``value`` as text (an older release's) is found while the query
+    starts: the start fails with what to do, the query is stopped, and nothing is appended."""
+    _land(config, records=200, files=2, fault_rate=0.0)
+    ref = bronze_table(config, "telemetry")
+    spark.createDataFrame([("old line", "file:/old.jsonl", 1)], "value string, _source_file string, _source_line long") \
+        .write.format("delta").save(ref.path)
+    with pytest.raises(BronzeSchemaError, match="fresh --data-dir"):
+        run_flow(spark, config, "bronze.telemetry", {"availableNow": True})
+    assert not [q for q in spark.streams.active if q.name == "bronze_telemetry"]
+    assert [r.value for r in read_table(spark, ref).collect()] == ["old line"]
+    assert not Path(config.checkpoint_path("bronze_telemetry"), "commits").exists() or not any(
+        p.name.isdigit() for p in Path(config.checkpoint_path("bronze_telemetry"), "commits").iterdir())
 
 
 def test_ingest_before_any_file_landed_waits_for_files(spark, config):

@@ -109,3 +109,21 @@ def test_the_line_reader_refuses_to_number_files_sharing_a_partition(spark, tmp_
         uris.append((tmp_path / f"small-{n}.jsonl").as_uri())
     with pytest.raises(LineCountError, match="not one per file"):
         LineRead(spark, uris, "packed").check_partitions()
+
+
+@pytest.mark.parametrize("with_archive", [False, True], ids=["line-reader-only", "with-an-archive"])
+def test_aggregates_observed_beside_the_line_counts_cover_every_row(spark, tmp_path, with_archive):
+    """``also``: aggregates over the read's rows, in the line counts' own observation when every
+    file goes through the line reader, in one of their own over all rows when some are read whole."""
+    names = [name for name in TRICKY if with_archive or not name.endswith((".gz", "bom.jsonl"))]
+    uris = []
+    for name in names:
+        (tmp_path / name).write_bytes(TRICKY[name])
+        uris.append((tmp_path / name).as_uri())
+    whole = {uri for uri in uris if must_read_whole(spark, uri)}
+    read = LineRead(spark, uris, f"also-{with_archive}", whole=whole,
+                    also=[F.count(F.lit(1)).alias("n"), F.max("_source_line").alias("top")])
+    with one_file_per_partition(spark):
+        read.rows.write.format("noop").mode("overwrite").save()
+    assert read.observed() == {"n": sum(read.counts().values()), "top": 5000}
+    assert sum(read.counts().values()) == (5019 if with_archive else 5015)

@@ -10,9 +10,11 @@ from pyspark.sql import functions as F
 
 from lakehouse.bronze import freshness_times
 from lakehouse.freshness import (
+    BRONZE_SAMPLE_LINES,
     FRESHNESS_TABLE,
     ROW_SAMPLE,
     Measured,
+    bronze_sample_every,
     constant_time,
     measure_aggregates,
     p95_seconds,
@@ -150,3 +152,16 @@ def check_freshness(spark, config, flows: list[str], complete: bool = False) -> 
             assert ends[0] == row["rows"], row
             assert row["window_max_s"] == pytest.approx(at - ends[1].timestamp(), abs=MS), row
     return rows
+
+
+def test_a_large_bronze_batch_samples_sparser_and_keeps_each_file_first_line(spark):
+    """A batch of a few megabytes samples every ROW_SAMPLE-th line; a larger one a power of two
+    more sparsely, so the sample stays about BRONZE_SAMPLE_LINES lines; line 1 always counts."""
+    assert bronze_sample_every(0) == bronze_sample_every(4 << 20) == ROW_SAMPLE
+    for planned in (64 << 20, 256 << 20, 10 << 30):
+        every = bronze_sample_every(planned)
+        assert every > ROW_SAMPLE and every & (every - 1) == 0
+        assert BRONZE_SAMPLE_LINES <= planned // 256 // every < 2 * BRONZE_SAMPLE_LINES
+    df = spark.createDataFrame([(n, float(n)) for n in range(1, 200)], "_source_line long, t double")
+    row = df.agg(*sampled_time_aggregates("event", F.col("t").cast("timestamp"), every=64)).first()
+    assert sorted(row["event_sample"]) == [1.0, 65.0, 129.0, 193.0]
