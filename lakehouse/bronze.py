@@ -49,7 +49,7 @@ from lakehouse.tables import (
     start_to,
     table_exists,
 )
-from lakehouse.threads import at_once, in_background
+from lakehouse.threads import at_once, in_background, once_ready
 
 BRONZE_FILE_SCHEMA = StructType(
     [
@@ -209,12 +209,7 @@ def start_file_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow, 
         .trigger(**trigger)
         .start()
     )
-    try:  # the tables exist once the flow has started, whether or not a batch comes
-        tables.result()
-    except BaseException:
-        query.stop()
-        raise
-    return query
+    return once_ready(query, tables)
 
 
 def start_kafka_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dict) -> StreamingQuery:

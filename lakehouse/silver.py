@@ -32,7 +32,7 @@ from lakehouse.silver_keys import SilverKeyIndex
 from lakehouse.silver_tables import ensure_silver_tables
 from lakehouse.suites import checked_suite
 from lakehouse.tables import load_from, resolve_table
-from lakehouse.threads import at_once, in_background
+from lakehouse.threads import at_once, in_background, once_ready
 
 
 class CheckpointSourcesChanged(JobError):
@@ -116,12 +116,7 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
         .trigger(**trigger)
         .start()
     )
-    try:  # the tables exist once the flow has started, whether or not a batch comes
-        prepared.result()
-    except BaseException:
-        query.stop()
-        raise
-    return query
+    return once_ready(query, prepared)
 
 
 def _bronze_stream(spark: SparkSession, config: LakehouseConfig, entity_name: str, refs: list) -> DataFrame:

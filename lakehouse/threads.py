@@ -1,6 +1,7 @@
 """Running steps of one job in threads of their own, each carrying the caller's Spark local
 properties (its scheduler pool, job group and description): :func:`at_once` for independent
-steps run together and waited for, :func:`in_background` for one step waited for later.
+steps run together and waited for, :func:`in_background` for one step waited for later
+(:func:`once_ready`: by a streaming query started meanwhile).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
 from pyspark.util import inheritable_thread_target
 
 from lakehouse.redaction import redact_text
@@ -70,3 +72,15 @@ def in_background(step: Callable[[], object], name: str) -> Future:
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return future
+
+
+def once_ready(query: StreamingQuery, ready: Future) -> StreamingQuery:
+    """``query``, started while ``ready`` was under way (what its batches need, its tables say,
+    made by :func:`in_background`), once that has ended: a flow's tables exist once it has
+    started, whether or not a batch comes. If it failed, the query is stopped and the error raised."""
+    try:
+        ready.result()
+    except BaseException:
+        query.stop()
+        raise
+    return query
