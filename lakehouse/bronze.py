@@ -49,7 +49,7 @@ from lakehouse.tables import (
     start_to,
     table_exists,
 )
-from lakehouse.threads import at_once, in_background, once_ready
+from lakehouse.threads import at_once, await_ready, in_background, start_beside
 
 BRONZE_FILE_SCHEMA = StructType(
     [
@@ -148,7 +148,7 @@ class FileBatchIngest:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         if self.tables is not None:
-            self.tables.result()  # re-raises what failed there: the batch fails
+            await_ready(self.tables)
         spark = batch.sparkSession
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
         app_id = f"{self.query_name}-{batch_query_id(batch)}"
@@ -194,22 +194,21 @@ def start_file_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow, 
     """Start the bronze query for a file source. Its tables are made (a new table: about 0.4 s on
     two cores) while the query starts; its first batch waits for them, and so does the return."""
     source = config.source(flow.name)
-    tables = in_background(lambda: at_once(lambda: ensure_source_bronze_table(spark, config, flow.name),
-                                           lambda: ensure_landing_tables(spark, config)), f"bronze-{flow.name}-start")
     # The batches' ops.ingested_files rows, appended whenever the progress recorder flushes.
     on_flush(flow.query_name, IngestedJournal(spark, config, flow.name, flow.checkpoint).flush)
     landing = config.landing_path(flow.name)
     if "://" not in landing:
         Path(landing).mkdir(parents=True, exist_ok=True)  # files may start arriving later
-    query = (
+    tables = in_background(lambda: at_once(lambda: ensure_source_bronze_table(spark, config, flow.name),
+                                           lambda: ensure_landing_tables(spark, config)), f"bronze-{flow.name}-start")
+    return start_beside(lambda: (
         read_landing_stream(spark, source, landing).writeStream
         .foreachBatch(raised_in_batch(FileBatchIngest(config, flow, redone_batch(flow.checkpoint, spark), tables)))
         .queryName(flow.query_name)
         .option("checkpointLocation", flow.checkpoint)
         .trigger(**trigger)
         .start()
-    )
-    return once_ready(query, tables)
+    ), tables)
 
 
 def start_kafka_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dict) -> StreamingQuery:

@@ -207,7 +207,7 @@ def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef
     of ``times``, read on sampled lines only: more sparsely in a larger batch,
     freshness.bronze_sample_every)."""
     ingested_at = _now()
-    every = bronze_sample_every(sum(f.size or 0 for f in files))
+    every = bronze_sample_every(sum(f.size or 0 for f in files), len(files))
     aggregates = [a for m, t in (times or {}).items() for a in sampled_time_aggregates(m, t, every)]
     read = LineRead(spark, [f.uri for f in files], name, strict, whole={f.uri for f in files if f.read_whole},
                     ingested_at=ingested_at, also=aggregates)

@@ -32,7 +32,7 @@ from lakehouse.silver_keys import SilverKeyIndex
 from lakehouse.silver_tables import ensure_silver_tables
 from lakehouse.suites import checked_suite
 from lakehouse.tables import load_from, resolve_table
-from lakehouse.threads import at_once, in_background, once_ready
+from lakehouse.threads import at_once, await_ready, in_background, start_beside
 
 
 class CheckpointSourcesChanged(JobError):
@@ -95,7 +95,7 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
                              f"silver-{entity_name}-start")
 
     def process(batch, batch_id: int) -> None:
-        prepared.result()  # re-raises what failed there: the batch fails
+        await_ready(prepared)
         if key_index is not None:
             key_index.read_in_background()  # the query's first batch reads silver's keys beside its parse
         # The query id is stable for one checkpoint, so (query, batch) identifies a batch across restarts.
@@ -109,14 +109,13 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
         newest.advance(kept_newest)
         report_batch(flow.query_name, batch_id, freshness=[measured])
 
-    query = (
+    return start_beside(lambda: (
         count_records(bronze).writeStream.foreachBatch(raised_in_batch(process))
         .queryName(flow.query_name)
         .option("checkpointLocation", flow.checkpoint)
         .trigger(**trigger)
         .start()
-    )
-    return once_ready(query, prepared)
+    ), prepared)
 
 
 def _bronze_stream(spark: SparkSession, config: LakehouseConfig, entity_name: str, refs: list) -> DataFrame:

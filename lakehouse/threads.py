@@ -1,7 +1,7 @@
 """Running steps of one job in threads of their own, each carrying the caller's Spark local
 properties (its scheduler pool, job group and description): :func:`at_once` for independent
 steps run together and waited for, :func:`in_background` for one step waited for later
-(:func:`once_ready`: by a streaming query started meanwhile).
+(:func:`start_beside`: by a streaming query started meanwhile).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
@@ -74,10 +74,30 @@ def in_background(step: Callable[[], object], name: str) -> Future:
     return future
 
 
-def once_ready(query: StreamingQuery, ready: Future) -> StreamingQuery:
-    """``query``, started while ``ready`` was under way (what its batches need, its tables say,
-    made by :func:`in_background`), once that has ended: a flow's tables exist once it has
-    started, whether or not a batch comes. If it failed, the query is stopped and the error raised."""
+class NotReadyError(RuntimeError):
+    """What a flow's start made in the background (:func:`start_beside`) failed: a batch waiting
+    for it fails with this; the start raises the original error."""
+
+
+def await_ready(ready: Future) -> None:
+    """In a micro-batch of a query started by :func:`start_beside`: wait for what it needs."""
+    try:
+        ready.result()
+    except BaseException as exc:
+        raise NotReadyError(f"the flow's start failed: {type(exc).__name__}") from exc
+
+
+def start_beside(start: Callable[[], StreamingQuery], ready: Future) -> StreamingQuery:
+    """Start a streaming query (``start()``) while ``ready`` is under way (what its batches need,
+    its tables say, begun by :func:`in_background`; its batches begin with :func:`await_ready`),
+    and return it once that has ended too: a flow's tables exist once it has started, whether or
+    not a batch comes. If ``ready`` failed, the query is stopped and that error raised; if the
+    start failed, its own error, once ``ready`` has ended."""
+    try:
+        query = start()
+    except BaseException:
+        wait([ready])
+        raise
     try:
         ready.result()
     except BaseException:

@@ -105,7 +105,8 @@ def test_sql_command_reads_tables_by_name(spark, config, capsys):
 
 def test_a_bronze_table_of_an_older_layout_stops_the_ingest_before_any_line_lands(spark, config):
     """A bronze table holding ``value`` as text (an older release's) is found while the query
-    starts: the start fails with what to do, the query is stopped, and nothing is appended."""
+    starts (its tables are checked beside the query's start): the start fails with what to do,
+    the query is stopped, and nothing is appended or committed."""
     _land(config, records=200, files=2, fault_rate=0.0)
     ref = bronze_table(config, "telemetry")
     spark.createDataFrame([("old line", "file:/old.jsonl", 1)], "value string, _source_file string, _source_line long") \

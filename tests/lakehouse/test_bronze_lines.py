@@ -123,6 +123,7 @@ def test_aggregates_observed_beside_the_line_counts_cover_every_row(spark, tmp_p
     whole = {uri for uri in uris if must_read_whole(spark, uri)}
     read = LineRead(spark, uris, f"also-{with_archive}", whole=whole,
                     also=[F.count(F.lit(1)).alias("n"), F.max("_source_line").alias("top")])
+    assert (read._also is None) is not with_archive  # noqa: SLF001 - one observation, where it can be
     with one_file_per_partition(spark):
         read.rows.write.format("noop").mode("overwrite").save()
     assert read.observed() == {"n": sum(read.counts().values()), "top": 5000}

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pyspark.sql import functions as F
 
-from lakehouse.bronze import freshness_times
+from lakehouse.bronze import ensure_bronze_table, freshness_times
 from lakehouse.freshness import (
     BRONZE_SAMPLE_LINES,
     FRESHNESS_TABLE,
@@ -22,7 +22,7 @@ from lakehouse.freshness import (
     sampled_rows,
     sampled_time_aggregates,
 )
-from lakehouse.tables import delta_table, read_table, resolve_table
+from lakehouse.tables import bronze_table, delta_table, read_table, resolve_table
 
 MS = 0.0015  # rows hold seconds to the millisecond
 
@@ -155,13 +155,35 @@ def check_freshness(spark, config, flows: list[str], complete: bool = False) -> 
 
 
 def test_a_large_bronze_batch_samples_sparser_and_keeps_each_file_first_line(spark):
-    """A batch of a few megabytes samples every ROW_SAMPLE-th line; a larger one a power of two
-    more sparsely, so the sample stays about BRONZE_SAMPLE_LINES lines; line 1 always counts."""
-    assert bronze_sample_every(0) == bronze_sample_every(4 << 20) == ROW_SAMPLE
+    """A batch of up to 32 MiB samples every ROW_SAMPLE-th line; a larger one a power of two more
+    sparsely, so the sample stays about BRONZE_SAMPLE_LINES lines, unless its files are short: a
+    file of average size keeps a few sampled lines. Line 1 always counts."""
+    assert bronze_sample_every(0) == bronze_sample_every((32 << 20) - 1) == ROW_SAMPLE
     for planned in (64 << 20, 256 << 20, 10 << 30):
-        every = bronze_sample_every(planned)
+        every = bronze_sample_every(planned, files=10)
         assert every > ROW_SAMPLE and every & (every - 1) == 0
         assert BRONZE_SAMPLE_LINES <= planned // 256 // every < 2 * BRONZE_SAMPLE_LINES
+    assert bronze_sample_every(1 << 30, files=40_000) == ROW_SAMPLE  # 40,000 files of about 100 lines
+    assert bronze_sample_every(1 << 30, files=4_000) == 128  # about 1,000 lines each: 8 sampled
     df = spark.createDataFrame([(n, float(n)) for n in range(1, 200)], "_source_line long, t double")
     row = df.agg(*sampled_time_aggregates("event", F.col("t").cast("timestamp"), every=64)).first()
     assert sorted(row["event_sample"]) == [1.0, 65.0, 129.0, 193.0]
+
+
+@pytest.mark.parametrize("every", [ROW_SAMPLE, 8])
+def test_a_bronze_batch_samples_its_lines_at_the_stride_chosen_for_it(spark, config, tmp_path, monkeypatch, every):
+    """landing._append_lines takes the stride bronze_sample_every gives for the batch's files."""
+    from lakehouse import landing
+
+    monkeypatch.setattr(landing, "bronze_sample_every", lambda planned, files: every)
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"".join(b'{"event_id": "e%d", "event_time": "%s"}\n' % (n, (start + timedelta(seconds=n))
+                              .isoformat().encode()) for n in range(1, 41)))
+    ensure_bronze_table(spark, bronze_table(config, "telemetry"))
+    counts, measured = landing._append_lines(  # noqa: SLF001 - the batch's one read and its measurement
+        spark, [landing.LandedFile(path.as_uri(), size=path.stat().st_size)], bronze_table(config, "telemetry"),
+        "stride:0", 0, f"stride-{every}", times=freshness_times(config, "telemetry"))
+    assert list(counts.values()) == [40] and measured["fresh_rows"] == 40
+    assert sorted(measured["event_sample"]) == [(start + timedelta(seconds=n)).timestamp()
+                                                 for n in range(1, 41, every)]
