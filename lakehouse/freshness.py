@@ -6,7 +6,7 @@ rows it writes, in the same pass that writes or counts them (no extra scan):
 - ``ingest``: ``_ingested_at`` (when bronze took the record in; bronze and silver);
 - ``event``: the entity's event time (silver; bronze reads just that field of raw records, from
   the first entity that reads the source: a file source's from a sample of lines, every
-  :data:`ROW_SAMPLE`-th, more sparsely in a batch over 32 MiB, :func:`bronze_sample_every`;
+  :data:`ROW_SAMPLE`-th, more sparsely in a batch of 32 MiB or more, :func:`bronze_sample_every`;
   silver's percentiles come from every :data:`ROW_SAMPLE`-th line, its oldest from every row);
 - ``window``: a windowed gold table's window end (``gold.<table>.window_end``).
 
@@ -61,14 +61,15 @@ COMMIT_CLOCK_MARGIN_MS = 60_000
 # file source's bronze also reads the event time from the sampled lines only, more sparsely in
 # a large batch (:func:`bronze_sample_every`).
 ROW_SAMPLE = 16
-# A file bronze batch of more than 32 MiB samples between about this many lines and twice as
-# many (lines of 256 bytes assumed), however large: reading the event time of a raw line (a JSON
-# or CSV parse) is what the sample costs, about 0.4 s per million lines at every 16th on two cores
-# against 0.1 s at every 256th (bench/RESULTS.md, issue 16, ninth round). Its 5th percentile's
-# rank then has a standard error of about 0.35% of the batch.
+# A file bronze batch of 32 MiB or more samples between about this many lines and twice as many
+# (lines of 256 bytes assumed), unless its files are short (below): reading the event time of a
+# raw line (a JSON or CSV parse) is what the sample costs, about 0.4 s per million lines at every
+# 16th on two cores against 0.1 s at every 256th (bench/RESULTS.md, issue 16, ninth round). Its
+# 5th percentile's rank then has a standard error of about 0.35% of the batch.
 BRONZE_SAMPLE_LINES = 4096
-# ... and each file of average size keeps at least this many sampled lines: a batch of many
-# short files samples every ROW_SAMPLE-th line, as a small batch does, not just their first lines.
+# ... while a file of average size keeps at least this many sampled lines at a stride above
+# ROW_SAMPLE: a batch of many short files samples every ROW_SAMPLE-th line, as a small batch
+# does, not just their first lines.
 _SAMPLED_LINES_PER_FILE = 8
 # Lines a batch is assumed to hold per byte planned (short lines: the sample errs on the large side).
 _BYTES_PER_LINE = 256
@@ -83,8 +84,8 @@ def sampled_rows(every: int = ROW_SAMPLE) -> Column:
 def bronze_sample_every(planned_bytes: int, files: int = 1) -> int:
     """How sparsely a file bronze batch of ``files`` files and ``planned_bytes`` samples its lines
     for the event time: every :data:`ROW_SAMPLE`-th line, or a larger power of two, so that the
-    sample stays about :data:`BRONZE_SAMPLE_LINES` lines while a file of the batch's average size
-    keeps :data:`_SAMPLED_LINES_PER_FILE` of them (each file's first line is always in it)."""
+    sample stays about :data:`BRONZE_SAMPLE_LINES` lines, as long as a file of the batch's average
+    size keeps :data:`_SAMPLED_LINES_PER_FILE` of them (each file's first line is always in it)."""
     lines = planned_bytes // _BYTES_PER_LINE
     per_file = lines // max(files, 1)
     every = ROW_SAMPLE

@@ -6,6 +6,7 @@ steps run together and waited for, :func:`in_background` for one step waited for
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections.abc import Callable
@@ -49,8 +50,7 @@ def at_once(*steps: Callable[[], object]) -> list:
         futures = [pool.submit(_carrying(step)) for step in steps]
     errors = [future.exception() for future in futures if future.exception() is not None]
     for extra in errors[1:]:
-        print(f"lakehouse: a step run beside another that failed failed too: {type(extra).__name__}: "
-              f"{redact_text(str(extra).splitlines()[0] if str(extra) else '')}", file=sys.stderr, flush=True)
+        _print_beside(extra)
     if errors:
         raise errors[0]
     return [future.result() for future in futures]
@@ -92,15 +92,23 @@ def start_beside(start: Callable[[], StreamingQuery], ready: Future) -> Streamin
     its tables say, begun by :func:`in_background`; its batches begin with :func:`await_ready`),
     and return it once that has ended too: a flow's tables exist once it has started, whether or
     not a batch comes. If ``ready`` failed, the query is stopped and that error raised; if the
-    start failed, its own error, once ``ready`` has ended."""
+    start failed, its own error, once ``ready`` has ended (an error of ``ready``'s is printed)."""
     try:
         query = start()
     except BaseException:
         wait([ready])
+        if ready.exception() is not None:
+            _print_beside(ready.exception())
         raise
     try:
         ready.result()
     except BaseException:
-        query.stop()
+        with contextlib.suppress(Exception):  # the error to raise is ready's, not the stop's
+            query.stop()
         raise
     return query
+
+
+def _print_beside(extra: BaseException) -> None:
+    print(f"lakehouse: a step run beside another that failed failed too: {type(extra).__name__}: "
+          f"{redact_text(str(extra).splitlines()[0] if str(extra) else '')}", file=sys.stderr, flush=True)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from lakehouse.config import load_config
@@ -10,7 +12,7 @@ from lakehouse.tables import (
     resolve_table,
     table_properties,
 )
-from lakehouse.threads import at_once, in_background
+from lakehouse.threads import NotReadyError, at_once, await_ready, in_background, start_beside
 from tests.conftest import CONF_DIR
 
 
@@ -105,6 +107,46 @@ def test_in_background_keeps_the_callers_pool_and_hands_back_its_result_or_error
     assert pool.result(timeout=60) == "pool-of-the-caller"
     with pytest.raises(ValueError, match="in the thread"):
         in_background(lambda: _raise(ValueError("in the thread")), "test-error").result(timeout=60)
+
+
+class _Query:
+    """What start_beside does with a streaming query: stop it."""
+
+    def __init__(self, fails_to_stop: bool = False):
+        self.stopped, self.fails_to_stop = False, fails_to_stop
+
+    def stop(self):
+        self.stopped = True
+        if self.fails_to_stop:
+            raise RuntimeError("the stop timed out")
+
+
+def test_start_beside_returns_the_query_once_its_background_start_has_ended(spark, capsys):
+    """A failed background start stops the query and is what the start raises (not the stop's
+    error); a batch waiting for it fails with an error of its own; a failed query start waits for
+    the background start and says what it raised too."""
+    gate = threading.Event()
+    query = _Query()
+    ready = in_background(lambda: gate.wait(60) and "tables", "test-ready")
+    started = threading.Timer(0.2, gate.set)
+    started.start()
+    assert start_beside(lambda: query, ready) is query and ready.result() == "tables" and not query.stopped
+
+    failing = in_background(lambda: _raise(KeyError("old layout")), "test-failing")
+    stubborn = _Query(fails_to_stop=True)
+    with pytest.raises(KeyError, match="old layout"):
+        start_beside(lambda: stubborn, failing)
+    assert stubborn.stopped
+    with pytest.raises(NotReadyError, match="KeyError") as raised:
+        await_ready(failing)
+    assert isinstance(raised.value.__cause__, KeyError)
+
+    slow = threading.Event()
+    behind = in_background(lambda: (slow.wait(60), _raise(ValueError("tables too")))[1], "test-behind")
+    threading.Timer(0.2, slow.set).start()
+    with pytest.raises(OSError, match="no landing"):
+        start_beside(lambda: _raise(OSError("no landing")), behind)
+    assert behind.done() and "ValueError: tables too" in capsys.readouterr().err
 
 
 def test_a_silver_made_without_the_change_feed_gets_it(spark, config):
