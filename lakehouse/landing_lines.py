@@ -171,13 +171,16 @@ def plain_lines(read: DataFrame, observation: Observation, partitions: int,
     merged = numbered.coalesce(partitions).withColumn("_at", F.monotonically_increasing_id())
     partition = F.shiftright("_at", _ROW_BITS)
     first = F.struct(F.col("_source_file").alias("file"), F.col("_at").alias("at"))
-    return merged.observe(
+    return merged.observe(  # the aliases are LINE_METRICS
         observation,
         F.collect_list(F.when(F.col("_source_line") == 1, first)).alias("firsts"),
         F.array(*[F.max(F.when(partition == p, F.col("_at"))) for p in range(partitions)]).alias("lasts"),
         F.count(F.lit(1)).alias("rows"),
         *also,
     ).drop("_at")
+
+
+LINE_METRICS = ("firsts", "lasts", "rows")  # plain_lines' own aggregates in its observation, beside ``also``
 
 
 class LineCountError(RuntimeError):
@@ -235,7 +238,7 @@ class LineRead:
     def observed(self) -> dict:
         """The ``also`` aggregates' values, by alias, once the rows have been written."""
         if self._also_with_lines:
-            return {k: v for k, v in self._plain.get.items() if k not in ("firsts", "lasts", "rows")}
+            return {k: v for k, v in self._plain.get.items() if k not in LINE_METRICS}
         return self._also.get if self._also is not None else {}
 
     def check_partitions(self) -> None:
