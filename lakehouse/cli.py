@@ -321,9 +321,10 @@ def cmd_quality(config: LakehouseConfig, args) -> int:
 
 
 def cmd_maintain(config: LakehouseConfig, args) -> int:
-    from lakehouse.maintenance import Maintainer
+    from lakehouse.maintenance import Maintainer, check_table_names
     from lakehouse.maintenance_steps import print_steps
 
+    check_table_names(config, args.table or [])  # before the JVM starts
     steps = Maintainer(_start_spark(config), config, dry_run=args.dry_run,
                        out=lambda line: print(f"maintain: {line}", flush=True)).run(args.table)
     print_steps(steps, args.dry_run)

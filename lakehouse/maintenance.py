@@ -92,6 +92,14 @@ def maintained_tables(config: LakehouseConfig) -> list[str]:
                               + list(OPS_TABLES)))
 
 
+def check_table_names(config: LakehouseConfig, names: list[str]) -> None:
+    """Raise UsageError for a name that is not one of :func:`maintained_tables` (no Spark needed)."""
+    known = maintained_tables(config)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(f"maintain: no such table {unknown[0]} (tables: {', '.join(known)})")
+
+
 class Maintainer:
     """Maintains the tables of one configuration; :meth:`run` does one pass over them."""
 
@@ -115,9 +123,7 @@ class Maintainer:
         those that exist."""
         known = maintained_tables(self.config)
         if names:
-            unknown = [name for name in names if name not in known]
-            if unknown:
-                raise UsageError(f"maintain: no such table {unknown[0]} (tables: {', '.join(known)})")
+            check_table_names(self.config, names)
             known = [name for name in known if name in names]
         refs = [resolve_table(self.config, name) for name in dict.fromkeys(known)]
         return [ref for ref in refs if table_exists(self.spark, ref)]

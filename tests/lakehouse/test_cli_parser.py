@@ -166,6 +166,7 @@ def test_an_unknown_environment_exits_2(tmp_path, capsys, no_spark):
     (["generate", "--records", "3", "--files", "4"], "--files <= --records"),
     (["generate", "--run-id", "../elsewhere"], "--run-id"),
     (["generate", "--sink", "kafka", "--source", "telemetry"], "telemetry is a files source"),
+    (["maintain", "--table", "silver.telemetry", "--table", "silver.nope"], "no such table silver.nope (tables: "),
 ])
 def test_commands_refuse_bad_usage_before_spark_and_before_writing(tmp_path, capsys, no_spark, argv, expected):
     code, err = _main(tmp_path, capsys, *argv)
