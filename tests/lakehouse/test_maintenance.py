@@ -445,6 +445,8 @@ def test_maintenance_in_the_run_compacts_silver_while_it_commits(spark, tmp_path
         # Not the end of the pass: with the streams busy, the tables after silver take most of a minute.
         _wait(lambda: any(s.table_name == silver.name and s.action == "compact" and s.outcome == "done"
                           for s in run_steps), "a compaction of silver by the run", timeout=300)
+        # New batches' files since, for the foreign compaction to race the MERGE over.
+        _wait(lambda: table_size(spark, silver).files >= 2, "silver files written after the compaction", timeout=120)
         foreign_steps.extend(s for s in foreign.run([silver.name]) if s.action == "compact")
         lander.halt.set()
         lander.join()
