@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             config.source(args.source)  # an unknown source or entity is a configuration error too
         if getattr(args, "entity", None) is not None:
             config.entity(args.entity)
-        if args.command == "gold":  # maintain's --table names any table: Maintainer.tables checks it
+        if args.command == "gold":  # maintain's --table names any table: cmd_maintain checks it (check_table_names)
             for name in args.table or ():
                 config.gold_table(name)
         if getattr(args, "trigger", None):

@@ -251,7 +251,7 @@ def test_a_stop_cancels_a_maintenance_step_that_runs_long(spark, config, monkeyp
 
 
 @pytest.mark.slow
-def test_maintain_compacts_each_table_and_keeps_contents_and_every_version(spark, tmp_path, monkeypatch, capsys):
+def test_maintain_compacts_each_table_and_keeps_contents_and_its_versions(spark, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data", overrides=[
         "sources.telemetry.max_files_per_trigger=1", "maintenance.compact_min_files=3"])
@@ -455,6 +455,7 @@ def test_maintenance_in_the_run_compacts_silver_while_it_commits(spark, tmp_path
     assert {run.state for run in app.runs.values()} <= {"stopped", "idle"}
     assert all(run.restarts == 0 for run in app.runs.values())  # no stream failed
     assert not [s for s in run_steps if s.outcome == "failed"]
+    assert app.maintenance.passes  # the pass the stop ended returned its steps (one that raised would not)
     assert all(s.outcome in ("done", "nothing to do") for s in foreign_steps), foreign_steps
     # Every landed line in bronze once; reconciliation exact; silver one row per key.
     assert run_flows(spark, config, flows, ONCE) == 0
@@ -465,7 +466,7 @@ def test_maintenance_in_the_run_compacts_silver_while_it_commits(spark, tmp_path
     rows = read_table(spark, silver)
     assert rows.count() == rows.select("event_id").distinct().count()
     out = capsys.readouterr().out
-    assert "maintenance: silver.telemetry: compact: done" in out
+    assert "maintenance: silver.telemetry: compact: done" in out and "maintenance: the pass failed" not in out
     recorded = read_table(spark, resolve_table(config, MAINTENANCE_TABLE))
     assert recorded.where(f"table_name = '{silver.name}' AND action = 'compact' AND outcome = 'done'").count() >= 1
     assert os.environ.get(FAILPOINTS_ENV) is None
