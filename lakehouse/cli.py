@@ -321,7 +321,8 @@ def cmd_quality(config: LakehouseConfig, args) -> int:
 
 
 def cmd_maintain(config: LakehouseConfig, args) -> int:
-    from lakehouse.maintenance import Maintainer, check_table_names
+    from lakehouse.maintained_tables import check_table_names
+    from lakehouse.maintenance import Maintainer
     from lakehouse.maintenance_steps import print_steps
 
     check_table_names(config, args.table or [])  # before the JVM starts

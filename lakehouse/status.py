@@ -24,7 +24,7 @@ from lakehouse.config import LakehouseConfig
 from lakehouse.formatting import duration_text, size_text
 from lakehouse.freshness import FRESHNESS_TABLE
 from lakehouse.landing import BAD_FILES_TABLE, changed_files
-from lakehouse.maintenance import maintained_tables
+from lakehouse.maintained_tables import maintained_tables
 from lakehouse.maintenance_steps import MAINTENANCE_TABLE
 from lakehouse.pipeline import Pipeline
 from lakehouse.progress import STREAM_PROGRESS_TABLE

@@ -27,7 +27,8 @@ from lakehouse.failpoints import FAILPOINTS_ENV
 from lakehouse.freshness import FRESHNESS_SCHEMA, FRESHNESS_TABLE
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
-from lakehouse.maintenance import Maintainer, maintained_tables
+from lakehouse.maintained_tables import maintained_tables
+from lakehouse.maintenance import Maintainer
 from lakehouse.maintenance_steps import MAINTENANCE_TABLE, Step, recent_cleanups
 from lakehouse.pipeline import Pipeline
 from lakehouse.reader_holds import deletion_vector_path
