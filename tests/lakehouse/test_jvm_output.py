@@ -58,6 +58,12 @@ def test_the_resolution_report_and_the_start_up_notices_are_held_back_and_the_re
     assert _shown(worker + RESOLUTION + worker) == worker * 2  # the report ends where Ivy's retrieve does
 
 
+def test_deltas_vacuum_console_line_is_held_back_and_other_counts_shown():
+    vacuum = "Deleted 4 files and directories in a total of 1 directories.                    \n"
+    other = "Deleted 3 rows of ops.freshness older than 30 days\n"
+    assert _shown(vacuum + other + vacuum.strip() + "\n") == other
+
+
 def test_a_failed_resolution_is_shown_whole():
     failed = RESOLUTION.replace("\t2 artifacts copied", "\t\t::::::::::::::\n\t\t::          UNRESOLVED DEPENDENCIES         ::\n"
                                 "\t2 artifacts copied")
