@@ -5,10 +5,10 @@ before its own output, Ivy's dependency resolution on a machine whose cache lack
 (about 60 lines: ":: loading settings ::", "found io.delta#...", "downloading ...", the
 resolution report's module table), then Spark's start-up notices ("Using Spark's default log4j
 profile", "Setting default log level", the NativeCodeLoader warning, the JVM's note on its
-incubator modules), and the console line of Delta's VACUUM (table maintenance).
-:func:`launch_gateway` starts the JVM with its output through :class:`OutputFilter`, which drops
-those and passes every other line on: errors, a failed resolution (its whole report), and
-whatever the Python workers print.
+incubator modules). Later, table maintenance's VACUUM printed a console line of Delta's for each
+table, which maintenance's own report line repeats. :func:`launch_gateway` starts the JVM with
+its output through :class:`OutputFilter`, which drops those and passes every other line on:
+errors, a failed resolution (its whole report), and whatever the Python workers print.
 
 ``lakehouse --verbose`` (or ``LAKEHOUSE_VERBOSE=1``) shows everything, and leaves Spark's log
 level at WARN instead of ERROR (lakehouse/session.py). Under spark-submit or on Databricks the
@@ -35,7 +35,7 @@ NOTICES = re.compile(
     r"|\S+ \S+ WARN Utils: Your hostname, .* resolves to a loopback address.*"
     r"|\S+ \S+ WARN Utils: Set SPARK_LOCAL_IP if you need to bind to another address.*)$")
 # Delta's VACUUM prints how many files it deleted to the console; maintenance reports the
-# same step in a line of its own (lakehouse/maintenance.py), files before and after.
+# same step in a line of its own (lakehouse/maintenance.py).
 DELTA_VACUUM_ECHO = re.compile(r"^Deleted \d+ files and directories in a total of \d+ directories\.\s*$")
 # Ivy's resolution report: it starts with one of these lines and ends with the retrieve's line.
 IVY_START = re.compile(r"^(?::: loading settings :: |Ivy Default Cache set to: )")

@@ -1,6 +1,6 @@
-"""The Spark JVM's output, quiet by default (lakehouse/jvm_output.py): Ivy's resolution report
-and Spark's start-up notices held back, everything else (errors, a failed resolution) shown; and
-`--verbose` shows it all."""
+"""The Spark JVM's output, quiet by default (lakehouse/jvm_output.py): Ivy's resolution report,
+Spark's start-up notices and Delta's VACUUM line held back, everything else (errors, a failed
+resolution) shown; and `--verbose` shows it all."""
 
 from __future__ import annotations
 
