@@ -5,8 +5,8 @@ before its own output, Ivy's dependency resolution on a machine whose cache lack
 (about 60 lines: ":: loading settings ::", "found io.delta#...", "downloading ...", the
 resolution report's module table), then Spark's start-up notices ("Using Spark's default log4j
 profile", "Setting default log level", the NativeCodeLoader warning, the JVM's note on its
-incubator modules). Later, table maintenance's VACUUM printed a console line of Delta's for each
-table, which maintenance's own report line repeats. :func:`launch_gateway` starts the JVM with
+incubator modules); and while table maintenance runs, the line Delta's VACUUM prints for each
+table, which maintenance's own report line says already. :func:`launch_gateway` starts the JVM with
 its output through :class:`OutputFilter`, which drops those and passes every other line on:
 errors, a failed resolution (its whole report), and whatever the Python workers print.
 
