@@ -182,20 +182,21 @@ def list_names(spark, folder: str) -> list[str]:
     return sorted(status.getPath().getName() for status in hadoop.listStatus(path))
 
 
-def local_file_sizes(location: str, skip: str) -> dict[str, int] | None:
-    """Canonical path -> bytes of each file under a local directory (hidden files, and the
-    subdirectories named ``skip``, left out); None for remote storage."""
+def local_files(location: str, skip: str) -> dict[str, tuple[int, float]] | None:
+    """Canonical path -> (bytes, modification time) of each file under a local directory (hidden
+    files, and the subdirectories named ``skip``, left out); None for remote storage."""
     root = local_path(location)
     if root is None:
         return None
-    sizes = {}
+    files = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d != skip]
         for name in filenames:
             if not name.startswith("."):
                 path = os.path.join(dirpath, name)
                 try:
-                    sizes[canonical(path)] = os.stat(path).st_size
+                    stat = os.stat(path)
                 except FileNotFoundError:
                     continue  # removed meanwhile
-    return sizes
+                files[canonical(path)] = (stat.st_size, stat.st_mtime)
+    return files

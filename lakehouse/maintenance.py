@@ -23,9 +23,9 @@ to a concurrent one (Delta's optimistic concurrency) is retried with backoff, up
 Inside `lakehouse run` (lakehouse/app.py) a pass runs every ``maintenance.interval`` in a thread
 of its own (scheduler pool ``maintenance``) beside the streams. Each pass compacts; the
 clean-up steps (retention, vacuum) run on a table at most every ``maintenance.cleanup_every``:
-each costs a scan of the table's log and files on every pass, on two cores 5-35 s a table
-even with nothing to delete, for files that become deletable only a retention (7 days) after
-their removal. Where a flow rewrites files
+each costs a scan of the table's log and files (a VACUUM runs only when a file of the table's
+directory that its newest version does not read is older than the retention), for files that
+become deletable only a retention (7 days) after their removal. Where a flow rewrites files
 (silver's MERGE, a batch gold table's overwrite), compaction takes that table's writer lock
 (:func:`lakehouse.tables.writing`) and so runs between two of the flow's micro-batches: a race
 would waste the compaction, or fail the MERGE, whenever a batch touched a compacted file, and a
@@ -60,6 +60,7 @@ from lakehouse.tables import (
     create_table_if_missing,
     delta_table,
     local_rows,
+    read_table,
     resolve_table,
     retry_on_conflict,
     session_conf,
@@ -312,7 +313,7 @@ class Maintainer:
         retention_s = _retention_seconds(detail["properties"])
         retention = duration_text(retention_s)
         step = Step(ref.name, "vacuum")
-        before = fs.local_file_sizes(ref.path, skip="_delta_log") if ref.is_path else None
+        before = fs.local_files(ref.path, skip="_delta_log") if ref.is_path else None
         doomed = None
 
         def nothing_due() -> bool:
@@ -324,6 +325,9 @@ class Maintainer:
                 step.outcome = "nothing to do"
             return not doomed
 
+        if before is not None and not self._unreferenced_files_past(ref, before, retention_s):
+            step.outcome, step.detail = "nothing to do", f"no unreferenced files past the retention ({retention})"
+            return step
         # A table on a path of this machine is listed before and after the VACUUM instead of a
         # dry run first (which costs as much as the VACUUM).
         if (before is None or self.dry_run) and nothing_due():
@@ -354,10 +358,25 @@ class Maintainer:
                 step.outcome = "nothing to do"
                 return step
         if before is not None:
-            step.files_before, step.bytes_before = len(before), sum(before.values())
+            step.files_before, step.bytes_before = len(before), sum(size for size, _ in before.values())
             step.files_after = step.files_before - len(removed)
-            step.bytes_after = step.bytes_before - sum(before[path] for path in removed)
+            step.bytes_after = step.bytes_before - sum(before[path][0] for path in removed)
         return step
+
+    def _unreferenced_files_past(self, ref: TableRef, files: dict[str, tuple[int, float]], retention_s: float) -> bool:
+        """Whether VACUUM might delete anything: a file of the table's directory (``files``, listed
+        before this looks at the table) that its newest version does not read and that was
+        written longer ago than the retention allows (or will have been within a margin, for the
+        time VACUUM takes). VACUUM deletes only such files (of those, it keeps the ones removed
+        within the retention), so without one it is not run: on two cores it costs 2-5 s a table
+        and two commits (VACUUM START and END) even then. A deletion vector's file counts as
+        unreferenced here (only data files are read): VACUUM decides for a table with one."""
+        cutoff = time.time() - retention_s + min(600.0, retention_s / 2)
+        old = [path for path, (_, written) in files.items() if written < cutoff]
+        if not old:
+            return False
+        current = {fs.canonical(path) for path in read_table(self.spark, ref).inputFiles()}
+        return any(path not in current for path in old)
 
     def clean_landing(self, source: str) -> Step:
         """Archive or delete the landing files of committed micro-batches (``after_ingest``)."""

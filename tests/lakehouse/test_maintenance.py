@@ -149,6 +149,35 @@ def test_a_file_of_file_mib_is_left_alone_by_compaction(spark, tmp_path):
     assert read_table(spark, ref).count() == 63000
 
 
+def test_vacuum_runs_only_when_a_file_nothing_reads_is_past_the_retention(spark, tmp_path):
+    """The vacuum step lists the table's directory first: when every file older than the
+    retention is one the newest version reads, VACUUM is not run (no commit, nothing deleted);
+    an old stray file makes it run, and VACUUM deletes that file only."""
+    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data")
+    ref = resolve_table(config, "bronze.telemetry")
+    for start in (0, 10):
+        spark.range(start, start + 10).write.format("delta").mode("append").save(ref.path)
+    week_ago = time.time() - 8 * 86400  # past Delta's default retention of 7 days
+    data_files = list(Path(ref.path).glob("*.parquet"))
+    for path in data_files:
+        os.utime(path, (week_ago, week_ago))
+    stray = Path(ref.path) / "part-00000-stray.snappy.parquet"  # a failed write's file: no commit names it
+    stray.write_bytes(b"PAR1")
+    version = table_size(spark, ref).version
+
+    for dry_run in (True, False):
+        step = Maintainer(spark, config, dry_run=dry_run).vacuum(ref)
+        assert step.outcome == "nothing to do" and "no unreferenced files" in step.detail, step
+    assert table_size(spark, ref).version == version and stray.exists()  # no VACUUM commits
+
+    os.utime(stray, (week_ago, week_ago))
+    assert Maintainer(spark, config, dry_run=True).vacuum(ref).outcome == "done" and stray.exists()
+    step = Maintainer(spark, config).vacuum(ref)
+    assert (step.outcome, step.files_before, step.files_after) == ("done", len(data_files) + 1, len(data_files)), step
+    assert not stray.exists() and all(path.exists() for path in data_files)
+    assert table_size(spark, ref).version > version and read_table(spark, ref).count() == 20
+
+
 def test_the_run_cleans_up_a_table_at_most_every_cleanup_every(spark, config, monkeypatch):
     """In the run, retention and VACUUM run on a table once per maintenance.cleanup_every (compaction
     every pass); a skipped vacuum is tried again at the next pass; `maintain` (no record) always runs them."""
