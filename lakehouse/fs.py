@@ -184,12 +184,19 @@ def list_names(spark, folder: str) -> list[str]:
 
 def local_files(location: str, skip: str) -> dict[str, tuple[int, float]] | None:
     """Canonical path -> (bytes, modification time) of each file under a local directory (hidden
-    files, and the subdirectories named ``skip``, left out); None for remote storage."""
+    files, and the subdirectories named ``skip``, left out); None for remote storage. A folder
+    that cannot be read raises OSError."""
     root = local_path(location)
     if root is None:
         return None
+
+    def unreadable(error: OSError):
+        if not isinstance(error, FileNotFoundError):  # not one removed meanwhile
+            raise error
+
     files = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    # As Hadoop's local file system lists them (Delta's VACUUM): into linked folders too.
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
         dirnames[:] = [d for d in dirnames if d != skip]
         for name in filenames:
             if not name.startswith("."):

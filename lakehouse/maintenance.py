@@ -23,13 +23,13 @@ to a concurrent one (Delta's optimistic concurrency) is retried with backoff, up
 Inside `lakehouse run` (lakehouse/app.py) a pass runs every ``maintenance.interval`` in a thread
 of its own (scheduler pool ``maintenance``) beside the streams. Each pass compacts; the
 clean-up steps (retention, vacuum) run on a table at most every ``maintenance.cleanup_every``:
-each costs a scan of the table's log and files (a VACUUM runs only when a file of the table's
-directory that its newest version does not read is older than the retention), for files that
-become deletable only a retention (7 days) after their removal. Where a flow rewrites files
-(silver's MERGE, a batch gold table's overwrite), compaction takes that table's writer lock
-(:func:`lakehouse.tables.writing`) and so runs between two of the flow's micro-batches: a race
-would waste the compaction, or fail the MERGE, whenever a batch touched a compacted file, and a
-busy table might never be compacted (delta-io/delta#1449). Appends never conflict with
+each costs a scan of the table's log and files (on a local path, a VACUUM runs only when a file
+of the table's directory that its newest version does not read is older than the retention),
+for files that become deletable only a retention (7 days) after their removal. Where a flow
+rewrites files (silver's MERGE, a batch gold table's overwrite), compaction takes that table's
+writer lock (:func:`lakehouse.tables.writing`) and so runs between two of the flow's
+micro-batches: a race would waste the compaction, or fail the MERGE, whenever a batch touched a
+compacted file, and a busy table might never be compacted (delta-io/delta#1449). Appends never conflict with
 compaction: bronze and the ops tables are compacted while their flows write.
 """
 
@@ -325,7 +325,7 @@ class Maintainer:
                 step.outcome = "nothing to do"
             return not doomed
 
-        if before is not None and not self._unreferenced_files_past(ref, before, retention_s):
+        if before is not None and not self._vacuum_may_delete(ref, before, retention_s):
             step.outcome, step.detail = "nothing to do", f"no unreferenced files past the retention ({retention})"
             return step
         # A table on a path of this machine is listed before and after the VACUUM instead of a
@@ -363,15 +363,15 @@ class Maintainer:
             step.bytes_after = step.bytes_before - sum(before[path][0] for path in removed)
         return step
 
-    def _unreferenced_files_past(self, ref: TableRef, files: dict[str, tuple[int, float]], retention_s: float) -> bool:
-        """Whether VACUUM might delete anything: a file of the table's directory (``files``, listed
+    def _vacuum_may_delete(self, ref: TableRef, files: dict[str, tuple[int, float]], retention_s: float) -> bool:
+        """Whether VACUUM might delete a file: one of the table's directory (``files``, listed
         before this looks at the table) that its newest version does not read and that was
-        written longer ago than the retention allows (or will have been within a margin, for the
-        time VACUUM takes). VACUUM deletes only such files (of those, it keeps the ones removed
-        within the retention), so without one it is not run: on two cores it costs 2-5 s a table
-        and two commits (VACUUM START and END) even then. A deletion vector's file counts as
-        unreferenced here (only data files are read): VACUUM decides for a table with one."""
-        cutoff = time.time() - retention_s + min(600.0, retention_s / 2)
+        written longer ago than the retention. VACUUM deletes only such files (of those, it keeps
+        the ones removed within the retention), so without one it is not run: on two cores it
+        costs 2-5 s a table and two commits (VACUUM START and END) even then, and the empty
+        directories it would remove wait for a VACUUM that runs. A deletion vector's file counts
+        as unreferenced here (only data files are read): VACUUM decides for a table with one."""
+        cutoff = time.time() - retention_s
         old = [path for path, (_, written) in files.items() if written < cutoff]
         if not old:
             return False
