@@ -29,8 +29,8 @@ for files that become deletable only a retention (7 days) after their removal. W
 rewrites files (silver's MERGE, a batch gold table's overwrite), compaction takes that table's
 writer lock (:func:`lakehouse.tables.writing`) and so runs between two of the flow's
 micro-batches: a race would waste the compaction, or fail the MERGE, whenever a batch touched a
-compacted file, and a busy table might never be compacted (delta-io/delta#1449). Appends never conflict with
-compaction: bronze and the ops tables are compacted while their flows write.
+compacted file, and a busy table might never be compacted (delta-io/delta#1449). Appends never
+conflict with compaction: bronze and the ops tables are compacted while their flows write.
 """
 
 from __future__ import annotations
