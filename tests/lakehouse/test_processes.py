@@ -16,8 +16,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _bystander() -> subprocess.Popen:
-    """A process that is not ours to stop (as when a stale pid was given to another program)."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    """A process that is not ours to stop (as when a stale pid was given to another program),
+    returned once it runs its own command line: until its exec, a forked child shows its parent's
+    (pytest's), and started_process rightly takes it for another program."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(120)"],
+                             stdout=subprocess.PIPE, start_new_session=True)
+    other.stdout.readline()
+    return other
 
 
 def test_started_process_checks_the_command_line_and_start_time(tmp_path):
