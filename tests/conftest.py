@@ -41,12 +41,20 @@ def _spark_jvm_in_a_session_of_its_own():
         yield
 
 
+# The shared session's JVM lives for the whole suite (about 40 minutes), unlike the commands the
+# tests start (seconds to minutes), which keep the test overlay's C1 compiler alone: for it, tiered
+# compilation (C2 for its hot code) pays for itself. With the parallel collector (the dev
+# overlay's), the tests that run in it took about 5% less (bench/RESULTS.md, thirteenth round).
+SHARED_JVM_OPTIONS = "-XX:+UseParallelGC -XX:ReservedCodeCacheSize=240m"
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     """The one in-process Spark session (local[2], Delta), shared by every test that needs it."""
-    from lakehouse.session import build_session
+    from lakehouse.session import DRIVER_OPTIONS, build_session
 
     config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path_factory.mktemp("session"))
+    config.spark.conf[DRIVER_OPTIONS] = SHARED_JVM_OPTIONS
     session = build_session(config)
     yield session
     session.stop()
