@@ -41,10 +41,10 @@ def _spark_jvm_in_a_session_of_its_own():
         yield
 
 
-# The shared session's JVM lives for the whole suite (about 40 minutes), unlike the commands the
+# The shared session's JVM lives for the whole suite (about half an hour), unlike the commands the
 # tests start (seconds to minutes), which keep the test overlay's C1 compiler alone: for it, tiered
-# compilation (C2 for its hot code) pays for itself. With the parallel collector (the dev
-# overlay's), the tests that run in it took about 5% less (bench/RESULTS.md, thirteenth round).
+# compilation (C2 for its hot code) pays for itself. With it and the parallel collector (the dev
+# overlay's), the whole suite took 32:35 against 39:04 (bench/RESULTS.md, thirteenth round).
 SHARED_JVM_OPTIONS = "-XX:+UseParallelGC -XX:ReservedCodeCacheSize=240m"
 
 
