@@ -44,8 +44,9 @@ def _spark_jvm_in_a_session_of_its_own():
 # The shared session's JVM lives for the whole suite (about half an hour), unlike the commands the
 # tests start (seconds to minutes), which keep the test overlay's C1 compiler alone: for it, tiered
 # compilation (C2 for its hot code) pays for itself. With it and the parallel collector (the dev
-# overlay's), the whole suite took 32:35 against 39:04 (bench/RESULTS.md, thirteenth round).
-SHARED_JVM_OPTIONS = "-XX:+UseParallelGC -XX:ReservedCodeCacheSize=240m"
+# overlay's), the whole suite took 32:35 against 39:04 (bench/RESULTS.md, thirteenth round). The
+# code cache is tiered compilation's default (240 MiB), the size the test overlay asks of C1.
+SHARED_JVM_OPTIONS = "-XX:+UseParallelGC"
 
 
 @pytest.fixture(scope="session")
