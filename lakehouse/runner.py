@@ -26,6 +26,7 @@ from lakehouse.config import LakehouseConfig
 from lakehouse.errors import EXIT_OK, UsageError
 from lakehouse.pipeline import Flow, Pipeline
 from lakehouse.streaming import run_streaming_job
+from lakehouse.threads import Behind
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,12 @@ RUNNERS = {
 }
 
 
-def run_flow(spark: SparkSession, config: LakehouseConfig, flow: str | Flow, trigger: dict, **options) -> int:
+def run_flow(spark: SparkSession, config: LakehouseConfig, flow: str | Flow, trigger: dict,
+             last_flush: Behind | None = None, **options) -> int:
     """Run one flow (a Flow, or its id such as ``silver.telemetry``) until done or stopped. Exit code.
 
-    ``options`` go to the layer's steps (silver: ``backfill``)."""
+    ``options`` go to the layer's steps (silver: ``backfill``). ``last_flush``: a streaming flow's
+    last progress rows are written there, in the background (lakehouse.streaming.run_streaming_job)."""
     flow = Pipeline(config).flow(flow)
     if flow.kind not in RUNNERS:
         raise ValueError(f"{flow.id} is not run here (training and scoring: ml/)")
@@ -60,6 +63,7 @@ def run_flow(spark: SparkSession, config: LakehouseConfig, flow: str | Flow, tri
         spark, config, flow.query_name, flow.checkpoint,
         lambda: layer.start(spark, config, flow, trigger, **options),
         restart_once_if=(lambda error: restart(config, flow, error)) if restart else None,
+        last_flush=last_flush,
     )
 
 
@@ -72,12 +76,21 @@ def announce(config: LakehouseConfig, flow: Flow, **options) -> str:
 
 
 def run_flows(spark: SparkSession, config: LakehouseConfig, flows: Iterable[str | Flow], trigger: dict) -> int:
-    """Run several flows, inputs first; stop at the first that fails."""
-    for flow in Pipeline(config).inputs_first(flows):
-        code = run_flow(spark, config, flow, trigger)
-        if code != EXIT_OK:
-            print(f"lakehouse: {flow.id} failed (exit {code}); tables after it were not built", file=sys.stderr)
-            return code
+    """Run several flows, inputs first; stop at the first that fails.
+
+    A flow's last progress rows (ops.stream_progress, ops.freshness, ops.ingested_files: about a
+    second of small commits, bench/RESULTS.md, issue 16) are written while the next flow runs,
+    and all of them before this returns. No flow reads those tables."""
+    last_flush, failed = Behind("last-flush"), True
+    try:
+        for flow in Pipeline(config).inputs_first(flows):
+            code = run_flow(spark, config, flow, trigger, last_flush=last_flush)
+            if code != EXIT_OK:
+                print(f"lakehouse: {flow.id} failed (exit {code}); tables after it were not built", file=sys.stderr)
+                return code
+        failed = False
+    finally:  # after a failure, an error of these writes is printed, not raised in its place
+        last_flush.wait(raising=not failed)
     return EXIT_OK
 
 

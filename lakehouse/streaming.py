@@ -21,6 +21,7 @@ from lakehouse.config import LakehouseConfig, spark_interval
 from lakehouse.errors import EXIT_FAILED, EXIT_OK, LakehouseError, batch_error
 from lakehouse.progress import ProgressRecorder
 from lakehouse.redaction import redact_text
+from lakehouse.threads import Behind
 
 
 def trigger_for(once: bool, interval: str | None, config: LakehouseConfig) -> dict:
@@ -37,23 +38,27 @@ def run_streaming_job(
     checkpoint: str,
     start: Callable[[], StreamingQuery],
     restart_once_if: Callable[[Exception], str | None] | None = None,
+    last_flush: Behind | None = None,
 ) -> int:
     """Start the query with ``start()`` and run it until it finishes (availableNow) or is stopped.
 
     ``restart_once_if(error)``: for a failure known to leave the checkpoint consistent, the reason
     to restart the query once (printed) instead of failing; None to fail as usual.
+    ``last_flush``: where the recorder's last flush (the last progress rows, freshness rows and
+    ops.ingested_files rows: a few small commits) goes to run in the background once the query
+    has ended; the caller waits for it (None: made before this returns).
     """
-    code, error, raised = _run_query(spark, config, query_name, checkpoint, start)
+    code, error, raised = _run_query(spark, config, query_name, checkpoint, start, last_flush)
     reason = restart_once_if(error) if error is not None and raised is None and restart_once_if else None
     if reason:
         print(f"{query_name}: {reason}; restarting the query from its checkpoint", flush=True)
-        code, error, raised = _run_query(spark, config, query_name, checkpoint, start)
+        code, error, raised = _run_query(spark, config, query_name, checkpoint, start, last_flush)
     if error is not None:
         print(f"lakehouse: {query_name} failed: {redact_text(failure_summary(error, raised))}", file=sys.stderr)
     return code
 
 
-def _run_query(spark, config, query_name, checkpoint, start) \
+def _run_query(spark, config, query_name, checkpoint, start, last_flush: Behind | None) \
         -> tuple[int, StreamingQueryException | None, LakehouseError | None]:
     """Run the query once: (exit code, Spark's error, the project's own error a batch raised)."""
     recorder = ProgressRecorder(spark, config)
@@ -101,8 +106,11 @@ def _run_query(spark, config, query_name, checkpoint, start) \
             signal.signal(signal.SIGTERM, previous)
         recorder.wait_terminated(str(query.id), timeout=30)
         records += print_finished_batches(recorder)
-        recorder.flush()
-        spark.streams.removeListener(recorder)
+        spark.streams.removeListener(recorder)  # the query has ended: every batch's row is drained
+        if last_flush is None:
+            recorder.flush()
+        else:
+            last_flush.add(recorder.flush)
     print(f"{query_name}: done, {records:,} records in {time.monotonic() - started:.1f}s", flush=True)
     return EXIT_OK, None, None
 

@@ -1,7 +1,8 @@
 """Running steps of one job in threads of their own, each carrying the caller's Spark local
 properties (its scheduler pool, job group and description): :func:`at_once` for independent
 steps run together and waited for, :func:`in_background` for one step waited for later
-(:func:`start_beside`: by a streaming query started meanwhile).
+(:func:`start_beside`: by a streaming query started meanwhile), :class:`Behind` for steps run one
+after another while the caller goes on.
 """
 
 from __future__ import annotations
@@ -72,6 +73,35 @@ def in_background(step: Callable[[], object], name: str) -> Future:
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return future
+
+
+class Behind:
+    """Steps run in the background one after another, each once the one before has ended, while
+    the caller goes on; :meth:`wait` waits for them all. ``lakehouse run --once`` writes a flow's
+    last progress rows (a second of small commits) while the next flow runs (lakehouse/runner.py)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._steps: list[Future] = []
+
+    def add(self, step: Callable[[], object]) -> None:
+        before = self._steps[-1] if self._steps else None
+
+        def after_the_one_before() -> object:
+            if before is not None:
+                wait([before])  # its error is raised by wait(), not here
+            return step()
+
+        self._steps.append(in_background(after_the_one_before, f"{self.name}-{len(self._steps)}"))
+
+    def wait(self, raising: bool = True) -> None:
+        """Wait for every step; the first error is raised (``raising``; else printed, as the others are)."""
+        steps, self._steps = self._steps, []
+        errors = [step.exception() for step in steps if step.exception() is not None]
+        for extra in errors[1 if raising else 0:]:
+            _print_beside(extra)
+        if errors and raising:
+            raise errors[0]
 
 
 class NotReadyError(RuntimeError):

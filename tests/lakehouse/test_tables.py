@@ -12,7 +12,7 @@ from lakehouse.tables import (
     resolve_table,
     table_properties,
 )
-from lakehouse.threads import NotReadyError, at_once, await_ready, in_background, start_beside
+from lakehouse.threads import Behind, NotReadyError, at_once, await_ready, in_background, start_beside
 from tests.conftest import CONF_DIR
 
 
@@ -107,6 +107,25 @@ def test_in_background_keeps_the_callers_pool_and_hands_back_its_result_or_error
     assert pool.result(timeout=60) == "pool-of-the-caller"
     with pytest.raises(ValueError, match="in the thread"):
         in_background(lambda: _raise(ValueError("in the thread")), "test-error").result(timeout=60)
+
+
+def test_behind_runs_its_steps_one_after_another_while_the_caller_goes_on(spark, capsys):
+    """Each step starts once the one before has ended (a failed one included); wait() waits for
+    all and raises the first error, or prints every error when the caller has one of its own."""
+    gate, ran = threading.Event(), []
+    behind = Behind("test-behind")
+    behind.add(lambda: gate.wait(60) and ran.append("first"))
+    behind.add(lambda: _raise(ValueError("second")))
+    behind.add(lambda: ran.append("third"))
+    ran.append("caller")  # the caller goes on while the first step waits
+    gate.set()
+    with pytest.raises(ValueError, match="second"):
+        behind.wait()
+    assert ran == ["caller", "first", "third"]
+    behind.add(lambda: _raise(KeyError("printed")))
+    behind.wait(raising=False)
+    assert "KeyError" in capsys.readouterr().err
+    behind.wait()  # nothing left
 
 
 class _Query:
