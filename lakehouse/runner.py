@@ -49,7 +49,8 @@ def run_flow(spark: SparkSession, config: LakehouseConfig, flow: str | Flow, tri
     """Run one flow (a Flow, or its id such as ``silver.telemetry``) until done or stopped. Exit code.
 
     ``options`` go to the layer's steps (silver: ``backfill``). ``last_flush``: a streaming flow's
-    last progress rows are written there, in the background (lakehouse.streaming.run_streaming_job)."""
+    last progress rows are handed to it, to be written in the background; the caller waits for
+    it (lakehouse.streaming.run_streaming_job)."""
     flow = Pipeline(config).flow(flow)
     if flow.kind not in RUNNERS:
         raise ValueError(f"{flow.id} is not run here (training and scoring: ml/)")
@@ -80,7 +81,8 @@ def run_flows(spark: SparkSession, config: LakehouseConfig, flows: Iterable[str 
 
     A flow's last progress rows (ops.stream_progress, ops.freshness, ops.ingested_files: about a
     second of small commits, bench/RESULTS.md, issue 16) are written while the next flow runs,
-    and all of them before this returns. No flow reads those tables."""
+    and all of them before this returns; an error writing them is raised then, once every flow
+    has run (printed instead when a flow failed). No flow depends on another's rows there."""
     last_flush, failed = Behind("last-flush"), True
     try:
         for flow in Pipeline(config).inputs_first(flows):

@@ -45,13 +45,16 @@ def run_streaming_job(
     ``restart_once_if(error)``: for a failure known to leave the checkpoint consistent, the reason
     to restart the query once (printed) instead of failing; None to fail as usual.
     ``last_flush``: where the recorder's last flush (the last progress rows, freshness rows and
-    ops.ingested_files rows: a few small commits) goes to run in the background once the query
-    has ended; the caller waits for it (None: made before this returns).
+    ops.ingested_files rows: a few small commits) is handed once the query has ended, to be
+    written in the background; the caller waits for it (``Behind.wait``). None: written before
+    this returns. The ``done`` line is printed either way once the query has ended.
     """
     code, error, raised = _run_query(spark, config, query_name, checkpoint, start, last_flush)
     reason = restart_once_if(error) if error is not None and raised is None and restart_once_if else None
     if reason:
         print(f"{query_name}: {reason}; restarting the query from its checkpoint", flush=True)
+        if last_flush is not None:  # the first query's rows are written before the second query flushes its own
+            last_flush.wait(raising=False)
         code, error, raised = _run_query(spark, config, query_name, checkpoint, start, last_flush)
     if error is not None:
         print(f"lakehouse: {query_name} failed: {redact_text(failure_summary(error, raised))}", file=sys.stderr)

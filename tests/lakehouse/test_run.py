@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lakehouse import runner
 from lakehouse.app import PipelineApp
 from lakehouse.cli import main
 from lakehouse.config import ConfigError, load_config
@@ -59,6 +60,37 @@ def test_the_command_refuses_before_spark_starts(config, capsys):
     assert main([*data, "run", "--trigger", "soon"]) == EXIT_CONFIG
     assert "--trigger" in capsys.readouterr().err
     assert not Path(config.storage.data_dir).exists()  # nothing written
+
+
+def test_each_flows_last_rows_are_written_behind_the_next_flow_and_their_error_raised_at_the_end(
+        spark, config, monkeypatch, capsys):
+    """run_flows hands each flow's last flush on and waits for them all: a flush that fails does
+    not stop the next flow, and fails the run once every flow has run; after a failed flow, the
+    flow's exit code is what returns and the flush's error is printed."""
+    ran, codes = [], {}
+
+    def flow_whose_flush_fails(spark, config, flow, trigger, last_flush=None):
+        flow_id = getattr(flow, "id", flow)
+        ran.append(flow_id)
+        last_flush.add(lambda: ran.append(f"{flow_id} flushed") or _raise(OSError(f"flush of {flow_id}")))
+        return codes.get(flow_id, 0)
+
+    monkeypatch.setattr(runner, "run_flow", flow_whose_flush_fails)
+    with pytest.raises(OSError, match="flush of bronze.telemetry"):
+        run_flows(spark, config, ["silver.telemetry", "bronze.telemetry"], ONCE)
+    assert ran[0] == "bronze.telemetry" and ran.index("silver.telemetry") > 0  # inputs first, both run
+    assert set(ran[1:]) == {"silver.telemetry", "bronze.telemetry flushed", "silver.telemetry flushed"}
+    assert ran.index("bronze.telemetry flushed") < ran.index("silver.telemetry flushed")  # one after another
+
+    ran.clear()
+    codes["bronze.telemetry"] = 3
+    assert run_flows(spark, config, ["bronze.telemetry", "silver.telemetry"], ONCE) == 3
+    assert ran == ["bronze.telemetry", "bronze.telemetry flushed"]  # the failed flow's rows written still
+    assert "OSError: flush of bronze.telemetry" in capsys.readouterr().err
+
+
+def _raise(exc: Exception):
+    raise exc
 
 
 @pytest.mark.slow
