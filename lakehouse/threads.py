@@ -97,7 +97,7 @@ class Behind:
     def wait(self, raising: bool = True) -> None:
         """Wait for every step; the first error is raised (``raising``; else printed, as the others are)."""
         steps, self._steps = self._steps, []
-        errors = [step.exception() for step in steps if step.exception() is not None]
+        errors = [error for error in (step.exception() for step in steps) if error is not None]
         for extra in errors[1 if raising else 0:]:
             _print_beside(extra)
         if errors and raising:

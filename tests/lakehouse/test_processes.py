@@ -22,6 +22,7 @@ def _bystander() -> subprocess.Popen:
     other = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(120)"],
                              stdout=subprocess.PIPE, start_new_session=True)
     other.stdout.readline()
+    other.stdout.close()  # it prints nothing more
     return other
 
 
