@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 
 from lakehouse.config import LakehouseConfig, duration_seconds
 from lakehouse.parse import TIMESTAMP_RANGE_MICROS
+from lakehouse.silver_keys import UNKNOWN, SilverKeyIndex
 from lakehouse.tables import last_commit, read_table, resolve_table, table_exists
 
 
@@ -22,21 +23,28 @@ class NewestEventTime:
     from the table once, when the query starts, then advanced by each batch's kept rows. Silver
     has one writer (its query) and its MERGE keeps the latest version of each key, so this is
     max(event_time) over silver without a scan of the whole table on every batch (a scan that
-    grows with the table: seconds per batch after weeks of running)."""
+    grows with the table: seconds per batch after weeks of running). With the query's key index
+    (``index``, lakehouse/silver_keys.py), the first read takes it from the keys the index reads
+    anyway."""
 
     _UNREAD = object()
 
-    def __init__(self, spark: SparkSession, config: LakehouseConfig, entity_name: str):
-        self.spark, self.config, self.entity_name = spark, config, entity_name
+    def __init__(self, spark: SparkSession, config: LakehouseConfig, entity_name: str,
+                 index: SilverKeyIndex | None = None):
+        self.spark, self.config, self.entity_name, self.index = spark, config, entity_name, index
         self._value = self._UNREAD
 
     def value(self) -> int | None:
         if self._value is self._UNREAD:
-            entity = self.config.entity(self.entity_name)
-            silver = read_table(self.spark, resolve_table(self.config, f"silver.{self.entity_name}"))
-            self._value = silver.agg(F.max(F.col(entity.event_time)).alias("newest")).select(
-                F.unix_micros(F.col("newest").cast("timestamp"))).first()[0]
+            held = self.index.newest_time() if self.index is not None else UNKNOWN
+            self._value = self._read() if held is UNKNOWN else held
         return self._value
+
+    def _read(self) -> int | None:
+        entity = self.config.entity(self.entity_name)
+        silver = read_table(self.spark, resolve_table(self.config, f"silver.{self.entity_name}"))
+        return silver.agg(F.max(F.col(entity.event_time)).alias("newest")).select(
+            F.unix_micros(F.col("newest").cast("timestamp"))).first()[0]
 
     def advance(self, kept_newest: int | None) -> None:
         """After a batch: the newest event time among the rows it kept (None: it kept none)."""

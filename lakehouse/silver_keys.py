@@ -35,10 +35,11 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StructField, StructType
 
 from lakehouse.config import EntityConfig
-from lakehouse.tables import ROWS_UNCHANGED, TableRef, history_pages, last_commit, read_table
+from lakehouse.tables import ROWS_UNCHANGED, TableRef, history_pages, last_commit, made_empty, read_table
 from lakehouse.threads import in_background
 
 NO_TIME = np.iinfo(np.int64).min  # a null event time, below every time
+UNKNOWN = object()  # SilverKeyIndex.newest_time of a dropped index
 _SALT = "lakehouse-silver-keys"  # makes the second hash another function of the key
 
 
@@ -78,14 +79,26 @@ class SilverKeyIndex:
     def ready(self, own_marker: str) -> bool:
         """Whether the index covers silver as it is now (built or caught up first); False once dropped.
         ``own_marker``: a marker of this query's commits (``<app id>:<batch>``)."""
-        if self._reading is not None:
-            reading, self._reading = self._reading, None
-            reading.result()  # re-raises what failed there
+        self._await_reading()
         if self.dropped:
             return False
         if self.version is None or self._changed_by_others(own_marker.rpartition(":")[0] + ":"):
             self.build()
         return not self.dropped
+
+    def newest_time(self) -> int | None | object:
+        """The newest event time among silver's rows (microseconds; None: no row has one), from the
+        keys the index holds, built first if it holds none; :data:`UNKNOWN` once dropped. Each key's
+        entry holds the newest time written for it, which is its row's in silver, so this is
+        max(event_time) over silver (lakehouse.batch_plan.NewestEventTime reads it so at a query's
+        first plan, instead of scanning silver beside the index's own read)."""
+        self._await_reading()
+        if self.version is None and not self.dropped:
+            self.build()
+        if self.dropped:
+            return UNKNOWN
+        newest = max((int(chunk[2].max()) for chunk in self._chunks if len(chunk[2])), default=NO_TIME)
+        return None if newest == NO_TIME else newest
 
     def lookup(self, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each key: whether silver holds it, and the newest event time written for it (NO_TIME: none)."""
@@ -115,7 +128,11 @@ class SilverKeyIndex:
 
     def build(self) -> None:
         """Read silver's keys as its latest version holds them (or drop the index: over ``max_keys``)."""
-        version = last_commit(self.spark, self.ref).version
+        commit = last_commit(self.spark, self.ref)
+        version = commit["version"]
+        if made_empty(commit):  # a silver just created holds no key: no scan (about 0.5 s)
+            self._chunks, self.version = [], version
+            return
         silver = read_table(self.spark, self.ref, version)
         rows = silver.count()
         if rows > self.max_keys:
@@ -123,6 +140,12 @@ class SilverKeyIndex:
             return
         self._chunks = [unique_keys(*collect_keys(silver, self.entity))[0]] if rows else []
         self.version = version
+
+    def _await_reading(self) -> None:
+        """Wait for a build started by :meth:`read_in_background` (re-raising what failed there)."""
+        if self._reading is not None:
+            reading, self._reading = self._reading, None
+            reading.result()
 
     def _drop(self) -> None:
         name = self.ref.name if self.ref is not None else "silver"

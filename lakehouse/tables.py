@@ -102,6 +102,12 @@ def last_commit(spark: SparkSession, ref: TableRef):
     return delta_table(spark, ref).history(1).first()
 
 
+def made_empty(commit) -> bool:
+    """Whether a table whose newest commit is ``commit`` (:func:`last_commit`) surely holds no row:
+    that commit created it, without a query."""
+    return commit["version"] == 0 and commit["operation"] == "CREATE TABLE"
+
+
 def local_rows(spark: SparkSession, rows: list, schema: StructType) -> DataFrame:
     """A DataFrame of a few rows made on the driver (an ops table's rows: tuples in ``schema``'s
     order, or dicts by name), in one partition, so its append writes one file.

@@ -199,3 +199,31 @@ def test_the_silver_flow_with_the_index_writes_what_it_writes_without(spark, tmp
     assert len(with_index[2]) >= 6 and any(r[1] for r in with_index[2])  # several batches, keys inserted
     operations = {r.operation for r in delta_table(spark, resolve_table(indexed, "silver.telemetry")).history().collect()}
     assert "WRITE" in operations  # some batch was appended
+
+
+def test_silvers_newest_event_time_comes_from_the_index_as_from_a_scan(spark, tmp_path, monkeypatch):
+    """NewestEventTime at a query's first plan: from the key index's own read, the same figure as
+    a scan of silver; a silver just created is not scanned at all; a dropped index falls back to
+    the scan."""
+    from lakehouse.batch_plan import NewestEventTime
+    from lakehouse.config import load_config
+    from tests.conftest import CONF_DIR
+
+    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path)
+    entity, ref = config.entity("telemetry"), resolve_table(config, "silver.telemetry")
+    ensure_silver_tables(spark, config, "telemetry")
+    scans = []
+    monkeypatch.setattr(silver_keys, "read_table", lambda *args: scans.append(args) or read_table(*args))
+    index = SilverKeyIndex(spark, ref, entity, max_keys=100)
+    assert NewestEventTime(spark, config, "telemetry", index).value() is None
+    assert index.version == 0 and not scans  # the table's only commit created it
+
+    merge_into_silver(ref, _rows(spark, entity, [(1, 5), (2, None), (3, -5)]), entity, "q-1:0", None)
+    scanned = NewestEventTime(spark, config, "telemetry").value()
+    assert scanned == int((T0 + timedelta(minutes=5)).timestamp() * 1_000_000)
+    assert NewestEventTime(spark, config, "telemetry", SilverKeyIndex(spark, ref, entity, max_keys=100)).value() == scanned
+    dropped = SilverKeyIndex(spark, ref, entity, max_keys=2)  # three keys: dropped as it builds
+    assert NewestEventTime(spark, config, "telemetry", dropped).value() == scanned and dropped.dropped
+
+    merge_into_silver(ref, _rows(spark, entity, [(1, None), (4, None)]), entity, "q-1:1", None)  # no newer time
+    assert NewestEventTime(spark, config, "telemetry", SilverKeyIndex(spark, ref, entity, max_keys=100)).value() == scanned
