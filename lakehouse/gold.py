@@ -41,6 +41,7 @@ from lakehouse.tables import (
     resolve_table,
     retry_on_conflict,
     save_to,
+    session_conf,
     start_to,
     table_exists,
     writing,
@@ -100,7 +101,16 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
         .option("checkpointLocation", flow.checkpoint)
         .trigger(**trigger)
     )
-    return start_to(writer, target)
+    # The query takes the session's settings as it starts, and its first run fixes its state's
+    # partitions (the aggregation's shuffle) in its checkpoint.
+    with session_conf(spark, {"spark.sql.shuffle.partitions": state_partitions(spark, config)}):
+        return start_to(writer, target)
+
+
+def state_partitions(spark: SparkSession, config: LakehouseConfig) -> int | None:
+    """``streaming.state_partitions`` as a number (None: the session's shuffle partitions)."""
+    chosen = config.streaming.state_partitions
+    return spark.sparkContext.defaultParallelism if chosen == "cores" else chosen
 
 
 @dataclass

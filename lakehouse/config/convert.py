@@ -216,7 +216,15 @@ def convert(value: Any, hint: Any, path: tuple[str, ...], tree: Tree, fallback: 
                 return None
             fail("must not be empty")
         non_none = [opt for opt in options if opt is not type(None)]
-        return convert(value, non_none[0], path, tree, fallback)
+        if len(non_none) == 1:
+            return convert(value, non_none[0], path, tree, fallback)
+        refused = []  # several kinds (a number or a word, say): the first that takes the value
+        for option in non_none:
+            try:
+                return convert(value, option, path, tree, fallback)
+            except ConfigError as exc:
+                refused.append(exc.message)
+        fail("; or ".join(refused))
     if hint is Any:  # free-form (a gold transform's options): plain YAML values, taken as they are
         return value
     if value is None:

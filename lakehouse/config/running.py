@@ -5,9 +5,9 @@ table maintenance and the ops tables' retention (sections ``streaming``, ``run``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
-from lakehouse.config.values import Duration, Range, duration_seconds
+from lakehouse.config.values import Duration, PositiveInt, Range, duration_seconds
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,10 @@ class StreamingConfig:
     trigger: Duration  # processing-time trigger for continuous runs
     # How often a running job appends the queued progress rows to ops.stream_progress.
     progress_flush_seconds: Annotated[float, Range(low=0.0)] = 30.0
+    # Partitions of a streaming gold table's state (its aggregation's shuffle), fixed in the query's
+    # checkpoint by its first run. null: spark.sql.shuffle.partitions; "cores": one per core Spark
+    # has as the query first starts (its default parallelism).
+    state_partitions: PositiveInt | Literal["cores"] | None = None
 
 
 @dataclass(frozen=True)

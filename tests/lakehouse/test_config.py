@@ -242,3 +242,18 @@ def test_config_error_names_origin_and_key():
         load_config("test", conf_dir=CONF_DIR, overrides=["catalog.kind=hive"])
     assert err.value.key == "catalog.kind"
     assert err.value.origin == "--set catalog.kind"
+
+
+def test_a_key_of_several_kinds_takes_each_and_names_them_all_when_none_fits(tmp_path):
+    """streaming.state_partitions: a positive number, the word cores, or null."""
+    def state_partitions(value):
+        return load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path,
+                           overrides=[f"streaming.state_partitions={value}"]).streaming.state_partitions
+
+    assert (state_partitions(3), state_partitions("cores"), state_partitions("null")) == (3, "cores", None)
+    with pytest.raises(ConfigError) as refused:
+        state_partitions("all")
+    assert refused.value.key == "streaming.state_partitions"
+    assert refused.value.message == "expected an integer, got str 'all'; or expected one of 'cores', got 'all'"
+    with pytest.raises(ConfigError, match="must be at least 1, got 0; or expected one of 'cores'"):
+        state_partitions(0)

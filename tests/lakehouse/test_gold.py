@@ -57,7 +57,11 @@ def test_gold_tables_from_silver(spark, config):
     assert [flow.id for flow in order] == ["gold.telemetry_minute", "gold.telemetry_features"]
 
     _land_refine(spark, config, seed=31)
+    config = dataclasses.replace(config, streaming=dataclasses.replace(config.streaming, state_partitions=3))
+    shuffle = spark.conf.get("spark.sql.shuffle.partitions")
     assert run_flows(spark, config, [f"gold.{name}" for name in config.gold], ONCE) == 0
+    # The new query's state in the partitions asked for, the session's own setting as it was.
+    assert _state_partitions(config) == "3" and spark.conf.get("spark.sql.shuffle.partitions") == shuffle
     expected = _expected_minutes(spark, config)
     gold, rows = _gold_minutes(spark, config)
     assert len(expected) > 100 and rows == len(gold)  # one row per host and minute
@@ -77,15 +81,24 @@ def test_gold_tables_from_silver(spark, config):
 
     # A later stretch of events: new minutes are appended, closed ones stay as they were.
     later = dataclasses.replace(config.generator, start_time="2026-01-01T06:00:00Z")
-    config2 = dataclasses.replace(config, generator=later)
+    config2 = dataclasses.replace(config, generator=later,
+                                  streaming=dataclasses.replace(config.streaming, state_partitions=5))
     _land_refine(spark, config2, seed=32)
     assert run_flows(spark, config2, ["gold.telemetry_minute"], ONCE) == 0
+    assert _state_partitions(config2) == "3"  # the checkpoint keeps its first run's partitions
     gold2, rows2 = _gold_minutes(spark, config2)
     assert rows2 == len(gold2)  # still one row per host and minute
     assert {k: v for k, v in gold2.items() if k in gold} == gold
     # ... and the first stretch's last minutes, closed only by the second run's events, are there too
     assert gold2 == _expected_minutes(spark, config2)
     assert len(gold2) > len(gold) + 100
+
+
+def _state_partitions(config) -> str:
+    """The state partitions the gold query's latest micro-batch ran with (its checkpoint's offsets)."""
+    offsets = Path(Pipeline(config).flows["gold.telemetry_minute"].checkpoint, "offsets")
+    latest = max((p for p in offsets.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    return json.loads(latest.read_text().splitlines()[1])["conf"]["spark.sql.shuffle.partitions"]
 
 
 def test_gold_config_errors(tmp_path):
