@@ -14,8 +14,7 @@ from pyspark.sql import functions as F
 
 from lakehouse.config import LakehouseConfig, duration_seconds
 from lakehouse.parse import TIMESTAMP_RANGE_MICROS
-from lakehouse.silver_keys import UNKNOWN, SilverKeyIndex
-from lakehouse.tables import last_commit, read_table, resolve_table, table_exists
+from lakehouse.tables import last_commit, made_empty, read_table, resolve_table, table_exists
 
 
 class NewestEventTime:
@@ -23,27 +22,27 @@ class NewestEventTime:
     from the table once, when the query starts, then advanced by each batch's kept rows. Silver
     has one writer (its query) and its MERGE keeps the latest version of each key, so this is
     max(event_time) over silver without a scan of the whole table on every batch (a scan that
-    grows with the table: seconds per batch after weeks of running). With the query's key index
-    (``index``, lakehouse/silver_keys.py), the first read takes it from the keys the index reads
-    anyway."""
+    grows with the table: seconds per batch after weeks of running)."""
 
     _UNREAD = object()
 
-    def __init__(self, spark: SparkSession, config: LakehouseConfig, entity_name: str,
-                 index: SilverKeyIndex | None = None):
-        self.spark, self.config, self.entity_name, self.index = spark, config, entity_name, index
+    def __init__(self, spark: SparkSession, config: LakehouseConfig, entity_name: str):
+        self.spark, self.config, self.entity_name = spark, config, entity_name
         self._value = self._UNREAD
 
     def value(self) -> int | None:
         if self._value is self._UNREAD:
-            held = self.index.newest_time() if self.index is not None else UNKNOWN
-            self._value = self._read() if held is UNKNOWN else held
+            self._value = self._read()
         return self._value
 
     def _read(self) -> int | None:
+        ref = resolve_table(self.config, f"silver.{self.entity_name}")
+        # A silver just created (a first run) holds no row: its history says so in about 0.1 s,
+        # where the scan's snapshot jobs take 0.5-0.8 s (bench/RESULTS.md, issue 16, fifteenth round).
+        if made_empty(last_commit(self.spark, ref)):
+            return None
         entity = self.config.entity(self.entity_name)
-        silver = read_table(self.spark, resolve_table(self.config, f"silver.{self.entity_name}"))
-        return silver.agg(F.max(F.col(entity.event_time)).alias("newest")).select(
+        return read_table(self.spark, ref).agg(F.max(F.col(entity.event_time)).alias("newest")).select(
             F.unix_micros(F.col("newest").cast("timestamp"))).first()[0]
 
     def advance(self, kept_newest: int | None) -> None:

@@ -83,13 +83,12 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
     check_checkpoint_sources(flow.checkpoint, entity_name, entity.sources)
     bronze = _bronze_stream(spark, config, entity_name, bronze_refs)
     plans = BatchPlans(spark, flow.checkpoint)
+    newest = NewestEventTime(spark, config, entity_name)  # silver is read for it once, at the first plan
     redone = redone_batch(flow.checkpoint, spark)  # the batch that may be redone after a crash
     decisions = {}  # the expressions refine builds (decisions, counts), built as the query starts
     # Silver's keys, read at the first batch (none where the entity's key_index_max_keys is 0).
     key_index = SilverKeyIndex(spark, resolve_table(config, f"silver.{entity_name}"), entity,
                                entity.key_index_max_keys) if entity.key_index_max_keys else None
-    # Silver's newest event time, read once, at the first plan (from the key index's own read, if any).
-    newest = NewestEventTime(spark, config, entity_name, key_index)
 
     # Made while the query starts its sources (their snapshots and offsets: about 1.5 s on two cores).
     prepared = in_background(partial(_prepare, spark, config, entity_name, bronze, rules, decisions),

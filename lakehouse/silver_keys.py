@@ -39,7 +39,6 @@ from lakehouse.tables import ROWS_UNCHANGED, TableRef, history_pages, last_commi
 from lakehouse.threads import in_background
 
 NO_TIME = np.iinfo(np.int64).min  # a null event time, below every time
-UNKNOWN = object()  # SilverKeyIndex.newest_time of a dropped index
 _SALT = "lakehouse-silver-keys"  # makes the second hash another function of the key
 
 
@@ -85,20 +84,6 @@ class SilverKeyIndex:
         if self.version is None or self._changed_by_others(own_marker.rpartition(":")[0] + ":"):
             self.build()
         return not self.dropped
-
-    def newest_time(self) -> int | None | object:
-        """The newest event time among silver's rows (microseconds; None: no row has one), from the
-        keys the index holds, built first if it holds none; :data:`UNKNOWN` once dropped. Each key's
-        entry holds the newest time written for it, which is its row's in silver, so this is
-        max(event_time) over silver (lakehouse.batch_plan.NewestEventTime reads it so at a query's
-        first plan, instead of scanning silver beside the index's own read)."""
-        self._await_reading()
-        if self.version is None and not self.dropped:
-            self.build()
-        if self.dropped:
-            return UNKNOWN
-        newest = max((int(chunk[2].max()) for chunk in self._chunks if len(chunk[2])), default=NO_TIME)
-        return None if newest == NO_TIME else newest
 
     def lookup(self, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each key: whether silver holds it, and the newest event time written for it (NO_TIME: none)."""

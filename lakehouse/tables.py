@@ -256,7 +256,8 @@ def session_conf(spark: SparkSession, settings: dict[str, object]):
     They are the whole session's: only for a command whose table no other thread writes meanwhile
     (silver's MERGE and maintenance's OPTIMIZE hold the table's writer lock; the streams never
     read the keys set), or for a query's start (lakehouse.gold: the query keeps a copy of the
-    settings as it starts; queries start one at a time, from one thread)."""
+    settings as it starts; queries start one at a time, from one thread). Jobs other threads plan
+    on the session meanwhile take the settings too (maintenance's, say: only their speed changes)."""
     chosen = {key: str(value) for key, value in settings.items() if value is not None}
     before = {key: spark.conf.get(key, None) for key in chosen}
     for key, value in chosen.items():

@@ -17,7 +17,8 @@ class StreamingConfig:
     progress_flush_seconds: Annotated[float, Range(low=0.0)] = 30.0
     # Partitions of a streaming gold table's state (its aggregation's shuffle), fixed in the query's
     # checkpoint by its first run. null: spark.sql.shuffle.partitions; "cores": one per core Spark
-    # has as the query first starts (its default parallelism).
+    # has as the query first starts (its default parallelism: meant for a local master; a cluster's
+    # executors may not all have registered by then).
     state_partitions: PositiveInt | Literal["cores"] | None = None
 
 

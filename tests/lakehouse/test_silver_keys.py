@@ -201,10 +201,10 @@ def test_the_silver_flow_with_the_index_writes_what_it_writes_without(spark, tmp
     assert "WRITE" in operations  # some batch was appended
 
 
-def test_silvers_newest_event_time_comes_from_the_index_as_from_a_scan(spark, tmp_path, monkeypatch):
-    """NewestEventTime at a query's first plan: from the key index's own read, the same figure as
-    a scan of silver; a silver just created is not scanned at all; a dropped index falls back to
-    the scan."""
+def test_a_silver_just_created_is_not_scanned_for_its_newest_time_nor_its_keys(spark, tmp_path, monkeypatch):
+    """A first run's silver: its history alone says it is empty, for NewestEventTime (the late
+    cut-off) and for the key index; once rows are written, both read them."""
+    from lakehouse import batch_plan
     from lakehouse.batch_plan import NewestEventTime
     from lakehouse.config import load_config
     from tests.conftest import CONF_DIR
@@ -213,17 +213,15 @@ def test_silvers_newest_event_time_comes_from_the_index_as_from_a_scan(spark, tm
     entity, ref = config.entity("telemetry"), resolve_table(config, "silver.telemetry")
     ensure_silver_tables(spark, config, "telemetry")
     scans = []
-    monkeypatch.setattr(silver_keys, "read_table", lambda *args: scans.append(args) or read_table(*args))
+    for module in (batch_plan, silver_keys):
+        monkeypatch.setattr(module, "read_table", lambda *args, module=module: scans.append(module) or read_table(*args))
     index = SilverKeyIndex(spark, ref, entity, max_keys=100)
-    assert NewestEventTime(spark, config, "telemetry", index).value() is None
-    assert index.version == 0 and not scans  # the table's only commit created it
+    index.build()
+    assert NewestEventTime(spark, config, "telemetry").value() is None
+    assert index.version == 0 and index.size == 0 and not scans
 
     merge_into_silver(ref, _rows(spark, entity, [(1, 5), (2, None), (3, -5)]), entity, "q-1:0", None)
-    scanned = NewestEventTime(spark, config, "telemetry").value()
-    assert scanned == int((T0 + timedelta(minutes=5)).timestamp() * 1_000_000)
-    assert NewestEventTime(spark, config, "telemetry", SilverKeyIndex(spark, ref, entity, max_keys=100)).value() == scanned
-    dropped = SilverKeyIndex(spark, ref, entity, max_keys=2)  # three keys: dropped as it builds
-    assert NewestEventTime(spark, config, "telemetry", dropped).value() == scanned and dropped.dropped
-
-    merge_into_silver(ref, _rows(spark, entity, [(1, None), (4, None)]), entity, "q-1:1", None)  # no newer time
-    assert NewestEventTime(spark, config, "telemetry", SilverKeyIndex(spark, ref, entity, max_keys=100)).value() == scanned
+    assert NewestEventTime(spark, config, "telemetry").value() == int((T0 + timedelta(minutes=5)).timestamp() * 1_000_000)
+    index = SilverKeyIndex(spark, ref, entity, max_keys=100)
+    index.build()
+    assert index.version == 1 and index.size == 3 and scans == [batch_plan, silver_keys]
