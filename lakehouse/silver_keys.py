@@ -78,7 +78,9 @@ class SilverKeyIndex:
     def ready(self, own_marker: str) -> bool:
         """Whether the index covers silver as it is now (built or caught up first); False once dropped.
         ``own_marker``: a marker of this query's commits (``<app id>:<batch>``)."""
-        self._await_reading()
+        if self._reading is not None:
+            reading, self._reading = self._reading, None
+            reading.result()  # re-raises what failed there
         if self.dropped:
             return False
         if self.version is None or self._changed_by_others(own_marker.rpartition(":")[0] + ":"):
@@ -125,12 +127,6 @@ class SilverKeyIndex:
             return
         self._chunks = [unique_keys(*collect_keys(silver, self.entity))[0]] if rows else []
         self.version = version
-
-    def _await_reading(self) -> None:
-        """Wait for a build started by :meth:`read_in_background` (re-raising what failed there)."""
-        if self._reading is not None:
-            reading, self._reading = self._reading, None
-            reading.result()
 
     def _drop(self) -> None:
         name = self.ref.name if self.ref is not None else "silver"
