@@ -20,7 +20,8 @@ check-java:
 	@scripts/check_java.sh
 
 # Re-installs only when the pinned dependencies change.
-$(STAMP): setup.cfg pyproject.toml scripts/build_horovod.sh lakehouse/data_docs_assets.py lakehouse/jvm_archive.py | check-java
+$(STAMP): setup.cfg pyproject.toml scripts/build_horovod.sh lakehouse/data_docs_assets.py lakehouse/jvm_archive.py \
+          lakehouse/local_fs.py $(wildcard lakehouse/jvm/*.java) | check-java
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=68" wheel
 	$(BIN)/python -m pip install --quiet -e ".[test,dev]"

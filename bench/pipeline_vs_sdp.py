@@ -45,6 +45,7 @@ from lakehouse.config import load_config  # noqa: E402
 from lakehouse.fs import user_cache  # noqa: E402
 from lakehouse.generator import TelemetryGenerator  # noqa: E402
 from lakehouse.generator_runs import generate_batch  # noqa: E402
+from lakehouse.local_fs import CLASSES as LOCAL_FS_CLASSES  # noqa: E402
 from lakehouse.session import DRIVER_OPTIONS, build_session, resolved_jars, session_settings, spark_packages  # noqa: E402
 from lakehouse.tables import read_table, resolve_table  # noqa: E402
 
@@ -180,8 +181,12 @@ def write_sdp_project(project: Path, config, jars: list[str]) -> None:
     settings = session_settings(config)
     settings.pop("spark.jars.packages", None)
     # The JVM options as configured: our driver's class archive (lakehouse/jvm_archive.py) is not
-    # what a user's SDP pipeline would start with.
+    # what a user's SDP pipeline would start with; nor is our local file system (lakehouse/local_fs.py):
+    # SDP's JVM writes through Hadoop's own (its class path is set below).
     settings[DRIVER_OPTIONS] = config.spark.conf.get(DRIVER_OPTIONS, "")
+    for key in LOCAL_FS_CLASSES:
+        if settings.get(f"spark.hadoop.{key}") == LOCAL_FS_CLASSES[key]:
+            del settings[f"spark.hadoop.{key}"]
     for key in config.spark.conf_env:  # values from the environment (secrets) stay off the disk
         settings.pop(key, None)
     settings.update({
