@@ -27,6 +27,7 @@ from lakehouse.config import load_config
 from lakehouse.fs import one_at_a_time
 from lakehouse.generator import TelemetryGenerator
 from lakehouse.generator_runs import generate_batch
+from lakehouse.local_fs import local_fs_jar
 from lakehouse.processes import start_time, still_running
 from lakehouse.runner import run_flow, run_flows
 from lakehouse.session import DRIVER_OPTIONS, build_session, class_archive, class_archive_sources
@@ -43,6 +44,7 @@ def make_archive(force: bool = False, out=print) -> Path:
     then finds it made). Returns its path. Needs a process without a JVM of its own yet."""
     if SparkContext._gateway is not None or "PYSPARK_GATEWAY_PORT" in os.environ:
         raise RuntimeError("this process runs a JVM already (its options are fixed): run python -m lakehouse.jvm_archive")
+    local_fs_jar()  # made first: the class path the archive is made for, and so its name, include it
     archive = class_archive()
     with one_at_a_time(archive.with_suffix(".lock"), "waiting for another process making the JVM class archive"):
         if archive.is_file() and not force:

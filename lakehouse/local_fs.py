@@ -3,8 +3,8 @@
 Without Hadoop's native library (pyspark ships none), Hadoop's local file system starts a
 ``chmod`` process for every file and directory it creates and a ``readlink`` for every link
 status (four for each FileContext rename: a streaming checkpoint's offsets and commits, every
-Delta commit). A bronze micro-batch started about 70 of them, a few milliseconds apiece: about
-0.3 s of its fixed cost (bench/RESULTS.md, issue 16). The classes in ``lakehouse/jvm/`` do the
+Delta commit). A bronze micro-batch started about 70 of them, about 4 ms apiece; without them
+its fixed cost fell by about 0.15 s (bench/RESULTS.md, issue 16). The classes in ``lakehouse/jvm/`` do the
 same through java.nio (InProcessRawLocalFileSystem.java says what they change, and what they
 leave to Hadoop).
 
@@ -50,10 +50,10 @@ def local_fs_jar_path() -> Path:
 
 
 def local_fs_jar() -> Path | None:
-    """The jar, compiled first if missing (one process at a time); None where it cannot be made
-    (no ``javac``, or it failed: logged), and Hadoop's own local file system serves."""
+    """The jar, compiled first if missing or unreadable (one process at a time); None where it
+    cannot be made (no ``javac``, or it failed: logged), and Hadoop's own local file system serves."""
     jar = local_fs_jar_path()
-    if jar.is_file():
+    if _complete(jar):
         return jar
     home = os.environ.get("JAVA_HOME")
     javac = (home and shutil.which("javac", path=str(Path(home) / "bin"))) or shutil.which("javac")
@@ -62,13 +62,34 @@ def local_fs_jar() -> Path | None:
         return None
     try:
         with one_at_a_time(jar.with_suffix(".lock")):
-            if not jar.is_file():
+            if not _complete(jar):
                 _compile(javac, jar)
-    except (OSError, subprocess.CalledProcessError) as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
         log.warning("could not compile %s (%s): Hadoop's local file system serves this session", SOURCES, detail)
         return None
     return jar
+
+
+def local_fs_jar_state() -> str:
+    """The jar's path and the time it was made ("absent" while it is not): the driver's class path,
+    and so the class archive made for it (lakehouse.session.class_archive_sources), depend on both."""
+    jar = local_fs_jar_path()
+    try:
+        return f"{jar} {jar.stat().st_mtime_ns}"
+    except OSError:
+        return f"{jar} absent"
+
+
+def _complete(jar: Path) -> bool:
+    """The jar exists and holds every class a session names (a truncated one would fail every
+    ``file:`` path of the session, with no way back to Hadoop's classes)."""
+    try:
+        with zipfile.ZipFile(jar) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return all(f"{name.replace('.', '/')}.class" in names for name in CLASSES.values())
 
 
 def _compile(javac: str, jar: Path) -> None:
@@ -78,7 +99,8 @@ def _compile(javac: str, jar: Path) -> None:
     jar.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="local-fs-") as classes:
         subprocess.run([javac, "--release", "17", "-nowarn", "-cp", str(hadoop[0]), "-d", classes,
-                        *map(str, sorted(SOURCES.glob("*.java")))], check=True, capture_output=True, text=True)
+                        *map(str, sorted(SOURCES.glob("*.java")))], check=True, capture_output=True, text=True,
+                       timeout=300)
         partial = jar.with_name(f".{jar.name}.{os.getpid()}")
         try:
             with zipfile.ZipFile(partial, "w") as archive:
@@ -91,13 +113,15 @@ def _compile(javac: str, jar: Path) -> None:
 
 def local_fs_settings(master: str, settings: dict[str, str]) -> dict[str, str]:
     """``settings`` with the jar first on the driver's class path (whatever the master: the JVM
-    class archive, lakehouse/jvm_archive.py, is made for one class path) and, for a local master,
-    Hadoop's two local file system classes set to it. As they are where the jar cannot be made;
-    a configuration that names either class itself keeps its own."""
+    class archive, lakehouse/jvm_archive.py, is made for one class path) and, for a local master
+    (``local``, ``local[...]``: its tasks run in the driver's JVM; not ``local-cluster``), Hadoop's
+    two local file system classes set to it. Unchanged where the jar cannot be made; a
+    configuration that names either class itself keeps Hadoop's, or its own, for both."""
     jar = local_fs_jar()
     if jar is None:
         return settings
     ours = {CLASS_PATH: os.pathsep.join(p for p in (str(jar), settings.get(CLASS_PATH, "")) if p)}
-    if master.startswith("local") and not any(f"spark.hadoop.{key}" in settings for key in CLASSES):
+    in_driver = master == "local" or master.startswith("local[")
+    if in_driver and not any(f"spark.hadoop.{key}" in settings for key in CLASSES):
         ours.update({f"spark.hadoop.{key}": name for key, name in CLASSES.items()})
     return {**settings, **ours}

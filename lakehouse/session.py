@@ -23,7 +23,7 @@ from lakehouse.config import LakehouseConfig
 from lakehouse.errors import JobError
 from lakehouse.fs import one_at_a_time, user_cache
 from lakehouse.jvm_output import launch_gateway, verbose
-from lakehouse.local_fs import local_fs_jar_path, local_fs_settings
+from lakehouse.local_fs import local_fs_jar_state, local_fs_settings
 from lakehouse.redaction import SPARK_REDACTION_REGEX
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
@@ -169,7 +169,7 @@ def class_archive_sources() -> list[str]:
     """What a class archive is made for: the Java installation (its path and its build, from its
     ``release`` file), pyspark's folder (its jars are the JVM's class path, which the archive must
     match) with the time its jars were installed, the pyspark and Delta versions, and the
-    local file system's jar (lakehouse/local_fs.py), first on that class path."""
+    local file system's jar (lakehouse/local_fs.py: first on that class path, when made)."""
     home = os.environ.get("JAVA_HOME")
     java = Path(os.path.realpath((home and shutil.which("java", path=str(Path(home) / "bin"))) or shutil.which("java") or "java"))
     release = java.parent.parent / "release"
@@ -178,7 +178,7 @@ def class_archive_sources() -> list[str]:
     jars = pyspark_dir / "jars"
     installed = str(jars.stat().st_mtime_ns) if jars.is_dir() else ""
     return [str(java), str(pyspark_dir), version("pyspark"), version("delta-spark"), installed,
-            hashlib.sha256(build.encode()).hexdigest()[:16], str(local_fs_jar_path())]
+            hashlib.sha256(build.encode()).hexdigest()[:16], local_fs_jar_state()]
 
 
 def with_class_archive(options: str) -> str:

@@ -13,8 +13,7 @@ if ! [[ "$major" =~ ^[0-9]+$ ]] || [ "$major" -lt 17 ]; then
   echo "error: Java 17+ is required by Spark 4; found: $version_line" >&2
   exit 1
 fi
-javac_bin="${JAVA_HOME:+$JAVA_HOME/bin/}javac"
-if ! command -v "$javac_bin" >/dev/null 2>&1; then
+if ! { [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/javac" ]; } && ! command -v javac >/dev/null 2>&1; then
   echo "note: no javac (a JRE without the JDK): local jobs write through Hadoop's own local file system," >&2
   echo "      which starts a process per file it creates (lakehouse/local_fs.py). A JDK's javac avoids that." >&2
 fi

@@ -16,19 +16,22 @@ import org.apache.hadoop.fs.local.LocalConfigKeys;
  * FileContext's local file system ({@code fs.AbstractFileSystem.file.impl}; Spark's streaming
  * checkpoints and Delta's log on local disk rename through it) over
  * {@link InProcessRawLocalFileSystem}: Hadoop's {@code org.apache.hadoop.fs.local.LocalFs}, whose
- * raw layer cannot be given another file system.
+ * raw layer cannot be given another file system. (Not a subclass of it: Spark's
+ * {@code AbstractFileContextBasedCheckpointFileManager.isLocal()}, which checks for one, has no
+ * caller in Spark 4.1.)
  */
 public class InProcessLocalFs extends ChecksumFs {
 
   public InProcessLocalFs(URI uri, Configuration conf) throws IOException, URISyntaxException {
-    super(new Raw(uri, conf));
+    super(new Raw(conf));  // as LocalFs, whatever the URI it is made for: file:///
   }
 
   /** As {@code org.apache.hadoop.fs.local.RawLocalFs}. */
   static final class Raw extends DelegateToFileSystem {
 
-    Raw(URI uri, Configuration conf) throws IOException, URISyntaxException {
-      super(uri, new InProcessRawLocalFileSystem(), conf, FsConstants.LOCAL_FS_URI.getScheme(), false);
+    Raw(Configuration conf) throws IOException, URISyntaxException {
+      super(FsConstants.LOCAL_FS_URI, new InProcessRawLocalFileSystem(), conf, FsConstants.LOCAL_FS_URI.getScheme(),
+            false);
     }
 
     @Override

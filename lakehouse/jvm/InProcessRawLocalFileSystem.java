@@ -2,14 +2,10 @@ package lakehouse.hadoop;
 
 import java.io.IOException;
 import java.nio.file.Files;
-import java.nio.file.attribute.PosixFilePermission;
-import java.util.EnumSet;
-import java.util.Set;
 
 import org.apache.hadoop.fs.FileStatus;
 import org.apache.hadoop.fs.Path;
 import org.apache.hadoop.fs.RawLocalFileSystem;
-import org.apache.hadoop.fs.permission.FsAction;
 import org.apache.hadoop.fs.permission.FsPermission;
 
 /**
@@ -20,21 +16,25 @@ import org.apache.hadoop.fs.permission.FsPermission;
  * for every link status, which FileContext's rename asks for twice per file (so four times for
  * a file and its checksum): a streaming checkpoint's offsets and commits, and every Delta commit.
  * Each is a process started from the JVM, a few milliseconds apiece (bench/RESULTS.md, issue 16).
- * Here the permission is set through java.nio, and a path that is not a symbolic link gets its
- * plain status, which is what the readlink gave it; a sticky bit, a file system without POSIX
- * permissions, and a symbolic link go to Hadoop's own code as before.
+ * Here the mode is set through java.nio's {@code unix:mode} (chmod(2) in this process, keeping a
+ * directory's setuid and setgid bits as the {@code chmod 0755} that Hadoop runs does), and a
+ * path that is not a symbolic link gets its plain status, which is all the readlink gave it (for
+ * a qualified {@code file:} path it never finds a link). A file system without Unix modes, and a
+ * symbolic link, go to Hadoop's own code as before.
  */
 public class InProcessRawLocalFileSystem extends RawLocalFileSystem {
 
   @Override
   public void setPermission(Path p, FsPermission permission) throws IOException {
-    if (permission.getStickyBit()) {
-      super.setPermission(p, permission);
-      return;
-    }
+    java.nio.file.Path path = pathToFile(p).toPath();
     try {
-      Files.setPosixFilePermissions(pathToFile(p).toPath(), posix(permission));
-    } catch (UnsupportedOperationException notPosix) {
+      int mode = permission.toShort() & 01777;  // the permission bits and the sticky bit
+      if (Files.isDirectory(path)) {
+        // as chmod with four octal digits does: a directory keeps its setuid and setgid bits
+        mode |= (Integer) Files.getAttribute(path, "unix:mode") & 06000;
+      }
+      Files.setAttribute(path, "unix:mode", mode);
+    } catch (UnsupportedOperationException | IllegalArgumentException notUnix) {
       super.setPermission(p, permission);
     }
   }
@@ -45,29 +45,5 @@ public class InProcessRawLocalFileSystem extends RawLocalFileSystem {
       return super.getFileLinkStatus(f);
     }
     return getFileStatus(f);
-  }
-
-  static Set<PosixFilePermission> posix(FsPermission permission) {
-    Set<PosixFilePermission> bits = EnumSet.noneOf(PosixFilePermission.class);
-    add(bits, permission.getUserAction(),
-        PosixFilePermission.OWNER_READ, PosixFilePermission.OWNER_WRITE, PosixFilePermission.OWNER_EXECUTE);
-    add(bits, permission.getGroupAction(),
-        PosixFilePermission.GROUP_READ, PosixFilePermission.GROUP_WRITE, PosixFilePermission.GROUP_EXECUTE);
-    add(bits, permission.getOtherAction(),
-        PosixFilePermission.OTHERS_READ, PosixFilePermission.OTHERS_WRITE, PosixFilePermission.OTHERS_EXECUTE);
-    return bits;
-  }
-
-  private static void add(Set<PosixFilePermission> bits, FsAction action, PosixFilePermission read,
-                          PosixFilePermission write, PosixFilePermission execute) {
-    if (action.implies(FsAction.READ)) {
-      bits.add(read);
-    }
-    if (action.implies(FsAction.WRITE)) {
-      bits.add(write);
-    }
-    if (action.implies(FsAction.EXECUTE)) {
-      bits.add(execute);
-    }
   }
 }

@@ -34,8 +34,8 @@ def test_settings_put_the_jar_first_on_the_class_path_and_set_it_for_a_local_mas
     assert local[CLASS_PATH] == f"{jar}{os.pathsep}/other.jar" and local["spark.app.name"] == "x"
     assert {local[f"spark.hadoop.{key}"] for key in CLASSES} == set(CLASSES.values())
     # a cluster's executors do not have the jar: its driver gets the class path (one class archive) only
-    cluster = local_fs_settings("spark://127.0.0.1:7077", {})
-    assert cluster == {CLASS_PATH: str(jar)}
+    for master in ("spark://127.0.0.1:7077", "local-cluster[2,1,1024]"):  # executors in JVMs of their own
+        assert local_fs_settings(master, {}) == {CLASS_PATH: str(jar)}
     # a configuration naming a class itself keeps its own, and names neither of ours
     own = {"spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.LocalFileSystem"}
     assert local_fs_settings("local", own) == {**own, CLASS_PATH: str(jar)}
@@ -53,6 +53,8 @@ def test_the_jar_is_compiled_once_into_the_users_cache(tmp_path, monkeypatch):
     made = jar.stat().st_mtime_ns
     assert local_fs_jar() == jar and jar.stat().st_mtime_ns == made  # found, not made again
     assert not list(jar.parent.glob(".local-fs-*"))  # no partial jar left
+    jar.write_bytes(b"PK\x03\x04 cut short")  # a jar that would fail every file: path of a session
+    assert local_fs_jar() == jar and set(zipfile.ZipFile(jar).namelist()) == names  # made again
 
 
 @needs_javac
@@ -64,25 +66,39 @@ def test_the_shared_session_uses_them(spark):
 
 @needs_javac
 def test_permissions_and_link_statuses_are_as_hadoops_own(spark, tmp_path):
-    jvm, fs, context = _hadoop(spark)
+    """Each call made through Hadoop's own raw local file system and through ours, on twin paths:
+    the same modes (the umask of the session's configuration, a sticky bit, the setgid bit a
+    directory inherits and chmod keeps) and the same link statuses."""
+    jvm = spark.sparkContext._jvm
     HPath = jvm.org.apache.hadoop.fs.Path
     permission = jvm.org.apache.hadoop.fs.permission.FsPermission
-    folder, file, link = tmp_path / "folder", tmp_path / "file", tmp_path / "link"
-    assert fs.mkdirs(HPath(f"file://{folder}/inner"), permission(0o750))
-    assert stat.S_IMODE((folder / "inner").stat().st_mode) == 0o750 & ~_umask()
-    fs.create(HPath(f"file://{file}"), permission(0o640), True, 4096, 1, 1 << 20, None).close()
-    assert stat.S_IMODE(file.stat().st_mode) == 0o640 & ~_umask()
-    fs.setPermission(HPath(f"file://{file}"), permission(0o604))
-    assert stat.S_IMODE(file.stat().st_mode) == 0o604
-    fs.setPermission(HPath(f"file://{folder}"), permission(0o1777))  # a sticky bit: Hadoop's own chmod
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o1777
-
-    file.write_bytes(b"12345")
-    link.symlink_to(file)
     conf = spark.sparkContext._jsc.hadoopConfiguration()
     stock, ours = jvm.org.apache.hadoop.fs.RawLocalFileSystem(), jvm.lakehouse.hadoop.InProcessRawLocalFileSystem()
     for raw in (stock, ours):
         raw.initialize(jvm.java.net.URI("file:///"), conf)
+    modes = {}
+    for name, raw in (("stock", stock), ("ours", ours)):
+        root = tmp_path / name
+        root.mkdir()
+        os.chmod(root, 0o2775)  # setgid: a directory made inside inherits it
+        assert raw.mkdirs(HPath(f"file://{root}/made/inner"), permission(0o750))
+        raw.create(HPath(f"file://{root}/file"), permission(0o640), True, 4096, 1, 1 << 20, None).close()
+        (root / "set").write_text("x")
+        raw.setPermission(HPath(f"file://{root}/set"), permission(0o604))
+        (root / "sticky").mkdir()
+        raw.setPermission(HPath(f"file://{root}/sticky"), permission(0o1777))
+        modes[name] = {path.relative_to(root).as_posix(): stat.S_IMODE(path.stat().st_mode) for path in root.rglob("*")}
+    assert modes["ours"] == modes["stock"]
+    assert modes["ours"]["made/inner"] & 0o2000 and modes["ours"]["sticky"] == 0o1777 | 0o2000
+    assert modes["ours"]["set"] == 0o604
+    for raw in (stock, ours):
+        with pytest.raises(Py4JJavaError):
+            raw.setPermission(HPath(f"file://{tmp_path / 'missing'}"), permission(0o644))
+
+    folder, file, link = tmp_path / "folder", tmp_path / "file", tmp_path / "link"
+    folder.mkdir()
+    file.write_bytes(b"12345")
+    link.symlink_to(file)
 
     def status(raw, path):
         found = raw.getFileLinkStatus(HPath(path))
@@ -136,16 +152,18 @@ def test_a_streaming_delta_batch_starts_no_process(spark, tmp_path):
                  .writeStream.format("delta").option("checkpointLocation", str(tmp_path / "checkpoint"))
                  .trigger(availableNow=True).start(str(tmp_path / "table")))
         query.awaitTermination()
+        # A control, so that a recording that lists nothing cannot pass: Hadoop's own class forks.
+        stock = spark.sparkContext._jvm.org.apache.hadoop.fs.RawLocalFileSystem()
+        stock.initialize(spark.sparkContext._jvm.java.net.URI("file:///"), spark.sparkContext._jsc.hadoopConfiguration())
+        stock.setPermission(spark.sparkContext._jvm.org.apache.hadoop.fs.Path(f"file://{tmp_path / 'in' / 'one.txt'}"),
+                            spark.sparkContext._jvm.org.apache.hadoop.fs.permission.FsPermission(0o644))
     finally:
         subprocess.run(["jcmd", str(pid), "JFR.stop", "name=local-fs-test"], check=True, capture_output=True)
     assert spark.read.format("delta").load(str(tmp_path / "table")).count() == 2
     started = subprocess.run(["jfr", "print", "--events", "jdk.ProcessStart", str(recording)],
                              check=True, capture_output=True, text=True).stdout
     commands = [line.split("=", 1)[1].strip() for line in started.splitlines() if line.strip().startswith("command =")]
-    assert not [c for c in commands if c.strip('"').split()[0] in ("chmod", "readlink")], commands
+    forked = [c for c in commands if c.strip('"').split()[0] in ("chmod", "readlink")]
+    assert forked == [f'"chmod 0644 {tmp_path / "in" / "one.txt"}"'], commands  # the control's only
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
