@@ -145,7 +145,7 @@ def session_settings(config: LakehouseConfig, ui: bool = False, launched: bool =
     settings.update({k: v for k, v in config.spark.conf.items() if not (k == "spark.jars" and "spark.jars" in settings)})
     settings.update({key: os.environ[variable] for key, variable in config.spark.conf_env.items()})
     if not launched:  # the driver JVM this process starts
-        settings = local_fs_settings(config.spark.master or "local", settings)
+        settings = local_fs_settings(settings.get("spark.master") or config.spark.master or "local", settings)
         settings[DRIVER_OPTIONS] = with_class_archive(settings.get(DRIVER_OPTIONS, ""))
     return settings
 
