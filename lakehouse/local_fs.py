@@ -55,8 +55,7 @@ def local_fs_jar() -> Path | None:
     jar = local_fs_jar_path()
     if _complete(jar):
         return jar
-    home = os.environ.get("JAVA_HOME")
-    javac = (home and shutil.which("javac", path=str(Path(home) / "bin"))) or shutil.which("javac")
+    javac = jdk_tool("javac")
     if javac is None:
         log.info("no javac: Hadoop's local file system (a process per chmod) serves this session")
         return None
@@ -69,6 +68,12 @@ def local_fs_jar() -> Path | None:
         log.warning("could not compile %s (%s): Hadoop's local file system serves this session", SOURCES, detail)
         return None
     return jar
+
+
+def jdk_tool(name: str) -> str | None:
+    """A JDK program (``java``, ``javac``) as Spark's launcher finds it: in $JAVA_HOME/bin, else on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    return (home and shutil.which(name, path=str(Path(home) / "bin"))) or shutil.which(name)
 
 
 def local_fs_jar_state() -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import sys
 from contextlib import nullcontext
 from importlib.metadata import version
@@ -23,7 +22,7 @@ from lakehouse.config import LakehouseConfig
 from lakehouse.errors import JobError
 from lakehouse.fs import one_at_a_time, user_cache
 from lakehouse.jvm_output import launch_gateway, verbose
-from lakehouse.local_fs import local_fs_jar_state, local_fs_settings
+from lakehouse.local_fs import jdk_tool, local_fs_jar_state, local_fs_settings
 from lakehouse.redaction import SPARK_REDACTION_REGEX
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
@@ -170,8 +169,7 @@ def class_archive_sources() -> list[str]:
     ``release`` file), pyspark's folder (its jars are the JVM's class path, which the archive must
     match) with the time its jars were installed, the pyspark and Delta versions, and the
     local file system's jar (lakehouse/local_fs.py: first on that class path, when made)."""
-    home = os.environ.get("JAVA_HOME")
-    java = Path(os.path.realpath((home and shutil.which("java", path=str(Path(home) / "bin"))) or shutil.which("java") or "java"))
+    java = Path(os.path.realpath(jdk_tool("java") or "java"))
     release = java.parent.parent / "release"
     build = release.read_text(errors="replace") if release.is_file() else ""
     pyspark_dir = Path(find_spec("pyspark").origin).parent
