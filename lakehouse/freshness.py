@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType, TimestampType
 
 from lakehouse.config import LakehouseConfig
-from lakehouse.tables import TableRef, append_to_table, history_pages, local_rows, oldest_ms, resolve_table
+from lakehouse.tables import TableRef, append_to_table, commit_ms, commits, local_rows, resolve_table
 
 FRESHNESS_TABLE = "ops.freshness"
 MEASURES = ("ingest", "event", "window")
@@ -195,32 +195,31 @@ def resolve(spark: SparkSession, config: LakehouseConfig, pending: list[Measured
             by_table[measured.table].append(measured)
     rows = []
     for table, measured in by_table.items():
-        commits = _commits(spark, resolve_table(config, table), min(m.measured_at_ms for m in measured))
+        found = _commits(spark, resolve_table(config, table), min(m.measured_at_ms for m in measured))
         for m in measured:
             key = m.marker if m.marker is not None else (m.query_id, str(m.batch_id))
-            if key in commits:
-                rows.append(m.row(*commits[key]))
+            if key in found:
+                rows.append(m.row(*found[key]))
     return rows
 
 
 def _commits(spark: SparkSession, ref: TableRef, since_ms: float) -> dict:
     """The table's commits back to ``since_ms`` (less a margin for the storage's clock against the
     driver's; the measurements were made after their commits): marker (userMetadata) or (query id,
-    batch id) of a streaming sink's commit -> (version, commit time, UTC). History is read in
-    growing pages as far as that: a table whose query commits empty batches (a streaming gold
-    table's) may have many commits since. A marker committed twice (a batch's file read again alone) keeps its first
-    commit, the one its measurement describes."""
-    for history in history_pages(spark, ref, ("version", "timestamp", "userMetadata", "operationParameters")):
-        if oldest_ms(history) < since_ms - COMMIT_CLOCK_MARGIN_MS:
-            break
+    batch id) of a streaming sink's commit -> (version, commit time, UTC). History is read newest
+    first as far as that: a table whose query commits empty batches (a streaming gold table's)
+    may have many commits since. A marker committed twice (a batch's file read again alone) keeps
+    its first commit, the one its measurement describes."""
     found = {}
-    for commit in history:  # newest first: an older commit of the same key overwrites
-        when = commit["timestamp"].astimezone(timezone.utc)  # pyspark: a naive local time
+    for commit in commits(spark, ref):  # newest first: an older commit of the same key overwrites
+        when = commit["timestamp"].astimezone(timezone.utc)  # a naive local time
         parameters = commit["operationParameters"] or {}
         if commit["userMetadata"]:
             found[commit["userMetadata"]] = (commit["version"], when)
         if "epochId" in parameters and "queryId" in parameters:
             found[(parameters["queryId"], parameters["epochId"])] = (commit["version"], when)
+        if commit_ms(commit) < since_ms - COMMIT_CLOCK_MARGIN_MS:
+            break
     return found
 
 

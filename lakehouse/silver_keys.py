@@ -35,7 +35,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StructField, StructType
 
 from lakehouse.config import EntityConfig
-from lakehouse.tables import ROWS_UNCHANGED, TableRef, history_pages, last_commit, made_empty, read_table
+from lakehouse.tables import ROWS_UNCHANGED, TableRef, commits, last_commit, made_empty, read_table
 from lakehouse.threads import in_background
 
 NO_TIME = np.iinfo(np.int64).min  # a null event time, below every time
@@ -137,10 +137,10 @@ class SilverKeyIndex:
         """Whether a commit since the covered version may have changed rows and is not this query's,
         or is missing from the history (the log's clean-up removed it)."""
         later = []
-        for page in history_pages(self.spark, self.ref, ("version", "operation", "userMetadata")):
-            later = [row for row in page if row["version"] > self.version]
-            if len(later) < len(page):
+        for commit in commits(self.spark, self.ref):
+            if commit["version"] <= self.version:
                 break
+            later.append(commit)
         if sorted(row["version"] for row in later) != list(range(self.version + 1, self.version + 1 + len(later))):
             return True
         if any(not (row["userMetadata"] or "").startswith(own_prefix) and row["operation"] not in ROWS_UNCHANGED

@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,11 +30,12 @@ from delta.exceptions import (
     ProtocolChangedException,
 )
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType, _make_type_verifier
 
 from lakehouse.config import LAYERS, LakehouseConfig
+from lakehouse.delta_log import COMMIT_COLUMNS, log_commits
 
 _PART = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -98,8 +100,9 @@ def start_to(writer, ref: TableRef):
 
 
 def last_commit(spark: SparkSession, ref: TableRef):
-    """The table's newest commit: ``version``, ``operationMetrics`` (e.g. numOutputRows), ``userMetadata``."""
-    return delta_table(spark, ref).history(1).first()
+    """The table's newest commit (:func:`commits`): ``version``, ``operationMetrics`` (e.g.
+    numOutputRows), ``userMetadata``; None for a table without one."""
+    return next(commits(spark, ref), None)
 
 
 def made_empty(commit) -> bool:
@@ -157,22 +160,30 @@ APPEND_ATTEMPTS = 4  # an append that lost to a concurrent metadata change is re
 CLOCK_MARGIN_MS = 10 * 60 * 1000
 
 
-def history_pages(spark: SparkSession, ref: TableRef, columns: tuple[str, ...]):
-    """The table's history newest first, in growing pages (50, 200, 800, ... commits): each page
-    holds the one before it, the last the whole history. A caller stops when it has gone back far
-    enough (:func:`oldest_ms`)."""
-    depth = 50
+def commits(spark: SparkSession, ref: TableRef) -> Iterator[Row]:
+    """The table's commits newest first, each a row of ``version``, ``timestamp`` (naive local
+    time), ``operation``, ``operationParameters``, ``operationMetrics`` and ``userMetadata``, as
+    Delta's history gives them. A caller stops when it has gone back far enough (:func:`commit_ms`).
+
+    A table stored by path is read from its log's files, one commit file per row asked for
+    (lakehouse/delta_log.py: Delta's history runs a Spark job for each look); any other, from
+    Delta's history in growing pages (50, 200, 800, ... commits)."""
+    direct = log_commits(spark, ref.path) if ref.is_path else None
+    if direct is not None:
+        yield from direct
+        return
+    depth, below = 50, None  # rows yielded so far are those of versions at or above ``below``
     while True:
-        page = delta_table(spark, ref).history(depth).select(*columns).collect()
-        yield page
+        page = delta_table(spark, ref).history(depth).select(*COMMIT_COLUMNS).collect()
+        yield from (row for row in page if below is None or row["version"] < below)
         if len(page) < depth:
             return
-        depth *= 4
+        depth, below = depth * 4, min(row["version"] for row in page)
 
 
-def oldest_ms(page: list) -> float:
-    """The oldest commit time of a history page (rows with ``timestamp``), in epoch milliseconds."""
-    return min((row["timestamp"].timestamp() * 1000 for row in page), default=0.0)  # naive local times
+def commit_ms(commit: Row) -> float:
+    """A commit row's time (:func:`commits`), in epoch milliseconds."""
+    return commit["timestamp"].timestamp() * 1000  # a naive local time, as pyspark collects one
 
 
 # Delta operations that change no row, whoever runs them (maintenance: lakehouse/maintenance.py).
@@ -184,16 +195,13 @@ def committed(spark: SparkSession, ref: TableRef, marker: str, since_ms: int | N
     A maintenance commit made while a write had set the marker for the session (a VACUUM beside
     silver's MERGE) carries it too, and is not the write's: it is passed over.
 
-    History is read newest first, in growing pages, until a page reaches commits older than
-    ``since_ms`` (when the batch that would have made the commit was planned; None: no bound,
-    the whole history), so a table other queries also append to is searched only as far back
-    as that batch."""
-    for page in history_pages(spark, ref, ("version", "timestamp", "userMetadata", "operationMetrics", "operation")):
-        found = next((row for row in page if row["userMetadata"] == marker and row["operation"] not in ROWS_UNCHANGED),
-                     None)
-        if found is not None:
-            return found
-        if since_ms is not None and oldest_ms(page) < since_ms - CLOCK_MARGIN_MS:
+    History is read newest first until a commit older than ``since_ms`` (when the batch that
+    would have made the commit was planned; None: no bound, the whole history), so a table other
+    queries also append to is searched only as far back as that batch."""
+    for commit in commits(spark, ref):
+        if commit["userMetadata"] == marker and commit["operation"] not in ROWS_UNCHANGED:
+            return commit
+        if since_ms is not None and commit_ms(commit) < since_ms - CLOCK_MARGIN_MS:
             return None
     return None
 
