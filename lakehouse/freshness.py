@@ -33,7 +33,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType, TimestampType
 
 from lakehouse.config import LakehouseConfig
-from lakehouse.tables import TableRef, append_to_table, commit_ms, commits, local_rows, resolve_table
+from lakehouse.row_appends import append_rows
+from lakehouse.tables import TableRef, commit_ms, commits, resolve_table
 
 FRESHNESS_TABLE = "ops.freshness"
 MEASURES = ("ingest", "event", "window")
@@ -226,7 +227,7 @@ def _commits(spark: SparkSession, ref: TableRef, since_ms: float) -> dict:
 def append_freshness(spark: SparkSession, config: LakehouseConfig, rows: list[tuple]) -> None:
     """Append ops.freshness rows (like progress rows: a crash may lose or repeat some)."""
     if rows:
-        append_to_table(local_rows(spark, rows, FRESHNESS_SCHEMA), resolve_table(config, FRESHNESS_TABLE))
+        append_rows(spark, rows, FRESHNESS_SCHEMA, resolve_table(config, FRESHNESS_TABLE))
 
 
 def p95_seconds(row: tuple | Row) -> float | None:

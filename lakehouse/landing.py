@@ -50,6 +50,7 @@ from lakehouse.failpoints import failpoint
 from lakehouse.freshness import bronze_sample_every, constant_time, sampled_time_aggregates
 from lakehouse.landing_journal import INGESTED_FILES_SCHEMA, INGESTED_FILES_TABLE, journal
 from lakehouse.landing_lines import LineRead, must_read_whole, one_file_per_partition, read_error
+from lakehouse.row_appends import append_rows
 from lakehouse.tables import (
     APPEND_ONLY_CHECKPOINTS,
     TableRef,
@@ -58,7 +59,6 @@ from lakehouse.tables import (
     bronze_table,
     committed,
     create_table_if_missing,
-    local_rows,
     read_table,
     resolve_table,
     table_exists,
@@ -317,7 +317,7 @@ def _record(spark: SparkSession, config: LakehouseConfig, source_name: str, file
     writer = _writer_session(spark)
     failpoint("bronze.bad_files", batch_id)
     if bad:
-        append_once(local_rows(writer, bad, BAD_FILES_SCHEMA), resolve_table(config, BAD_FILES_TABLE),
+        append_rows(writer, bad, BAD_FILES_SCHEMA, resolve_table(config, BAD_FILES_TABLE),
                     batch_marker(app_id, batch_id), replay_since_ms)
     failpoint("bronze.ingested_files", batch_id)
     # A redone batch whose rows a release before the journal appended to the table itself (in a

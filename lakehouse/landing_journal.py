@@ -33,7 +33,8 @@ from lakehouse import fs
 from lakehouse.checkpoints import logged_batches
 from lakehouse.config import LakehouseConfig
 from lakehouse.redaction import redact_text
-from lakehouse.tables import append_to_table, local_rows, read_table, resolve_table, table_exists
+from lakehouse.row_appends import append_rows
+from lakehouse.tables import read_table, resolve_table, table_exists
 
 INGESTED_FILES_TABLE = "ops.ingested_files"
 INGESTED_FILES_SCHEMA = StructType(
@@ -118,7 +119,7 @@ class IngestedJournal:
         if recovering:
             rows = self._not_in(spark, ref, rows)
         if rows:
-            append_to_table(local_rows(spark, rows, INGESTED_FILES_SCHEMA), ref)
+            append_rows(spark, rows, INGESTED_FILES_SCHEMA, ref)
         for batch_id in batches:
             fs.delete(spark, f"{_folder(self.checkpoint)}/{batch_id}.json")
         self.recovering = False

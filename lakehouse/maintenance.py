@@ -53,13 +53,12 @@ from lakehouse.maintenance_steps import CLEANUP_STEPS, MAINTENANCE_SCHEMA, MAINT
 from lakehouse.pipeline import Pipeline
 from lakehouse.reader_holds import reader_holds
 from lakehouse.redaction import redact_text
+from lakehouse.row_appends import append_rows
 from lakehouse.tables import (
     TableRef,
     WaitStopped,
-    append_to_table,
     create_table_if_missing,
     delta_table,
-    local_rows,
     read_table,
     resolve_table,
     retry_on_conflict,
@@ -180,7 +179,7 @@ class Maintainer:
     def _record(self, steps: list[Step]) -> None:
         ref = resolve_table(self.config, MAINTENANCE_TABLE)
         create_table_if_missing(self.spark, ref, MAINTENANCE_SCHEMA, comment="One row per maintenance step")
-        append_to_table(local_rows(self.spark, [s.row() for s in steps], MAINTENANCE_SCHEMA), ref)
+        append_rows(self.spark, [s.row() for s in steps], MAINTENANCE_SCHEMA, ref)
 
     def _retrying(self, ref: TableRef, action, locked: bool):
         """``action()`` retried after a conflicting commit; under the table's writer lock when

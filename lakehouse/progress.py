@@ -30,11 +30,12 @@ from pyspark.sql.types import (
 
 from lakehouse.checkpoints import files_in_batch
 from lakehouse.config import LakehouseConfig
-from lakehouse.freshness import FRESHNESS_METRIC, Measured, append_freshness, resolve
+from lakehouse.freshness import FRESHNESS_METRIC, FRESHNESS_SCHEMA, FRESHNESS_TABLE, Measured, append_freshness, resolve
 from lakehouse.pipeline import Pipeline
 from lakehouse.redaction import redact_text
-from lakehouse.tables import append_to_table, local_rows, resolve_table
-from lakehouse.threads import at_once
+from lakehouse.row_appends import append_rows
+from lakehouse.tables import APPEND_ONLY_CHECKPOINTS, create_table_if_missing, resolve_table, table_exists
+from lakehouse.threads import at_once, in_background
 
 STREAM_PROGRESS_TABLE = "ops.stream_progress"
 # Queries attach ``count_records`` to their output, so a batch's records are counted as written
@@ -114,6 +115,15 @@ class ProgressRecorder(StreamingQueryListener):
         self._buffer: list[dict] = []  # drained, not yet written
         self._terminated: set[str] = set()
         self._changed = threading.Condition()
+        # Its two tables, made beside the queries' start when missing: the flushes then append by
+        # delta-rs (lakehouse/row_appends.py), which leaves a table to be made by Spark.
+        self._tables = in_background(self._make_tables, "ops-progress-tables")
+
+    def _make_tables(self) -> None:
+        """ops.stream_progress and ops.freshness, where they are stored by path and missing."""
+        wanted = ((self.table, STREAM_PROGRESS_SCHEMA), (resolve_table(self.config, FRESHNESS_TABLE), FRESHNESS_SCHEMA))
+        at_once(*[partial(create_table_if_missing, self.spark, ref, schema, APPEND_ONLY_CHECKPOINTS)
+                  for ref, schema in wanted if ref.is_path and not table_exists(self.spark, ref)])
 
     def watch(self, query_name: str, checkpoint: str) -> None:
         self.checkpoints[query_name] = checkpoint
@@ -217,13 +227,14 @@ class ProgressRecorder(StreamingQueryListener):
         them drains them first), and run the watched queries' flush actions; returns how many
         progress rows. The appends go to different tables and run at once: each is mostly a
         commit's round trips, which a query's last flush would otherwise pay one after another."""
+        self._tables.exception()  # made (or not: then the appends make them)
         rows, self._buffer = self._buffer, []
         steps = [self._append_freshness, *[partial(_flush_actions[name], self.spark)
                                            for name in self.checkpoints if name in _flush_actions]]
         if rows:
             names = STREAM_PROGRESS_SCHEMA.fieldNames()
             data = [tuple(row[name] for name in names) for row in rows]
-            steps.append(lambda: append_to_table(local_rows(self.spark, data, STREAM_PROGRESS_SCHEMA), self.table))
+            steps.append(lambda: append_rows(self.spark, data, STREAM_PROGRESS_SCHEMA, self.table))
         at_once(*steps)
         return len(rows)
 

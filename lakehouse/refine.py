@@ -45,6 +45,7 @@ from lakehouse.quarantine import (
     quarantine_error,
     quarantine_reasons,
 )
+from lakehouse.row_appends import append_rows
 from lakehouse.session import redo_on_lost_checkpoint, release_checkpoint
 from lakehouse.silver_dedupe import newest_per_key
 from lakehouse.silver_keys import SilverKeyIndex
@@ -58,7 +59,6 @@ from lakehouse.tables import (
     append_once,
     batch_marker,
     last_commit,
-    local_rows,
     resolve_table,
     table_exists,
 )
@@ -143,7 +143,7 @@ def _refine_staged(bronze_batch: DataFrame, batch: _Batch, plan: dict, rules: li
                   counts["bronze_rows"] - counts["records"], _utc(plan["planned_at_us"]),
                   _utc(plan["late_cutoff_us"]), _utc(plan["future_cutoff_us"]))]
         spark = bronze_batch.sparkSession
-        append_once(local_rows(spark, stats, SILVER_BATCHES_SCHEMA), resolve_table(config, SILVER_BATCHES_TABLE),
+        append_rows(spark, stats, SILVER_BATCHES_SCHEMA, resolve_table(config, SILVER_BATCHES_TABLE),
                     batch.marker, batch.replay_since, merge_schema=True)
         failpoint("silver.done", batch_id)
     finally:
@@ -323,7 +323,7 @@ def _write_outputs(decided: DataFrame, batch: _Batch, results: list, counts: dic
         if results:
             looked_up = versions.result() if versions is not None else _source_versions(spark, config, entity)
             rows = results_rows(entity_name, entity.suite, results, batch_id, looked_up)
-            append_once(local_rows(spark, rows, QUALITY_RESULTS_SCHEMA), resolve_table(config, QUALITY_RESULTS_TABLE),
+            append_rows(spark, rows, QUALITY_RESULTS_SCHEMA, resolve_table(config, QUALITY_RESULTS_TABLE),
                         batch.marker, batch.replay_since)
 
     def append_quarantine() -> None:

@@ -9,6 +9,7 @@ Databricks (``catalog.kind: unity``) the Unity Catalog table ``<catalog>.<schema
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -115,13 +116,19 @@ def local_rows(spark: SparkSession, rows: list, schema: StructType) -> DataFrame
     """A DataFrame of a few rows made on the driver (an ops table's rows: tuples in ``schema``'s
     order, or dicts by name), in one partition, so its append writes one file.
 
-    The rows go to the JVM as one Arrow table, not as the Python RDD ``createDataFrame`` makes of
-    a list: that one's tasks are served by a Python worker, which costs about 0.15 s an append,
-    and 0.9 s for the first (starting the worker) (bench/RESULTS.md, issue 16). Each row is checked
-    against ``schema`` as ``createDataFrame`` checks it (a float in a long field is a TypeError,
-    not cut down). A datetime without a time zone means the local time, as ``createDataFrame``
-    takes it (top-level fields only: pass UTC times with their zone).
+    The rows go to the JVM as one Arrow table (:func:`arrow_rows`), not as the Python RDD
+    ``createDataFrame`` makes of a list: that one's tasks are served by a Python worker, which
+    costs about 0.15 s an append, and 0.9 s for the first (starting the worker) (bench/RESULTS.md,
+    issue 16). (lakehouse.row_appends appends such rows to a table stored by path without Spark.)
     """
+    return spark.createDataFrame(arrow_rows(rows, schema), schema).coalesce(1)
+
+
+def arrow_rows(rows: list, schema: StructType) -> pa.Table:
+    """Rows made on the driver (tuples in ``schema``'s order, or dicts by name) as an Arrow table.
+    Each row is checked against ``schema`` as ``createDataFrame`` checks it (a float in a long
+    field is a TypeError, not cut down). A datetime without a time zone means the local time, as
+    ``createDataFrame`` takes it (top-level fields only: pass UTC times with their zone)."""
     names = schema.fieldNames()
     check = _make_type_verifier(schema)
     records = []
@@ -129,8 +136,7 @@ def local_rows(spark: SparkSession, rows: list, schema: StructType) -> DataFrame
         record = row if isinstance(row, dict) else dict(zip(names, row, strict=True))
         check(record)
         records.append(_arrow_ready(record))
-    table = pa.Table.from_pylist(records, schema=to_arrow_schema(schema))
-    return spark.createDataFrame(table, schema).coalesce(1)
+    return pa.Table.from_pylist(records, schema=to_arrow_schema(schema))
 
 
 def _arrow_ready(record: dict) -> dict:
@@ -308,6 +314,9 @@ DELTA_CONFLICTS = (ConcurrentAppendException, ConcurrentDeleteDeleteException, C
 
 def is_conflict(exc: BaseException) -> bool:
     """A Delta commit lost to a concurrent one (optimistic concurrency): redoing it may succeed."""
+    delta_rs = sys.modules.get("deltalake.exceptions")  # its commits: lakehouse/row_appends.py
+    if delta_rs is not None and isinstance(exc, delta_rs.CommitFailedError):
+        return True
     return isinstance(exc, DELTA_CONFLICTS) or any(
         name in str(exc) for name in ("DELTA_CONCURRENT_", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED"))
 
