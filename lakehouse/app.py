@@ -109,6 +109,7 @@ class PipelineApp:
                 self.spark.conf.set(f"spark.databricks.delta.properties.defaults.{key.removeprefix('delta.')}", value)
             if self.maintenance is not None:  # table settings before any stream writes (lakehouse/maintenance.py)
                 Maintainer(self.spark, self.config, out=lambda line: print(f"maintenance: {line}", flush=True)).settle()
+            recorder.make_tables_beside()
             for run in self.runs.values():
                 if run.flow.streaming:
                     self._start(run, recorder)

@@ -26,7 +26,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
@@ -55,6 +55,7 @@ _ACCURACY = 1000  # percentile_approx: rank error about 1/1000 of the rows
 # Commit timestamps come from the storage's clock: a commit is looked for this far before the
 # driver measured its batch (a clock further off loses that batch's row, nothing else).
 COMMIT_CLOCK_MARGIN_MS = 60_000
+LOOK_BACK_COMMITS = 50  # the fewest commits a resolve reads (freshness._commits)
 # Percentiles of a batch of records are those of a sample: every ROW_SAMPLE-th line of each file
 # (or offset of each Kafka partition), its first line included. percentile_approx over every row
 # cost about 1 s per measure per million rows on two cores, a third of silver's overhead over a
@@ -208,19 +209,29 @@ def _commits(spark: SparkSession, ref: TableRef, since_ms: float) -> dict:
     """The table's commits back to ``since_ms`` (less a margin for the storage's clock against the
     driver's; the measurements were made after their commits): marker (userMetadata) or (query id,
     batch id) of a streaming sink's commit -> (version, commit time, UTC). History is read newest
-    first as far as that: a table whose query commits empty batches (a streaming gold table's)
-    may have many commits since. A marker committed twice (a batch's file read again alone) keeps
-    its first commit, the one its measurement describes."""
-    found = {}
-    for commit in commits(spark, ref):  # newest first: an older commit of the same key overwrites
-        when = commit["timestamp"].astimezone(timezone.utc)  # a naive local time
-        parameters = commit["operationParameters"] or {}
-        if commit["userMetadata"]:
-            found[commit["userMetadata"]] = (commit["version"], when)
-        if "epochId" in parameters and "queryId" in parameters:
-            found[(parameters["queryId"], parameters["epochId"])] = (commit["version"], when)
-        if commit_ms(commit) < since_ms - COMMIT_CLOCK_MARGIN_MS:
+    first as far as that, and at least :data:`LOOK_BACK_COMMITS` commits (a measurement reported
+    late, by a listener event that waited, still finds its commit): a table whose query commits
+    empty batches (a streaming gold table's) may have many commits since. A marker committed
+    twice (a batch's file read again alone) keeps its first commit, the one its measurement
+    describes. Commit times are made increasing as Delta's history makes them (a storage clock
+    that went back), over the commits read."""
+    read = []
+    for commit in commits(spark, ref):
+        read.append(commit)
+        if len(read) >= LOOK_BACK_COMMITS and commit_ms(commit) < since_ms - COMMIT_CLOCK_MARGIN_MS:
             break
+    found, last = {}, None
+    for commit in reversed(read):  # oldest first: a newer commit of the same key does not replace it
+        when = commit["timestamp"].astimezone(timezone.utc)  # a naive local time
+        if last is not None and when <= last:
+            when = last + timedelta(milliseconds=1)
+        last = when
+        parameters = commit["operationParameters"] or {}
+        keys = [commit["userMetadata"]] if commit["userMetadata"] else []
+        if "epochId" in parameters and "queryId" in parameters:
+            keys.append((parameters["queryId"], parameters["epochId"]))
+        for key in keys:
+            found.setdefault(key, (commit["version"], when))
     return found
 
 

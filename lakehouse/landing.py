@@ -278,7 +278,7 @@ def ingest_files(
     when it was planned), the lines each planned file already gave bronze are counted first,
     and only the files without any are read: a file read before the crash is counted from
     bronze even if it has gone since, and none is appended twice. ops.bad_files is appended
-    once per batch (tables.append_once, marked ``app_id:batch_id``); the ops.ingested_files rows
+    once per batch (row_appends.append_rows, marked ``app_id:batch_id``); the ops.ingested_files rows
     are journaled in the checkpoint.
     """
     source = config.source(source_name)

@@ -115,15 +115,17 @@ class ProgressRecorder(StreamingQueryListener):
         self._buffer: list[dict] = []  # drained, not yet written
         self._terminated: set[str] = set()
         self._changed = threading.Condition()
-        # Its two tables, made beside the queries' start when missing: the flushes then append by
-        # delta-rs (lakehouse/row_appends.py), which leaves a table to be made by Spark.
-        self._tables = in_background(self._make_tables, "ops-progress-tables")
+        self._tables = None  # the making of its tables (make_tables_beside)
 
-    def _make_tables(self) -> None:
-        """ops.stream_progress and ops.freshness, where they are stored by path and missing."""
+    def make_tables_beside(self) -> None:
+        """Make ops.stream_progress and ops.freshness in the background where they are stored by
+        path and missing, beside the queries' start: the flushes then append by delta-rs
+        (lakehouse/row_appends.py), which leaves making a table to Spark. A flush waits for it."""
         wanted = ((self.table, STREAM_PROGRESS_SCHEMA), (resolve_table(self.config, FRESHNESS_TABLE), FRESHNESS_SCHEMA))
-        at_once(*[partial(create_table_if_missing, self.spark, ref, schema, APPEND_ONLY_CHECKPOINTS)
-                  for ref, schema in wanted if ref.is_path and not table_exists(self.spark, ref)])
+        steps = [partial(create_table_if_missing, self.spark, ref, schema, APPEND_ONLY_CHECKPOINTS)
+                 for ref, schema in wanted if ref.is_path and not table_exists(self.spark, ref)]
+        if steps:
+            self._tables = in_background(lambda: at_once(*steps), "ops-progress-tables")
 
     def watch(self, query_name: str, checkpoint: str) -> None:
         self.checkpoints[query_name] = checkpoint
@@ -227,7 +229,11 @@ class ProgressRecorder(StreamingQueryListener):
         them drains them first), and run the watched queries' flush actions; returns how many
         progress rows. The appends go to different tables and run at once: each is mostly a
         commit's round trips, which a query's last flush would otherwise pay one after another."""
-        self._tables.exception()  # made (or not: then the appends make them)
+        failed = self._tables.exception() if self._tables is not None else None
+        if failed is not None:  # the appends make them
+            self._tables = None
+            print(f"lakehouse: ops tables not made ahead: {type(failed).__name__}: "
+                  f"{redact_text(str(failed).splitlines()[0] if str(failed) else '')}", file=sys.stderr, flush=True)
         rows, self._buffer = self._buffer, []
         steps = [self._append_freshness, *[partial(_flush_actions[name], self.spark)
                                            for name in self.checkpoints if name in _flush_actions]]

@@ -10,21 +10,34 @@ lakehouse/table_reader.py): a Parquet file and a commit in the log, written from
 about 0.01 s (bench/RESULTS.md, issue 16).
 
 The commit is an ordinary Delta commit. Spark reads it, compacts and vacuums the table
-(lakehouse/maintenance.py), and may append beside it: both commit by creating the next version's
-file only if it does not exist, and a commit that lost the race is redone
-(tables.retry_on_conflict). A marked append carries its marker as the commit's
-``userMetadata``, as Spark's do (tables.append_once), so a redone batch finds it.
+(lakehouse/maintenance.py), and may append beside it. delta-rs commits a version only if its file
+does not exist yet, and redoes a blind append that lost the race itself; a commit that lost to
+a change of the table's metadata is redone here (tables.retry_on_conflict). (Spark's own commit
+on a local disk is a check, then a rename, in Delta's HDFS log store, as between two Spark
+writers: a commit made in the microseconds between them would be replaced.) A marked append
+carries its marker as the commit's ``userMetadata``, as Spark's do (tables.append_once), so a
+redone batch finds it.
+
+The commit itself is all the call does: delta-rs' hooks after a commit (a checkpoint every
+``delta.checkpointInterval`` commits, the log's clean-up) would raise their own errors from the
+same call, after the rows had landed, and a retry would append them twice. :func:`_after_commit`
+runs them once a checkpoint is due, and prints what fails.
 
 A table named in a catalog (Unity Catalog), one not made yet (Spark makes it with the session's
-default table properties), or one with a table feature delta-rs cannot write (in-commit
-timestamps, row tracking, type widening) is appended to through Spark, as before.
+default table properties), one with a table feature delta-rs cannot write (in-commit
+timestamps, row tracking, type widening), or one whose schema differs from the rows' is
+appended to through Spark, as before.
 """
 
 from __future__ import annotations
 
+import sys
+
 from pyspark.sql import SparkSession
 from pyspark.sql.types import StructType
 
+from lakehouse.delta_log import newest_version
+from lakehouse.redaction import redact_text
 from lakehouse.tables import (
     APPEND_ATTEMPTS,
     TableRef,
@@ -34,8 +47,9 @@ from lakehouse.tables import (
     committed,
     local_rows,
     retry_on_conflict,
-    table_exists,
 )
+
+CHECKPOINT_INTERVAL = 10  # Delta's default for delta.checkpointInterval, where a table sets none
 
 
 def append_rows(spark: SparkSession, rows: list, schema: StructType, ref: TableRef, marker: str | None = None,
@@ -45,10 +59,12 @@ def append_rows(spark: SparkSession, rows: list, schema: StructType, ref: TableR
     lose or repeat the rows); with it, once (tables.append_once: for a batch that may be redone,
     ``replay_since_ms``, a commit already made under ``marker`` is not made again).
     ``merge_schema``: columns of ``schema`` the table lacks are added to it."""
-    if rows and ref.is_path and table_exists(spark, ref):
+    # A table is there once its first commit is: a folder being made has none yet.
+    if rows and ref.is_path and newest_version(spark, ref.path) is not None:
         if marker is not None and replay_since_ms is not None and committed(spark, ref, marker, replay_since_ms):
             return False
         if _append_directly(ref.path, rows, schema, marker, merge_schema):
+            _after_commit(spark, ref)
             return True
     df = local_rows(spark, rows, schema)
     if marker is None:
@@ -58,29 +74,57 @@ def append_rows(spark: SparkSession, rows: list, schema: StructType, ref: TableR
 
 
 class _NotWritable(Exception):
-    """delta-rs cannot write the table: its protocol needs a feature delta-rs lacks."""
+    """delta-rs cannot write the table, found before any commit: Spark appends the rows."""
 
 
 def _append_directly(path: str, rows: list, schema: StructType, marker: str | None, merge_schema: bool) -> bool:
-    """The append through delta-rs; False when delta-rs cannot write this table (in-commit
-    timestamps, row tracking, type widening, ...), which Spark then appends to."""
-    from deltalake import CommitProperties, write_deltalake
-    from deltalake.exceptions import CommitFailedError, DeltaProtocolError
+    """The append through delta-rs, its commit only; False when delta-rs cannot write this table
+    (a feature it lacks, a schema other than the rows')."""
+    from deltalake import CommitProperties, PostCommitHookProperties, write_deltalake
+    from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMismatchError
 
     table = arrow_rows(rows, schema)
     properties = CommitProperties(custom_metadata={"userMetadata": marker}) if marker is not None else None
+    commit_only = PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
 
     def write() -> None:
         try:
             write_deltalake(path, table, mode="append", commit_properties=properties,
-                            schema_mode="merge" if merge_schema else None)
-        except (CommitFailedError, DeltaProtocolError) as exc:
-            if isinstance(exc, DeltaProtocolError) or "Unsupported table features" in str(exc):
+                            post_commithook_properties=commit_only, schema_mode="merge" if merge_schema else None)
+        except (DeltaProtocolError, SchemaMismatchError) as exc:
+            raise _NotWritable(str(exc)) from exc
+        except CommitFailedError as exc:
+            if "Unsupported" in str(exc) and "features" in str(exc):  # "Unsupported table features required: ..."
                 raise _NotWritable(str(exc)) from exc
-            raise  # a commit that lost to another: tables.is_conflict, redone
+            raise  # lost to another commit: tables.is_conflict, redone
 
     try:
         retry_on_conflict(write, APPEND_ATTEMPTS)
     except _NotWritable:
         return False
     return True
+
+
+# Table path -> its delta.checkpointInterval, read once (a snapshot's load) per process.
+_intervals: dict[str, int] = {}
+
+
+def _after_commit(spark: SparkSession, ref: TableRef) -> None:
+    """A checkpoint of the table when one is due (at every ``delta.checkpointInterval``-th
+    version, as Spark writes them), then the log's clean-up of what it allows (entries older
+    than ``delta.logRetentionDuration``), by delta-rs; a failure is printed, the rows are in."""
+    version = newest_version(spark, ref.path)
+    try:
+        from deltalake import DeltaTable
+
+        if ref.path not in _intervals:
+            configuration = DeltaTable(ref.path).metadata().configuration
+            _intervals[ref.path] = int(configuration.get("delta.checkpointInterval") or CHECKPOINT_INTERVAL)
+        if not version or version % _intervals[ref.path]:
+            return
+        table = DeltaTable(ref.path)
+        table.create_checkpoint()
+        table.cleanup_metadata()
+    except Exception as exc:  # noqa: BLE001 - upkeep: the next due checkpoint tries again
+        print(f"lakehouse: no checkpoint of {ref.name} at version {version}: {type(exc).__name__}: "
+              f"{redact_text(str(exc).splitlines()[0] if str(exc) else '')}", file=sys.stderr, flush=True)

@@ -67,6 +67,7 @@ def _run_query(spark, config, query_name, checkpoint, start, last_flush: Behind 
     recorder = ProgressRecorder(spark, config)
     recorder.watch(query_name, checkpoint)
     spark.streams.addListener(recorder)
+    recorder.make_tables_beside()
     try:
         query = start()
     except BaseException:

@@ -102,7 +102,7 @@ def start_to(writer, ref: TableRef):
 
 def last_commit(spark: SparkSession, ref: TableRef):
     """The table's newest commit (:func:`commits`): ``version``, ``operationMetrics`` (e.g.
-    numOutputRows), ``userMetadata``; None for a table without one."""
+    numOutputRows), ``userMetadata``."""
     return next(commits(spark, ref), None)
 
 
@@ -313,8 +313,10 @@ DELTA_CONFLICTS = (ConcurrentAppendException, ConcurrentDeleteDeleteException, C
 
 
 def is_conflict(exc: BaseException) -> bool:
-    """A Delta commit lost to a concurrent one (optimistic concurrency): redoing it may succeed."""
-    delta_rs = sys.modules.get("deltalake.exceptions")  # its commits: lakehouse/row_appends.py
+    """A Delta commit lost to a concurrent one (optimistic concurrency): redoing it may succeed.
+    delta-rs raises CommitFailedError for that (lakehouse/row_appends.py sorts out the one
+    failure of that kind no retry mends: a table feature it lacks)."""
+    delta_rs = sys.modules.get("deltalake.exceptions")
     if delta_rs is not None and isinstance(exc, delta_rs.CommitFailedError):
         return True
     return isinstance(exc, DELTA_CONFLICTS) or any(

@@ -122,3 +122,15 @@ def test_appends_beside_spark_commits_and_compaction_lose_nothing(spark, tmp_pat
     counts = {row["name"]: row["n"] for row in table.groupBy("name").count().withColumnRenamed("count", "n").collect()}
     assert counts == {"rs1": 30, "rs2": 30, "spark": 6}
     assert table.select("name", "count").distinct().count() == 66
+
+
+def test_checkpoints_are_written_at_the_tables_interval(spark, tmp_path):
+    """delta-rs' commit alone, then a checkpoint at every interval-th version, which Spark reads."""
+    ref = _ref(tmp_path)
+    create_table_if_missing(spark, ref, SCHEMA, properties={"delta.checkpointInterval": "4"})
+    for i in range(9):
+        append_rows(spark, [("a", i, None, None)], SCHEMA, ref)
+    log = Path(ref.path, "_delta_log")
+    assert sorted(p.name.split(".")[0] for p in log.glob("*.checkpoint.parquet")) == [f"{4:020d}", f"{8:020d}"]
+    assert json.loads((log / "_last_checkpoint").read_text())["version"] == 8
+    assert sorted(row["count"] for row in read_table(spark, ref).collect()) == list(range(9))
