@@ -98,3 +98,27 @@ def test_staged_commits_and_missing_logs_go_to_deltas_history(spark, tmp_path):
     ref = TableRef("bronze.t", "bronze", "t", path, "bronze.t")
     assert _rows(commits(spark, ref)) == _history(spark, path)
     assert log_commits(spark, str(tmp_path / "none")) is None
+
+
+def test_the_newest_version_is_found_by_probing_from_any_start(tmp_path):
+    """Commit files numbered from a cleaned-up start to the newest, with or without a checkpoint
+    pointer, found again as the log grows (local paths need no Spark session)."""
+    log = tmp_path / "t" / "_delta_log"
+    log.mkdir(parents=True)
+
+    def commit_files(first: int, last: int) -> None:
+        for version in range(first, last + 1):
+            (log / f"{version:020d}.json").write_text('{"commitInfo":{"operation":"WRITE"}}\n')
+
+    commit_files(300, 1000)  # the first 300 cleaned up, no _last_checkpoint
+    assert newest_version(None, str(tmp_path / "t")) == 1000
+    commit_files(1001, 1001)
+    assert newest_version(None, str(tmp_path / "t")) == 1001  # from the version seen last
+    for name in ("x", "y"):
+        fresh = tmp_path / name / "_delta_log"
+        fresh.mkdir(parents=True)
+        for version in range(700, 700 + (1 if name == "x" else 555)):
+            (fresh / f"{version:020d}.json").write_text("{}\n")
+        (fresh / "_last_checkpoint").write_text('{"version": 700}')
+        assert newest_version(None, str(tmp_path / name)) == (700 if name == "x" else 1254)
+    assert newest_version(None, str(tmp_path / "none")) is None
