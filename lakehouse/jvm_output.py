@@ -23,6 +23,8 @@ import subprocess
 import sys
 import threading
 
+from lakehouse.redaction import redact_text
+
 VERBOSE_ENV = "LAKEHOUSE_VERBOSE"
 
 # Spark's start-up notices: one line each.
@@ -55,6 +57,11 @@ class OutputFilter:
         self.ivy: list[str] | None = None  # the report being held back, while in it
 
     def feed(self, line: str) -> list[str]:
+        """The lines to show now, each with any URI's user info and secret values redacted (a log
+        line of the JVM may quote a path as the user wrote it: lakehouse.redaction)."""
+        return [redact_text(shown) for shown in self._feed(line)]
+
+    def _feed(self, line: str) -> list[str]:
         text = line.rstrip("\n")
         if self.ivy is not None:
             self.ivy.append(line)
@@ -70,7 +77,7 @@ class OutputFilter:
     def end(self) -> list[str]:
         """At the stream's end: a report never finished (resolution failed mid-way) is shown whole."""
         held, self.ivy = self.ivy or [], None
-        return held
+        return [redact_text(shown) for shown in held]
 
 
 def _write(name: str, line: str) -> None:

@@ -64,6 +64,13 @@ def test_deltas_vacuum_console_line_is_held_back_and_other_counts_shown():
     assert _shown(vacuum + other + vacuum.strip() + "\n") == other
 
 
+def test_a_uris_user_info_is_redacted_from_what_is_shown():
+    line = ("26/12/07 18:10:36 ERROR FileFormatWriter: java.lang.IllegalArgumentException: Wrong FS: "
+            "file://bob:hunter2@localhost/nowhere, expected: file:///\n")
+    shown = _shown(line + "\tat org.apache.hadoop.fs.FileSystem.checkPath(FileSystem.java:824)\n")
+    assert "hunter2" not in shown and "file://*****@localhost/nowhere" in shown and "checkPath" in shown
+
+
 def test_a_failed_resolution_is_shown_whole():
     failed = RESOLUTION.replace("\t2 artifacts copied", "\t\t::::::::::::::\n\t\t::          UNRESOLVED DEPENDENCIES         ::\n"
                                 "\t2 artifacts copied")
