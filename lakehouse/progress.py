@@ -32,7 +32,7 @@ from lakehouse.checkpoints import files_in_batch
 from lakehouse.config import LakehouseConfig
 from lakehouse.freshness import FRESHNESS_METRIC, FRESHNESS_SCHEMA, FRESHNESS_TABLE, Measured, append_freshness, resolve
 from lakehouse.pipeline import Pipeline
-from lakehouse.redaction import redact_text
+from lakehouse.redaction import error_summary, redact_text
 from lakehouse.row_appends import append_rows
 from lakehouse.tables import APPEND_ONLY_CHECKPOINTS, create_table_if_missing, resolve_table, table_exists
 from lakehouse.threads import at_once, in_background
@@ -233,7 +233,7 @@ class ProgressRecorder(StreamingQueryListener):
         if failed is not None:  # the appends make them
             self._tables = None
             print(f"lakehouse: ops tables not made ahead: {type(failed).__name__}: "
-                  f"{redact_text(str(failed).splitlines()[0] if str(failed) else '')}", file=sys.stderr, flush=True)
+                  f"{error_summary(failed)}", file=sys.stderr, flush=True)
         rows, self._buffer = self._buffer, []
         steps = [self._append_freshness, *[partial(_flush_actions[name], self.spark)
                                            for name in self.checkpoints if name in _flush_actions]]

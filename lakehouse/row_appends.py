@@ -37,7 +37,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql.types import StructType
 
 from lakehouse.delta_log import newest_version
-from lakehouse.redaction import redact_text
+from lakehouse.redaction import error_summary
 from lakehouse.tables import (
     APPEND_ATTEMPTS,
     TableRef,
@@ -127,4 +127,4 @@ def _after_commit(spark: SparkSession, ref: TableRef) -> None:
         table.cleanup_metadata()
     except Exception as exc:  # noqa: BLE001 - upkeep: the next due checkpoint tries again
         print(f"lakehouse: no checkpoint of {ref.name} at version {version}: {type(exc).__name__}: "
-              f"{redact_text(str(exc).splitlines()[0] if str(exc) else '')}", file=sys.stderr, flush=True)
+              f"{error_summary(exc)}", file=sys.stderr, flush=True)
