@@ -8,7 +8,7 @@ source, then reads the planned files itself, one micro-batch at a time (:func:`i
   .gz or .bz2 file counts by what it decompresses to), is not read;
 - the others are read in one pass (lakehouse/landing_lines.py: plain files by Spark's line
   reader; compressed files, by their suffix, and files that start with a byte-order mark,
-  whole); a file that cannot be read (a corrupt archive, deleted or made unreadable meanwhile)
+  whole; on one machine, lakehouse/landing_arrow.py on the driver); a file that cannot be read (a corrupt archive, deleted or made unreadable meanwhile)
   does not stop the stream: it is found by reading files alone, and the error it gives names it
   (or, read now, its lines are taken); a failure that no file gives alone fails the batch
   (redone on restart);
@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from pyspark.errors import PySparkException
 from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
@@ -48,6 +49,7 @@ from lakehouse import fs
 from lakehouse.config import LakehouseConfig
 from lakehouse.failpoints import failpoint
 from lakehouse.freshness import bronze_sample_every, constant_time, sampled_time_aggregates
+from lakehouse.landing_arrow import DriverRead, append_on_driver, driver_source, reads_on_driver
 from lakehouse.landing_journal import INGESTED_FILES_SCHEMA, INGESTED_FILES_TABLE, journal
 from lakehouse.landing_lines import LineRead, must_read_whole, one_file_per_partition, read_error
 from lakehouse.row_appends import append_rows
@@ -117,7 +119,9 @@ def ensure_landing_tables(spark: SparkSession, config: LakehouseConfig) -> None:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    """Now, in whole milliseconds (a Delta statistic's precision, so bronze's file statistics are exact)."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def look_at(spark: SparkSession, uris: list[str], max_file_bytes: int) -> list[LandedFile]:
@@ -180,7 +184,12 @@ def diagnosis(exc: Exception) -> tuple[str, str]:
     """(reason, one-line detail) for the error reading one file alone gave.
 
     Read from the error's text, Java's "Caused by:" chain included: the Java exception objects are
-    not reachable from Python under Spark Connect, and their class names are stable API of Hadoop."""
+    not reachable from Python under Spark Connect, and their class names are stable API of Hadoop.
+    A file read on the driver (lakehouse/landing_arrow.py) fails with Python's own errors."""
+    if isinstance(exc, (OSError, EOFError, ValueError, zlib.error)) and not isinstance(exc, PySparkException):
+        detail = f"{type(exc).__name__}: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        kind = {FileNotFoundError: "missing", PermissionError: "unreadable"}.get(type(exc), "corrupt")
+        return kind, detail
     causes = [m for m in map(_CAUSE.match, (line.strip() for line in str(exc).splitlines())) if m]
     lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
     name, message = (causes[-1].group(1), causes[-1].group(2)) if causes else ("", lines[0])
@@ -200,29 +209,39 @@ def lines_in_bronze(spark: SparkSession, ref: TableRef, paths: list[str]) -> dic
 
 
 def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef, marker: str, batch_id: int,
-                  name: str, strict: bool = False, times: dict[str, Column] | None = None) -> tuple[dict[str, int], dict | None]:
+                  name: str, strict: bool = False, times: dict[str, Column] | None = None,
+                  on_driver: bool = False) -> tuple[dict[str, int], dict | None]:
     """Append the lines of ``files`` to bronze in one commit (lakehouse/landing_lines.py reads
-    them): (lines per file read, by canonical path; with ``times``, the commit's freshness
-    measurements, lakehouse/freshness.py: the rows, the ingest time every row shares, and each
-    of ``times``, read on sampled lines only: more sparsely in a larger batch,
-    freshness.bronze_sample_every)."""
+    them; with ``on_driver``, lakehouse/landing_arrow.py, where it can): (lines per file read, by
+    canonical path; with ``times``, the commit's freshness measurements, lakehouse/freshness.py:
+    the rows, the ingest time every row shares, and each of ``times``, read on sampled lines only:
+    more sparsely in a larger batch, freshness.bronze_sample_every)."""
     ingested_at = _now()
     every = bronze_sample_every(sum(f.size or 0 for f in files), len(files))
     aggregates = [a for m, t in (times or {}).items() for a in sampled_time_aggregates(m, t, every)]
-    read = LineRead(spark, [f.uri for f in files], name, strict, whole={f.uri for f in files if f.read_whole},
+    uris = [f.uri for f in files]
+    if on_driver and reads_on_driver(spark, bronze, uris):
+        read = DriverRead(spark, [(f.uri, f.path) for f in files], ingested_at, every, aggregates, strict)
+        failpoint("bronze.append", batch_id)
+        if append_on_driver(spark, read, bronze, marker):
+            return _measured(read.counts, read.observed() if times is not None else None, ingested_at)
+    read = LineRead(spark, uris, name, strict, whole={f.uri for f in files if f.read_whole},
                     ingested_at=ingested_at, also=aggregates)
     with one_file_per_partition(spark):
         read.check_partitions()
         failpoint("bronze.append", batch_id)
         append_once(read.rows, bronze, marker)
-    counts = read.counts()
-    if times is None:
+    return _measured(read.counts(), read.observed() if times is not None else None, ingested_at)
+
+
+def _measured(counts: dict[str, int], observed: dict | None, ingested_at: datetime) -> tuple[dict[str, int], dict | None]:
+    if observed is None:
         return counts, None
-    return counts, {**read.observed(), "fresh_rows": sum(counts.values()), **constant_time("ingest", ingested_at)}
+    return counts, {**observed, "fresh_rows": sum(counts.values()), **constant_time("ingest", ingested_at)}
 
 
 def _append_batch(spark: SparkSession, todo: list[LandedFile], bronze: TableRef, marker: str, batch_id: int,
-                  times: dict[str, Column] | None) -> tuple[dict[str, int], dict | None]:
+                  times: dict[str, Column] | None, on_driver: bool = False) -> tuple[dict[str, int], dict | None]:
     """:func:`_append_lines` for the batch's files. The line reader fails the whole read on a
     plain file it cannot read (rather than keep part of it), and a file gone before the read is
     planned fails any read: then each file is read alone, without writing; one that fails twice
@@ -230,7 +249,8 @@ def _append_batch(spark: SparkSession, todo: list[LandedFile], bronze: TableRef,
     the failure was not a file's: it is raised (so is a cancelled job: the query is stopping)."""
     started_ms = int(time.time() * 1000)
     try:
-        return _append_lines(spark, todo, bronze, marker, batch_id, f"files-{batch_id}", times=times)
+        return _append_lines(spark, todo, bronze, marker, batch_id, f"files-{batch_id}", times=times,
+                             on_driver=on_driver)
     except Exception as exc:
         if _cancelled(exc) or committed(spark, bronze, marker, since_ms=started_ms) is not None:
             raise  # stopping; or the commit was made, and a restart redoes the batch from bronze
@@ -247,7 +267,10 @@ def _append_batch(spark: SparkSession, todo: list[LandedFile], bronze: TableRef,
         if id(landed) in failed:
             landed.reason, landed.detail = diagnosis(failed[id(landed)])
     rest = [f for f in todo if f.reason is None]
-    return _append_lines(spark, rest, bronze, marker, batch_id, f"files-{batch_id}-again", times=times) if rest else ({}, None)
+    if not rest:
+        return {}, None
+    return _append_lines(spark, rest, bronze, marker, batch_id, f"files-{batch_id}-again", times=times,
+                         on_driver=on_driver)
 
 
 def _cancelled(exc: BaseException) -> bool:
@@ -293,14 +316,16 @@ def ingest_files(
         empty.lines = 0  # Spark's readers skip empty files; they hold no lines
     failpoint("bronze.read", batch_id)
     todo = [f for f in files if f.reason is None and f.lines is None]
-    counted, measured = _append_batch(spark, todo, bronze, marker, batch_id, times) if todo else ({}, None)
+    on_driver = driver_source(source)
+    counted, measured = _append_batch(spark, todo, bronze, marker, batch_id, times, on_driver) if todo else ({}, None)
     for landed in (f for f in todo if f.reason is None):
         if fs.canonical(landed.path) in counted:
             landed.lines = counted[fs.canonical(landed.path)]
             continue
         failpoint("bronze.reread", batch_id)
         try:  # alone, without skipping: it fails with its own error, or gives its lines
-            again, _ = _append_lines(spark, [landed], bronze, marker, batch_id, f"file-{batch_id}", strict=True)
+            again, _ = _append_lines(spark, [landed], bronze, marker, batch_id, f"file-{batch_id}", strict=True,
+                                     on_driver=on_driver)
             landed.lines = again.get(fs.canonical(landed.path), 0)  # 0: no lines (an empty archive, say)
         except Exception as exc:  # the error is the diagnosis
             landed.reason, landed.detail = diagnosis(exc)

@@ -1,6 +1,7 @@
 """Landing files -> bronze rows: one row per line, its raw bytes, its file and its line number.
 
-lakehouse.landing decides which files a micro-batch reads; this module reads them. Every row is
+lakehouse.landing decides which files a micro-batch reads; this module reads them in a Spark job
+(on one machine, lakehouse.landing_arrow reads them on the driver, the same rows). Every row is
 ``value`` (the line's bytes without its "\\n"; a "\\r" before it stays), ``_source_file``,
 ``_source_line`` (1-based) and ``_ingested_at``. Bytes that are not UTF-8 are kept as they are.
 Two readers, by the file's name:

@@ -31,8 +31,14 @@ appended to through Spark, as before.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
 
+import pyarrow as pa
 from pyspark.sql import SparkSession
 from pyspark.sql.types import StructType
 
@@ -63,7 +69,7 @@ def append_rows(spark: SparkSession, rows: list, schema: StructType, ref: TableR
     if rows and ref.is_path and newest_version(spark, ref.path) is not None:
         if marker is not None and replay_since_ms is not None and committed(spark, ref, marker, replay_since_ms):
             return False
-        if _append_directly(ref.path, rows, schema, marker, merge_schema):
+        if _append_directly(ref.path, lambda: arrow_rows(rows, schema), marker, merge_schema):
             _after_commit(spark, ref)
             return True
     df = local_rows(spark, rows, schema)
@@ -73,30 +79,112 @@ def append_rows(spark: SparkSession, rows: list, schema: StructType, ref: TableR
     return append_once(df, ref, marker, replay_since_ms, merge_schema=merge_schema)
 
 
+@dataclass(frozen=True)
+class DataFile:
+    """A Parquet file written into a table's folder, to be added by :func:`commit_files`."""
+
+    name: str  # relative to the table's folder
+    size: int
+    stats: str  # Delta's per-file statistics, JSON
+
+
+# Writer features a table may have and still take files written by this package (appendOnly:
+# no remove is ever written here; invariants: NOT NULL columns, which the writer fills).
+_PLAIN_WRITER_FEATURES = {"appendOnly", "invariants"}
+
+
+def plain_table(path: str, schema: pa.Schema) -> bool:
+    """Whether the table at ``path`` takes Parquet files written with ``schema`` as they are: its
+    columns are ``schema``'s (names and types), no column mapping (physical names), no writer
+    feature beyond :data:`_PLAIN_WRITER_FEATURES` (constraints, generated columns, row tracking,
+    deletion vectors, in-commit timestamps all ask more of a writer)."""
+    from deltalake import DeltaTable
+
+    try:
+        table = DeltaTable(path)
+        protocol, configuration = table.protocol(), table.metadata().configuration
+        columns = pa.schema(table.schema().to_arrow())
+    except Exception:  # noqa: BLE001 - not a table delta-rs reads: Spark writes it
+        return False
+    if protocol.min_writer_version == 7:  # table features, named
+        if not set(protocol.writer_features or ()) <= _PLAIN_WRITER_FEATURES:
+            return False
+    elif protocol.min_writer_version > 2:  # 3-6: constraints, change data feed, generated columns, ... implied
+        return False
+    if configuration.get("delta.columnMapping.mode", "none") != "none":
+        return False
+    return [(f.name, _widest(f.type)) for f in columns] == [(f.name, _widest(f.type)) for f in schema]
+
+
+def _widest(kind: pa.DataType) -> pa.DataType:
+    """One spelling of a Delta type in Arrow (delta-rs reads a string column as a string view, say)."""
+    return {pa.binary(): pa.large_binary(), pa.string(): pa.large_string(),
+            pa.binary_view(): pa.large_binary(), pa.string_view(): pa.large_string()}.get(kind, kind)
+
+
+def commit_files(spark: SparkSession, ref: TableRef, files: list[DataFile], marker: str | None = None) -> bool:
+    """One commit adding ``files``, already written into the table's folder, marked ``marker``
+    (delta-rs' ``create_write_transaction``; a commit lost to a change of the table's metadata
+    is redone). No files: nothing to commit, True. False when delta-rs cannot write the table
+    (the files are removed: the caller writes its rows through Spark)."""
+    from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties
+    from deltalake.transaction import AddAction
+
+    if not files:
+        return True
+    now_ms = int(time.time() * 1000)
+    actions = [AddAction(f.name, f.size, {}, now_ms, True, f.stats) for f in files]
+    properties = CommitProperties(custom_metadata={"userMetadata": marker}) if marker is not None else None
+    commit_only = PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
+
+    def commit() -> None:
+        table = DeltaTable(ref.path)
+        with _not_writable_errors():
+            table.create_write_transaction(actions, mode="append", schema=table.schema(),
+                                           commit_properties=properties, post_commithook_properties=commit_only)
+
+    try:
+        retry_on_conflict(commit, APPEND_ATTEMPTS)
+    except _NotWritable:
+        for f in files:
+            os.remove(os.path.join(ref.path, f.name))
+        return False
+    _after_commit(spark, ref)
+    return True
+
+
 class _NotWritable(Exception):
     """delta-rs cannot write the table, found before any commit: Spark appends the rows."""
 
 
-def _append_directly(path: str, rows: list, schema: StructType, marker: str | None, merge_schema: bool) -> bool:
+@contextmanager
+def _not_writable_errors():
+    """delta-rs' errors that say it cannot write the table, as :class:`_NotWritable`; a commit
+    lost to another is left as it is (tables.is_conflict: redone)."""
+    from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMismatchError
+
+    try:
+        yield
+    except (DeltaProtocolError, SchemaMismatchError) as exc:
+        raise _NotWritable(str(exc)) from exc
+    except CommitFailedError as exc:
+        if "Unsupported" in str(exc) and "features" in str(exc):  # "Unsupported table features required: ..."
+            raise _NotWritable(str(exc)) from exc
+        raise
+
+
+def _append_directly(path: str, data: Callable[[], object], marker: str | None, merge_schema: bool) -> bool:
     """The append through delta-rs, its commit only; False when delta-rs cannot write this table
     (a feature it lacks, a schema other than the rows')."""
     from deltalake import CommitProperties, PostCommitHookProperties, write_deltalake
-    from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMismatchError
 
-    table = arrow_rows(rows, schema)
     properties = CommitProperties(custom_metadata={"userMetadata": marker}) if marker is not None else None
     commit_only = PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
 
     def write() -> None:
-        try:
-            write_deltalake(path, table, mode="append", commit_properties=properties,
+        with _not_writable_errors():
+            write_deltalake(path, data(), mode="append", commit_properties=properties,
                             post_commithook_properties=commit_only, schema_mode="merge" if merge_schema else None)
-        except (DeltaProtocolError, SchemaMismatchError) as exc:
-            raise _NotWritable(str(exc)) from exc
-        except CommitFailedError as exc:
-            if "Unsupported" in str(exc) and "features" in str(exc):  # "Unsupported table features required: ..."
-                raise _NotWritable(str(exc)) from exc
-            raise  # lost to another commit: tables.is_conflict, redone
 
     try:
         retry_on_conflict(write, APPEND_ATTEMPTS)

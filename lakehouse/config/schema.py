@@ -148,6 +148,9 @@ class SourceConfig:
     # A feed of history (a backfill): its rows are never quarantined as late by the entity's
     # watermark. `lakehouse refine --backfill` does the same for one run, whatever the source.
     backfill: bool = False
+    # Where Spark runs in this process (local[...]), read a batch's local files on the driver with
+    # Arrow and append them with delta-rs (lakehouse/landing_arrow.py); false: a Spark job reads them.
+    read_on_driver: bool = True
     kafka: KafkaOptions | None = None  # required when kind is kafka
     # What maintenance does with a landing file once the commit that ingested it (or recorded it
     # as bad) is in the checkpoint: keep it, archive it (move it under archive_path), or delete it.

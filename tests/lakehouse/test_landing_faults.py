@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from lakehouse import landing
 from lakehouse.bronze import ensure_source_bronze_table
 from lakehouse.cli import main
 from lakehouse.config import load_config
 from lakehouse.failpoints import FAILPOINTS_ENV
-from lakehouse.landing import BAD_FILES_TABLE, INGESTED_FILES_TABLE, _append_batch, look_at
+from lakehouse.landing import BAD_FILES_TABLE, INGESTED_FILES_TABLE, look_at
 from lakehouse.reconcile import reconcile
 from lakehouse.runner import run_flow
 from lakehouse.status import collect_status
@@ -175,18 +176,28 @@ def test_a_failed_append_that_is_no_file_s_fault_fails_the_batch_and_blames_no_f
     assert _bad_files(spark, config) == {}
 
 
-def test_a_file_gone_before_the_read_is_planned_is_missing_and_the_others_land(spark, config):
+@pytest.mark.parametrize("on_driver", [False, True], ids=["spark", "driver"])
+def test_a_file_gone_before_the_read_is_planned_is_missing_and_the_others_land(spark, tmp_path, monkeypatch, on_driver):
     """A file deleted between being looked at and being read fails the whole read when Spark plans
     it (PATH_NOT_FOUND, which ignoreMissingFiles does not cover): each file is then read alone,
-    the gone one is a bad file ("missing"), and the others are appended."""
+    the gone one is a bad file ("missing"), and the others are appended. Read on the driver
+    (lakehouse/landing_arrow.py), the gone file is left out of the commit, then read alone."""
+    config = load_config("test", conf_dir=CONF_DIR, data_dir=tmp_path / "data",
+                         overrides=[f"sources.telemetry.read_on_driver={str(on_driver).lower()}"])
     ensure_source_bronze_table(spark, config, "telemetry")
     kept = land(config, "kept.jsonl", lines(reading(1), reading(2)))
     gone = land(config, "gone.jsonl.gz", gzip.compress(lines(reading(3))))
-    files = look_at(spark, [kept.as_uri(), gone.as_uri()], max_file_bytes=1 << 20)
-    gone.unlink()
-    counted, _ = _append_batch(spark, files, bronze_table(config, "telemetry"), "test:0", 0, None)
-    assert {Path(path).name: n for path, n in counted.items()} == {"kept.jsonl": 2}
-    assert [(Path(f.uri).name, f.reason) for f in files] == [("kept.jsonl", None), ("gone.jsonl.gz", "missing")]
+
+    def look_then_lose(*args, **kwargs):
+        looked = look_at(*args, **kwargs)
+        gone.unlink()
+        return looked
+
+    monkeypatch.setattr(landing, "look_at", look_then_lose)
+    files, _ = landing.ingest_files(spark, config, "telemetry", [kept.as_uri(), gone.as_uri()], "test", 0, None,
+                                    str(tmp_path / "checkpoint"))
+    assert [(Path(f.uri).name, f.reason, f.lines) for f in files] == [("kept.jsonl", None, 2), ("gone.jsonl.gz", "missing", None)]
+    assert any(words in files[1].detail for words in ("No such file", "PATH_NOT_FOUND"))
     assert sorted(_bronze(spark, config)) == [("kept.jsonl", 1), ("kept.jsonl", 2)]
 
 
