@@ -8,9 +8,10 @@ source, then reads the planned files itself, one micro-batch at a time (:func:`i
   .gz or .bz2 file counts by what it decompresses to), is not read;
 - the others are read in one pass (lakehouse/landing_lines.py: plain files by Spark's line
   reader; compressed files, by their suffix, and files that start with a byte-order mark,
-  whole; on one machine, lakehouse/landing_arrow.py on the driver); a file that cannot be read (a corrupt archive, deleted or made unreadable meanwhile)
-  does not stop the stream: it is found by reading files alone, and the error it gives names it
-  (or, read now, its lines are taken); a failure that no file gives alone fails the batch
+  whole; on one machine, lakehouse/landing_arrow.py on the driver); a file that cannot be
+  read (a corrupt archive, deleted or made unreadable meanwhile) does not stop the stream: it
+  is found by reading files alone, and the error it gives names it (or, read now, its lines
+  are taken); a failure that no file gives alone fails the batch
   (redone on restart);
 - their lines are appended to ``bronze.<source>``; every file read is recorded in
   ``ops.ingested_files`` (size and modification time as read, lines: kept in the checkpoint

@@ -3,7 +3,7 @@
 When Spark runs in this process (``local[...]``), a file bronze batch's planned files are local
 and its bronze table is stored by path, lakehouse.landing reads the batch here instead of in a
 Spark job (lakehouse.landing_lines): each file is read whole and split on "\\n" by Arrow, and
-its rows are written as Parquet into the table's folder, by as many threads as Spark has cores;
+its rows are written as Parquet into the table's folder, by a thread per core Spark has;
 then one commit adds those files (lakehouse.row_appends.commit_files, by delta-rs), marked
 with the batch as Spark's would be. The rows are the same: ``value`` (the line's bytes without
 its "\\n"; a "\\r" before it stays; a final "\\n" ends the last line; an empty file has none;
@@ -18,8 +18,9 @@ executors, where they are: this path is for one machine only.
 
 A file is read whole (a .gz or .bz2 file decompressed whole, as Spark's whole-file read does), so
 a file that fails part-way gives no line: it is left out of the commit (or, ``strict``, fails
-the batch) and lakehouse.landing reads it again alone to name it. Each thread holds about two
-files and one row group; the source's ``max_file_bytes`` bounds a file.
+the batch) and lakehouse.landing reads it again alone to name it. Each of at most
+:data:`MAX_WRITERS` threads holds a file, its lines and a row group; the source's
+``max_file_bytes`` bounds a file.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ DRIVER_MAX_FILE_BYTES = 256 * 1024 * 1024
 _DECOMPRESS = {".gz": gzip.decompress, ".bz2": bz2.decompress}
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)  # what a gone, unreadable or corrupt file raises
 _ROW_GROUP_BYTES = 64 * 1024 * 1024  # lines' bytes a thread buffers before writing them as a row group
+MAX_WRITERS = 4  # threads at most (each holds a file read, its lines and a row group: bounded memory)
 _STATS_COLUMNS = ("_source_file", "_source_line", "_ingested_at")
 
 ROWS_SCHEMA = pa.schema([
@@ -244,5 +246,5 @@ def _stats_time(micros: int) -> str:
 def append_on_driver(spark: SparkSession, read: DriverRead, bronze: TableRef, marker: str) -> bool:
     """Write the batch's rows into bronze's folder and add them in one commit marked ``marker``;
     False (nothing committed, no file left) when the table cannot take them this way."""
-    files = read.write(bronze.path, spark.sparkContext.defaultParallelism)
+    files = read.write(bronze.path, min(MAX_WRITERS, spark.sparkContext.defaultParallelism))
     return commit_files(spark, bronze, files, marker)
