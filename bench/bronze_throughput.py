@@ -9,7 +9,8 @@ one's fixed cost per micro-batch; and the driver's peak memory when the backlog 
 Prints one JSON line per figure. Targets (issue 16): ingest / peer >= 1.0, at the default rate
 limit and in one micro-batch; fixed cost per micro-batch, (t(k batches) - t(1 batch)) / (k - 1),
 <= 0.5 s. Issue 2's ingest / (text -> Parquet copy) and its memory target (peak live heap at
-10x backlog <= 1.2x the 1x figure) are still printed.
+10x backlog <= 1.2x the 1x figure) are still printed, with the Python driver's peak resident
+memory beside it (on one machine it reads the batches' files itself: lakehouse/landing_arrow.py).
 """
 
 from __future__ import annotations
@@ -74,13 +75,13 @@ def measure_job_memory(cmd: list[str], env: dict, commits: Path) -> dict:
     """
     started = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak_rss_kib, peak_live_bytes, seen = 0, 0, set()
+    peak_rss_kib, peak_python_kib, peak_live_bytes, seen = 0, 0, 0, set()
     while proc.poll() is None:
         java = [pid for pid in _descendants(proc.pid) if _comm(pid) == "java"]
         for pid in java:
-            for line in _read(f"/proc/{pid}/status").splitlines():
-                if line.startswith("VmHWM:"):
-                    peak_rss_kib = max(peak_rss_kib, int(line.split()[1]))
+            peak_rss_kib = max(peak_rss_kib, _peak_rss_kib(pid))
+        # The Python driver reads a batch's files itself on one machine (lakehouse/landing_arrow.py).
+        peak_python_kib = max(peak_python_kib, _peak_rss_kib(proc.pid))
         done = {p.name for p in commits.iterdir() if p.name.isdigit()} if commits.is_dir() else set()
         if java and done - seen:
             seen |= done
@@ -88,8 +89,14 @@ def measure_job_memory(cmd: list[str], env: dict, commits: Path) -> dict:
         time.sleep(0.1)
     if proc.returncode != 0:
         raise SystemExit(f"ingest job failed ({proc.returncode}): {' '.join(cmd)}")
-    return {"rss_mib": peak_rss_kib / 1024, "live_heap_mib": peak_live_bytes / 2**20,
+    return {"rss_mib": peak_rss_kib / 1024, "python_rss_mib": peak_python_kib / 1024, "live_heap_mib": peak_live_bytes / 2**20,
             "batches_sampled": len(seen), "seconds": time.monotonic() - started}
+
+
+def _peak_rss_kib(pid: int) -> int:
+    """A process's peak resident memory so far (VmHWM), KiB; 0 once it has gone."""
+    line = next((line for line in _read(f"/proc/{pid}/status").splitlines() if line.startswith("VmHWM:")), None)
+    return int(line.split()[1]) if line else 0
 
 
 def _live_bytes(pid: int) -> int:
@@ -243,11 +250,11 @@ def measure_memory(landing: Path, work: Path, records: int, files: int) -> None:
                "ingest", "--source", "telemetry", "--once"]
         peaks[factor] = measure_job_memory(cmd, env, Path(run.checkpoint_path("bronze_telemetry"), "commits"))
         backlog = len(list(target.glob("*.jsonl")))
-        for key in ("rss_mib", "live_heap_mib"):
+        for key in ("rss_mib", "python_rss_mib", "live_heap_mib"):
             emit(f"driver_peak_{key}_{factor}x", round(peaks[factor][key]), backlog_files=backlog,
                  max_bytes_per_trigger=per_trigger, batches_sampled=peaks[factor]["batches_sampled"],
                  seconds=round(peaks[factor]["seconds"], 1))
-    for key in ("rss_mib", "live_heap_mib"):
+    for key in ("rss_mib", "python_rss_mib", "live_heap_mib"):
         emit(f"driver_{key[:-4]}_ratio_10x_vs_1x", round(peaks[10][key] / peaks[1][key], 3), target="<= 1.2")
 
 if __name__ == "__main__":
