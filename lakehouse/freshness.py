@@ -23,10 +23,8 @@ resolves and appends them with its progress rows, a batch gold build appends its
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections import defaultdict
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -35,7 +33,6 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType, TimestampType
 
 from lakehouse.config import LakehouseConfig
-from lakehouse.redaction import error_summary
 from lakehouse.row_appends import append_rows
 from lakehouse.tables import TableRef, commit_ms, commits, resolve_table
 
@@ -152,12 +149,6 @@ def observe_freshness(df: DataFrame, times: dict[str, Column]) -> DataFrame:
     return df.observe(FRESHNESS_METRIC, *measure_aggregates(times))
 
 
-# A measurements' key whose value is a Future of more of them, still being measured when the
-# batch ends (a bronze batch read on the driver samples its event times in a job of its own,
-# lakehouse.landing_arrow); they are taken when the ops.freshness row is made.
-LATER = "_later"
-
-
 @dataclass
 class Measured:
     """One batch's measurements of the rows it committed to one table, before the commit is known."""
@@ -170,18 +161,23 @@ class Measured:
     marker: str | None = None  # the commit's userMetadata (tables.batch_marker) ...
     query_id: str | None = None  # ... or, for a streaming Delta sink, the query whose batch committed
     measured_at_ms: float = field(default_factory=lambda: time.time() * 1000)  # after its commit
-    later: Future | None = None  # more measurements, still being taken (:data:`LATER`)
 
     @classmethod
     def from_row(cls, row: Row | dict, flow: str, table: str, batch_id: int, **commit) -> Measured:
         """From the aggregates of :func:`measure_aggregates` (a collected row, or observed metrics)."""
         values = row.asDict() if isinstance(row, Row) else dict(row)
-        later = values.pop(LATER, None)
-        return cls(flow, table, batch_id, int(values.get("fresh_rows") or 0), _times(values), later=later, **commit)
+        times = {}
+        for measure in MEASURES:
+            oldest, quantiles = values.get(f"{measure}_oldest"), values.get(f"{measure}_q")
+            sampled = sample_quantiles(values.get(f"{measure}_sample") or [])
+            if oldest is not None and quantiles:
+                times[measure] = (float(oldest), float(quantiles[0]), float(quantiles[1]))
+            elif sampled is not None:  # the oldest of every row where it was taken, else the sample's
+                times[measure] = (sampled[0] if oldest is None else min(float(oldest), sampled[0]), *sampled[1:])
+        return cls(flow, table, batch_id, int(values.get("fresh_rows") or 0), times, **commit)
 
     def row(self, version: int, commit_time: datetime) -> tuple:
         """The ops.freshness row once the commit is known (``commit_time`` aware, UTC)."""
-        self._settle()
         at = commit_time.timestamp()
         figures = []
         for measure in MEASURES:
@@ -189,30 +185,6 @@ class Measured:
             figures += [None, None, None] if oldest is None else [
                 round(at - q50, 3), round(at - q05, 3), round(at - oldest, 3)]
         return (self.flow, self.table, self.batch_id, version, commit_time, self.rows, *figures)
-
-    def _settle(self) -> None:
-        """Take the measurements still being made (a failure is printed; those times stay empty)."""
-        if self.later is None:
-            return
-        later, self.later = self.later, None
-        try:
-            self.times.update(_times(later.result()))
-        except Exception as exc:  # noqa: BLE001 - a figure of observability: the row goes without it
-            print(f"lakehouse: {self.table} batch {self.batch_id}: no event-time sample "
-                  f"({type(exc).__name__}: {error_summary(exc)})", file=sys.stderr, flush=True)
-
-
-def _times(values: dict) -> dict[str, tuple[float, float, float]]:
-    """Measure -> (oldest, q05, q50) from :func:`measure_aggregates`' values."""
-    times = {}
-    for measure in MEASURES:
-        oldest, quantiles = values.get(f"{measure}_oldest"), values.get(f"{measure}_q")
-        sampled = sample_quantiles(values.get(f"{measure}_sample") or [])
-        if oldest is not None and quantiles:
-            times[measure] = (float(oldest), float(quantiles[0]), float(quantiles[1]))
-        elif sampled is not None:  # the oldest of every row where it was taken, else the sample's
-            times[measure] = (sampled[0] if oldest is None else min(float(oldest), sampled[0]), *sampled[1:])
-    return times
 
 
 def resolve(spark: SparkSession, config: LakehouseConfig, pending: list[Measured]) -> list[tuple]:

@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from py4j.protocol import Py4JError
 from pyspark.errors import PySparkException
 from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
@@ -50,7 +51,7 @@ from lakehouse import fs
 from lakehouse.config import LakehouseConfig
 from lakehouse.failpoints import failpoint
 from lakehouse.freshness import bronze_sample_every, constant_time, sampled_time_aggregates
-from lakehouse.landing_arrow import DriverRead, append_on_driver, driver_source, reads_on_driver
+from lakehouse.landing_arrow import DriverRead, LandingReadError, append_on_driver, driver_source, reads_on_driver
 from lakehouse.landing_journal import INGESTED_FILES_SCHEMA, INGESTED_FILES_TABLE, journal
 from lakehouse.landing_lines import LineRead, must_read_whole, one_file_per_partition, read_error
 from lakehouse.row_appends import append_rows
@@ -186,11 +187,9 @@ def diagnosis(exc: Exception) -> tuple[str, str]:
 
     Read from the error's text, Java's "Caused by:" chain included: the Java exception objects are
     not reachable from Python under Spark Connect, and their class names are stable API of Hadoop.
-    A file read on the driver (lakehouse/landing_arrow.py) fails with Python's own errors."""
-    if isinstance(exc, (OSError, EOFError, ValueError, zlib.error)) and not isinstance(exc, PySparkException):
-        detail = f"{type(exc).__name__}: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
-        kind = {FileNotFoundError: "missing", PermissionError: "unreadable"}.get(type(exc), "corrupt")
-        return kind, detail
+    A file read on the driver fails with a LandingReadError, which names its Python error."""
+    if isinstance(exc, LandingReadError):
+        return exc.diagnosis()
     causes = [m for m in map(_CAUSE.match, (line.strip() for line in str(exc).splitlines())) if m]
     lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
     name, message = (causes[-1].group(1), causes[-1].group(2)) if causes else ("", lines[0])
@@ -224,7 +223,7 @@ def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef
     if on_driver and reads_on_driver(spark, bronze, uris):
         read = DriverRead(spark, [(f.uri, f.path) for f in files], ingested_at, every, aggregates, strict)
         failpoint("bronze.append", batch_id)
-        if append_on_driver(spark, read, bronze, marker):
+        if append_on_driver(spark, read, bronze, marker, batch_id):
             return _measured(read.counts, read.observed() if times is not None else None, ingested_at)
     read = LineRead(spark, uris, name, strict, whole={f.uri for f in files if f.read_whole},
                     ingested_at=ingested_at, also=aggregates)
@@ -328,7 +327,7 @@ def ingest_files(
             again, _ = _append_lines(spark, [landed], bronze, marker, batch_id, f"file-{batch_id}", strict=True,
                                      on_driver=on_driver)
             landed.lines = again.get(fs.canonical(landed.path), 0)  # 0: no lines (an empty archive, say)
-        except Exception as exc:  # the error is the diagnosis
+        except (LandingReadError, PySparkException, Py4JError) as exc:  # a read's error is the diagnosis
             landed.reason, landed.detail = diagnosis(exc)
     _record(spark, config, source_name, files, app_id, batch_id, replay_since_ms, checkpoint)
     return files, measured

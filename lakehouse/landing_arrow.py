@@ -26,6 +26,7 @@ the batch) and lakehouse.landing reads it again alone to name it. Each of at mos
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import json
 import os
@@ -34,7 +35,7 @@ import uuid
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -44,23 +45,24 @@ from pyspark.sql import Column, SparkSession
 
 from lakehouse import fs
 from lakehouse.config import SourceConfig
-from lakehouse.freshness import LATER
+from lakehouse.failpoints import failpoint
 from lakehouse.landing_lines import COMPRESSED_SUFFIXES
 from lakehouse.row_appends import DataFile, commit_files, plain_table
 from lakehouse.tables import TableRef
 from lakehouse.threads import in_background
 
-# Sources whose largest file may be bigger are read by Spark (a file is held whole here).
-DRIVER_MAX_FILE_BYTES = 256 * 1024 * 1024
+# Sources whose largest file may be bigger are read by Spark (a file is held whole here, and its lines).
+DRIVER_MAX_FILE_BYTES = 64 * 1024 * 1024
 _DECOMPRESS = {".gz": gzip.decompress, ".bz2": bz2.decompress}
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)  # what a gone, unreadable or corrupt file raises
-_ROW_GROUP_BYTES = 64 * 1024 * 1024  # lines' bytes a thread buffers before writing them as a row group
+_READ_ERRORS = (OSError, EOFError, zlib.error)  # what reading a gone, unreadable or corrupt file raises
+_ROW_GROUP_BYTES = 64 * 1024 * 1024  # rows' bytes a thread buffers before writing them as a row group
 MAX_WRITERS = 4  # threads at most (each holds a file read, its lines and a row group: bounded memory)
 _STATS_COLUMNS = ("_source_file", "_source_line", "_ingested_at")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 ROWS_SCHEMA = pa.schema([
     pa.field("value", pa.large_binary()),
-    pa.field("_source_file", pa.large_string(), nullable=False),
+    pa.field("_source_file", pa.dictionary(pa.int32(), pa.large_string()), nullable=False),  # one name a file
     pa.field("_source_line", pa.int64(), nullable=False),
     pa.field("_ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
 ])
@@ -77,6 +79,8 @@ def reads_on_driver(spark: SparkSession, bronze: TableRef, uris: Sequence[str]) 
     plain (lakehouse.row_appends.plain_table), and every file local and plain or .gz/.bz2."""
     if not bronze.is_path or not spark.conf.get("spark.master", "").startswith("local"):
         return False
+    if spark.conf.get("spark.databricks.clusterUsageTags.clusterId", None):
+        return False  # a Databricks single-node cluster: its storage is not this machine's disk
     if not all(fs.local_path(uri) is not None and _suffix(uri) in (None, *_DECOMPRESS) for uri in uris):
         return False
     return plain_table(bronze.path, ROWS_SCHEMA)
@@ -96,11 +100,31 @@ def file_lines(data: bytes) -> pa.Array:
     return lines.slice(0, len(lines) - 1) if data.endswith(b"\n") else lines
 
 
+class LandingReadError(Exception):
+    """A landing file that could not be read here (gone, unreadable, a corrupt archive): its
+    Python error is the cause."""
+
+    def __init__(self, uri: str, cause: BaseException):
+        super().__init__(f"{uri}: {type(cause).__name__}: {cause}")
+        self.uri, self.cause = uri, cause
+
+    def diagnosis(self) -> tuple[str, str]:
+        """(reason, detail) as lakehouse.landing.diagnosis gives them for Spark's errors."""
+        cause = self.cause
+        text = (cause.strerror if isinstance(cause, OSError) else None) or str(cause)
+        reason = ("missing" if isinstance(cause, FileNotFoundError) else
+                  "unreadable" if isinstance(cause, PermissionError) else "corrupt")
+        return reason, f"{type(cause).__name__}: {text}"
+
+
 def read_file(uri: str) -> bytes:
-    """A landing file's bytes, decompressed by its suffix (.gz, .bz2): errors as Python raises them."""
-    data = fs.local_path(uri).read_bytes()
-    decompress = _DECOMPRESS.get(_suffix(uri) or "")
-    return decompress(data) if decompress else data
+    """A landing file's bytes, decompressed by its suffix (.gz, .bz2); LandingReadError when it cannot be read."""
+    try:
+        data = fs.local_path(uri).read_bytes()
+        decompress = _DECOMPRESS.get(_suffix(uri) or "")
+        return decompress(data) if decompress else data
+    except _READ_ERRORS as exc:
+        raise LandingReadError(uri, exc) from exc
 
 
 class DriverRead:
@@ -108,25 +132,28 @@ class DriverRead:
     the lines each file gave (:attr:`counts`), the files it could not read (:attr:`failed`) and
     the ``aggregates`` (freshness.sampled_time_aggregates) over the sampled lines, every
     ``every``-th of each file, its first included (:meth:`observed`: a small Spark job, begun
-    once the files are written, while the commit is made)."""
+    once every file is read, while the last rows are written)."""
 
     def __init__(self, spark: SparkSession, files: Sequence[tuple[str, str]], ingested_at: datetime, every: int,
                  aggregates: Sequence[Column] = (), strict: bool = False):
         """``files``: (uri, the name bronze gives it, as ``_metadata.file_path`` does)."""
         self.spark, self.files, self.every, self.strict = spark, list(files), every, strict
         self.aggregates = list(aggregates)
-        self.micros = int(ingested_at.timestamp() * 1_000_000)
+        self.micros = (ingested_at - _EPOCH) // timedelta(microseconds=1)
         self.counts: dict[str, int] = {}
-        self.failed: dict[str, Exception] = {}
+        self.failed: dict[str, str] = {}  # canonical path -> why it was left out (missing, ...)
         self._sample: list[pa.RecordBatch] = []
         self._observed: Future | None = None
         self._todo = iter(self.files)
         self._lock = threading.Lock()
+        self._reading = 0  # threads still reading files (write)
+        self._stopped = False  # a thread failed: the others stop
 
     def write(self, folder: str, threads: int) -> list[DataFile]:
         """Write the rows as Parquet files into ``folder`` (the table's), by ``threads`` threads
         taking the files in turn; the files written. On an error none is left behind."""
         parts = [_Part(folder, self.micros) for _ in range(max(1, min(threads, len(self.files))))]
+        self._reading, self._stopped = len(parts), False
         try:
             with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="landing-write") as pool:
                 written = list(pool.map(self._fill, parts))
@@ -134,24 +161,38 @@ class DriverRead:
             for part in parts:
                 part.discard()
             raise
-        if self.aggregates:
-            self._observed = in_background(self._aggregate, "landing-sample")
         return [data_file for data_file in written if data_file is not None]
 
     def _next(self) -> tuple[str, str] | None:
+        """The next file to read (none once a thread has failed); with none left, the last thread
+        to ask begins the sample's job (:meth:`observed`), which runs while the last rows are written."""
         with self._lock:
-            return next(self._todo, None)
+            file = None if self._stopped else next(self._todo, None)
+            if file is None:
+                self._reading -= 1
+                if self._reading == 0 and self.aggregates and not self._stopped:
+                    self._observed = in_background(self._aggregate, "landing-sample")
+            return file
 
     def _fill(self, part: _Part) -> DataFile | None:
+        try:
+            return self._fill_part(part)
+        except BaseException:
+            self._stopped = True  # the other threads take no more files
+            raise
+
+    def _fill_part(self, part: _Part) -> DataFile | None:
         while (file := self._next()) is not None:
             uri, name = file
             try:
-                lines = file_lines(read_file(uri))
-            except _READ_ERRORS as exc:
+                data = read_file(uri)
+            except LandingReadError as exc:
                 if self.strict:
                     raise
-                self.failed[fs.canonical(uri)] = exc
+                self.failed[fs.canonical(uri)] = exc.diagnosis()[0]
                 continue
+            lines = file_lines(data)
+            del data  # the lines are a copy
             self.counts[fs.canonical(uri)] = len(lines)
             self._keep_sample(lines)
             part.add(lines, name)
@@ -166,14 +207,14 @@ class DriverRead:
     def _aggregate(self) -> dict:
         schema = pa.schema([("value", pa.binary()), ("_source_line", pa.int64())])
         sample = pa.Table.from_batches(self._sample, schema=schema.set(0, pa.field("value", pa.large_binary())))
-        return self.spark.createDataFrame(sample.cast(schema)).select(*self.aggregates).first().asDict()
+        # One partition: the global aggregate then runs in one stage, without a shuffle.
+        return self.spark.createDataFrame(sample.cast(schema)).coalesce(1).select(*self.aggregates).first().asDict()
 
     def observed(self) -> dict:
-        """The aggregates' values: a Future of them under freshness.LATER, taken when the batch's
-        ops.freshness row is made, so the batch does not wait for the sample's job."""
+        """The aggregates' values, once the rows are written."""
         if not self.aggregates:
             return {}
-        return {LATER: self._observed or in_background(self._aggregate, "landing-sample")}
+        return (self._observed or in_background(self._aggregate, "landing-sample")).result()
 
 
 class _Part:
@@ -194,17 +235,16 @@ class _Part:
         n = len(lines)
         if not n:
             return
-        encoded = name.encode()
-        names = pa.LargeStringArray.from_buffers(
-            n, pa.py_buffer(np.arange(0, (n + 1) * len(encoded), len(encoded), dtype=np.int64)), pa.py_buffer(encoded * n))
+        names = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([name], pa.large_string()))
         numbers = pa.array(np.arange(1, n + 1, dtype=np.int64))
         times = pa.array(np.full(n, self.micros, dtype=np.int64)).cast(ROWS_SCHEMA.field("_ingested_at").type)
-        self.buffered.append(pa.record_batch([lines, names, numbers, times], schema=ROWS_SCHEMA))
+        batch = pa.record_batch([lines, names, numbers, times], schema=ROWS_SCHEMA)
+        self.buffered.append(batch)
         self.rows += n
         self.max_line = max(self.max_line, n)
         self.first_name = min(self.first_name or name, name)
         self.last_name = max(self.last_name or name, name)
-        self.buffered_bytes += lines.nbytes
+        self.buffered_bytes += batch.nbytes
         if self.buffered_bytes >= _ROW_GROUP_BYTES:
             self._flush()
 
@@ -230,21 +270,32 @@ class _Part:
         return DataFile(self.name, os.path.getsize(self.path), json.dumps(stats))
 
     def discard(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if os.path.exists(self.path):
+        """Remove the file, whatever state its writer is in (an error may have stopped it)."""
+        with contextlib.suppress(Exception):
+            if self.writer is not None:
+                self.writer.close()
+        with contextlib.suppress(FileNotFoundError):
             os.remove(self.path)
 
 
 def _stats_time(micros: int) -> str:
     """A Delta statistic of a timestamp: ISO 8601 in milliseconds, UTC (the rows' time is whole
     milliseconds, lakehouse.landing._now, so the minimum and maximum are exact)."""
-    at = datetime.fromtimestamp(micros // 1000 / 1000, tz=timezone.utc)
+    at = _EPOCH + timedelta(microseconds=micros)
     return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
 
 
-def append_on_driver(spark: SparkSession, read: DriverRead, bronze: TableRef, marker: str) -> bool:
+def append_on_driver(spark: SparkSession, read: DriverRead, bronze: TableRef, marker: str, batch_id: int) -> bool:
     """Write the batch's rows into bronze's folder and add them in one commit marked ``marker``;
-    False (nothing committed, no file left) when the table cannot take them this way."""
+    False (nothing committed) when the table cannot take them this way. Files written but not
+    committed (an error, a fallback) are removed; a crash between leaves them unreferenced, as a
+    Spark write does, for VACUUM."""
     files = read.write(bronze.path, min(MAX_WRITERS, spark.sparkContext.defaultParallelism))
-    return commit_files(spark, bronze, files, marker)
+    try:
+        failpoint("bronze.commit", batch_id)
+        return commit_files(spark, bronze, files, ROWS_SCHEMA, marker)
+    except BaseException:
+        for data_file in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(bronze.path, data_file.name))
+        raise

@@ -93,16 +93,17 @@ class DataFile:
 _PLAIN_WRITER_FEATURES = {"appendOnly", "invariants"}
 
 
-def plain_table(path: str, schema: pa.Schema) -> bool:
-    """Whether the table at ``path`` takes Parquet files written with ``schema`` as they are: its
-    columns are ``schema``'s (names and types), no column mapping (physical names), no writer
-    feature beyond :data:`_PLAIN_WRITER_FEATURES` (constraints, generated columns, row tracking,
-    deletion vectors, in-commit timestamps all ask more of a writer)."""
+def plain_table(path: str, schema: pa.Schema, table=None) -> bool:
+    """Whether the table at ``path`` (or the delta-rs ``table`` given) takes Parquet files written
+    with ``schema`` as they are: its columns are ``schema``'s (names and types), not partitioned,
+    no column mapping (physical names), no writer feature beyond :data:`_PLAIN_WRITER_FEATURES`
+    (constraints, generated columns, row tracking, deletion vectors, in-commit timestamps all ask
+    more of a writer)."""
     from deltalake import DeltaTable
 
     try:
-        table = DeltaTable(path)
-        protocol, configuration = table.protocol(), table.metadata().configuration
+        table = table or DeltaTable(path, without_files=True)
+        protocol, metadata = table.protocol(), table.metadata()
         columns = pa.schema(table.schema().to_arrow())
     except Exception:  # noqa: BLE001 - not a table delta-rs reads: Spark writes it
         return False
@@ -111,22 +112,27 @@ def plain_table(path: str, schema: pa.Schema) -> bool:
             return False
     elif protocol.min_writer_version > 2:  # 3-6: constraints, change data feed, generated columns, ... implied
         return False
-    if configuration.get("delta.columnMapping.mode", "none") != "none":
+    if metadata.partition_columns or metadata.configuration.get("delta.columnMapping.mode", "none") != "none":
         return False
-    return [(f.name, _widest(f.type)) for f in columns] == [(f.name, _widest(f.type)) for f in schema]
+    return [(f.name, _kind(f.type)) for f in columns] == [(f.name, _kind(f.type)) for f in schema]
 
 
-def _widest(kind: pa.DataType) -> pa.DataType:
-    """One spelling of a Delta type in Arrow (delta-rs reads a string column as a string view, say)."""
-    return {pa.binary(): pa.large_binary(), pa.string(): pa.large_string(),
-            pa.binary_view(): pa.large_binary(), pa.string_view(): pa.large_string()}.get(kind, kind)
+def _kind(kind: pa.DataType) -> str:
+    """One name for the Arrow spellings of a Delta type (delta-rs may read a string column as a
+    string view; a writer may use large or dictionary-encoded strings)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    name = str(kind)
+    return {"large_string": "string", "string_view": "string", "large_binary": "binary", "binary_view": "binary"}.get(name, name)
 
 
-def commit_files(spark: SparkSession, ref: TableRef, files: list[DataFile], marker: str | None = None) -> bool:
-    """One commit adding ``files``, already written into the table's folder, marked ``marker``
-    (delta-rs' ``create_write_transaction``; a commit lost to a change of the table's metadata
-    is redone). No files: nothing to commit, True. False when delta-rs cannot write the table
-    (the files are removed: the caller writes its rows through Spark)."""
+def commit_files(spark: SparkSession, ref: TableRef, files: list[DataFile], schema: pa.Schema,
+                 marker: str | None = None) -> bool:
+    """One commit adding ``files`` (Parquet written with ``schema``), already in the table's
+    folder, marked ``marker`` (delta-rs' ``create_write_transaction``; a commit lost to a change
+    of the table's metadata is redone, unless the marker shows it was made). No files: nothing
+    to commit, True. False when the table, as it is at the commit, does not take such files
+    (:func:`plain_table`; they are removed: the caller writes its rows through Spark)."""
     from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties
     from deltalake.transaction import AddAction
 
@@ -137,8 +143,15 @@ def commit_files(spark: SparkSession, ref: TableRef, files: list[DataFile], mark
     properties = CommitProperties(custom_metadata={"userMetadata": marker}) if marker is not None else None
     commit_only = PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
 
+    attempts = []
+
     def commit() -> None:
-        table = DeltaTable(ref.path)
+        if attempts and marker is not None and committed(spark, ref, marker, since_ms=attempts[0]):
+            return  # the failed attempt had committed after all
+        attempts.append(int(time.time() * 1000) - 1000)
+        table = DeltaTable(ref.path, without_files=True)
+        if not plain_table(ref.path, schema, table):  # the table may have changed since the files were written
+            raise _NotWritable(f"{ref.name} asks more of a writer than plain Parquet files")
         with _not_writable_errors():
             table.create_write_transaction(actions, mode="append", schema=table.schema(),
                                            commit_properties=properties, post_commithook_properties=commit_only)
