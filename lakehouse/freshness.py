@@ -113,8 +113,13 @@ def sampled_time_aggregates(measure: str, time: Column, every: int = ROW_SAMPLE)
     """The aggregates of a measure whose ``time`` is read on the sampled rows only
     (:func:`sampled_rows`; bronze reads the event time from a sample of raw lines): their times,
     collected; its oldest is then the sample's. ``time`` is evaluated on those rows alone."""
-    seconds = F.unix_micros(F.when(sampled_rows(every), time).cast("timestamp")) / 1e6
-    return [F.collect_list(seconds).alias(f"{measure}_sample")]
+    return [F.collect_list(sampled_seconds(time, every)).alias(f"{measure}_sample")]
+
+
+def sampled_seconds(time: Column, every: int = ROW_SAMPLE) -> Column:
+    """A row's ``time`` in epoch seconds where it is a sampled row (:func:`sampled_rows`), else
+    null: what :func:`sampled_time_aggregates` collects."""
+    return F.unix_micros(F.when(sampled_rows(every), time).cast("timestamp")) / 1e6
 
 
 def constant_time(measure: str, at: datetime) -> dict[str, object]:

@@ -221,7 +221,7 @@ def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef
     aggregates = [a for m, t in (times or {}).items() for a in sampled_time_aggregates(m, t, every)]
     uris = [f.uri for f in files]
     if on_driver and reads_on_driver(spark, bronze, uris):
-        read = DriverRead(spark, [(f.uri, f.path) for f in files], ingested_at, every, aggregates, strict)
+        read = DriverRead(spark, [(f.uri, f.path) for f in files], ingested_at, every, times, strict)
         failpoint("bronze.append", batch_id)
         if append_on_driver(spark, read, bronze, marker, batch_id):
             return _measured(read.counts, read.observed() if times is not None else None, ingested_at)

@@ -46,6 +46,7 @@ from pyspark.sql import Column, SparkSession
 from lakehouse import fs
 from lakehouse.config import SourceConfig
 from lakehouse.failpoints import failpoint
+from lakehouse.freshness import sampled_seconds
 from lakehouse.landing_lines import COMPRESSED_SUFFIXES
 from lakehouse.row_appends import DataFile, commit_files, plain_table
 from lakehouse.tables import TableRef
@@ -77,7 +78,9 @@ def driver_source(source: SourceConfig) -> bool:
 def reads_on_driver(spark: SparkSession, bronze: TableRef, uris: Sequence[str]) -> bool:
     """Whether a batch of ``uris`` is read here: Spark in this process, bronze stored by path and
     plain (lakehouse.row_appends.plain_table), and every file local and plain or .gz/.bz2."""
-    if not bronze.is_path or not spark.conf.get("spark.master", "").startswith("local"):
+    if getattr(spark, "_jvm", None) is None or not bronze.is_path:  # a Spark Connect client: not this machine
+        return False
+    if not spark.conf.get("spark.master", "").startswith("local"):
         return False
     if spark.conf.get("spark.databricks.clusterUsageTags.clusterId", None):
         return False  # a Databricks single-node cluster: its storage is not this machine's disk
@@ -127,18 +130,33 @@ def read_file(uri: str) -> bytes:
         raise LandingReadError(uri, exc) from exc
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _writers() -> ThreadPoolExecutor:
+    """The writer threads, kept for the process: Arrow's allocator gives each new thread memory of
+    its own, so threads made anew for every batch left the process larger after each (its peak
+    resident memory grew with the number of batches: bench/RESULTS.md, issue 16)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=MAX_WRITERS, thread_name_prefix="landing-write")
+        return _pool
+
+
 class DriverRead:
     """One batch's files read here and written as data files of one commit (:meth:`write`); then
     the lines each file gave (:attr:`counts`), the files it could not read (:attr:`failed`) and
-    the ``aggregates`` (freshness.sampled_time_aggregates) over the sampled lines, every
-    ``every``-th of each file, its first included (:meth:`observed`: a small Spark job, begun
-    once every file is read, while the last rows are written)."""
+    the ``times`` (measure -> time column, lakehouse.bronze.freshness_times) of the sampled
+    lines, every ``every``-th of each file, its first included (:meth:`observed`: read by Spark
+    on the driver, begun once every file is read, while the last rows are written)."""
 
     def __init__(self, spark: SparkSession, files: Sequence[tuple[str, str]], ingested_at: datetime, every: int,
-                 aggregates: Sequence[Column] = (), strict: bool = False):
+                 times: dict[str, Column] | None = None, strict: bool = False):
         """``files``: (uri, the name bronze gives it, as ``_metadata.file_path`` does)."""
         self.spark, self.files, self.every, self.strict = spark, list(files), every, strict
-        self.aggregates = list(aggregates)
+        self.times = dict(times or {})
         self.micros = (ingested_at - _EPOCH) // timedelta(microseconds=1)
         self.counts: dict[str, int] = {}
         self.failed: dict[str, str] = {}  # canonical path -> why it was left out (missing, ...)
@@ -155,8 +173,7 @@ class DriverRead:
         parts = [_Part(folder, self.micros) for _ in range(max(1, min(threads, len(self.files))))]
         self._reading, self._stopped = len(parts), False
         try:
-            with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="landing-write") as pool:
-                written = list(pool.map(self._fill, parts))
+            written = list(_writers().map(self._fill, parts))
         except BaseException:
             for part in parts:
                 part.discard()
@@ -170,8 +187,8 @@ class DriverRead:
             file = None if self._stopped else next(self._todo, None)
             if file is None:
                 self._reading -= 1
-                if self._reading == 0 and self.aggregates and not self._stopped:
-                    self._observed = in_background(self._aggregate, "landing-sample")
+                if self._reading == 0 and self.times and not self._stopped:
+                    self._observed = in_background(self._sampled, "landing-sample")
             return file
 
     def _fill(self, part: _Part) -> DataFile | None:
@@ -204,17 +221,26 @@ class DriverRead:
             self._sample.append(pa.record_batch([lines.take(positions), pa.array(positions + 1)],
                                                 names=["value", "_source_line"]))
 
-    def _aggregate(self) -> dict:
+    def _sampled(self) -> dict:
+        """``<measure>_sample``: each measure's times over the sampled lines, as
+        freshness.sampled_time_aggregates collects them. A projection of local rows, which
+        Spark's optimizer evaluates on the driver (ConvertToLocalRelation): no job."""
         schema = pa.schema([("value", pa.binary()), ("_source_line", pa.int64())])
         sample = pa.Table.from_batches(self._sample, schema=schema.set(0, pa.field("value", pa.large_binary())))
-        # One partition: the global aggregate then runs in one stage, without a shuffle.
-        return self.spark.createDataFrame(sample.cast(schema)).coalesce(1).select(*self.aggregates).first().asDict()
+        columns = [sampled_seconds(time, self.every).alias(measure) for measure, time in self.times.items()]
+        frame = self.spark.createDataFrame(sample.cast(schema)).select(*columns)
+        try:
+            rows = frame.collect()
+        finally:  # its plan holds the sample's rows: let the JVM drop them now, not at Python's next
+            # collection of reference cycles (they were kept across batches: bench/RESULTS.md, issue 16)
+            self.spark.sparkContext._gateway.detach(frame._jdf)
+        return {f"{measure}_sample": [row[measure] for row in rows if row[measure] is not None] for measure in self.times}
 
     def observed(self) -> dict:
-        """The aggregates' values, once the rows are written."""
-        if not self.aggregates:
+        """The sampled times (:meth:`_sampled`), once the rows are written."""
+        if not self.times:
             return {}
-        return (self._observed or in_background(self._aggregate, "landing-sample")).result()
+        return (self._observed or in_background(self._sampled, "landing-sample")).result()
 
 
 class _Part:
