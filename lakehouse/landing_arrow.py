@@ -3,7 +3,7 @@
 When Spark runs in this process (``local[...]``), a file bronze batch's planned files are local
 and its bronze table is stored by path, lakehouse.landing reads the batch here instead of in a
 Spark job (lakehouse.landing_lines): each file is read whole and split on "\\n" by Arrow, and
-its rows are written as Parquet into the table's folder, by a thread per core Spark has;
+its rows are written as Parquet into the table's folder, by a thread per core Spark has (four at most);
 then one commit adds those files (lakehouse.row_appends.commit_files, by delta-rs), marked
 with the batch as Spark's would be. The rows are the same: ``value`` (the line's bytes without
 its "\\n"; a "\\r" before it stays; a final "\\n" ends the last line; an empty file has none;

@@ -89,7 +89,8 @@ class DataFile:
 
 
 # Writer features a table may have and still take files written by this package (appendOnly:
-# no remove is ever written here; invariants: NOT NULL columns, which the writer fills).
+# no remove is ever written here; invariants: NOT NULL columns, which the writer fills; a column
+# with an invariant expression is refused by plain_table).
 _PLAIN_WRITER_FEATURES = {"appendOnly", "invariants"}
 
 
@@ -114,6 +115,8 @@ def plain_table(path: str, schema: pa.Schema, table=None) -> bool:
         return False
     if metadata.partition_columns or metadata.configuration.get("delta.columnMapping.mode", "none") != "none":
         return False
+    if any("delta.invariants" in (field.metadata or {}) for field in table.schema().fields):
+        return False  # a column's invariant expression, which only Spark checks
     return [(f.name, _kind(f.type)) for f in columns] == [(f.name, _kind(f.type)) for f in schema]
 
 
