@@ -218,13 +218,13 @@ def _append_lines(spark: SparkSession, files: list[LandedFile], bronze: TableRef
     more sparsely in a larger batch, freshness.bronze_sample_every)."""
     ingested_at = _now()
     every = bronze_sample_every(sum(f.size or 0 for f in files), len(files))
-    aggregates = [a for m, t in (times or {}).items() for a in sampled_time_aggregates(m, t, every)]
     uris = [f.uri for f in files]
     if on_driver and reads_on_driver(spark, bronze, uris):
         read = DriverRead(spark, [(f.uri, f.path) for f in files], ingested_at, every, times, strict)
         failpoint("bronze.append", batch_id)
         if append_on_driver(spark, read, bronze, marker, batch_id):
             return _measured(read.counts, read.observed() if times is not None else None, ingested_at)
+    aggregates = [a for m, t in (times or {}).items() for a in sampled_time_aggregates(m, t, every)]
     read = LineRead(spark, uris, name, strict, whole={f.uri for f in files if f.read_whole},
                     ingested_at=ingested_at, also=aggregates)
     with one_file_per_partition(spark):
