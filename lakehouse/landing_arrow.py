@@ -317,11 +317,13 @@ def append_on_driver(spark: SparkSession, read: DriverRead, bronze: TableRef, ma
     committed (an error, a fallback) are removed; a crash between leaves them unreferenced, as a
     Spark write does, for VACUUM."""
     files = read.write(bronze.path, min(MAX_WRITERS, spark.sparkContext.defaultParallelism))
+    committed = False
     try:
         failpoint("bronze.commit", batch_id)
-        return commit_files(spark, bronze, files, ROWS_SCHEMA, marker)
-    except BaseException:
-        for data_file in files:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(bronze.path, data_file.name))
-        raise
+        committed = commit_files(spark, bronze, files, ROWS_SCHEMA, marker)
+        return committed
+    finally:
+        if not committed:  # an error, or a table that takes no such files (Spark writes the rows then)
+            for data_file in files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(bronze.path, data_file.name))

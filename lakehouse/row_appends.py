@@ -31,7 +31,6 @@ appended to through Spark, as before.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -135,7 +134,7 @@ def commit_files(spark: SparkSession, ref: TableRef, files: list[DataFile], sche
     folder, marked ``marker`` (delta-rs' ``create_write_transaction``; a commit lost to a change
     of the table's metadata is redone, unless the marker shows it was made). No files: nothing
     to commit, True. False when the table, as it is at the commit, does not take such files
-    (:func:`plain_table`; they are removed: the caller writes its rows through Spark)."""
+    (:func:`plain_table`): nothing committed; the files are the caller's to remove."""
     from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties
     from deltalake.transaction import AddAction
 
@@ -162,8 +161,6 @@ def commit_files(spark: SparkSession, ref: TableRef, files: list[DataFile], sche
     try:
         retry_on_conflict(commit, APPEND_ATTEMPTS)
     except _NotWritable:
-        for f in files:
-            os.remove(os.path.join(ref.path, f.name))
         return False
     _after_commit(spark, ref)
     return True
