@@ -40,7 +40,7 @@ from lakehouse.redaction import redact_text
 from lakehouse.run_report import IntervalReport
 from lakehouse.run_state import PUBLISH_SECONDS, publish
 from lakehouse.runner import RUNNERS, announce
-from lakehouse.session import MAINTENANCE_POOL
+from lakehouse.session import MAINTENANCE_POOL, SESSION_DEFAULTS
 from lakehouse.streaming import failure_summary, print_batches
 from lakehouse.tables import last_commit, resolve_table, table_exists
 
@@ -106,7 +106,7 @@ class PipelineApp:
         code = EXIT_OK
         try:
             for key, value in self.config.maintenance.table_properties().items():  # tables made from now on
-                self.spark.conf.set(f"spark.databricks.delta.properties.defaults.{key.removeprefix('delta.')}", value)
+                self.spark.conf.set(SESSION_DEFAULTS + key.removeprefix("delta."), value)
             if self.maintenance is not None:  # table settings before any stream writes (lakehouse/maintenance.py)
                 Maintainer(self.spark, self.config, out=lambda line: print(f"maintenance: {line}", flush=True)).settle()
             recorder.make_tables_beside()

@@ -39,16 +39,8 @@ from lakehouse.landing_journal import IngestedJournal
 from lakehouse.parse import record_event_time
 from lakehouse.pipeline import Flow
 from lakehouse.progress import count_records, on_flush, report_batch
-from lakehouse.tables import (
-    APPEND_ONLY_CHECKPOINTS,
-    TableRef,
-    batch_marker,
-    bronze_table,
-    create_table_if_missing,
-    read_table,
-    start_to,
-    table_exists,
-)
+from lakehouse.table_create import APPEND_ONLY_CHECKPOINTS, create_table_if_missing
+from lakehouse.tables import TableRef, batch_marker, bronze_table, read_table, start_to, table_exists
 from lakehouse.threads import at_once, await_ready, in_background, start_beside
 
 BRONZE_FILE_SCHEMA = StructType(
@@ -191,8 +183,8 @@ def start(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dic
 
 
 def start_file_ingest(spark: SparkSession, config: LakehouseConfig, flow: Flow, trigger: dict) -> StreamingQuery:
-    """Start the bronze query for a file source. Its tables are made (a new table: about 0.4 s on
-    two cores) while the query starts; its first batch waits for them, and so does the return."""
+    """Start the bronze query for a file source. Its tables are made (lakehouse/table_create.py)
+    while the query starts; its first batch waits for them, and so does the return."""
     source = config.source(flow.name)
     # The batches' ops.ingested_files rows, appended whenever the progress recorder flushes.
     on_flush(flow.query_name, IngestedJournal(spark, config, flow.name, flow.checkpoint).flush)

@@ -55,18 +55,8 @@ from lakehouse.landing_arrow import DriverRead, LandingReadError, append_on_driv
 from lakehouse.landing_journal import INGESTED_FILES_SCHEMA, INGESTED_FILES_TABLE, journal
 from lakehouse.landing_lines import LineRead, must_read_whole, one_file_per_partition, read_error
 from lakehouse.row_appends import append_rows
-from lakehouse.tables import (
-    APPEND_ONLY_CHECKPOINTS,
-    TableRef,
-    append_once,
-    batch_marker,
-    bronze_table,
-    committed,
-    create_table_if_missing,
-    read_table,
-    resolve_table,
-    table_exists,
-)
+from lakehouse.table_create import APPEND_ONLY_CHECKPOINTS, create_table_if_missing
+from lakehouse.tables import TableRef, append_once, batch_marker, bronze_table, committed, read_table, resolve_table, table_exists
 from lakehouse.threads import at_once
 
 BAD_FILES_TABLE = "ops.bad_files"

@@ -54,10 +54,10 @@ from lakehouse.pipeline import Pipeline
 from lakehouse.reader_holds import reader_holds
 from lakehouse.redaction import redact_text
 from lakehouse.row_appends import append_rows
+from lakehouse.table_create import create_table_if_missing
 from lakehouse.tables import (
     TableRef,
     WaitStopped,
-    create_table_if_missing,
     delta_table,
     read_table,
     resolve_table,

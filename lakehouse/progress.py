@@ -37,7 +37,8 @@ from lakehouse.freshness import FRESHNESS_METRIC, FRESHNESS_SCHEMA, FRESHNESS_TA
 from lakehouse.pipeline import Pipeline
 from lakehouse.redaction import error_summary, redact_text
 from lakehouse.row_appends import append_rows
-from lakehouse.tables import APPEND_ONLY_CHECKPOINTS, create_table_if_missing, resolve_table, table_exists
+from lakehouse.table_create import APPEND_ONLY_CHECKPOINTS, create_table_if_missing
+from lakehouse.tables import resolve_table, table_exists
 from lakehouse.threads import at_once, in_background
 
 STREAM_PROGRESS_TABLE = "ops.stream_progress"

@@ -28,6 +28,8 @@ from lakehouse.redaction import SPARK_REDACTION_REGEX
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 SCALA_BINARY_VERSION = "2.13"
+# A new Delta table gets delta.<key> from the session setting SESSION_DEFAULTS + <key> (lakehouse/table_create.py).
+SESSION_DEFAULTS = "spark.databricks.delta.properties.defaults."
 
 
 class SessionError(JobError):
@@ -139,7 +141,7 @@ def session_settings(config: LakehouseConfig, ui: bool = False, launched: bool =
             settings["spark.sql.warehouse.dir"] = str((config.storage.data_dir / "spark-warehouse").absolute())
     settings.update({"spark.sql.extensions": DELTA_EXTENSION, "spark.sql.catalog.spark_catalog": DELTA_CATALOG})
     # Every table this session creates starts with maintenance's retention settings (lakehouse/maintenance.py).
-    settings.update({f"spark.databricks.delta.properties.defaults.{key.removeprefix('delta.')}": value
+    settings.update({SESSION_DEFAULTS + key.removeprefix("delta."): value
                      for key, value in config.maintenance.table_properties().items()})
     settings.update({k: v for k, v in config.spark.conf.items() if not (k == "spark.jars" and "spark.jars" in settings)})
     settings.update({key: os.environ[variable] for key, variable in config.spark.conf_env.items()})

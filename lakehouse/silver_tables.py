@@ -26,13 +26,8 @@ from pyspark.sql.types import (
 
 from lakehouse.config import EntityConfig, LakehouseConfig
 from lakehouse.quality import QUALITY_RESULTS_SCHEMA, QUALITY_RESULTS_TABLE
-from lakehouse.tables import (
-    APPEND_ONLY_CHECKPOINTS,
-    create_table_if_missing,
-    resolve_table,
-    sql_target,
-    table_properties,
-)
+from lakehouse.table_create import APPEND_ONLY_CHECKPOINTS, create_table_if_missing
+from lakehouse.tables import resolve_table, sql_target, table_properties
 from lakehouse.threads import at_once
 
 QUARANTINE_SCHEMA = StructType(

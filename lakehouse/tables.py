@@ -343,26 +343,6 @@ def delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
     return DeltaTable.forPath(spark, ref.path) if ref.is_path else DeltaTable.forName(spark, ref.identifier)
 
 
-# For a table that only ever gains rows, a commit each micro-batch (bronze, the ops accounting
-# tables): Delta writes a checkpoint of the table's whole state every 10 commits by default, which
-# cost 0.5-1.3 s on two cores even for a small table (a tenth of a second per batch and table,
-# bench/RESULTS.md, issue 16). Appends never need that state, and streaming readers follow the
-# commits themselves; a reader starting cold replays at most this many commits.
-APPEND_ONLY_CHECKPOINTS = {"delta.checkpointInterval": "100"}
-
-
-def create_table_if_missing(spark: SparkSession, ref: TableRef, schema, properties: dict | None = None,
-                            comment: str | None = None) -> None:
-    builder = DeltaTable.createIfNotExists(spark)
-    builder = builder.location(ref.path) if ref.is_path else builder.tableName(ref.identifier)
-    builder = builder.addColumns(schema)
-    for key, value in (properties or {}).items():
-        builder = builder.property(key, value)
-    if comment:
-        builder = builder.comment(comment)
-    builder.execute()
-
-
 def _location(spark: SparkSession, identifier: str) -> str | None:
     rows = spark.sql(f"DESCRIBE TABLE EXTENDED {identifier}").where("col_name = 'Location'").collect()
     return rows[0]["data_type"].removeprefix("file:") if rows else None

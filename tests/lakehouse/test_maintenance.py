@@ -36,9 +36,9 @@ from lakehouse.reconcile import reconcile
 from lakehouse.runner import pipeline_flows, run_flows
 from lakehouse.session import FLOW_POOL_WEIGHT, MAINTENANCE_POOL, scheduler_pools_file, session_settings
 from lakehouse.silver_tables import ensure_silver_tables, silver_schema
+from lakehouse.table_create import create_table_if_missing
 from lakehouse.tables import (
     WaitStopped,
-    create_table_if_missing,
     delta_table,
     is_conflict,
     read_table,
@@ -374,7 +374,7 @@ def test_vacuum_waits_for_a_reader_behind_and_removes_what_nothing_needs(spark, 
 @pytest.mark.slow
 def test_ops_retention_deletes_only_rows_older_than_it(spark, config, monkeypatch):
     from lakehouse.progress import STREAM_PROGRESS_SCHEMA, STREAM_PROGRESS_TABLE
-    from lakehouse.tables import append_to_table, create_table_if_missing
+    from lakehouse.tables import append_to_table
 
     ref = resolve_table(config, STREAM_PROGRESS_TABLE)
     create_table_if_missing(spark, ref, STREAM_PROGRESS_SCHEMA)

@@ -6,12 +6,8 @@ import pytest
 
 from lakehouse.config import load_config
 from lakehouse.silver_tables import CHANGE_FEED, ensure_silver_tables, silver_schema
-from lakehouse.tables import (
-    TableNameError,
-    create_table_if_missing,
-    resolve_table,
-    table_properties,
-)
+from lakehouse.table_create import create_table_if_missing
+from lakehouse.tables import TableNameError, resolve_table, table_properties
 from lakehouse.threads import Behind, NotReadyError, at_once, await_ready, in_background, start_beside
 from tests.conftest import CONF_DIR
 
