@@ -72,9 +72,9 @@ def measure_job_memory(cmd: list[str], env: dict, commits: Path) -> dict:
     which grows with run time. The live heap is what the job keeps from one micro-batch to the
     next: right after each batch commits (a new file in the checkpoint's ``commits/``), the JDK's
     ``jcmd <pid> GC.class_histogram`` runs a full collection and totals the objects still alive.
-    A backlog that the rate limits do not bound shows up there. Its peak over ten samples
-    exceeds its peak over one or two by the samples' noise alone (a few MiB: 60-68 MiB over 23
-    batches of one run, bench/RESULTS.md), so the median between batches is given beside it.
+    A backlog that the rate limits do not bound shows up there. Its peak over eleven samples
+    exceeds its peak over one or two by the samples' noise alone (a few MiB: 60-66 MiB through
+    100 batches of one run, bench/RESULTS.md), so the median between batches is given beside it.
     """
     started = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

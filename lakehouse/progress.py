@@ -142,8 +142,9 @@ class ProgressRecorder(StreamingQueryListener):
 
     def make_tables_beside(self) -> None:
         """Make ops.stream_progress and ops.freshness in the background where they are stored by
-        path and missing, beside the queries' start: the flushes then append by delta-rs
-        (lakehouse/row_appends.py), which leaves making a table to Spark. A flush waits for it."""
+        path and missing, beside the queries' start (lakehouse/table_create.py): the flushes then
+        append by delta-rs (lakehouse/row_appends.py), which appends to a missing table through
+        Spark. A flush waits for them."""
         wanted = ((self.table, STREAM_PROGRESS_SCHEMA), (resolve_table(self.config, FRESHNESS_TABLE), FRESHNESS_SCHEMA))
         steps = [partial(create_table_if_missing, self.spark, ref, schema, APPEND_ONLY_CHECKPOINTS)
                  for ref, schema in wanted if ref.is_path and not table_exists(self.spark, ref)]

@@ -23,10 +23,11 @@ The commit itself is all the call does: delta-rs' hooks after a commit (a checkp
 same call, after the rows had landed, and a retry would append them twice. :func:`_after_commit`
 runs them once a checkpoint is due, and prints what fails.
 
-A table named in a catalog (Unity Catalog), one not made yet (Spark makes it with the session's
-default table properties), one with a table feature delta-rs cannot write (in-commit
-timestamps, row tracking, type widening), or one whose schema differs from the rows' is
-appended to through Spark, as before.
+A table named in a catalog (Unity Catalog), one not made yet (Spark's append makes it, with
+the session's default table properties; lakehouse/table_create.py makes the ops tables
+beforehand), one with a table feature delta-rs cannot write (in-commit timestamps, row
+tracking, type widening), or one whose schema differs from the rows' is appended to through
+Spark, as before.
 """
 
 from __future__ import annotations

@@ -13,35 +13,55 @@ writers' first commits.
 
 Spark makes every other table, as before:
 - one named in a catalog (Unity Catalog), or a Databricks cluster's or Spark Connect server's;
-- a folder that is not empty (Spark says why it cannot make a table there) or a table that exists;
+- a folder holding a file or a link (Spark says why it cannot make a table there), a table that
+  exists, a ``file:`` URI;
 - a property outside :data:`SAME_IN_BOTH`, from the caller or from the session's defaults
   (``spark.databricks.delta.properties.defaults.*``, where a default protocol version or table
   feature is set too): a change data feed, say, for which Spark names table features where
-  delta-rs writes writer version 4.
+  delta-rs writes writer version 4; or a value of one that Spark would refuse or rewrite;
+- a column with metadata (a generated or identity column, a default, a comment) or of a type
+  other than the plain ones (:func:`_plain`).
+If delta-rs fails and no table is there, Spark's builder runs, and makes the table or says why not.
+A commit lost to another writer making the same table at the same moment counts as made, by
+either writer. The comparison holds for the pinned delta-spark and deltalake: the test runs again
+with each upgrade.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from urllib.parse import urlparse
 
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
-from pyspark.sql.types import StructType
+from pyspark.sql.types import ArrayType, DataType, DecimalType, MapType, StructType
 
-from lakehouse import fs
 from lakehouse.delta_log import newest_version
 from lakehouse.session import SESSION_DEFAULTS
 from lakehouse.tables import TableRef
 
-# The table properties whose first commit both writers write alike: protocol (1, 2), the property
-# as given (tests/lakehouse/test_table_create.py).
-SAME_IN_BOTH = frozenset({
-    "delta.appendOnly",
-    "delta.checkpointInterval",
-    "delta.dataSkippingStatsColumns",
-    "delta.deletedFileRetentionDuration",  # maintenance's, a session default (lakehouse/session.py)
-    "delta.logRetentionDuration",
-})
+_INTERVAL = re.compile(r"interval \d+ (second|minute|hour|day|week)s?")  # as maintenance writes them
+
+
+def _stats_columns(value: str, schema: StructType) -> bool:
+    return all(name.strip() in schema.fieldNames() for name in value.split(","))
+
+
+# The table properties whose first commit both writers write alike (protocol (1, 2), the property
+# as given; tests/lakehouse/test_table_create.py), with the values taken here as they are.
+_VALID_VALUE = {
+    "delta.appendOnly": lambda value, _: value in ("true", "false"),
+    "delta.checkpointInterval": lambda value, _: re.fullmatch(r"[1-9]\d{0,8}", value) is not None,
+    "delta.dataSkippingStatsColumns": _stats_columns,  # top-level columns of the table, by name
+    # maintenance's, session defaults (lakehouse/session.py)
+    "delta.deletedFileRetentionDuration": lambda value, _: _INTERVAL.fullmatch(value) is not None,
+    "delta.logRetentionDuration": lambda value, _: _INTERVAL.fullmatch(value) is not None,
+}
+SAME_IN_BOTH = frozenset(_VALID_VALUE)
+_PLAIN_TYPES = {"string", "bigint", "int", "smallint", "tinyint", "double", "float", "boolean", "binary", "timestamp",
+                "date"}
+
 
 # For a table that only ever gains rows, a commit each micro-batch (bronze, the ops accounting
 # tables): Delta writes a checkpoint of the table's whole state every 10 commits by default, which
@@ -64,32 +84,39 @@ def create_table_if_missing(spark: SparkSession, ref: TableRef, schema: StructTy
         builder = builder.property(key, value)
     if comment:
         builder = builder.comment(comment)
-    builder.execute()
+    try:
+        builder.execute()
+    except Exception:
+        if not ref.is_path or newest_version(spark, ref.path) is None:
+            raise
+        # another writer made it between Spark's look and its commit: there, as asked
 
 
 def made_by_delta_rs(spark: SparkSession, path: str, schema: StructType, properties: dict,
                      comment: str | None) -> bool:
     """Make the table at ``path`` with delta-rs where it may (module docstring); True once the
-    table is there (made here, or by another writer at the same moment), False for Spark to make it."""
+    table is there (made here, or by another writer at the same moment), False for Spark to make
+    it (delta-rs may not, or failed with no table made: Spark makes it or says why not)."""
     settings = first_commit_properties(spark, properties)
-    local = fs.local_path(path)
-    if settings is None or local is None or not _new_folder(local):
+    if settings is None or not same_in_both(settings, schema) or urlparse(path).scheme:
+        return False  # a file: URI too: Hadoop and Python may not unquote its path alike
+    folder = Path(path).absolute()
+    if not _new_folder(folder):
         return False
     from deltalake import DeltaTable as RustTable
     from deltalake import Schema
 
     try:
-        RustTable.create(str(local), Schema.from_json(schema.json()), mode="ignore", description=comment,
+        RustTable.create(str(folder), Schema.from_json(schema.json()), mode="ignore", description=comment or None,
                          configuration=settings)
-    except Exception:
-        if newest_version(spark, path) is None:  # not a commit lost to another writer making it too
-            raise
+    except Exception:  # noqa: BLE001 - Spark's builder runs instead, and raises its own error
+        return newest_version(spark, path) is not None  # a commit lost to another writer making it too
     return True
 
 
 def first_commit_properties(spark: SparkSession, properties: dict) -> dict[str, str] | None:
     """The properties a new table gets in this session: the session's defaults, then
-    ``properties``; None where delta-rs would not make the table as Spark does."""
+    ``properties``; None where the session's tables are not this machine's."""
     if getattr(spark, "_jvm", None) is None:  # a Spark Connect client: the tables are the server's
         return None
     conf = spark.conf.getAll
@@ -98,10 +125,34 @@ def first_commit_properties(spark: SparkSession, properties: dict) -> dict[str, 
     settings = {f"delta.{key.removeprefix(SESSION_DEFAULTS)}": value
                 for key, value in conf.items() if key.startswith(SESSION_DEFAULTS)}
     settings.update(properties)
-    return settings if set(settings) <= SAME_IN_BOTH else None
+    return settings
+
+
+def same_in_both(settings: dict[str, str], schema: StructType) -> bool:
+    """Whether Spark and delta-rs write the same first commit for a table of ``schema`` with
+    ``settings``: every property in :data:`SAME_IN_BOTH` with a value Spark takes as it is (delta-rs
+    checks few values), and every column of a plain type (:func:`_plain`)."""
+    for key, value in settings.items():
+        check = _VALID_VALUE.get(key)
+        if check is None or not isinstance(value, str) or not check(value, schema):
+            return False
+    return _plain(schema)
+
+
+def _plain(kind: DataType) -> bool:
+    """A type both writers store alike: no field metadata (generated or identity columns, column
+    defaults, comments: Spark may add table features for them), no collation, char, varchar,
+    timestamp without time zone or variant, no NOT NULL inside an array or a map."""
+    if isinstance(kind, StructType):
+        return all(not field.metadata and _plain(field.dataType) for field in kind.fields)
+    if isinstance(kind, ArrayType):
+        return kind.containsNull and _plain(kind.elementType)
+    if isinstance(kind, MapType):
+        return kind.valueContainsNull and _plain(kind.keyType) and _plain(kind.valueType)
+    return isinstance(kind, DecimalType) or kind.simpleString() in _PLAIN_TYPES
 
 
 def _new_folder(folder: Path) -> bool:
-    """No such folder, or one with no file in it (empty folders only: a table's ``_delta_log``
-    left empty by a creation cut short)."""
+    """No such folder, or one holding no file or link (empty folders only: a table's
+    ``_delta_log`` left empty by a creation cut short)."""
     return not folder.exists() or (folder.is_dir() and not any(p.is_file() or p.is_symlink() for p in folder.rglob("*")))

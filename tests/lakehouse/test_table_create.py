@@ -11,18 +11,27 @@ import pytest
 from delta.tables import DeltaTable
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
-from pyspark.sql.types import LongType, StringType, StructField, StructType
+from pyspark.sql.types import ArrayType, CharType, LongType, StringType, StructField, StructType
 
-from lakehouse.bronze import BRONZE_FILE_SCHEMA, BRONZE_KAFKA_SCHEMA
+from lakehouse.bronze import ensure_bronze_table, ensure_source_bronze_table
 from lakehouse.delta_log import newest_version
-from lakehouse.landing import BAD_FILES_SCHEMA
-from lakehouse.progress import STREAM_PROGRESS_SCHEMA
+from lakehouse.landing import ensure_landing_tables
+from lakehouse.maintenance_steps import MAINTENANCE_SCHEMA, MAINTENANCE_TABLE
+from lakehouse.progress import ProgressRecorder
 from lakehouse.session import SESSION_DEFAULTS
+from lakehouse.silver_tables import ensure_silver_tables
 from lakehouse.table_create import APPEND_ONLY_CHECKPOINTS, create_table_if_missing
-from lakehouse.tables import TableRef, append_to_table, last_commit, local_rows, made_empty, read_table, session_conf
+from lakehouse.tables import (
+    TableRef,
+    append_to_table,
+    last_commit,
+    local_rows,
+    made_empty,
+    read_table,
+    resolve_table,
+    session_conf,
+)
 
-BRONZE = {"delta.appendOnly": "true", "delta.dataSkippingStatsColumns": "_source_file,_source_line,_ingested_at",
-          **APPEND_ONLY_CHECKPOINTS}
 SMALL = StructType([StructField("name", StringType(), nullable=False), StructField("n", LongType())])
 
 
@@ -58,23 +67,42 @@ def _as_made(actions: dict) -> dict:
     return {"protocol": actions["protocol"], "metaData": metadata, "operation": actions["commitInfo"]["operation"]}
 
 
-@pytest.mark.parametrize(("schema", "properties", "comment"), [
-    (BRONZE_FILE_SCHEMA, BRONZE, "Raw landing lines"),
-    (BRONZE_KAFKA_SCHEMA, {**BRONZE, "delta.dataSkippingStatsColumns": "topic,partition,offset"}, "Raw messages"),
-    (STREAM_PROGRESS_SCHEMA, APPEND_ONLY_CHECKPOINTS, None),
-    (BAD_FILES_SCHEMA, APPEND_ONLY_CHECKPOINTS, "it's a 'comment' with \"quotes\""),
-    (SMALL, {}, None),
-], ids=["bronze-files", "bronze-kafka", "stream-progress", "bad-files", "no-properties"])
-def test_delta_rs_writes_the_first_commit_spark_writes(spark, tmp_path, schema, properties, comment):
-    ours, spark_made = _ref(tmp_path / "ours"), _ref(tmp_path / "spark")
-    create_table_if_missing(spark, ours, schema, properties, comment)
-    _by_spark(spark, spark_made, schema, properties, comment)
-    assert (_engine(ours), _engine(spark_made)) == ("delta-rs", "Apache-Spark")
-    assert _as_made(_first_commit(ours)) == _as_made(_first_commit(spark_made))
+def _all_tables(spark, config) -> dict[str, TableRef]:
+    """Every table a first run makes, made by the calls the flows make (ops.maintenance's apart)."""
+    ensure_source_bronze_table(spark, config, "telemetry")
+    ensure_bronze_table(spark, resolve_table(config, "bronze.events"), kind="kafka")
+    ensure_landing_tables(spark, config)
+    ensure_silver_tables(spark, config, "telemetry")
+    recorder = ProgressRecorder(spark, config)
+    recorder.make_tables_beside()
+    recorder._tables.result(timeout=120)
+    create_table_if_missing(spark, resolve_table(config, MAINTENANCE_TABLE), MAINTENANCE_SCHEMA,
+                            comment="One row per maintenance step")  # as Maintainer does
+    root = Path(config.storage.data_dir, "tables")
+    return {f"{log.parent.parent.name}.{log.parent.name}": resolve_table(config, f"{log.parent.parent.name}.{log.parent.name}")
+            for log in sorted(root.glob("*/*/_delta_log"))}
+
+
+def test_delta_rs_writes_the_first_commit_spark_writes(spark, config, tmp_path):
+    """Each table a first run makes by delta-rs, against its twin made by Spark's builder from
+    the same schema, properties and comment: the same protocol, metadata and operation."""
+    tables = _all_tables(spark, config)
+    engines = {name: _engine(ref) for name, ref in tables.items()}
+    assert engines.pop("silver.telemetry") == "Apache-Spark"  # a change data feed
+    assert set(engines.values()) == {"delta-rs"}, engines
+    assert set(engines) == {"bronze.telemetry", "bronze.events", "ops.bad_files", "ops.ingested_files",
+                            "silver.telemetry_quarantine", "ops.silver_batches", "ops.quality_results",
+                            "ops.stream_progress", "ops.freshness", "ops.maintenance"}
+    for name in engines:
+        made = _first_commit(tables[name])["metaData"]
+        twin = _ref(tmp_path / "spark" / name)
+        _by_spark(spark, twin, StructType.fromJson(json.loads(made["schemaString"])), made["configuration"],
+                  made.get("description"))
+        assert _engine(twin) == "Apache-Spark"
+        assert _as_made(_first_commit(tables[name])) == _as_made(_first_commit(twin)), name
+        assert made_empty(last_commit(spark, tables[name])), name
     # the session's defaults (maintenance's retention) are in both
-    assert "delta.logRetentionDuration" in _first_commit(ours)["metaData"]["configuration"]
-    assert made_empty(last_commit(spark, ours))
-    assert read_table(spark, ours).schema == read_table(spark, spark_made).schema
+    assert "delta.logRetentionDuration" in _first_commit(tables["ops.bad_files"])["metaData"]["configuration"]
 
 
 def test_spark_appends_to_a_table_delta_rs_made(spark, tmp_path):
@@ -95,7 +123,7 @@ def test_spark_makes_a_table_delta_rs_would_make_otherwise(spark, tmp_path, why)
     elif why == "session-default":
         settings[SESSION_DEFAULTS + "enableDeletionVectors"] = "true"
     else:
-        settings[SESSION_DEFAULTS + "minWriterVersion"] = "3"  # Delta's default protocol, set
+        settings[SESSION_DEFAULTS + "minWriterVersion"] = "3"  # a default protocol other than Delta's (1, 2)
     with session_conf(spark, settings):
         create_table_if_missing(spark, ref, SMALL, properties)
     assert _engine(ref) == "Apache-Spark"
@@ -153,3 +181,49 @@ def test_writers_making_one_table_at_once_all_return(spark, tmp_path):
     assert errors == []
     assert newest_version(spark, ref.path) == 0
     assert read_table(spark, ref).schema == local_rows(spark, [], SMALL).schema
+
+
+@pytest.mark.parametrize("made_meanwhile", [True, False])
+def test_a_failed_delta_rs_create(spark, tmp_path, monkeypatch, made_meanwhile):
+    """delta-rs raises: a table another writer made meanwhile is the one asked for; with no table,
+    Spark's builder makes it."""
+    import deltalake
+
+    ref, create = _ref(tmp_path / "t"), deltalake.DeltaTable.create
+
+    def failing(*args, **kwargs):
+        if made_meanwhile:
+            create(*args, **kwargs)
+        raise OSError("commit lost")
+
+    monkeypatch.setattr(deltalake.DeltaTable, "create", failing)
+    create_table_if_missing(spark, ref, SMALL, APPEND_ONLY_CHECKPOINTS)
+    assert newest_version(spark, ref.path) == 0
+    assert _engine(ref) == ("delta-rs" if made_meanwhile else "Apache-Spark")
+
+
+@pytest.mark.parametrize("why", ["char-column", "column-comment", "not-null-in-array", "stats-column-missing",
+                                 "interval-in-months", "file-uri"])
+def test_what_delta_rs_would_write_otherwise_is_made_by_spark(spark, tmp_path, why):
+    ref, schema, properties = _ref(tmp_path / "t"), SMALL, dict(APPEND_ONLY_CHECKPOINTS)
+    if why == "char-column":
+        schema = StructType([*SMALL.fields, StructField("code", CharType(3))])
+    elif why == "column-comment":
+        schema = StructType([*SMALL.fields, StructField("note", StringType(), metadata={"comment": "a note"})])
+    elif why == "not-null-in-array":
+        schema = StructType([*SMALL.fields, StructField("tags", ArrayType(StringType(), containsNull=False))])
+    elif why == "stats-column-missing":
+        properties["delta.dataSkippingStatsColumns"] = "name,absent"
+    elif why == "interval-in-months":
+        properties["delta.logRetentionDuration"] = "interval 1 month"
+    else:
+        ref = TableRef("ops.t", "ops", "t", (tmp_path / "t").as_uri(), "ops.t")
+    try:
+        create_table_if_missing(spark, ref, schema, properties)
+    except (PySparkException, Py4JJavaError):
+        made = False  # Spark's refusal (delta-rs would have made the table)
+    else:
+        made = True
+    folder = tmp_path / "t"
+    assert not made or _first_commit(_ref(folder))["commitInfo"]["engineInfo"].startswith("Apache-Spark")
+    assert made or not (folder / "_delta_log").exists() or newest_version(spark, str(folder)) is None
