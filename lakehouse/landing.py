@@ -26,8 +26,6 @@ ingest would otherwise be lost without a trace); ``status`` and ``reconcile`` re
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import re
 import time
 import zlib
@@ -53,7 +51,7 @@ from lakehouse.failpoints import failpoint
 from lakehouse.freshness import bronze_sample_every, constant_time, sampled_time_aggregates
 from lakehouse.landing_arrow import DriverRead, LandingReadError, append_on_driver, driver_source, reads_on_driver
 from lakehouse.landing_journal import INGESTED_FILES_SCHEMA, INGESTED_FILES_TABLE, journal
-from lakehouse.landing_lines import LineRead, must_read_whole, one_file_per_partition, read_error
+from lakehouse.landing_lines import PYTHON_CODECS, LineRead, must_read_whole, one_file_per_partition, read_error
 from lakehouse.row_appends import append_rows
 from lakehouse.table_create import APPEND_ONLY_CHECKPOINTS, create_table_if_missing
 from lakehouse.tables import TableRef, append_once, batch_marker, bronze_table, committed, read_table, resolve_table, table_exists
@@ -141,9 +139,6 @@ def look_at(spark: SparkSession, uris: list[str], max_file_bytes: int) -> list[L
     return files
 
 
-# Codecs Spark picks by a file's suffix that Python also reads as a stream (members concatenated
-# included).
-_DECOMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}
 _CHUNK = 1 << 20
 
 
@@ -153,12 +148,12 @@ def inflated_size(uri: str, limit: int) -> int | None:
     counted here (.gz, .bz2), or corrupt (the read names it then). Other codecs (.deflate, .zst,
     .lz4, .snappy) are bounded by their size on disk only."""
     path = fs.local_path(uri)
-    opener = _DECOMPRESSED.get(path.suffix.lower()) if path is not None else None
-    if opener is None:
+    codec = PYTHON_CODECS.get(path.suffix.lower()) if path is not None else None
+    if codec is None:
         return None
     total = 0
     try:
-        with opener(path, "rb") as stream:
+        with codec.open(path, "rb") as stream:
             while total <= limit:
                 chunk = stream.read(_CHUNK)
                 if not chunk:

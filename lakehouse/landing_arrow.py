@@ -25,9 +25,7 @@ the batch) and lakehouse.landing reads it again alone to name it. Each of at mos
 
 from __future__ import annotations
 
-import bz2
 import contextlib
-import gzip
 import json
 import os
 import threading
@@ -47,14 +45,13 @@ from lakehouse import fs
 from lakehouse.config import SourceConfig
 from lakehouse.failpoints import failpoint
 from lakehouse.freshness import sampled_seconds
-from lakehouse.landing_lines import COMPRESSED_SUFFIXES
+from lakehouse.landing_lines import COMPRESSED_SUFFIXES, PYTHON_CODECS
 from lakehouse.row_appends import DataFile, commit_files, plain_table
 from lakehouse.tables import TableRef
 from lakehouse.threads import in_background
 
 # Sources whose largest file may be bigger are read by Spark (a file is held whole here, and its lines).
 DRIVER_MAX_FILE_BYTES = 64 * 1024 * 1024
-_DECOMPRESS = {".gz": gzip.decompress, ".bz2": bz2.decompress}
 _READ_ERRORS = (OSError, EOFError, zlib.error)  # what reading a gone, unreadable or corrupt file raises
 _ROW_GROUP_BYTES = 64 * 1024 * 1024  # rows' bytes a thread buffers before writing them as a row group
 MAX_WRITERS = 4  # threads at most (each holds a file read, its lines and a row group: bounded memory)
@@ -84,7 +81,7 @@ def reads_on_driver(spark: SparkSession, bronze: TableRef, uris: Sequence[str]) 
         return False
     if spark.conf.get("spark.databricks.clusterUsageTags.clusterId", None):
         return False  # a Databricks single-node cluster: its storage is not this machine's disk
-    if not all(fs.local_path(uri) is not None and _suffix(uri) in (None, *_DECOMPRESS) for uri in uris):
+    if not all(fs.local_path(uri) is not None and _suffix(uri) in (None, *PYTHON_CODECS) for uri in uris):
         return False
     return plain_table(bronze.path, ROWS_SCHEMA)
 
@@ -124,8 +121,8 @@ def read_file(uri: str) -> bytes:
     """A landing file's bytes, decompressed by its suffix (.gz, .bz2); LandingReadError when it cannot be read."""
     try:
         data = fs.local_path(uri).read_bytes()
-        decompress = _DECOMPRESS.get(_suffix(uri) or "")
-        return decompress(data) if decompress else data
+        codec = PYTHON_CODECS.get(_suffix(uri) or "")
+        return codec.decompress(data) if codec else data
     except _READ_ERRORS as exc:
         raise LandingReadError(uri, exc) from exc
 

@@ -25,6 +25,8 @@ How many lines each file gave comes from the same pass (:class:`LineRead`).
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import re
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -38,6 +40,9 @@ from lakehouse.tables import session_conf
 
 # Suffixes Hadoop's codecs decompress by default (the line reader would too, part-way on damage).
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".deflate", ".lz4", ".snappy", ".zst")
+# Those Python reads too, as a stream (``open``) or whole (``decompress``), concatenated members
+# included: the inflated-size check (landing.inflated_size), the read on the driver (landing_arrow).
+PYTHON_CODECS = {".gz": gzip, ".bz2": bz2}
 
 # Spark packs small files into one input partition and splits large ones; with a split size and an
 # open cost this large, every file is one partition of its own (FilePartition.getFilePartitions),
