@@ -41,7 +41,7 @@ from lakehouse.delta_log import newest_version
 from lakehouse.session import SESSION_DEFAULTS
 from lakehouse.tables import TableRef
 
-_INTERVAL = re.compile(r"interval \d+ (second|minute|hour|day|week)s?")  # as maintenance writes them
+_INTERVAL = re.compile(r"interval [1-9]\d* seconds")  # as maintenance writes them (config.running)
 
 
 def _stats_columns(value: str, schema: StructType) -> bool:
