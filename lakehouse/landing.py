@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -51,7 +50,7 @@ from lakehouse.failpoints import failpoint
 from lakehouse.freshness import bronze_sample_every, constant_time, sampled_time_aggregates
 from lakehouse.landing_arrow import DriverRead, LandingReadError, append_on_driver, driver_source, reads_on_driver
 from lakehouse.landing_journal import INGESTED_FILES_SCHEMA, INGESTED_FILES_TABLE, journal
-from lakehouse.landing_lines import PYTHON_CODECS, LineRead, must_read_whole, one_file_per_partition, read_error
+from lakehouse.landing_lines import LineRead, inflated_size, must_read_whole, one_file_per_partition, read_error
 from lakehouse.row_appends import append_rows
 from lakehouse.table_create import APPEND_ONLY_CHECKPOINTS, create_table_if_missing
 from lakehouse.tables import TableRef, append_once, batch_marker, bronze_table, committed, read_table, resolve_table, table_exists
@@ -137,31 +136,6 @@ def look_at(spark: SparkSession, uris: list[str], max_file_bytes: int) -> list[L
                                  f"{max_file_bytes:,} (it is read whole): split it, or raise max_file_bytes")
         files.append(landed)
     return files
-
-
-_CHUNK = 1 << 20
-
-
-def inflated_size(uri: str, limit: int) -> int | None:
-    """Bytes a compressed local landing file decompresses to, counted without holding them and
-    only up to just past ``limit``. None when the file is not local, not compressed by a suffix
-    counted here (.gz, .bz2), or corrupt (the read names it then). Other codecs (.deflate, .zst,
-    .lz4, .snappy) are bounded by their size on disk only."""
-    path = fs.local_path(uri)
-    codec = PYTHON_CODECS.get(path.suffix.lower()) if path is not None else None
-    if codec is None:
-        return None
-    total = 0
-    try:
-        with codec.open(path, "rb") as stream:
-            while total <= limit:
-                chunk = stream.read(_CHUNK)
-                if not chunk:
-                    break
-                total += len(chunk)
-    except (OSError, EOFError, ValueError, zlib.error):  # zlib.error: a broken deflate stream
-        return None
-    return total
 
 
 _CAUSE = re.compile(r"^(?:Caused by: )?((?:[a-z]\w*\.)+\w*(?:Exception|Error)): ?(.*)$")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import re
+import zlib
 from collections.abc import Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -41,7 +42,7 @@ from lakehouse.tables import session_conf
 # Suffixes Hadoop's codecs decompress by default (the line reader would too, part-way on damage).
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".deflate", ".lz4", ".snappy", ".zst")
 # Those Python reads too, as a stream (``open``) or whole (``decompress``), concatenated members
-# included: the inflated-size check (landing.inflated_size), the read on the driver (landing_arrow).
+# included: the inflated-size check (:func:`inflated_size`), the read on the driver (landing_arrow).
 PYTHON_CODECS = {".gz": gzip, ".bz2": bz2}
 
 # Spark packs small files into one input partition and splits large ones; with a split size and an
@@ -75,6 +76,31 @@ MAX_MERGED_PARTITIONS = 64
 
 def is_compressed(uri: str) -> bool:
     return uri.lower().endswith(COMPRESSED_SUFFIXES)
+
+
+_CHUNK = 1 << 20
+
+
+def inflated_size(uri: str, limit: int) -> int | None:
+    """Bytes a compressed local landing file decompresses to, counted without holding them and
+    only up to just past ``limit``. None when the file is not local, not compressed by a suffix
+    counted here (.gz, .bz2), or corrupt (the read names it then). Other codecs (.deflate, .zst,
+    .lz4, .snappy) are bounded by their size on disk only."""
+    path = fs.local_path(uri)
+    codec = PYTHON_CODECS.get(path.suffix.lower()) if path is not None else None
+    if codec is None:
+        return None
+    total = 0
+    try:
+        with codec.open(path, "rb") as stream:
+            while total <= limit:
+                chunk = stream.read(_CHUNK)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError, ValueError, zlib.error):  # zlib.error: a broken deflate stream
+        return None
+    return total
 
 
 def must_read_whole(spark: SparkSession, uri: str) -> bool:
