@@ -101,16 +101,23 @@ def made_by_delta_rs(spark: SparkSession, path: str, schema: StructType, propert
     if settings is None or not same_in_both(settings, schema) or urlparse(path).scheme:
         return False  # a file: URI too: Hadoop and Python may not unquote its path alike
     folder = Path(path).absolute()
-    if not _new_folder(folder):
-        return False
+    return _new_folder(folder) and create_by_delta_rs(str(folder), schema, settings, comment)
+
+
+def create_by_delta_rs(path: str, schema: StructType, settings: dict[str, str], comment: str | None) -> bool:
+    """Commit version 0 of the table at ``path`` with delta-rs; True once the table is there (made
+    here, or by a writer whose version 0 landed first), False when none is (delta-rs failed).
+
+    No retry: delta-rs retries a lost creation as version 1, so that writers making one table at
+    once left two CREATE TABLE commits (CI, issue 16), and a row append racing the second failed."""
+    from deltalake import CommitProperties, Schema
     from deltalake import DeltaTable as RustTable
-    from deltalake import Schema
 
     try:
-        RustTable.create(str(folder), Schema.from_json(schema.json()), mode="ignore", description=comment or None,
-                         configuration=settings)
+        RustTable.create(path, Schema.from_json(schema.json()), mode="ignore", description=comment or None,
+                         configuration=settings, commit_properties=CommitProperties(max_commit_retries=0))
     except Exception:  # noqa: BLE001 - Spark's builder runs instead, and raises its own error
-        return newest_version(spark, path) is not None  # a commit lost to another writer making it too
+        return newest_version(None, path) is not None  # a commit lost to another writer making it too
     return True
 
 

@@ -20,7 +20,7 @@ from lakehouse.maintenance_steps import MAINTENANCE_SCHEMA, MAINTENANCE_TABLE
 from lakehouse.progress import ProgressRecorder
 from lakehouse.session import SESSION_DEFAULTS
 from lakehouse.silver_tables import ensure_silver_tables
-from lakehouse.table_create import APPEND_ONLY_CHECKPOINTS, create_table_if_missing
+from lakehouse.table_create import APPEND_ONLY_CHECKPOINTS, create_by_delta_rs, create_table_if_missing
 from lakehouse.tables import (
     TableRef,
     append_to_table,
@@ -181,6 +181,30 @@ def test_writers_making_one_table_at_once_all_return(spark, tmp_path):
     assert errors == []
     assert newest_version(spark, ref.path) == 0
     assert read_table(spark, ref).schema == local_rows(spark, [], SMALL).schema
+
+
+def _commit_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "_delta_log").glob("*.json"))
+
+
+def test_delta_rs_writers_making_one_table_at_once_leave_one_commit(tmp_path):
+    """Without Spark's calls between them the writers meet at delta-rs' commit, where a lost
+    creation was retried as version 1 (a second CREATE TABLE) in nearly every round before."""
+    settings = dict(APPEND_ONLY_CHECKPOINTS)
+    for round_ in range(25):
+        folder, made, start = tmp_path / f"t{round_}", [], threading.Barrier(4)
+
+        def make(folder=folder, made=made, start=start) -> None:
+            start.wait()
+            made.append(create_by_delta_rs(str(folder), SMALL, settings, None))
+
+        threads = [threading.Thread(target=make) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert made == [True] * 4
+        assert _commit_files(folder) == [f"{0:020}.json"], round_
 
 
 @pytest.mark.parametrize("made_meanwhile", [True, False])
