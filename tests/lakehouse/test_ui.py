@@ -138,6 +138,7 @@ def test_the_data_docs_render_with_the_network_off(spark, trained):
     and a validation page names its run, time, batch and GX version."""
     import great_expectations
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -168,8 +169,15 @@ def test_the_data_docs_render_with_the_network_off(spark, trained):
         driver.save_screenshot(str(ARTIFACTS / "data_docs_index_offline.png"))
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
-        row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "table tbody tr") if wanted[0] in r.text)
-        row.click()  # a row opens its validation page
+        def open_first_validation(d) -> bool:
+            # bootstrap-table may redraw its rows between finding one and clicking it, so the row is
+            # looked up again whenever it went stale; a row opens its validation page.
+            row = next((r for r in d.find_elements(By.CSS_SELECTOR, "table tbody tr") if wanted[0] in r.text), None)
+            if row is not None:
+                row.click()
+            return row is not None
+
+        WebDriverWait(driver, 60, ignored_exceptions=(StaleElementReferenceException,)).until(open_first_validation)
         page_text = "return document.body.textContent.replace(/\\s+/g, ' ')"  # the Info table starts folded
         wait.until(lambda d: "Run Name" in d.execute_script(page_text))
         body = driver.execute_script(page_text)
